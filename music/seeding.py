@@ -1,0 +1,179 @@
+"""Seed contexts: random prefixes of whole turns of real conversations, split by source conversation.
+
+A seed is the first k user/assistant turns of a real conversation (1 <= k <= max_context_turns), ending
+where the user speaks next: the paper's "random segment". The real next turn is kept beside it
+(`next_user`, `next_assistant`) for the last-turn pairs D. Train and eval seeds come from disjoint sets
+of conversations; the eval side also keeps whole conversations for the multi-turn sensitivity test.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from music.config import SeedConfig
+from music.errors import DataError
+from music.io import atomic_path, write_json, write_jsonl
+from music.sources import RealConversation, load_conversations
+
+SEED_FILES = {"train": "train.jsonl", "eval": "eval.jsonl", "eval_conversations": "eval_conversations.jsonl"}
+
+
+@dataclass
+class Seed:
+    seed_id: str
+    conversation_id: str
+    source: str
+    split: str
+    context: list[dict]
+    next_user: str | None
+    next_assistant: str | None
+
+    def to_record(self) -> dict:
+        return asdict(self)
+
+
+def turn_spans(messages: list[dict]) -> tuple[list[dict], list[tuple[int, int]]]:
+    """(leading system messages, [(start, end) index span of each user(+assistant) turn])."""
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    spans, start = [], len(system)
+    for i in range(start, len(messages)):
+        if messages[i]["role"] == "user":
+            spans.append((i, i + 1))
+        else:
+            spans[-1] = (spans[-1][0], i + 1)
+    return system, spans
+
+
+def feasible_prefix_lengths(conv: RealConversation, cfg: SeedConfig) -> list[int]:
+    """Values of k whose context and real next turn respect the length limits."""
+    msgs = conv.messages
+    _, spans = turn_spans(msgs)
+    out = []
+    last = len(spans) - 1 if cfg.require_next_turn else len(spans)
+    for k in range(1, min(cfg.max_context_turns, last) + 1):
+        context = msgs[: spans[k - 1][1]]
+        nxt = msgs[spans[k][0]: spans[k][1]] if k < len(spans) else []
+        if context[-1]["role"] != "assistant" or (cfg.require_next_turn and len(nxt) != 2):
+            continue
+        if any(len(m["content"]) > cfg.max_message_chars for m in context + nxt):
+            continue
+        if sum(len(m["content"]) for m in context) > cfg.max_context_chars:
+            continue
+        out.append(k)
+    return out
+
+
+def make_seed(conv: RealConversation, k: int, split: str) -> Seed:
+    msgs = conv.messages
+    _, spans = turn_spans(msgs)
+    context = msgs[: spans[k - 1][1]]
+    nxt = msgs[spans[k][0]: spans[k][1]] if k < len(spans) else []
+    next_user = nxt[0]["content"] if nxt else None
+    next_assistant = nxt[1]["content"] if len(nxt) > 1 else None
+    return Seed(f"{conv.conversation_id}:{k}", conv.conversation_id, conv.source, split,
+                [dict(m) for m in context], next_user, next_assistant)
+
+
+def eligible_eval_conversation(conv: RealConversation, cfg: SeedConfig) -> bool:
+    """Whole held-out conversations for the sensitivity test: >= 2 assistant turns, within limits."""
+    msgs = conv.messages
+    return (sum(m["role"] == "assistant" for m in msgs) >= 2
+            and msgs[-1]["role"] == "assistant"
+            and all(len(m["content"]) <= cfg.max_message_chars for m in msgs)
+            and sum(len(m["content"]) for m in msgs) <= 2 * cfg.max_context_chars)
+
+
+@dataclass
+class SeedSet:
+    train: list[Seed]
+    eval: list[Seed]
+    eval_conversations: list[RealConversation]
+    stats: dict
+
+
+def draw_seeds(conversations: list[RealConversation], cfg: SeedConfig) -> SeedSet:
+    """Deterministic for a given cfg.seed and input set (input order does not matter)."""
+    ids = collections.Counter(c.conversation_id for c in conversations)
+    dup = sorted(i for i, n in ids.items() if n > 1)
+    if dup:
+        raise DataError(cfg.path, f"conversation_id {dup[0]!r}", "id", f"appears {ids[dup[0]]} times; ids must be unique")
+    pool = sorted(conversations, key=lambda c: c.conversation_id)
+    rng = random.Random(cfg.seed)
+    rng.shuffle(pool)
+    train, evals, eval_convs = [], [], []
+    skipped = collections.Counter()
+    for conv in pool:
+        eval_open = len(evals) < cfg.n_eval or len(eval_convs) < cfg.n_eval_conversations
+        if not eval_open and len(train) >= cfg.n_train:
+            break
+        ks = feasible_prefix_lengths(conv, cfg)
+        if eval_open:  # eval is filled first, so it does not change when n_train changes
+            used = False
+            if ks and len(evals) < cfg.n_eval:
+                evals.append(make_seed(conv, rng.choice(ks), "eval"))
+                used = True
+            if len(eval_convs) < cfg.n_eval_conversations and eligible_eval_conversation(conv, cfg):
+                eval_convs.append(conv)
+                used = True
+            if not used:
+                skipped["no feasible prefix within the length limits"] += 1
+        elif ks:
+            train.append(make_seed(conv, rng.choice(ks), "train"))
+        else:
+            skipped["no feasible prefix within the length limits"] += 1
+    if len(train) < cfg.n_train or len(evals) < cfg.n_eval:
+        raise DataError(cfg.path, "-", None,
+                        f"only {len(train)} train / {len(evals)} eval seeds fit the limits "
+                        f"(asked {cfg.n_train} / {cfg.n_eval}); loosen max_message_chars or max_context_chars")
+    check_disjoint(train, evals, eval_convs)
+    stats = {
+        "conversations_in_source": len(conversations),
+        "train_seeds": len(train),
+        "eval_seeds": len(evals),
+        "eval_conversations": len(eval_convs),
+        "skipped": dict(skipped),
+        "context_turns": dict(sorted(collections.Counter(len(turn_spans(s.context)[1]) for s in train + evals).items())),
+    }
+    return SeedSet(train, evals, eval_convs, stats)
+
+
+def check_disjoint(train: list[Seed], evals: list[Seed], eval_convs: list[RealConversation]) -> None:
+    train_ids = {s.conversation_id for s in train}
+    leaked = sorted(train_ids & ({s.conversation_id for s in evals} | {c.conversation_id for c in eval_convs}))
+    if leaked:
+        raise AssertionError(f"conversation {leaked[0]!r} feeds both train and eval")
+
+
+def write_seed_set(seeds: SeedSet, out_dir: str | Path) -> None:
+    """All files or none: the folder is built aside and moved into place."""
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        write_jsonl(tmp / SEED_FILES["train"], (s.to_record() for s in seeds.train))
+        write_jsonl(tmp / SEED_FILES["eval"], (s.to_record() for s in seeds.eval))
+        write_jsonl(tmp / SEED_FILES["eval_conversations"], (c.to_record() for c in seeds.eval_conversations))
+        write_json(tmp / "stats.json", seeds.stats)
+
+
+def run_seed_stage(cfg: SeedConfig, out_dir: str | Path) -> SeedSet:
+    conversations = load_conversations(cfg.source, cfg.path, split=cfg.split)
+    seeds = draw_seeds(conversations, cfg)
+    write_seed_set(seeds, out_dir)
+    return seeds
+
+
+def read_seeds(path: str | Path) -> list[Seed]:
+    from music.io import read_jsonl
+    from music.schema import validate_conversation
+
+    out = []
+    for lineno, rec in read_jsonl(path):
+        for key in ("seed_id", "conversation_id", "source", "split", "context", "next_user", "next_assistant"):
+            if key not in rec:
+                raise DataError(path, f"line {lineno}", key, "missing field")
+        rec["context"] = validate_conversation(rec["context"], source=str(path), record=f"line {lineno}",
+                                               field_name="context", must_end_with="assistant")
+        out.append(Seed(**rec))
+    return out

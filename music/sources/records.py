@@ -1,0 +1,109 @@
+"""Read raw records from local files (JSONL, JSONL.gz, JSON array, Parquet) or the Hugging Face hub."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from music.errors import DataError
+from music.io import open_text, read_jsonl
+
+HUB_PREFIX = "hub:"
+
+
+def iter_records(location: str | Path, split: str = "train", limit: int | None = None) -> Iterator[tuple[str, Any]]:
+    """Yield (record label, record) from a local file or `hub:<dataset id>`.
+
+    Labels are what error messages call the record: "line N" for JSONL, "row N" otherwise.
+    """
+    loc = str(location)
+    if loc.startswith(HUB_PREFIX):
+        rows = load_hub_rows(loc[len(HUB_PREFIX):], split, limit)
+        for i, row in enumerate(rows):
+            yield f"row {i}", row
+        return
+    path = Path(loc)
+    if not path.exists():
+        raise DataError(path, "-", None, "file does not exist")
+    name = path.name.lower()
+    count = 0
+    if name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
+        for lineno, obj in read_jsonl(path):
+            if limit is not None and count >= limit:
+                return
+            count += 1
+            yield f"line {lineno}", obj
+    elif name.endswith((".json", ".json.gz")):
+        with open_text(path) as fh:
+            try:
+                data = json.load(fh)
+            except json.JSONDecodeError as exc:
+                raise DataError(path, f"line {exc.lineno}", None, f"malformed JSON ({exc.msg})") from None
+        if not isinstance(data, list):
+            raise DataError(path, "-", None, "expected a JSON array of records")
+        if not data:
+            raise DataError(path, "-", None, "file is empty (no records)")
+        for i, obj in enumerate(data[:limit] if limit else data):
+            yield f"row {i}", obj
+    elif name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+        if not rows:
+            raise DataError(path, "-", None, "file is empty (no records)")
+        for i, obj in enumerate(rows[:limit] if limit else rows):
+            yield f"row {i}", obj
+    else:
+        raise DataError(path, "-", None, "unknown file type (expected .jsonl, .jsonl.gz, .json or .parquet)")
+
+
+def load_hub_rows(dataset_id: str, split: str, limit: int | None = None) -> list[dict]:
+    """Rows of a Hugging Face dataset (needs the hub, or a local datasets cache)."""
+    try:
+        import datasets
+    except ImportError as exc:  # pragma: no cover - datasets is a core dependency
+        raise RuntimeError("loading from the hub needs the `datasets` package") from exc
+    try:
+        ds = datasets.load_dataset(dataset_id, split=split)
+    except Exception as exc:  # network errors come in many types
+        raise RuntimeError(
+            f"could not load {dataset_id!r} (split {split!r}) from the Hugging Face hub: {exc}. "
+            "Offline, point the stage at a local file of the same format instead."
+        ) from exc
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    return ds.to_list()
+
+
+def convert_records(location: str | Path, convert: Callable[..., Any], *, split: str = "train",
+                    limit: int | None = None, skipped: list[DataError] | None = None) -> list:
+    """Apply `convert(rec, source=, record=)` to every record; bad ones raise, or go to `skipped`."""
+    source = str(location)
+    out = []
+    for label, rec in iter_records(location, split, limit):
+        try:
+            out.append(convert(rec, source=source, record=label))
+        except DataError as err:
+            if skipped is None:
+                raise
+            skipped.append(err)
+    return out
+
+
+def require_fields(rec: Any, fields: tuple[str, ...], *, source: str, record: object) -> dict:
+    if not isinstance(rec, dict):
+        raise DataError(source, record, None, f"expected an object, got {type(rec).__name__}")
+    for f in fields:
+        if f not in rec:
+            raise DataError(source, record, f, "missing field")
+    return rec
+
+
+def require_text(rec: dict, field: str, *, source: str, record: object) -> str:
+    value = rec[field]
+    if not isinstance(value, str):
+        raise DataError(source, record, field, f"expected a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(source, record, field, "empty content")
+    return value

@@ -1,0 +1,89 @@
+import json
+import random
+
+import pytest
+
+from music.config import SeedConfig
+from music.errors import DataError
+from music.seeding import draw_seeds, read_seeds, run_seed_stage, turn_spans
+from music.sources import load_sharegpt
+from tests.conftest import REPO
+
+FIXTURE = REPO / "tests" / "fixtures" / "sharegpt_tiny.jsonl"
+CFG = SeedConfig(path=str(FIXTURE), n_train=4, n_eval=2, n_eval_conversations=3, seed=0)
+
+
+def test_seeds_are_deterministic_and_independent_of_input_order():
+    convs = load_sharegpt(FIXTURE)
+    a = draw_seeds(convs, CFG)
+    shuffled = convs[:]
+    random.Random(5).shuffle(shuffled)
+    b = draw_seeds(shuffled, CFG)
+    assert [s.to_record() for s in a.train + a.eval] == [s.to_record() for s in b.train + b.eval]
+    c = draw_seeds(convs, SeedConfig(**{**CFG.__dict__, "seed": 1}))
+    assert [s.seed_id for s in c.train] != [s.seed_id for s in a.train]
+
+
+def test_splits_are_disjoint_by_conversation():
+    seeds = draw_seeds(load_sharegpt(FIXTURE), CFG)
+    train = {s.conversation_id for s in seeds.train}
+    evals = {s.conversation_id for s in seeds.eval} | {c.conversation_id for c in seeds.eval_conversations}
+    assert train and evals and not train & evals
+
+
+def test_seed_is_a_prefix_of_whole_turns_ending_before_the_user():
+    convs = {c.conversation_id: c.messages for c in load_sharegpt(FIXTURE)}
+    seeds = draw_seeds(list(load_sharegpt(FIXTURE)), CFG)
+    for s in seeds.train + seeds.eval:
+        full = convs[s.conversation_id]
+        n = len(s.context)
+        assert full[:n] == s.context and s.context[-1]["role"] == "assistant"
+        assert full[n] == {"role": "user", "content": s.next_user}
+        assert full[n + 1] == {"role": "assistant", "content": s.next_assistant}
+        assert 1 <= len(turn_spans(s.context)[1]) <= CFG.max_context_turns
+
+
+def test_changing_n_train_keeps_the_eval_set():
+    convs = load_sharegpt(FIXTURE)
+    a = draw_seeds(convs, CFG)
+    b = draw_seeds(convs, SeedConfig(**{**CFG.__dict__, "n_train": 2}))
+    assert [s.seed_id for s in a.eval] == [s.seed_id for s in b.eval]
+
+
+def test_too_few_seeds_is_a_clear_error():
+    with pytest.raises(DataError, match="only .* seeds fit"):
+        draw_seeds(load_sharegpt(FIXTURE), SeedConfig(**{**CFG.__dict__, "n_train": 100}))
+
+
+def test_duplicate_conversation_ids_are_rejected(tmp_path):
+    lines = FIXTURE.read_text().splitlines()
+    p = tmp_path / "dup.jsonl"
+    p.write_text("\n".join(lines + lines[:1]) + "\n")
+    with pytest.raises(DataError, match="appears 2 times"):
+        draw_seeds(load_sharegpt(p), CFG)
+
+
+def test_stage_writes_all_files_and_they_read_back(tmp_path):
+    out = tmp_path / "seeds"
+    seeds = run_seed_stage(CFG, out)
+    assert sorted(p.name for p in out.iterdir()) == ["eval.jsonl", "eval_conversations.jsonl", "stats.json", "train.jsonl"]
+    assert [s.to_record() for s in read_seeds(out / "train.jsonl")] == [s.to_record() for s in seeds.train]
+    assert json.loads((out / "stats.json").read_text())["train_seeds"] == 4
+
+
+@pytest.mark.parametrize("bad_line, field", [
+    ('{"id": "x", "conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]}', "conversations[1].role"),
+    ('{"id": "x", "conversations": [{"from": "alien", "value": "a"}]}', "conversations[0].from"),
+    ('{"id": "x"', None),
+])
+def test_bad_input_writes_nothing_and_keeps_the_old_output(tmp_path, bad_line, field):
+    p = tmp_path / "bad.jsonl"
+    p.write_text(FIXTURE.read_text() + bad_line + "\n")
+    out = tmp_path / "seeds"
+    run_seed_stage(CFG, out)  # a previous good run
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    with pytest.raises(DataError) as exc:
+        run_seed_stage(SeedConfig(**{**CFG.__dict__, "path": str(p)}), out)
+    assert exc.value.record == "line 13" and exc.value.field == field and str(p) in str(exc.value)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["bad.jsonl", "seeds"]  # no temporary left behind
