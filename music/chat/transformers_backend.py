@@ -1,0 +1,154 @@
+"""In-process generation with a Hugging Face causal LM: batched, left-padded, seeded.
+
+Prompts are rendered and tokenised in one step by the model's chat template (no double BOS).
+Generation stops at the end-of-turn token(s); the pad token is kept distinct from them.
+Requests are sorted by prompt length into batches (less padding); each batch is sampled under its
+own seed (see music.chat.base), inside torch.random.fork_rng so the caller's RNG is untouched.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterator
+
+from music.chat.base import ChatBackend, ChatReply, Request, SamplingParams, Unit
+from music.config import ChatModelConfig
+
+# End-of-turn markers of common chat templates; those present in a vocabulary also stop generation.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
+
+_REGISTRY: dict[tuple[str, str], tuple[object, object]] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def shared_model(model: str, dtype: str = "float32"):
+    """(model, tokenizer), loaded once per process per (model, dtype): chat roles share weights."""
+    from music.models import load_causal_lm, load_tokenizer
+
+    key = (model, dtype)
+    with _REGISTRY_LOCK:
+        if key not in _REGISTRY:
+            import torch
+
+            lm = load_causal_lm(model, dtype=dtype)
+            if torch.cuda.is_available():
+                lm = lm.to("cuda")
+            _REGISTRY[key] = (lm, load_tokenizer(model, padding_side="left"))
+        return _REGISTRY[key]
+
+
+def clear_registry() -> None:
+    with _REGISTRY_LOCK:
+        _REGISTRY.clear()
+
+
+def stop_token_ids(tok, lm) -> list[int]:
+    """End-of-turn ids: the tokenizer's eos, the generation config's eos, known end-of-turn tokens.
+
+    The pad token is excluded unless it is also the tokenizer's eos (then padding is a stop anyway).
+    """
+    ids: set[int] = set()
+    if tok.eos_token_id is not None:
+        ids.add(int(tok.eos_token_id))
+    gen_eos = getattr(lm.generation_config, "eos_token_id", None)
+    for i in gen_eos if isinstance(gen_eos, list) else [gen_eos]:
+        if i is not None:
+            ids.add(int(i))
+    vocab = tok.get_vocab()
+    for t in END_OF_TURN_TOKENS:
+        if t in vocab:
+            ids.add(int(vocab[t]))
+    if tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id:
+        ids.discard(int(tok.pad_token_id))
+    # A template that opens every turn with the BOS token must not stop on it.
+    if tok.bos_token_id is not None and tok.bos_token_id != tok.eos_token_id:
+        ids.discard(int(tok.bos_token_id))
+    if not ids:
+        raise ValueError(f"{tok.name_or_path}: no end-of-turn token found; set the tokenizer's eos token")
+    return sorted(ids)
+
+
+class TransformersChat(ChatBackend):
+    kind = "transformers"
+    unit_label = "batch"
+
+    def __init__(self, cfg: ChatModelConfig, cache=None):
+        super().__init__(cfg, cache)
+        if cfg.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+        self.name = f"transformers:{cfg.model}"
+        self.lm, self.tok = shared_model(cfg.model, cfg.dtype)
+        if getattr(self.tok, "chat_template", None) is None:
+            raise ValueError(f"{cfg.model}: the tokenizer has no chat template")
+        if self.tok.pad_token_id is None:
+            raise ValueError(f"{cfg.model}: the tokenizer has no pad token")
+        self.stop_ids = stop_token_ids(self.tok, self.lm)
+        self.pad_id = int(self.tok.pad_token_id)
+
+    def identity(self) -> dict:
+        return {"kind": self.kind, "model": self.cfg.model, "dtype": self.cfg.dtype}
+
+    def render(self, messages: list[dict]) -> list[int]:
+        """Token ids of the prompt: template applied and tokenised in one step."""
+        enc = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+        return list(enc["input_ids"])
+
+    def prepare(self, requests: list[Request], params: SamplingParams) -> None:
+        limit = getattr(self.lm.config, "max_position_embeddings", None)
+        for r in requests:
+            r.payload = self.render(r.messages)
+            if limit and len(r.payload) + params.max_new_tokens > limit:
+                raise ValueError(
+                    f"{self.name}: conversation {r.index} has {len(r.payload)} prompt tokens; "
+                    f"with max_new_tokens it exceeds the model's {limit} positions"
+                )
+
+    def plan(self, requests: list[Request]) -> list[list[int]]:
+        # Longest first (memory problems show up at once), ties by input position: deterministic.
+        order = sorted(range(len(requests)), key=lambda i: (-len(requests[i].payload), i))
+        bs = self.cfg.batch_size
+        return [order[i : i + bs] for i in range(0, len(order), bs)]
+
+    def _generation_config(self, params: SamplingParams):
+        from transformers import GenerationConfig
+
+        sample = params.temperature > 0
+        kw = dict(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=sample,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id,
+            use_cache=True,
+        )
+        if sample:  # plain temperature + nucleus sampling, as an OpenAI-compatible server does
+            kw.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+        return GenerationConfig(**kw)
+
+    def run(self, units: list[Unit], params: SamplingParams) -> Iterator[tuple[Unit, list[ChatReply]]]:
+        import torch
+
+        gen_cfg = self._generation_config(params)
+        device = self.lm.device
+        fork_devices = [device.index or 0] if device.type == "cuda" else []
+        for unit in units:
+            prompts = [r.payload for r in unit.requests]
+            width = max(len(p) for p in prompts)
+            ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(prompts), width), dtype=torch.long)
+            for row, p in enumerate(prompts):  # left padding
+                ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+                mask[row, width - len(p) :] = 1
+            with torch.inference_mode(), torch.random.fork_rng(devices=fork_devices):
+                torch.manual_seed(unit.seed)
+                out = self.lm.generate(
+                    input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg
+                )
+            yield unit, [self._decode(row) for row in out[:, width:].tolist()]
+
+    def _decode(self, tokens: list[int]) -> ChatReply:
+        stops = set(self.stop_ids)
+        cut = next((i for i, t in enumerate(tokens) if t in stops), None)
+        # generate() only ends a row early at a stop token, so no stop token means the budget ran out.
+        body, reason = (tokens, "length") if cut is None else (tokens[:cut], "stop")
+        text = self.tok.decode(body, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip()
+        return ChatReply(text=text, finish_reason=reason)
