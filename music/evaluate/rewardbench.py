@@ -1,0 +1,60 @@
+"""RewardBench accuracy with the benchmark's exact section rules (see constants.py).
+
+Per subset: accuracy of chosen > rejected (ties wrong). Per section: sum(acc_s * n_s) / sum(n_s)
+over the subsets present, n_s from EXAMPLE_COUNTS. Average: mean of the four sections, reported
+only when all four are present (a partial local file gives sections but no average).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Sequence
+
+from music.errors import DataError
+from music.evaluate.constants import EXAMPLE_COUNTS, HUB_ID, HUB_SPLIT, SECTIONS
+from music.evaluate.stats import strict_wins
+from music.schema import PreferencePair
+
+SUBSET_TO_SECTION = {s: sec for sec, subsets in SECTIONS.items() for s in subsets}
+
+
+def section_scores(subset_accuracy: dict[str, float]) -> dict[str, float | None]:
+    """Weighted section scores and their mean, from per-subset accuracies (fractions 0..1)."""
+    out: dict[str, float | None] = {}
+    for section, subsets in SECTIONS.items():
+        present = [s for s in subsets if s in subset_accuracy]
+        weight = sum(EXAMPLE_COUNTS[s] for s in present)
+        out[section] = sum(subset_accuracy[s] * EXAMPLE_COUNTS[s] for s in present) / weight if weight else None
+    values = [out[s] for s in SECTIONS]
+    out["average"] = sum(values) / len(values) if all(v is not None for v in values) else None
+    return out
+
+
+def subset_accuracy(subsets: Sequence[str], chosen: Sequence[float], rejected: Sequence[float]) -> dict[str, float]:
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for subset, ok in zip(subsets, strict_wins(chosen, rejected)):
+        hits[subset].append(ok)
+    return {s: sum(v) / len(v) for s, v in sorted(hits.items())}
+
+
+def score_rewardbench(scorer, pairs: Sequence[PreferencePair], *, source: str = "rewardbench") -> dict:
+    """Score every pair once and return {"subsets": {...}, "subset_n": {...}, sections..., "average"}."""
+    subsets = []
+    for i, p in enumerate(pairs):
+        subset = p.meta.get("subset")
+        if subset not in SUBSET_TO_SECTION:
+            raise DataError(source, i, "subset", f"unknown RewardBench subset {subset!r}")
+        subsets.append(subset)
+    scores = scorer.score([p.chosen for p in pairs] + [p.rejected for p in pairs])
+    n = len(pairs)
+    acc = subset_accuracy(subsets, scores[:n], scores[n:])
+    counts = {s: subsets.count(s) for s in acc}
+    return {**section_scores(acc), "subsets": acc, "subset_n": counts, "n": n}
+
+
+def load_rewardbench_pairs(path: str | None) -> list[PreferencePair]:
+    """A local file of the hub schema (prompt, chosen, rejected, subset), or the hub (split "filtered")
+    when path is None. Never subsampled: the section weights assume whole subsets."""
+    from music.sources import load_rewardbench
+
+    return load_rewardbench(path) if path else load_rewardbench(f"hub:{HUB_ID}", split=HUB_SPLIT)

@@ -1,0 +1,57 @@
+"""Accuracies and confidence intervals (Wilson score interval; seeded percentile bootstrap)."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Sequence
+
+
+def strict_wins(chosen: Sequence[float], rejected: Sequence[float]) -> list[bool]:
+    """chosen > rejected, strictly: a tie is wrong (RewardBench's rule)."""
+    if len(chosen) != len(rejected):
+        raise ValueError(f"{len(chosen)} chosen scores but {len(rejected)} rejected scores")
+    return [c > r for c, r in zip(chosen, rejected)]
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for k successes in n trials; (nan, nan) when n == 0.
+
+    Chosen over the normal interval because our n is small (8 prompts, tens of pairs) and rates sit
+    near 0 or 1, where the normal interval leaves [0, 1] or collapses to zero width.
+    """
+    if n <= 0:
+        return (math.nan, math.nan)
+    if not 0 <= k <= n:
+        raise ValueError(f"k={k} outside [0, n={n}]")
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def bootstrap_interval(values: Sequence[float], *, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean, deterministic for a given seed."""
+    vals = list(values)
+    if not vals:
+        return (math.nan, math.nan)
+    rng = random.Random(seed)
+    n = len(vals)
+    means = sorted(sum(rng.choice(vals) for _ in range(n)) / n for _ in range(n_boot))
+    lo = means[int(math.floor(alpha / 2 * (n_boot - 1)))]
+    hi = means[int(math.ceil((1 - alpha / 2) * (n_boot - 1)))]
+    return (lo, hi)
+
+
+def accuracy_summary(correct: Sequence[bool]) -> dict:
+    """{"accuracy", "n", "ci_low", "ci_high"} with a Wilson interval; accuracy is None when n == 0."""
+    n = len(correct)
+    k = sum(bool(c) for c in correct)
+    lo, hi = wilson_interval(k, n)
+    return {
+        "accuracy": k / n if n else None,
+        "n": n,
+        "ci_low": None if n == 0 else lo,
+        "ci_high": None if n == 0 else hi,
+    }

@@ -1,0 +1,129 @@
+"""Best-of-N protocol with fake policy, reward models and judges (no model is loaded)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from music.chat import ChatReply
+from music.evaluate.best_of_n import choose_questions, run_best_of_n, summarize
+from music.evaluate.judge import combine_orders, judge_request, load_template, parse_verdict
+
+QUESTIONS = [{"question_id": i, "category": "x", "turns": [f"q{i} first", f"q{i} second"]} for i in range(3)]
+
+
+class FakePolicy:
+    """Candidate k of a context is 'ctx#k' + k words; identical inputs in one call are distinct samples."""
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, conversations, *, seed=0, max_new_tokens=None, temperature=None, desc=None):
+        self.calls.append(conversations)
+        seen = Counter()
+        out = []
+        for c in conversations:
+            key = repr(c)
+            k = seen[key]
+            seen[key] += 1
+            out.append(ChatReply(f"r{len(c)}#{k} " + "w " * ((k * 7 + seed) % 5), "stop"))
+        return out
+
+
+class LengthScorer:
+    def __init__(self, sign=1.0):
+        self.sign = sign
+
+    def score(self, conversations):
+        return [self.sign * len(c[-1]["content"]) + 0.001 * int(c[-1]["content"].split("#")[1].split()[0]) for c in conversations]
+
+
+class Judge:
+    def __init__(self, reply=None, favour=None):
+        self.reply, self.favour, self.calls = reply, favour, 0
+
+    def generate(self, conversations, **kw):
+        self.calls += len(conversations)
+        out = []
+        for c in conversations:
+            text = c[0]["content"]
+            if self.favour is not None:  # prefers the conversation whose replies the `favour` scorer likes
+                a = text.split("<conversation_a>")[1].split("</conversation_a>")[0]
+                b = text.split("<conversation_b>")[1].split("</conversation_b>")[0]
+                out.append(ChatReply("[[A]]" if len(a) * self.favour > len(b) * self.favour else "[[B]]", "stop"))
+            else:
+                out.append(ChatReply(self.reply, "stop"))
+        return out
+
+
+def play(scorers, judge, ns=(2, 4), policy=None):
+    return run_best_of_n(QUESTIONS, scorers, policy or FakePolicy(), judge, ns=ns, seed=0, policy_max_new_tokens=8,
+                         policy_temperature=0.7, judge_max_new_tokens=8, judge_temperature=0.0)
+
+
+def test_candidates_are_sampled_once_per_context_and_reused():
+    policy = FakePolicy()
+    games = play({"baseline": LengthScorer(1.0), "music": LengthScorer(-1.0)}, Judge(reply="[[C]]"), ns=(2, 4), policy=policy)
+    turn1, turn2 = policy.calls
+    assert len(turn1) == 3 * 4  # max(N) per question, shared by both RMs and all N
+    # turn 2: one context per distinct turn-1 pick; each sampled max(N using it) times
+    distinct = Counter(repr(c) for c in turn2)
+    assert sum(distinct.values()) == len(turn2) and set(distinct.values()) <= {2, 4, 6, 8}
+    for g in games:
+        for rm in ("baseline", "music"):
+            reply1 = g.conversations[rm][1]["content"]
+            assert int(reply1.split("#")[1].split()[0]) < g.n  # picked among the first N only
+
+
+def test_identical_picks_are_ties_without_the_judge():
+    judge = Judge(reply="[[A]]")
+    games = play({"baseline": LengthScorer(), "music": LengthScorer()}, judge)
+    assert judge.calls == 0
+    s = summarize(games)
+    assert s["2"]["ties"] == s["2"]["n_identical"] == 3 and s["2"]["n_judge_calls"] == 0
+
+
+def test_position_bias_cancels_and_unparsed_is_counted():
+    scorers = {"baseline": LengthScorer(1.0), "music": LengthScorer(-1.0)}
+    biased = summarize(play(scorers, Judge(reply="[[A]]")))
+    row = biased["4"]
+    assert row["wins"] == row["losses"] == 0 and row["n_inconsistent"] == row["n_games"] - row["n_identical"]
+    assert row["verdict_a"] == row["n_judge_calls"] > 0
+    junk = summarize(play(scorers, Judge(reply="I think the first one")))["4"]
+    assert junk["n_unparsed"] == junk["n_judge_calls"] > 0 and junk["ties"] == junk["n_games"]
+
+
+def test_consistent_judge_decides_and_rates_have_intervals():
+    scorers = {"baseline": LengthScorer(1.0), "music": LengthScorer(-1.0)}
+    # the judge likes long conversations = the baseline RM's picks -> MUSIC loses every judged game
+    row = summarize(play(scorers, Judge(favour=1.0)))["4"]
+    judged = row["n_games"] - row["n_identical"]
+    assert judged > 0 and row["losses"] == judged and row["wins"] == 0
+    assert row["loss_ci_low"] < row["loss_rate"] <= row["loss_ci_high"]
+    assert row["win_rate"] + row["tie_rate"] + row["loss_rate"] == pytest.approx(1.0)
+
+
+def test_verdict_parsing_and_combination():
+    assert parse_verdict("[[B]] because") == "B"
+    assert parse_verdict("[[ C ]]") == "C"
+    assert parse_verdict("[[A]] or [[B]]") is None and parse_verdict("") is None and parse_verdict(None) is None
+    assert combine_orders("B", "A") == ("win", True)
+    assert combine_orders("A", "B") == ("loss", True)
+    assert combine_orders("A", "A") == ("tie", False)
+    assert combine_orders("B", None) == ("tie", False)
+
+
+def test_judge_prompt_keeps_braces_and_both_conversations():
+    tpl = load_template()
+    req = judge_request(tpl, [{"role": "user", "content": "q {x}"}, {"role": "assistant", "content": "AAA"}],
+                        [{"role": "user", "content": "q {x}"}, {"role": "assistant", "content": "BBB"}])
+    text = req[0]["content"]
+    assert "q {x}" in text and text.index("AAA") < text.index("BBB") and "[[C]]" in text
+
+
+def test_choose_questions_is_seeded():
+    qs = [{"question_id": i, "turns": ["a", "b"]} for i in range(20)] + [{"question_id": 99, "turns": ["one"]}]
+    a = choose_questions(qs, 8, seed=0)
+    assert a == choose_questions(qs, 8, seed=0) != choose_questions(qs, 8, seed=1)
+    assert len({q["question_id"] for q in a}) == 8 and 99 not in {q["question_id"] for q in a}
