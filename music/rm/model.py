@@ -1,0 +1,291 @@
+"""The reward model: a decoder LM with a scalar head (`score`, one output) on the last real token.
+
+Two backends build it:
+- "transformers": AutoModelForSequenceClassification(num_labels=1) + PEFT LoRA with task_type SEQ_CLS
+  and modules_to_save=["score"] (target_modules="all-linear" alone would leave the new head untrained:
+  trl#1379), or full fine-tuning when TrainConfig.lora is False. Runs anywhere.
+- "unsloth": Unsloth's FastLanguageModel with num_labels=1 (GPU only). Unsloth's CPU mode has no
+  sequence-classification path: it returns a causal LM that would "train" on vocabulary logits, so we
+  refuse it on CPU, and on GPU we assert that a one-output score head exists (unsloth#1730).
+
+Pooling is the transformers one: the rightmost token that is not the pad token. That is only right
+when the pad token differs from the end-of-turn token (transformers#35352), so `ensure_distinct_pad`
+pins it, in the tokenizer and in the model config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from music.config import TrainConfig
+from music.models import load_tokenizer, resolve_model_path
+
+# Tokens that end a turn in common chat templates; the pad token must be none of these.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>")
+PAD_CANDIDATES = ("<|endoftext|>", "<pad>", "<|pad|>", "<|finetune_right_pad_id|>", "<unk>")
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class BackendChoice:
+    name: str  # "unsloth" | "transformers"
+    reason: str
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def choose_backend(requested: str) -> BackendChoice:
+    """Pick the backend for TrainConfig.backend; imports unsloth (first) only when it will be used."""
+    if requested not in ("auto", "unsloth", "transformers"):
+        raise ValueError(f"train.backend must be auto, unsloth or transformers, got {requested!r}")
+    if requested == "transformers":
+        return BackendChoice("transformers", "train.backend = transformers (forced)")
+    cuda = _cuda_available()
+    has_unsloth = importlib.util.find_spec("unsloth") is not None
+    if requested == "unsloth":
+        if not cuda:
+            raise RuntimeError(
+                "train.backend = unsloth needs a CUDA GPU: without one Unsloth falls back to its CPU mode, "
+                "which has no sequence-classification path (it returns a causal LM for num_labels=1 and "
+                "would train on vocabulary logits). Use backend: auto or transformers on CPU."
+            )
+        if not has_unsloth:
+            raise RuntimeError("train.backend = unsloth, but unsloth is not installed: pip install -e '.[gpu]'")
+        _import_unsloth()
+        return BackendChoice("unsloth", "train.backend = unsloth (forced); CUDA available")
+    if not cuda:
+        return BackendChoice("transformers", "auto: no CUDA GPU (Unsloth's CPU mode cannot build a reward model)")
+    if not has_unsloth:
+        return BackendChoice("transformers", "auto: CUDA available but unsloth is not installed")
+    try:
+        _import_unsloth()
+    except Exception as exc:  # a broken install must not stop training: say why and go on
+        return BackendChoice("transformers", f"auto: CUDA available but `import unsloth` failed ({exc!r})")
+    return BackendChoice("unsloth", "auto: CUDA available and unsloth imports")
+
+
+def _import_unsloth():
+    # Unsloth patches transformers/peft/trl at import; it must come before them to take full effect.
+    late = [m for m in ("transformers", "peft", "trl") if m in sys.modules]
+    import unsloth  # noqa: F401
+
+    if late:
+        print(f"note: {', '.join(late)} were imported before unsloth; some Unsloth patches may not apply")
+
+
+def end_of_turn_ids(tokenizer) -> set[int]:
+    """The eos id plus every known turn-ending token that the chat template writes."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    template = tokenizer.chat_template or ""
+    vocab = tokenizer.get_vocab()
+    for tok in END_OF_TURN_TOKENS:
+        if tok in vocab and tok in template:
+            ids.add(vocab[tok])
+    return ids
+
+
+def ensure_distinct_pad(tokenizer) -> bool:
+    """Make the pad token differ from every end-of-turn token; True if a token had to be added."""
+    eot = end_of_turn_ids(tokenizer)
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in eot:
+        return False
+    vocab = tokenizer.get_vocab()
+    for cand in PAD_CANDIDATES:
+        if cand in vocab and vocab[cand] not in eot:
+            tokenizer.pad_token = cand
+            return False
+    tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+    return True
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    # The load report lists the new score head and the cut layers; both are expected here.
+    from transformers.utils import logging as hf_logging
+
+    old = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(old)
+
+
+def _cut_config(config, num_layers: int | None) -> None:
+    if num_layers is None or num_layers >= config.num_hidden_layers:
+        return
+    if num_layers < 1:
+        raise ValueError(f"train.num_layers must be >= 1 or null, got {num_layers}")
+    config.num_hidden_layers = num_layers
+    if isinstance(getattr(config, "layer_types", None), list):  # per-layer attention kinds (Qwen3, Gemma)
+        config.layer_types = config.layer_types[:num_layers]
+
+
+def _cut_layers(model, num_layers: int | None) -> None:
+    """Keep the first N decoder layers of an already loaded model (the Unsloth path)."""
+    import torch
+
+    base = getattr(model, model.base_model_prefix)
+    if num_layers is None or num_layers >= len(base.layers):
+        return
+    base.layers = torch.nn.ModuleList(list(base.layers)[:num_layers])
+    _cut_config(model.config, num_layers)
+
+
+def score_head(model):
+    """The `score` Linear of a (possibly PEFT-wrapped) sequence-classification model, or None."""
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "score" and hasattr(module, "out_features"):
+            return module
+        if leaf == "score" and hasattr(module, "modules_to_save"):  # PEFT ModulesToSaveWrapper
+            return module.modules_to_save["default"]
+    return None
+
+
+def assert_reward_head(model) -> None:
+    """A reward model has one trainable score output; a causal LM (unsloth#1730) has none."""
+    head = score_head(model)
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # unwrap PEFT
+    if head is None or "ForCausalLM" in type(inner).__name__:
+        raise RuntimeError(f"{type(model).__name__} has no `score` head: not a sequence-classification model")
+    if head.out_features != 1:
+        raise RuntimeError(f"the score head has {head.out_features} outputs, expected 1")
+    if not any(p.requires_grad for p in head.parameters()):
+        raise RuntimeError("the score head is frozen: it would stay at its random init (trl#1379)")
+
+
+def _lora_config(cfg: TrainConfig, n_layers: int):
+    from peft import LoraConfig
+
+    layers = None
+    if cfg.lora_last_layers:
+        layers = list(range(max(0, n_layers - cfg.lora_last_layers), n_layers))
+    return LoraConfig(
+        task_type="SEQ_CLS",
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=LORA_TARGETS,
+        layers_to_transform=layers,
+        modules_to_save=["score"],  # the new head trains in full and is saved with the adapter
+    )
+
+
+def _load_transformers(cfg: TrainConfig, path: str, tok, device):
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(path, num_labels=1)
+    _cut_config(config, cfg.num_layers)
+    config.pad_token_id = tok.pad_token_id
+    torch.manual_seed(cfg.seed)  # the new score head's init
+    with _quiet_transformers():
+        model = AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=torch.float32)
+    if len(tok) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tok))
+    model.to(device)
+    if cfg.lora:
+        torch.manual_seed(cfg.seed)
+        model = get_peft_model(model, _lora_config(cfg, config.num_hidden_layers))
+    return model
+
+
+def _load_unsloth(cfg: TrainConfig, path: str, tok):
+    from unsloth import FastLanguageModel  # imported first by choose_backend
+
+    model, _ = FastLanguageModel.from_pretrained(
+        model_name=path,
+        max_seq_length=cfg.max_length,
+        dtype=None,  # bf16 where supported
+        load_in_4bit=False,
+        num_labels=1,  # maps to AutoModelForSequenceClassification on GPU
+        full_finetuning=not cfg.lora,
+    )
+    if "ForSequenceClassification" not in type(model).__name__:
+        raise RuntimeError(
+            f"Unsloth returned {type(model).__name__} for num_labels=1, not a sequence-classification model "
+            "(unsloth#1730); use train.backend: transformers"
+        )
+    _cut_layers(model, cfg.num_layers)
+    model.config.pad_token_id = tok.pad_token_id
+    if len(tok) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tok))
+    if cfg.lora:
+        n = model.config.num_hidden_layers
+        layers = list(range(max(0, n - cfg.lora_last_layers), n)) if cfg.lora_last_layers else None
+        # Unsloth picks task_type SEQ_CLS for a classification model, and PEFT then adds "score" to
+        # modules_to_save itself; Unsloth's own modules_to_save accepts only lm_head/embed_tokens.
+        model = FastLanguageModel.get_peft_model(
+            model,
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=LORA_TARGETS,
+            layers_to_transform=layers,
+            bias="none",
+            use_gradient_checkpointing=False,
+            random_state=cfg.seed,
+        )
+    return model
+
+
+def load_reward_model(cfg: TrainConfig, device: str | None = None) -> tuple[Any, Any, dict]:
+    """Build the trainable reward model; returns (model, tokenizer, info) with the backend and why."""
+    choice = choose_backend(cfg.backend)
+    path = resolve_model_path(cfg.backbone)
+    tok = load_tokenizer(cfg.backbone, padding_side="right")
+    added_pad = ensure_distinct_pad(tok)
+    if choice.name == "unsloth":
+        model = _load_unsloth(cfg, path, tok)
+        device = "cuda"
+    else:
+        device = device or ("cuda" if _cuda_available() else "cpu")
+        model = _load_transformers(cfg, path, tok, device)
+    assert_reward_head(model)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in model.parameters())
+    info = {
+        "backend": choice.name,
+        "reason": choice.reason,
+        "device": device,
+        "model_class": type(model).__name__,
+        "num_layers": _base_config(model).num_hidden_layers,
+        "pad_token": tok.pad_token,
+        "pad_token_id": tok.pad_token_id,
+        "pad_token_added": added_pad,
+        "trainable_params": n_train,
+        "total_params": n_all,
+    }
+    return model, tok, info
+
+
+def _base_config(model):
+    return getattr(model, "config", None) or model.base_model.config
+
+
+def merged_model(model):
+    """The plain transformers model to save: LoRA merged into the weights (PEFT), else the model itself."""
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model
+
+
+def reward_scores(model, input_ids, attention_mask):
+    """One float32 score per row; anything else (a causal LM's vocabulary logits) is an error."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    if tuple(logits.shape) != (input_ids.shape[0], 1):
+        raise RuntimeError(
+            f"expected one score per conversation (shape ({input_ids.shape[0]}, 1)), got logits of shape "
+            f"{tuple(logits.shape)}: is this a sequence-classification model with num_labels=1?"
+        )
+    return logits[:, 0].float()

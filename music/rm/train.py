@@ -1,0 +1,284 @@
+"""The package's own reward-model trainer (plain torch): Bradley-Terry loss, AdamW, linear warmup/decay,
+gradient accumulation, length-grouped batches, resumable checkpoints, and a merged final model.
+
+Resume: every `save_every` optimizer steps the trainable weights (LoRA + score head, or all weights),
+the optimizer, the scheduler, the RNG states and the step go to
+`{resume_dir}/{variant}-{hash of config + data}/checkpoint.pt`, a folder outside the stage's output
+(DVC deletes a stage's outputs when it starts). A rerun with the same config and data continues from
+there and ends with the same weights as an uninterrupted run; the folder is removed after success.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from music.config import TrainConfig
+from music.io import atomic_path, dumps_canonical
+from music.rm.data import EncodedPair, collate_pairs, encode_pairs, length_grouped_batches, mix_pairs
+from music.rm.model import load_reward_model, merged_model, reward_scores
+
+CHECKPOINT = "checkpoint.pt"
+StepCallback = Callable[[int, dict], None]  # (optimizer step done, its curve row); may raise to stop
+
+
+def bt_loss(chosen, rejected, margin: float = 0.0, center_coef: float = 0.0):
+    """Bradley-Terry: -log sigmoid(r_c - r_r - margin) [+ center_coef * mean((r_c + r_r)^2)].
+
+    Returns (loss, accuracy); accuracy is strict (a tie counts as wrong, as in RewardBench).
+    """
+    import torch.nn.functional as F
+
+    chosen, rejected = chosen.float(), rejected.float()
+    loss = -F.logsigmoid(chosen - rejected - margin).mean()
+    if center_coef:
+        loss = loss + center_coef * ((chosen + rejected) ** 2).mean()
+    acc = (chosen > rejected).float().mean()
+    return loss, acc
+
+
+def fingerprint(cfg: TrainConfig, variant: str, pairs: list) -> str:
+    """Hash of everything that decides the result (save_every only decides where we can resume)."""
+    conf = {k: v for k, v in asdict(cfg).items() if k != "save_every"}
+    h = hashlib.sha256(dumps_canonical({"config": conf, "variant": variant}).encode())
+    for p in pairs:
+        h.update(json.dumps(p.to_record(), sort_keys=True, default=str, ensure_ascii=False).encode())
+    return h.hexdigest()
+
+
+def lr_lambda(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
+    warmup = int(math.ceil(total_steps * warmup_ratio))
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return f
+
+
+def plan_batches(encoded: list[EncodedPair], cfg: TrainConfig) -> tuple[list[list[int]], int]:
+    """The whole run's micro-batches (indices into `encoded`) and the number of optimizer steps."""
+    lengths = [p.length for p in encoded]
+    per_epoch = math.ceil(len(encoded) / cfg.batch_size)
+    steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
+    micro: list[list[int]] = []
+    epoch = 0
+    while len(micro) < steps * cfg.grad_accum:
+        micro += length_grouped_batches(lengths, cfg.batch_size, cfg.seed, epoch, group=cfg.length_grouping)
+        epoch += 1
+    return micro[: steps * cfg.grad_accum], steps
+
+
+@dataclass
+class TrainOutcome:
+    model: Any  # the training model (PEFT-wrapped when LoRA)
+    tokenizer: Any
+    metrics: dict
+    curve: list[dict] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- resume state
+
+def _rng_state() -> dict:
+    import numpy as np
+    import torch
+
+    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict) -> None:
+    import torch
+
+    trainable = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    blob = {
+        **state,
+        "trainable": trainable,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": _rng_state(),
+    }
+    with atomic_path(folder / CHECKPOINT) as tmp:
+        torch.save(blob, tmp)
+
+
+def load_checkpoint(folder: Path, model, optimizer, scheduler, fp: str) -> dict | None:
+    """Restore a checkpoint written for this exact config and data; None when there is none."""
+    import torch
+
+    path = folder / CHECKPOINT
+    if not path.exists():
+        return None
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    if blob.get("fingerprint") != fp:
+        return None
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in blob["trainable"].items():
+            params[name].copy_(value.to(params[name].device))
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    _set_rng_state(blob["rng"])
+    return blob
+
+
+# ---------------------------------------------------------------- the loop
+
+def run_training(
+    cfg: TrainConfig,
+    pairs_by_kind: dict[str, Any],
+    variant: str = "baseline",
+    resume_dir: str | Path | None = None,
+    callback: StepCallback | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> TrainOutcome:
+    """Train one variant; returns the in-memory model, its tokenizer, metrics and curve rows."""
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    if variant not in cfg.variants:
+        raise ValueError(f"unknown variant {variant!r}; train.variants has {sorted(cfg.variants)}")
+    pairs, n_per_kind = mix_pairs(pairs_by_kind, cfg.variants[variant], cfg.music_ratio, cfg.seed)
+    fp = fingerprint(cfg, variant, pairs)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    model, tok, info = load_reward_model(cfg, device=device)
+    dev = next(model.parameters()).device
+    encoded, trunc = encode_pairs(tok, pairs, cfg.max_length, source=f"pairs for variant {variant!r}")
+    micro, total_steps = plan_batches(encoded, cfg)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, cfg.warmup_ratio))
+
+    folder = Path(resume_dir) / f"{variant}-{fp[:16]}" if resume_dir else None
+    state = {"step": 0, "curve": [], "real_tokens": 0, "padded_tokens": 0, "seconds": 0.0, "resumed_from": None}
+    blob = load_checkpoint(folder, model, optimizer, scheduler, fp) if folder else None
+    if blob:
+        state = {k: blob[k] for k in state}
+        state["resumed_from"] = blob["step"]
+
+    model.train()
+    bar = tqdm(total=total_steps, initial=state["step"], desc=f"train RM ({variant})", disable=not progress)
+    for step in range(state["step"], total_steps):
+        t0 = time.perf_counter()
+        losses, accs = [], []
+        for b in micro[step * cfg.grad_accum:(step + 1) * cfg.grad_accum]:
+            batch = [encoded[i] for i in b]
+            ids, mask = collate_pairs(batch, tok.pad_token_id)
+            scores = reward_scores(model, ids.to(dev), mask.to(dev))
+            loss, acc = bt_loss(scores[: len(batch)], scores[len(batch):], cfg.margin, cfg.center_coef)
+            (loss / cfg.grad_accum).backward()
+            losses.append(loss.item())
+            accs.append(acc.item())
+            state["real_tokens"] += int(mask.sum())
+            state["padded_tokens"] += mask.numel()
+        if cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["seconds"] += time.perf_counter() - t0
+        row = {"step": step + 1, "loss": float(np.mean(losses)), "accuracy": float(np.mean(accs))}
+        state["curve"].append(row)
+        state["step"] = step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.2f}")
+        if folder and cfg.save_every and state["step"] % cfg.save_every == 0 and state["step"] < total_steps:
+            save_checkpoint(folder, model, optimizer, scheduler, {**state, "fingerprint": fp})
+        if callback:
+            callback(state["step"], row)
+    bar.close()
+    model.eval()
+
+    curve = state["curve"]
+    window = curve[-max(1, math.ceil(len(curve) / 10)):]
+    metrics = {
+        "variant": variant,
+        "final_loss": float(np.mean([r["loss"] for r in window])),
+        "final_accuracy": float(np.mean([r["accuracy"] for r in window])),
+        "last_step_loss": curve[-1]["loss"],
+        "steps": total_steps,
+        "pairs": len(pairs),
+        "pairs_per_kind": n_per_kind,
+        "train_seconds": round(state["seconds"], 2),
+        "seconds_per_step": round(state["seconds"] / total_steps, 3),  # resumed runs carry earlier time
+        "tokens_per_s": round(state["real_tokens"] / state["seconds"], 1) if state["seconds"] else None,
+        "padding_share": round(1 - state["real_tokens"] / state["padded_tokens"], 4) if state["padded_tokens"] else 0.0,
+        "resumed_from_step": state["resumed_from"],
+        "truncation": trunc,
+        "backend": info,
+        "config": asdict(cfg),
+        "fingerprint": fp,
+    }
+    return TrainOutcome(model, tok, metrics, curve)
+
+
+def write_curve(path: Path, curve: list[dict]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=["step", "loss", "accuracy"])
+        w.writeheader()
+        for r in curve:
+            w.writerow({"step": r["step"], "loss": f"{r['loss']:.6f}", "accuracy": f"{r['accuracy']:.4f}"})
+
+
+def save_reward_model(outcome: TrainOutcome, out_dir: str | Path):
+    """Merge LoRA and write a plain HF model + tokenizer + train_metrics.json + curve.csv, atomically.
+
+    Returns the merged model (the PEFT wrapper is unusable after merging).
+    """
+    model = merged_model(outcome.model)
+    model.config.pad_token_id = outcome.tokenizer.pad_token_id
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp)
+        outcome.tokenizer.save_pretrained(tmp)
+        write_curve(tmp / "curve.csv", outcome.curve)
+        (tmp / "train_metrics.json").write_text(
+            json.dumps(outcome.metrics, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
+        )
+    return model
+
+
+def train_reward_model(
+    cfg: TrainConfig,
+    pairs_by_kind: dict[str, Any],
+    out_dir: str | Path,
+    resume_dir: str | Path | None = None,
+    variant: str = "baseline",
+    callback: StepCallback | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train a variant, save the merged model to out_dir, drop its resume checkpoint; returns metrics."""
+    outcome = run_training(cfg, pairs_by_kind, variant, resume_dir, callback, device, progress)
+    save_reward_model(outcome, out_dir)
+    if resume_dir:
+        shutil.rmtree(Path(resume_dir) / f"{variant}-{outcome.metrics['fingerprint'][:16]}", ignore_errors=True)
+    return outcome.metrics

@@ -1,0 +1,177 @@
+"""Rendering, truncation, mixing and batching of reward-model pairs (DESIGN §2: template, length)."""
+
+from __future__ import annotations
+
+import pytest
+from test_rm_common import conv, smol_tok, toy_pairs  # noqa: F401  (fixture import)
+
+from music.errors import DataError
+from music.rm.data import (
+    as_pairs, collate_pairs, encode_pairs, fit_conversation, length_grouped_batches, mix_pairs,
+    render_ids, split_turns,
+)
+from music.schema import PreferencePair
+
+
+# ---------------------------------------------------------------- chat template: one step, one BOS
+
+@pytest.fixture(scope="module")
+def bos_tok():
+    """A Llama-style tokenizer: adds <s> when tokenizing text, and its chat template writes <s> too."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<s>", "</s>", "<pad>", "user", "assistant", "system", ":", "hi", "hello", "there"]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    tok.chat_template = "{{ bos_token }}{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
+    return tok
+
+
+def test_render_in_one_step_has_a_single_bos(bos_tok):
+    c = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]
+    ids = render_ids(bos_tok, c)
+    two_step = bos_tok(bos_tok.apply_chat_template(c, tokenize=False)).input_ids
+    assert two_step[:2] == [1, 1]  # the pitfall itself (reward-bench#164)
+    assert ids.count(1) == 1 and ids[0] == 1
+    assert ids == two_step[1:]
+
+
+def test_render_equals_the_template_ids_for_smollm(smol_tok):
+    c = conv(0, True, turns=2)
+    ids = render_ids(smol_tok, c)
+    assert ids == list(smol_tok.apply_chat_template(c, tokenize=True)["input_ids"])
+    assert ids[:2] != [smol_tok.bos_token_id] * 2
+    assert smol_tok.decode(ids).startswith("<|im_start|>system\n")  # the template's default system prompt
+    assert ids[-2] == smol_tok.convert_tokens_to_ids("<|im_end|>")
+
+
+# ---------------------------------------------------------------- length: turns first, then tokens, never silent
+
+def _long_conv(turns=4, system="Be brief."):
+    c = [{"role": "system", "content": system}]
+    for t in range(turns):
+        c += [{"role": "user", "content": f"turn {t} " + "word " * 30}, {"role": "assistant", "content": f"reply {t} " + "ok " * 30}]
+    return c
+
+
+def test_split_turns_groups_user_and_assistant():
+    system, turns = split_turns(_long_conv(3))
+    assert [m["role"] for m in system] == ["system"]
+    assert [[m["role"] for m in t] for t in turns] == [["user", "assistant"]] * 3
+
+
+def test_oldest_whole_turns_go_first_and_system_stays(smol_tok):
+    c = _long_conv(4)
+    full = len(render_ids(smol_tok, c))
+    two_turns = len(render_ids(smol_tok, c[:1] + c[5:]))
+    fit = fit_conversation(smol_tok, c, two_turns, source="s", record=0, field_name="chosen")
+    assert full > two_turns
+    assert (fit.turns_dropped, fit.tokens_cut, fit.length_before) == (2, 0, full)
+    text = smol_tok.decode(fit.ids)
+    assert "Be brief." in text and "turn 2" in text and "reply 3" in text
+    assert "turn 0" not in text and "turn 1" not in text
+
+
+def test_then_tokens_are_cut_from_the_left_keeping_system_and_end(smol_tok):
+    c = _long_conv(2)
+    last_turn = render_ids(smol_tok, c[:1] + c[3:])
+    fit = fit_conversation(smol_tok, c, len(last_turn) - 10, source="s", record=0, field_name="chosen")
+    assert fit.turns_dropped == 1 and fit.tokens_cut == 10
+    assert len(fit.ids) == len(last_turn) - 10
+    assert fit.ids[-20:] == last_turn[-20:]  # the end (and the pooled last token) is intact
+    assert smol_tok.decode(fit.ids).startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n")
+
+
+def test_unfixable_conversation_names_the_pair(smol_tok):
+    c = _long_conv(1, system="rules " * 200)
+    pair = PreferencePair(c, c, {"pair_id": "p-long", "kind": "d"})
+    with pytest.raises(DataError) as err:
+        encode_pairs(smol_tok, [pair], max_length=64, source="d_train")
+    msg = str(err.value)
+    assert "d_train" in msg and "p-long" in msg and "'chosen'" in msg and "max_length=64" in msg
+
+
+def test_stats_count_each_rule_per_pair(smol_tok):
+    short = conv(0, True)
+    long = _long_conv(3)
+    pairs = [
+        PreferencePair(short, short, {"pair_id": "a", "kind": "d"}),
+        PreferencePair(long, short, {"pair_id": "b", "kind": "music"}),
+        PreferencePair(short, long, {"pair_id": "c", "kind": "music"}),
+    ]
+    max_len = len(render_ids(smol_tok, long[:1] + long[3:]))  # room for the last two turns
+    encoded, stats = encode_pairs(smol_tok, pairs, max_length=max_len)
+    assert all(p.length <= max_len for p in encoded)
+    a = stats["all"]
+    assert (a["pairs"], a["pairs_untouched"], a["pairs_turns_dropped"], a["pairs_tokens_cut"]) == (3, 1, 2, 0)
+    assert a["share_turns_dropped"] == pytest.approx(2 / 3, abs=1e-3)
+    assert stats["music"]["pairs_turns_dropped"] == 2 and stats["d"]["pairs_untouched"] == 1
+    assert a["examples"] == ["b", "c"]
+
+
+# ---------------------------------------------------------------- bad input stops with a clear message
+
+def test_empty_side_is_a_data_error():
+    rec = {"chosen": [], "rejected": conv(0, False), "pair_id": "x1"}
+    with pytest.raises(DataError, match=r"music_train, record 0 \(pair_id x1\), field 'chosen': conversation is empty"):
+        as_pairs([rec], "music_train")
+
+
+def test_no_pairs_is_a_data_error():
+    with pytest.raises(DataError, match="no preference pairs"):
+        as_pairs([], "d_train")
+    with pytest.raises(DataError, match="no pairs given for kind 'music'"):
+        mix_pairs({"d": toy_pairs(2)}, ["d", "music"], 1.0, 0)
+
+
+def test_accepts_dicts_pairs_and_datasets():
+    from datasets import Dataset
+
+    pairs = toy_pairs(3)
+    recs = [p.to_record() for p in pairs]
+    for data in (pairs, recs, Dataset.from_list(recs)):
+        got = as_pairs(data, "src")
+        assert [p.meta["pair_id"] for p in got] == ["d0", "d1", "d2"] and got[0].chosen == pairs[0].chosen
+
+
+# ---------------------------------------------------------------- mixing and batching
+
+def test_music_ratio_caps_music_pairs_deterministically():
+    by_kind = {"d": toy_pairs(10, "d"), "music": toy_pairs(30, "music")}
+    mixed, counts = mix_pairs(by_kind, ["d", "music"], 0.5, seed=3)
+    assert counts == {"d": 10, "music": 5} and len(mixed) == 15
+    again, _ = mix_pairs(by_kind, ["d", "music"], 0.5, seed=3)
+    other, _ = mix_pairs(by_kind, ["d", "music"], 0.5, seed=4)
+    ids = lambda ps: [p.meta["pair_id"] for p in ps]  # noqa: E731
+    assert ids(mixed) == ids(again) and ids(mixed) != ids(other)
+    base, counts = mix_pairs(by_kind, ["d"], 0.5, seed=3)
+    assert counts == {"d": 10}
+
+
+def test_length_grouped_batches_cover_all_and_cut_padding():
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.randint(20, 500) for _ in range(97)]
+    grouped = length_grouped_batches(lengths, 4, seed=1, epoch=0)
+    plain = length_grouped_batches(lengths, 4, seed=1, epoch=0, group=False)
+    for batches in (grouped, plain):
+        assert sorted(i for b in batches for i in b) == list(range(97))
+    pad = lambda bs: sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in bs)  # noqa: E731
+    assert pad(grouped) < 0.5 * pad(plain)
+    assert grouped == length_grouped_batches(lengths, 4, seed=1, epoch=0)
+    assert grouped != length_grouped_batches(lengths, 4, seed=1, epoch=1)
+    assert grouped != length_grouped_batches(lengths, 4, seed=2, epoch=0)
+
+
+def test_collate_puts_chosen_rows_first(smol_tok):
+    encoded, _ = encode_pairs(smol_tok, toy_pairs(3), max_length=256)
+    ids, mask = collate_pairs(encoded, smol_tok.pad_token_id)
+    assert ids.shape[0] == 6
+    for k, p in enumerate(encoded):
+        assert ids[k, : len(p.chosen)].tolist() == p.chosen and int(mask[k].sum()) == len(p.chosen)
+        assert ids[3 + k, : len(p.rejected)].tolist() == p.rejected
+    assert (ids[mask == 0] == smol_tok.pad_token_id).all()

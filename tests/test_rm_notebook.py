@@ -1,0 +1,36 @@
+"""Notebook 03 runs end to end through `music.notebook` on tiny data and writes the model folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from test_rm_common import smol_tok, tiny_backbone, toy_pairs  # noqa: F401  (fixtures)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_notebook_03_trains_the_music_variant(tiny_backbone, tmp_path):
+    from datasets import Dataset
+
+    from music.notebook import run_stage
+
+    pairs_dir = tmp_path / "pairs"
+    for kind, n in (("d", 6), ("music", 4)):
+        Dataset.from_list([p.to_record() for p in toy_pairs(n, kind, turns=2)]).save_to_disk(str(pairs_dir / f"{kind}_train"))
+    params = {
+        "paths": {"pairs": str(pairs_dir), "models": str(tmp_path / "models"), "cache": str(tmp_path / "cache")},
+        "train": {"backbone": tiny_backbone, "num_layers": None, "max_steps": 2, "batch_size": 4, "max_length": 256},
+    }
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    executed = run_stage("train", str(params_file), variant="music", output_dir=tmp_path / "executed", log_output=False)
+    out = tmp_path / "models" / "music"
+    assert {"config.json", "model.safetensors", "tokenizer.json", "curve.csv", "train_metrics.json"} <= {p.name for p in out.iterdir()}
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["pairs_per_kind"] == {"d": 6, "music": 4} and metrics["variant"] == "music"
+    text = executed.read_text()
+    assert "backend: transformers on cpu" in text and "pairs_turns_dropped" in text
