@@ -133,3 +133,24 @@ def test_bad_conversation_names_the_record():
     with pytest.raises(DataError, match=r"record 1.*conversations\[1\]\[0\]\.role"):
         FakeChat(CFG).generate([convs(1)[0], [{"role": "assistant", "content": "hi"}]])
     assert FakeChat(CFG).generate([]) == []
+
+
+def test_default_choose_generates_greedily():
+    """Backends without constrained decoding (HTTP servers) answer `choose` by plain greedy generation."""
+    from music.chat.base import ChatBackend, ChatReply
+
+    class Echo(ChatBackend):
+        kind = "echo"
+        name = "echo"
+
+        def identity(self):
+            return {"kind": "echo"}
+
+        def run(self, units, params):
+            for u in units:
+                yield u, [ChatReply(f"[[B]] t={params.temperature}", "stop") for _ in u.requests]
+
+    from music.config import ChatModelConfig
+
+    out = Echo(ChatModelConfig(temperature=0.9)).choose([[{"role": "user", "content": "q"}]], ["A", "B"], prefix="[[")
+    assert out[0].text == "[[B]] t=0.0"

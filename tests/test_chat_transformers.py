@@ -109,3 +109,16 @@ def test_crash_mid_run_then_rerun_matches_uninterrupted(tmp_path, monkeypatch):
     rerun = make_chat(cfg, tmp_path / "run")
     assert rerun.generate(conversations, seed=5) == reference
     assert len(calls) == 2  # batches 1 and 2 came from the cache; 3 and 4 were generated
+
+
+def test_choose_constrains_the_reply_to_an_option():
+    c = chat(batch_size=2)
+    convs = ask("Which is a fruit? A) apple B) car. Answer with the letter.", "Which is a colour? A) dog B) red. Answer with the letter.",
+                "Is 2 bigger than 1? A) yes B) no")
+    out = c.choose(convs, ["A", "B", "C"], prefix="[[", suffix="]]")
+    assert all(r.text in ("[[A]]", "[[B]]", "[[C]]") and r.finish_reason == "stop" for r in out)
+    assert c.choose(convs, ["A", "B", "C"], prefix="[[", suffix="]]") == out  # no sampling: deterministic
+    # one row alone gives the same pick as inside a padded batch
+    assert c.choose(convs[1:2], ["A", "B", "C"], prefix="[[", suffix="]]")[0] == out[1]
+    with pytest.raises(ValueError, match="first token"):
+        c.choose(convs, ["A", "A"], prefix="[[")

@@ -159,6 +159,15 @@ class ChatBackend(ABC):
             raise RuntimeError(f"{self.name}: no reply for conversations {missing[:5]}")
         return replies  # type: ignore[return-value]
 
+    def choose(self, conversations: list[list[dict]], options: list[str], *, prefix: str = "", suffix: str = "",
+               seed: int = 0, max_new_tokens: int | None = None, desc: str | None = None) -> list[ChatReply]:
+        """Answer each conversation with one of `options`, written as prefix + option + suffix.
+
+        Default: generate greedily and let the caller parse the reply (it may match no option).
+        In-process backends override this to pick the most likely option (constrained decoding).
+        """
+        return self.generate(conversations, seed=seed, max_new_tokens=max_new_tokens, temperature=0.0, desc=desc)
+
     def _requests(self, conversations: list[list[dict]], params: SamplingParams) -> list[Request]:
         if not isinstance(conversations, list):
             raise TypeError(f"conversations must be a list of conversations, got {type(conversations).__name__}")

@@ -13,6 +13,7 @@ from typing import Iterator
 
 from music.chat.base import ChatBackend, ChatReply, Request, SamplingParams, Unit
 from music.config import ChatModelConfig
+from music.schema import validate_conversation
 
 # End-of-turn markers of common chat templates; those present in a vocabulary also stop generation.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
@@ -144,6 +145,42 @@ class TransformersChat(ChatBackend):
                     input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg
                 )
             yield unit, [self._decode(row) for row in out[:, width:].tolist()]
+
+    def choose(self, conversations: list[list[dict]], options: list[str], *, prefix: str = "", suffix: str = "",
+               seed: int = 0, max_new_tokens: int | None = None, desc: str | None = None) -> list[ChatReply]:
+        """Constrained decoding: the reply is prefix + the option whose first token is most likely + suffix.
+
+        A small model rarely writes a parseable verdict on its own; scoring the options after the
+        prefix always yields one (one forward pass per conversation, batched, no sampling).
+        """
+        import torch
+        from tqdm.auto import tqdm
+
+        first = [self.tok.encode(prefix + o, add_special_tokens=False)[len(self.tok.encode(prefix, add_special_tokens=False))]
+                 for o in options]
+        if len(set(first)) != len(first):
+            raise ValueError(f"options {options} do not differ in their first token after {prefix!r}")
+        prefix_ids = self.tok.encode(prefix, add_special_tokens=False) if prefix else []
+        prompts = [self.render(validate_conversation(c, source=f"{self.name} request", record=i,
+                                                     field_name=f"conversations[{i}]")) + prefix_ids
+                   for i, c in enumerate(conversations)]
+        order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
+        replies: list[ChatReply | None] = [None] * len(prompts)
+        bs = self.cfg.batch_size
+        for start in tqdm(range(0, len(order), bs), desc=desc or f"{self.name} choose", unit="batch"):
+            rows = order[start : start + bs]
+            width = max(len(prompts[i]) for i in rows)
+            ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, i in enumerate(rows):
+                ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i], dtype=torch.long)
+                mask[r, width - len(prompts[i]):] = 1
+            with torch.inference_mode():
+                logits = self.lm(input_ids=ids.to(self.lm.device), attention_mask=mask.to(self.lm.device)).logits[:, -1, :]
+            picks = logits[:, first].argmax(dim=-1).tolist()
+            for r, i in enumerate(rows):
+                replies[i] = ChatReply(text=f"{prefix}{options[picks[r]]}{suffix}", finish_reason="stop")
+        return replies  # type: ignore[return-value]
 
     def _decode(self, tokens: list[int]) -> ChatReply:
         stops = set(self.stop_ids)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from music.evaluate.judge import combine_orders, judge_request, load_template, parse_verdict
+from music.evaluate.judge import VERDICT_OPTIONS, combine_orders, judge_request, load_template, parse_verdict
 from music.evaluate.stats import wilson_interval
 
 RMS = ("baseline", "music")
@@ -99,6 +99,7 @@ def run_best_of_n(
     policy_temperature: float,
     judge_max_new_tokens: int,
     judge_temperature: float,
+    judge_constrained: bool = False,
     template: str | None = None,
 ) -> list[Game]:
     """Play one game per (question, N); see the module docstring for the protocol."""
@@ -136,11 +137,13 @@ def run_best_of_n(
         Game(questions[q]["question_id"], n, {rm: contexts[(q, rm, n)] for rm in RMS})
         for q in range(len(questions)) for n in ns
     ]
-    _judge_games(games, judge, template, max_new_tokens=judge_max_new_tokens, temperature=judge_temperature, seed=seed)
+    _judge_games(games, judge, template, max_new_tokens=judge_max_new_tokens, temperature=judge_temperature, seed=seed,
+                 constrained=judge_constrained)
     return games
 
 
-def _judge_games(games: list[Game], judge, template: str, *, max_new_tokens: int, temperature: float, seed: int) -> None:
+def _judge_games(games: list[Game], judge, template: str, *, max_new_tokens: int, temperature: float, seed: int,
+                 constrained: bool = False) -> None:
     requests, owners = [], []
     for g in games:
         base, mus = g.conversations["baseline"], g.conversations["music"]
@@ -152,7 +155,11 @@ def _judge_games(games: list[Game], judge, template: str, *, max_new_tokens: int
         requests += [judge_request(template, base, mus), judge_request(template, mus, base)]
         owners.append(g)
     if requests:
-        replies = judge.generate(requests, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature, desc="judge")
+        if constrained:  # the verdict is the likeliest of [[A]]/[[B]]/[[C]] (generation where unsupported)
+            replies = judge.choose(requests, list(VERDICT_OPTIONS), prefix="[[", suffix="]]", seed=seed,
+                                   max_new_tokens=max_new_tokens, desc="judge")
+        else:
+            replies = judge.generate(requests, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature, desc="judge")
         for i, g in enumerate(owners):
             g.replies = [replies[2 * i].text, replies[2 * i + 1].text]
             g.verdicts = [parse_verdict(r) for r in g.replies]
@@ -220,6 +227,7 @@ def run_stage(P, *, questions_path: str | None = None) -> dict:
         questions, scorers, policy, judge, ns=cfg.bon_ns, seed=cfg.seed,
         policy_max_new_tokens=cfg.policy.max_new_tokens, policy_temperature=cfg.policy.temperature,
         judge_max_new_tokens=cfg.judge.max_new_tokens, judge_temperature=cfg.judge.temperature,
+        judge_constrained=cfg.judge_constrained,
     )
     result = {
         "by_n": summarize(games),
@@ -227,6 +235,7 @@ def run_stage(P, *, questions_path: str | None = None) -> dict:
         "question_ids": [q["question_id"] for q in questions],
         "policy": cfg.policy.model,
         "judge": cfg.judge.model,
+        "judge_mode": "constrained (likeliest verdict token)" if cfg.judge_constrained else "generated and parsed",
         "seconds": round(time.perf_counter() - start, 1),
         "rule": "MUSIC wins a game only if the judge prefers it in both orders; disagreement, a tie verdict, "
         "an unparsed reply, or identical picks (judge not called) count as a tie",

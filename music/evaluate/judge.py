@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 PROMPT_FILE = Path(__file__).resolve().parent.parent / "prompts" / "judge_pairwise.txt"
+VERDICT_OPTIONS = ("A", "B", "C")  # A better, B better, C tie
 VERDICT_RE = re.compile(r"\[\[\s*([ABC])\s*\]\]")
 ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
