@@ -1,0 +1,230 @@
+"""Stage `simulate`: continue each seed context for K turns, one model playing the user, one the assistant.
+
+Each turn is two batched calls over every live conversation (user model, then assistant model), never
+one conversation at a time. The user model sees the conversation with ROLES SWAPPED: the real
+assistant's messages become the "user" messages it replies to, and its own reply is the human's next
+message. A small instruct model's strongest habit is "reply to the last message"; swapped roles turn
+that habit into the behaviour we want, while a transcript ("write the USER's next line") asks it to
+reason about a conversation, which is exactly how tiny models drift (they comment on the dialogue).
+
+Every generated message is logged as an *event* (raw text, finish reason, trimming) so the filters
+can count failures later. A conversation whose user or assistant turn failed (error, empty after
+clean-up) stops there and carries `failure`; it is kept in the output and removed (and counted) when
+pairs are built. Per-call seeds derive from (config seed, split, branch, role, step) and conversations
+keep the seed file's order, so a rerun after a crash asks the cached backend exactly the same calls.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+from music.chat.base import derive_seed
+from music.config import Params, SimulateConfig
+from music.prompts import Prompt, load_prompt
+from music.schema import user_turns
+
+
+class Chat(Protocol):  # what we need of music.chat.ChatBackend (fakes in tests implement just this)
+    name: str
+
+    def generate(self, conversations: list[list[dict]], *, seed: int = 0, max_new_tokens: int | None = None,
+                 temperature: float | None = None, desc: str | None = None) -> list[Any]: ...
+
+
+@dataclass(frozen=True)
+class SimPrompts:
+    user: Prompt
+    opener: Prompt
+    assistant: Prompt
+
+    @classmethod
+    def load(cls) -> "SimPrompts":
+        return cls(load_prompt("user_simulator"), load_prompt("user_opener"), load_prompt("assistant_system"))
+
+    def meta(self) -> list[dict]:
+        return [self.user.meta(), self.opener.meta(), self.assistant.meta()]
+
+
+# --- rendering what each model sees -------------------------------------------------------------------
+
+def with_system(messages: list[dict], text: str) -> list[dict]:
+    """Our instruction as the system message; a conversation's own system message is kept before it."""
+    if messages and messages[0]["role"] == "system":
+        return [{"role": "system", "content": f"{messages[0]['content']}\n\n{text}"}, *messages[1:]]
+    return [{"role": "system", "content": text}, *messages]
+
+
+def user_view(messages: list[dict], prompts: SimPrompts) -> list[dict]:
+    """The conversation as the user model sees it: roles swapped, after a greeting from the 'assistant'."""
+    swap = {"user": "assistant", "assistant": "user"}
+    body = [{"role": swap[m["role"]], "content": m["content"]} for m in messages if m["role"] != "system"]
+    return [{"role": "system", "content": prompts.user.text}, {"role": "user", "content": prompts.opener.text}, *body]
+
+
+def assistant_view(messages: list[dict], prompts: SimPrompts) -> list[dict]:
+    return with_system(messages, prompts.assistant.text)
+
+
+# --- cleaning one generated message ---------------------------------------------------------------------
+
+_ROLE_PREFIX = re.compile(r"^\s*(?:\*\*)?\s*(?:user|human|me|question|the user)\s*(?:\*\*)?\s*:\s*(?:\*\*)?\s*", re.I)
+_QUOTES = ("\"\"", "''", "\u201c\u201d", "``")
+_SENTENCE_END = re.compile(r"[.!?](?:[\"')\]*]*)(?=\s|$)|\n")
+
+
+def clean_user_text(text: str) -> str:
+    """Strip what tiny models wrap a user message in: a 'User:' prefix and surrounding quotes."""
+    text = text.strip()
+    for _ in range(2):  # "User: \"...\"" needs both passes
+        text = _ROLE_PREFIX.sub("", text, count=1).strip()
+        for q in _QUOTES:
+            if len(text) >= 2 and text[0] == q[0] and text[-1] == q[-1]:
+                text = text[1:-1].strip()
+    return text
+
+
+def trim_to_sentence(text: str) -> str | None:
+    """The text up to its last full sentence (or line), or None when no sentence ends in it."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    if not ends:
+        return None
+    out = text[: ends[-1]].rstrip()
+    return out or None
+
+
+@dataclass
+class Event:
+    """One generated message: what came back and what we made of it (filters read these)."""
+
+    branch: str  # "chosen" | "rejected" | "d"
+    turn: int  # 1-based user-turn index in the whole conversation
+    role: str  # "user" | "assistant" | "modified_request"
+    finish_reason: str  # "stop" | "length" | "error"
+    raw: str
+    text: str  # the message as used ("" when it failed)
+    trimmed: bool = False
+    error: str | None = None
+    method: str | None = None  # how a rejected reply was made ("instruct" | "resample")
+
+    def to_record(self) -> dict:
+        return {"branch": self.branch, "turn": self.turn, "role": self.role, "finish_reason": self.finish_reason,
+                "raw": self.raw, "text": self.text, "trimmed": self.trimmed, "error": self.error,
+                "method": self.method}
+
+
+def make_event(reply: Any, *, branch: str, turn: int, role: str, trim: bool, user_voice: bool = False,
+               text: str | None = None, method: str | None = None) -> tuple[Event, str | None]:
+    """(event, failure reason or None). `text` overrides the reply's text (e.g. the parsed answer)."""
+    raw = reply.text or ""
+    if reply.finish_reason == "error" or reply.text is None:
+        return Event(branch, turn, role, "error", raw, "", error=reply.error or "no text", method=method), "generation_error"
+    body = raw if text is None else text
+    body = clean_user_text(body) if user_voice else body.strip()
+    trimmed = False
+    if reply.finish_reason == "length" and trim:
+        cut = trim_to_sentence(body)
+        if cut is not None and cut != body:
+            body, trimmed = cut, True
+    event = Event(branch, turn, role, reply.finish_reason, raw, body, trimmed=trimmed, method=method)
+    return event, (None if body else "empty_reply")
+
+
+# --- roll-outs ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Rollout:
+    """One conversation being extended; stops at its first failure."""
+
+    key: str
+    branch: str
+    messages: list[dict]
+    events: list[Event] = field(default_factory=list)
+    failure: str | None = None
+
+    @property
+    def turns(self) -> int:
+        return user_turns(self.messages)
+
+    def add(self, event: Event, failure: str | None) -> None:
+        self.events.append(event)
+        if failure is not None:
+            self.failure = failure
+        else:
+            self.messages.append({"role": "assistant" if event.role == "assistant" else "user", "content": event.text})
+
+
+def roll_out(rollouts: Sequence[Rollout], targets: Sequence[int], user: Chat, assistant: Chat, *,
+             prompts: SimPrompts, seed: int, tag: str, trim: bool = True) -> None:
+    """Extend every rollout to `targets[i]` user turns (each ending with the assistant), in batched steps.
+
+    Step s asks the user model for the next message of every live conversation in one call, then the
+    assistant model for every reply in one call. Rollouts shorter than their target after a failure stay so.
+    """
+    step = 0
+    while True:
+        live = [r for r, t in zip(rollouts, targets) if r.failure is None and r.turns < t]
+        if not live:
+            return
+        step += 1
+        replies = user.generate([user_view(r.messages, prompts) for r in live],
+                                seed=derive_seed(seed, tag, "user", step), desc=f"{tag} user step {step}")
+        for r, rep in zip(live, replies):
+            r.add(*make_event(rep, branch=r.branch, turn=r.turns + 1, role="user", trim=trim, user_voice=True))
+        live = [r for r in live if r.failure is None]
+        if not live:
+            continue
+        replies = assistant.generate([assistant_view(r.messages, prompts) for r in live],
+                                     seed=derive_seed(seed, tag, "assistant", step), desc=f"{tag} assistant step {step}")
+        for r, rep in zip(live, replies):
+            r.add(*make_event(rep, branch=r.branch, turn=r.turns, role="assistant", trim=trim))
+
+
+def simulate_seeds(seeds: Sequence[Any], user: Chat, assistant: Chat, cfg: SimulateConfig, *, split: str,
+                   prompts: SimPrompts | None = None) -> list[dict]:
+    """Conversation records: each seed's context continued by `cfg.turns` simulated turns (batched)."""
+    if cfg.turns < 1:
+        raise ValueError(f"simulate.turns must be >= 1, got {cfg.turns}")
+    prompts = prompts or SimPrompts.load()
+    rollouts = [Rollout(s.seed_id, "chosen", [dict(m) for m in s.context]) for s in seeds]
+    targets = [r.turns + cfg.turns for r in rollouts]
+    roll_out(rollouts, targets, user, assistant, prompts=prompts, seed=derive_seed(cfg.seed, "simulate", split),
+             tag=f"simulate {split}", trim=cfg.trim_truncated)
+    out = []
+    for s, r in zip(seeds, rollouts):
+        out.append({
+            "seed_id": s.seed_id, "conversation_id": s.conversation_id, "source": s.source, "split": s.split,
+            "context_turns": user_turns(s.context), "turns": cfg.turns, "messages": r.messages,
+            "events": [e.to_record() for e in r.events], "failure": r.failure,
+            "models": {"user": user.name, "assistant": assistant.name}, "prompts": prompts.meta(),
+        })
+    return out
+
+
+# --- the stage -------------------------------------------------------------------------------------------------
+
+SPLITS = ("train", "eval")
+
+
+def make_backends(P: Params, *, cache: bool = True) -> tuple[Chat, Chat]:
+    from music.chat import make_chat
+
+    cache_dir = P.paths.cache if cache else None
+    return make_chat(P.simulate.user, cache_dir), make_chat(P.simulate.assistant, cache_dir)
+
+
+def run_simulate(P: Params, *, splits: Sequence[str] = SPLITS, backends: tuple[Chat, Chat] | None = None) -> dict:
+    """Read outputs/seeds/{split}.jsonl, write outputs/conversations/{split}; returns a summary."""
+    from music.pairs import conversation_features, save_records
+    from music.seeding import read_seeds
+
+    user, assistant = backends or make_backends(P)
+    summary = {}
+    for split in splits:
+        seeds = read_seeds(Path(P.paths.seeds) / f"{split}.jsonl")
+        records = simulate_seeds(seeds, user, assistant, P.simulate, split=split)
+        save_records(records, Path(P.paths.conversations) / split, conversation_features())
+        summary[split] = {"conversations": len(records), "failed": sum(r["failure"] is not None for r in records)}
+    return summary

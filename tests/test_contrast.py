@@ -1,0 +1,183 @@
+"""Contrast: parsing, divergence choice, the rejected branch's shape, D pairs and the written pair sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from music.chat import ChatReply
+from music.config import ContrastConfig, SimulateConfig
+from music.contrast import contrast_conversations, parse_contrast, pick_divergence, run_contrast
+from music.pairs import load_records
+from music.schema import PreferencePair, user_turns
+from music.simulate import run_simulate, simulate_seeds
+from test_simulate import CONTRAST_PROMPT, FakeChat, make_seeds, tree_bytes, write_seed_files
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("MODIFIED REQUEST: twice-cooked pork?\nANSWER: Slice and fry.", ("twice-cooked pork?", "Slice and fry.")),
+    ("Sure.\n**MODIFIED REQUEST:** How do I shuffle?\n**ANSWER:** Use random.shuffle.\nDone.",
+     ("How do I shuffle?", "Use random.shuffle.\nDone.")),
+    ("modified request: a\n\nanswer: b", ("a", "b")),
+    ("MODIFIED REQUEST: only the request", None),
+    ("ANSWER: only the answer", None),
+    ("MODIFIED REQUEST:\nANSWER: ", None),
+    (None, None),
+])
+def test_parse_contrast(text, expected):
+    assert parse_contrast(text) == expected
+
+
+def test_pick_divergence_fixed_random_and_keyed_by_seed_id():
+    assert pick_divergence("s", 3, ContrastConfig(divergence="fixed", divergence_turn=2)) == 2
+    with pytest.raises(ValueError, match="outside"):
+        pick_divergence("s", 2, ContrastConfig(divergence="fixed", divergence_turn=3))
+    cfg = ContrastConfig(divergence="random", seed=0)
+    draws = [pick_divergence(f"s{i}", 4, cfg) for i in range(60)]
+    assert draws == [pick_divergence(f"s{i}", 4, cfg) for i in range(60)]  # same id, same turn
+    assert set(draws) == {1, 2, 3, 4}
+    late = ContrastConfig(divergence="random", min_turns_after_divergence=2)
+    assert {pick_divergence(f"s{i}", 4, late) for i in range(60)} == {1, 2}
+    assert [pick_divergence(f"s{i}", 4, ContrastConfig(seed=1)) for i in range(60)] != draws
+    with pytest.raises(ValueError, match="leaves no turn"):
+        pick_divergence("s", 1, ContrastConfig(min_turns_after_divergence=1))
+
+
+def _simulated(turns=3, n=4):
+    return simulate_seeds(make_seeds(n), FakeChat("fake:user"), FakeChat("fake:assistant"),
+                          SimulateConfig(turns=turns), split="train")
+
+
+def _first_difference(a: list[dict], b: list[dict]) -> int:
+    return next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+
+
+def test_instruct_branch_diverges_at_the_chosen_turn_and_keeps_going():
+    convs = _simulated(turns=3)
+    user, asst, con = FakeChat("fake:user"), FakeChat("fake:assistant"), FakeChat("fake:contrast")
+    cfg = ContrastConfig(method="instruct", divergence="fixed", divergence_turn=2)
+    cands = contrast_conversations(convs, user=user, assistant=asst, contrast=con, sim_cfg=SimulateConfig(turns=3),
+                                   cfg=cfg, split="train")
+    assert con.calls == 1 and user.calls == 1 and asst.calls == 1  # batched: one call each
+    for conv, c in zip(convs, cands):
+        f = c["fields"]
+        assert c["failure"] is None and f["contrast_method"] == "instruct" and f["models"]["contrast"] == "fake:contrast"
+        chosen, rejected = f["chosen"], f["rejected"]
+        assert user_turns(chosen) == user_turns(rejected) and rejected[-1]["role"] == "assistant"
+        assert f["divergence_turn"] == conv["context_turns"] + 2 and f["turns_after_divergence"] == 1
+        i = _first_difference(chosen, rejected)
+        assert rejected[i]["role"] == "assistant" and user_turns(rejected[: i + 1]) == f["divergence_turn"]
+        assert rejected[i - 1] == chosen[i - 1] and f["original_request"] == chosen[i - 1]["content"]
+        assert rejected[i]["content"].startswith("The answer about")  # only the ANSWER part, no request
+        assert "MODIFIED" not in rejected[i]["content"]
+        assert f["modified_request"].startswith("What about")
+        assert rejected[i + 1]["content"] != chosen[i + 1]["content"]  # the user reacts to the rejected history
+        assert "contrast_instruct.txt" in {p["name"] for p in f["prompts"]}
+        PreferencePair.from_record({k: v for k, v in f.items()}, source="test", record=f["pair_id"])
+
+
+def test_auto_falls_back_to_resampling_when_the_reply_does_not_parse():
+    convs = _simulated(turns=2)
+
+    def unparseable(messages, seed):
+        return ChatReply("I think you meant something else.", "stop") if CONTRAST_PROMPT in messages[0]["content"] else None
+
+    user, asst = FakeChat("fake:user"), FakeChat("fake:assistant")
+    cfg = ContrastConfig(method="auto", divergence="fixed", divergence_turn=1)
+    cands = contrast_conversations(convs, user=user, assistant=asst, contrast=FakeChat(script=unparseable),
+                                   sim_cfg=SimulateConfig(turns=2), cfg=cfg, split="train")
+    for c in cands:
+        f = c["fields"]
+        assert c["failure"] is None and f["contrast_method"] == "resample"
+        assert c["notes"]["instruct_parsed"] is False
+        assert f["modified_request"] != f["original_request"] and f["modified_request"].startswith("Could you tell me")
+        i = _first_difference(f["chosen"], f["rejected"])
+        assert f["rejected"][i]["content"].startswith("Answer ")
+        assert [e["role"] for e in c["events"] if e["branch"] == "rejected"] == ["modified_request", "assistant", "user", "assistant"]
+    # instruct-only: the same replies are counted failures
+    only = contrast_conversations(convs, user=user, assistant=asst, contrast=FakeChat(script=unparseable),
+                                  sim_cfg=SimulateConfig(turns=2), cfg=ContrastConfig(method="instruct", divergence="fixed"),
+                                  split="train")
+    assert {c["failure"] for c in only} == {"modified_request"}
+
+
+def test_failed_simulation_becomes_a_counted_candidate_not_a_pair():
+    convs = _simulated(turns=2)
+    convs[0] = {**convs[0], "failure": "empty_reply"}
+    cands = contrast_conversations(convs, user=FakeChat(), assistant=FakeChat(), contrast=FakeChat(),
+                                   sim_cfg=SimulateConfig(turns=2), cfg=ContrastConfig(method="instruct"), split="train")
+    assert cands[0]["failure"] == "empty_reply" and cands[0]["fields"]["rejected"] is None
+    assert all(c["failure"] is None for c in cands[1:])
+
+
+def _stage(tmp_path, **contrast):
+    P = write_seed_files(tmp_path)
+    P.simulate.turns = 2
+    for k, v in contrast.items():
+        setattr(P.contrast, k, v)
+    run_simulate(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant")))
+    report = run_contrast(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant"), FakeChat("fake:contrast")))
+    return P, report
+
+
+def test_run_contrast_writes_four_loadable_pair_sets_and_a_report(tmp_path):
+    from datasets import load_from_disk
+
+    P, report = _stage(tmp_path, method="auto")
+    out = Path(P.paths.pairs)
+    assert (out / "filter_report.json").is_file()
+    for name in ("d_train", "music_train", "d_eval", "music_eval"):
+        ds = load_from_disk(str(out / name))
+        recs = ds.to_list()
+        assert len(recs) == report["splits"][name]["kept"] > 0
+        for r in recs:
+            PreferencePair.from_record(r, source=name, record=r["pair_id"])
+            assert r["kind"] == name.split("_")[0]
+    d = load_records(out / "d_train")[0]
+    assert d["chosen"][-1]["content"] == "Real next reply 0." and d["rejected"][-1]["content"].startswith("Answer ")
+    assert d["chosen"][:-1] == d["rejected"][:-1] and d["divergence_turn"] is None
+    assert d["chosen"][-2] == {"role": "user", "content": "Real next user 0?"}
+    first = tree_bytes(out)
+    run_contrast(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant"), FakeChat("fake:contrast")))
+    assert tree_bytes(out) == first  # byte-identical
+
+
+def test_d_from_a_labelled_source_uses_the_loader(tmp_path, monkeypatch):
+    import music.sources
+
+    calls = []
+
+    def fake_load_pairs(kind, location, *, split="train", limit=None, skipped=None):
+        calls.append((kind, location, split, limit))
+        conv = [{"role": "user", "content": f"q {split}"}]
+        return [PreferencePair(conv + [{"role": "assistant", "content": "good"}],
+                               conv + [{"role": "assistant", "content": "bad"}], {"pair_id": f"p-{split}"})]
+
+    monkeypatch.setattr(music.sources, "load_pairs", fake_load_pairs)
+    P, report = _stage(tmp_path, d_source="skywork:hub:Skywork/Skywork-Reward-Preference-80K-v0.2", d_limit=5)
+    assert calls == [("skywork", "hub:Skywork/Skywork-Reward-Preference-80K-v0.2", "train", 5),
+                     ("skywork", "hub:Skywork/Skywork-Reward-Preference-80K-v0.2", "test", 5)]
+    assert [r["pair_id"] for r in load_records(Path(P.paths.pairs) / "d_eval")] == ["d-p-test"]
+    with pytest.raises(ValueError, match="KIND:LOCATION"):
+        from music.pairs import parse_d_source
+
+        parse_d_source("hub")
+
+
+def test_missing_conversations_name_the_folder(tmp_path):
+    from music.errors import DataError
+
+    with pytest.raises(DataError, match="run the stage"):
+        load_records(tmp_path / "conversations" / "train")
+
+
+def test_an_empty_pair_set_keeps_its_columns(tmp_path):
+    from datasets import load_from_disk
+
+    from music.pairs import pair_features, save_records
+
+    save_records([], tmp_path / "empty", pair_features())
+    ds = load_from_disk(str(tmp_path / "empty"))
+    assert len(ds) == 0 and set(ds.column_names) == set(pair_features())
+    assert load_records(tmp_path / "empty") == []

@@ -1,0 +1,247 @@
+"""The simulator: role-swapped user view, clean-up, batched roll-outs, failures, byte-identical outputs,
+and a crash-and-rerun through the real response cache that regenerates nothing already finished."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from music.chat import ChatReply, ResponseCache
+from music.chat.base import ChatBackend
+from music.config import ChatModelConfig, Params, SimulateConfig
+from music.io import write_jsonl
+from music.prompts import load_prompt
+from music.schema import validate_conversation
+from music.seeding import Seed
+from music.simulate import (SimPrompts, clean_user_text, run_simulate, simulate_seeds, trim_to_sentence,
+                            user_view)
+
+USER_PROMPT = load_prompt("user_simulator").text
+CONTRAST_PROMPT = load_prompt("contrast_instruct").text
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def fake_text(messages: list[dict], seed: int) -> str:
+    """Deterministic text that depends on the whole conversation, shaped like the role asked for."""
+    h = hashlib.sha256(json.dumps([messages, seed], sort_keys=True).encode()).hexdigest()[:8]
+    system = messages[0]["content"] if messages[0]["role"] == "system" else ""
+    if system == USER_PROMPT:
+        return f"Could you tell me more about {h}?"
+    if CONTRAST_PROMPT in system:
+        return f"MODIFIED REQUEST: What about {h} instead?\nANSWER: The answer about {h}."
+    return f"Answer {h}."
+
+
+class FakeChat(ChatBackend):
+    """A ChatBackend (so the real driver and cache run) whose 'model' is fake_text; one unit per request.
+
+    `script(messages, seed)` may return a ChatReply to override; `crash_after` units raises Crash.
+    Counts every generated request by its conversation, so tests can prove nothing ran twice.
+    """
+
+    kind = "fake"
+
+    def __init__(self, name: str = "fake:model", cache=None, script=None, crash_after: int | None = None,
+                 batch_size: int = 4):
+        super().__init__(ChatModelConfig(backend="fake", model=name, batch_size=batch_size), cache)
+        self.name = name
+        self.script = script
+        self.crash_after = crash_after
+        self.calls = 0  # generate() calls
+        self.generated: Counter[str] = Counter()  # conversation digest -> times generated
+
+    def identity(self) -> dict:
+        return {"kind": self.kind, "model": self.cfg.model}
+
+    def generate(self, conversations, **kw):
+        self.calls += 1
+        return super().generate(conversations, **kw)
+
+    def run(self, units, params):
+        for unit in units:
+            if self.crash_after is not None and self.units_generated >= self.crash_after:
+                raise Crash(f"injected crash after {self.crash_after} units")
+            out = []
+            for r in unit.requests:
+                self.generated[hashlib.sha256(json.dumps(r.messages).encode()).hexdigest()] += 1
+                scripted = self.script(r.messages, unit.seed) if self.script else None
+                out.append(scripted or ChatReply(fake_text(r.messages, unit.seed), "stop"))
+            yield unit, out
+
+
+def make_seeds(n: int = 3, split: str = "train") -> list[Seed]:
+    out = []
+    for i in range(n):
+        ctx = [{"role": "user", "content": f"Question {i} about cooking ({split})?"},
+               {"role": "assistant", "content": f"Reply {i} about cooking."}]
+        if i % 2:
+            ctx = [{"role": "system", "content": "Be nice."}, *ctx,
+                   {"role": "user", "content": f"Follow-up {i}?"}, {"role": "assistant", "content": f"Second reply {i}."}]
+        out.append(Seed(f"{split}-s{i}", f"conv{i}", "fake", split, ctx, f"Real next user {i}?", f"Real next reply {i}."))
+    return out
+
+
+def write_seed_files(root: Path, n_train: int = 3, n_eval: int = 2) -> Params:
+    P = Params()
+    P.paths.seeds = str(root / "seeds")
+    P.paths.conversations = str(root / "conversations")
+    P.paths.pairs = str(root / "pairs")
+    P.paths.cache = str(root / "cache")
+    write_jsonl(Path(P.paths.seeds) / "train.jsonl", [s.to_record() for s in make_seeds(n_train, "train")])
+    write_jsonl(Path(P.paths.seeds) / "eval.jsonl", [s.to_record() for s in make_seeds(n_eval, "eval")])
+    return P
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --- rendering and clean-up ----------------------------------------------------------------------------------
+
+def test_user_view_swaps_roles_and_drops_the_assistant_system_prompt():
+    prompts = SimPrompts.load()
+    conv = [{"role": "system", "content": "Be nice."}, {"role": "user", "content": "Hi?"},
+            {"role": "assistant", "content": "Hello."}]
+    view = user_view(conv, prompts)
+    assert [m["role"] for m in view] == ["system", "user", "assistant", "user"]
+    assert view[0]["content"] == prompts.user.text and view[1]["content"] == prompts.opener.text
+    assert view[2]["content"] == "Hi?" and view[3]["content"] == "Hello."  # the model replies to the real assistant
+    validate_conversation(view, source="test", record=0)
+
+
+@pytest.mark.parametrize("raw,clean", [
+    ("User: How long?", "How long?"),
+    ('"How long does it take?"', "How long does it take?"),
+    ('**User:** "Can you add comments?"', "Can you add comments?"),
+    ("  plain text  ", "plain text"),
+    ("User:", ""),
+])
+def test_clean_user_text(raw, clean):
+    assert clean_user_text(raw) == clean
+
+
+def test_trim_to_sentence():
+    assert trim_to_sentence("First one. Second one is cut") == "First one."
+    assert trim_to_sentence("Is it? Yes! And then") == "Is it? Yes!"
+    assert trim_to_sentence("no sentence end at all") is None
+    assert trim_to_sentence("line one\nline two cut") == "line one"
+
+
+# --- roll-outs ---------------------------------------------------------------------------------------------------
+
+def test_simulation_is_batched_and_extends_every_conversation():
+    seeds = make_seeds(5)
+    user, assistant = FakeChat("fake:user"), FakeChat("fake:assistant")
+    recs = simulate_seeds(seeds, user, assistant, SimulateConfig(turns=3), split="train")
+    assert user.calls == 3 and assistant.calls == 3  # one call per role per turn, not per conversation
+    for s, r in zip(seeds, recs):
+        msgs = validate_conversation(r["messages"], source="test", record=r["seed_id"], must_end_with="assistant")
+        assert msgs[: len(s.context)] == s.context
+        assert len(msgs) == len(s.context) + 6 and r["failure"] is None
+        assert [e["role"] for e in r["events"]] == ["user", "assistant"] * 3
+        assert [e["turn"] for e in r["events"]] == [r["context_turns"] + t for t in (1, 1, 2, 2, 3, 3)]
+        assert msgs[len(s.context)]["content"].startswith("Could you tell me more")
+        assert r["models"] == {"user": "fake:user", "assistant": "fake:assistant"}
+        assert {p["name"] for p in r["prompts"]} == {"user_simulator.txt", "user_opener.txt", "assistant_system.txt"}
+
+
+def test_failed_user_turn_stops_that_conversation_only():
+    def script(messages, seed):  # the user model returns an empty message for seed 1 on its first turn
+        if messages[0]["content"] == USER_PROMPT and any("Reply 1 " in m["content"] for m in messages) \
+                and sum(m["role"] == "assistant" for m in messages) == 2:
+            return ChatReply('User: ""', "stop")
+        return None
+
+    recs = simulate_seeds(make_seeds(3), FakeChat(script=script), FakeChat(), SimulateConfig(turns=2), split="train")
+    bad = recs[1]
+    assert bad["failure"] == "empty_reply"
+    assert bad["messages"] == make_seeds(3)[1].context and len(bad["events"]) == 1
+    assert all(r["failure"] is None and len(r["events"]) == 4 for r in (recs[0], recs[2]))
+
+
+def test_generation_error_and_truncation_are_recorded():
+    def script(messages, seed):
+        if messages[0]["content"] != USER_PROMPT:
+            if "Question 0" in messages[1]["content"]:
+                return ChatReply(None, "error", "server down")
+            return ChatReply("A full sentence. And a cut-off", "length")
+        return None
+
+    recs = simulate_seeds(make_seeds(3)[:1] + make_seeds(3)[2:], FakeChat(), FakeChat(script=script),
+                          SimulateConfig(turns=1), split="train")
+    assert recs[0]["failure"] == "generation_error" and recs[0]["events"][-1]["error"] == "server down"
+    ev = recs[1]["events"][-1]
+    assert recs[1]["failure"] is None and ev["finish_reason"] == "length" and ev["trimmed"]
+    assert recs[1]["messages"][-1]["content"] == "A full sentence."
+
+
+# --- the stage: outputs, determinism, crash-and-rerun --------------------------------------------------------
+
+def test_run_simulate_writes_loadable_byte_identical_datasets(tmp_path):
+    from datasets import load_from_disk
+
+    P = write_seed_files(tmp_path)
+    run_simulate(P, backends=(FakeChat(), FakeChat()))
+    out = Path(P.paths.conversations)
+    first = {split: tree_bytes(out / split) for split in ("train", "eval")}
+    ds = load_from_disk(str(out / "train"))
+    assert len(ds) == 3 and ds[0]["seed_id"] == "train-s0" and ds[0]["messages"][-1]["role"] == "assistant"
+    assert "state.json" in first["train"] and any(k.endswith(".arrow") for k in first["train"])
+    run_simulate(P, backends=(FakeChat(), FakeChat()))
+    assert {split: tree_bytes(out / split) for split in ("train", "eval")} == first
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def test_killed_run_resumes_without_regenerating_and_matches_uninterrupted(tmp_path):
+    P = write_seed_files(tmp_path / "a", n_train=6, n_eval=2)
+    # Uninterrupted reference, its own cache.
+    ref_user, ref_asst = FakeChat("u", ResponseCache.in_dir(tmp_path / "ref_cache")), FakeChat("a", ResponseCache.in_dir(tmp_path / "ref_cache"))
+    run_simulate(P, backends=(ref_user, ref_asst))
+    reference = tree_bytes(Path(P.paths.conversations))
+    total = ref_user.units_generated + ref_asst.units_generated
+
+    # Same work into a fresh output and cache; the user model dies in its second turn (after 6 + 3 units).
+    Q = write_seed_files(tmp_path / "b", n_train=6, n_eval=2)
+    cache = ResponseCache.in_dir(Q.paths.cache)
+    user1, asst1 = FakeChat("u", cache, crash_after=9), FakeChat("a", cache)
+    with pytest.raises(Crash):
+        run_simulate(Q, backends=(user1, asst1))
+    assert not Path(Q.paths.conversations, "train").exists()  # nothing half-written
+    done_before = user1.units_generated + asst1.units_generated
+    assert done_before == 6 + 6 + 3
+
+    user2, asst2 = FakeChat("u", cache), FakeChat("a", cache)
+    run_simulate(Q, backends=(user2, asst2))
+    # Nothing finished before the crash ran again, and everything ran exactly once overall.
+    assert done_before + user2.units_generated + asst2.units_generated == total
+    both = user1.generated + asst1.generated + user2.generated + asst2.generated
+    assert max(both.values()) == 1
+    assert tree_bytes(Path(Q.paths.conversations)) == reference
+
+
+@pytest.mark.slow
+def test_same_seed_gives_byte_identical_outputs_on_the_embedded_model(tmp_path):
+    from music.chat import make_chat
+
+    P = write_seed_files(tmp_path, n_train=2, n_eval=1)
+    P.simulate.turns = 1
+    for cfg in (P.simulate.user, P.simulate.assistant):
+        cfg.max_new_tokens = 8
+    outs = []
+    for run in range(2):  # no cache: both runs really generate
+        P.paths.conversations = str(tmp_path / f"conv{run}")
+        run_simulate(P, backends=(make_chat(P.simulate.user, None), make_chat(P.simulate.assistant, None)))
+        outs.append(tree_bytes(Path(P.paths.conversations)))
+    assert outs[0] == outs[1]
+    from music.pairs import load_records
+
+    recs = load_records(tmp_path / "conv0" / "train")
+    assert len(recs) == 2 and all(r["models"]["user"].startswith("transformers:") for r in recs)
+    assert all(len(r["events"]) >= 1 for r in recs)
