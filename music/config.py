@@ -72,6 +72,7 @@ class SimulateConfig:
     assistant: ChatModelConfig = field(default_factory=ChatModelConfig)
     turns: int = 2  # simulated turns after the seed context (5 in the paper)
     seed: int = 0
+    trim_truncated: bool = True  # a reply cut by max_new_tokens is trimmed to its last full sentence
 
 
 @dataclass
@@ -82,6 +83,16 @@ class ContrastConfig:
     d_pairs: bool = True  # build last-turn pairs D (real reply vs model reply) from the seeds
     max_reply_chars: int = 1200  # over-length filter
     seed: int = 0
+    # How the rejected reply is made: "instruct" = one call with the contrastive prompt (MODIFIED
+    # REQUEST / ANSWER format); "resample" = the user model writes another request from the same
+    # history, the assistant answers it normally (works with tiny models); "auto" = instruct, and
+    # resample where the reply cannot be parsed.
+    method: str = "auto"
+    min_turns_after_divergence: int = 0  # "random" draws among turns leaving at least this many after it
+    drop_truncated: bool = False  # also drop pairs with replies cut by max_new_tokens even when trimmed
+    d_source: str = "seeds"  # "seeds" (real vs model reply) | "KIND:LOCATION" for music.sources.load_pairs
+    d_limit: int | None = None  # pairs read from a labelled D source (per split)
+    d_eval_split: str = "test"  # split of a labelled D source used for d_eval
 
 
 @dataclass
@@ -121,9 +132,11 @@ class EvalConfig:
     sensitivity_conversations: int = 32
     bon_ns: list[int] = field(default_factory=lambda: [2, 4, 8])
     bon_prompts: int = 8
-    bon_source: str = "mtbench"
     policy: ChatModelConfig = field(default_factory=ChatModelConfig)
     judge: ChatModelConfig = field(default_factory=lambda: ChatModelConfig(temperature=0.0, max_new_tokens=8))
+    # In-process judges pick the likeliest of [[A]]/[[B]]/[[C]] (a 135M model rarely writes a parseable
+    # verdict); servers always generate and are parsed. False: generate and parse everywhere.
+    judge_constrained: bool = True
     batch_size: int = 8
     seed: int = 0
     max_length: int | None = None  # RM scoring length (None: the scorer's default)
