@@ -135,7 +135,7 @@ def plot_best_of_n(bon: dict, out_dir, **save_kw) -> list[Path]:
         if sub.empty:
             continue
         x = [n * (1 + offsets[o]) for n in sub["N"]]
-        err = [(sub["rate"] - sub["ci_low"]).to_numpy(), (sub["ci_high"] - sub["rate"]).to_numpy()]
+        err = [(sub["rate"] - sub["ci_low"]).clip(lower=0).to_numpy(), (sub["ci_high"] - sub["rate"]).clip(lower=0).to_numpy()]
         ax.errorbar(x, sub["rate"], yerr=err, marker="o", capsize=4, color=colors[o], label={"win": "MUSIC wins", "tie": "ties", "loss": "MUSIC losses"}[o])
     ax.set_xscale("log", base=2)
     ns = sorted(df["N"].unique())

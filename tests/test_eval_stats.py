@@ -29,3 +29,12 @@ def test_ties_are_wrong():
     s = accuracy_summary([True, False])
     assert s["accuracy"] == 0.5 and s["n"] == 2 and s["ci_low"] < 0.5 < s["ci_high"]
     assert accuracy_summary([])["accuracy"] is None
+
+
+def test_wilson_interval_always_contains_the_rate():
+    from music.evaluate.stats import wilson_interval
+
+    for n in range(1, 40):
+        for k in (0, n):
+            low, high = wilson_interval(k, n)
+            assert low <= k / n <= high, (k, n, low, high)
