@@ -29,7 +29,8 @@ data: install
 run: data
 	@if [ "$(PARAMS)" != "params.yaml" ]; then cp "$(PARAMS)" params.yaml; fi
 	dvc repro
-	dvc metrics show
+	@echo "Headline metrics (all of them: dvc metrics show); figures in outputs/figures/"
+	dvc metrics show --precision 3 outputs/metrics/summary.json
 
 test: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q

@@ -18,7 +18,9 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from music.evaluate.constants import PAPER_REWARDBENCH, SECTION_TITLES, SECTIONS  # noqa: E402
-from music.io import atomic_path  # noqa: E402
+from music.io import atomic_path, write_json  # noqa: E402
+
+SUMMARY_FILE = "summary.json"  # headline numbers for `dvc metrics show` (written by the plots stage)
 
 sns.set_theme(style="whitegrid", context="notebook")
 VARIANT_ORDER = ["baseline", "music"]
@@ -250,6 +252,19 @@ def results_table(metrics: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("model")
 
 
+def headline(metrics: dict[str, dict], bon: dict | None) -> dict:
+    """A compact summary for `dvc metrics show`: our row of the results table per variant (percent),
+    and the MUSIC RM's Best-of-N win/tie/loss counts per N."""
+    table = results_table(metrics)
+    out: dict = {}
+    for model, row in table.iterrows():
+        if model.startswith("ours: "):
+            out[model[len("ours: "):]] = {k: v for k, v in row.items() if v is not None and v == v}
+    if bon:
+        out["best_of_n"] = {f"N={n}": "{}/{}/{}".format(r.get("wins"), r.get("ties"), r.get("losses")) for n, r in bon.get("by_n", {}).items()}
+    return out
+
+
 def make_all(P, variants: Sequence[str] | None = None) -> list[Path]:
     """The plots stage: every figure from whatever metrics and curves exist."""
     variants = list(variants or P.train.variants)
@@ -258,7 +273,9 @@ def make_all(P, variants: Sequence[str] | None = None) -> list[Path]:
     metrics = load_metrics(P.paths.metrics, variants)
     paths = plot_accuracy_overview(metrics, out, **kw) + plot_by_distance(metrics, out, **kw)
     bon_path = Path(P.paths.metrics) / "best_of_n.json"
-    if bon_path.exists():
-        paths += plot_best_of_n(json.loads(bon_path.read_text(encoding="utf-8")), out, **kw)
+    bon = json.loads(bon_path.read_text(encoding="utf-8")) if bon_path.exists() else None
+    if bon:
+        paths += plot_best_of_n(bon, out, **kw)
     paths += plot_training_curves(load_curves(P.paths.models, variants), out, **kw)
+    write_json(Path(P.paths.metrics) / SUMMARY_FILE, headline(metrics, bon))
     return paths

@@ -71,3 +71,19 @@ def test_results_table_sits_beside_the_paper():
     assert list(t.index) == ["paper: baseline (Gemma-2-9B)", "paper: +MUSIC (Gemma-2-9B)", "ours: baseline", "ours: music"]
     assert t.loc["paper: +MUSIC (Gemma-2-9B)", "Avg"] == 86.6 and t.loc["paper: baseline (Gemma-2-9B)", "Reasoning"] == 83.1
     assert pd.isna(t.loc["ours: music", "Avg"]) and t.loc["ours: music", "held-out music"] == 50.0
+
+
+def test_headline_summary_is_compact_and_per_variant():
+    from music.plots import headline
+
+    metrics = {
+        "baseline": {"pairwise": {"by_kind": {"d": {"accuracy": 0.5}}}, "sensitivity": {"all": {"accuracy": 0.25}},
+                     "rewardbench": {"skipped": "offline"}, "local": {"hh": {"accuracy": 0.6}}},
+        "music": {"pairwise": {"by_kind": {"d": {"accuracy": 0.75}}}, "sensitivity": {"all": {"accuracy": 0.5}},
+                  "rewardbench": {"skipped": "offline"}, "local": {"hh": {"skipped": "absent"}}},
+    }
+    bon = {"by_n": {"2": {"wins": 1, "ties": 4, "losses": 1}}}
+    out = headline(metrics, bon)
+    assert out["baseline"] == {"held-out d": 50.0, "corrupted history": 25.0, "hh": 60.0}
+    assert out["music"] == {"held-out d": 75.0, "corrupted history": 50.0}  # skipped sets are left out
+    assert out["best_of_n"] == {"N=2": "1/4/1"}
