@@ -37,13 +37,16 @@ def save(fig, out_dir: str | Path, name: str, formats: Sequence[str] = ("png", "
     return paths
 
 
-def load_metrics(metrics_dir: str | Path, variants: Sequence[str]) -> dict[str, dict]:
-    """{variant: metrics} for the variants whose metrics file exists."""
+def load_metrics(metrics_dir: str | Path, variants: Sequence[str], *, required: bool = False) -> dict[str, dict]:
+    """{variant: metrics} for the variants whose metrics file exists; `required` stops on a missing one."""
     out = {}
     for v in variants:
         path = Path(metrics_dir) / f"{v}.json"
         if path.exists():
             out[v] = json.loads(path.read_text(encoding="utf-8"))
+        elif required:
+            raise FileNotFoundError(f"metrics file {path} is missing: run the evaluate stage for variant {v!r} first "
+                                    f"(dvc repro evaluate@{v})")
     return out
 
 
@@ -270,7 +273,7 @@ def make_all(P, variants: Sequence[str] | None = None) -> list[Path]:
     variants = list(variants or P.train.variants)
     kw = dict(formats=tuple(P.plots.formats), dpi=P.plots.dpi)
     out = Path(P.paths.figures)
-    metrics = load_metrics(P.paths.metrics, variants)
+    metrics = load_metrics(P.paths.metrics, variants, required=True)
     paths = plot_accuracy_overview(metrics, out, **kw) + plot_by_distance(metrics, out, **kw)
     bon_path = Path(P.paths.metrics) / "best_of_n.json"
     bon = json.loads(bon_path.read_text(encoding="utf-8")) if bon_path.exists() else None

@@ -87,3 +87,12 @@ def test_headline_summary_is_compact_and_per_variant():
     assert out["baseline"] == {"held-out d": 50.0, "corrupted history": 25.0, "hh": 60.0}
     assert out["music"] == {"held-out d": 75.0, "corrupted history": 50.0}  # skipped sets are left out
     assert out["best_of_n"] == {"N=2": "1/4/1"}
+
+
+def test_missing_metrics_file_stops_the_plots_stage_naming_it(tmp_path):
+    P = Params(paths=Paths(metrics=str(tmp_path / "m"), models=str(tmp_path / "models"), figures=str(tmp_path / "fig")))
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "baseline.json").write_text(json.dumps(variant_metrics(0)))
+    with pytest.raises(FileNotFoundError, match=r"music\.json is missing.*evaluate@music"):
+        plots.make_all(P)
+    assert not (tmp_path / "fig").exists()
