@@ -188,6 +188,17 @@ def method_counts(cands: Sequence[dict], kept: Sequence[dict]) -> dict:
 
 # --- the stage -------------------------------------------------------------------------------------------------
 
+def held_out_conversation_ids(seeds_dir: Path) -> set[str]:
+    """Conversation ids the seed stage kept for evaluation (eval seeds and whole eval conversations)."""
+    from music.io import read_jsonl
+
+    ids = set()
+    for name in ("eval.jsonl", "eval_conversations.jsonl"):
+        if (seeds_dir / name).exists():
+            ids |= {rec["conversation_id"] for _, rec in read_jsonl(seeds_dir / name)}
+    return ids
+
+
 def run_contrast(P: Params, *, splits: Sequence[str] = ("train", "eval"),
                  backends: tuple[Chat, Chat, Chat | None] | None = None) -> dict:
     """Read outputs/conversations/{split} (and seeds for D); write outputs/pairs/* and filter_report.json."""
@@ -218,7 +229,7 @@ def run_contrast(P: Params, *, splits: Sequence[str] = ("train", "eval"),
 
         d_records: list[dict] = []
         if cfg.d_pairs and d_from_source:
-            d_records = d_records_from_source(cfg, split)
+            d_records = d_records_from_source(cfg, split, held_out_conversation_ids(Path(P.paths.seeds)))
             report["splits"][f"d_{split}"] = {"candidates": len(d_records), "kept": len(d_records),
                                              "removed": {r: 0 for r in REASONS}}
         elif cfg.d_pairs:

@@ -147,17 +147,26 @@ def parse_d_source(d_source: str) -> tuple[str, str] | None:
     return kind, location
 
 
-def d_records_from_source(cfg: ContrastConfig, split: str) -> list[dict]:
-    """D from a labelled preference set (the paper profile): records ready to save, no generation."""
+def d_records_from_source(cfg: ContrastConfig, split: str, held_out_ids: set[str] = frozenset()) -> list[dict]:
+    """D from a labelled preference set (the paper profile): records ready to save, no generation.
+
+    Each pair's conversation_id is its pair_id, the id the seed stage gives the same source's
+    conversations, so the split follows the seed stage: a pair whose conversation is held out for eval
+    (`held_out_ids`) is never a training pair. With `d_eval_split` other than "train", eval pairs come
+    from that split instead.
+    """
     from music.sources import load_pairs  # only this branch needs the source loaders
 
     kind, location = parse_d_source(cfg.d_source)  # type: ignore[misc]
-    hub_split = "train" if split == "train" else cfg.d_eval_split
+    separate_eval = cfg.d_eval_split != "train"
+    hub_split = cfg.d_eval_split if split == "eval" and separate_eval else "train"
     pairs = load_pairs(kind, location, split=hub_split, limit=cfg.d_limit)
     out = []
     for i, p in enumerate(pairs):
-        pid = str(p.meta.get("pair_id", f"{kind}-{hub_split}-{i}"))
-        out.append(pair_record(chosen=p.chosen, rejected=p.rejected, pair_id=f"d-{pid}", kind="d",
+        cid = str(p.meta.get("pair_id", f"{kind}-{hub_split}-{i}"))
+        if not separate_eval and (cid in held_out_ids) != (split == "eval"):
+            continue
+        out.append(pair_record(chosen=p.chosen, rejected=p.rejected, pair_id=f"d-{cid}", kind="d", conversation_id=cid,
                                original_request=next((m["content"] for m in reversed(p.chosen) if m["role"] == "user"), None),
                                models={}, prompts=[]))
     return out

@@ -181,3 +181,28 @@ def test_an_empty_pair_set_keeps_its_columns(tmp_path):
     ds = load_from_disk(str(tmp_path / "empty"))
     assert len(ds) == 0 and set(ds.column_names) == set(pair_features())
     assert load_records(tmp_path / "empty") == []
+
+
+def test_d_from_the_seed_source_follows_the_seed_split(tmp_path, monkeypatch):
+    """With one split (Skywork), a pair whose conversation the seed stage held out is never a training pair."""
+    import music.sources
+    from music.io import read_jsonl
+
+    P = write_seed_files(tmp_path)
+    held_out = {rec["conversation_id"] for _, rec in read_jsonl(Path(P.paths.seeds) / "eval.jsonl")}
+    ids = sorted(held_out) + ["train-only-1", "train-only-2"]
+
+    def fake_load_pairs(kind, location, *, split="train", limit=None, skipped=None):
+        assert split == "train"
+        conv = [{"role": "user", "content": "q"}]
+        return [PreferencePair(conv + [{"role": "assistant", "content": "good"}],
+                               conv + [{"role": "assistant", "content": "bad"}], {"pair_id": i}) for i in ids]
+
+    monkeypatch.setattr(music.sources, "load_pairs", fake_load_pairs)
+    P.simulate.turns = 2
+    P.contrast.d_source, P.contrast.d_eval_split = "skywork:hub:Skywork/Skywork-Reward-Preference-80K-v0.2", "train"
+    run_simulate(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant")))
+    run_contrast(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant"), FakeChat("fake:contrast")))
+    train = {r["conversation_id"] for r in load_records(Path(P.paths.pairs) / "d_train")}
+    evals = {r["conversation_id"] for r in load_records(Path(P.paths.pairs) / "d_eval")}
+    assert train == {"train-only-1", "train-only-2"} and evals == held_out and held_out
