@@ -80,6 +80,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--dtype", default="float32", help="both paths use it (bfloat16 is fast on CPUs with AMX)")
     args = ap.parse_args(argv)
 
     import torch
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
             label = f"embedded SmolLM2-135M, {args.layers} layers, random score head"
         else:
             label = model_dir
-        scorer = RewardScorer(model_dir, batch_size=args.batch_size, max_length=args.max_length, device="cpu")
+        scorer = RewardScorer(model_dir, batch_size=args.batch_size, max_length=args.max_length, device="cpu", dtype=args.dtype)
         convs, data_label = conversations(args.n)
         scorer.score(convs[:2])  # warm-up (first-call allocations), same for both paths
         t0 = time.perf_counter()
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
     lengths = sorted(len(scorer.tokenizer.apply_chat_template(c, tokenize=True)["input_ids"]) for c in convs)
     diff = max(abs(a - b) for a, b in zip(batched, single))
     print(f"model: {label}; data: {args.n} {data_label}; tokens min/median/max {lengths[0]}/{lengths[len(lengths) // 2]}/{lengths[-1]}")
-    print(f"threads: {torch.get_num_threads()}; batch size {args.batch_size}; max_length {args.max_length}")
+    print(f"threads: {torch.get_num_threads()}; dtype {args.dtype}; batch size {args.batch_size}; max_length {args.max_length}")
     print(f"RewardScorer (sorted batches, inference_mode): {t_batched:.2f} s = {args.n / t_batched:.1f} conv/s")
     print(f"one at a time (plain forward):                {t_single:.2f} s = {args.n / t_single:.1f} conv/s")
     print(f"speed-up: {t_single / t_batched:.2f}x; max |score difference| {diff:.2e}")
