@@ -132,19 +132,26 @@ class TransformersChat(ChatBackend):
         device = self.lm.device
         fork_devices = [device.index or 0] if device.type == "cuda" else []
         for unit in units:
-            prompts = [r.payload for r in unit.requests]
-            width = max(len(p) for p in prompts)
-            ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(prompts), width), dtype=torch.long)
-            for row, p in enumerate(prompts):  # left padding
-                ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-                mask[row, width - len(p) :] = 1
+            ids, mask = self._left_pad([r.payload for r in unit.requests])
+            width = ids.shape[1]
             with torch.inference_mode(), torch.random.fork_rng(devices=fork_devices):
                 torch.manual_seed(unit.seed)
                 out = self.lm.generate(
                     input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg
                 )
             yield unit, [self._decode(row) for row in out[:, width:].tolist()]
+
+    def _left_pad(self, prompts: list[list[int]]):
+        """(input_ids, attention_mask) with every prompt right-aligned, pad on the left."""
+        import torch
+
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, p in enumerate(prompts):
+            ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[row, width - len(p):] = 1
+        return ids, mask
 
     def choose(self, conversations: list[list[dict]], options: list[str], *, prefix: str = "", suffix: str = "",
                seed: int = 0, max_new_tokens: int | None = None, desc: str | None = None) -> list[ChatReply]:
@@ -169,12 +176,7 @@ class TransformersChat(ChatBackend):
         bs = self.cfg.batch_size
         for start in tqdm(range(0, len(order), bs), desc=desc or f"{self.name} choose", unit="batch"):
             rows = order[start : start + bs]
-            width = max(len(prompts[i]) for i in rows)
-            ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, i in enumerate(rows):
-                ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i], dtype=torch.long)
-                mask[r, width - len(prompts[i]):] = 1
+            ids, mask = self._left_pad([prompts[i] for i in rows])
             with torch.inference_mode():
                 logits = self.lm(input_ids=ids.to(self.lm.device), attention_mask=mask.to(self.lm.device)).logits[:, -1, :]
             picks = logits[:, first].argmax(dim=-1).tolist()
