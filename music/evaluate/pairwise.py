@@ -62,12 +62,12 @@ def check_disjoint(eval_ids: Iterable[tuple[object, object]], train_ids: set[str
 # ---------------------------------------------------------------- loading and scoring
 def load_pair_dataset(path: str | Path) -> list[PreferencePair]:
     """An HF dataset saved with save_to_disk, validated; missing folder -> FileNotFoundError."""
-    from datasets import load_from_disk
+    from music.pairs import load_records  # reads empty saved datasets too
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"pairs {path} do not exist (run the contrast stage first)")
-    return validate_pairs(load_from_disk(str(path)), source=str(path))
+    return validate_pairs(load_records(path), source=str(path))
 
 
 def score_pairs(scorer, pairs: Sequence[PreferencePair]) -> tuple[list[float], list[float]]:

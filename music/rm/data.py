@@ -43,13 +43,13 @@ def _record_name(rec: Any, i: int) -> str:
 
 
 def load_pairs_dir(path: str | Path):
-    """One saved HF dataset of pairs (outputs/pairs/<kind>_<split>)."""
-    from datasets import load_from_disk
+    """One saved HF dataset of pairs (outputs/pairs/<kind>_<split>), as records."""
+    from music.pairs import load_records  # reads empty saved datasets too
 
     path = Path(path)
     if not path.exists():
         raise DataError(path, "-", None, "pairs dataset does not exist (run the contrast stage first)")
-    return load_from_disk(str(path))
+    return load_records(path)
 
 
 def load_variant_pairs(pairs_dir: str | Path, kinds: Iterable[str], split: str = "train") -> dict[str, Any]:
