@@ -21,13 +21,13 @@ from music.config import Params, from_dict, load_params
 
 # stage name -> notebook file (one place)
 NOTEBOOKS = {
-    "seed": "00_seed.ipynb",
-    "simulate": "01_simulate.ipynb",
-    "contrast": "02_contrast.ipynb",
+    "seed": "00_draw_seeds.ipynb",
+    "simulate": "01_simulate_conversations.ipynb",
+    "contrast": "02_contrast_pairs.ipynb",
     "train": "03_train_rm.ipynb",
-    "evaluate": "04_evaluate.ipynb",
-    "best_of_n": "04b_best_of_n.ipynb",
-    "plots": "05_plots.ipynb",
+    "evaluate": "04_evaluate_rm.ipynb",
+    "best_of_n": "05_pick_best_of_n.ipynb",
+    "plots": "06_plot_results.ipynb",
 }
 EXECUTED_DIR = "reports/notebooks"  # executed copies (change every run; nothing depends on them)
 

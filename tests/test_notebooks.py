@@ -70,13 +70,13 @@ def test_04_evaluate(tiny, variant):
     assert "pairwise" in metrics and "sensitivity" in metrics
 
 
-def test_04b_best_of_n(tiny):
+def test_05_pick_best_of_n(tiny):
     run(tiny, "best_of_n")
     result = json.loads((tiny["root"] / "metrics" / "best_of_n.json").read_text())
     assert set(result["by_n"]) == {"2"}
 
 
-def test_05_plots(tiny):
+def test_06_plot_results(tiny):
     run(tiny, "plots")
     figures = {p.name for p in (tiny["root"] / "figures").iterdir()}
     assert {"accuracy_overview.png", "best_of_n.png", "training_curves.png"} <= figures
