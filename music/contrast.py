@@ -21,13 +21,18 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from music.chat import make_chat
 from music.chat.base import derive_seed
 from music.config import ContrastConfig, Params, SimulateConfig
+from music.d_pairs import d_candidates, d_records_from_source, parse_d_source
 from music.filters import REASONS, apply_filters
 from music.io import write_json
 from music.prompts import load_prompt
-from music.schema import user_turns
-from music.simulate import Chat, Rollout, SimPrompts, assistant_view, make_event, roll_out, user_view, with_system
+from music.schema import pair_record, user_turns
+from music.seeding import SEED_FILES, read_conversation_ids, read_seeds
+from music.simulate import (Chat, Rollout, SimPrompts, assistant_view, make_backends, make_event, roll_out, user_view,
+                            with_system)
+from music.store import load_records, pair_features, save_records
 
 METHODS = ("instruct", "resample", "auto")
 
@@ -167,8 +172,6 @@ def contrast_conversations(convs: Sequence[dict], *, user: Chat, assistant: Chat
 
 
 def candidates_to_records(kept: Sequence[dict]) -> list[dict]:
-    from music.pairs import pair_record
-
     return [pair_record(**c["fields"]) for c in kept]
 
 
@@ -188,28 +191,11 @@ def method_counts(cands: Sequence[dict], kept: Sequence[dict]) -> dict:
 
 # --- the stage -------------------------------------------------------------------------------------------------
 
-def held_out_conversation_ids(seeds_dir: Path) -> set[str]:
-    """Conversation ids the seed stage kept for evaluation (eval seeds and whole eval conversations)."""
-    from music.io import read_jsonl
-
-    ids = set()
-    for name in ("eval.jsonl", "eval_conversations.jsonl"):
-        if (seeds_dir / name).exists():
-            ids |= {rec["conversation_id"] for _, rec in read_jsonl(seeds_dir / name)}
-    return ids
-
-
 def run_contrast(P: Params, *, splits: Sequence[str] = ("train", "eval"),
                  backends: tuple[Chat, Chat, Chat | None] | None = None) -> dict:
     """Read outputs/conversations/{split} (and seeds for D); write outputs/pairs/* and filter_report.json."""
-    from music.pairs import d_candidates, d_records_from_source, load_records, pair_features, parse_d_source, save_records
-    from music.seeding import read_seeds
-    from music.simulate import make_backends
-
     cfg = P.contrast
     if backends is None:
-        from music.chat import make_chat
-
         user, assistant = make_backends(P)
         contrast = make_chat(cfg.contrast, P.paths.cache) if cfg.method != "resample" else None
     else:
@@ -229,7 +215,9 @@ def run_contrast(P: Params, *, splits: Sequence[str] = ("train", "eval"),
 
         d_records: list[dict] = []
         if cfg.d_pairs and d_from_source:
-            d_records = d_records_from_source(cfg, split, held_out_conversation_ids(Path(P.paths.seeds)))
+            held_out = set().union(*(read_conversation_ids(Path(P.paths.seeds) / SEED_FILES[name])
+                                     for name in ("eval", "eval_conversations")))
+            d_records = d_records_from_source(cfg, split, held_out)
             report["splits"][f"d_{split}"] = {"candidates": len(d_records), "kept": len(d_records),
                                              "removed": {r: 0 for r in REASONS}}
         elif cfg.d_pairs:

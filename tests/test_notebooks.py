@@ -37,7 +37,7 @@ def test_00_seed(tiny):
 
 def test_01_simulate(tiny):
     run(tiny, "simulate")
-    from music.pairs import load_records
+    from music.store import load_records
 
     convs = load_records(tiny["root"] / "conversations" / "train")
     assert len(convs) == 4
@@ -47,7 +47,7 @@ def test_02_contrast(tiny):
     run(tiny, "contrast")
     report = json.loads((tiny["root"] / "pairs" / "filter_report.json").read_text())
     assert report  # the filter table exists
-    from music.pairs import load_records
+    from music.store import load_records
 
     d_train = load_records(tiny["root"] / "pairs" / "d_train")
     assert d_train and all(r["kind"] == "d" for r in d_train)

@@ -19,8 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from music.chat import make_chat
 from music.evaluate.judge import VERDICT_OPTIONS, combine_orders, judge_request, load_template, parse_verdict
+from music.evaluate.pairwise import require_model
 from music.evaluate.stats import wilson_interval
+from music.io import write_json, write_jsonl
+from music.rm.score import RewardScorer
+from music.sources import load_mtbench_questions
 
 RMS = ("baseline", "music")
 
@@ -210,12 +215,6 @@ def _same_model(a, b) -> bool:
 
 def run_stage(P, *, questions_path: str | None = None) -> dict:
     """The best_of_n stage: needs both trained RMs; writes best_of_n.json (+ the games as jsonl)."""
-    from music.chat import make_chat
-    from music.evaluate.pairwise import require_model
-    from music.io import write_json, write_jsonl
-    from music.rm.score import RewardScorer
-    from music.sources import load_mtbench_questions
-
     cfg = P.evaluate
     model_dirs = {rm: require_model(Path(P.paths.models) / rm, rm) for rm in RMS}
     questions = choose_questions(load_mtbench_questions(questions_path or cfg.bon_questions_path), cfg.bon_prompts, cfg.seed)
