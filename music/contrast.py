@@ -34,8 +34,6 @@ from music.simulate import (Chat, Rollout, SimPrompts, assistant_view, make_back
                             with_system)
 from music.store import load_records, pair_features, save_records
 
-METHODS = ("instruct", "resample", "auto")
-
 _PARSE = re.compile(
     r"modified\s+request\s*\**\s*:\s*\**\s*(?P<req>.+?)\s*\n\s*[*#\s]*answer\s*\**\s*:\s*\**\s*(?P<ans>.+)",
     re.I | re.S,
@@ -53,17 +51,17 @@ def parse_contrast(text: str | None) -> tuple[str, str] | None:
 
 def pick_divergence(seed_id: str, turns: int, cfg: ContrastConfig) -> int:
     """The 1-based *simulated* turn where the rejected branch diverges (random: keyed by seed_id)."""
+    cfg.validate()
     if cfg.divergence == "fixed":
         if not 1 <= cfg.divergence_turn <= turns:
             raise ValueError(f"contrast.divergence_turn={cfg.divergence_turn} is outside 1..{turns} simulated turns")
         return cfg.divergence_turn
-    if cfg.divergence == "random":
+    else:  # random
         hi = turns - cfg.min_turns_after_divergence
         if hi < 1:
             raise ValueError(f"contrast.min_turns_after_divergence={cfg.min_turns_after_divergence} leaves no turn "
                              f"to diverge at among {turns} simulated turns")
         return random.Random(derive_seed(cfg.seed, "divergence", seed_id)).randint(1, hi)
-    raise ValueError(f"contrast.divergence must be 'fixed' or 'random', got {cfg.divergence!r}")
 
 
 def history_to_user_turn(messages: list[dict], turn: int) -> list[dict]:
@@ -80,8 +78,7 @@ def contrast_conversations(convs: Sequence[dict], *, user: Chat, assistant: Chat
                            sim_cfg: SimulateConfig, cfg: ContrastConfig, split: str,
                            prompts: SimPrompts | None = None) -> list[dict]:
     """Filter candidates {"fields", "events", "failure", "notes"}, one per conversation, in input order."""
-    if cfg.method not in METHODS:
-        raise ValueError(f"contrast.method must be one of {METHODS}, got {cfg.method!r}")
+    cfg.validate()
     prompts = prompts or SimPrompts.load()
     instruct_prompt = load_prompt("contrast_instruct")
     base = derive_seed(cfg.seed, "contrast", split)

@@ -188,8 +188,7 @@ def roll_out(rollouts: Sequence[Rollout], targets: Sequence[int], user: Chat, as
 def simulate_seeds(seeds: Sequence[Any], user: Chat, assistant: Chat, cfg: SimulateConfig, *, split: str,
                    prompts: SimPrompts | None = None) -> list[dict]:
     """Conversation records: each seed's context continued by `cfg.turns` simulated turns (batched)."""
-    if cfg.turns < 1:
-        raise ValueError(f"simulate.turns must be >= 1, got {cfg.turns}")
+    cfg.validate()
     prompts = prompts or SimPrompts.load()
     rollouts = [Rollout(s.seed_id, "chosen", [dict(m) for m in s.context]) for s in seeds]
     targets = [r.turns + cfg.turns for r in rollouts]

@@ -45,7 +45,7 @@ class FakeChat(ChatBackend):
 
     def __init__(self, name: str = "fake:model", cache=None, script=None, crash_after: int | None = None,
                  batch_size: int = 4):
-        super().__init__(ChatModelConfig(backend="fake", model=name, batch_size=batch_size), cache)
+        super().__init__(ChatModelConfig(model=name, batch_size=batch_size), cache)  # the driver reads sampling + batch_size
         self.name = name
         self.script = script
         self.crash_after = crash_after

@@ -10,9 +10,6 @@ from music.chat.openai_backend import OpenAIChat
 from music.chat.transformers_backend import TransformersChat
 from music.config import ChatModelConfig
 
-BACKENDS = ("transformers", "openai")
-
-
 def make_chat(cfg: ChatModelConfig, cache_dir: str | Path | None = None) -> ChatBackend:
     """A backend for `cfg`; replies are cached in {cache_dir}/responses.sqlite unless cache_dir is None."""
     cache = ResponseCache.in_dir(cache_dir) if cache_dir is not None else None
@@ -20,4 +17,5 @@ def make_chat(cfg: ChatModelConfig, cache_dir: str | Path | None = None) -> Chat
         return TransformersChat(cfg, cache)
     if cfg.backend == "openai":
         return OpenAIChat(cfg, cache)
-    raise ValueError(f"unknown chat backend {cfg.backend!r} (expected one of {BACKENDS})")
+    cfg.validate()  # names the allowed backends
+    raise AssertionError(f"ChatModelConfig.validate accepted backend {cfg.backend!r}")

@@ -74,8 +74,7 @@ class TransformersChat(ChatBackend):
 
     def __init__(self, cfg: ChatModelConfig, cache=None):
         super().__init__(cfg, cache)
-        if cfg.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+        cfg.validate()
         self.name = f"transformers:{cfg.model}"
         self.lm, self.tok = shared_model(cfg.model, cfg.dtype)
         if getattr(self.tok, "chat_template", None) is None:
