@@ -126,3 +126,95 @@ def tiny_cfg(backbone: str, **kw) -> TrainConfig:
                 learning_rate=5e-3, save_every=2, max_length=256, seed=0)
     base.update(kw)
     return TrainConfig(**base)
+
+
+# --- what each DVC stage really depends on -----------------------------------------------------------------
+
+def dvc_stages(dvc: dict) -> dict[str, dict]:
+    """dvc.yaml stages with foreach expanded: "train@baseline" -> {"cmd", "deps", "outs", ...}."""
+    out = {}
+    for name, spec in dvc["stages"].items():
+        if "foreach" in spec:
+            for item in spec["foreach"]:
+                text = json.dumps(spec["do"]).replace("${item}", str(item))
+                out[f"{name}@{item}"] = json.loads(text)
+        else:
+            out[name] = spec
+    return out
+
+
+def stage_paths(spec: dict, key: str) -> list[str]:
+    """The paths listed under deps / outs / metrics of a stage (entries may be {path: options})."""
+    return [next(iter(e)) if isinstance(e, dict) else e for e in spec.get(key, [])]
+
+
+def covered(path: str, listed: list[str]) -> bool:
+    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in listed)
+
+
+def _module_file(repo: Path, module: str) -> Path | None:
+    p = repo / Path(*module.split("."))
+    if (p / "__init__.py").is_file():
+        return p / "__init__.py"
+    return p.with_suffix(".py") if p.with_suffix(".py").is_file() else None
+
+
+def music_imports(repo: Path, source: str) -> set[str]:
+    """The music modules a piece of source imports (absolute imports, at any depth in the code)."""
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "music"}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "music":
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}  # `from music import sources`
+    return {m for m in found if _module_file(repo, m)}
+
+
+def stage_code(repo: Path, stage: str) -> set[str]:
+    """Repository files a stage's code runs: its notebook's music imports, transitively, with their packages'
+    __init__ files, plus the folder of any module that reads files beside itself (prompt texts)."""
+    from music.notebook import NOTEBOOKS
+
+    cells = json.loads((repo / "notebooks" / NOTEBOOKS[stage]).read_text(encoding="utf-8"))["cells"]
+    source = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    todo, seen = list(music_imports(repo, source) | {"music.notebook"}), set()
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        parts = module.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        todo += music_imports(repo, _module_file(repo, module).read_text(encoding="utf-8"))
+    files = set()
+    for module in seen:
+        path = _module_file(repo, module)
+        files.add(str(path.relative_to(repo)))
+        if "__file__" in path.read_text(encoding="utf-8"):
+            files.add(str(path.parent.relative_to(repo)))
+    return files
+
+
+def missing_code_deps(repo: Path, dvc: dict) -> dict[str, list[str]]:
+    """stage -> code files it runs that its deps do not cover (empty when dvc.yaml is complete)."""
+    out = {}
+    for name, spec in dvc_stages(dvc).items():
+        stage = spec["cmd"].split()[3]  # python -m music.notebook STAGE [...]
+        missing = sorted(f for f in stage_code(repo, stage) if not covered(f, stage_paths(spec, "deps")))
+        if missing:
+            out[name] = missing
+    return out
+
+
+def missing_read_deps(stages: dict[str, dict], reads: dict[str, set[str]]) -> dict[str, list[str]]:
+    """stage -> repository paths it read (as named in the default profile) that are neither deps nor outputs."""
+    out = {}
+    for name, spec in stages.items():
+        listed = stage_paths(spec, "deps") + stage_paths(spec, "outs") + stage_paths(spec, "metrics")
+        bad = sorted(p for p in reads.get(name, ()) if not covered(p, listed))
+        if bad:
+            out[name] = bad
+    return out

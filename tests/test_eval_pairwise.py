@@ -10,7 +10,7 @@ import pytest
 
 from music.config import Params, Paths
 from music.errors import DataError
-from music.evaluate import evaluate_variant
+from music.evaluate.run import evaluate_variant
 from music.evaluate.pairwise import divergence_distance, local_set_accuracy, pairwise_accuracy, require_model
 from music.schema import PreferencePair
 from music.seeding import check_disjoint

@@ -209,8 +209,9 @@ def game_record(g: Game) -> dict:
 # ---------------------------------------------------------------- stage
 def _same_model(a, b) -> bool:
     """Two ChatModelConfigs that differ only in sampling settings can share one loaded backend."""
-    strip = {"temperature": 0.0, "max_new_tokens": 0, "top_p": 1.0}
-    return dataclasses.replace(a, **strip) == dataclasses.replace(b, **strip)
+    sampling = ("temperature", "max_new_tokens", "top_p")
+    ident = [{k: v for k, v in dataclasses.asdict(c).items() if k not in sampling} for c in (a, b)]
+    return ident[0] == ident[1]
 
 
 def run_stage(P, *, questions_path: str | None = None) -> dict:
