@@ -20,6 +20,7 @@ import yaml
 from music.errors import DataError
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+EMBEDDED_ENCODER = "embedded:all-minilm-l6-v2"  # the sentence encoder of music.models.encoder
 CHAT_BACKENDS = ("transformers", "openai")
 SEED_SOURCES = ("sharegpt", "skywork", "hh", "ultrafeedback", "rewardbench")
 CONTRAST_METHODS = ("instruct", "resample", "auto")
@@ -68,6 +69,9 @@ class ChatModelConfig(_Checked):
     max_new_tokens: int = 64  # reply budget; a reply cut by it is trimmed to a sentence or filtered
     temperature: float = 0.7  # 0 = greedy
     top_p: float = 0.9  # nucleus sampling
+    # > 1 discourages repeating tokens already in the conversation (in-process: HF's repetition_penalty, which
+    # covers the prompt; servers: sent as `repetition_penalty`, which vLLM and SGLang accept); 1 = off
+    repetition_penalty: float = 1.0
     batch_size: int = 8  # conversations generated together (in-process)
     dtype: str = "float32"  # in-process weights
     # OpenAI-compatible endpoints only
@@ -83,6 +87,7 @@ class ChatModelConfig(_Checked):
         self._require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         self._require(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
         self._require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        self._require(self.repetition_penalty > 0, "repetition_penalty", f"must be > 0, got {self.repetition_penalty}")
         self._require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         self._require(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
         self._require(bool(self.base_urls), "base_urls", "needs at least one URL")
@@ -123,7 +128,7 @@ class SimulateConfig(_Checked):
 
     user: ChatModelConfig = _chat(max_new_tokens=32)  # the simulated user (roles swapped: notebook 01)
     assistant: ChatModelConfig = _chat(max_new_tokens=48)  # the assistant (the policy being simulated)
-    turns: int = 2  # simulated turns after the seed context (5 in the paper)
+    turns: int = 3  # simulated turns after the seed context (5 in the paper)
     trim_truncated: bool = True  # a reply cut by max_new_tokens is trimmed to its last full sentence
     seed: int = 0  # per-call sampling seeds derive from it
 
@@ -143,7 +148,17 @@ class ContrastConfig(_Checked):
     method: str = "resample"
     divergence: str = "random"  # "fixed" (divergence_turn) | "random" (drawn per conversation)
     divergence_turn: int = 1  # 1-based simulated turn, used when divergence == "fixed"
-    min_turns_after_divergence: int = 0  # "random" draws among turns leaving at least this many after it
+    # "random" draws among turns leaving at least this many after it: 1 = never the last turn, so every
+    # MUSIC pair differs in two or more assistant turns (a pair diverging at the last turn is a last-turn pair)
+    min_turns_after_divergence: int = 1
+    candidates: int = 4  # "resample": requests the user model writes again; the most unlike the original is kept
+    encoder: str = EMBEDDED_ENCODER  # sentence encoder for the relevance checks (music.relevance)
+    # Filters on relevance (null: off). A pair is kept when the rejected reply is closer to the modified
+    # request than to the original, and the chosen reply closer to the original, both by at least this:
+    min_contrast_margin: float | None = 0.05
+    max_echo_similarity: float | None = 0.9  # a simulated message this similar to the one it answers is an echo
+    quality_mtbench: bool = True  # held-out quality twins from MT-Bench's referenced questions (music.quality_pairs)
+    quality_max_chars: int = 2000  # longest quality twin kept (the RM must see the whole conversation)
     d_pairs: bool = True  # build last-turn pairs D
     d_source: str = "seeds"  # "seeds" (real vs model reply) | "KIND:LOCATION" for music.sources.load_pairs
     d_limit: int | None = None  # pairs read from a labelled D source (per split); null = all
@@ -159,6 +174,7 @@ class ContrastConfig(_Checked):
         self._require(self.divergence_turn >= 1, "divergence_turn", f"must be >= 1, got {self.divergence_turn}")
         self._require(self.min_turns_after_divergence >= 0, "min_turns_after_divergence",
                       f"must be >= 0, got {self.min_turns_after_divergence}")
+        self._require(self.candidates >= 1, "candidates", f"must be >= 1, got {self.candidates}")
         self._require(self.d_source == "seeds" or ":" in self.d_source, "d_source",
                       f"must be 'seeds' or 'KIND:LOCATION', got {self.d_source!r}")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import collections
 import random
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -60,6 +60,9 @@ class Seed:
     context: list[dict]
     next_user: str | None
     next_assistant: str | None
+    # The real user/assistant turn after the next one ([] when there is none): held-out pairs that differ
+    # at the next reply get it appended to both sides, so the difference sits one turn from the end.
+    following: list[dict] = field(default_factory=list)
 
     def to_record(self) -> dict:
         return asdict(self)
@@ -96,15 +99,18 @@ def feasible_prefix_lengths(conv: RealConversation, cfg: SeedConfig) -> list[int
     return out
 
 
-def make_seed(conv: RealConversation, k: int, split: str) -> Seed:
+def make_seed(conv: RealConversation, k: int, split: str, max_message_chars: int | None = None) -> Seed:
     msgs = conv.messages
     _, spans = turn_spans(msgs)
     context = msgs[: spans[k - 1][1]]
     nxt = msgs[spans[k][0]: spans[k][1]] if k < len(spans) else []
     next_user = nxt[0]["content"] if nxt else None
     next_assistant = nxt[1]["content"] if len(nxt) > 1 else None
+    after = [dict(m) for m in msgs[spans[k + 1][0]: spans[k + 1][1]]] if k + 1 < len(spans) else []
+    if len(after) != 2 or any(max_message_chars and len(m["content"]) > max_message_chars for m in after):
+        after = []
     return Seed(f"{conv.conversation_id}:{k}", conv.conversation_id, conv.source, split,
-                [dict(m) for m in context], next_user, next_assistant)
+                [dict(m) for m in context], next_user, next_assistant, after)
 
 
 def eligible_eval_conversation(conv: RealConversation, cfg: SeedConfig) -> bool:
@@ -151,13 +157,13 @@ def draw_seeds(conversations: list[RealConversation], cfg: SeedConfig) -> SeedSe
         used = False
         if eval_open:  # eval is filled first, so it does not change when n_train changes
             if ks and len(evals) < cfg.n_eval:
-                evals.append(make_seed(conv, rng.choice(ks), "eval"))
+                evals.append(make_seed(conv, rng.choice(ks), "eval", cfg.max_message_chars))
                 used = True
             if len(eval_convs) < cfg.n_eval_conversations and eligible_eval_conversation(conv, cfg):
                 eval_convs.append(conv)
                 used = True
         elif ks:
-            train.append(make_seed(conv, rng.choice(ks), "train"))
+            train.append(make_seed(conv, rng.choice(ks), "train", cfg.max_message_chars))
             used = True
         if used:
             drawn_bases.add(base)
@@ -236,10 +242,12 @@ def run_seed_stage(cfg: SeedConfig, out_dir: str | Path) -> SeedSet:
 def read_seeds(path: str | Path) -> list[Seed]:
     out = []
     for lineno, rec in read_jsonl(path):
-        for key in ("seed_id", "conversation_id", "source", "split", "context", "next_user", "next_assistant"):
+        for key in ("seed_id", "conversation_id", "source", "split", "context", "next_user", "next_assistant", "following"):
             if key not in rec:
                 raise DataError(path, f"line {lineno}", key, "missing field")
         rec["context"] = validate_conversation(rec["context"], source=str(path), record=f"line {lineno}",
                                                field_name="context", must_end_with="assistant")
+        if rec["following"] and [m.get("role") for m in rec["following"]] != ["user", "assistant"]:
+            raise DataError(path, f"line {lineno}", "following", "must be [] or one user and one assistant message")
         out.append(Seed(**rec))
     return out
