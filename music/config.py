@@ -56,8 +56,10 @@ class Paths(_Checked):
     pairs: str = "outputs/pairs"  # contrast stage
     models: str = "outputs/models"  # train stage: one folder per variant
     metrics: str = "outputs/metrics"  # evaluate, best_of_n and plots stages
+    evaluation: str = "outputs/evaluation"  # evaluate stage: per-item scores, reward trajectories, sources
     figures: str = "outputs/figures"  # plots stage
     cache: str = ".cache/music"  # response cache and resume checkpoints (not tracked)
+    reports: str = "reports"  # executed notebooks, stage logs, wall-clock timings (not tracked)
 
 
 @dataclass
@@ -207,7 +209,9 @@ class TrainConfig(_Checked):
     center_coef: float = 0.0  # reward centering: + center_coef * mean((r_c + r_r)^2)
     length_grouping: bool = True  # batch pairs of similar length (less padding)
     save_every: int = 10  # resume checkpoint every N optimizer steps (outside DVC outputs)
-    seed: int = 0  # initialisation, data order, MUSIC subset
+    # One model per seed and variant (outputs/models/{variant}/seed{s}); a seed fixes the head's and LoRA's
+    # initialisation, the data order and the MUSIC subset. Results are reported as mean and spread over seeds.
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
 
     def validate(self) -> None:
         self._require(self.backend in RM_BACKENDS, "backend", f"must be one of {RM_BACKENDS}, got {self.backend!r}")
@@ -222,6 +226,8 @@ class TrainConfig(_Checked):
         self._require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
         self._require(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         self._require(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        self._require(bool(self.seeds) and len(set(self.seeds)) == len(self.seeds), "seeds",
+                      f"must be a non-empty list of distinct seeds, got {self.seeds}")
 
 
 @dataclass
@@ -237,8 +243,8 @@ class EvalConfig(_Checked):
         "ultrafeedback": "evalsets/ultrafeedback-binarized-eval-first60.jsonl",
     })
     local_set_limit: int = 60  # first N records of each local set
-    sensitivity_conversations: int = 24  # whole held-out conversations for the corrupted-history test
-    sensitivity_max_distance: int = 3  # corrupt assistant turns 1..this many from the end
+    swap_conversations: int = 24  # whole held-out conversations for the swapped-history test (music.evaluate.swap)
+    swap_max_distance: int = 3  # swap one assistant reply 1..this many turns from the end
     max_length: int | None = None  # RM scoring length (null: the RM's trained max_length)
     batch_size: int = 8  # conversations scored together
     bon_ns: list[int] = field(default_factory=lambda: [2, 4, 8])  # Best-of-N sizes
@@ -253,7 +259,7 @@ class EvalConfig(_Checked):
 
     def validate(self) -> None:
         self._require(bool(self.bon_ns) and all(n >= 1 for n in self.bon_ns), "bon_ns", f"must be sizes >= 1, got {self.bon_ns}")
-        for key in ("local_set_limit", "sensitivity_conversations", "sensitivity_max_distance", "batch_size", "bon_prompts"):
+        for key in ("local_set_limit", "swap_conversations", "swap_max_distance", "batch_size", "bon_prompts"):
             self._require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
 
 

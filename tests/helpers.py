@@ -124,7 +124,7 @@ def toy_pairs(n: int, kind: str = "d", turns: int = 1) -> list[PreferencePair]:
 
 def tiny_cfg(backbone: str, **kw) -> TrainConfig:
     base = dict(backbone=backbone, num_layers=None, backend="transformers", max_steps=6, batch_size=4,
-                learning_rate=5e-3, save_every=2, max_length=256, seed=0)
+                learning_rate=5e-3, save_every=2, max_length=256, seeds=[0])
     base.update(kw)
     return TrainConfig(**base)
 

@@ -180,7 +180,7 @@ def _lora_config(cfg: TrainConfig, n_layers: int):
     )
 
 
-def _load_transformers(cfg: TrainConfig, path: str, tok, device):
+def _load_transformers(cfg: TrainConfig, path: str, tok, device, seed: int):
     import torch
     from peft import get_peft_model
     from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -188,19 +188,19 @@ def _load_transformers(cfg: TrainConfig, path: str, tok, device):
     config = AutoConfig.from_pretrained(path, num_labels=1)
     _cut_config(config, cfg.num_layers)
     config.pad_token_id = tok.pad_token_id
-    torch.manual_seed(cfg.seed)  # the new score head's init
+    torch.manual_seed(seed)  # the new score head's init
     with _quiet_transformers():
         model = AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=torch.float32)
     if len(tok) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tok))
     model.to(device)
     if cfg.lora:
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(seed)
         model = get_peft_model(model, _lora_config(cfg, config.num_hidden_layers))
     return model
 
 
-def _load_unsloth(cfg: TrainConfig, path: str, tok):
+def _load_unsloth(cfg: TrainConfig, path: str, tok, seed: int):
     from unsloth import FastLanguageModel  # imported first by choose_backend
 
     model, _ = FastLanguageModel.from_pretrained(
@@ -234,23 +234,24 @@ def _load_unsloth(cfg: TrainConfig, path: str, tok):
             layers_to_transform=layers,
             bias="none",
             use_gradient_checkpointing=False,
-            random_state=cfg.seed,
+            random_state=seed,
         )
     return model
 
 
-def load_reward_model(cfg: TrainConfig, device: str | None = None) -> tuple[Any, Any, dict]:
-    """Build the trainable reward model; returns (model, tokenizer, info) with the backend and why."""
+def load_reward_model(cfg: TrainConfig, device: str | None = None, seed: int = 0) -> tuple[Any, Any, dict]:
+    """Build the trainable reward model (head and LoRA initialised from `seed`); returns (model, tokenizer,
+    info) with the backend and why."""
     choice = choose_backend(cfg.backend)
     path = resolve_model_path(cfg.backbone)
     tok = load_tokenizer(cfg.backbone, padding_side="right")
     added_pad = ensure_distinct_pad(tok)
     if choice.name == "unsloth":
-        model = _load_unsloth(cfg, path, tok)
+        model = _load_unsloth(cfg, path, tok, seed)
         device = "cuda"
     else:
         device = device or ("cuda" if _cuda_available() else "cpu")
-        model = _load_transformers(cfg, path, tok, device)
+        model = _load_transformers(cfg, path, tok, device, seed)
     assert_reward_head(model)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
