@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 CHROMIUM = os.environ.get("MUSIC_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-RUN_TIMEOUT_S = 600  # Run All of one notebook on the tiny profile (00 takes seconds)
+RUN_TIMEOUT_S = int(os.environ.get("MUSIC_BROWSER_TIMEOUT_S", "600"))  # Run All of one notebook (00: seconds)
 
 _later = pytest.mark.skipif(os.environ.get("MUSIC_BROWSER_ALL") != "1",
                             reason="enabled once the notebook shows existing outputs when opened by hand (issue 10, "
@@ -192,15 +192,26 @@ def _run_all_in_browser(browser, lab_server, notebook: str, shots: Path) -> dict
         page.goto(f"{lab_server['base']}/lab/tree/notebooks/{notebook}?token={lab_server['token']}")
         page.wait_for_function(f"() => {{ const s = ({_STATE_JS})(); return s && s.kernel === 'idle' && s.code_cells > 0; }}",
                                timeout=120_000)
-        page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        # a notebook saved with outputs starts from none, so "every cell ran" means ran now
+        page.evaluate("() => window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs')")
+        assert page.evaluate(_STATE_JS)["executed"] == 0, "clearing the outputs left execution counts behind"
+        # not awaited here (the command's promise settles only when every cell has run): the wait below times it
+        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
         # done: the kernel idle, no cell queued or running, and either every cell ran or one failed
         # (Run All stops at an error); held for two polls so a gap between cells is not taken for the end
         done = f"""() => {{ const s = ({_STATE_JS})();
             const now = s && s.kernel === 'idle' && s.running === 0 && (s.executed === s.code_cells || s.problems.length > 0);
             window.__musicIdle = now ? (window.__musicIdle || 0) + 1 : 0;
             return window.__musicIdle >= 2 || (s && s.kernel === 'dead'); }}"""
-        page.wait_for_function(done, timeout=RUN_TIMEOUT_S * 1000, polling=500)
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+        try:
+            page.wait_for_function(done, timeout=RUN_TIMEOUT_S * 1000, polling=500)
+            timed_out = False
+        except PlaywrightTimeout:
+            timed_out = True  # report where it stood instead of a bare timeout
         state = page.evaluate(_STATE_JS)
+        state["timed_out"] = timed_out
         boxes = {name: [t[:600] for t in page.locator(sel).all_inner_texts()] for name, sel in _BOX_SELECTORS.items()}
         state["boxes"] = {k: v for k, v in boxes.items() if v}
         state["progress_widgets"] = page.locator(".jp-OutputArea-output .jupyter-widgets.widget-hprogress").count()
@@ -218,9 +229,10 @@ def test_notebook_runs_clean_in_jupyterlab(notebook, needs, lab_project, lab_ser
     _run_upstream(lab_project, needs, monkeypatch)
     shots = tmp_path_factory.getbasetemp() / "browser_screenshots"
     state = _run_all_in_browser(browser, lab_server, notebook, shots)
-    report = json.dumps({k: state[k] for k in ("kernel", "code_cells", "executed", "problems", "boxes", "page_errors")},
-                        indent=1)
+    report = json.dumps({k: state[k] for k in ("kernel", "code_cells", "executed", "running", "problems", "boxes",
+                                               "page_errors")}, indent=1)
     where = f"screenshot: {shots / (Path(notebook).stem + '.png')}; JupyterLab log: {lab_server['log']}"
+    assert not state["timed_out"], f"{notebook}: Run All still busy after {RUN_TIMEOUT_S} s\n{report}\n{where}"
     assert state["kernel"] == "idle", f"{notebook}: kernel {state['kernel']}\n{report}\n{where}"
     assert not state["problems"] and not state["boxes"], f"{notebook} shows errors or warnings:\n{report}\n{where}"
     assert state["executed"] == state["code_cells"], f"{notebook}: not every cell ran\n{report}\n{where}"
