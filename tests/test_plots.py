@@ -1,4 +1,5 @@
-"""Figures from synthetic metrics: files written in both formats, titles say what is shown."""
+"""Figures from synthetic metrics: plot functions return figures, saving is separate and byte-stable,
+files written in every format, titles say what is shown."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
 
 from music import plots
 from music.config import Params, Paths
@@ -36,12 +38,38 @@ BON = {"judge": "embedded", "by_n": {str(n): {"n_games": 8, **{f"{o}_{k}": v for
 
 
 @pytest.mark.parametrize("rewardbench", [False, True])
-def test_overview_says_what_it_shows(tmp_path, rewardbench, monkeypatch):
-    titles = []
-    monkeypatch.setattr(plots, "save", lambda fig, d, name, **kw: titles.append(fig.axes[0].get_title()) or [])
-    plots.plot_accuracy_overview({"baseline": variant_metrics(0, rewardbench), "music": variant_metrics(2, rewardbench)}, tmp_path)
-    assert ("RewardBench accuracy by section" in titles[0]) == rewardbench
-    assert ("RewardBench skipped: offline" in titles[0]) != rewardbench
+def test_overview_says_what_it_shows(tmp_path, rewardbench):
+    fig = plots.plot_accuracy_overview({"baseline": variant_metrics(0, rewardbench), "music": variant_metrics(2, rewardbench)})
+    title = fig.axes[0].get_title()
+    assert ("RewardBench accuracy by section" in title) == rewardbench
+    assert ("RewardBench skipped: offline" in title) != rewardbench
+    assert list(tmp_path.iterdir()) == []  # building a figure writes nothing
+
+
+def test_plot_functions_return_figures_without_pyplot():
+    metrics = {"baseline": variant_metrics(0), "music": variant_metrics(2)}
+    curves = pd.DataFrame({"step": [1, 2, 3] * 2, "loss": [0.7, 0.6, 0.5] * 2, "accuracy": [0.5, 0.6, 0.7] * 2,
+                           "variant": ["baseline"] * 3 + ["music"] * 3})
+    figs = [plots.plot_accuracy_overview(metrics), plots.plot_by_distance(metrics), plots.plot_best_of_n(BON),
+            plots.plot_training_curves(curves)]
+    assert all(isinstance(f, Figure) and f.axes for f in figs)
+    assert plt.get_fignums() == []  # not registered with pyplot: a notebook shows each once, nothing to close
+
+
+@pytest.mark.parametrize("fmt", ["png", "svg", "pdf"])
+def test_saving_the_same_figure_twice_gives_the_same_bytes(tmp_path, fmt):
+    fig = plots.plot_by_distance({"baseline": variant_metrics(0), "music": variant_metrics(2)})  # clip paths, text
+    first = plots.save_figure(fig, tmp_path / "a", "f", formats=(fmt,), dpi=60)
+    second = plots.save_figure(fig, tmp_path / "b", "f", formats=(fmt,), dpi=60)
+    assert [p.name for p in first] == [f"f.{fmt}"]
+    assert first[0].read_bytes() == second[0].read_bytes()
+    # and a freshly built figure of the same data too (ids depend on content, not on the object)
+    again = plots.save_figure(plots.plot_by_distance({"baseline": variant_metrics(0), "music": variant_metrics(2)}),
+                              tmp_path / "c", "f", formats=(fmt,), dpi=60)
+    assert again[0].read_bytes() == first[0].read_bytes()
+    if fmt == "svg":
+        text = first[0].read_text()
+        assert "<dc:date>" not in text and "clip-path" in text
 
 
 def test_accuracy_table_skips_skipped_sets():
@@ -63,7 +91,11 @@ def test_make_all_writes_png_and_svg(tmp_path):
     names = sorted(p.name for p in paths)
     assert names == sorted(f"{n}.{f}" for n in ("accuracy_overview", "accuracy_by_distance", "best_of_n", "training_curves") for f in ("png", "svg"))
     assert all(p.stat().st_size > 1000 for p in paths)
-    assert plt.get_fignums() == []  # every figure closed
+    assert plt.get_fignums() == []  # nothing left open in pyplot
+    first = {p.name: p.read_bytes() for p in paths}
+    assert {p.name: p.read_bytes() for p in plots.make_all(P)} == first  # a rerun rewrites the same bytes
+    figs = plots.build_all(P)
+    assert list(figs) == list(plots.FIGURE_NAMES)
 
 
 def test_results_table_sits_beside_the_paper():
