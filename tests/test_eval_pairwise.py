@@ -11,7 +11,7 @@ import pytest
 
 from music.config import Params, Paths
 from music.errors import DataError
-from music.evaluate.items import Item, item_rows, items_from_pairs, score_items, summarize_rows
+from music.evaluate.items import item_rows, items_from_pairs, score_items, summarize_rows
 from music.evaluate.pairwise import local_pairs, require_model
 from music.evaluate.run import evaluate_variant, trajectory_points
 from music.schema import PreferencePair, first_difference_distance
