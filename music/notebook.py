@@ -1,9 +1,11 @@
 """Run the numbered notebooks as pipeline stages, and give each notebook its typed parameters.
 
-A stage notebook's cell tagged "parameters" holds `params_file = "params.yaml"` and `params = None`;
-`python -m music.notebook STAGE` executes it with papermill from the repository root, injecting the
-whole params file as the `params` dict (and `variant` for per-variant stages). Opened by hand in
-JupyterLab, the same notebook reads params.yaml itself.
+A stage notebook's cell tagged "parameters" holds `params_file = "params.yaml"`, `params = None` and
+`run = False`; `python -m music.notebook STAGE` executes it with papermill from the repository root,
+injecting the whole params file as the `params` dict, `run = True` (recompute the stage's outputs) and
+`variant` for per-variant stages. Opened by hand in JupyterLab, the same notebook reads params.yaml
+itself and shows the outputs that already exist, recomputing only what is missing (or everything, with
+`run = True`): its expensive cells are marked.
 
 On the console a stage is one line, redrawn in place on a terminal while it runs
 (`contrast ............. cell 5/14 · 1:07`) and ending as `contrast ............. done in 1 min 32 s`.
@@ -62,6 +64,12 @@ def load_stage_params(params: dict | None, params_file: str = "params.yaml") -> 
     if params is not None:
         return from_dict(Params, params, f"{params_file} (injected)")
     return load_params(root / params_file)
+
+
+def outputs_exist(*paths: str | Path) -> bool:
+    """True when every path exists: a notebook opened by hand (run=False) then shows them instead of
+    recomputing; the DVC stage always recomputes (music.notebook.run_stage injects run=True)."""
+    return all(Path(p).exists() for p in paths)
 
 
 # ---------------------------------------------------------------- showing a config in a notebook
@@ -305,7 +313,8 @@ def run_stage(stage: str, params_file: str = "params.yaml", variant: str | None 
     with open(params_path, encoding="utf-8") as fh:
         raw = yaml.safe_load(fh) or {}
     from_dict(Params, raw, str(params_path))  # fail fast on typos, before a kernel starts
-    parameters: dict[str, Any] = {"params": raw, "params_file": str(params_path)}
+    # run=True: the stage recomputes its outputs; opened by hand (run=False) a notebook reads those that exist
+    parameters: dict[str, Any] = {"params": raw, "params_file": str(params_path), "run": True}
     if variant is not None:
         parameters["variant"] = variant
     source = root / "notebooks" / NOTEBOOKS[stage]
