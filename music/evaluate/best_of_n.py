@@ -25,6 +25,7 @@ from music.evaluate.pairwise import require_model
 from music.evaluate.stats import wilson_interval
 from music.io import write_json, write_jsonl
 from music.rm.score import RewardScorer
+from music.rm.train import seed_dir
 from music.sources import load_mtbench_questions
 
 RMS = ("baseline", "music")
@@ -217,7 +218,8 @@ def _same_model(a, b) -> bool:
 def run_stage(P, *, questions_path: str | None = None) -> dict:
     """The best_of_n stage: needs both trained RMs; writes best_of_n.json (+ the games as jsonl)."""
     cfg = P.evaluate
-    model_dirs = {rm: require_model(Path(P.paths.models) / rm, rm) for rm in RMS}
+    # one pair of RMs: each variant's first training seed (Best-of-N is too slow to repeat per seed here)
+    model_dirs = {rm: require_model(seed_dir(P.paths.models, rm, P.train.seeds[0]), rm) for rm in RMS}
     questions = choose_questions(load_mtbench_questions(questions_path or cfg.bon_questions_path), cfg.bon_prompts, cfg.seed)
     start = time.perf_counter()
     scorers = {rm: RewardScorer(str(d), batch_size=cfg.batch_size, max_length=cfg.max_length) for rm, d in model_dirs.items()}

@@ -170,3 +170,15 @@ def _write_csv(path: Path, fields: Sequence[str], rows: Sequence[dict]) -> None:
         w = csv.DictWriter(fh, fieldnames=list(fields), lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
+
+
+def hardest_items(P, variant: str, k: int = 3, tests: Sequence[str] = ("quality", "swap")) -> list[tuple[Item, float]]:
+    """The `k` items of `tests` this variant gets most wrong: the lowest chosen - rejected score, averaged
+    over seeds (read from its items.csv; the conversations rebuilt with load_items)."""
+    import pandas as pd
+
+    rows = pd.read_csv(Path(P.paths.evaluation) / variant / "items.csv", dtype={"item_id": str})
+    rows = rows[rows["test"].isin(tests)]
+    margin = (rows["chosen_score"] - rows["rejected_score"]).groupby([rows["test"], rows["item_id"]]).mean().sort_values()
+    items = {(it.test, it.item_id): it for it in load_items(P)[0]}
+    return [(items[key], float(m)) for key, m in margin.head(k).items() if key in items]
