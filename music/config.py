@@ -58,6 +58,7 @@ class Paths(_Checked):
     metrics: str = "outputs/metrics"  # evaluate, best_of_n and plots stages
     evaluation: str = "outputs/evaluation"  # evaluate stage: per-item scores, reward trajectories, sources
     figures: str = "outputs/figures"  # plots stage
+    plots: str = "outputs/plots"  # plots stage: the data behind the figures, as small CSVs (`dvc plots diff`)
     cache: str = ".cache/music"  # response cache and resume checkpoints (not tracked)
     reports: str = "reports"  # executed notebooks, stage logs, wall-clock timings (not tracked)
 

@@ -340,15 +340,40 @@ def load_best_of_n(metrics_dir: str | Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
+def plot_data(P, variants: Sequence[str], traj: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The data behind the figures, the shape `dvc plots` overlays across revisions: {file stem: frame}, each
+    an x column and one column per variant (training curves averaged over seeds; the figures show each seed)."""
+    variants = _order(variants)
+    out = {}
+
+    def wide(df: pd.DataFrame, x: str, value: str) -> pd.DataFrame:
+        table = df.pivot_table(index=x, columns="variant", values=value) if not df.empty else pd.DataFrame()
+        return table.reindex(columns=variants).rename_axis(None, axis=1).reset_index() if not table.empty \
+            else pd.DataFrame(columns=[x, *variants])
+
+    curves = load_curves(P.paths.models, variants, P.train.seeds)
+    for col in ("loss", "accuracy"):
+        out[f"training_{col}"] = wide(curves, "step", col)
+    dist = distance_table(load_item_rows(P.paths.evaluation, variants))
+    for test in ("quality", "swap", "music"):
+        out[f"accuracy_by_distance_{test}"] = wide(dist[dist["test"] == test], "distance", "accuracy")
+    out["reward_trajectory"] = wide(traj, "relative_turn", "gap")
+    return out
+
+
 def make_all(P, variants: Sequence[str] | None = None) -> list[Path]:
     """The plots stage: build every figure and save it under P.paths.figures; write the headline numbers
-    (metrics/summary.json) and the comparison table (metrics/comparison.csv). Returns the figure paths."""
+    (metrics/summary.json), the comparison table (metrics/comparison.csv) and the data behind the figures
+    (P.paths.plots/*.csv). Returns the figure paths."""
     variants = list(variants or P.train.variants)
     figs, table, traj = build_all(P, variants)
     paths: list[Path] = []
     for name, fig in figs.items():
         paths += save_figure(fig, P.paths.figures, name, formats=tuple(P.plots.formats), dpi=P.plots.dpi)
     write_json(Path(P.paths.metrics) / SUMMARY_FILE, headline(table, load_best_of_n(P.paths.metrics)))
-    with atomic_path(Path(P.paths.metrics) / "comparison.csv") as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6f", lineterminator="\n")
+    frames = {"comparison": (Path(P.paths.metrics), table),
+              **{name: (Path(P.paths.plots), df) for name, df in plot_data(P, variants, traj).items()}}
+    for name, (folder, df) in frames.items():
+        with atomic_path(folder / f"{name}.csv") as tmp:
+            df.to_csv(tmp, index=False, float_format="%.6f", lineterminator="\n")
     return paths

@@ -13,6 +13,7 @@ so two chunk ids can be one conversation (`base_conversation_id`). Records whose
 from __future__ import annotations
 
 import collections
+import json
 import random
 import re
 from dataclasses import asdict, dataclass, field
@@ -251,3 +252,13 @@ def read_seeds(path: str | Path) -> list[Seed]:
             raise DataError(path, f"line {lineno}", "following", "must be [] or one user and one assistant message")
         out.append(Seed(**rec))
     return out
+
+
+def read_seed_set(out_dir: str | Path) -> SeedSet:
+    """What write_seed_set wrote: the seeds, the whole eval conversations and the stats."""
+    out_dir = Path(out_dir)
+    convs = [RealConversation(rec["conversation_id"], rec["source"], rec["messages"])
+             for _, rec in read_jsonl(out_dir / SEED_FILES["eval_conversations"])] \
+        if (out_dir / SEED_FILES["eval_conversations"]).stat().st_size else []
+    return SeedSet(read_seeds(out_dir / SEED_FILES["train"]), read_seeds(out_dir / SEED_FILES["eval"]), convs,
+                   json.loads((out_dir / "stats.json").read_text(encoding="utf-8")))

@@ -45,7 +45,7 @@ def trajectory_rows(variant: str, gaps: dict[int, float], seeds=(0, 1, 2), pairs
 
 def workspace(tmp_path: Path, *, music_early=0.8) -> Params:
     P = Params(paths=Paths(metrics=str(tmp_path / "m"), models=str(tmp_path / "models"), figures=str(tmp_path / "fig"),
-                           evaluation=str(tmp_path / "ev")))
+                           evaluation=str(tmp_path / "ev"), plots=str(tmp_path / "pl")))
     specs = {"baseline": ({"quality@1": 0.8, "swap@1": 0.8, "music": 0.5}, {-1: 0, 0: 0.2, 1: 0.1}),
              "music": ({"quality@1": 0.8, "swap@1": 0.8, "quality@2": music_early, "swap@2": music_early,
                         "swap@3": music_early, "music": 0.9}, {-1: 0, 0: 1.0, 1: 0.8})}
@@ -139,6 +139,13 @@ def test_make_all_writes_figures_summary_and_table_byte_stable(tmp_path):
     assert summary["early"]["diff"] > 10  # points
     table = pd.read_csv(tmp_path / "m" / "comparison.csv")
     assert {"early", "last", "swap@3", "hh"} <= set(table["slice"])
+    # the data behind the figures, one column per series (what `dvc plots diff` overlays)
+    loss = pd.read_csv(tmp_path / "pl" / "training_loss.csv")
+    assert list(loss.columns) == ["step", "baseline", "music"] and len(loss) == 20
+    dist = pd.read_csv(tmp_path / "pl" / "accuracy_by_distance_swap.csv")
+    assert list(dist.columns) == ["distance", "baseline", "music"] and list(dist["distance"]) == [1, 2, 3]
+    traj = pd.read_csv(tmp_path / "pl" / "reward_trajectory.csv")
+    assert list(traj.columns) == ["relative_turn", "baseline", "music"] and traj.loc[0, "music"] == 0.0
     first = {p.name: p.read_bytes() for p in paths}
     assert {p.name: p.read_bytes() for p in plots.make_all(P)} == first  # a rerun rewrites the same bytes
 
