@@ -159,13 +159,16 @@ def _run_upstream(project: Path, stages: list[str], monkeypatch) -> None:
         run_stage(name, "params.yaml", variant=variant or None, output_dir=project / "reports" / "notebooks")
 
 
-# In the page: the open notebook's state, read from JupyterLab's own models (window.jupyterapp).
-_STATE_JS = """() => {
-  const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+# In the page: the state of the notebook open at `path`, read from JupyterLab's own models (window.jupyterapp).
+_STATE_JS = """(path) => {
+  const app = window.jupyterapp;
+  const panel = app && Array.from(app.shell.widgets('main')).find(w => w.context && w.context.path === path);
   if (!panel || !panel.content || !panel.sessionContext) return null;
   const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
   const cells = panel.content.widgets.filter(c => c.model.type === 'code');
   return {
+    id: panel.id,
+    current: app.shell.currentWidget === panel,
     kernel: kernel ? kernel.status : 'none',
     code_cells: cells.length,
     executed: cells.filter(c => c.model.executionCount !== null).length,
@@ -188,18 +191,25 @@ def _run_all_in_browser(browser, lab_server, notebook: str, shots: Path) -> dict
     page = browser.new_page()
     page_errors: list[str] = []
     page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+    path = f"notebooks/{notebook}"
+    state_js = f"() => ({_STATE_JS})({json.dumps(path)})"
     try:
-        page.goto(f"{lab_server['base']}/lab/tree/notebooks/{notebook}?token={lab_server['token']}")
-        page.wait_for_function(f"() => {{ const s = ({_STATE_JS})(); return s && s.kernel === 'idle' && s.code_cells > 0; }}",
+        # a workspace of its own: only this notebook opens (no tabs restored from an earlier page)
+        workspace = f"test-{Path(notebook).stem}-{secrets.token_hex(4)}"
+        page.goto(f"{lab_server['base']}/lab/workspaces/{workspace}/tree/{path}?token={lab_server['token']}")
+        page.wait_for_function(f"() => {{ const s = ({state_js})(); return s && s.kernel === 'idle' && s.code_cells > 0; }}",
                                timeout=120_000)
+        panel_id = page.evaluate(state_js)["id"]
+        page.evaluate(f"() => window.jupyterapp.shell.activateById({json.dumps(panel_id)})")
+        page.wait_for_function(f"() => ({state_js})().current", timeout=30_000)  # the commands act on it
         # a notebook saved with outputs starts from none, so "every cell ran" means ran now
         page.evaluate("() => window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs')")
-        assert page.evaluate(_STATE_JS)["executed"] == 0, "clearing the outputs left execution counts behind"
+        assert page.evaluate(state_js)["executed"] == 0, "clearing the outputs left execution counts behind"
         # not awaited here (the command's promise settles only when every cell has run): the wait below times it
         page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
         # done: the kernel idle, no cell queued or running, and either every cell ran or one failed
         # (Run All stops at an error); held for two polls so a gap between cells is not taken for the end
-        done = f"""() => {{ const s = ({_STATE_JS})();
+        done = f"""() => {{ const s = ({state_js})();
             const now = s && s.kernel === 'idle' && s.running === 0 && (s.executed === s.code_cells || s.problems.length > 0);
             window.__musicIdle = now ? (window.__musicIdle || 0) + 1 : 0;
             return window.__musicIdle >= 2 || (s && s.kernel === 'dead'); }}"""
@@ -210,11 +220,13 @@ def _run_all_in_browser(browser, lab_server, notebook: str, shots: Path) -> dict
             timed_out = False
         except PlaywrightTimeout:
             timed_out = True  # report where it stood instead of a bare timeout
-        state = page.evaluate(_STATE_JS)
+        state = page.evaluate(state_js)
         state["timed_out"] = timed_out
-        boxes = {name: [t[:600] for t in page.locator(sel).all_inner_texts()] for name, sel in _BOX_SELECTORS.items()}
+        scope = f'[id="{panel_id}"] '  # this notebook's boxes (dialogs sit outside it)
+        boxes = {name: [t[:600] for t in page.locator(("" if name == "dialog" else scope) + sel).all_inner_texts()]
+                 for name, sel in _BOX_SELECTORS.items()}
         state["boxes"] = {k: v for k, v in boxes.items() if v}
-        state["progress_widgets"] = page.locator(".jp-OutputArea-output .jupyter-widgets.widget-hprogress").count()
+        state["progress_widgets"] = page.locator(scope + ".jp-OutputArea-output .jupyter-widgets.widget-hprogress").count()
         state["page_errors"] = page_errors
         shots.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(shots / f"{Path(notebook).stem}.png"), full_page=True)
@@ -255,6 +267,7 @@ def test_the_check_sees_warnings_errors_and_renders_progress_bars(lab_project, l
                     "raise ValueError('a canary error')",
                     "print('never runs')")
     state = _run_all_in_browser(browser, lab_server, "_canary.ipynb", tmp_path_factory.getbasetemp() / "browser_screenshots")
+    assert not state["timed_out"], state
     problems = "\n".join(state["problems"])
     assert "UserWarning: a canary warning" in problems and "ValueError: a canary error" in problems
     assert "IProgress not found" not in problems  # ipywidgets is installed: the bar is a widget
