@@ -47,4 +47,4 @@ test-fast: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
 
 lab: install
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab --allow-root notebooks/  # --allow-root: containers often run as root
