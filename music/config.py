@@ -154,7 +154,8 @@ class ContrastConfig(_Checked):
     # "random" draws among turns leaving at least this many after it: 1 = never the last turn, so every
     # MUSIC pair differs in two or more assistant turns (a pair diverging at the last turn is a last-turn pair)
     min_turns_after_divergence: int = 1
-    candidates: int = 4  # "resample": requests the user model writes again; the most unlike the original is kept
+    candidates: int = 4  # "resample": the user model writes the divergence request again this many times
+    answered_candidates: int = 2  # at most this many, the most unlike the original (on topic), are answered; the clearest contrast is kept
     encoder: str = EMBEDDED_ENCODER  # sentence encoder for the relevance checks (music.relevance)
     # Filters on relevance (null: off). A pair is kept when the rejected reply is closer to the modified
     # request than to the original, and the chosen reply closer to the original, both by at least this:
@@ -178,6 +179,7 @@ class ContrastConfig(_Checked):
         self._require(self.min_turns_after_divergence >= 0, "min_turns_after_divergence",
                       f"must be >= 0, got {self.min_turns_after_divergence}")
         self._require(self.candidates >= 1, "candidates", f"must be >= 1, got {self.candidates}")
+        self._require(self.answered_candidates >= 1, "answered_candidates", f"must be >= 1, got {self.answered_candidates}")
         self._require(self.d_source == "seeds" or ":" in self.d_source, "d_source",
                       f"must be 'seeds' or 'KIND:LOCATION', got {self.d_source!r}")
 

@@ -137,15 +137,18 @@ def contrast_conversations(convs: Sequence[dict], *, user: Chat, assistant: Chat
     elif cfg.method == "resample":
         resample = list(work)
 
-    if resample:  # the user model asks again from the same history; the assistant answers that request
-        asked = pick_resampled_requests(resample, user, encoder, prompts=prompts, k=cfg.candidates, trim=trim,
-                                        seed=derive_seed(base, "resample", "user"), split=split)
-        replies = assistant.generate([assistant_view([*w["history"][:-1], {"role": "user", "content": q}], prompts)
-                                      for w, q in asked],
-                                     seed=derive_seed(base, "resample", "assistant"), desc=f"contrast {split} resample answer") if asked else []
-        for (w, _), rep in zip(asked, replies):
-            answered.append((w, make_event(rep, branch="rejected", turn=w["turn"], role="assistant", trim=trim,
-                                           method="resample")))
+    if resample:  # the user model asks again from the same history; the assistant answers those requests
+        options = resampled_requests(resample, user, encoder, prompts=prompts, k=cfg.candidates,
+                                     keep=cfg.answered_candidates, trim=trim, seed=derive_seed(base, "resample", "user"),
+                                     split=split)
+        flat = [(w, event) for w, events in options for event in events]
+        replies = assistant.generate([assistant_view([*w["history"][:-1], {"role": "user", "content": e.text}], prompts)
+                                      for w, e in flat],
+                                     seed=derive_seed(base, "resample", "assistant"),
+                                     desc=f"contrast {split} resample answers") if flat else []
+        answers = [make_event(rep, branch="rejected", turn=w["turn"], role="assistant", trim=trim, method="resample")
+                   for (w, _), rep in zip(flat, replies)]
+        answered += pick_contrasts(flat, answers, encoder)
 
     answered.sort(key=lambda a: a[0]["pos"])  # input order, whatever the method
     rollouts, targets = [], []
@@ -168,14 +171,15 @@ def contrast_conversations(convs: Sequence[dict], *, user: Chat, assistant: Chat
     return cands
 
 
-def pick_resampled_requests(work: Sequence[dict], user: Chat, encoder: Encoder, *, prompts: SimPrompts, k: int,
-                            trim: bool, seed: int, split: str) -> list[tuple[dict, str]]:
-    """The user model writes each divergence request again `k` times (one batched call); of the usable
-    samples (not failed, cut, leaking or equal to the original) the one most unlike the original but on
-    the conversation's topic is kept (music.relevance.pick_modified_request). Returns (work item, request)."""
+def resampled_requests(work: Sequence[dict], user: Chat, encoder: Encoder, *, prompts: SimPrompts, k: int, keep: int,
+                       trim: bool, seed: int, split: str) -> list[tuple[dict, list[Any]]]:
+    """The user model writes each divergence request again `k` times (one batched call). Of the usable
+    samples (not failed, cut, leaking or equal to the original), the `keep` most unlike the original but on
+    the conversation's topic (music.relevance.pick_modified_request's score) go on to be answered.
+    Returns (work item, request events, best first); an item with no usable sample gets a counted failure."""
     views = [user_view(w["history"][:-1], prompts) for w in work]
-    replies = user.generate([v for v in views for _ in range(k)], seed=seed, desc=f"contrast {split} resample user")
-    asked = []
+    replies = user.generate([v for v in views for _ in range(k)], seed=seed, desc=f"contrast {split} resample requests")
+    out = []
     for j, w in enumerate(work):
         original, anchor = w["history"][-1]["content"], w["history"][-2]["content"]
         events, failures = [], []
@@ -189,38 +193,61 @@ def pick_resampled_requests(work: Sequence[dict], user: Chat, encoder: Encoder, 
             failures.append(failure)
         usable = [e for e, f in zip(events, failures) if f is None]
         w["cand"]["notes"]["modified_candidates"] = len(usable)
+        w["cand"]["fields"]["contrast_method"] = "resample"
         if not usable:  # keep the first sample's record so the filters count why
             w["cand"]["events"].append(events[0].to_record())
-            w["cand"]["fields"].update(modified_request=events[0].text or None, contrast_method="resample")
+            w["cand"]["fields"]["modified_request"] = events[0].text or None
             w["cand"]["failure"] = "generation_error" if "generation_error" in failures else "modified_request"
             continue
-        best, scores = pick_modified_request(encoder, original, anchor, [e.text for e in usable])
+        _, scores = pick_modified_request(encoder, original, anchor, [e.text for e in usable])
+        ranked = sorted(range(len(usable)), key=lambda i: (-scores[i], i))[:keep]
         w["cand"]["notes"]["modified_scores"] = scores
-        w["cand"]["events"].append(usable[best].to_record())
-        w["cand"]["fields"].update(modified_request=usable[best].text, contrast_method="resample")
-        asked.append((w, usable[best].text))
-    return asked
+        out.append((w, [usable[i] for i in ranked]))
+    return out
+
+
+def pick_contrasts(flat: Sequence[tuple[dict, Any]], answers: Sequence[tuple[Any, str | None]],
+                   encoder: Encoder) -> list[tuple[dict, tuple[Any, str | None]]]:
+    """Per work item, of its answered requests keep the clearest contrast: the highest min(chosen margin,
+    rejected margin) (music.relevance.contrast_margins: each reply closer to its own request). Returns
+    (work item, (answer event, failure)) in the answered list's shape."""
+    scored = [(i, Contrast(w["history"][-1]["content"], req.text, w["cand"]["fields"]["chosen"][w["reply_at"]]["content"],
+                           ans.text)) for i, ((w, req), (ans, fail)) in enumerate(zip(flat, answers)) if fail is None]
+    margins = dict(zip((i for i, _ in scored), contrast_margins(encoder, [c for _, c in scored])))
+    best: dict[int, int] = {}  # id(work item) -> index into flat
+    for i, (w, _) in enumerate(flat):
+        j = best.get(id(w))
+        score = min(margins[i]) if i in margins else None
+        if j is None or (score is not None and (j not in margins or score > min(margins[j]))):
+            best[id(w)] = i
+    out = []
+    for i in sorted(best.values()):
+        w, req = flat[i]
+        w["cand"]["events"].append(req.to_record())
+        w["cand"]["fields"]["modified_request"] = req.text
+        w["cand"]["notes"]["answered_candidates"] = sum(x is w for x, _ in flat)
+        if i in margins:
+            w["cand"]["notes"]["chosen_margin"], w["cand"]["notes"]["rejected_margin"] = margins[i]
+        out.append((w, answers[i]))
+    return out
 
 
 def add_relevance(work: Sequence[dict], encoder: Encoder) -> None:
-    """Contrast margins at the divergence turn and echo scores of both branches, into each candidate's
-    notes (the filters read them) and its pair record (`relevance`)."""
-    items, convs, starts = [], [], []
-    for w in work:
-        f = w["cand"]["fields"]
-        i = w["reply_at"]
-        items.append(Contrast(f["original_request"], f["modified_request"], f["chosen"][i]["content"],
-                              f["rejected"][i]["content"]))
-        convs += [f["chosen"], f["rejected"]]
-        starts += [w["start"], w["start"]]
-    margins = contrast_margins(encoder, items)
-    echoes = echo_scores(encoder, convs, starts)
-    for j, (w, (chosen_margin, rejected_margin)) in enumerate(zip(work, margins)):
-        rel = {"chosen_margin": chosen_margin, "rejected_margin": rejected_margin,
-               "echo": max(echoes[2 * j], echoes[2 * j + 1]),
-               "modified_candidates": w["cand"]["notes"].get("modified_candidates")}
-        w["cand"]["notes"].update(rel)
-        w["cand"]["fields"]["relevance"] = rel
+    """Echo scores of both branches (and contrast margins where no earlier step computed them), into each
+    candidate's notes (the filters read them) and its pair record (`relevance`)."""
+    todo = [w for w in work if "rejected_margin" not in w["cand"]["notes"]]
+    items = [Contrast(w["cand"]["fields"]["original_request"], w["cand"]["fields"]["modified_request"],
+                      w["cand"]["fields"]["chosen"][w["reply_at"]]["content"],
+                      w["cand"]["fields"]["rejected"][w["reply_at"]]["content"]) for w in todo]
+    for w, (cm, rm) in zip(todo, contrast_margins(encoder, items)):
+        w["cand"]["notes"].update(chosen_margin=cm, rejected_margin=rm)
+    convs = [c for w in work for c in (w["cand"]["fields"]["chosen"], w["cand"]["fields"]["rejected"])]
+    echoes = echo_scores(encoder, convs, [w["start"] for w in work for _ in (0, 1)])
+    for j, w in enumerate(work):
+        notes = w["cand"]["notes"]
+        notes["echo"] = max(echoes[2 * j], echoes[2 * j + 1])
+        w["cand"]["fields"]["relevance"] = {k: notes.get(k) for k in ("chosen_margin", "rejected_margin", "echo",
+                                                                     "modified_candidates")}
 
 
 def candidates_to_records(kept: Sequence[dict]) -> list[dict]:

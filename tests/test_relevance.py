@@ -95,3 +95,26 @@ def test_an_echoing_conversation_is_filtered():
     cands[0]["notes"]["echo"] = 0.97
     kept, stats = apply_filters(cands, cfg)
     assert stats["removed"]["echo"] == 1 and len(kept) == len(cands) - 1
+
+
+def test_of_the_answered_requests_the_clearest_contrast_is_kept():
+    from music.contrast import pick_contrasts
+    from music.simulate import Event
+
+    def ev(text):
+        return Event("rejected", 2, "assistant", "stop", text, text)
+
+    chosen = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+              {"role": "user", "content": "boil an egg"}, {"role": "assistant", "content": "boil the egg nine minutes"}]
+    w = {"history": chosen[:3], "reply_at": 3, "cand": {"fields": {"chosen": chosen}, "events": [], "notes": {}}}
+    requests = [ev("cook pasta"), ev("bake bread")]
+    answers = [(ev("boil the pasta"), None),  # half about the egg: a weak contrast
+               (ev("bake the bread in the oven"), None)]  # clearly answers the modified request
+    [(kept_w, (answer, failure))] = pick_contrasts([(w, r) for r in requests], answers, ENC)
+    assert kept_w is w and answer.text == "bake the bread in the oven" and failure is None
+    assert w["cand"]["fields"]["modified_request"] == "bake bread" and w["cand"]["notes"]["answered_candidates"] == 2
+    assert w["cand"]["notes"]["rejected_margin"] > 0 and w["cand"]["notes"]["chosen_margin"] > 0
+    # a failed answer is never preferred to a usable one
+    w2 = {**w, "cand": {"fields": {"chosen": chosen}, "events": [], "notes": {}}}
+    [(_, (answer, failure))] = pick_contrasts([(w2, r) for r in requests], [(ev(""), "empty_reply"), answers[0]], ENC)
+    assert failure is None and answer.text == "boil the pasta"
