@@ -129,8 +129,8 @@ class SeedConfig(_Checked):
 class SimulateConfig(_Checked):
     """Stage `simulate`: each seed continued for `turns` turns by a user model and an assistant model."""
 
-    user: ChatModelConfig = _chat(max_new_tokens=32)  # the simulated user (roles swapped: notebook 01)
-    assistant: ChatModelConfig = _chat(max_new_tokens=48)  # the assistant (the policy being simulated)
+    user: ChatModelConfig = _chat(max_new_tokens=32, repetition_penalty=1.1)  # the simulated user (roles swapped: notebook 01)
+    assistant: ChatModelConfig = _chat(max_new_tokens=48, repetition_penalty=1.1)  # the assistant (the simulated policy)
     turns: int = 3  # simulated turns after the seed context (5 in the paper)
     # eval seeds simulated for the held-out MUSIC pairs (null: all); the others serve only the held-out
     # last-turn and quality pairs, which need no simulation
