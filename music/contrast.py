@@ -21,15 +21,18 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from music.chat import make_chat
 from music.chat.base import derive_seed
 from music.config import ContrastConfig, Params, SimulateConfig
+from music.d_pairs import d_candidates, d_records_from_source, parse_d_source
 from music.filters import REASONS, apply_filters
 from music.io import write_json
 from music.prompts import load_prompt
-from music.schema import user_turns
-from music.simulate import Chat, Rollout, SimPrompts, assistant_view, make_event, roll_out, user_view, with_system
-
-METHODS = ("instruct", "resample", "auto")
+from music.schema import pair_record, user_turns
+from music.seeding import SEED_FILES, read_conversation_ids, read_seeds
+from music.simulate import (Chat, Rollout, SimPrompts, assistant_view, make_backends, make_event, roll_out, user_view,
+                            with_system)
+from music.store import load_records, pair_features, save_records
 
 _PARSE = re.compile(
     r"modified\s+request\s*\**\s*:\s*\**\s*(?P<req>.+?)\s*\n\s*[*#\s]*answer\s*\**\s*:\s*\**\s*(?P<ans>.+)",
@@ -48,17 +51,17 @@ def parse_contrast(text: str | None) -> tuple[str, str] | None:
 
 def pick_divergence(seed_id: str, turns: int, cfg: ContrastConfig) -> int:
     """The 1-based *simulated* turn where the rejected branch diverges (random: keyed by seed_id)."""
+    cfg.validate()
     if cfg.divergence == "fixed":
         if not 1 <= cfg.divergence_turn <= turns:
             raise ValueError(f"contrast.divergence_turn={cfg.divergence_turn} is outside 1..{turns} simulated turns")
         return cfg.divergence_turn
-    if cfg.divergence == "random":
+    else:  # random
         hi = turns - cfg.min_turns_after_divergence
         if hi < 1:
             raise ValueError(f"contrast.min_turns_after_divergence={cfg.min_turns_after_divergence} leaves no turn "
                              f"to diverge at among {turns} simulated turns")
         return random.Random(derive_seed(cfg.seed, "divergence", seed_id)).randint(1, hi)
-    raise ValueError(f"contrast.divergence must be 'fixed' or 'random', got {cfg.divergence!r}")
 
 
 def history_to_user_turn(messages: list[dict], turn: int) -> list[dict]:
@@ -75,8 +78,7 @@ def contrast_conversations(convs: Sequence[dict], *, user: Chat, assistant: Chat
                            sim_cfg: SimulateConfig, cfg: ContrastConfig, split: str,
                            prompts: SimPrompts | None = None) -> list[dict]:
     """Filter candidates {"fields", "events", "failure", "notes"}, one per conversation, in input order."""
-    if cfg.method not in METHODS:
-        raise ValueError(f"contrast.method must be one of {METHODS}, got {cfg.method!r}")
+    cfg.validate()
     prompts = prompts or SimPrompts.load()
     instruct_prompt = load_prompt("contrast_instruct")
     base = derive_seed(cfg.seed, "contrast", split)
@@ -167,8 +169,6 @@ def contrast_conversations(convs: Sequence[dict], *, user: Chat, assistant: Chat
 
 
 def candidates_to_records(kept: Sequence[dict]) -> list[dict]:
-    from music.pairs import pair_record
-
     return [pair_record(**c["fields"]) for c in kept]
 
 
@@ -188,28 +188,11 @@ def method_counts(cands: Sequence[dict], kept: Sequence[dict]) -> dict:
 
 # --- the stage -------------------------------------------------------------------------------------------------
 
-def held_out_conversation_ids(seeds_dir: Path) -> set[str]:
-    """Conversation ids the seed stage kept for evaluation (eval seeds and whole eval conversations)."""
-    from music.io import read_jsonl
-
-    ids = set()
-    for name in ("eval.jsonl", "eval_conversations.jsonl"):
-        if (seeds_dir / name).exists():
-            ids |= {rec["conversation_id"] for _, rec in read_jsonl(seeds_dir / name)}
-    return ids
-
-
 def run_contrast(P: Params, *, splits: Sequence[str] = ("train", "eval"),
                  backends: tuple[Chat, Chat, Chat | None] | None = None) -> dict:
     """Read outputs/conversations/{split} (and seeds for D); write outputs/pairs/* and filter_report.json."""
-    from music.pairs import d_candidates, d_records_from_source, load_records, pair_features, parse_d_source, save_records
-    from music.seeding import read_seeds
-    from music.simulate import make_backends
-
     cfg = P.contrast
     if backends is None:
-        from music.chat import make_chat
-
         user, assistant = make_backends(P)
         contrast = make_chat(cfg.contrast, P.paths.cache) if cfg.method != "resample" else None
     else:
@@ -229,7 +212,9 @@ def run_contrast(P: Params, *, splits: Sequence[str] = ("train", "eval"),
 
         d_records: list[dict] = []
         if cfg.d_pairs and d_from_source:
-            d_records = d_records_from_source(cfg, split, held_out_conversation_ids(Path(P.paths.seeds)))
+            held_out = set().union(*(read_conversation_ids(Path(P.paths.seeds) / SEED_FILES[name])
+                                     for name in ("eval", "eval_conversations")))
+            d_records = d_records_from_source(cfg, split, held_out)
             report["splits"][f"d_{split}"] = {"candidates": len(d_records), "kept": len(d_records),
                                              "removed": {r: 0 for r in REASONS}}
         elif cfg.d_pairs:

@@ -1,6 +1,6 @@
 """Filters for generated pairs, each with a name; the first failing reason of a candidate is counted.
 
-A candidate is {"fields": pair fields (for music.pairs.pair_record), "events": [generated messages],
+A candidate is {"fields": pair fields (for music.schema.pair_record), "events": [generated messages],
 "failure": reason the generation already stopped with, or None}. Filters read the events (every
 message a model wrote for this pair, with its finish reason) and the two conversations.
 """

@@ -3,20 +3,50 @@
 A seed is the first k user/assistant turns of a real conversation (1 <= k <= max_context_turns), ending
 where the user speaks next: the paper's "random segment". The real next turn is kept beside it
 (`next_user`, `next_assistant`) for the last-turn pairs D. Train and eval seeds come from disjoint sets
-of conversations; the eval side also keeps whole conversations for the multi-turn sensitivity test.
+of conversations; the eval side also keeps whole conversations for the multi-turn evaluations.
+
+Disjointness is by *base* conversation: ShareGPT cuts a long chat into chunks `<id>_0`, `<id>_1`, ...,
+so two chunk ids can be one conversation (`base_conversation_id`). Records whose roles are swapped
+(the "user" writes like the assistant: ShareGPT has a few) are dropped and counted.
 """
 
 from __future__ import annotations
 
 import collections
 import random
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterable
 
 from music.config import SeedConfig
 from music.errors import DataError
-from music.io import atomic_path, write_json, write_jsonl
+from music.io import atomic_path, read_jsonl, write_json, write_jsonl
+from music.schema import validate_conversation
 from music.sources import RealConversation, load_conversations
+
+_CHUNK_ID = re.compile(r"^(?P<base>.+)_(?P<chunk>\d+)$")
+# How an assistant opens a reply; a real user's first message almost never opens this way (measured on
+# the 1,626 materialised ShareGPT records: one does, and its roles are swapped throughout).
+_ASSISTANT_OPENING = re.compile(
+    r"^\s*(?:sure[,!.]|certainly[,!.]|of course[,!.]|absolutely[,!.]|i'd be happy to|i would be happy to"
+    r"|i'm sorry,? but|i am sorry,? but|i apologi[sz]e|as an ai|as a language model|(?:hello|hi)[,!] how can i"
+    r"|you're welcome|great question)", re.I)
+ROLE_SWAPPED = "roles swapped (the first user message opens like an assistant reply)"
+SAME_CONVERSATION = "another chunk of the same conversation was already drawn"
+NO_PREFIX = "no feasible prefix within the length limits"
+
+
+def base_conversation_id(conversation_id: str) -> str:
+    """The conversation a record belongs to: ShareGPT chunk ids `<id>_<k>` map to `<id>`."""
+    m = _CHUNK_ID.match(str(conversation_id))
+    return m.group("base") if m else str(conversation_id)
+
+
+def roles_swapped(messages: list[dict]) -> bool:
+    """The stated rule for dropping a record: its first user message opens like an assistant reply."""
+    first_user = next((m["content"] for m in messages if m["role"] == "user"), "")
+    return bool(_ASSISTANT_OPENING.match(first_user))
 
 SEED_FILES = {"train": "train.jsonl", "eval": "eval.jsonl", "eval_conversations": "eval_conversations.jsonl"}
 
@@ -105,30 +135,42 @@ def draw_seeds(conversations: list[RealConversation], cfg: SeedConfig) -> SeedSe
     rng.shuffle(pool)
     train, evals, eval_convs = [], [], []
     skipped = collections.Counter()
+    drawn_bases: set[str] = set()
     for conv in pool:
         eval_open = len(evals) < cfg.n_eval or len(eval_convs) < cfg.n_eval_conversations
         if not eval_open and len(train) >= cfg.n_train:
             break
+        if roles_swapped(conv.messages):
+            skipped[ROLE_SWAPPED] += 1
+            continue
+        base = base_conversation_id(conv.conversation_id)
+        if base in drawn_bases:  # one conversation feeds one split, whichever of its chunks came first
+            skipped[SAME_CONVERSATION] += 1
+            continue
         ks = feasible_prefix_lengths(conv, cfg)
+        used = False
         if eval_open:  # eval is filled first, so it does not change when n_train changes
-            used = False
             if ks and len(evals) < cfg.n_eval:
                 evals.append(make_seed(conv, rng.choice(ks), "eval"))
                 used = True
             if len(eval_convs) < cfg.n_eval_conversations and eligible_eval_conversation(conv, cfg):
                 eval_convs.append(conv)
                 used = True
-            if not used:
-                skipped["no feasible prefix within the length limits"] += 1
         elif ks:
             train.append(make_seed(conv, rng.choice(ks), "train"))
+            used = True
+        if used:
+            drawn_bases.add(base)
         else:
-            skipped["no feasible prefix within the length limits"] += 1
+            skipped[NO_PREFIX] += 1
     if len(train) < cfg.n_train or len(evals) < cfg.n_eval:
         raise DataError(cfg.path, "-", None,
                         f"only {len(train)} train / {len(evals)} eval seeds fit the limits "
                         f"(asked {cfg.n_train} / {cfg.n_eval}); loosen max_message_chars or max_context_chars")
-    check_disjoint(train, evals, eval_convs)
+    check_disjoint(((f"eval seed {s.seed_id}", s.conversation_id) for s in evals),
+                   {s.conversation_id for s in train}, source=f"{cfg.path} (drawn seeds)")
+    check_disjoint(((f"eval conversation {c.conversation_id}", c.conversation_id) for c in eval_convs),
+                   {s.conversation_id for s in train}, source=f"{cfg.path} (drawn seeds)")
     stats = {
         "conversations_in_source": len(conversations),
         "train_seeds": len(train),
@@ -140,11 +182,38 @@ def draw_seeds(conversations: list[RealConversation], cfg: SeedConfig) -> SeedSe
     return SeedSet(train, evals, eval_convs, stats)
 
 
-def check_disjoint(train: list[Seed], evals: list[Seed], eval_convs: list[RealConversation]) -> None:
-    train_ids = {s.conversation_id for s in train}
-    leaked = sorted(train_ids & ({s.conversation_id for s in evals} | {c.conversation_id for c in eval_convs}))
-    if leaked:
-        raise AssertionError(f"conversation {leaked[0]!r} feeds both train and eval")
+def check_disjoint(eval_ids: Iterable[tuple[object, object]], train_ids: Iterable[str], *, source: str) -> int:
+    """Raise DataError if an evaluation record's conversation is also a training conversation.
+
+    Compared by base conversation (ShareGPT chunks of one chat are one conversation).
+    eval_ids: (record, conversation_id) pairs; returns how many were checked.
+    """
+    train_bases = {base_conversation_id(t) for t in train_ids}
+    n = 0
+    for record, cid in eval_ids:
+        if cid is None:
+            raise DataError(source, record, "conversation_id", "missing: cannot check that it is held out")
+        if base_conversation_id(str(cid)) in train_bases:
+            raise DataError(source, record, "conversation_id",
+                            f"{cid!r} is (a chunk of) a training conversation (train/eval leak)")
+        n += 1
+    return n
+
+
+def read_conversation_ids(path: str | Path) -> set[str]:
+    """conversation_id of every record of a seed file (train.jsonl, eval.jsonl, eval_conversations.jsonl)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "-", None, "seed file does not exist (run the seed stage first)")
+    ids: set[str] = set()
+    if path.stat().st_size == 0:  # a split the profile asked none of (e.g. n_eval_conversations: 0)
+        return ids
+    for lineno, rec in read_jsonl(path):
+        cid = rec.get("conversation_id") if isinstance(rec, dict) else None
+        if cid is None:
+            raise DataError(path, f"line {lineno}", "conversation_id", "missing field")
+        ids.add(str(cid))
+    return ids
 
 
 def write_seed_set(seeds: SeedSet, out_dir: str | Path) -> None:
@@ -165,9 +234,6 @@ def run_seed_stage(cfg: SeedConfig, out_dir: str | Path) -> SeedSet:
 
 
 def read_seeds(path: str | Path) -> list[Seed]:
-    from music.io import read_jsonl
-    from music.schema import validate_conversation
-
     out = []
     for lineno, rec in read_jsonl(path):
         for key in ("seed_id", "conversation_id", "source", "split", "context", "next_user", "next_assistant"):

@@ -21,10 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
+from music.chat import make_chat
 from music.chat.base import derive_seed
 from music.config import Params, SimulateConfig
 from music.prompts import Prompt, load_prompt
 from music.schema import user_turns
+from music.seeding import read_seeds
+from music.store import conversation_features, save_records
 
 
 class Chat(Protocol):  # what we need of music.chat.ChatBackend (fakes in tests implement just this)
@@ -185,8 +188,7 @@ def roll_out(rollouts: Sequence[Rollout], targets: Sequence[int], user: Chat, as
 def simulate_seeds(seeds: Sequence[Any], user: Chat, assistant: Chat, cfg: SimulateConfig, *, split: str,
                    prompts: SimPrompts | None = None) -> list[dict]:
     """Conversation records: each seed's context continued by `cfg.turns` simulated turns (batched)."""
-    if cfg.turns < 1:
-        raise ValueError(f"simulate.turns must be >= 1, got {cfg.turns}")
+    cfg.validate()
     prompts = prompts or SimPrompts.load()
     rollouts = [Rollout(s.seed_id, "chosen", [dict(m) for m in s.context]) for s in seeds]
     targets = [r.turns + cfg.turns for r in rollouts]
@@ -209,17 +211,12 @@ SPLITS = ("train", "eval")
 
 
 def make_backends(P: Params, *, cache: bool = True) -> tuple[Chat, Chat]:
-    from music.chat import make_chat
-
     cache_dir = P.paths.cache if cache else None
     return make_chat(P.simulate.user, cache_dir), make_chat(P.simulate.assistant, cache_dir)
 
 
 def run_simulate(P: Params, *, splits: Sequence[str] = SPLITS, backends: tuple[Chat, Chat] | None = None) -> dict:
     """Read outputs/seeds/{split}.jsonl, write outputs/conversations/{split}; returns a summary."""
-    from music.pairs import conversation_features, save_records
-    from music.seeding import read_seeds
-
     user, assistant = backends or make_backends(P)
     summary = {}
     for split in splits:

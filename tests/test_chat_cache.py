@@ -51,7 +51,7 @@ def convs(n: int, prefix: str = "q") -> list[list[dict]]:
     return [[{"role": "user", "content": f"{prefix}{i}"}] for i in range(n)]
 
 
-CFG = ChatModelConfig(backend="fake", model="m", batch_size=3)
+CFG = ChatModelConfig(model="m", batch_size=3)
 
 
 def test_second_call_is_served_from_cache(tmp_path):

@@ -34,3 +34,50 @@ def test_environment_yml_names_the_same_pins_as_requirements():
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert _pins(pip_section) == req
+
+
+def test_defaults_are_the_default_profile():
+    """One source of truth: params.yaml states every default, so profiles need only what they change."""
+    import dataclasses
+
+    assert dataclasses.asdict(load_params(REPO / "params.yaml")) == dataclasses.asdict(Params())
+
+
+def test_every_field_is_documented_where_it_is_declared():
+    """Each config field carries a comment on its line or the line above (or is named in the class docstring)."""
+    import ast
+    import inspect
+
+    import music.config as config
+
+    lines = inspect.getsource(config).splitlines()
+    undocumented = []
+    for node in ast.walk(ast.parse("\n".join(lines))):
+        if not isinstance(node, ast.ClassDef) or node.name in ("Params",):
+            continue
+        doc = ast.get_docstring(node) or ""
+        for stmt in node.body:
+            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                line, above = lines[stmt.lineno - 1], lines[stmt.lineno - 2].strip()
+                if "#" not in line and not above.startswith("#") and stmt.target.id not in doc:
+                    undocumented.append(f"{node.name}.{stmt.target.id}")
+    assert undocumented == []
+
+
+@pytest.mark.parametrize("section, key, value, match", [
+    ("contrast", "method", "magic", "field 'method'.*must be one of"),
+    ("contrast", "divergence", "sometimes", "field 'divergence'"),
+    ("simulate", "turns", 0, "field 'turns'.*>= 1"),
+    ("train", "backend", "tpu", "field 'backend'"),
+    ("train", "num_layers", 0, "field 'num_layers'"),
+    ("evaluate", "bon_ns", [], "field 'bon_ns'"),
+])
+def test_bad_values_name_the_file_section_and_key(section, key, value, match):
+    with pytest.raises(DataError, match=match) as exc:
+        from_dict(Params, {section: {key: value}}, "params.yaml")
+    assert str(exc.value).startswith(f"params.yaml.{section}")
+
+
+def test_bad_chat_values_name_the_role():
+    with pytest.raises(DataError, match=r"params.yaml.simulate.user.*field 'batch_size'"):
+        from_dict(Params, {"simulate": {"user": {"batch_size": 0}}}, "params.yaml")

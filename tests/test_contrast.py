@@ -9,10 +9,10 @@ import pytest
 from music.chat import ChatReply
 from music.config import ContrastConfig, SimulateConfig
 from music.contrast import contrast_conversations, parse_contrast, pick_divergence, run_contrast
-from music.pairs import load_records
+from music.store import load_records
 from music.schema import PreferencePair, user_turns
 from music.simulate import run_simulate, simulate_seeds
-from test_simulate import CONTRAST_PROMPT, FakeChat, make_seeds, tree_bytes, write_seed_files
+from helpers import CONTRAST_PROMPT, FakeChat, make_seeds, tree_bytes, write_seed_files
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -144,7 +144,7 @@ def test_run_contrast_writes_four_loadable_pair_sets_and_a_report(tmp_path):
 
 
 def test_d_from_a_labelled_source_uses_the_loader(tmp_path, monkeypatch):
-    import music.sources
+    import music.d_pairs
 
     calls = []
 
@@ -154,13 +154,13 @@ def test_d_from_a_labelled_source_uses_the_loader(tmp_path, monkeypatch):
         return [PreferencePair(conv + [{"role": "assistant", "content": "good"}],
                                conv + [{"role": "assistant", "content": "bad"}], {"pair_id": f"p-{split}"})]
 
-    monkeypatch.setattr(music.sources, "load_pairs", fake_load_pairs)
+    monkeypatch.setattr(music.d_pairs, "load_pairs", fake_load_pairs)
     P, report = _stage(tmp_path, d_source="skywork:hub:Skywork/Skywork-Reward-Preference-80K-v0.2", d_limit=5)
     assert calls == [("skywork", "hub:Skywork/Skywork-Reward-Preference-80K-v0.2", "train", 5),
                      ("skywork", "hub:Skywork/Skywork-Reward-Preference-80K-v0.2", "test", 5)]
     assert [r["pair_id"] for r in load_records(Path(P.paths.pairs) / "d_eval")] == ["d-p-test"]
     with pytest.raises(ValueError, match="KIND:LOCATION"):
-        from music.pairs import parse_d_source
+        from music.d_pairs import parse_d_source
 
         parse_d_source("hub")
 
@@ -175,7 +175,7 @@ def test_missing_conversations_name_the_folder(tmp_path):
 def test_an_empty_pair_set_keeps_its_columns(tmp_path):
     from datasets import load_from_disk
 
-    from music.pairs import pair_features, save_records
+    from music.store import pair_features, save_records
 
     save_records([], tmp_path / "empty", pair_features())
     ds = load_from_disk(str(tmp_path / "empty"))
@@ -185,7 +185,7 @@ def test_an_empty_pair_set_keeps_its_columns(tmp_path):
 
 def test_d_from_the_seed_source_follows_the_seed_split(tmp_path, monkeypatch):
     """With one split (Skywork), a pair whose conversation the seed stage held out is never a training pair."""
-    import music.sources
+    import music.d_pairs
     from music.io import read_jsonl
 
     P = write_seed_files(tmp_path)
@@ -198,7 +198,7 @@ def test_d_from_the_seed_source_follows_the_seed_split(tmp_path, monkeypatch):
         return [PreferencePair(conv + [{"role": "assistant", "content": "good"}],
                                conv + [{"role": "assistant", "content": "bad"}], {"pair_id": i}) for i in ids]
 
-    monkeypatch.setattr(music.sources, "load_pairs", fake_load_pairs)
+    monkeypatch.setattr(music.d_pairs, "load_pairs", fake_load_pairs)
     P.simulate.turns = 2
     P.contrast.d_source, P.contrast.d_eval_split = "skywork:hub:Skywork/Skywork-Reward-Preference-80K-v0.2", "train"
     run_simulate(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant")))

@@ -10,9 +10,10 @@ import pytest
 
 from music.config import Params, Paths
 from music.errors import DataError
-from music.evaluate import evaluate_variant
-from music.evaluate.pairwise import check_disjoint, divergence_distance, local_set_accuracy, pairwise_accuracy, require_model
+from music.evaluate.run import evaluate_variant
+from music.evaluate.pairwise import divergence_distance, local_set_accuracy, pairwise_accuracy, require_model
 from music.schema import PreferencePair
+from music.seeding import check_disjoint
 
 
 class LastReplyScorer:
@@ -59,7 +60,7 @@ def test_pairwise_by_kind_and_distance():
 
 def test_disjointness_raises_on_a_leak():
     assert check_disjoint([(0, "a"), (1, "b")], {"c"}, source="pairs") == 2
-    with pytest.raises(DataError, match="'b'.*training seeds"):
+    with pytest.raises(DataError, match="'b'.*training conversation"):
         check_disjoint([(0, "a"), (1, "b")], {"b"}, source="pairs/d_eval")
     with pytest.raises(DataError, match="conversation_id"):
         check_disjoint([(0, None)], set(), source="pairs/d_eval")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+from pathlib import Path
 
 import pytest
 import yaml
 
-from music.config import Paths
+from helpers import dvc_stages, missing_read_deps
+from music.config import Params, Paths
 from music.notebook import run_stage
 from tests.conftest import REPO
 
@@ -26,7 +30,22 @@ def tiny(tmp_path_factory):
 
 
 def run(tiny, stage, variant=None):
-    return run_stage(stage, str(tiny["params_file"]), variant=variant, output_dir=tiny["root"] / "executed", log_output=False)
+    """Run one stage; its kernel logs every file it reads (tests/trace_reads) for the deps check below."""
+    reads = tiny["root"] / "reads"
+    reads.mkdir(exist_ok=True)
+    env = {"MUSIC_TRACE_READS": str(reads / (f"{stage}@{variant}" if variant else stage)),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests" / "trace_reads"), os.environ.get("PYTHONPATH")]))}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return run_stage(stage, str(tiny["params_file"]), variant=variant, output_dir=tiny["root"] / "executed",
+                         log_output=False)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def test_00_seed(tiny):
@@ -37,7 +56,7 @@ def test_00_seed(tiny):
 
 def test_01_simulate(tiny):
     run(tiny, "simulate")
-    from music.pairs import load_records
+    from music.store import load_records
 
     convs = load_records(tiny["root"] / "conversations" / "train")
     assert len(convs) == 4
@@ -47,7 +66,7 @@ def test_02_contrast(tiny):
     run(tiny, "contrast")
     report = json.loads((tiny["root"] / "pairs" / "filter_report.json").read_text())
     assert report  # the filter table exists
-    from music.pairs import load_records
+    from music.store import load_records
 
     d_train = load_records(tiny["root"] / "pairs" / "d_train")
     assert d_train and all(r["kind"] == "d" for r in d_train)
@@ -80,3 +99,36 @@ def test_06_plot_results(tiny):
     run(tiny, "plots")
     figures = {p.name for p in (tiny["root"] / "figures").iterdir()}
     assert {"accuracy_overview.png", "best_of_n.png", "training_curves.png"} <= figures
+
+
+_ATOMIC_TMP = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{8}$")
+
+
+def _as_default_path(path: Path, tiny) -> str | None:
+    """A file a stage read, named as in the default profile (repo-relative); None when DVC need not track it."""
+    root, defaults = tiny["root"], Params().paths
+    if path.is_relative_to(root):
+        name, *rest = path.relative_to(root).parts
+        rest = [_ATOMIC_TMP.sub(r"\1", part) for part in rest]  # music.io.atomic_path's temporary sibling
+        if name in ("cache", "executed", "reads", "params.yaml") or name not in Paths.__dataclass_fields__:
+            return None  # the response cache and resume checkpoints are deliberately untracked
+        return "/".join([getattr(defaults, name), *rest])
+    if not path.is_relative_to(REPO):
+        return None  # installed packages, the converted embedded model
+    rel = path.relative_to(REPO)
+    if rel.parts[0] in (".venv", ".git", "music.egg-info") or "__pycache__" in rel.parts:
+        return None
+    if str(rel) == yaml.safe_load((REPO / "profiles" / "tiny.yaml").read_text())["seed"]["path"]:
+        return Params().seed.path  # the tiny profile's stand-in for the default seed source
+    return str(rel)
+
+
+def test_zz_every_stage_lists_the_data_it_reads(tiny):
+    """Runs last: every repository file a stage's kernel opened is a dep (or an output) of that stage in dvc.yaml."""
+    stages = dvc_stages(yaml.safe_load((REPO / "dvc.yaml").read_text()))
+    reads_dir = tiny["root"] / "reads"
+    assert sorted(p.name for p in reads_dir.iterdir()) == sorted(stages), "every stage ran with the trace"
+    reads = {name: {_as_default_path(Path(line), tiny) for line in (reads_dir / name).read_text().splitlines()} - {None}
+             for name in stages}
+    assert reads["best_of_n"] and reads["seed"]  # the trace saw files
+    assert missing_read_deps(stages, reads) == {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_rm_common import conv, smol_tok, toy_pairs  # noqa: F401  (fixture import)
+from helpers import conv, tiny_cfg, toy_pairs  # noqa: F401
 
 from music.errors import DataError
 from music.rm.data import (

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from test_rm_common import conv, smol_tok, tiny_backbone, tiny_cfg  # noqa: F401  (fixtures)
+from helpers import conv, tiny_cfg, toy_pairs  # noqa: F401
 
 from music.rm import model as rm_model
 from music.rm.data import pad_batch, render_ids

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_rm_common import smol_tok, tiny_backbone, toy_pairs  # noqa: F401  (fixtures)
+from helpers import conv, tiny_cfg, toy_pairs  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_rm_common import conv, smol_tok, tiny_backbone, tiny_cfg, toy_pairs  # noqa: F401  (fixtures)
+from helpers import conv, tiny_cfg, toy_pairs  # noqa: F401
 
 from music.errors import DataError
 from music.rm.data import fit_conversation, pad_batch

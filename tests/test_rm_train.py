@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from test_rm_common import conv, smol_tok, tiny_backbone, tiny_cfg, toy_pairs  # noqa: F401  (fixtures)
+from helpers import conv, tiny_cfg, toy_pairs  # noqa: F401
 
 from music.config import EMBEDDED_MODEL
 from music.rm.model import score_head

@@ -1,3 +1,4 @@
+import collections
 import json
 import random
 
@@ -5,8 +6,9 @@ import pytest
 
 from music.config import SeedConfig
 from music.errors import DataError
-from music.seeding import draw_seeds, read_seeds, run_seed_stage, turn_spans
-from music.sources import load_sharegpt
+from music.seeding import (ROLE_SWAPPED, SAME_CONVERSATION, base_conversation_id, check_disjoint, draw_seeds,
+                           read_conversation_ids, read_seeds, roles_swapped, run_seed_stage, turn_spans)
+from music.sources import RealConversation, load_sharegpt
 from tests.conftest import REPO
 
 FIXTURE = REPO / "tests" / "fixtures" / "sharegpt_tiny.jsonl"
@@ -87,3 +89,66 @@ def test_bad_input_writes_nothing_and_keeps_the_old_output(tmp_path, bad_line, f
     assert exc.value.record == "line 13" and exc.value.field == field and str(p) in str(exc.value)
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
     assert sorted(x.name for x in tmp_path.iterdir()) == ["bad.jsonl", "seeds"]  # no temporary left behind
+
+
+# --- one conversation, several chunks; role-swapped records ------------------------------------------------
+
+def _chat(cid: str, first_user: str = "How do I boil an egg?") -> RealConversation:
+    msgs = [{"role": "user", "content": first_user}, {"role": "assistant", "content": "Boil it for nine minutes."},
+            {"role": "user", "content": "And a soft yolk?"}, {"role": "assistant", "content": "Six minutes."},
+            {"role": "user", "content": "Thanks, and in a microwave?"}, {"role": "assistant", "content": "Better not."}]
+    return RealConversation(cid, "sharegpt", msgs)
+
+
+def test_sharegpt_chunk_ids_map_to_their_conversation():
+    # Real ids from the materialised ShareGPT set: hIULog1 was cut into three chunks, zlIFBzJ into two.
+    assert {base_conversation_id(i) for i in ("hIULog1_0", "hIULog1_2", "hIULog1_4")} == {"hIULog1"}
+    assert base_conversation_id("zlIFBzJ_10") == "zlIFBzJ"
+    assert base_conversation_id("skywork:row 12") == "skywork:row 12"  # ids of other sources are their own base
+
+
+def test_chunks_of_one_conversation_never_feed_both_splits():
+    convs = [_chat(f"{base}_{k}") for base in ("hIULog1", "zlIFBzJ", "N5JPJtp", "0AYfPYw", "XCATsL4")
+             for k in (0, 2, 4)] + [_chat(f"single{i}_0") for i in range(10)]
+    cfg = SeedConfig(path="real-chunk-ids", n_train=6, n_eval=3, n_eval_conversations=3, max_context_turns=1)
+    seeds = draw_seeds(convs, cfg)
+    train = {base_conversation_id(s.conversation_id) for s in seeds.train}
+    held_out = {base_conversation_id(s.conversation_id) for s in seeds.eval}
+    held_out |= {base_conversation_id(c.conversation_id) for c in seeds.eval_conversations}
+    assert train and held_out and not train & held_out
+    assert seeds.stats["skipped"].get(SAME_CONVERSATION, 0) > 0  # later chunks of a drawn conversation: counted
+
+
+def test_a_chunk_of_a_training_conversation_is_a_leak():
+    assert check_disjoint([(0, "hIULog1_2")], {"other_0"}, source="eval") == 1
+    with pytest.raises(DataError, match="hIULog1_2.*training conversation"):
+        check_disjoint([(0, "hIULog1_2")], {"hIULog1_0"}, source="eval")
+
+
+def test_role_swapped_records_are_dropped_and_counted():
+    # The first materialised ShareGPT record: its "human" turns are ChatGPT's replies.
+    swapped = _chat("DhelrJT_0", "Sure, I can do that. What new technology would you like me to review?")
+    assert roles_swapped(swapped.messages)
+    assert not roles_swapped(_chat("x", "Here is my object. How do I rewrite the if condition?").messages)
+    convs = [swapped] + [_chat(f"c{i}_0") for i in range(12)]
+    seeds = draw_seeds(convs, SeedConfig(path="p", n_train=10, n_eval=2, n_eval_conversations=2, max_context_turns=1))
+    used = {s.conversation_id for s in seeds.train + seeds.eval} | {c.conversation_id for c in seeds.eval_conversations}
+    assert "DhelrJT_0" not in used and seeds.stats["skipped"][ROLE_SWAPPED] == 1
+
+
+def test_materialised_sharegpt_rule_counts():
+    """On the real materialised set: the swapped record is the only one the rule drops."""
+    path = REPO / "data" / "sharegpt" / "conversations.jsonl"
+    if not path.exists():
+        pytest.skip(f"{path} is absent (make data materialises it)")
+    convs = load_sharegpt(path)
+    assert [c.conversation_id for c in convs if roles_swapped(c.messages)] == ["DhelrJT_0"]
+    bases = collections.Counter(base_conversation_id(c.conversation_id) for c in convs)
+    assert sorted(b for b, n in bases.items() if n > 1) == ["0AYfPYw", "N5JPJtp", "XCATsL4", "hIULog1", "zlIFBzJ"]
+
+
+def test_read_conversation_ids_names_the_missing_file(tmp_path):
+    with pytest.raises(DataError, match="seed stage"):
+        read_conversation_ids(tmp_path / "train.jsonl")
+    (tmp_path / "empty.jsonl").write_text("")
+    assert read_conversation_ids(tmp_path / "empty.jsonl") == set()

@@ -3,105 +3,16 @@ and a crash-and-rerun through the real response cache that regenerates nothing a
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from music.chat import ChatReply, ResponseCache
-from music.chat.base import ChatBackend
-from music.config import ChatModelConfig, Params, SimulateConfig
-from music.io import write_jsonl
-from music.prompts import load_prompt
+from music.config import SimulateConfig
 from music.schema import validate_conversation
-from music.seeding import Seed
 from music.simulate import (SimPrompts, clean_user_text, run_simulate, simulate_seeds, trim_to_sentence,
                             user_view)
-
-USER_PROMPT = load_prompt("user_simulator").text
-CONTRAST_PROMPT = load_prompt("contrast_instruct").text
-
-
-class Crash(RuntimeError):
-    pass
-
-
-def fake_text(messages: list[dict], seed: int) -> str:
-    """Deterministic text that depends on the whole conversation, shaped like the role asked for."""
-    h = hashlib.sha256(json.dumps([messages, seed], sort_keys=True).encode()).hexdigest()[:8]
-    system = messages[0]["content"] if messages[0]["role"] == "system" else ""
-    if system == USER_PROMPT:
-        return f"Could you tell me more about {h}?"
-    if CONTRAST_PROMPT in system:
-        return f"MODIFIED REQUEST: What about {h} instead?\nANSWER: The answer about {h}."
-    return f"Answer {h}."
-
-
-class FakeChat(ChatBackend):
-    """A ChatBackend (so the real driver and cache run) whose 'model' is fake_text; one unit per request.
-
-    `script(messages, seed)` may return a ChatReply to override; `crash_after` units raises Crash.
-    Counts every generated request by its conversation, so tests can prove nothing ran twice.
-    """
-
-    kind = "fake"
-
-    def __init__(self, name: str = "fake:model", cache=None, script=None, crash_after: int | None = None,
-                 batch_size: int = 4):
-        super().__init__(ChatModelConfig(backend="fake", model=name, batch_size=batch_size), cache)
-        self.name = name
-        self.script = script
-        self.crash_after = crash_after
-        self.calls = 0  # generate() calls
-        self.generated: Counter[str] = Counter()  # conversation digest -> times generated
-
-    def identity(self) -> dict:
-        return {"kind": self.kind, "model": self.cfg.model}
-
-    def generate(self, conversations, **kw):
-        self.calls += 1
-        return super().generate(conversations, **kw)
-
-    def run(self, units, params):
-        for unit in units:
-            if self.crash_after is not None and self.units_generated >= self.crash_after:
-                raise Crash(f"injected crash after {self.crash_after} units")
-            out = []
-            for r in unit.requests:
-                self.generated[hashlib.sha256(json.dumps(r.messages).encode()).hexdigest()] += 1
-                scripted = self.script(r.messages, unit.seed) if self.script else None
-                out.append(scripted or ChatReply(fake_text(r.messages, unit.seed), "stop"))
-            yield unit, out
-
-
-def make_seeds(n: int = 3, split: str = "train") -> list[Seed]:
-    out = []
-    for i in range(n):
-        ctx = [{"role": "user", "content": f"Question {i} about cooking ({split})?"},
-               {"role": "assistant", "content": f"Reply {i} about cooking."}]
-        if i % 2:
-            ctx = [{"role": "system", "content": "Be nice."}, *ctx,
-                   {"role": "user", "content": f"Follow-up {i}?"}, {"role": "assistant", "content": f"Second reply {i}."}]
-        out.append(Seed(f"{split}-s{i}", f"conv{i}", "fake", split, ctx, f"Real next user {i}?", f"Real next reply {i}."))
-    return out
-
-
-def write_seed_files(root: Path, n_train: int = 3, n_eval: int = 2) -> Params:
-    P = Params()
-    P.paths.seeds = str(root / "seeds")
-    P.paths.conversations = str(root / "conversations")
-    P.paths.pairs = str(root / "pairs")
-    P.paths.cache = str(root / "cache")
-    write_jsonl(Path(P.paths.seeds) / "train.jsonl", [s.to_record() for s in make_seeds(n_train, "train")])
-    write_jsonl(Path(P.paths.seeds) / "eval.jsonl", [s.to_record() for s in make_seeds(n_eval, "eval")])
-    return P
-
-
-def tree_bytes(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
+from helpers import USER_PROMPT, Crash, FakeChat, make_seeds, tree_bytes, write_seed_files
 
 # --- rendering and clean-up ----------------------------------------------------------------------------------
 
@@ -240,7 +151,7 @@ def test_same_seed_gives_byte_identical_outputs_on_the_embedded_model(tmp_path):
         run_simulate(P, backends=(make_chat(P.simulate.user, None), make_chat(P.simulate.assistant, None)))
         outs.append(tree_bytes(Path(P.paths.conversations)))
     assert outs[0] == outs[1]
-    from music.pairs import load_records
+    from music.store import load_records
 
     recs = load_records(tmp_path / "conv0" / "train")
     assert len(recs) == 2 and all(r["models"]["user"].startswith("transformers:") for r in recs)

@@ -6,20 +6,16 @@ from pathlib import Path
 
 from music.chat.base import ChatBackend
 from music.chat.cache import ResponseCache
+from music.chat.openai_backend import OpenAIChat
+from music.chat.transformers_backend import TransformersChat
 from music.config import ChatModelConfig
-
-BACKENDS = ("transformers", "openai")
-
 
 def make_chat(cfg: ChatModelConfig, cache_dir: str | Path | None = None) -> ChatBackend:
     """A backend for `cfg`; replies are cached in {cache_dir}/responses.sqlite unless cache_dir is None."""
     cache = ResponseCache.in_dir(cache_dir) if cache_dir is not None else None
     if cfg.backend == "transformers":
-        from music.chat.transformers_backend import TransformersChat
-
         return TransformersChat(cfg, cache)
     if cfg.backend == "openai":
-        from music.chat.openai_backend import OpenAIChat
-
         return OpenAIChat(cfg, cache)
-    raise ValueError(f"unknown chat backend {cfg.backend!r} (expected one of {BACKENDS})")
+    cfg.validate()  # names the allowed backends
+    raise AssertionError(f"ChatModelConfig.validate accepted backend {cfg.backend!r}")

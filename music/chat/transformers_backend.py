@@ -13,6 +13,7 @@ from typing import Iterator
 
 from music.chat.base import ChatBackend, ChatReply, Request, SamplingParams, Unit
 from music.config import ChatModelConfig
+from music.models import load_causal_lm, load_tokenizer
 from music.schema import validate_conversation
 
 # End-of-turn markers of common chat templates; those present in a vocabulary also stop generation.
@@ -24,8 +25,6 @@ _REGISTRY_LOCK = threading.Lock()
 
 def shared_model(model: str, dtype: str = "float32"):
     """(model, tokenizer), loaded once per process per (model, dtype): chat roles share weights."""
-    from music.models import load_causal_lm, load_tokenizer
-
     key = (model, dtype)
     with _REGISTRY_LOCK:
         if key not in _REGISTRY:
@@ -75,8 +74,7 @@ class TransformersChat(ChatBackend):
 
     def __init__(self, cfg: ChatModelConfig, cache=None):
         super().__init__(cfg, cache)
-        if cfg.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+        cfg.validate()
         self.name = f"transformers:{cfg.model}"
         self.lm, self.tok = shared_model(cfg.model, cfg.dtype)
         if getattr(self.tok, "chat_template", None) is None:

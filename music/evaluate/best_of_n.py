@@ -19,8 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from music.chat import make_chat
 from music.evaluate.judge import VERDICT_OPTIONS, combine_orders, judge_request, load_template, parse_verdict
+from music.evaluate.pairwise import require_model
 from music.evaluate.stats import wilson_interval
+from music.io import write_json, write_jsonl
+from music.rm.score import RewardScorer
+from music.sources import load_mtbench_questions
 
 RMS = ("baseline", "music")
 
@@ -204,18 +209,13 @@ def game_record(g: Game) -> dict:
 # ---------------------------------------------------------------- stage
 def _same_model(a, b) -> bool:
     """Two ChatModelConfigs that differ only in sampling settings can share one loaded backend."""
-    strip = {"temperature": 0.0, "max_new_tokens": 0, "top_p": 1.0}
-    return dataclasses.replace(a, **strip) == dataclasses.replace(b, **strip)
+    sampling = ("temperature", "max_new_tokens", "top_p")
+    ident = [{k: v for k, v in dataclasses.asdict(c).items() if k not in sampling} for c in (a, b)]
+    return ident[0] == ident[1]
 
 
 def run_stage(P, *, questions_path: str | None = None) -> dict:
     """The best_of_n stage: needs both trained RMs; writes best_of_n.json (+ the games as jsonl)."""
-    from music.chat import make_chat
-    from music.evaluate.pairwise import require_model
-    from music.io import write_json, write_jsonl
-    from music.rm.score import RewardScorer
-    from music.sources import load_mtbench_questions
-
     cfg = P.evaluate
     model_dirs = {rm: require_model(Path(P.paths.models) / rm, rm) for rm in RMS}
     questions = choose_questions(load_mtbench_questions(questions_path or cfg.bon_questions_path), cfg.bon_prompts, cfg.seed)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
-from music.errors import DataError
+from music import sources
 from music.evaluate.stats import accuracy_summary, strict_wins
-from music.io import read_jsonl
-from music.schema import PreferencePair, user_turns, validate_pairs
+from music.rm.score import score_pairs
+from music.schema import PreferencePair, user_turns
 
 
 # ---------------------------------------------------------------- guards
@@ -30,53 +30,7 @@ def require_model(model_dir: str | Path, variant: str) -> Path:
     return model_dir
 
 
-def train_conversation_ids(train_seeds: str | Path) -> set[str]:
-    """conversation_id of every training seed; evaluation cannot check disjointness without them."""
-    path = Path(train_seeds)
-    if not path.exists():
-        raise FileNotFoundError(f"training seeds {path} do not exist: cannot check that evaluation data is held out")
-    ids = set()
-    for lineno, rec in read_jsonl(path):
-        cid = rec.get("conversation_id") if isinstance(rec, dict) else None
-        if cid is None:
-            raise DataError(path, f"line {lineno}", "conversation_id", "missing field")
-        ids.add(str(cid))
-    return ids
-
-
-def check_disjoint(eval_ids: Iterable[tuple[object, object]], train_ids: set[str], *, source: str) -> int:
-    """Raise DataError if any evaluation record's conversation_id was used for training.
-
-    eval_ids: (record index, conversation_id) pairs; returns how many were checked.
-    """
-    n = 0
-    for record, cid in eval_ids:
-        if cid is None:
-            raise DataError(source, record, "conversation_id", "missing: cannot check that it is held out")
-        if str(cid) in train_ids:
-            raise DataError(source, record, "conversation_id", f"{cid!r} also appears in the training seeds (train/eval leak)")
-        n += 1
-    return n
-
-
-# ---------------------------------------------------------------- loading and scoring
-def load_pair_dataset(path: str | Path) -> list[PreferencePair]:
-    """An HF dataset saved with save_to_disk, validated; missing folder -> FileNotFoundError."""
-    from music.pairs import load_records  # reads empty saved datasets too
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"pairs {path} do not exist (run the contrast stage first)")
-    return validate_pairs(load_records(path), source=str(path))
-
-
-def score_pairs(scorer, pairs: Sequence[PreferencePair]) -> tuple[list[float], list[float]]:
-    """One scorer call for all chosen and rejected conversations (it batches by length)."""
-    scores = scorer.score([p.chosen for p in pairs] + [p.rejected for p in pairs])
-    n = len(pairs)
-    return list(scores[:n]), list(scores[n:])
-
-
+# ---------------------------------------------------------------- scoring
 def divergence_distance(pair: PreferencePair) -> int:
     """1 + user turns after the divergence turn (1 = diverged at the last user turn)."""
     turn = pair.meta.get("divergence_turn")
@@ -106,8 +60,6 @@ def pairwise_accuracy(scorer, pairs: Sequence[PreferencePair]) -> dict:
 # ---------------------------------------------------------------- local labelled sets
 def _local_loader(name: str) -> Callable[..., list[PreferencePair]]:
     """The loader for a local set, by the start of its name (hh*, ultrafeedback*)."""
-    from music import sources
-
     loaders = {"hh": sources.load_hh, "ultrafeedback": sources.load_ultrafeedback}
     for key, fn in loaders.items():
         if name.lower().startswith(key):

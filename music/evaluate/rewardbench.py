@@ -14,6 +14,7 @@ from music.errors import DataError
 from music.evaluate.constants import EXAMPLE_COUNTS, HUB_ID, HUB_SPLIT, SECTIONS
 from music.evaluate.stats import strict_wins
 from music.schema import PreferencePair
+from music.sources import load_rewardbench
 
 SUBSET_TO_SECTION = {s: sec for sec, subsets in SECTIONS.items() for s in subsets}
 
@@ -55,6 +56,4 @@ def score_rewardbench(scorer, pairs: Sequence[PreferencePair], *, source: str = 
 def load_rewardbench_pairs(path: str | None) -> list[PreferencePair]:
     """A local file of the hub schema (prompt, chosen, rejected, subset), or the hub (split "filtered")
     when path is None. Never subsampled: the section weights assume whole subsets."""
-    from music.sources import load_rewardbench
-
     return load_rewardbench(path) if path else load_rewardbench(f"hub:{HUB_ID}", split=HUB_SPLIT)

@@ -17,14 +17,15 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from music.errors import DataError
-from music.schema import PreferencePair, validate_conversation
+from music.schema import PreferencePair
+from music.store import load_records
 
 MUSIC_KIND = "music"
 
 
 # ---------------------------------------------------------------- pairs in
 
-def as_pairs(data: Any, source: str) -> list[PreferencePair]:
+def as_pairs(data: Any, source: str, *, allow_empty: bool = False) -> list[PreferencePair]:
     """A Dataset, a list of PreferencePair or a list of TRL-format dicts -> validated PreferencePairs."""
     if data is None:
         raise DataError(source, "-", None, "no preference pairs (got None)")
@@ -32,7 +33,7 @@ def as_pairs(data: Any, source: str) -> list[PreferencePair]:
     for i, item in enumerate(data):
         rec = item.to_record() if isinstance(item, PreferencePair) else item
         pairs.append(PreferencePair.from_record(rec, source=source, record=_record_name(rec, i)))
-    if not pairs:
+    if not pairs and not allow_empty:
         raise DataError(source, "-", None, "no preference pairs")
     return pairs
 
@@ -42,18 +43,9 @@ def _record_name(rec: Any, i: int) -> str:
     return f"{i} (pair_id {pid})" if pid is not None else str(i)
 
 
-def load_pairs_dir(path: str | Path):
-    """One saved HF dataset of pairs (outputs/pairs/<kind>_<split>), as records."""
-    from music.pairs import load_records  # reads empty saved datasets too
-
-    path = Path(path)
-    if not path.exists():
-        raise DataError(path, "-", None, "pairs dataset does not exist (run the contrast stage first)")
-    return load_records(path)
-
-
 def load_variant_pairs(pairs_dir: str | Path, kinds: Iterable[str], split: str = "train") -> dict[str, Any]:
-    return {kind: load_pairs_dir(Path(pairs_dir) / f"{kind}_{split}") for kind in kinds}
+    """The saved pair datasets {pairs_dir}/{kind}_{split}, as records, per kind."""
+    return {kind: load_records(Path(pairs_dir) / f"{kind}_{split}") for kind in kinds}
 
 
 def mix_pairs(

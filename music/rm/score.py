@@ -79,8 +79,12 @@ class RewardScorer:
                                    batch_size=self.batch_size, source=str(self.model_dir), progress=progress)
 
 
-def score_pairs(scorer: RewardScorer, pairs: Any, source: str = "pairs") -> tuple[list[float], list[float]]:
-    """(chosen scores, rejected scores) for a Dataset / list of PreferencePair / list of dicts."""
-    pairs = as_pairs(pairs, source)
-    scores = scorer.score([p.chosen for p in pairs] + [p.rejected for p in pairs])
+def score_pairs(scorer, pairs: Any, source: str = "pairs") -> tuple[list[float], list[float]]:
+    """(chosen scores, rejected scores) for a Dataset / list of PreferencePair / list of dicts.
+
+    One scorer call for all chosen and rejected conversations (it batches by length); `scorer` is
+    anything with .score(conversations) -> list[float]. No pairs give two empty lists.
+    """
+    pairs = as_pairs(pairs, source, allow_empty=True)
+    scores = list(scorer.score([p.chosen for p in pairs] + [p.rejected for p in pairs])) if pairs else []
     return scores[: len(pairs)], scores[len(pairs):]

@@ -1,0 +1,220 @@
+"""Plain helpers shared by several test modules (fakes and tiny data); pytest fixtures live in conftest.py."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+from music.chat import ChatReply
+from music.chat.base import ChatBackend
+from music.config import ChatModelConfig, Params, TrainConfig
+from music.io import write_jsonl
+from music.prompts import load_prompt
+from music.schema import PreferencePair
+from music.seeding import Seed
+
+USER_PROMPT = load_prompt("user_simulator").text
+CONTRAST_PROMPT = load_prompt("contrast_instruct").text
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def fake_text(messages: list[dict], seed: int) -> str:
+    """Deterministic text that depends on the whole conversation, shaped like the role asked for."""
+    h = hashlib.sha256(json.dumps([messages, seed], sort_keys=True).encode()).hexdigest()[:8]
+    system = messages[0]["content"] if messages[0]["role"] == "system" else ""
+    if system == USER_PROMPT:
+        return f"Could you tell me more about {h}?"
+    if CONTRAST_PROMPT in system:
+        return f"MODIFIED REQUEST: What about {h} instead?\nANSWER: The answer about {h}."
+    return f"Answer {h}."
+
+
+class FakeChat(ChatBackend):
+    """A ChatBackend (so the real driver and cache run) whose 'model' is fake_text; one unit per request.
+
+    `script(messages, seed)` may return a ChatReply to override; `crash_after` units raises Crash.
+    Counts every generated request by its conversation, so tests can prove nothing ran twice.
+    """
+
+    kind = "fake"
+
+    def __init__(self, name: str = "fake:model", cache=None, script=None, crash_after: int | None = None,
+                 batch_size: int = 4):
+        super().__init__(ChatModelConfig(model=name, batch_size=batch_size), cache)  # the driver reads sampling + batch_size
+        self.name = name
+        self.script = script
+        self.crash_after = crash_after
+        self.calls = 0  # generate() calls
+        self.generated: Counter[str] = Counter()  # conversation digest -> times generated
+
+    def identity(self) -> dict:
+        return {"kind": self.kind, "model": self.cfg.model}
+
+    def generate(self, conversations, **kw):
+        self.calls += 1
+        return super().generate(conversations, **kw)
+
+    def run(self, units, params):
+        for unit in units:
+            if self.crash_after is not None and self.units_generated >= self.crash_after:
+                raise Crash(f"injected crash after {self.crash_after} units")
+            out = []
+            for r in unit.requests:
+                self.generated[hashlib.sha256(json.dumps(r.messages).encode()).hexdigest()] += 1
+                scripted = self.script(r.messages, unit.seed) if self.script else None
+                out.append(scripted or ChatReply(fake_text(r.messages, unit.seed), "stop"))
+            yield unit, out
+
+
+def make_seeds(n: int = 3, split: str = "train") -> list[Seed]:
+    out = []
+    for i in range(n):
+        ctx = [{"role": "user", "content": f"Question {i} about cooking ({split})?"},
+               {"role": "assistant", "content": f"Reply {i} about cooking."}]
+        if i % 2:
+            ctx = [{"role": "system", "content": "Be nice."}, *ctx,
+                   {"role": "user", "content": f"Follow-up {i}?"}, {"role": "assistant", "content": f"Second reply {i}."}]
+        out.append(Seed(f"{split}-s{i}", f"conv{i}", "fake", split, ctx, f"Real next user {i}?", f"Real next reply {i}."))
+    return out
+
+
+def write_seed_files(root: Path, n_train: int = 3, n_eval: int = 2) -> Params:
+    P = Params()
+    P.paths.seeds = str(root / "seeds")
+    P.paths.conversations = str(root / "conversations")
+    P.paths.pairs = str(root / "pairs")
+    P.paths.cache = str(root / "cache")
+    write_jsonl(Path(P.paths.seeds) / "train.jsonl", [s.to_record() for s in make_seeds(n_train, "train")])
+    evals = make_seeds(n_eval, "eval")
+    write_jsonl(Path(P.paths.seeds) / "eval.jsonl", [s.to_record() for s in evals])
+    write_jsonl(Path(P.paths.seeds) / "eval_conversations.jsonl",  # as the seed stage writes them
+                [{"conversation_id": f"whole-{s.conversation_id}", "source": s.source,
+                  "messages": [*s.context, {"role": "user", "content": s.next_user},
+                               {"role": "assistant", "content": s.next_assistant}]} for s in evals])
+    return P
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+
+def conv(i: int, good: bool, turns: int = 1, system: str | None = None) -> list[dict]:
+    """A toy conversation whose assistant replies are all good or all bad (a learnable contrast)."""
+    msgs = [{"role": "system", "content": system}] if system else []
+    for t in range(turns):
+        msgs.append({"role": "user", "content": f"question {i}.{t} " + "please " * ((i + t) % 4)})
+        reply = "good helpful answer " if good else "bad unrelated reply "
+        msgs.append({"role": "assistant", "content": reply * (1 + (i + t) % 3)})
+    return msgs
+
+
+def toy_pairs(n: int, kind: str = "d", turns: int = 1) -> list[PreferencePair]:
+    return [
+        PreferencePair(conv(i, True, turns), conv(i, False, turns), {"pair_id": f"{kind}{i}", "kind": kind})
+        for i in range(n)
+    ]
+
+
+def tiny_cfg(backbone: str, **kw) -> TrainConfig:
+    base = dict(backbone=backbone, num_layers=None, backend="transformers", max_steps=6, batch_size=4,
+                learning_rate=5e-3, save_every=2, max_length=256, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# --- what each DVC stage really depends on -----------------------------------------------------------------
+
+def dvc_stages(dvc: dict) -> dict[str, dict]:
+    """dvc.yaml stages with foreach expanded: "train@baseline" -> {"cmd", "deps", "outs", ...}."""
+    out = {}
+    for name, spec in dvc["stages"].items():
+        if "foreach" in spec:
+            for item in spec["foreach"]:
+                text = json.dumps(spec["do"]).replace("${item}", str(item))
+                out[f"{name}@{item}"] = json.loads(text)
+        else:
+            out[name] = spec
+    return out
+
+
+def stage_paths(spec: dict, key: str) -> list[str]:
+    """The paths listed under deps / outs / metrics of a stage (entries may be {path: options})."""
+    return [next(iter(e)) if isinstance(e, dict) else e for e in spec.get(key, [])]
+
+
+def covered(path: str, listed: list[str]) -> bool:
+    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in listed)
+
+
+def _module_file(repo: Path, module: str) -> Path | None:
+    p = repo / Path(*module.split("."))
+    if (p / "__init__.py").is_file():
+        return p / "__init__.py"
+    return p.with_suffix(".py") if p.with_suffix(".py").is_file() else None
+
+
+def music_imports(repo: Path, source: str) -> set[str]:
+    """The music modules a piece of source imports (absolute imports, at any depth in the code)."""
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "music"}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "music":
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}  # `from music import sources`
+    return {m for m in found if _module_file(repo, m)}
+
+
+def stage_code(repo: Path, stage: str) -> set[str]:
+    """Repository files a stage's code runs: its notebook's music imports, transitively, with their packages'
+    __init__ files, plus the folder of any module that reads files beside itself (prompt texts)."""
+    from music.notebook import NOTEBOOKS
+
+    cells = json.loads((repo / "notebooks" / NOTEBOOKS[stage]).read_text(encoding="utf-8"))["cells"]
+    source = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    todo, seen = list(music_imports(repo, source) | {"music.notebook"}), set()
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        parts = module.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        todo += music_imports(repo, _module_file(repo, module).read_text(encoding="utf-8"))
+    files = set()
+    for module in seen:
+        path = _module_file(repo, module)
+        files.add(str(path.relative_to(repo)))
+        if "__file__" in path.read_text(encoding="utf-8"):
+            files.add(str(path.parent.relative_to(repo)))
+    return files
+
+
+def missing_code_deps(repo: Path, dvc: dict) -> dict[str, list[str]]:
+    """stage -> code files it runs that its deps do not cover (empty when dvc.yaml is complete)."""
+    out = {}
+    for name, spec in dvc_stages(dvc).items():
+        stage = spec["cmd"].split()[3]  # python -m music.notebook STAGE [...]
+        missing = sorted(f for f in stage_code(repo, stage) if not covered(f, stage_paths(spec, "deps")))
+        if missing:
+            out[name] = missing
+    return out
+
+
+def missing_read_deps(stages: dict[str, dict], reads: dict[str, set[str]]) -> dict[str, list[str]]:
+    """stage -> repository paths it read (as named in the default profile) that are neither deps nor outputs."""
+    out = {}
+    for name, spec in stages.items():
+        listed = stage_paths(spec, "deps") + stage_paths(spec, "outs") + stage_paths(spec, "metrics")
+        bad = sorted(p for p in reads.get(name, ()) if not covered(p, listed))
+        if bad:
+            out[name] = bad
+    return out
