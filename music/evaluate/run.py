@@ -39,7 +39,7 @@ def evaluate_variant(P, variant: str, *, scorer=None) -> dict:
     check_disjoint(((i, c["conversation_id"]) for i, c in enumerate(conversations)), train_ids, source=str(conv_path))
 
     if scorer is None:
-        scorer = RewardScorer(str(model_dir), batch_size=cfg.batch_size, max_length=cfg.max_length)
+        scorer = RewardScorer(str(model_dir), batch_size=cfg.batch_size, max_length=cfg.max_length, dtype=cfg.dtype)
     start = time.perf_counter()
     metrics: dict = {"variant": variant, "model_dir": str(model_dir)}
     metrics["pairwise"] = pairwise_accuracy(scorer, pairs)
