@@ -20,6 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from music.errors import DataError
+from music.sources.hh import parse_hh_transcript
+from music.sources.mtbench import load_mtbench_questions
 from music.sources.records import HUB_PREFIX, iter_records
 
 SOURCE_KINDS = ("mtbench", "hh", "ultrainteract", "file")
@@ -69,14 +71,10 @@ def load_prompts(spec: str, *, limit: int | None = None) -> list[dict]:
             out.append({"prompt_id": str(pid), "turns": [t.strip() for t in turns]})
 
     if kind == "mtbench":
-        from music.sources.mtbench import load_mtbench_questions
-
         for q in load_mtbench_questions(location):
             add(q["question_id"], q["turns"])
         return out[:limit] if limit else out
     if kind == "hh":
-        from music.sources.hh import parse_hh_transcript
-
         for label, rec in iter_records(location, split=split):
             text = rec.get("chosen") if isinstance(rec, dict) else None
             try:
