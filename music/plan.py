@@ -20,12 +20,14 @@ import dataclasses
 import json
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from music.config import ChatModelConfig, Params, load_params
+from music.config import CONTRAST_METHODS, ChatModelConfig, Params, load_params
+from music.d_pairs import parse_d_source
 from music.errors import DataError
+from music.io import read_jsonl
 from music.models.shapes import (
     DTYPE_BYTES,
     BackboneShape,
@@ -34,6 +36,8 @@ from music.models.shapes import (
     resolve_dtype,
     use_gradient_checkpointing,
 )
+from music.sources.prompts import KNOWN_HUB_ROWS, count_available, parse_source
+from music.sources.records import HUB_PREFIX
 
 GB = 1e9
 PROMPT_DIR = Path(__file__).resolve().parent / "prompts"
@@ -156,9 +160,6 @@ def divergence_turns(P: Params, F: Findings) -> list[int]:
 # ---------------------------------------------------------------- stages
 
 def plan_seed(P: Params, F: Findings) -> dict:
-    from music.sources.prompts import KNOWN_HUB_ROWS
-    from music.sources.records import HUB_PREFIX
-
     s = P.seed
     out = {"train": s.n_train, "eval": s.n_eval, "eval_conversations": s.n_eval_conversations,
            "source": f"{s.source}:{s.path}"}
@@ -196,11 +197,9 @@ def plan_simulate(P: Params, T: Tokens, F: Findings) -> tuple[dict, list[Load]]:
 
 
 def plan_contrast(P: Params, T: Tokens, F: Findings) -> tuple[dict, list[Load]]:
-    from music.contrast import METHODS
-
     sim, c = P.simulate, P.contrast
-    if c.method not in METHODS:
-        F.error("contrast.method", f"must be one of {METHODS}, got {c.method!r}")
+    if c.method not in CONTRAST_METHODS:
+        F.error("contrast.method", f"must be one of {CONTRAST_METHODS}, got {c.method!r}")
     n = P.seed.n_train + P.seed.n_eval
     U, A = T.reply(sim.user), T.reply(sim.assistant)
     user, asst = Load("simulate.user", sim.user), Load("simulate.assistant", sim.assistant)
@@ -218,8 +217,6 @@ def plan_contrast(P: Params, T: Tokens, F: Findings) -> tuple[dict, list[Load]]:
             history = T.context + (s - 1) * (U + A + 2 * T.m)
             user.add(w, T.sys["user_simulator"] + T.sys["user_opener"] + 2 * T.m + history, U)
             asst.add(w, T.sys["assistant_system"] + T.m + history + U + T.m, A)
-    from music.pairs import parse_d_source
-
     try:
         labelled = parse_d_source(c.d_source) is not None
     except ValueError as exc:
@@ -237,10 +234,6 @@ def plan_contrast(P: Params, T: Tokens, F: Findings) -> tuple[dict, list[Load]]:
 
 def d_pair_count(P: Params, split: str) -> tuple[int | None, str]:
     """Last-turn pairs D for a split: from the seeds (upper bound) or a labelled source's size."""
-    from music.pairs import parse_d_source
-    from music.sources.prompts import KNOWN_HUB_ROWS
-    from music.sources.records import HUB_PREFIX
-
     c, s = P.contrast, P.seed
     if not c.d_pairs:
         return 0, "contrast.d_pairs is false"
@@ -255,8 +248,6 @@ def d_pair_count(P: Params, split: str) -> tuple[int | None, str]:
     if location.startswith(HUB_PREFIX):
         rows = KNOWN_HUB_ROWS.get((location[len(HUB_PREFIX):], hub_split))
     elif Path(location).exists() and location.endswith((".jsonl", ".jsonl.gz")):
-        from music.io import read_jsonl
-
         rows = sum(1 for _ in read_jsonl(location))
     else:
         rows = None
@@ -321,7 +312,7 @@ def training_memory(P: Params, shape: BackboneShape, A: Assumptions, dtype: str)
     weights = n_params * wbytes
     base = weights + state + A.gpu_overhead_gb * GB
     total_on, total_off = base + stored_on + workspace, base + stored_off + workspace
-    ckpt = use_gradient_checkpointing(getattr(t, "gradient_checkpointing", None), n_params)
+    ckpt = use_gradient_checkpointing(t.gradient_checkpointing, n_params)
     return {
         "dtype": dtype, "params": n_params, "trainable_params": trainable, "optimizer": optim,
         "micro_batch": {"sequences": seqs, "max_length": t.max_length, "tokens": tokens},
@@ -344,6 +335,13 @@ def train_flops_per_token(P: Params, shape: BackboneShape, ckpt: bool) -> float:
     return fwd + backward + (span * fwd if ckpt else 0.0)
 
 
+def _relative(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path
+
+
 def plan_train(P: Params, shape: BackboneShape | None, A: Assumptions, F: Findings) -> dict:
     t = P.train
     for key in ("batch_size", "grad_accum", "max_length"):
@@ -359,11 +357,11 @@ def plan_train(P: Params, shape: BackboneShape | None, A: Assumptions, F: Findin
     if t.num_layers and t.num_layers > shape.num_layers:
         F.warn("train.num_layers", f"{t.num_layers} > the backbone's {shape.num_layers} layers: all are kept")
     device = train_device(shape, A)
-    dtype = resolve_dtype(getattr(t, "dtype", "auto"), shape.torch_dtype, cuda=device == "gpu")
+    dtype = resolve_dtype(t.dtype, shape.torch_dtype, cuda=device == "gpu")
     mem = training_memory(P, shape, A, dtype)
     out.update(device=device, dtype=dtype, memory=mem,
                shape={"params": shape.reward_params(t.num_layers), "layers": shape.layers(t.num_layers),
-                      "hidden": shape.hidden_size, "context": shape.max_position_embeddings, "config": shape.source})
+                      "hidden": shape.hidden_size, "context": shape.max_position_embeddings, "config": _relative(shape.source)})
     if device == "gpu" and mem["total_gb"] > A.gpu_memory_gb:
         hint = ("turn train.gradient_checkpointing on, or lower train.batch_size (raise grad_accum)"
                 if not mem["gradient_checkpointing"] else "lower train.batch_size (raise train.grad_accum) or train.max_length")
@@ -439,7 +437,7 @@ def plan_evaluate(P: Params, shape: BackboneShape | None, A: Assumptions, F: Fin
     if shape is None:
         return out
     device = train_device(shape, A)
-    dtype = resolve_dtype(getattr(e, "dtype", "auto"), shape.torch_dtype, cuda=device == "gpu")
+    dtype = resolve_dtype(e.dtype, shape.torch_dtype, cuda=device == "gpu")
     rate = (A.gpu_tflops * 1e12) if device == "gpu" else (A.cpu_gflops * 1e9)
     tokens = n * length * len(P.train.variants)
     out.update(device=device, tokens=tokens, hours=tokens * shape.forward_flops_per_token(length, P.train.num_layers) / rate / 3600,
@@ -451,19 +449,19 @@ def plan_evaluate(P: Params, shape: BackboneShape | None, A: Assumptions, F: Fin
 
 
 def plan_best_of_n(P: Params, T: Tokens, shape: BackboneShape | None, A: Assumptions, F: Findings) -> tuple[dict, list[Load]]:
-    from music.sources.prompts import count_available, parse_source
-
     e = P.evaluate
-    source = getattr(e, "bon_source", None) or (f"mtbench:{e.bon_questions_path}" if getattr(e, "bon_questions_path", None) else "mtbench")
+    source = e.bon_source
     out: dict[str, Any] = {"source": source, "prompts": e.bon_prompts, "ns": list(e.bon_ns)}
     try:
-        parse_source(source)
+        _, location = parse_source(source)
         available, source_turns, how = count_available(source)
     except DataError as exc:
         F.error("evaluate.bon_source", exc.problem)
-        available, source_turns, how = None, None, str(exc)
+        location, available, source_turns, how = None, None, None, str(exc)
     out["available"], out["available_note"] = available, how
-    if available is None:
+    if location and not location.startswith(HUB_PREFIX) and not Path(location).exists():
+        F.error("evaluate.bon_source", f"{location} does not exist")
+    elif available is None:
         F.warn("evaluate.bon_source", f"cannot count the prompts offline: {how}")
     elif e.bon_prompts > available:
         F.error("evaluate.bon_prompts", f"{e.bon_prompts} prompts asked, but {source} has {available} "
@@ -471,7 +469,7 @@ def plan_best_of_n(P: Params, T: Tokens, shape: BackboneShape | None, A: Assumpt
     if not e.bon_ns or any(int(n) < 1 for n in e.bon_ns):
         F.error("evaluate.bon_ns", f"must be positive integers, got {e.bon_ns}")
         return out, []
-    turns = getattr(e, "bon_turns", None) or source_turns or 1
+    turns = e.bon_turns or source_turns or 1
     out["turns"] = turns
     scripted = min(source_turns or 1, turns)
     out["turns_from_source"], out["turns_simulated"] = scripted, turns - scripted
@@ -496,7 +494,7 @@ def plan_best_of_n(P: Params, T: Tokens, shape: BackboneShape | None, A: Assumpt
     out["rm_scorings"] = round(scored)
     if shape is not None:
         device = train_device(shape, A)
-        dtype = resolve_dtype(getattr(e, "dtype", "auto"), shape.torch_dtype, cuda=device == "gpu")
+        dtype = resolve_dtype(e.dtype, shape.torch_dtype, cuda=device == "gpu")
         length = min(e.max_length or P.train.max_length, math.ceil(convo))
         rate = (A.gpu_tflops * 1e12) if device == "gpu" else (A.cpu_gflops * 1e9)
         out["rm_hours"] = scored * length * shape.forward_flops_per_token(length, P.train.num_layers) / rate / 3600
@@ -543,8 +541,7 @@ def check_roles(P: Params, T: Tokens, F: Findings) -> None:
             continue
         if cfg.backend == "openai" and not cfg.base_urls:
             F.error(f"{key}.base_urls", "an openai backend needs at least one base URL")
-        fold = getattr(cfg, "system_role", "auto")
-        if cfg.backend == "openai" and "gemma" in cfg.model.lower() and fold != "fold":
+        if cfg.backend == "openai" and "gemma" in cfg.model.lower() and cfg.system_role != "fold":
             F.warn(f"{key}.system_role", f"{cfg.model}: Gemma chat templates reject the system role (vLLM answers "
                    "HTTP 400); set system_role: fold")
         shape = role_shape(cfg)
@@ -688,7 +685,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="outputs/plan.json", help="where to write the plan as JSON")
     ap.add_argument("--assume", action="append", default=[], metavar="NAME=VALUE", help="override an assumption")
     args = ap.parse_args(argv)
-    P = load_params(args.params)
+    try:
+        P = load_params(args.params)
+    except DataError as exc:  # a bad value: the config names the section and key
+        print(f"ERROR [{exc.source.removeprefix(str(args.params) + '.')}.{exc.field}]: {exc.problem}" if exc.field
+              else f"ERROR: {exc}")
+        return 1
     plan = make_plan(P, parse_assumptions(args.assume), args.params)
     print(render(plan))
     out = Path(args.out)

@@ -121,14 +121,14 @@ def backends(P):
 
 
 def conversations(P) -> list[dict]:
-    from music.pairs import load_records
+    from music.store import load_records
 
     return [r for split in ("train", "eval") for r in load_records(Path(P.paths.conversations) / split)]
 
 
 def test_simulate_survives_a_server_kill_and_contrast_runs(setup):
     from music.contrast import run_contrast
-    from music.pairs import load_records
+    from music.store import load_records
     from music.schema import PreferencePair, validate_conversation
     from music.simulate import run_simulate
 
