@@ -227,11 +227,11 @@ class EvalConfig(_Checked):
 
     rewardbench: bool = False  # true needs the Hugging Face hub (allenai/reward-bench, split filtered)
     rewardbench_path: str | None = None  # or a local file of the same schema (prompt, chosen, rejected, subset)
-    # Real labelled sets beside the repository (name -> path; names start with hh or ultrafeedback);
-    # an absent path is skipped with the reason recorded.
+    # Real labelled last-turn sets (name -> path; names start with hh or ultrafeedback): small subsets
+    # committed in evalsets/ (source and license there); an absent path is skipped with the reason recorded.
     local_sets: dict[str, str] = field(default_factory=lambda: {
-        "hh": "../shared/data/hh-rlhf/harmless-base-test-first2000.jsonl.gz",
-        "ultrafeedback": "../shared/data/ultrafeedback-binarized-subset/eval_clean.jsonl",
+        "hh": "evalsets/hh-rlhf-harmless-base-test-first60.jsonl",
+        "ultrafeedback": "evalsets/ultrafeedback-binarized-eval-first60.jsonl",
     })
     local_set_limit: int = 60  # first N records of each local set
     sensitivity_conversations: int = 24  # whole held-out conversations for the corrupted-history test

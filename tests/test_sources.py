@@ -9,6 +9,7 @@ from music.errors import DataError
 from music.sources import (load_conversations, load_hh, load_mtbench_questions, load_pairs, load_rewardbench,
                            load_sharegpt, load_skywork, load_ultrafeedback, parse_hh_transcript)
 from music.sources.sharegpt import iter_package_records, iter_truncated_json_array
+from tests.conftest import REPO
 
 MSGS = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
         {"role": "user", "content": "how are you"}, {"role": "assistant", "content": "fine"}]
@@ -187,3 +188,17 @@ def test_skipped_collects_instead_of_raising(tmp_path):
     skipped = []
     pairs = load_skywork(p, skipped=skipped)
     assert len(pairs) == 1 and len(skipped) == 1 and skipped[0].record == "line 2"
+
+
+def test_committed_evaluation_subsets_are_what_their_readme_says():
+    """evalsets/ ships with the repository (a fresh clone has no ../shared): checked bytes, and they load."""
+    import hashlib
+
+    folder = REPO / "evalsets"
+    readme = (folder / "README.md").read_text()
+    for name, loader in (("hh-rlhf-harmless-base-test-first60.jsonl", load_hh),
+                         ("ultrafeedback-binarized-eval-first60.jsonl", load_ultrafeedback)):
+        digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        assert digest in readme and name in readme
+        pairs = loader(folder / name)
+        assert len(pairs) == 60 and all(p.chosen[:-1] == p.rejected[:-1] for p in pairs)  # last-turn pairs
