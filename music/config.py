@@ -10,6 +10,7 @@ in `validate` (called when it is built), naming the key that is wrong.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -306,13 +307,26 @@ def from_dict(cls: type, data: Any, where: str = "params"):
         raise DataError(where, "-", exc.field, exc.problem) from None
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus YAML 1.2 floats without a dot (2e-06): PyYAML reads them as strings,
+    and DVC writes floats that way when `dvc exp run -S` (or music.profile) sets a parameter."""
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def read_params_file(path: str | Path) -> dict:
+    """The raw params mapping of a YAML file (see ParamsLoader)."""
+    with open(path, encoding="utf-8") as fh:
+        return yaml.load(fh, Loader=ParamsLoader) or {}  # noqa: S506 (a SafeLoader subclass)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.exists():
         raise DataError(path, "-", None, "params file does not exist")
-    with open(path, encoding="utf-8") as fh:
-        raw = yaml.safe_load(fh) or {}
-    return from_dict(Params, raw, str(path))
+    return from_dict(Params, read_params_file(path), str(path))
 
 
 def to_dict(obj: Any) -> Any:

@@ -15,9 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from music.config import Params, from_dict, load_params
+from music.config import Params, from_dict, load_params, read_params_file
 
 # stage name -> notebook file (one place)
 NOTEBOOKS = {
@@ -59,8 +58,7 @@ def run_stage(stage: str, params_file: str = "params.yaml", variant: str | None 
         raise SystemExit(f"unknown stage {stage!r}; known: {', '.join(NOTEBOOKS)}")
     root = repo_root()
     params_path = Path(params_file)
-    with open(params_path, encoding="utf-8") as fh:
-        raw = yaml.safe_load(fh) or {}
+    raw = read_params_file(params_path)  # floats as DVC writes them (2e-06) read as floats
     from_dict(Params, raw, str(params_path))  # fail fast on typos, before a kernel starts
     parameters: dict[str, Any] = {"params": raw, "params_file": str(params_path)}
     if variant is not None:
