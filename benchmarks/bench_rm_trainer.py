@@ -60,8 +60,8 @@ def run_ours(cfg: TrainConfig, pairs) -> dict:
     from music.rm.train import run_training
 
     out = run_training(cfg, {"d": pairs}, progress=False)
-    m = out.metrics
-    return {"seconds": m["train_seconds"], "tokens_per_s": m["tokens_per_s"], "final_loss": m["last_step_loss"],
+    m, t = out.metrics, out.timing
+    return {"seconds": t["train_seconds"], "tokens_per_s": t["tokens_per_s"], "final_loss": m["last_step_loss"],
             "padding_share": m["padding_share"], "steps": m["steps"]}
 
 
@@ -80,7 +80,7 @@ def run_trl(cfg: TrainConfig, pairs, steps: int) -> dict:
             learning_rate=cfg.learning_rate, lr_scheduler_type="linear", warmup_steps=max(1, int(steps * cfg.warmup_ratio)),
             max_grad_norm=cfg.max_grad_norm, weight_decay=cfg.weight_decay, max_length=cfg.max_length,
             use_cpu=True, bf16=False, gradient_checkpointing=False, logging_steps=1, save_strategy="no",
-            report_to="none", seed=cfg.seed, dataloader_num_workers=0, disable_tqdm=True,
+            report_to="none", seed=0, dataloader_num_workers=0, disable_tqdm=True,
         )
         trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
         trainer.remove_callback(PrinterCallback)  # one log line per step otherwise

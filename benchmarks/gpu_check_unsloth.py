@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     out = run_training(cfg, {"d": pairs}, progress=True)
     m = out.metrics
     print(f"3. trained {m['steps']} steps in {time.perf_counter() - t0:.1f}s: loss {out.curve[0]['loss']:.4f} -> "
-          f"{m['last_step_loss']:.4f}, {m['tokens_per_s']} tokens/s, backend {m['backend']['backend']}")
+          f"{m['last_step_loss']:.4f}, {out.timing['tokens_per_s']} tokens/s, backend {m['backend']['backend']}")
     assert m["backend"]["backend"] == "unsloth"
 
     convs = [p.chosen for p in pairs[:4]] + [p.rejected for p in pairs[:4]]

@@ -21,6 +21,7 @@ import yaml
 from music.errors import DataError
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+EMBEDDED_ENCODER = "embedded:all-minilm-l6-v2"  # the sentence encoder of music.models.encoder
 CHAT_BACKENDS = ("transformers", "openai")
 SEED_SOURCES = ("sharegpt", "skywork", "hh", "ultrafeedback", "rewardbench")
 CONTRAST_METHODS = ("instruct", "resample", "auto")
@@ -59,8 +60,11 @@ class Paths(_Checked):
     pairs: str = "outputs/pairs"  # contrast stage
     models: str = "outputs/models"  # train stage: one folder per variant
     metrics: str = "outputs/metrics"  # evaluate, best_of_n and plots stages
+    evaluation: str = "outputs/evaluation"  # evaluate stage: per-item scores, reward trajectories, sources
     figures: str = "outputs/figures"  # plots stage
+    plots: str = "outputs/plots"  # plots stage: the data behind the figures, as small CSVs (`dvc plots diff`)
     cache: str = ".cache/music"  # response cache and resume checkpoints (not tracked)
+    reports: str = "reports"  # executed notebooks, stage logs, wall-clock timings (not tracked)
 
 
 @dataclass
@@ -72,6 +76,9 @@ class ChatModelConfig(_Checked):
     max_new_tokens: int = 64  # reply budget; a reply cut by it is trimmed to a sentence or filtered
     temperature: float = 0.7  # 0 = greedy
     top_p: float = 0.9  # nucleus sampling
+    # > 1 discourages repeating tokens already in the conversation (in-process: HF's repetition_penalty, which
+    # covers the prompt; servers: sent as `repetition_penalty`, which vLLM and SGLang accept); 1 = off
+    repetition_penalty: float = 1.0
     batch_size: int = 8  # conversations generated together (in-process)
     dtype: str = "float32"  # in-process weights
     # OpenAI-compatible endpoints only
@@ -94,6 +101,7 @@ class ChatModelConfig(_Checked):
         self._require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         self._require(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
         self._require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        self._require(self.repetition_penalty > 0, "repetition_penalty", f"must be > 0, got {self.repetition_penalty}")
         self._require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         self._require(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
         self._require(bool(self.base_urls), "base_urls", "needs at least one URL")
@@ -134,7 +142,7 @@ class SimulateConfig(_Checked):
 
     user: ChatModelConfig = _chat(max_new_tokens=32)  # the simulated user (roles swapped: notebook 01)
     assistant: ChatModelConfig = _chat(max_new_tokens=48)  # the assistant (the policy being simulated)
-    turns: int = 2  # simulated turns after the seed context (5 in the paper)
+    turns: int = 3  # simulated turns after the seed context (5 in the paper)
     trim_truncated: bool = True  # a reply cut by max_new_tokens is trimmed to its last full sentence
     seed: int = 0  # per-call sampling seeds derive from it
 
@@ -154,7 +162,18 @@ class ContrastConfig(_Checked):
     method: str = "resample"
     divergence: str = "random"  # "fixed" (divergence_turn) | "random" (drawn per conversation)
     divergence_turn: int = 1  # 1-based simulated turn, used when divergence == "fixed"
-    min_turns_after_divergence: int = 0  # "random" draws among turns leaving at least this many after it
+    # "random" draws among turns leaving at least this many after it: 1 = never the last turn, so every
+    # MUSIC pair differs in two or more assistant turns (a pair diverging at the last turn is a last-turn pair)
+    min_turns_after_divergence: int = 1
+    candidates: int = 4  # "resample": the user model writes the divergence request again this many times
+    answered_candidates: int = 2  # at most this many, the most unlike the original (on topic), are answered; the clearest contrast is kept
+    encoder: str = EMBEDDED_ENCODER  # sentence encoder for the relevance checks (music.relevance)
+    # Filters on relevance (null: off). A pair is kept when the rejected reply is closer to the modified
+    # request than to the original, and the chosen reply closer to the original, both by at least this:
+    min_contrast_margin: float | None = 0.05
+    max_echo_similarity: float | None = 0.9  # a simulated message this similar to the one it answers is an echo
+    quality_mtbench: bool = True  # held-out quality twins from MT-Bench's referenced questions (music.quality_pairs)
+    quality_max_chars: int = 2000  # longest quality twin kept (the RM must see the whole conversation)
     d_pairs: bool = True  # build last-turn pairs D
     d_source: str = "seeds"  # "seeds" (real vs model reply) | "KIND:LOCATION" for music.sources.load_pairs
     d_limit: int | None = None  # pairs read from a labelled D source (per split); null = all
@@ -170,6 +189,8 @@ class ContrastConfig(_Checked):
         self._require(self.divergence_turn >= 1, "divergence_turn", f"must be >= 1, got {self.divergence_turn}")
         self._require(self.min_turns_after_divergence >= 0, "min_turns_after_divergence",
                       f"must be >= 0, got {self.min_turns_after_divergence}")
+        self._require(self.candidates >= 1, "candidates", f"must be >= 1, got {self.candidates}")
+        self._require(self.answered_candidates >= 1, "answered_candidates", f"must be >= 1, got {self.answered_candidates}")
         self._require(self.d_source == "seeds" or ":" in self.d_source, "d_source",
                       f"must be 'seeds' or 'KIND:LOCATION', got {self.d_source!r}")
 
@@ -202,7 +223,9 @@ class TrainConfig(_Checked):
     center_coef: float = 0.0  # reward centering: + center_coef * mean((r_c + r_r)^2)
     length_grouping: bool = True  # batch pairs of similar length (less padding)
     save_every: int = 10  # resume checkpoint every N optimizer steps (outside DVC outputs)
-    seed: int = 0  # initialisation, data order, MUSIC subset
+    # One model per seed and variant (outputs/models/{variant}/seed{s}); a seed fixes the head's and LoRA's
+    # initialisation, the data order and the MUSIC subset. Results are reported as mean and spread over seeds.
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     dtype: str = "auto"  # weights: auto = float32 on CPU, the backbone's 16-bit dtype (else bfloat16) on a GPU
     gradient_checkpointing: bool | None = None  # null: on for backbones of >= 1B parameters (music.models.shapes)
 
@@ -220,6 +243,8 @@ class TrainConfig(_Checked):
         self._require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
         self._require(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         self._require(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        self._require(bool(self.seeds) and len(set(self.seeds)) == len(self.seeds), "seeds",
+                      f"must be a non-empty list of distinct seeds, got {self.seeds}")
 
 
 @dataclass
@@ -235,8 +260,8 @@ class EvalConfig(_Checked):
         "ultrafeedback": "evalsets/ultrafeedback-binarized-eval-first60.jsonl",
     })
     local_set_limit: int = 60  # first N records of each local set
-    sensitivity_conversations: int = 24  # whole held-out conversations for the corrupted-history test
-    sensitivity_max_distance: int = 3  # corrupt assistant turns 1..this many from the end
+    swap_conversations: int = 24  # whole held-out conversations for the swapped-history test (music.evaluate.swap)
+    swap_max_distance: int = 3  # swap one assistant reply 1..this many turns from the end
     max_length: int | None = None  # RM scoring length (null: the RM's trained max_length)
     batch_size: int = 8  # conversations scored together
     bon_ns: list[int] = field(default_factory=lambda: [2, 4, 8])  # Best-of-N sizes
@@ -259,7 +284,7 @@ class EvalConfig(_Checked):
                       f"must start with one of {BON_SOURCE_KINDS} (KIND[:LOCATION]), got {self.bon_source!r}")
         self._require(self.bon_turns is None or self.bon_turns >= 1, "bon_turns", f"must be >= 1 or null, got {self.bon_turns}")
         self._require(bool(self.bon_ns) and all(n >= 1 for n in self.bon_ns), "bon_ns", f"must be sizes >= 1, got {self.bon_ns}")
-        for key in ("local_set_limit", "sensitivity_conversations", "sensitivity_max_distance", "batch_size", "bon_prompts"):
+        for key in ("local_set_limit", "swap_conversations", "swap_max_distance", "batch_size", "bon_prompts"):
             self._require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
 
 

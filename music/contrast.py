@@ -25,13 +25,17 @@ from music.chat import make_chat
 from music.chat.base import derive_seed
 from music.config import ContrastConfig, Params, SimulateConfig
 from music.d_pairs import d_candidates, d_records_from_source, parse_d_source
-from music.filters import REASONS, apply_filters
+from music.filters import REASONS, apply_filters, normalized, user_leaks
 from music.io import write_json
+from music.models.encoder import shared_encoder
 from music.prompts import load_prompt
-from music.schema import pair_record, user_turns
+from music.relevance import Contrast, Encoder, contrast_margins, echo_scores, pick_modified_request
+from music.quality_pairs import mtbench_twins, sharegpt_twins
+from music.schema import first_difference_distance, pair_record, user_turns
 from music.seeding import SEED_FILES, read_conversation_ids, read_seeds
 from music.simulate import (Chat, Rollout, SimPrompts, assistant_view, make_backends, make_event, roll_out, user_view,
                             with_system)
+from music.sources import load_mtbench_questions, load_mtbench_references
 from music.store import load_records, pair_features, save_records
 
 _PARSE = re.compile(
@@ -76,9 +80,13 @@ def history_to_user_turn(messages: list[dict], turn: int) -> list[dict]:
 
 def contrast_conversations(convs: Sequence[dict], *, user: Chat, assistant: Chat, contrast: Chat | None,
                            sim_cfg: SimulateConfig, cfg: ContrastConfig, split: str,
-                           prompts: SimPrompts | None = None) -> list[dict]:
-    """Filter candidates {"fields", "events", "failure", "notes"}, one per conversation, in input order."""
+                           prompts: SimPrompts | None = None, encoder: Encoder | None = None) -> list[dict]:
+    """Filter candidates {"fields", "events", "failure", "notes"}, one per conversation, in input order.
+
+    `encoder` scores relevance (music.relevance); default: the configured sentence encoder.
+    """
     cfg.validate()
+    encoder = encoder or shared_encoder(cfg.encoder)
     prompts = prompts or SimPrompts.load()
     instruct_prompt = load_prompt("contrast_instruct")
     base = derive_seed(cfg.seed, "contrast", split)
@@ -99,7 +107,9 @@ def contrast_conversations(convs: Sequence[dict], *, user: Chat, assistant: Chat
         history = history_to_user_turn(conv["messages"], g)
         fields.update(divergence_turn=g, turns_after_divergence=user_turns(conv["messages"]) - g,
                       original_request=history[-1]["content"])
-        work.append({"cand": cand, "pos": len(cands) - 1, "history": history, "turn": g,
+        start = len(history_to_user_turn(conv["messages"], conv["context_turns"] + 1)) - 1  # first simulated message
+        work.append({"cand": cand, "pos": len(cands) - 1, "history": history, "turn": g, "start": start,
+                     "reply_at": len(history),  # index of the divergence reply, the same in both branches
                      "target": user_turns(conv["messages"])})
 
     answered: list[tuple[dict, Any]] = []  # (work item, answer event)
@@ -127,31 +137,23 @@ def contrast_conversations(convs: Sequence[dict], *, user: Chat, assistant: Chat
     elif cfg.method == "resample":
         resample = list(work)
 
-    if resample:  # the user model asks again from the same history; the assistant answers that request
-        replies = user.generate([user_view(w["history"][:-1], prompts) for w in resample],
-                                seed=derive_seed(base, "resample", "user"), desc=f"contrast {split} resample user")
-        asked = []
-        for w, rep in zip(resample, replies):
-            event, failure = make_event(rep, branch="rejected", turn=w["turn"], role="modified_request", trim=trim,
-                                        user_voice=True, method="resample")
-            w["cand"]["events"].append(event.to_record())
-            w["cand"]["fields"].update(modified_request=event.text or None, contrast_method="resample")
-            same = event.text.strip().casefold() == w["history"][-1]["content"].strip().casefold()
-            if failure or same:  # an equal request would only be filtered: skip its answer
-                w["cand"]["failure"] = failure or "modified_request"
-            else:
-                asked.append((w, event.text))
-        replies = assistant.generate([assistant_view([*w["history"][:-1], {"role": "user", "content": q}], prompts)
-                                      for w, q in asked],
-                                     seed=derive_seed(base, "resample", "assistant"), desc=f"contrast {split} resample answer") if asked else []
-        for (w, _), rep in zip(asked, replies):
-            answered.append((w, make_event(rep, branch="rejected", turn=w["turn"], role="assistant", trim=trim,
-                                           method="resample")))
+    if resample:  # the user model asks again from the same history; the assistant answers those requests
+        options = resampled_requests(resample, user, encoder, prompts=prompts, k=cfg.candidates,
+                                     keep=cfg.answered_candidates, trim=trim, seed=derive_seed(base, "resample", "user"),
+                                     split=split)
+        flat = [(w, event) for w, events in options for event in events]
+        replies = assistant.generate([assistant_view([*w["history"][:-1], {"role": "user", "content": e.text}], prompts)
+                                      for w, e in flat],
+                                     seed=derive_seed(base, "resample", "assistant"),
+                                     desc=f"contrast {split} resample answers") if flat else []
+        answers = [make_event(rep, branch="rejected", turn=w["turn"], role="assistant", trim=trim, method="resample")
+                   for (w, _), rep in zip(flat, replies)]
+        answered += pick_contrasts(flat, answers, encoder)
 
     answered.sort(key=lambda a: a[0]["pos"])  # input order, whatever the method
     rollouts, targets = [], []
     for w, (event, failure) in answered:
-        r = Rollout(w["cand"]["fields"]["pair_id"], "rejected", w["history"])
+        r = Rollout(w["cand"]["fields"]["pair_id"], "rejected", list(w["history"]))
         r.add(event, failure)
         rollouts.append(r)
         targets.append(w["target"])
@@ -165,7 +167,87 @@ def contrast_conversations(convs: Sequence[dict], *, user: Chat, assistant: Chat
             cand["failure"] = r.failure
         else:
             cand["fields"]["rejected"] = r.messages
+    add_relevance([w for w, _ in answered if w["cand"]["fields"]["rejected"] is not None], encoder)
     return cands
+
+
+def resampled_requests(work: Sequence[dict], user: Chat, encoder: Encoder, *, prompts: SimPrompts, k: int, keep: int,
+                       trim: bool, seed: int, split: str) -> list[tuple[dict, list[Any]]]:
+    """The user model writes each divergence request again `k` times (one batched call). Of the usable
+    samples (not failed, cut, leaking or equal to the original), the `keep` most unlike the original but on
+    the conversation's topic (music.relevance.pick_modified_request's score) go on to be answered.
+    Returns (work item, request events, best first); an item with no usable sample gets a counted failure."""
+    views = [user_view(w["history"][:-1], prompts) for w in work]
+    replies = user.generate([v for v in views for _ in range(k)], seed=seed, desc=f"contrast {split} resample requests")
+    out = []
+    for j, w in enumerate(work):
+        original, anchor = w["history"][-1]["content"], w["history"][-2]["content"]
+        events, failures = [], []
+        for rep in replies[j * k:(j + 1) * k]:
+            event, failure = make_event(rep, branch="rejected", turn=w["turn"], role="modified_request", trim=trim,
+                                        user_voice=True, method="resample")
+            if failure is None and (normalized(event.text) == normalized(original) or user_leaks(event.text)
+                                    or (event.finish_reason == "length" and not event.trimmed)):
+                failure = "modified_request"
+            events.append(event)
+            failures.append(failure)
+        usable = [e for e, f in zip(events, failures) if f is None]
+        w["cand"]["notes"]["modified_candidates"] = len(usable)
+        w["cand"]["fields"]["contrast_method"] = "resample"
+        if not usable:  # keep the first sample's record so the filters count why
+            w["cand"]["events"].append(events[0].to_record())
+            w["cand"]["fields"]["modified_request"] = events[0].text or None
+            w["cand"]["failure"] = "generation_error" if "generation_error" in failures else "modified_request"
+            continue
+        _, scores = pick_modified_request(encoder, original, anchor, [e.text for e in usable])
+        ranked = sorted(range(len(usable)), key=lambda i: (-scores[i], i))[:keep]
+        w["cand"]["notes"]["modified_scores"] = scores
+        out.append((w, [usable[i] for i in ranked]))
+    return out
+
+
+def pick_contrasts(flat: Sequence[tuple[dict, Any]], answers: Sequence[tuple[Any, str | None]],
+                   encoder: Encoder) -> list[tuple[dict, tuple[Any, str | None]]]:
+    """Per work item, of its answered requests keep the clearest contrast: the highest min(chosen margin,
+    rejected margin) (music.relevance.contrast_margins: each reply closer to its own request). Returns
+    (work item, (answer event, failure)) in the answered list's shape."""
+    scored = [(i, Contrast(w["history"][-1]["content"], req.text, w["cand"]["fields"]["chosen"][w["reply_at"]]["content"],
+                           ans.text)) for i, ((w, req), (ans, fail)) in enumerate(zip(flat, answers)) if fail is None]
+    margins = dict(zip((i for i, _ in scored), contrast_margins(encoder, [c for _, c in scored])))
+    best: dict[int, int] = {}  # id(work item) -> index into flat
+    for i, (w, _) in enumerate(flat):
+        j = best.get(id(w))
+        score = min(margins[i]) if i in margins else None
+        if j is None or (score is not None and (j not in margins or score > min(margins[j]))):
+            best[id(w)] = i
+    out = []
+    for i in sorted(best.values()):
+        w, req = flat[i]
+        w["cand"]["events"].append(req.to_record())
+        w["cand"]["fields"]["modified_request"] = req.text
+        w["cand"]["notes"]["answered_candidates"] = sum(x is w for x, _ in flat)
+        if i in margins:
+            w["cand"]["notes"]["chosen_margin"], w["cand"]["notes"]["rejected_margin"] = margins[i]
+        out.append((w, answers[i]))
+    return out
+
+
+def add_relevance(work: Sequence[dict], encoder: Encoder) -> None:
+    """Echo scores of both branches (and contrast margins where no earlier step computed them), into each
+    candidate's notes (the filters read them) and its pair record (`relevance`)."""
+    todo = [w for w in work if "rejected_margin" not in w["cand"]["notes"]]
+    items = [Contrast(w["cand"]["fields"]["original_request"], w["cand"]["fields"]["modified_request"],
+                      w["cand"]["fields"]["chosen"][w["reply_at"]]["content"],
+                      w["cand"]["fields"]["rejected"][w["reply_at"]]["content"]) for w in todo]
+    for w, (cm, rm) in zip(todo, contrast_margins(encoder, items)):
+        w["cand"]["notes"].update(chosen_margin=cm, rejected_margin=rm)
+    convs = [c for w in work for c in (w["cand"]["fields"]["chosen"], w["cand"]["fields"]["rejected"])]
+    echoes = echo_scores(encoder, convs, [w["start"] for w in work for _ in (0, 1)])
+    for j, w in enumerate(work):
+        notes = w["cand"]["notes"]
+        notes["echo"] = max(echoes[2 * j], echoes[2 * j + 1])
+        w["cand"]["fields"]["relevance"] = {k: notes.get(k) for k in ("chosen_margin", "rejected_margin", "echo",
+                                                                     "modified_candidates")}
 
 
 def candidates_to_records(kept: Sequence[dict]) -> list[dict]:
@@ -189,8 +271,11 @@ def method_counts(cands: Sequence[dict], kept: Sequence[dict]) -> dict:
 # --- the stage -------------------------------------------------------------------------------------------------
 
 def run_contrast(P: Params, *, splits: Sequence[str] = ("train", "eval"),
-                 backends: tuple[Chat, Chat, Chat | None] | None = None) -> dict:
-    """Read outputs/conversations/{split} (and seeds for D); write outputs/pairs/* and filter_report.json."""
+                 backends: tuple[Chat, Chat, Chat | None] | None = None, encoder: Encoder | None = None) -> dict:
+    """Read outputs/conversations/{split} (and seeds for D); write outputs/pairs/* and filter_report.json.
+
+    `backends` (user, assistant, contrast) and `encoder` replace the configured models (tests use fakes).
+    """
     cfg = P.contrast
     if backends is None:
         user, assistant = make_backends(P)
@@ -199,16 +284,18 @@ def run_contrast(P: Params, *, splits: Sequence[str] = ("train", "eval"),
         user, assistant, contrast = backends
     d_from_source = parse_d_source(cfg.d_source) is not None
     out_dir = Path(P.paths.pairs)
-    report: dict = {"reasons": list(REASONS), "splits": {}, "methods": {}, "d_source": cfg.d_source,
+    report: dict = {"reasons": list(REASONS), "splits": {}, "methods": {}, "multi_turn": {}, "d_source": cfg.d_source,
                     "method": cfg.method, "divergence": cfg.divergence}
     for split in splits:
         convs = load_records(Path(P.paths.conversations) / split)
         cands = contrast_conversations(convs, user=user, assistant=assistant, contrast=contrast, sim_cfg=P.simulate,
-                                       cfg=cfg, split=split)
+                                       cfg=cfg, split=split, encoder=encoder)
         kept, stats = apply_filters(cands, cfg)
-        save_records(candidates_to_records(kept), out_dir / f"music_{split}", pair_features())
+        records = candidates_to_records(kept)
+        save_records(records, out_dir / f"music_{split}", pair_features())
         report["splits"][f"music_{split}"] = stats
         report["methods"][f"music_{split}"] = method_counts(cands, kept)
+        report["multi_turn"][f"music_{split}"] = multi_turn_share(records)
 
         d_records: list[dict] = []
         if cfg.d_pairs and d_from_source:
@@ -225,5 +312,33 @@ def run_contrast(P: Params, *, splits: Sequence[str] = ("train", "eval"),
             d_records = candidates_to_records(d_kept)
             report["splits"][f"d_{split}"] = d_stats
         save_records(d_records, out_dir / f"d_{split}", pair_features())
+        if split == "eval":
+            quality, report["quality_eval"] = quality_eval_pairs(P, d_records, assistant)
+            save_records(quality, out_dir / "quality_eval", pair_features())
     write_json(out_dir / "filter_report.json", report)
     return report
+
+
+def multi_turn_share(records: Sequence[dict]) -> dict:
+    """How many pairs differ in two or more assistant turns (a pair that differs only in its last reply is a
+    last-turn pair, whatever made it)."""
+    multi = sum(first_difference_distance(r["chosen"], r["rejected"]) >= 2 for r in records)
+    return {"pairs": len(records), "two_or_more_turns": multi, "share": round(multi / len(records), 4) if records else None}
+
+
+def quality_eval_pairs(P: Params, d_eval: Sequence[dict], assistant: Chat) -> tuple[list[dict], dict]:
+    """Held-out quality twins (music.quality_pairs): ShareGPT from the eval D pairs, MT-Bench by generation."""
+    cfg = P.contrast
+    records, counts = [], {}
+    if cfg.d_pairs and parse_d_source(cfg.d_source) is None:
+        records += sharegpt_twins(d_eval, read_seeds(Path(P.paths.seeds) / SEED_FILES["eval"]))
+    if cfg.quality_mtbench:
+        mt, counts = mtbench_twins(load_mtbench_questions(), load_mtbench_references(), assistant,
+                                   seed=derive_seed(cfg.seed, "quality"), max_chars=cfg.quality_max_chars,
+                                   trim=P.simulate.trim_truncated)
+        records += mt
+    by_source: dict[str, int] = {}
+    for r in records:
+        key = f"{r['source']}_{'last' if r['turns_after_divergence'] == 0 else 'early'}"
+        by_source[key] = by_source.get(key, 0) + 1
+    return records, {"pairs": len(records), "by_source_and_position": dict(sorted(by_source.items())), "mtbench": counts}

@@ -20,6 +20,8 @@ REASONS = (
     "truncated",  # cut by max_new_tokens and not trimmable to a full sentence (or drop_truncated)
     "identical",  # chosen == rejected
     "role_leakage",  # user model speaking as the assistant, or the assistant writing the user's turn
+    "echo",  # a simulated message repeats the one it answers, or an earlier one of its role (MUSIC pairs)
+    "weak_contrast",  # the replies at the divergence turn do not answer different requests (MUSIC pairs)
     "over_length",  # a generated message longer than max_reply_chars
 )
 
@@ -40,7 +42,8 @@ def assistant_leaks(text: str) -> bool:
     return bool(_MARKERS.search(text))
 
 
-def _norm(text: str | None) -> str:
+def normalized(text: str | None) -> str:
+    """Case-folded words only: two requests that differ in case or punctuation are the same request."""
     return re.sub(r"[\W_]+", " ", (text or "").casefold()).strip()
 
 
@@ -63,7 +66,7 @@ def _modified_request(c: dict, cfg: ContrastConfig) -> bool:
     if c.get("failure") == "modified_request":
         return True
     mod = f.get("modified_request")
-    return not _norm(mod) or _norm(mod) == _norm(f.get("original_request"))
+    return not normalized(mod) or normalized(mod) == normalized(f.get("original_request"))
 
 
 def _truncated(c: dict, cfg: ContrastConfig) -> bool:
@@ -83,6 +86,18 @@ def _leakage(c: dict, cfg: ContrastConfig) -> bool:
     return False
 
 
+def _echo(c: dict, cfg: ContrastConfig) -> bool:
+    echo = c.get("notes", {}).get("echo")
+    return cfg.max_echo_similarity is not None and echo is not None and echo > cfg.max_echo_similarity
+
+
+def _weak_contrast(c: dict, cfg: ContrastConfig) -> bool:
+    notes = c.get("notes", {})
+    if cfg.min_contrast_margin is None or "rejected_margin" not in notes:
+        return False
+    return min(notes["chosen_margin"], notes["rejected_margin"]) < cfg.min_contrast_margin
+
+
 def _over_length(c: dict, cfg: ContrastConfig) -> bool:
     return any(len(e["text"]) > cfg.max_reply_chars for e in _events(c))
 
@@ -94,6 +109,8 @@ CHECKS: dict[str, Callable[[dict, ContrastConfig], bool]] = {
     "truncated": _truncated,
     "identical": _identical,
     "role_leakage": _leakage,
+    "echo": _echo,
+    "weak_contrast": _weak_contrast,
     "over_length": _over_length,
 }
 assert tuple(CHECKS) == REASONS

@@ -36,6 +36,7 @@ from music.models.shapes import (
     resolve_dtype,
     use_gradient_checkpointing,
 )
+from music.sources.mtbench import load_mtbench_references
 from music.sources.prompts import KNOWN_HUB_ROWS, count_available, parse_source
 from music.sources.records import HUB_PREFIX
 
@@ -210,9 +211,9 @@ def plan_contrast(P: Params, T: Tokens, F: Findings) -> tuple[dict, list[Load]]:
         before = T.context + (d - 1) * (U + A + 2 * T.m)
         if c.method in ("instruct", "auto"):
             contrast.add(w, T.sys["contrast_instruct"] + T.m + before + U + T.m, T.reply(c.contrast))
-        else:  # resample: the user asks again, the assistant answers
-            user.add(w, T.sys["user_simulator"] + T.sys["user_opener"] + 2 * T.m + before, U)
-            asst.add(w, T.sys["assistant_system"] + T.m + before + U + T.m, A)
+        else:  # resample: the user asks again `candidates` times, the assistant answers the best few
+            user.add(w * c.candidates, T.sys["user_simulator"] + T.sys["user_opener"] + 2 * T.m + before, U)
+            asst.add(w * min(c.answered_candidates, c.candidates), T.sys["assistant_system"] + T.m + before + U + T.m, A)
         for s in range(d + 1, sim.turns + 1):  # the rejected branch is simulated on
             history = T.context + (s - 1) * (U + A + 2 * T.m)
             user.add(w, T.sys["user_simulator"] + T.sys["user_opener"] + 2 * T.m + history, U)
@@ -224,12 +225,29 @@ def plan_contrast(P: Params, T: Tokens, F: Findings) -> tuple[dict, list[Load]]:
         labelled = True
     if c.d_pairs and not labelled:  # D from the seeds: the assistant model's reply to the real next turn
         asst.add(n, T.sys["assistant_system"] + T.m + T.context + T.next_user, A)
+    refs = mtbench_reference_count() if c.quality_mtbench else 0
+    if refs:  # held-out quality twins: the assistant answers MT-Bench's referenced questions, two turns
+        q = T.n(A_MTBENCH_CHARS) + T.m
+        asst.add(refs, T.sys["assistant_system"] + T.m + q, A)
+        asst.add(refs, T.sys["assistant_system"] + T.m + q + T.n(A_MTBENCH_CHARS * 2) + q + 2 * T.m, A)
     loads = [x for x in (user, asst, contrast) if x.requests]
     notes = []
     if c.method == "auto":
         notes.append("method auto: resample calls for unparsed contrast replies are not counted")
     return {"conversations": n, "divergence_turns": turns, "d_from": "labelled source" if labelled else "seeds",
             "notes": notes}, loads
+
+
+A_MTBENCH_CHARS = 400  # a typical MT-Bench question (and about half a reference answer)
+MTBENCH_REFERENCED = 30  # questions with GPT-4 reference answers (math, reasoning, coding), if the file is absent
+
+
+def mtbench_reference_count() -> int:
+    """MT-Bench questions with reference answers (held-out quality twins), read offline where possible."""
+    try:
+        return len(load_mtbench_references())
+    except (FileNotFoundError, DataError):
+        return MTBENCH_REFERENCED
 
 
 def d_pair_count(P: Params, split: str) -> tuple[int | None, str]:
@@ -390,12 +408,12 @@ def plan_train(P: Params, shape: BackboneShape | None, A: Assumptions, F: Findin
                    "set train.max_steps or contrast.d_limit to plan the steps")
         else:
             steps = max(1, math.ceil(t.epochs * math.ceil(pairs / t.batch_size) / t.grad_accum)) if pairs else 0
-        tokens = None if steps is None else steps * per_step * 2 * t.max_length
+        tokens = None if steps is None else steps * per_step * 2 * t.max_length * len(t.seeds)  # one model per seed
         hours = None if tokens is None else tokens * flops / rate / 3600
         passes = None if steps is None or not pairs else steps * per_step / pairs
         out["variants"][variant] = {"kinds": kinds, "pairs": pairs, "pairs_d": n_d if not unknown else None,
                                     "pairs_music": n_m, "d_source": d_note, "steps": steps,
-                                    "pairs_per_step": per_step, "epochs_over_data": None if passes is None else round(passes, 2),
+                                    "pairs_per_step": per_step, "seeds": len(t.seeds), "epochs_over_data": None if passes is None else round(passes, 2),
                                     "tokens": tokens, "hours": hours}
     out["flops_per_token"] = flops
     out["rate"] = f"{A.gpu_tflops:g} TFLOP/s (GPU)" if device == "gpu" else f"{A.cpu_gflops:g} GFLOP/s (CPU)"
@@ -420,26 +438,30 @@ def plan_evaluate(P: Params, shape: BackboneShape | None, A: Assumptions, F: Fin
     length = e.max_length or P.train.max_length
     if shape is not None and shape.max_position_embeddings and length > shape.max_position_embeddings:
         F.error("evaluate.max_length", f"{length} exceeds {P.train.backbone}'s context of {shape.max_position_embeddings} tokens")
-    d_eval, _ = d_pair_count(P, "eval")
-    conv = min(e.sensitivity_conversations, s.n_eval_conversations)
-    if e.sensitivity_conversations > s.n_eval_conversations:
-        F.warn("evaluate.sensitivity_conversations",
-               f"{e.sensitivity_conversations} > seed.n_eval_conversations={s.n_eval_conversations}: at most {conv} are used")
-    scored = {"held_out_pairs": 2 * ((d_eval or s.n_eval) + s.n_eval), "sensitivity": conv * (1 + e.sensitivity_max_distance)}
+    conv = min(e.swap_conversations, s.n_eval_conversations)
+    if e.swap_conversations > s.n_eval_conversations:
+        F.warn("evaluate.swap_conversations",
+               f"{e.swap_conversations} > seed.n_eval_conversations={s.n_eval_conversations}: at most {conv} are used")
+    c = P.contrast
+    sharegpt_twins = 2 * s.n_eval if c.d_pairs and parse_d_source(c.d_source) is None else 0
+    mt_twins = 2 * mtbench_reference_count() if c.quality_mtbench else 0
+    # conversations scored per model (two per pair; upper bounds before filtering)
+    scored = {"quality_twins": 2 * (sharegpt_twins + mt_twins), "music_eval": 2 * s.n_eval,
+              "swap": 2 * conv * e.swap_max_distance, "trajectory": 2 * s.n_eval * P.simulate.turns}
     if e.rewardbench or e.rewardbench_path:
         scored["rewardbench"] = 2 * 2985
     present = {k: v for k, v in e.local_sets.items() if Path(v).exists()}
     if present:
         scored["local_sets"] = 2 * e.local_set_limit * len(present)
     n = sum(scored.values())
-    out: dict[str, Any] = {"conversations_scored_per_variant": scored, "variants": len(P.train.variants),
-                           "max_length": length}
+    models = len(P.train.variants) * len(P.train.seeds)
+    out: dict[str, Any] = {"conversations_scored_per_model": scored, "models": models, "max_length": length}
     if shape is None:
         return out
     device = train_device(shape, A)
     dtype = resolve_dtype(e.dtype, shape.torch_dtype, cuda=device == "gpu")
     rate = (A.gpu_tflops * 1e12) if device == "gpu" else (A.cpu_gflops * 1e9)
-    tokens = n * length * len(P.train.variants)
+    tokens = n * length * models
     out.update(device=device, tokens=tokens, hours=tokens * shape.forward_flops_per_token(length, P.train.num_layers) / rate / 3600,
                memory=scoring_memory(shape, P.train.num_layers, dtype, e.batch_size, length, A))
     if device == "gpu" and out["memory"]["total_gb"] > A.gpu_memory_gb:
@@ -626,9 +648,10 @@ def render(plan: dict) -> str:
         lines += ["", f"Reward model: {tr['backbone']} ({shape['params'] / 1e9:.2f}B params, {shape['layers']} layers, "
                   f"context {shape['context']}; {shape['config']}) on {tr['device']} in {tr['dtype']}, at {tr['rate']}"]
         rows = [[v, "+".join(d["kinds"]), _n(d["pairs"]), _n(d["steps"]), _n(d["pairs_per_step"]),
-                 _n(d["epochs_over_data"], 2), _n(d["tokens"] / 1e6 if d["tokens"] is not None else None, 1), _h(d["hours"])]
-                for v, d in tr["variants"].items()]
-        lines += _table(rows, ["variant", "kinds", "pairs (<=)", "steps", "pairs/step", "passes", "M tokens (<=)", "hours"])
+                 _n(d["epochs_over_data"], 2), _n(d["seeds"]), _n(d["tokens"] / 1e6 if d["tokens"] is not None else None, 1),
+                 _h(d["hours"])] for v, d in tr["variants"].items()]
+        lines += _table(rows, ["variant", "kinds", "pairs (<=)", "steps", "pairs/step", "passes", "seeds",
+                               "M tokens (<=)", "hours"])
         g = mem["gb"]
         mb = mem["micro_batch"]
         lines += ["", f"Training memory per GPU, GB (micro-batch {mb['sequences']} sequences x {mb['max_length']} tokens, "
@@ -645,8 +668,8 @@ def render(plan: dict) -> str:
     ev, bon = st["evaluate"], st["best_of_n"]
     if "memory" in ev:
         m = ev["memory"]
-        lines += ["", f"Scoring: {_n(sum(ev['conversations_scored_per_variant'].values()))} conversations per variant "
-                  f"({', '.join(f'{k} {v:,}' for k, v in ev['conversations_scored_per_variant'].items())}), "
+        lines += ["", f"Scoring: {_n(sum(ev['conversations_scored_per_model'].values()))} conversations for each of "
+                  f"{ev['models']} models ({', '.join(f'{k} {v:,}' for k, v in ev['conversations_scored_per_model'].items())}), "
                   f"{m['dtype']}, batch {m['batch']} x {m['max_length']}: {m['total_gb']:.1f} GB, {_h(ev['hours'])} h"]
     lines += ["", f"Best-of-N: {bon['prompts']} prompts from {bon['source']} (available: {_n(bon.get('available'))}), "
               f"N in {bon['ns']}, {bon.get('turns', '?')} turns ({bon.get('turns_from_source', '?')} from the source, "

@@ -1,7 +1,13 @@
-"""Figures for the evaluation results (seaborn), each saved as PNG and SVG under outputs/figures.
+"""Figures for the evaluation results (seaborn); saving them (PNG, SVG, PDF) is a separate step.
 
-Every function takes plain metrics dicts (as written by music.evaluate) and returns the written paths,
-so notebooks and tests call the same code. Titles say what is shown, including what was skipped.
+Every `plot_*` function takes plain metrics dicts (as written by music.evaluate) and returns a
+matplotlib Figure without saving it, so a notebook shows the figure it built and the plots stage
+saves the same figure with `save_figure`. Titles say what is shown, including what was skipped.
+
+The figures are `matplotlib.figure.Figure` objects not registered with pyplot: a notebook shows one
+with `display(fig)` (or by ending a cell with it), nothing is shown twice, and nothing needs closing.
+`save_figure` writes byte-stable files: the same figure gives the same bytes on every run (no date
+in SVG/PDF metadata, SVG ids from a fixed salt), so a tracked figure changes only when its data does.
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ from typing import Sequence
 import matplotlib
 
 matplotlib.use("Agg", force=False)  # headless by default; notebooks keep their inline backend
-import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from music.evaluate.constants import PAPER_REWARDBENCH, SECTION_TITLES, SECTIONS  # noqa: E402
+from music.evaluate.compare import compare, headline, load_item_rows, load_trajectories, trajectory_summary  # noqa: E402
+from music.evaluate.constants import PAPER_REWARDBENCH, SECTION_TITLES  # noqa: E402
+from music.evaluate.stats import bootstrap_interval  # noqa: E402
 from music.io import atomic_path, write_json  # noqa: E402
 
 SUMMARY_FILE = "summary.json"  # headline numbers for `dvc metrics show` (written by the plots stage)
@@ -27,97 +35,196 @@ VARIANT_ORDER = ["baseline", "music"]
 CHANCE = 0.5
 
 
-def save(fig, out_dir: str | Path, name: str, formats: Sequence[str] = ("png", "svg"), dpi: int = 150) -> list[Path]:
+FIGURE_NAMES = ("accuracy_overview", "paired_differences", "accuracy_by_distance", "reward_trajectory", "best_of_n",
+                "training_curves")  # file stems
+
+# Metadata that makes saved files byte-stable: no creation date (SVG "Date", PDF/PS "CreationDate"),
+# and a fixed PNG "Software" entry. Everything else matplotlib writes is a function of the figure.
+STABLE_METADATA = {
+    "svg": {"Date": None},
+    "pdf": {"CreationDate": None, "ModDate": None},
+    "ps": {"CreationDate": None},
+    "eps": {"CreationDate": None},
+    "png": {"Software": "matplotlib"},
+}
+SVG_HASHSALT = "music"  # SVG clip-path/glyph ids are hashes salted with this (default: a random uuid per save)
+
+
+def _figure(figsize) -> Figure:
+    """A figure not registered with pyplot (see the module docstring)."""
+    return Figure(figsize=figsize)
+
+
+def save_figure(fig: Figure, folder: str | Path, name: str, formats: Sequence[str] = ("png", "svg"),
+                dpi: int = 150) -> list[Path]:
+    """Write `fig` as folder/name.{fmt} for each format, atomically and byte-stable; returns the paths.
+
+    The same figure saved twice gives identical bytes (tests/test_plots.py checks png, svg and pdf).
+    """
     paths = []
     for fmt in formats:
-        target = Path(out_dir) / f"{name}.{fmt}"
-        with atomic_path(target) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
+        target = Path(folder) / f"{name}.{fmt}"
+        with matplotlib.rc_context({"svg.hashsalt": SVG_HASHSALT}), atomic_path(target) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata=STABLE_METADATA.get(fmt))
         paths.append(target)
     return paths
-
-
-def load_metrics(metrics_dir: str | Path, variants: Sequence[str], *, required: bool = False) -> dict[str, dict]:
-    """{variant: metrics} for the variants whose metrics file exists; `required` stops on a missing one."""
-    out = {}
-    for v in variants:
-        path = Path(metrics_dir) / f"{v}.json"
-        if path.exists():
-            out[v] = json.loads(path.read_text(encoding="utf-8"))
-        elif required:
-            raise FileNotFoundError(f"metrics file {path} is missing: run the evaluate stage for variant {v!r} first "
-                                    f"(dvc repro evaluate@{v})")
-    return out
 
 
 def _order(variants) -> list[str]:
     return sorted(variants, key=lambda v: (VARIANT_ORDER.index(v) if v in VARIANT_ORDER else 99, v))
 
 
-def _errors(df: pd.DataFrame):
-    """Asymmetric error bars from ci_low/ci_high columns, in the row order of df."""
-    return [(df["accuracy"] - df["ci_low"]).clip(lower=0).to_numpy(), (df["ci_high"] - df["accuracy"]).clip(lower=0).to_numpy()]
+def _palette(variants) -> dict:
+    order = _order(variants)
+    return dict(zip(order, sns.color_palette(n_colors=max(1, len(order)))))
+
+
+SLICE_TITLES = {"early": "early-turn tests (all)", "last": "last-turn tests (all)", "quality": "strong vs weak reply",
+                "swap": "swapped reply", "music": "held-out MUSIC pairs", "hh": "HH-RLHF", "ultrafeedback": "UltraFeedback"}
+
+
+def slice_title(name: str) -> str:
+    test, _, d = name.partition("@")
+    base = SLICE_TITLES.get(test, test)
+    return f"{base}, {d} from end" if d else base
 
 
 # ---------------------------------------------------------------- accuracy overview
-def accuracy_table(metrics: dict[str, dict]) -> pd.DataFrame:
-    """Long table (variant, group, set, accuracy, ci_low, ci_high, n) of every headline accuracy."""
-    rows = []
-    for v, m in metrics.items():
-        rb = m.get("rewardbench", {})
-        if "skipped" not in rb:
-            for s in [*SECTIONS, "average"]:
-                if rb.get(s) is not None:
-                    rows.append(dict(variant=v, group="RewardBench", set=SECTION_TITLES[s], accuracy=rb[s], ci_low=None, ci_high=None, n=None))
-        for name, res in m.get("local", {}).items():
-            if "skipped" not in res and res.get("accuracy") is not None:
-                rows.append(dict(variant=v, group="local", set=name, **{k: res[k] for k in ("accuracy", "ci_low", "ci_high", "n")}))
-        for kind, res in m.get("pairwise", {}).get("by_kind", {}).items():
-            rows.append(dict(variant=v, group="held-out pairs", set=f"held-out {kind}", **{k: res[k] for k in ("accuracy", "ci_low", "ci_high", "n")}))
-        sens = m.get("sensitivity", {}).get("all")
-        if sens and sens.get("accuracy") is not None:
-            rows.append(dict(variant=v, group="sensitivity", set="corrupted history", **{k: sens[k] for k in ("accuracy", "ci_low", "ci_high", "n")}))
-    return pd.DataFrame(rows, columns=["variant", "group", "set", "accuracy", "ci_low", "ci_high", "n"])
-
-
-def plot_accuracy_overview(metrics: dict[str, dict], out_dir, **save_kw) -> list[Path]:
-    """RewardBench sections per variant when present; otherwise local sets + held-out accuracies."""
-    df = accuracy_table(metrics)
-    has_rb = (df["group"] == "RewardBench").any()
-    if has_rb:
-        data = df[df["group"] == "RewardBench"].copy()
-        title = "RewardBench accuracy by section (ties count as wrong)"
-    else:
-        data = df[df["group"] != "RewardBench"].copy()
-        skipped = {m.get("rewardbench", {}).get("skipped") for m in metrics.values()} - {None}
-        title = "Accuracy on held-out and local labelled sets\n(RewardBench skipped: " + ("; ".join(sorted(skipped)) or "not run") + ")"
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * max(1, data["set"].nunique())), 4.2))
-    if data.empty:
-        ax.text(0.5, 0.5, "no accuracy metrics found", ha="center", va="center", transform=ax.transAxes)
-    else:
-        data["accuracy"] = data["accuracy"].astype(float)
-        order = list(dict.fromkeys(data["set"]))
-        hue_order = _order(data["variant"].unique())
-        sns.barplot(data=data, x="set", y="accuracy", hue="variant", order=order, hue_order=hue_order, ax=ax, errorbar=None)
-        # Wilson 95% intervals, drawn on each bar (seaborn cannot take precomputed intervals).
-        for container, variant in zip(ax.containers, hue_order):
-            sub = data[data["variant"] == variant].set_index("set").reindex(order)
-            for bar, (_, row) in zip(container, sub.iterrows()):
-                if pd.notna(row.get("ci_low")) and pd.notna(row.get("ci_high")):
-                    x = bar.get_x() + bar.get_width() / 2
-                    ax.vlines(x, row["ci_low"], row["ci_high"], color="black", linewidth=1)
-                if pd.notna(row.get("n")):
-                    ax.annotate(f"n={int(row['n'])}", (bar.get_x() + bar.get_width() / 2, 0.02), ha="center", fontsize=7, rotation=90, color="white")
-        ax.axhline(CHANCE, color="grey", linestyle="--", linewidth=1, label="chance")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # outside: never hides a bar
+def plot_accuracy_overview(rows: pd.DataFrame, table: pd.DataFrame) -> Figure:
+    """Each variant's accuracy per test (bars: mean over training seeds; dots: each seed), chance dashed."""
+    names = [n for n in ("early", "last", "quality@2", "quality@1", "swap@2", "swap@3", "swap@1", "music", "hh", "ultrafeedback")
+             if (table["slice"] == n).any()]
+    fig = _figure((max(7.0, 1.05 * len(names) + 2), 4.4))
+    ax = fig.subplots()
+    variants = _order(rows["variant"].unique())
+    colors = _palette(variants)
+    width = 0.8 / max(1, len(variants))
+    for j, v in enumerate(variants):
+        for i, name in enumerate(names):
+            mask = _slice_mask(rows, name) & (rows["variant"] == v)
+            per_seed = rows[mask].groupby("seed")["correct"].mean()
+            if per_seed.empty:
+                continue
+            x = i + (j - (len(variants) - 1) / 2) * width
+            ax.bar(x, per_seed.mean(), width=width * 0.95, color=colors[v], label=v if i == 0 else None, alpha=0.85)
+            ax.scatter([x] * len(per_seed), per_seed, color="black", s=8, zorder=3)
+            n_items = rows[mask].groupby("seed").size().iloc[0]
+            ax.annotate(f"n={n_items}", (x, 0.02), ha="center", fontsize=6, rotation=90, color="white")
+    ax.axhline(CHANCE, color="grey", linestyle="--", linewidth=1, label="chance")
+    ax.set_xticks(range(len(names)), [slice_title(n) for n in names], rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
-    ax.set_xlabel("")
     ax.set_ylabel("accuracy (chosen > rejected)")
-    ax.set_title(title, fontsize=11)
-    ax.tick_params(axis="x", rotation=20)
-    paths = save(fig, out_dir, "accuracy_overview", **save_kw)  # one name either way (dvc plots)
-    plt.close(fig)
-    return paths
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    seeds = rows.groupby("variant")["seed"].nunique().max()
+    ax.set_title(f"Accuracy per test (bars: mean over {seeds} training seeds, dots: each seed; ties wrong)", fontsize=10)
+    return fig
+
+
+def _slice_mask(rows: pd.DataFrame, name: str) -> pd.Series:
+    if name in ("early", "last"):
+        return rows["group"] == name
+    test, _, d = name.partition("@")
+    mask = rows["test"] == test
+    return mask & (rows["distance"] == int(d)) if d else mask
+
+
+# ---------------------------------------------------------------- the paired differences
+def plot_paired_differences(table: pd.DataFrame, tolerance: float = 0.02) -> Figure:
+    """MUSIC - baseline accuracy, paired on the same items, with 95% bootstrap intervals; a difference whose
+    interval excludes 0 is drawn solid. The grey band on last-turn slices is the 2-point loss we tolerate."""
+    order = [n for n in ("early", "quality@2", "swap@2", "swap@3", "last", "quality@1", "swap@1", "hh", "ultrafeedback",
+                         "music@2", "music@3", "music@4") if (table["slice"] == n).any()]
+    t = table.set_index("slice").reindex(order).dropna(subset=["diff"])
+    fig = _figure((7.5, max(3.0, 0.42 * len(t) + 1.2)))
+    ax = fig.subplots()
+    ys = list(range(len(t)))[::-1]
+    for y, (name, r) in zip(ys, t.iterrows()):
+        excludes = r["ci_low"] > 0 or r["ci_high"] < 0
+        color = "tab:green" if r["diff"] > 0 else "tab:red"
+        ax.errorbar(r["diff"], y, xerr=[[r["diff"] - r["ci_low"]], [r["ci_high"] - r["diff"]]], fmt="o", capsize=3,
+                    color=color, mfc=color if excludes else "white")
+        ax.annotate(f"{100 * r['diff']:+.1f} [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]  n={int(r['n_items'])}",
+                    (1.02, y), xycoords=("axes fraction", "data"), va="center", fontsize=7)
+        if name == "last" or name.endswith("@1") or name in ("hh", "ultrafeedback"):
+            ax.axhspan(y - 0.4, y + 0.4, xmin=0, xmax=1, color="0.93", zorder=0)
+    ax.axvline(0, color="black", linewidth=1)
+    ax.axvline(-tolerance, color="grey", linestyle=":", linewidth=1, label=f"-{100 * tolerance:.0f} points")
+    ax.set_yticks(ys, [slice_title(n) for n in t.index], fontsize=8)
+    ax.set_xlabel("MUSIC RM - baseline RM, accuracy (paired on items; 95% bootstrap CI)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("Does adding MUSIC pairs change what the RM gets right?\n(filled: the interval excludes 0; "
+                 "shaded rows: last-turn tests)", fontsize=10)
+    return fig
+
+
+# ---------------------------------------------------------------- accuracy by turn distance
+def distance_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per variant, test and distance: accuracy (mean over seeds of per-item accuracy) and a 95% bootstrap
+    interval over items, and the number of items."""
+    out = []
+    per_item = rows.groupby(["variant", "test", "distance", "item_id"])["correct"].mean().reset_index()
+    for (v, t, d), g in per_item.groupby(["variant", "test", "distance"]):
+        lo, hi = bootstrap_interval(g["correct"].tolist(), n_boot=2000, seed=0)
+        out.append({"variant": v, "test": t, "distance": int(d), "accuracy": float(g["correct"].mean()),
+                    "ci_low": lo, "ci_high": hi, "n": len(g)})
+    return pd.DataFrame(out, columns=["variant", "test", "distance", "accuracy", "ci_low", "ci_high", "n"])
+
+
+def plot_by_distance(rows: pd.DataFrame) -> Figure:
+    """Accuracy vs how many assistant turns before the end the difference sits (1 = the last reply)."""
+    df = distance_table(rows)
+    panels = [t for t in ("quality", "swap", "music") if (df["test"] == t).any()]
+    fig = _figure((4.0 * max(1, len(panels)), 3.9))
+    axes = fig.subplots(1, max(1, len(panels)), sharey=True, squeeze=False)[0]
+    colors = _palette(df["variant"].unique())
+    for ax, panel in zip(axes, panels):
+        sub = df[df["test"] == panel]
+        for i, v in enumerate(_order(sub["variant"].unique())):
+            s = sub[sub["variant"] == v].sort_values("distance")
+            x = s["distance"] + (i - 0.5) * 0.08
+            err = [(s["accuracy"] - s["ci_low"]).clip(lower=0).to_numpy(), (s["ci_high"] - s["accuracy"]).clip(lower=0).to_numpy()]
+            ax.errorbar(x, s["accuracy"], yerr=err, marker="o", capsize=3, color=colors[v], label=v)
+            for xi, yi, n in zip(x, s["accuracy"], s["n"]):
+                ax.annotate(f"n={n}", (xi, yi), textcoords="offset points", xytext=(4, 4 if i == 0 else -10), fontsize=7,
+                            color=colors[v])
+        ax.axhline(CHANCE, color="grey", linestyle="--", linewidth=1)
+        ax.set_xticks(sorted(sub["distance"].unique()))
+        ax.set_title(SLICE_TITLES.get(panel, panel), fontsize=10)
+        ax.set_xlabel("assistant turns before the end (1 = last)")
+        ax.legend(fontsize=8, loc="lower left")
+    axes[0].set_ylabel("accuracy (mean over seeds; 95% CI)")
+    axes[0].set_ylim(-0.02, 1.05)
+    fig.suptitle("Does the RM see differences earlier in the conversation? (dashed: chance)", fontsize=11)
+    return fig
+
+
+# ---------------------------------------------------------------- reward trajectories
+def plot_reward_trajectory(summary: pd.DataFrame) -> Figure:
+    """The teaching figure: the reward gap between the chosen and rejected branch of held-out MUSIC pairs,
+    after each assistant turn, by turn relative to the divergence (0 = the turn the rejected branch went wrong)."""
+    fig = _figure((6.2, 4.0))
+    ax = fig.subplots()
+    if summary.empty:
+        ax.text(0.5, 0.5, "no held-out MUSIC pairs", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    colors = _palette(summary["variant"].unique())
+    for i, v in enumerate(_order(summary["variant"].unique())):
+        s = summary[summary["variant"] == v].sort_values("relative_turn")
+        x = s["relative_turn"] + (i - 0.5) * 0.06
+        err = [(s["gap"] - s["ci_low"]).clip(lower=0).to_numpy(), (s["ci_high"] - s["gap"]).clip(lower=0).to_numpy()]
+        ax.errorbar(x, s["gap"], yerr=err, marker="o", capsize=3, color=colors[v], label=f"{v} RM")
+    ax.axhline(0, color="grey", linestyle="--", linewidth=1)
+    ax.axvspan(-1.4, -0.5, color="0.94", zorder=0)
+    ax.annotate("before: both branches identical", (-0.95, ax.get_ylim()[1]), ha="center", va="top", fontsize=7)
+    ks = sorted(summary["relative_turn"].unique())
+    ax.set_xticks(ks, ["before" if k < 0 else ("divergence" if k == 0 else f"+{k}") for k in ks])
+    ax.set_xlabel("assistant turn relative to the divergence")
+    ax.set_ylabel("reward(chosen) - reward(rejected)\n(in the RM's score SDs; 95% CI)")
+    pairs = int(summary["pairs"].max())
+    ax.set_title(f"Reward trajectories on {pairs} held-out MUSIC pairs\n(each prefix scored; mean over training seeds)",
+                 fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
 
 
 # ---------------------------------------------------------------- best-of-N
@@ -129,10 +236,11 @@ def bon_table(bon: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["N", "outcome", "rate", "ci_low", "ci_high", "games"])
 
 
-def plot_best_of_n(bon: dict, out_dir, **save_kw) -> list[Path]:
+def plot_best_of_n(bon: dict) -> Figure:
     """MUSIC RM's win / loss (and tie) rate against the baseline RM vs N, with 95% Wilson intervals."""
     df = bon_table(bon).dropna(subset=["rate"])
-    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    fig = _figure((6.0, 4.2))
+    ax = fig.subplots()
     colors = {"win": "tab:green", "tie": "tab:gray", "loss": "tab:red"}
     offsets = {"win": -0.08, "tie": 0.0, "loss": 0.08}  # so overlapping intervals stay visible
     for o in ("win", "tie", "loss"):
@@ -152,133 +260,120 @@ def plot_best_of_n(bon: dict, out_dir, **save_kw) -> list[Path]:
     ax.set_title(f"Best-of-N: MUSIC RM vs baseline RM, judged in both orders\n"
                  f"({games} prompts per N; judge {bon.get('judge', '?')}; 95% Wilson intervals)", fontsize=10)
     ax.legend(fontsize=8)
-    paths = save(fig, out_dir, "best_of_n", **save_kw)
-    plt.close(fig)
-    return paths
-
-
-# ---------------------------------------------------------------- accuracy by turn distance
-def distance_table(metrics: dict[str, dict]) -> pd.DataFrame:
-    rows = []
-    for v, m in metrics.items():
-        for d, r in m.get("pairwise", {}).get("music_by_distance", {}).items():
-            rows.append(dict(variant=v, panel="MUSIC pairs: divergence turn", distance=int(d), **{k: r[k] for k in ("accuracy", "ci_low", "ci_high", "n")}))
-        for d, r in m.get("sensitivity", {}).get("by_distance", {}).items():
-            rows.append(dict(variant=v, panel="real conversations: corrupted turn", distance=int(d), **{k: r[k] for k in ("accuracy", "ci_low", "ci_high", "n")}))
-    return pd.DataFrame(rows, columns=["variant", "panel", "distance", "accuracy", "ci_low", "ci_high", "n"])
-
-
-def plot_by_distance(metrics: dict[str, dict], out_dir, **save_kw) -> list[Path]:
-    """Accuracy vs how many turns before the end the difference sits (1 = last turn), per variant."""
-    df = distance_table(metrics).dropna(subset=["accuracy"])
-    panels = ["MUSIC pairs: divergence turn", "real conversations: corrupted turn"]
-    fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.0), sharey=True)
-    palette = dict(zip(_order(df["variant"].unique()), sns.color_palette(n_colors=max(1, df["variant"].nunique()))))
-    for ax, panel in zip(axes, panels):
-        sub = df[df["panel"] == panel]
-        for i, v in enumerate(_order(sub["variant"].unique())):
-            s = sub[sub["variant"] == v].sort_values("distance")
-            x = s["distance"] + (i - 0.5) * 0.06
-            ax.errorbar(x, s["accuracy"], yerr=_errors(s), marker="o", capsize=3, color=palette[v], label=v)
-            for xi, yi, n in zip(x, s["accuracy"], s["n"]):
-                ax.annotate(f"n={n}", (xi, yi), textcoords="offset points", xytext=(4, 4 if i == 0 else -10), fontsize=7, color=palette[v])
-        if sub.empty:
-            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-        else:
-            ax.set_xticks(sorted(sub["distance"].unique()))
-            ax.legend(fontsize=8, loc="lower left")
-        ax.axhline(CHANCE, color="grey", linestyle="--", linewidth=1)
-        ax.set_title(panel, fontsize=10)
-        ax.set_xlabel("turns before the end (1 = last assistant turn)")
-    axes[0].set_ylabel("accuracy (ties wrong)")
-    axes[0].set_ylim(-0.02, 1.05)
-    fig.suptitle("Does the RM see differences earlier in the conversation?", fontsize=11)
-    paths = save(fig, out_dir, "accuracy_by_distance", **save_kw)
-    plt.close(fig)
-    return paths
+    return fig
 
 
 # ---------------------------------------------------------------- training curves
-def load_curves(models_dir: str | Path, variants: Sequence[str]) -> pd.DataFrame:
+def load_curves(models_dir: str | Path, variants: Sequence[str], seeds: Sequence[int]) -> pd.DataFrame:
     frames = []
     for v in variants:
-        path = Path(models_dir) / v / "curve.csv"
-        if path.exists():
-            frames.append(pd.read_csv(path).assign(variant=v))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["step", "loss", "accuracy", "variant"])
+        for s in seeds:
+            path = Path(models_dir) / v / f"seed{s}" / "curve.csv"
+            if path.exists():
+                frames.append(pd.read_csv(path).assign(variant=v, seed=s))
+    return (pd.concat(frames, ignore_index=True) if frames
+            else pd.DataFrame(columns=["step", "loss", "accuracy", "variant", "seed"]))
 
 
-def plot_training_curves(curves: pd.DataFrame, out_dir, **save_kw) -> list[Path]:
-    """Bradley-Terry loss and batch accuracy per step, per variant (rolling mean over 5 steps)."""
-    fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.8))
-    hue_order = _order(curves["variant"].unique()) if not curves.empty else None
-    for ax, col in zip(axes, ("loss", "accuracy")):
-        if curves.empty or col not in curves:
+def plot_training_curves(curves: pd.DataFrame) -> Figure:
+    """Bradley-Terry loss and batch accuracy per step (rolling mean over 5 steps), one line per training seed."""
+    fig = _figure((10.0, 3.8))
+    axes = fig.subplots(1, 2)
+    if curves.empty:
+        for ax in axes:
             ax.text(0.5, 0.5, "no curve.csv found", ha="center", va="center", transform=ax.transAxes)
-            continue
-        df = curves.sort_values(["variant", "step"]).copy()
-        df[f"{col} (rolling 5)"] = df.groupby("variant")[col].transform(lambda s: s.rolling(5, min_periods=1).mean())
-        sns.lineplot(data=df, x="step", y=col, hue="variant", hue_order=hue_order, ax=ax, alpha=0.25, legend=False)
-        sns.lineplot(data=df, x="step", y=f"{col} (rolling 5)", hue="variant", hue_order=hue_order, ax=ax)
-        ax.set_ylabel(col)
+        return fig
+    colors = _palette(curves["variant"].unique())
+    for ax, col in zip(axes, ("loss", "accuracy")):
+        for (v, s), g in curves.sort_values("step").groupby(["variant", "seed"]):
+            ax.plot(g["step"], g[col].rolling(5, min_periods=1).mean(), color=colors[v], alpha=0.8, linewidth=1.2,
+                    label=v if s == curves["seed"].min() else None)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(f"{col} (rolling mean of 5)")
         ax.legend(fontsize=8, title="variant")
-    if not curves.empty and "loss" in curves:
-        axes[0].axhline(0.6931, color="grey", linestyle="--", linewidth=1)  # -log sigmoid(0): an untrained RM
-        axes[1].axhline(CHANCE, color="grey", linestyle="--", linewidth=1)
-    fig.suptitle("Reward-model training (faint: per step; solid: rolling mean; dashed: chance)", fontsize=11)
-    paths = save(fig, out_dir, "training_curves", **save_kw)
-    plt.close(fig)
-    return paths
+    axes[0].axhline(0.6931, color="grey", linestyle="--", linewidth=1)  # -log sigmoid(0): an untrained RM
+    axes[1].axhline(CHANCE, color="grey", linestyle="--", linewidth=1)
+    fig.suptitle("Reward-model training, one line per seed (dashed: chance)", fontsize=11)
+    return fig
 
 
 # ---------------------------------------------------------------- results table
-def results_table(metrics: dict[str, dict]) -> pd.DataFrame:
-    """Our numbers (percent) beside the paper's RewardBench rows; our RewardBench columns are empty
-    when it was skipped. Scale: the paper used Gemma-2-9B on ~100k pairs, we a 135M model on tens."""
-    rows = []
-    for v, paper in PAPER_REWARDBENCH.items():
-        rows.append({"model": f"paper: {'baseline' if v == 'baseline' else '+MUSIC'} (Gemma-2-9B)",
-                     **{SECTION_TITLES[k]: val for k, val in paper.items()}})
-    for v in _order(metrics):
-        m = metrics[v]
-        rb = m.get("rewardbench", {})
-        row = {"model": f"ours: {v}"}
-        for k in [*SECTIONS, "average"]:
-            row[SECTION_TITLES[k]] = None if "skipped" in rb or rb.get(k) is None else round(100 * rb[k], 1)
-        for kind, r in m.get("pairwise", {}).get("by_kind", {}).items():
-            row[f"held-out {kind}"] = None if r["accuracy"] is None else round(100 * r["accuracy"], 1)
-        sens = m.get("sensitivity", {}).get("all", {})
-        row["corrupted history"] = None if sens.get("accuracy") is None else round(100 * sens["accuracy"], 1)
-        for name, r in m.get("local", {}).items():
-            row[name] = None if "skipped" in r else round(100 * r["accuracy"], 1)
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("model")
+def results_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Percent, one row per slice: both variants (mean over seeds, sd) and MUSIC - baseline [95% CI], n items."""
+    t = table.copy()
+    out = pd.DataFrame({"test": [slice_title(s) for s in t["slice"]]})
+    for v in VARIANT_ORDER:
+        if f"{v}_accuracy" in t:
+            out[v] = [f"{100 * a:.1f} ± {100 * sd:.1f}" if pd.notna(a) else "" for a, sd in zip(t[f"{v}_accuracy"], t[f"{v}_sd"])]
+    if "diff" in t:
+        out["MUSIC - baseline [95% CI]"] = [f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]" if pd.notna(d) else ""
+                                            for d, lo, hi in zip(t["diff"], t["ci_low"], t["ci_high"])]
+        out["items"] = [int(n) if pd.notna(n) else None for n in t["n_items"]]
+    return out.set_index("test")
 
 
-def headline(metrics: dict[str, dict], bon: dict | None) -> dict:
-    """A compact summary for `dvc metrics show`: our row of the results table per variant (percent),
-    and the MUSIC RM's Best-of-N win/tie/loss counts per N."""
-    table = results_table(metrics)
-    out: dict = {}
-    for model, row in table.iterrows():
-        if model.startswith("ours: "):
-            out[model[len("ours: "):]] = {k: v for k, v in row.items() if v is not None and v == v}
+def paper_table() -> pd.DataFrame:
+    """The paper's RewardBench rows (percent; Gemma-2-9B RMs, ~73k Skywork + ~31k MUSIC pairs)."""
+    return pd.DataFrame([{"model": f"paper: {'baseline' if v == 'baseline' else '+MUSIC'} (Gemma-2-9B)",
+                          **{SECTION_TITLES[k]: val for k, val in paper.items()}} for v, paper in PAPER_REWARDBENCH.items()]
+                        ).set_index("model")
+
+
+# ---------------------------------------------------------------- the stage
+def build_all(P, variants: Sequence[str] | None = None) -> tuple[dict[str, Figure], pd.DataFrame, pd.DataFrame]:
+    """(figures {file stem: Figure} in FIGURE_NAMES order, the comparison table, the trajectory summary)."""
+    variants = _order(variants or P.train.variants)
+    rows = load_item_rows(P.paths.evaluation, variants)
+    table = compare(rows)
+    traj = trajectory_summary(load_trajectories(P.paths.evaluation, variants))
+    bon = load_best_of_n(P.paths.metrics)
+    figs = {"accuracy_overview": plot_accuracy_overview(rows, table), "paired_differences": plot_paired_differences(table),
+            "accuracy_by_distance": plot_by_distance(rows), "reward_trajectory": plot_reward_trajectory(traj)}
     if bon:
-        out["best_of_n"] = {f"N={n}": "{}/{}/{}".format(r.get("wins"), r.get("ties"), r.get("losses")) for n, r in bon.get("by_n", {}).items()}
+        figs["best_of_n"] = plot_best_of_n(bon)
+    figs["training_curves"] = plot_training_curves(load_curves(P.paths.models, variants, P.train.seeds))
+    return figs, table, traj
+
+
+def load_best_of_n(metrics_dir: str | Path) -> dict | None:
+    path = Path(metrics_dir) / "best_of_n.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def plot_data(P, variants: Sequence[str], traj: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The data behind the figures, the shape `dvc plots` overlays across revisions: {file stem: frame}, each
+    an x column and one column per variant (training curves averaged over seeds; the figures show each seed)."""
+    variants = _order(variants)
+    out = {}
+
+    def wide(df: pd.DataFrame, x: str, value: str) -> pd.DataFrame:
+        table = df.pivot_table(index=x, columns="variant", values=value) if not df.empty else pd.DataFrame()
+        return table.reindex(columns=variants).rename_axis(None, axis=1).reset_index() if not table.empty \
+            else pd.DataFrame(columns=[x, *variants])
+
+    curves = load_curves(P.paths.models, variants, P.train.seeds)
+    for col in ("loss", "accuracy"):
+        out[f"training_{col}"] = wide(curves, "step", col)
+    dist = distance_table(load_item_rows(P.paths.evaluation, variants))
+    for test in ("quality", "swap", "music"):
+        out[f"accuracy_by_distance_{test}"] = wide(dist[dist["test"] == test], "distance", "accuracy")
+    out["reward_trajectory"] = wide(traj, "relative_turn", "gap")
     return out
 
 
 def make_all(P, variants: Sequence[str] | None = None) -> list[Path]:
-    """The plots stage: every figure from whatever metrics and curves exist."""
+    """The plots stage: build every figure and save it under P.paths.figures; write the headline numbers
+    (metrics/summary.json), the comparison table (metrics/comparison.csv) and the data behind the figures
+    (P.paths.plots/*.csv). Returns the figure paths."""
     variants = list(variants or P.train.variants)
-    kw = dict(formats=tuple(P.plots.formats), dpi=P.plots.dpi)
-    out = Path(P.paths.figures)
-    metrics = load_metrics(P.paths.metrics, variants, required=True)
-    paths = plot_accuracy_overview(metrics, out, **kw) + plot_by_distance(metrics, out, **kw)
-    bon_path = Path(P.paths.metrics) / "best_of_n.json"
-    bon = json.loads(bon_path.read_text(encoding="utf-8")) if bon_path.exists() else None
-    if bon:
-        paths += plot_best_of_n(bon, out, **kw)
-    paths += plot_training_curves(load_curves(P.paths.models, variants), out, **kw)
-    write_json(Path(P.paths.metrics) / SUMMARY_FILE, headline(metrics, bon))
+    figs, table, traj = build_all(P, variants)
+    paths: list[Path] = []
+    for name, fig in figs.items():
+        paths += save_figure(fig, P.paths.figures, name, formats=tuple(P.plots.formats), dpi=P.plots.dpi)
+    write_json(Path(P.paths.metrics) / SUMMARY_FILE, headline(table, load_best_of_n(P.paths.metrics)))
+    frames = {"comparison": (Path(P.paths.metrics), table),
+              **{name: (Path(P.paths.plots), df) for name, df in plot_data(P, variants, traj).items()}}
+    for name, (folder, df) in frames.items():
+        with atomic_path(folder / f"{name}.csv") as tmp:
+            df.to_csv(tmp, index=False, float_format="%.6f", lineterminator="\n")
     return paths

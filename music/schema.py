@@ -98,20 +98,30 @@ def validate_pairs(records: Iterable[Any], *, source: str) -> list[PreferencePai
     return [PreferencePair.from_record(r, source=source, record=i) for i, r in enumerate(records)]
 
 
-def pair_record(*, chosen: list[dict], rejected: list[dict], pair_id: str, kind: str, seed_id: str | None = None,
+def pair_record(*, chosen: list[dict], rejected: list[dict], pair_id: str, kind: str, source: str | None = None,
+                seed_id: str | None = None,
                 conversation_id: str | None = None, divergence_turn: int | None = None,
                 turns_after_divergence: int = 0, original_request: str | None = None,
                 modified_request: str | None = None, contrast_method: str | None = None,
-                models: dict | None = None, prompts: list[dict] | None = None) -> dict:
-    """One pair as stored: TRL's conversational preference format plus the metadata columns, validated."""
+                models: dict | None = None, prompts: list[dict] | None = None, relevance: dict | None = None) -> dict:
+    """One pair as stored: TRL's conversational preference format plus the metadata columns, validated.
+
+    `relevance` (MUSIC pairs): the contrast margins and echo score of music.relevance."""
     models = {"user": None, "assistant": None, "contrast": None, **(models or {})}
-    rec = {"chosen": chosen, "rejected": rejected, "pair_id": pair_id, "seed_id": seed_id,
+    rec = {"chosen": chosen, "rejected": rejected, "pair_id": pair_id, "source": source, "seed_id": seed_id,
            "conversation_id": conversation_id, "kind": kind, "divergence_turn": divergence_turn,
            "turns_after_divergence": turns_after_divergence, "original_request": original_request,
            "modified_request": modified_request, "contrast_method": contrast_method, "models": models,
-           "prompts": list(prompts or [])}
+           "prompts": list(prompts or []), "relevance": relevance}
     PreferencePair.from_record(rec, source="pairs", record=pair_id)
     return rec
+
+
+def first_difference_distance(chosen: list[dict], rejected: list[dict]) -> int:
+    """Assistant turns from the end of `chosen`, counted from the first message where the two differ
+    (1 = they differ only in the last reply; 0 = identical)."""
+    first = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
+    return sum(m["role"] == "assistant" for m in chosen[first:])
 
 
 def user_turns(conv: list[dict]) -> int:

@@ -13,9 +13,10 @@ so two chunk ids can be one conversation (`base_conversation_id`). Records whose
 from __future__ import annotations
 
 import collections
+import json
 import random
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -61,6 +62,9 @@ class Seed:
     context: list[dict]
     next_user: str | None
     next_assistant: str | None
+    # The real user/assistant turn after the next one ([] when there is none): held-out pairs that differ
+    # at the next reply get it appended to both sides, so the difference sits one turn from the end.
+    following: list[dict] = field(default_factory=list)
 
     def to_record(self) -> dict:
         return asdict(self)
@@ -97,15 +101,18 @@ def feasible_prefix_lengths(conv: RealConversation, cfg: SeedConfig) -> list[int
     return out
 
 
-def make_seed(conv: RealConversation, k: int, split: str) -> Seed:
+def make_seed(conv: RealConversation, k: int, split: str, max_message_chars: int | None = None) -> Seed:
     msgs = conv.messages
     _, spans = turn_spans(msgs)
     context = msgs[: spans[k - 1][1]]
     nxt = msgs[spans[k][0]: spans[k][1]] if k < len(spans) else []
     next_user = nxt[0]["content"] if nxt else None
     next_assistant = nxt[1]["content"] if len(nxt) > 1 else None
+    after = [dict(m) for m in msgs[spans[k + 1][0]: spans[k + 1][1]]] if k + 1 < len(spans) else []
+    if len(after) != 2 or any(max_message_chars and len(m["content"]) > max_message_chars for m in after):
+        after = []
     return Seed(f"{conv.conversation_id}:{k}", conv.conversation_id, conv.source, split,
-                [dict(m) for m in context], next_user, next_assistant)
+                [dict(m) for m in context], next_user, next_assistant, after)
 
 
 def eligible_eval_conversation(conv: RealConversation, cfg: SeedConfig) -> bool:
@@ -156,7 +163,7 @@ def draw_seeds(conversations: list[RealConversation], cfg: SeedConfig) -> SeedSe
         if swapped[i] or bases[i] in eval_bases:
             continue
         if feasible[i] and len(evals) < cfg.n_eval:
-            evals.append(make_seed(conv, rng.choice(feasible[i]), "eval"))
+            evals.append(make_seed(conv, rng.choice(feasible[i]), "eval", cfg.max_message_chars))
             used[i] = "eval"
         if len(eval_convs) < cfg.n_eval_conversations and eligible_eval_conversation(conv, cfg):
             eval_convs.append(conv)
@@ -172,7 +179,7 @@ def draw_seeds(conversations: list[RealConversation], cfg: SeedConfig) -> SeedSe
         examined = max(examined, i + 1)
         if swapped[i] or i in used or bases[i] in eval_bases or bases[i] in train_bases or not feasible[i]:
             continue
-        train.append(make_seed(conv, rng.choice(feasible[i]), "train"))
+        train.append(make_seed(conv, rng.choice(feasible[i]), "train", cfg.max_message_chars))
         used[i] = "train"
         train_bases.add(bases[i])
 
@@ -263,10 +270,22 @@ def run_seed_stage(cfg: SeedConfig, out_dir: str | Path) -> SeedSet:
 def read_seeds(path: str | Path) -> list[Seed]:
     out = []
     for lineno, rec in read_jsonl(path):
-        for key in ("seed_id", "conversation_id", "source", "split", "context", "next_user", "next_assistant"):
+        for key in ("seed_id", "conversation_id", "source", "split", "context", "next_user", "next_assistant", "following"):
             if key not in rec:
                 raise DataError(path, f"line {lineno}", key, "missing field")
         rec["context"] = validate_conversation(rec["context"], source=str(path), record=f"line {lineno}",
                                                field_name="context", must_end_with="assistant")
+        if rec["following"] and [m.get("role") for m in rec["following"]] != ["user", "assistant"]:
+            raise DataError(path, f"line {lineno}", "following", "must be [] or one user and one assistant message")
         out.append(Seed(**rec))
     return out
+
+
+def read_seed_set(out_dir: str | Path) -> SeedSet:
+    """What write_seed_set wrote: the seeds, the whole eval conversations and the stats."""
+    out_dir = Path(out_dir)
+    convs = [RealConversation(rec["conversation_id"], rec["source"], rec["messages"])
+             for _, rec in read_jsonl(out_dir / SEED_FILES["eval_conversations"])] \
+        if (out_dir / SEED_FILES["eval_conversations"]).stat().st_size else []
+    return SeedSet(read_seeds(out_dir / SEED_FILES["train"]), read_seeds(out_dir / SEED_FILES["eval"]), convs,
+                   json.loads((out_dir / "stats.json").read_text(encoding="utf-8")))

@@ -108,7 +108,7 @@ class Event:
     finish_reason: str  # "stop" | "length" | "error"
     raw: str
     text: str  # the message as used ("" when it failed)
-    trimmed: bool = False
+    trimmed: bool = False  # cut by the token budget, and ends at a full sentence (trimmed to one, or already)
     error: str | None = None
     method: str | None = None  # how a rejected reply was made ("instruct" | "resample")
 
@@ -129,7 +129,7 @@ def make_event(reply: Any, *, branch: str, turn: int, role: str, trim: bool, use
     trimmed = False
     if reply.finish_reason == "length" and trim:
         cut = trim_to_sentence(body)
-        if cut is not None and cut != body:
+        if cut is not None:  # ends at a full sentence now (a reply cut right after one needs no change)
             body, trimmed = cut, True
     event = Event(branch, turn, role, reply.finish_reason, raw, body, trimmed=trimmed, method=method)
     return event, (None if body else "empty_reply")

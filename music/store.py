@@ -18,7 +18,7 @@ from music.io import atomic_path, dumps_canonical
 from music.schema import PreferencePair, validate_pairs
 
 # The pair datasets the contrast stage writes (outputs/pairs/<name>).
-PAIR_SPLITS = ("d_train", "music_train", "d_eval", "music_eval")
+PAIR_SPLITS = ("d_train", "music_train", "d_eval", "music_eval", "quality_eval")
 
 
 def _features():
@@ -36,12 +36,14 @@ def _features():
         "models": {"user": Value("string"), "assistant": Value("string")}, "prompts": prompts,
     })
     pair = Features({
-        "chosen": msgs, "rejected": msgs, "pair_id": Value("string"), "seed_id": Value("string"),
+        "chosen": msgs, "rejected": msgs, "pair_id": Value("string"), "source": Value("string"), "seed_id": Value("string"),
         "conversation_id": Value("string"), "kind": Value("string"), "divergence_turn": Value("int64"),
         "turns_after_divergence": Value("int64"), "original_request": Value("string"),
         "modified_request": Value("string"), "contrast_method": Value("string"),
         "models": {"user": Value("string"), "assistant": Value("string"), "contrast": Value("string")},
         "prompts": prompts,
+        "relevance": {"chosen_margin": Value("float64"), "rejected_margin": Value("float64"), "echo": Value("float64"),
+                      "modified_candidates": Value("int64")},
     })
     return conversation, pair
 

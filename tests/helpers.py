@@ -31,7 +31,8 @@ def fake_text(messages: list[dict], seed: int) -> str:
         return f"Could you tell me more about {h}?"
     if CONTRAST_PROMPT in system:
         return f"MODIFIED REQUEST: What about {h} instead?\nANSWER: The answer about {h}."
-    return f"Answer {h}."
+    topic = messages[-1]["content"].rstrip("?.!").split()[-1]  # answers what was asked (relevance checks see it)
+    return f"Answer {h} on {topic}."
 
 
 class FakeChat(ChatBackend):
@@ -123,7 +124,7 @@ def toy_pairs(n: int, kind: str = "d", turns: int = 1) -> list[PreferencePair]:
 
 def tiny_cfg(backbone: str, **kw) -> TrainConfig:
     base = dict(backbone=backbone, num_layers=None, backend="transformers", max_steps=6, batch_size=4,
-                learning_rate=5e-3, save_every=2, max_length=256, seed=0)
+                learning_rate=5e-3, save_every=2, max_length=256, seeds=[0])
     base.update(kw)
     return TrainConfig(**base)
 
@@ -218,3 +219,23 @@ def missing_read_deps(stages: dict[str, dict], reads: dict[str, set[str]]) -> di
         if bad:
             out[name] = bad
     return out
+
+
+class WordOverlapEncoder:
+    """Stands in for the sentence encoder (music.relevance): cosine of bag-of-words counts."""
+
+    def similarity(self, a, b):
+        import math
+        import re
+        from collections import Counter
+
+        def vec(t):
+            return Counter(re.findall(r"\w+", t.lower()))
+
+        out = []
+        for x, y in zip(a, b):
+            u, v = vec(x), vec(y)
+            dot = sum(u[w] * v[w] for w in u)
+            norm = math.sqrt(sum(c * c for c in u.values()) * sum(c * c for c in v.values()))
+            out.append(round(dot / norm, 6) if norm else 0.0)
+        return out

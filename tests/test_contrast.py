@@ -12,7 +12,7 @@ from music.contrast import contrast_conversations, parse_contrast, pick_divergen
 from music.store import load_records
 from music.schema import PreferencePair, user_turns
 from music.simulate import run_simulate, simulate_seeds
-from helpers import CONTRAST_PROMPT, FakeChat, make_seeds, tree_bytes, write_seed_files
+from helpers import CONTRAST_PROMPT, FakeChat, WordOverlapEncoder, make_seeds, tree_bytes, write_seed_files
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -33,13 +33,15 @@ def test_pick_divergence_fixed_random_and_keyed_by_seed_id():
     assert pick_divergence("s", 3, ContrastConfig(divergence="fixed", divergence_turn=2)) == 2
     with pytest.raises(ValueError, match="outside"):
         pick_divergence("s", 2, ContrastConfig(divergence="fixed", divergence_turn=3))
-    cfg = ContrastConfig(divergence="random", seed=0)
+    cfg = ContrastConfig(divergence="random", seed=0, min_turns_after_divergence=0)
     draws = [pick_divergence(f"s{i}", 4, cfg) for i in range(60)]
     assert draws == [pick_divergence(f"s{i}", 4, cfg) for i in range(60)]  # same id, same turn
     assert set(draws) == {1, 2, 3, 4}
+    # the default never diverges at the last turn: a MUSIC pair always differs in 2+ assistant turns
+    assert {pick_divergence(f"s{i}", 4, ContrastConfig()) for i in range(60)} == {1, 2, 3}
     late = ContrastConfig(divergence="random", min_turns_after_divergence=2)
     assert {pick_divergence(f"s{i}", 4, late) for i in range(60)} == {1, 2}
-    assert [pick_divergence(f"s{i}", 4, ContrastConfig(seed=1)) for i in range(60)] != draws
+    assert [pick_divergence(f"s{i}", 4, ContrastConfig(seed=1, min_turns_after_divergence=0)) for i in range(60)] != draws
     with pytest.raises(ValueError, match="leaves no turn"):
         pick_divergence("s", 1, ContrastConfig(min_turns_after_divergence=1))
 
@@ -58,7 +60,7 @@ def test_instruct_branch_diverges_at_the_chosen_turn_and_keeps_going():
     user, asst, con = FakeChat("fake:user"), FakeChat("fake:assistant"), FakeChat("fake:contrast")
     cfg = ContrastConfig(method="instruct", divergence="fixed", divergence_turn=2)
     cands = contrast_conversations(convs, user=user, assistant=asst, contrast=con, sim_cfg=SimulateConfig(turns=3),
-                                   cfg=cfg, split="train")
+                                   cfg=cfg, split="train", encoder=WordOverlapEncoder())
     assert con.calls == 1 and user.calls == 1 and asst.calls == 1  # batched: one call each
     for conv, c in zip(convs, cands):
         f = c["fields"]
@@ -86,7 +88,7 @@ def test_auto_falls_back_to_resampling_when_the_reply_does_not_parse():
     user, asst = FakeChat("fake:user"), FakeChat("fake:assistant")
     cfg = ContrastConfig(method="auto", divergence="fixed", divergence_turn=1)
     cands = contrast_conversations(convs, user=user, assistant=asst, contrast=FakeChat(script=unparseable),
-                                   sim_cfg=SimulateConfig(turns=2), cfg=cfg, split="train")
+                                   sim_cfg=SimulateConfig(turns=2), cfg=cfg, split="train", encoder=WordOverlapEncoder())
     for c in cands:
         f = c["fields"]
         assert c["failure"] is None and f["contrast_method"] == "resample"
@@ -98,7 +100,7 @@ def test_auto_falls_back_to_resampling_when_the_reply_does_not_parse():
     # instruct-only: the same replies are counted failures
     only = contrast_conversations(convs, user=user, assistant=asst, contrast=FakeChat(script=unparseable),
                                   sim_cfg=SimulateConfig(turns=2), cfg=ContrastConfig(method="instruct", divergence="fixed"),
-                                  split="train")
+                                  split="train", encoder=WordOverlapEncoder())
     assert {c["failure"] for c in only} == {"modified_request"}
 
 
@@ -106,7 +108,7 @@ def test_failed_simulation_becomes_a_counted_candidate_not_a_pair():
     convs = _simulated(turns=2)
     convs[0] = {**convs[0], "failure": "empty_reply"}
     cands = contrast_conversations(convs, user=FakeChat(), assistant=FakeChat(), contrast=FakeChat(),
-                                   sim_cfg=SimulateConfig(turns=2), cfg=ContrastConfig(method="instruct"), split="train")
+                                   sim_cfg=SimulateConfig(turns=2), cfg=ContrastConfig(method="instruct"), split="train", encoder=WordOverlapEncoder())
     assert cands[0]["failure"] == "empty_reply" and cands[0]["fields"]["rejected"] is None
     assert all(c["failure"] is None for c in cands[1:])
 
@@ -117,7 +119,8 @@ def _stage(tmp_path, **contrast):
     for k, v in contrast.items():
         setattr(P.contrast, k, v)
     run_simulate(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant")))
-    report = run_contrast(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant"), FakeChat("fake:contrast")))
+    report = run_contrast(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant"), FakeChat("fake:contrast")),
+                 encoder=WordOverlapEncoder())
     return P, report
 
 
@@ -139,7 +142,8 @@ def test_run_contrast_writes_four_loadable_pair_sets_and_a_report(tmp_path):
     assert d["chosen"][:-1] == d["rejected"][:-1] and d["divergence_turn"] is None
     assert d["chosen"][-2] == {"role": "user", "content": "Real next user 0?"}
     first = tree_bytes(out)
-    run_contrast(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant"), FakeChat("fake:contrast")))
+    run_contrast(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant"), FakeChat("fake:contrast")),
+                 encoder=WordOverlapEncoder())
     assert tree_bytes(out) == first  # byte-identical
 
 
@@ -202,7 +206,8 @@ def test_d_from_the_seed_source_follows_the_seed_split(tmp_path, monkeypatch):
     P.simulate.turns = 2
     P.contrast.d_source, P.contrast.d_eval_split = "skywork:hub:Skywork/Skywork-Reward-Preference-80K-v0.2", "train"
     run_simulate(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant")))
-    run_contrast(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant"), FakeChat("fake:contrast")))
+    run_contrast(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant"), FakeChat("fake:contrast")),
+                 encoder=WordOverlapEncoder())
     train = {r["conversation_id"] for r in load_records(Path(P.paths.pairs) / "d_train")}
     evals = {r["conversation_id"] for r in load_records(Path(P.paths.pairs) / "d_eval")}
     assert train == {"train-only-1", "train-only-2"} and evals == held_out and held_out

@@ -1,8 +1,9 @@
-"""Held-out pair accuracy by kind and divergence distance; guards (disjointness, missing checkpoint);
-the whole evaluate stage on tiny files with a fake scorer."""
+"""Evaluation items, per-seed scoring, reward trajectories, guards (disjointness, missing checkpoints) and
+the whole evaluate stage on tiny files with fake scorers."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -10,9 +11,10 @@ import pytest
 
 from music.config import Params, Paths
 from music.errors import DataError
-from music.evaluate.run import evaluate_variant
-from music.evaluate.pairwise import divergence_distance, local_set_accuracy, pairwise_accuracy, require_model
-from music.schema import PreferencePair
+from music.evaluate.items import item_rows, items_from_pairs, score_items, summarize_rows
+from music.evaluate.pairwise import local_pairs, require_model
+from music.evaluate.run import evaluate_variant, trajectory_points
+from music.schema import PreferencePair, first_difference_distance
 from music.seeding import check_disjoint
 
 
@@ -20,10 +22,11 @@ class LastReplyScorer:
     """Reads only the last reply (word count): the kind of RM MUSIC is meant to fix."""
 
     def __init__(self):
-        self.calls = 0
+        self.calls, self.conversations = 0, 0
 
     def score(self, conversations):
         self.calls += 1
+        self.conversations += len(conversations)
         return [float(len(c[-1]["content"].split())) for c in conversations]
 
 
@@ -35,35 +38,46 @@ def conv(*replies, users=None):
 
 
 def music_pair(cid, divergence_turn, chosen, rejected):
-    return PreferencePair(conv(*chosen), conv(*rejected), {"kind": "music", "divergence_turn": divergence_turn, "conversation_id": cid})
+    return PreferencePair(conv(*chosen), conv(*rejected), {"kind": "music", "divergence_turn": divergence_turn,
+                                                          "conversation_id": cid, "pair_id": f"music-{cid}"})
 
 
-def test_divergence_distance_counts_from_the_end():
-    assert divergence_distance(music_pair("c", 3, ["a", "b", "c"], ["a", "b", "x"])) == 1
-    assert divergence_distance(music_pair("c", 1, ["a", "b", "c"], ["x", "b", "c"])) == 3
+def test_distance_counts_assistant_turns_from_the_first_difference():
+    assert first_difference_distance(conv("a", "b", "c"), conv("a", "b", "x")) == 1
+    assert first_difference_distance(conv("a", "b", "c"), conv("x", "b", "c")) == 3
+    assert first_difference_distance(conv("a"), conv("a")) == 0
 
 
-def test_pairwise_by_kind_and_distance():
-    pairs = [
-        PreferencePair(conv("good long answer"), conv("bad"), {"kind": "d", "conversation_id": "d1"}),
-        PreferencePair(conv("bad"), conv("long bad answer"), {"kind": "d", "conversation_id": "d2"}),
-        music_pair("m1", 2, ["x", "right answer here"], ["x", "no"]),  # distance 1: correct
-        music_pair("m2", 1, ["right", "same end"], ["wrong", "same end"]),  # distance 2: tie -> wrong
-    ]
-    res = pairwise_accuracy(LastReplyScorer(), pairs)
-    assert res["by_kind"]["d"]["accuracy"] == 0.5 and res["by_kind"]["d"]["n"] == 2
-    assert res["by_kind"]["music"]["accuracy"] == 0.5
-    assert res["music_by_distance"]["1"]["accuracy"] == 1.0
-    assert res["music_by_distance"]["2"]["accuracy"] == 0.0
-    assert res["all"]["n"] == 4
+def test_items_groups_and_a_last_reply_scorer():
+    pairs = [music_pair("m1", 2, ["x", "right answer here"], ["x", "no"]),  # distance 1: correct
+             music_pair("m2", 1, ["right", "same end"], ["wrong", "same end"])]  # distance 2: a tie, counted wrong
+    items = items_from_pairs("quality", pairs, source="sharegpt") + items_from_pairs("music", pairs)
+    assert [(i.test, i.distance, i.group) for i in items] == [("quality", 1, "last"), ("quality", 2, "early"),
+                                                              ("music", 1, None), ("music", 2, None)]
+    scorer = LastReplyScorer()
+    rows = item_rows(items, score_items(scorer, items), variant="v", seed=0)
+    assert scorer.calls == 1 and scorer.conversations == 4  # 8 conversations, each distinct one scored once
+    summary = summarize_rows(rows)
+    assert summary["groups"]["last"]["accuracy"] == 1.0 and summary["groups"]["early"]["accuracy"] == 0.0
+    assert summary["tests"]["music"]["by_distance"]["2"]["n"] == 1
+    assert rows[0]["variant"] == "v" and rows[0]["correct"] == 1 and rows[1]["correct"] == 0
+
+
+def test_trajectory_cuts_each_branch_after_every_turn_from_the_one_before_divergence():
+    pair = music_pair("m", 2, ["a", "b", "c"], ["a", "x", "y"])
+    points = trajectory_points([pair])
+    assert [p.relative_turn for p in points] == [-1, 0, 1]
+    assert points[0].chosen == points[0].rejected == conv("a")
+    assert points[1].chosen == conv("a", "b") and points[1].rejected == conv("a", "x")
+    assert points[2].chosen == pair.chosen and points[2].rejected == pair.rejected
 
 
 def test_disjointness_raises_on_a_leak():
     assert check_disjoint([(0, "a"), (1, "b")], {"c"}, source="pairs") == 2
     with pytest.raises(DataError, match="'b'.*training conversation"):
-        check_disjoint([(0, "a"), (1, "b")], {"b"}, source="pairs/d_eval")
+        check_disjoint([(0, "a"), (1, "b")], {"b"}, source="pairs/quality_eval")
     with pytest.raises(DataError, match="conversation_id"):
-        check_disjoint([(0, None)], set(), source="pairs/d_eval")
+        check_disjoint([(0, None)], set(), source="pairs/quality_eval")
 
 
 def test_missing_checkpoint_names_the_path(tmp_path):
@@ -78,65 +92,94 @@ def test_missing_checkpoint_names_the_path(tmp_path):
 def test_local_sets_skip_absent_paths(tmp_path):
     path = tmp_path / "uf.jsonl"
     path.write_text(json.dumps({"prompt": "p", "chosen": "long good answer", "rejected": "bad"}) + "\n")
-    res = local_set_accuracy(LastReplyScorer(), {"ultrafeedback": str(path), "hh": str(tmp_path / "none.jsonl.gz")}, limit=10)
-    assert res["ultrafeedback"]["accuracy"] == 1.0
-    assert "does not exist" in res["hh"]["skipped"]
+    pairs, skipped = local_pairs("ultrafeedback", path, limit=10)
+    assert len(pairs) == 1 and skipped == 0
+    pairs, reason = local_pairs("hh", tmp_path / "none.jsonl.gz", limit=10)
+    assert pairs is None and "does not exist" in reason
 
 
 def test_local_sets_on_real_hh(shared_data):
-    res = local_set_accuracy(LastReplyScorer(), {"hh": str(shared_data / "hh-rlhf" / "harmless-base-test-first2000.jsonl.gz")}, limit=100)
-    assert res["hh"]["n"] + res["hh"]["n_skipped"] == 100 and res["hh"]["n_skipped"] >= 1  # line 87 has an empty turn
+    pairs, skipped = local_pairs("hh", shared_data / "hh-rlhf" / "harmless-base-test-first2000.jsonl.gz", limit=100)
+    assert len(pairs) + skipped == 100 and skipped >= 1  # line 87 has an empty turn
 
 
 # ---------------------------------------------------------------- the whole stage on tiny files
 def _write_pairs(path: Path, pairs):
-    from datasets import Dataset
+    from music.store import pair_features, save_records
+    from music.schema import pair_record
 
-    Dataset.from_list([p.to_record() for p in pairs]).save_to_disk(str(path))
+    save_records([pair_record(chosen=p.chosen, rejected=p.rejected, **{k: v for k, v in p.meta.items()}) for p in pairs],
+                 path, pair_features())
 
 
-def make_workspace(tmp_path: Path, *, leak: bool = False) -> Params:
+def make_workspace(tmp_path: Path, *, leak: bool = False, seeds=(0, 1)) -> Params:
     paths = Paths(seeds=str(tmp_path / "seeds"), pairs=str(tmp_path / "pairs"), models=str(tmp_path / "models"),
-                  metrics=str(tmp_path / "metrics"), figures=str(tmp_path / "figures"))
-    model = Path(paths.models) / "baseline"
-    model.mkdir(parents=True)
-    (model / "config.json").write_text("{}")
-    (model / "train_metrics.json").write_text(json.dumps({"final_loss": 0.5, "steps": 3, "note": "text is dropped"}))
-    seeds = Path(paths.seeds)
-    seeds.mkdir()
+                  metrics=str(tmp_path / "metrics"), evaluation=str(tmp_path / "evaluation"),
+                  figures=str(tmp_path / "figures"))
+    for s in seeds:
+        model = Path(paths.models) / "baseline" / f"seed{s}"
+        model.mkdir(parents=True)
+        (model / "config.json").write_text("{}")
+        (model / "train_metrics.json").write_text(json.dumps({"final_loss": 0.5, "steps": 3}))
+    seeds_dir = Path(paths.seeds)
+    seeds_dir.mkdir()
     train_ids = ["t1", "t2"] + (["m1"] if leak else [])
-    (seeds / "train.jsonl").write_text("".join(json.dumps({"conversation_id": c}) + "\n" for c in train_ids))
-    convs = [{"conversation_id": f"e{i}", "source": "test", "messages": conv(f"topic{i} one", f"topic{i} two", f"topic{i} three")}
-             for i in range(3)]
-    (seeds / "eval_conversations.jsonl").write_text("".join(json.dumps(c) + "\n" for c in convs))
-    _write_pairs(Path(paths.pairs) / "d_eval", [PreferencePair(conv("good long answer"), conv("bad"), {"kind": "d", "conversation_id": "d1", "divergence_turn": None})])
-    _write_pairs(Path(paths.pairs) / "music_eval", [music_pair("m1", 2, ["x", "right answer here"], ["x", "no"])])
+    (seeds_dir / "train.jsonl").write_text("".join(json.dumps({"conversation_id": c}) + "\n" for c in train_ids))
+    convs = [{"conversation_id": f"e{i}", "source": "test",
+              "messages": conv(f"topic{i} one" + " x" * i, f"topic{i} two" + " x" * i, f"topic{i} three" + " x" * i)}
+             for i in range(4)]
+    (seeds_dir / "eval_conversations.jsonl").write_text("".join(json.dumps(c) + "\n" for c in convs))
+    quality = [PreferencePair(conv("good long answer"), conv("bad"), {"kind": "quality", "conversation_id": "q1",
+                                                                     "pair_id": "q1-last", "source": "sharegpt"}),
+               PreferencePair(conv("good long answer", "same"), conv("bad", "same"),
+                              {"kind": "quality", "conversation_id": "q1", "pair_id": "q1-early", "source": "sharegpt"})]
+    _write_pairs(Path(paths.pairs) / "quality_eval", quality)
+    _write_pairs(Path(paths.pairs) / "music_eval", [music_pair("m1", 2, ["x", "right answer here", "end"], ["x", "no", "end!"])])
     P = Params(paths=paths)
+    P.train.seeds = list(seeds)
     P.evaluate.local_sets = {"hh": str(tmp_path / "absent.jsonl.gz")}
     return P
 
 
-def test_evaluate_variant_writes_flat_metrics(tmp_path):
+def test_evaluate_variant_writes_numbers_items_and_trajectories(tmp_path):
     P = make_workspace(tmp_path)
-    metrics = evaluate_variant(P, "baseline", scorer=LastReplyScorer())
+    made = []
+
+    def make_scorer(model_dir):
+        made.append(Path(model_dir).name)
+        return LastReplyScorer()
+
+    metrics = evaluate_variant(P, "baseline", make_scorer=make_scorer)
+    assert made == ["seed0", "seed1"]
     on_disk = json.loads((tmp_path / "metrics" / "baseline.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics))
-    assert on_disk["pairwise"]["by_kind"]["d"]["accuracy"] == 1.0
-    assert on_disk["pairwise"]["music_by_distance"]["1"]["n"] == 1
-    assert set(on_disk["sensitivity"]["by_distance"]) == {"1", "2", "3"}
-    assert "skipped" in on_disk["rewardbench"] and "skipped" in on_disk["local"]["hh"]
-    assert on_disk["train"] == {"final_loss": 0.5, "steps": 3}
+
+    def numbers_only(x):
+        return all(numbers_only(v) for v in x.values()) if isinstance(x, dict) else isinstance(x, (int, float)) or x is None
+
+    assert numbers_only(on_disk)
+    acc = on_disk["accuracy"]
+    assert acc["quality@1"]["mean"] == 1.0 and acc["quality@2"]["mean"] == 0.0 and acc["quality@2"]["n"] == 2
+    assert acc["last"]["n_items"] >= 1 and acc["early"]["n_items"] >= 1
+    assert {"swap@1", "swap@2", "swap@3", "music@2"} <= set(acc)
+    rows = list(csv.DictReader(open(tmp_path / "evaluation" / "baseline" / "items.csv")))
+    assert {r["seed"] for r in rows} == {"0", "1"} and {r["test"] for r in rows} == {"quality", "music", "swap"}
+    traj = list(csv.DictReader(open(tmp_path / "evaluation" / "baseline" / "trajectory.csv")))
+    assert sorted({int(r["relative_turn"]) for r in traj}) == [-1, 0, 1]
+    assert all(float(r["gap"]) == 0.0 for r in traj if r["relative_turn"] == "-1")  # identical before divergence
+    info = json.loads((tmp_path / "evaluation" / "baseline" / "info.json").read_text())
+    assert "does not exist" in info["skipped"]["hh"] and "rewardbench" in info["skipped"]
 
 
 def test_evaluate_variant_refuses_a_leak_before_scoring(tmp_path):
     P = make_workspace(tmp_path, leak=True)
     scorer = LastReplyScorer()
     with pytest.raises(DataError, match="music_eval.*'m1'"):
-        evaluate_variant(P, "baseline", scorer=scorer)
+        evaluate_variant(P, "baseline", make_scorer=lambda d: scorer)
     assert scorer.calls == 0 and not (tmp_path / "metrics" / "baseline.json").exists()
 
 
 def test_evaluate_variant_missing_model(tmp_path):
     P = make_workspace(tmp_path)
-    with pytest.raises(FileNotFoundError, match="models/music/config.json"):
-        evaluate_variant(P, "music", scorer=LastReplyScorer())
+    with pytest.raises(FileNotFoundError, match="models/music/seed0/config.json"):
+        evaluate_variant(P, "music", make_scorer=lambda d: LastReplyScorer())

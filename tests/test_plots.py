@@ -1,33 +1,70 @@
-"""Figures from synthetic metrics: files written in both formats, titles say what is shown."""
+"""Figures and the comparison from synthetic per-item results: paired differences and their intervals, plot
+functions return figures, saving is separate and byte-stable, the stage writes every file and the headline."""
 
 from __future__ import annotations
 
+import csv
 import json
+import random
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
 
 from music import plots
 from music.config import Params, Paths
-from music.evaluate.stats import accuracy_summary
+from music.evaluate.compare import compare, headline, load_item_rows, trajectory_summary
+from music.evaluate.run import ITEM_FIELDS, TRAJECTORY_FIELDS
+
+TESTS = [("quality", 1, "last"), ("quality", 2, "early"), ("swap", 1, "last"), ("swap", 2, "early"), ("swap", 3, "early"),
+         ("music", 2, ""), ("hh", 1, "last")]
 
 
-def acc(k, n):
-    return accuracy_summary([True] * k + [False] * (n - k))
+def item_rows(variant: str, p_right: dict[str, float], seeds=(0, 1, 2), n=40, seed=0) -> list[dict]:
+    """Rows as the evaluate stage writes them: each item right with probability p_right[test]."""
+    rng = random.Random(f"{seed}-{variant}")
+    rows = []
+    for s in seeds:
+        for test, d, group in TESTS:
+            for i in range(n):
+                c = rng.random() < p_right.get(f"{test}@{d}", p_right.get(test, 0.5))
+                rows.append({"variant": variant, "seed": s, "test": test, "item_id": f"{test}-{d}-{i}", "source": "x",
+                             "distance": d, "group": group, "chosen_score": 1.0 if c else 0.0,
+                             "rejected_score": 0.5, "correct": int(c)})
+    return rows
 
 
-def variant_metrics(shift, rewardbench=False):
-    m = {
-        "pairwise": {"all": acc(10 + shift, 20), "by_kind": {"d": acc(7, 10), "music": acc(3 + shift, 10)},
-                     "music_by_distance": {"1": acc(3, 4), "2": acc(1 + shift, 4), "3": acc(0, 2)}},
-        "sensitivity": {"all": acc(20 + shift, 40), "by_distance": {str(d): acc(8 - d + shift, 10) for d in (1, 2, 3, 4)}},
-        "local": {"hh": acc(120, 200), "ultrafeedback": {"skipped": "x does not exist"}},
-        "rewardbench": {"skipped": "offline"},
-    }
-    if rewardbench:
-        m["rewardbench"] = {"chat": 0.9, "chat_hard": 0.6, "safety": 0.8, "reasoning": 0.7, "average": 0.75}
-    return m
+def trajectory_rows(variant: str, gaps: dict[int, float], seeds=(0, 1, 2), pairs=10) -> list[dict]:
+    rng = random.Random(variant)
+    return [{"variant": variant, "seed": s, "pair_id": f"p{i}", "relative_turn": k, "chosen_score": 0.0, "rejected_score": 0.0,
+             "gap": 0.0 if k < 0 else g + rng.gauss(0, 0.1), "score_sd": 2.0}
+            for s in seeds for i in range(pairs) for k, g in gaps.items()]
+
+
+def workspace(tmp_path: Path, *, music_early=0.8) -> Params:
+    P = Params(paths=Paths(metrics=str(tmp_path / "m"), models=str(tmp_path / "models"), figures=str(tmp_path / "fig"),
+                           evaluation=str(tmp_path / "ev"), plots=str(tmp_path / "pl")))
+    specs = {"baseline": ({"quality@1": 0.8, "swap@1": 0.8, "music": 0.5}, {-1: 0, 0: 0.2, 1: 0.1}),
+             "music": ({"quality@1": 0.8, "swap@1": 0.8, "quality@2": music_early, "swap@2": music_early,
+                        "swap@3": music_early, "music": 0.9}, {-1: 0, 0: 1.0, 1: 0.8})}
+    for v, (p, gaps) in specs.items():
+        folder = tmp_path / "ev" / v
+        folder.mkdir(parents=True)
+        for name, fields, rows in (("items.csv", ITEM_FIELDS, item_rows(v, p)), ("trajectory.csv", TRAJECTORY_FIELDS,
+                                                                                   trajectory_rows(v, gaps))):
+            with open(folder / name, "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=list(fields))
+                w.writeheader()
+                w.writerows(rows)
+        for s in (0, 1, 2):
+            (tmp_path / "models" / v / f"seed{s}").mkdir(parents=True)
+            pd.DataFrame({"step": range(1, 21), "loss": [0.7 - 0.01 * i for i in range(20)],
+                          "accuracy": [0.5 + 0.01 * i for i in range(20)]}).to_csv(
+                tmp_path / "models" / v / f"seed{s}" / "curve.csv", index=False)
+    (tmp_path / "m").mkdir()
+    return P
 
 
 BON = {"judge": "embedded", "by_n": {str(n): {"n_games": 8, **{f"{o}_{k}": v for o, (r, lo, hi) in
@@ -35,64 +72,96 @@ BON = {"judge": "embedded", "by_n": {str(n): {"n_games": 8, **{f"{o}_{k}": v for
        for k, v in (("rate", r), ("ci_low", lo), ("ci_high", hi))}} for n in (2, 4, 8)}}
 
 
-@pytest.mark.parametrize("rewardbench", [False, True])
-def test_overview_says_what_it_shows(tmp_path, rewardbench, monkeypatch):
-    titles = []
-    monkeypatch.setattr(plots, "save", lambda fig, d, name, **kw: titles.append(fig.axes[0].get_title()) or [])
-    plots.plot_accuracy_overview({"baseline": variant_metrics(0, rewardbench), "music": variant_metrics(2, rewardbench)}, tmp_path)
-    assert ("RewardBench accuracy by section" in titles[0]) == rewardbench
-    assert ("RewardBench skipped: offline" in titles[0]) != rewardbench
+def test_paired_comparison_finds_a_real_early_gain_and_no_last_turn_change(tmp_path):
+    P = workspace(tmp_path)
+    table = compare(load_item_rows(P.paths.evaluation, ["baseline", "music"])).set_index("slice")
+    early, last = table.loc["early"], table.loc["last"]
+    assert early["n_items"] == 3 * 40 and early["ci_low"] > 0.1  # 0.5 -> 0.8 on 120 items: clearly excludes 0
+    assert last["ci_low"] < 0 < last["ci_high"]  # the same probabilities: the interval holds 0
+    assert table.loc["quality@2", "baseline_seeds"] == 3 and 0 <= table.loc["quality@2", "baseline_sd"] < 0.2
+    null = compare(load_item_rows(workspace(tmp_path / "null", music_early=0.5).paths.evaluation,
+                                  ["baseline", "music"])).set_index("slice")
+    assert null.loc["early", "ci_low"] < 0 < null.loc["early", "ci_high"]
 
 
-def test_accuracy_table_skips_skipped_sets():
-    df = plots.accuracy_table({"baseline": variant_metrics(0)})
-    assert "ultrafeedback" not in set(df["set"]) and "hh" in set(df["set"])
-    assert set(df["group"]) == {"local", "held-out pairs", "sensitivity"}
+def test_headline_is_numbers_only_and_fits_a_terminal(tmp_path):
+    P = workspace(tmp_path)
+    out = headline(compare(load_item_rows(P.paths.evaluation, ["baseline", "music"])), BON)
+    assert set(out) == {"early", "last", "music", "best_of_n_win_minus_loss"}
+    assert set(out["early"]) == {"baseline", "music", "diff", "diff_ci_low", "diff_ci_high", "n_items"}
+    flat = pd.json_normalize(out).iloc[0]
+    assert all(isinstance(v, (int, float)) for v in flat) and len(flat) <= 24
+    assert out["best_of_n_win_minus_loss"] == {"N2": 0.0, "N4": 0.0, "N8": 0.0}
 
 
-def test_make_all_writes_png_and_svg(tmp_path):
-    P = Params(paths=Paths(metrics=str(tmp_path / "m"), models=str(tmp_path / "models"), figures=str(tmp_path / "fig")))
-    (tmp_path / "m").mkdir()
-    for v, shift in (("baseline", 0), ("music", 2)):
-        (tmp_path / "m" / f"{v}.json").write_text(json.dumps(variant_metrics(shift)))
-        (tmp_path / "models" / v).mkdir(parents=True)
-        pd.DataFrame({"step": range(1, 21), "loss": [0.7 - 0.01 * i - 0.005 * shift for i in range(20)],
-                      "accuracy": [0.5 + 0.01 * i for i in range(20)]}).to_csv(tmp_path / "models" / v / "curve.csv", index=False)
+def test_trajectory_summary_is_zero_before_divergence_and_standardised(tmp_path):
+    P = workspace(tmp_path)
+    from music.evaluate.compare import load_trajectories
+
+    s = trajectory_summary(load_trajectories(P.paths.evaluation, ["baseline", "music"])).set_index(["variant", "relative_turn"])
+    assert s.loc[("music", -1), "gap"] == 0.0 and s.loc[("music", 0), "gap"] == pytest.approx(0.5, abs=0.05)  # 1.0 / sd 2
+    assert s.loc[("music", 0), "ci_low"] < 0.5 < s.loc[("music", 0), "ci_high"] and s.loc[("music", 0), "pairs"] == 10
+
+
+def test_plot_functions_return_figures_without_pyplot(tmp_path):
+    figs, table, traj = plots.build_all(workspace(tmp_path))
+    assert list(figs) == [n for n in plots.FIGURE_NAMES if n != "best_of_n"]  # no best_of_n.json here
+    assert all(isinstance(f, Figure) and f.axes for f in figs.values())
+    assert isinstance(plots.plot_best_of_n(BON), Figure)
+    assert plt.get_fignums() == []  # not registered with pyplot: a notebook shows each once, nothing to close
+    assert list(tmp_path.joinpath("fig").glob("*")) == []  # building writes nothing
+
+
+@pytest.mark.parametrize("fmt", ["png", "svg", "pdf"])
+def test_saving_the_same_figure_twice_gives_the_same_bytes(tmp_path, fmt):
+    P = workspace(tmp_path)
+    rows = load_item_rows(P.paths.evaluation, ["baseline", "music"])
+    fig = plots.plot_by_distance(rows)  # clip paths, text
+    first = plots.save_figure(fig, tmp_path / "a", "f", formats=(fmt,), dpi=60)
+    second = plots.save_figure(fig, tmp_path / "b", "f", formats=(fmt,), dpi=60)
+    assert [p.name for p in first] == [f"f.{fmt}"]
+    assert first[0].read_bytes() == second[0].read_bytes()
+    again = plots.save_figure(plots.plot_by_distance(rows), tmp_path / "c", "f", formats=(fmt,), dpi=60)
+    assert again[0].read_bytes() == first[0].read_bytes()  # ids depend on content, not on the object
+    if fmt == "svg":
+        text = first[0].read_text()
+        assert "<dc:date>" not in text and "clip-path" in text
+
+
+def test_make_all_writes_figures_summary_and_table_byte_stable(tmp_path):
+    P = workspace(tmp_path)
     (tmp_path / "m" / "best_of_n.json").write_text(json.dumps(BON))
     paths = plots.make_all(P)
-    names = sorted(p.name for p in paths)
-    assert names == sorted(f"{n}.{f}" for n in ("accuracy_overview", "accuracy_by_distance", "best_of_n", "training_curves") for f in ("png", "svg"))
+    assert sorted(p.name for p in paths) == sorted(f"{n}.{f}" for n in plots.FIGURE_NAMES for f in ("png", "svg"))
     assert all(p.stat().st_size > 1000 for p in paths)
-    assert plt.get_fignums() == []  # every figure closed
+    assert plt.get_fignums() == []
+    summary = json.loads((tmp_path / "m" / "summary.json").read_text())
+    assert summary["early"]["diff"] > 10  # points
+    table = pd.read_csv(tmp_path / "m" / "comparison.csv")
+    assert {"early", "last", "swap@3", "hh"} <= set(table["slice"])
+    # the data behind the figures, one column per series (what `dvc plots diff` overlays)
+    loss = pd.read_csv(tmp_path / "pl" / "training_loss.csv")
+    assert list(loss.columns) == ["step", "baseline", "music"] and len(loss) == 20
+    dist = pd.read_csv(tmp_path / "pl" / "accuracy_by_distance_swap.csv")
+    assert list(dist.columns) == ["distance", "baseline", "music"] and list(dist["distance"]) == [1, 2, 3]
+    traj = pd.read_csv(tmp_path / "pl" / "reward_trajectory.csv")
+    assert list(traj.columns) == ["relative_turn", "baseline", "music"] and traj.loc[0, "music"] == 0.0
+    first = {p.name: p.read_bytes() for p in paths}
+    assert {p.name: p.read_bytes() for p in plots.make_all(P)} == first  # a rerun rewrites the same bytes
 
 
-def test_results_table_sits_beside_the_paper():
-    t = plots.results_table({"music": variant_metrics(2), "baseline": variant_metrics(0)})
-    assert list(t.index) == ["paper: baseline (Gemma-2-9B)", "paper: +MUSIC (Gemma-2-9B)", "ours: baseline", "ours: music"]
-    assert t.loc["paper: +MUSIC (Gemma-2-9B)", "Avg"] == 86.6 and t.loc["paper: baseline (Gemma-2-9B)", "Reasoning"] == 83.1
-    assert pd.isna(t.loc["ours: music", "Avg"]) and t.loc["ours: music", "held-out music"] == 50.0
+def test_results_table_and_the_papers_rows(tmp_path):
+    P = workspace(tmp_path)
+    t = plots.results_table(compare(load_item_rows(P.paths.evaluation, ["baseline", "music"])))
+    assert "early-turn tests (all)" in t.index and t.loc["early-turn tests (all)", "items"] == 120
+    assert t.loc["early-turn tests (all)", "MUSIC - baseline [95% CI]"].startswith("+")
+    paper = plots.paper_table()
+    assert paper.loc["paper: +MUSIC (Gemma-2-9B)", "Avg"] == 86.6 and paper.loc["paper: baseline (Gemma-2-9B)", "Reasoning"] == 83.1
 
 
-def test_headline_summary_is_compact_and_per_variant():
-    from music.plots import headline
-
-    metrics = {
-        "baseline": {"pairwise": {"by_kind": {"d": {"accuracy": 0.5}}}, "sensitivity": {"all": {"accuracy": 0.25}},
-                     "rewardbench": {"skipped": "offline"}, "local": {"hh": {"accuracy": 0.6}}},
-        "music": {"pairwise": {"by_kind": {"d": {"accuracy": 0.75}}}, "sensitivity": {"all": {"accuracy": 0.5}},
-                  "rewardbench": {"skipped": "offline"}, "local": {"hh": {"skipped": "absent"}}},
-    }
-    bon = {"by_n": {"2": {"wins": 1, "ties": 4, "losses": 1}}}
-    out = headline(metrics, bon)
-    assert out["baseline"] == {"held-out d": 50.0, "corrupted history": 25.0, "hh": 60.0}
-    assert out["music"] == {"held-out d": 75.0, "corrupted history": 50.0}  # skipped sets are left out
-    assert out["best_of_n"] == {"N=2": "1/4/1"}
-
-
-def test_missing_metrics_file_stops_the_plots_stage_naming_it(tmp_path):
-    P = Params(paths=Paths(metrics=str(tmp_path / "m"), models=str(tmp_path / "models"), figures=str(tmp_path / "fig")))
-    (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "baseline.json").write_text(json.dumps(variant_metrics(0)))
-    with pytest.raises(FileNotFoundError, match=r"music\.json is missing.*evaluate@music"):
+def test_missing_items_file_stops_the_plots_stage_naming_it(tmp_path):
+    P = workspace(tmp_path)
+    (tmp_path / "ev" / "music" / "items.csv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"music/items\.csv is missing.*evaluate@music"):
         plots.make_all(P)
     assert not (tmp_path / "fig").exists()

@@ -175,3 +175,19 @@ def test_collate_puts_chosen_rows_first(smol_tok):
         assert ids[k, : len(p.chosen)].tolist() == p.chosen and int(mask[k].sum()) == len(p.chosen)
         assert ids[3 + k, : len(p.rejected)].tolist() == p.rejected
     assert (ids[mask == 0] == smol_tok.pad_token_id).all()
+
+
+def test_golden_rendering_of_a_multi_turn_pair(smol_tok):
+    """Exactly what the RM reads for each side of a two-turn pair: one BOS, the template's default system
+    prompt, every turn closed by <|im_end|>; the two sides differ only in the last reply."""
+    chosen = [{"role": "user", "content": "How do I boil an egg?"}, {"role": "assistant", "content": "Nine minutes."},
+              {"role": "user", "content": "Soft?"}, {"role": "assistant", "content": "Six minutes."}]
+    rejected = [*chosen[:3], {"role": "assistant", "content": "Al dente."}]
+    head = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+            "<|im_start|>user\nHow do I boil an egg?<|im_end|>\n<|im_start|>assistant\nNine minutes.<|im_end|>\n"
+            "<|im_start|>user\nSoft?<|im_end|>\n<|im_start|>assistant\n")
+    ids_c, ids_r = render_ids(smol_tok, chosen), render_ids(smol_tok, rejected)
+    assert smol_tok.decode(ids_c) == head + "Six minutes.<|im_end|>\n"
+    assert smol_tok.decode(ids_r) == head + "Al dente.<|im_end|>\n"
+    assert ids_c.count(smol_tok.bos_token_id) == 5 and ids_c[0] == smol_tok.bos_token_id  # <|im_start|> is the BOS
+    assert smol_tok.pad_token_id not in ids_c  # padding never looks like a real token

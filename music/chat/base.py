@@ -40,6 +40,7 @@ class SamplingParams:
     temperature: float
     top_p: float
     seed: int
+    repetition_penalty: float = 1.0
 
 
 @dataclass
@@ -112,6 +113,7 @@ class ChatBackend(ABC):
             temperature=float(self.cfg.temperature if temperature is None else temperature),
             top_p=float(self.cfg.top_p),
             seed=int(seed),
+            repetition_penalty=float(self.cfg.repetition_penalty),
         )
 
     def generate(

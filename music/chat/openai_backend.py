@@ -123,6 +123,8 @@ class OpenAIChat(ChatBackend):
             # Per-item seed: duplicates of one conversation are distinct samples.
             "seed": unit.seed & 0x7FFFFFFF,
         }
+        if params.repetition_penalty != 1.0:  # not in OpenAI's API; vLLM and SGLang accept it
+            body["repetition_penalty"] = params.repetition_penalty
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")
         rng = random.Random(derive_seed("backoff", unit.seed))
         last = "no attempt made"

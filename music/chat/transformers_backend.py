@@ -123,6 +123,8 @@ class TransformersChat(ChatBackend):
         )
         if sample:  # plain temperature + nucleus sampling, as an OpenAI-compatible server does
             kw.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+        if params.repetition_penalty != 1.0:
+            kw.update(repetition_penalty=params.repetition_penalty)
         return GenerationConfig(**kw)
 
     def run(self, units: list[Unit], params: SamplingParams) -> Iterator[tuple[Unit, list[ChatReply]]]:

@@ -34,6 +34,7 @@ from music.evaluate.pairwise import require_model
 from music.evaluate.stats import wilson_interval
 from music.io import write_json, write_jsonl
 from music.rm.score import RewardScorer
+from music.rm.train import seed_dir
 from music.simulate import SimPrompts, make_event, user_view
 from music.sources.prompts import load_prompts
 
@@ -289,7 +290,8 @@ def _same_model(a, b) -> bool:
 def run_stage(P) -> dict:
     """The best_of_n stage: needs both trained RMs; writes best_of_n.json (+ the games as jsonl)."""
     cfg = P.evaluate
-    model_dirs = {rm: require_model(Path(P.paths.models) / rm, rm) for rm in RMS}
+    # one pair of RMs: each variant's first training seed (Best-of-N is too slow to repeat per seed here)
+    model_dirs = {rm: require_model(seed_dir(P.paths.models, rm, P.train.seeds[0]), rm) for rm in RMS}
     questions = choose_questions(load_prompts(cfg.bon_source), cfg.bon_prompts, cfg.seed)
     turns = cfg.bon_turns or min(len(q["turns"]) for q in questions)
     start = time.perf_counter()

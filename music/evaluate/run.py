@@ -1,67 +1,186 @@
-"""The `evaluate@{variant}` stage: guards first, then every metric, then one atomic write of
-outputs/metrics/{variant}.json."""
+"""The `evaluate@{variant}` stage: every held-out test, scored by each training seed's reward model.
+
+Guards first (the trained models exist; no held-out conversation is a training conversation), then one
+scoring pass per seed over all items (music.evaluate.items) and the reward trajectories of the held-out
+MUSIC pairs, then atomic writes:
+- outputs/metrics/{variant}.json: numbers only, per test / distance / group, mean and spread over seeds;
+- outputs/evaluation/{variant}/items.csv: one row per item and seed (the paired comparisons of the
+  plots stage read these), trajectory.csv, and info.json (sources, counts, skip reasons: text).
+"""
 
 from __future__ import annotations
 
-import json
-import time
+import csv
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
-from music.evaluate.pairwise import local_set_accuracy, pairwise_accuracy, require_model
+from music.evaluate.items import GROUPS, Item, item_rows, items_from_pairs, score_items, summarize_rows
+from music.evaluate.pairwise import local_pairs, require_model
 from music.evaluate.rewardbench import load_rewardbench_pairs, score_rewardbench
-from music.evaluate.sensitivity import load_eval_conversations, sensitivity_accuracy
-from music.io import write_json
+from music.evaluate.stats import spread
+from music.evaluate.swap import load_eval_conversations, swap_pairs
+from music.io import atomic_path, write_json
 from music.rm.score import RewardScorer
+from music.rm.train import seed_dir
+from music.schema import PreferencePair, user_turns
 from music.seeding import SEED_FILES, check_disjoint, read_conversation_ids
 from music.store import read_pairs
 
+ITEM_FIELDS = ("variant", "seed", "test", "item_id", "source", "distance", "group", "chosen_score", "rejected_score", "correct")
+TRAJECTORY_FIELDS = ("variant", "seed", "pair_id", "relative_turn", "chosen_score", "rejected_score", "gap", "score_sd")
 
-def evaluate_variant(P, variant: str, *, scorer=None) -> dict:
-    """Run every evaluation for one trained RM and write outputs/metrics/{variant}.json.
 
-    `scorer` (anything with .score(conversations) -> list[float]) replaces the trained model in tests;
-    the checkpoint checks still run.
+@dataclass(frozen=True)
+class TrajectoryPoint:
+    """The two branches of a held-out MUSIC pair cut after one assistant turn, `relative_turn` turns after
+    the divergence (-1 = the turn before it: both prefixes are still identical)."""
+
+    pair_id: str
+    relative_turn: int
+    chosen: list[dict]
+    rejected: list[dict]
+
+
+def trajectory_points(pairs: Sequence[PreferencePair]) -> list[TrajectoryPoint]:
+    out = []
+    for p in pairs:
+        g = int(p.meta["divergence_turn"])
+        for t in range(max(1, g - 1), user_turns(p.chosen) + 1):
+            out.append(TrajectoryPoint(str(p.meta["pair_id"]), t - g, _through_turn(p.chosen, t), _through_turn(p.rejected, t)))
+    return out
+
+
+def _through_turn(conv: list[dict], turn: int) -> list[dict]:
+    """The conversation up to the assistant reply of its `turn`-th user turn."""
+    seen = 0
+    for i, m in enumerate(conv):
+        seen += m["role"] == "user"
+        if seen == turn and m["role"] == "assistant":
+            return conv[: i + 1]
+    raise ValueError(f"conversation has no assistant reply in user turn {turn}")
+
+
+def load_items(P) -> tuple[list[Item], list[PreferencePair], dict]:
+    """(items of every test, held-out MUSIC pairs, info): every held-out input checked against the training
+    seeds' conversations before anything is scored."""
+    cfg, paths = P.evaluate, P.paths
+    train_ids = read_conversation_ids(Path(paths.seeds) / SEED_FILES["train"])
+    info: dict = {"sources": {}, "skipped": {}}
+    items: list[Item] = []
+    loaded = {}
+    for name, test in (("quality_eval", "quality"), ("music_eval", "music")):
+        src = Path(paths.pairs) / name
+        pairs = read_pairs(src)
+        check_disjoint(((p.meta.get("pair_id", i), p.meta.get("conversation_id")) for i, p in enumerate(pairs)),
+                       train_ids, source=str(src))
+        loaded[test] = pairs
+        items += items_from_pairs(test, pairs)
+        info["sources"][test] = str(src)
+    conv_path = Path(paths.seeds) / SEED_FILES["eval_conversations"]
+    conversations = load_eval_conversations(conv_path, limit=cfg.swap_conversations)
+    check_disjoint(((c["conversation_id"], c["conversation_id"]) for c in conversations), train_ids, source=str(conv_path))
+    swapped, counts = swap_pairs(conversations, max_distance=cfg.swap_max_distance, seed=cfg.seed)
+    items += [Item("swap", f"{p.conversation_id}:{p.distance}", p.distance, p.intact, p.swapped, "sharegpt") for p in swapped]
+    info["sources"]["swap"] = str(conv_path)
+    info["swap"] = counts
+    for name, path in sorted(cfg.local_sets.items()):
+        pairs, skipped = local_pairs(name, path, limit=cfg.local_set_limit)
+        if pairs is None:
+            info["skipped"][name] = skipped
+            continue
+        items += items_from_pairs(name, pairs, source=name)
+        info["sources"][name] = str(path)
+        info[f"{name}_malformed_records_skipped"] = skipped
+    return items, loaded["music"], info
+
+
+ScorerFactory = Callable[[Path], object]
+
+
+def evaluate_variant(P, variant: str, *, make_scorer: ScorerFactory | None = None) -> dict:
+    """Score every test with each seed's RM of `variant`; write the metrics, items, trajectory and info files.
+
+    `make_scorer(model_dir)` replaces RewardScorer (tests pass fakes); the checkpoint checks still run.
     """
     cfg, paths = P.evaluate, P.paths
-    model_dir = require_model(Path(paths.models) / variant, variant)
-    train_metrics_path = model_dir / "train_metrics.json"
-    train_ids = read_conversation_ids(Path(paths.seeds) / SEED_FILES["train"])
+    model_dirs = {s: require_model(seed_dir(paths.models, variant, s), f"{variant} (seed {s})") for s in P.train.seeds}
+    items, music_pairs, info = load_items(P)
+    points = trajectory_points(music_pairs)
+    point_items = [Item("trajectory", f"{p.pair_id}@{p.relative_turn}", 1, p.chosen, p.rejected) for p in points]
+    rewardbench = load_rewardbench_pairs(cfg.rewardbench_path) if (cfg.rewardbench or cfg.rewardbench_path) else None
+    if rewardbench is None:
+        info["skipped"]["rewardbench"] = "evaluate.rewardbench is false and no rewardbench_path (the hub is unreachable offline)"
+    make_scorer = make_scorer or (lambda d: RewardScorer(str(d), batch_size=cfg.batch_size, max_length=cfg.max_length,
+                                                        dtype=cfg.dtype))
 
-    # Load every held-out input and check it against the training seeds before scoring anything.
-    pairs = []
-    for name in ("d_eval", "music_eval"):
-        src = Path(paths.pairs) / name
-        loaded = read_pairs(src)
-        check_disjoint(((i, p.meta.get("conversation_id")) for i, p in enumerate(loaded)), train_ids, source=str(src))
-        pairs += loaded
-    conv_path = Path(paths.seeds) / SEED_FILES["eval_conversations"]
-    conversations = load_eval_conversations(conv_path, limit=cfg.sensitivity_conversations)
-    check_disjoint(((i, c["conversation_id"]) for i, c in enumerate(conversations)), train_ids, source=str(conv_path))
-
-    if scorer is None:
-        scorer = RewardScorer(str(model_dir), batch_size=cfg.batch_size, max_length=cfg.max_length, dtype=cfg.dtype)
-    start = time.perf_counter()
-    metrics: dict = {"variant": variant, "model_dir": str(model_dir)}
-    metrics["pairwise"] = pairwise_accuracy(scorer, pairs)
-    metrics["sensitivity"] = sensitivity_accuracy(
-        scorer, conversations, max_distance=cfg.sensitivity_max_distance, seed=cfg.seed
-    )
-    if cfg.rewardbench_path or cfg.rewardbench:
-        metrics["rewardbench"] = score_rewardbench(
-            scorer, load_rewardbench_pairs(cfg.rewardbench_path), source=cfg.rewardbench_path or "hub"
-        )
-    else:
-        metrics["rewardbench"] = {
-            "skipped": "evaluate.rewardbench is false and no rewardbench_path (the hub is unreachable offline)"
-        }
-    metrics["local"] = local_set_accuracy(scorer, cfg.local_sets, limit=cfg.local_set_limit)
-    metrics["train"] = {k: v for k, v in _read_json(train_metrics_path).items() if isinstance(v, (int, float))}
-    metrics["seconds"] = round(time.perf_counter() - start, 1)
+    rows, traj_rows, per_seed, rb = [], [], {}, {}
+    for s, model_dir in model_dirs.items():
+        scorer = make_scorer(model_dir)
+        scores = score_items(scorer, items + point_items)
+        seed_rows = item_rows(items, scores[: len(items)], variant=variant, seed=s)
+        rows += seed_rows
+        per_seed[s] = summarize_rows(seed_rows)
+        traj = scores[len(items):]
+        sd = spread([x for pair in scores for x in pair])["sd"] or 1.0
+        traj_rows += [{"variant": variant, "seed": s, "pair_id": p.pair_id, "relative_turn": p.relative_turn,
+                       "chosen_score": round(c, 6), "rejected_score": round(r, 6), "gap": round(c - r, 6),
+                       "score_sd": round(sd, 6)} for p, (c, r) in zip(points, traj)]
+        if rewardbench is not None:
+            rb[s] = score_rewardbench(scorer, rewardbench, source=cfg.rewardbench_path or "hub")
+        del scorer  # one RM in memory at a time (a 9B RM per seed)
+    metrics = seed_summary(per_seed)
+    if rb:
+        metrics["rewardbench"] = {k: spread([r[k] for r in rb.values() if r.get(k) is not None])
+                                  for k in ("Chat", "Chat Hard", "Safety", "Reasoning", "average")}
+    out = Path(paths.evaluation) / variant
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        _write_csv(tmp / "items.csv", ITEM_FIELDS, rows)
+        _write_csv(tmp / "trajectory.csv", TRAJECTORY_FIELDS, traj_rows)
+        write_json(tmp / "info.json", {**info, "variant": variant, "seeds": list(model_dirs),
+                                       "model_dirs": {str(s): str(d) for s, d in model_dirs.items()}})
     write_json(Path(paths.metrics) / f"{variant}.json", metrics)
     return metrics
 
 
-def _read_json(path: Path) -> dict:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return data if isinstance(data, dict) else {}
+def seed_summary(per_seed: dict[int, dict]) -> dict:
+    """Numbers only: per group, test and test@distance, the accuracy's mean/sd/min/max over seeds and the
+    number of items; plus each seed's accuracies."""
+    acc: dict[str, list[float]] = defaultdict(list)
+    n: dict[str, int] = {}
+    for summary in per_seed.values():
+        for g in GROUPS:
+            if g in summary["groups"]:
+                acc[g].append(summary["groups"][g]["accuracy"])
+                n[g] = summary["groups"][g]["n"]
+        for t, v in summary["tests"].items():
+            acc[t].append(v["accuracy"])
+            n[t] = v["n"]
+            for d, dv in v["by_distance"].items():
+                acc[f"{t}@{d}"].append(dv["accuracy"])
+                n[f"{t}@{d}"] = dv["n"]
+    return {
+        "accuracy": {k: {**spread(v), "n_items": n[k]} for k, v in sorted(acc.items())},
+        "per_seed": {str(s): {k: v["accuracy"] for k, v in summary["groups"].items()} for s, summary in per_seed.items()},
+    }
 
+
+def _write_csv(path: Path, fields: Sequence[str], rows: Sequence[dict]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(fields), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def hardest_items(P, variant: str, k: int = 3, tests: Sequence[str] = ("quality", "swap")) -> list[tuple[Item, float]]:
+    """The `k` items of `tests` this variant gets most wrong: the lowest chosen - rejected score, averaged
+    over seeds (read from its items.csv; the conversations rebuilt with load_items)."""
+    import pandas as pd
+
+    rows = pd.read_csv(Path(P.paths.evaluation) / variant / "items.csv", dtype={"item_id": str})
+    rows = rows[rows["test"].isin(tests)]
+    margin = (rows["chosen_score"] - rows["rejected_score"]).groupby([rows["test"], rows["item_id"]]).mean().sort_values()
+    items = {(it.test, it.item_id): it for it in load_items(P)[0]}
+    return [(items[key], float(m)) for key, m in margin.head(k).items() if key in items]

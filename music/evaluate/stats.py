@@ -56,3 +56,33 @@ def accuracy_summary(correct: Sequence[bool]) -> dict:
         "ci_low": None if n == 0 else lo,
         "ci_high": None if n == 0 else hi,
     }
+
+
+def paired_difference(base: Sequence[float], other: Sequence[float], *, n_boot: int = 2000, alpha: float = 0.05,
+                      seed: int = 0) -> dict:
+    """Mean of other - base over paired items, with a seeded percentile-bootstrap interval over items.
+
+    base[i] and other[i] are the same item's values (e.g. its accuracy averaged over training seeds) for
+    two models; resampling items keeps each pair together, so item difficulty cancels.
+    """
+    import numpy as np
+
+    if len(base) != len(other):
+        raise ValueError(f"{len(base)} base values but {len(other)} paired values")
+    d = np.asarray(other, dtype=float) - np.asarray(base, dtype=float)
+    if d.size == 0:
+        return {"diff": None, "ci_low": None, "ci_high": None, "n": 0}
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return {"diff": float(d.mean()), "ci_low": float(lo), "ci_high": float(hi), "n": int(d.size)}
+
+
+def spread(values: Sequence[float]) -> dict:
+    """Mean, sample standard deviation, min and max (e.g. of one accuracy over training seeds)."""
+    vals = [float(v) for v in values]
+    if not vals:
+        return {"mean": None, "sd": None, "min": None, "max": None, "n": 0}
+    mean = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return {"mean": mean, "sd": sd, "min": min(vals), "max": max(vals), "n": len(vals)}

@@ -218,7 +218,7 @@ def _lora_config(cfg: TrainConfig, n_layers: int):
     )
 
 
-def _load_transformers(cfg: TrainConfig, path: str, tok, device):
+def _load_transformers(cfg: TrainConfig, path: str, tok, device, seed: int):
     import torch
     from peft import get_peft_model
     from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -227,7 +227,7 @@ def _load_transformers(cfg: TrainConfig, path: str, tok, device):
     _cut_config(config, cfg.num_layers)
     config.pad_token_id = tok.pad_token_id
     dtype = training_dtype(cfg, config, cuda=str(device).startswith("cuda"))
-    torch.manual_seed(cfg.seed)  # the new score head's init
+    torch.manual_seed(seed)  # the new score head's init
     with _quiet_transformers():
         model = AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=getattr(torch, dtype))
     if len(tok) > model.get_input_embeddings().weight.shape[0]:
@@ -236,13 +236,13 @@ def _load_transformers(cfg: TrainConfig, path: str, tok, device):
     if use_gradient_checkpointing(cfg.gradient_checkpointing, sum(p.numel() for p in model.parameters())):
         enable_gradient_checkpointing(model)
     if cfg.lora:
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(seed)
         model = get_peft_model(model, _lora_config(cfg, config.num_hidden_layers))
     float32_head(model)
     return model
 
 
-def _load_unsloth(cfg: TrainConfig, path: str, tok):
+def _load_unsloth(cfg: TrainConfig, path: str, tok, seed: int):
     import torch
     from transformers import AutoConfig
     from unsloth import FastLanguageModel  # imported first by choose_backend
@@ -282,24 +282,25 @@ def _load_unsloth(cfg: TrainConfig, path: str, tok):
             layers_to_transform=layers,
             bias="none",
             use_gradient_checkpointing="unsloth" if ckpt else False,
-            random_state=cfg.seed,
+            random_state=seed,
         )
     float32_head(model)
     return model
 
 
-def load_reward_model(cfg: TrainConfig, device: str | None = None) -> tuple[Any, Any, dict]:
-    """Build the trainable reward model; returns (model, tokenizer, info) with the backend and why."""
+def load_reward_model(cfg: TrainConfig, device: str | None = None, seed: int = 0) -> tuple[Any, Any, dict]:
+    """Build the trainable reward model (head and LoRA initialised from `seed`); returns (model, tokenizer,
+    info) with the backend and why."""
     choice = choose_backend(cfg.backend)
     path = resolve_model_path(cfg.backbone)
     tok = load_tokenizer(cfg.backbone, padding_side="right")
     added_pad = ensure_distinct_pad(tok)
     if choice.name == "unsloth":
-        model = _load_unsloth(cfg, path, tok)
+        model = _load_unsloth(cfg, path, tok, seed)
         device = "cuda"
     else:
         device = device or ("cuda" if _cuda_available() else "cpu")
-        model = _load_transformers(cfg, path, tok, device)
+        model = _load_transformers(cfg, path, tok, device, seed)
     assert_reward_head(model)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from music.config import TrainConfig
-from music.io import atomic_path, dumps_canonical
-from music.rm.data import EncodedPair, collate_pairs, encode_pairs, length_grouped_batches, mix_pairs
+from music.io import atomic_path, dumps_canonical, write_json
+from music.rm.data import EncodedPair, collate_pairs, encode_pairs, length_grouped_batches, load_variant_pairs, mix_pairs
 from music.rm.model import load_reward_model, merged_model, reward_scores
 
 CHECKPOINT = "checkpoint.pt"
@@ -45,10 +45,11 @@ def bt_loss(chosen, rejected, margin: float = 0.0, center_coef: float = 0.0):
     return loss, acc
 
 
-def fingerprint(cfg: TrainConfig, variant: str, pairs: list) -> str:
-    """Hash of everything that decides the result (save_every only decides where we can resume)."""
-    conf = {k: v for k, v in asdict(cfg).items() if k != "save_every"}
-    h = hashlib.sha256(dumps_canonical({"config": conf, "variant": variant}).encode())
+def fingerprint(cfg: TrainConfig, variant: str, pairs: list, seed: int) -> str:
+    """Hash of everything that decides the result (save_every only decides where we can resume; `seeds`
+    lists the other runs)."""
+    conf = {k: v for k, v in asdict(cfg).items() if k not in ("save_every", "seeds")}
+    h = hashlib.sha256(dumps_canonical({"config": conf, "variant": variant, "seed": seed}).encode())
     for p in pairs:
         h.update(json.dumps(p.to_record(), sort_keys=True, default=str, ensure_ascii=False).encode())
     return h.hexdigest()
@@ -65,7 +66,7 @@ def lr_lambda(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
     return f
 
 
-def plan_batches(encoded: list[EncodedPair], cfg: TrainConfig) -> tuple[list[list[int]], int]:
+def plan_batches(encoded: list[EncodedPair], cfg: TrainConfig, seed: int = 0) -> tuple[list[list[int]], int]:
     """The whole run's micro-batches (indices into `encoded`) and the number of optimizer steps."""
     lengths = [p.length for p in encoded]
     per_epoch = math.ceil(len(encoded) / cfg.batch_size)
@@ -73,7 +74,7 @@ def plan_batches(encoded: list[EncodedPair], cfg: TrainConfig) -> tuple[list[lis
     micro: list[list[int]] = []
     epoch = 0
     while len(micro) < steps * cfg.grad_accum:
-        micro += length_grouped_batches(lengths, cfg.batch_size, cfg.seed, epoch, group=cfg.length_grouping)
+        micro += length_grouped_batches(lengths, cfg.batch_size, seed, epoch, group=cfg.length_grouping)
         epoch += 1
     return micro[: steps * cfg.grad_accum], steps
 
@@ -82,8 +83,9 @@ def plan_batches(encoded: list[EncodedPair], cfg: TrainConfig) -> tuple[list[lis
 class TrainOutcome:
     model: Any  # the training model (PEFT-wrapped when LoRA)
     tokenizer: Any
-    metrics: dict
+    metrics: dict  # deterministic: the same config and data give the same values
     curve: list[dict] = field(default_factory=list)
+    timing: dict = field(default_factory=dict)  # wall clock and resume history: never in a tracked output
 
 
 # ---------------------------------------------------------------- resume state
@@ -154,30 +156,31 @@ def run_training(
     callback: StepCallback | None = None,
     device: str | None = None,
     progress: bool = True,
+    seed: int = 0,
 ) -> TrainOutcome:
-    """Train one variant; returns the in-memory model, its tokenizer, metrics and curve rows."""
+    """Train one variant with one seed; returns the in-memory model, its tokenizer, metrics and curve rows."""
     import numpy as np
     import torch
     from tqdm.auto import tqdm
 
     if variant not in cfg.variants:
         raise ValueError(f"unknown variant {variant!r}; train.variants has {sorted(cfg.variants)}")
-    pairs, n_per_kind = mix_pairs(pairs_by_kind, cfg.variants[variant], cfg.music_ratio, cfg.seed)
-    fp = fingerprint(cfg, variant, pairs)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    pairs, n_per_kind = mix_pairs(pairs_by_kind, cfg.variants[variant], cfg.music_ratio, seed)
+    fp = fingerprint(cfg, variant, pairs, seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
-    model, tok, info = load_reward_model(cfg, device=device)
+    model, tok, info = load_reward_model(cfg, device=device, seed=seed)
     dev = next(model.parameters()).device
     encoded, trunc = encode_pairs(tok, pairs, cfg.max_length, source=f"pairs for variant {variant!r}")
-    micro, total_steps = plan_batches(encoded, cfg)
+    micro, total_steps = plan_batches(encoded, cfg, seed)
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, cfg.warmup_ratio))
 
-    folder = Path(resume_dir) / f"{variant}-{fp[:16]}" if resume_dir else None
+    folder = Path(resume_dir) / f"{variant}-seed{seed}-{fp[:16]}" if resume_dir else None
     state = {"step": 0, "curve": [], "real_tokens": 0, "padded_tokens": 0, "seconds": 0.0, "resumed_from": None}
     blob = load_checkpoint(folder, model, optimizer, scheduler, fp) if folder else None
     if blob:
@@ -221,23 +224,28 @@ def run_training(
     window = curve[-max(1, math.ceil(len(curve) / 10)):]
     metrics = {
         "variant": variant,
+        "seed": seed,
         "final_loss": float(np.mean([r["loss"] for r in window])),
         "final_accuracy": float(np.mean([r["accuracy"] for r in window])),
         "last_step_loss": curve[-1]["loss"],
         "steps": total_steps,
         "pairs": len(pairs),
         "pairs_per_kind": n_per_kind,
+        "padding_share": round(1 - state["real_tokens"] / state["padded_tokens"], 4) if state["padded_tokens"] else 0.0,
+        "truncation": trunc,
+        "backend": info,
+        "config": {**asdict(cfg), "seed": seed},
+        "fingerprint": fp,
+    }
+    timing = {
+        "variant": variant,
+        "seed": seed,
         "train_seconds": round(state["seconds"], 2),
         "seconds_per_step": round(state["seconds"] / total_steps, 3),  # resumed runs carry earlier time
         "tokens_per_s": round(state["real_tokens"] / state["seconds"], 1) if state["seconds"] else None,
-        "padding_share": round(1 - state["real_tokens"] / state["padded_tokens"], 4) if state["padded_tokens"] else 0.0,
         "resumed_from_step": state["resumed_from"],
-        "truncation": trunc,
-        "backend": info,
-        "config": asdict(cfg),
-        "fingerprint": fp,
     }
-    return TrainOutcome(model, tok, metrics, curve)
+    return TrainOutcome(model, tok, metrics, curve, timing)
 
 
 def write_curve(path: Path, curve: list[dict]) -> None:
@@ -275,10 +283,42 @@ def train_reward_model(
     callback: StepCallback | None = None,
     device: str | None = None,
     progress: bool = True,
+    seed: int = 0,
 ) -> dict:
-    """Train a variant, save the merged model to out_dir, drop its resume checkpoint; returns metrics."""
-    outcome = run_training(cfg, pairs_by_kind, variant, resume_dir, callback, device, progress)
+    """Train a variant with one seed, save the merged model to out_dir, drop its resume checkpoint.
+
+    Returns the metrics saved in train_metrics.json plus, under "timing", the wall-clock numbers that
+    are kept out of the (DVC-tracked) model folder so a rerun writes identical bytes.
+    """
+    outcome = run_training(cfg, pairs_by_kind, variant, resume_dir, callback, device, progress, seed)
     save_reward_model(outcome, out_dir)
     if resume_dir:
-        shutil.rmtree(Path(resume_dir) / f"{variant}-{outcome.metrics['fingerprint'][:16]}", ignore_errors=True)
-    return outcome.metrics
+        shutil.rmtree(Path(resume_dir) / f"{variant}-seed{seed}-{outcome.metrics['fingerprint'][:16]}", ignore_errors=True)
+    return {**outcome.metrics, "timing": outcome.timing}
+
+
+def seed_dir(models_dir: str | Path, variant: str, seed: int) -> Path:
+    """Where the model of one variant and training seed lives: {models}/{variant}/seed{seed}."""
+    return Path(models_dir) / variant / f"seed{seed}"
+
+
+def train_variant(P, variant: str, *, progress: bool = True) -> list[dict]:
+    """The train@{variant} stage: one model per seed in train.seeds; wall-clock times go to
+    {paths.reports}/timings/train_{variant}.json (untracked). Returns each seed's metrics."""
+    cfg = P.train
+    if variant not in cfg.variants:
+        raise ValueError(f"unknown variant {variant!r}; train.variants has {sorted(cfg.variants)}")
+    pairs_by_kind = load_variant_pairs(P.paths.pairs, cfg.variants[variant], split="train")
+    runs = [train_reward_model(cfg, pairs_by_kind, seed_dir(P.paths.models, variant, s),
+                               resume_dir=Path(P.paths.cache) / "rm_resume", variant=variant, progress=progress, seed=s)
+            for s in cfg.seeds]
+    write_json(Path(P.paths.reports) / "timings" / f"train_{variant}.json", [r["timing"] for r in runs])
+    return runs
+
+
+def load_variant_runs(P, variant: str) -> list[dict] | None:
+    """The saved train_metrics.json of every seed of a variant, or None when one is missing (train first)."""
+    paths = [seed_dir(P.paths.models, variant, s) / "train_metrics.json" for s in P.train.seeds]
+    if not all(p.is_file() for p in paths):
+        return None
+    return [json.loads(p.read_text(encoding="utf-8")) for p in paths]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from music.schema import PreferencePair
 from music.sources.hh import load_hh, parse_hh_transcript
-from music.sources.mtbench import load_mtbench_questions
+from music.sources.mtbench import load_mtbench_questions, load_mtbench_references
 from music.sources.preference import load_preference_pairs, load_rewardbench, load_skywork, load_ultrafeedback
 from music.sources.sharegpt import RealConversation, load_sharegpt
 
@@ -38,7 +38,8 @@ def load_conversations(kind: str, location: str | Path, *, split: str = "train",
 
 
 __all__ = [
-    "PAIR_LOADERS", "RealConversation", "load_conversations", "load_hh", "load_mtbench_questions", "load_pairs",
+    "PAIR_LOADERS", "RealConversation", "load_conversations", "load_hh", "load_mtbench_questions",
+    "load_mtbench_references", "load_pairs",
     "load_preference_pairs", "load_rewardbench", "load_sharegpt", "load_skywork", "load_ultrafeedback",
     "parse_hh_transcript",
 ]

@@ -1,0 +1,103 @@
+"""Swapped history: does the RM notice that one earlier reply answers another conversation?
+
+From whole held-out real conversations, replace ONE assistant reply with a real assistant reply taken
+from another held-out conversation, like for like: the same kind of author (both are the source's
+assistant replies) and a length within +-`length_tolerance` of the reply it replaces, so length and
+style carry no signal; only whether the reply answers *this* conversation does. Every other message is
+kept. The intact conversation should score higher. Distance = how many assistant turns from the end
+the swap sits: 1 = the last reply (an ordinary last-turn judgement), >= 2 = an earlier turn, the final
+reply identical in both.
+
+How to read it: a decoder RM scored on the last token sees the whole history, so its scores for the
+two conversations essentially never tie. An RM that ignores the history therefore sits at chance
+(about 50%) at distance >= 2, not at 0; one that reads the history climbs above 50%.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from music.errors import DataError
+from music.evaluate.stats import accuracy_summary, strict_wins
+from music.io import read_jsonl
+from music.schema import validate_conversation
+
+LENGTH_TOLERANCE = 0.2  # a donor reply's length is within +-20% of the replaced one
+
+
+@dataclass
+class SwappedPair:
+    conversation_id: str
+    distance: int  # 1 = the last assistant reply was replaced
+    intact: list[dict]
+    swapped: list[dict]
+    donor_id: str  # the conversation the replacement reply came from
+
+
+def load_eval_conversations(path: str | Path, limit: int | None = None) -> list[dict]:
+    """{"conversation_id", "messages"} records, cut to end on an assistant turn."""
+    out = []
+    for lineno, rec in read_jsonl(path):
+        where = f"line {lineno}"
+        if not isinstance(rec, dict) or "conversation_id" not in rec:
+            raise DataError(path, where, "conversation_id", "missing field")
+        msgs = validate_conversation(rec.get("messages"), source=str(path), record=where)
+        if msgs[-1]["role"] == "user":
+            msgs = msgs[:-1]
+        if sum(m["role"] == "assistant" for m in msgs) >= 1:
+            out.append({"conversation_id": str(rec["conversation_id"]), "messages": msgs})
+        if limit and len(out) >= limit:
+            break
+    return out
+
+
+def swap_pairs(conversations: Sequence[dict], *, max_distance: int, seed: int,
+               length_tolerance: float = LENGTH_TOLERANCE) -> tuple[list[SwappedPair], dict]:
+    """(pairs, counts): one swapped copy per conversation and distance 1..min(assistant turns, max_distance).
+
+    A (conversation, distance) with no donor reply of matching length is skipped and counted.
+    """
+    if len(conversations) < 2:
+        raise ValueError("swapping needs at least two conversations (the replacement comes from another one)")
+    donors = [(c["conversation_id"], m["content"]) for c in conversations for m in c["messages"] if m["role"] == "assistant"]
+    out, skipped = [], Counter()
+    for conv in conversations:
+        msgs = conv["messages"]
+        assistant_idx = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+        for distance in range(1, min(len(assistant_idx), max_distance) + 1):
+            target = assistant_idx[-distance]
+            n = len(msgs[target]["content"])
+            pool = [d for d in donors if d[0] != conv["conversation_id"] and d[1] != msgs[target]["content"]
+                    and abs(len(d[1]) - n) <= length_tolerance * n]
+            if not pool:
+                skipped[distance] += 1
+                continue
+            # A per-(conversation, distance) RNG: adding conversations does not reshuffle the others.
+            donor_id, reply = random.Random(f"{seed}:{conv['conversation_id']}:{distance}").choice(pool)
+            bad = [dict(m) for m in msgs]
+            bad[target] = {"role": "assistant", "content": reply}
+            out.append(SwappedPair(conv["conversation_id"], distance, msgs, bad, donor_id))
+    return out, {"pairs": len(out), "skipped_no_donor_by_distance": {str(d): n for d, n in sorted(skipped.items())}}
+
+
+def swap_accuracy(scorer, conversations: Sequence[dict], *, max_distance: int, seed: int) -> dict:
+    """{"all", "by_distance": {str(d): summary}, "n_conversations", "skipped_no_donor_by_distance"}."""
+    pairs, counts = swap_pairs(conversations, max_distance=max_distance, seed=seed)
+    intact_ids = sorted({p.conversation_id for p in pairs})
+    intact_by_id = {c["conversation_id"]: c["messages"] for c in conversations}
+    scores = scorer.score([intact_by_id[i] for i in intact_ids] + [p.swapped for p in pairs])
+    intact_score = dict(zip(intact_ids, scores[: len(intact_ids)]))
+    ok = strict_wins([intact_score[p.conversation_id] for p in pairs], scores[len(intact_ids):])
+    by_distance: dict[int, list[bool]] = defaultdict(list)
+    for p, hit in zip(pairs, ok):
+        by_distance[p.distance].append(hit)
+    return {
+        "all": accuracy_summary(ok),
+        "by_distance": {str(d): accuracy_summary(v) for d, v in sorted(by_distance.items())},
+        "n_conversations": len(intact_ids),
+        "skipped_no_donor_by_distance": counts["skipped_no_donor_by_distance"],
+    }

@@ -1,0 +1,113 @@
+"""Swapped history: like-for-like replacement, determinism, and what three kinds of scorer get."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+
+import pytest
+
+from music.evaluate.items import Item, item_rows, score_items, summarize_rows
+from music.evaluate.swap import LENGTH_TOLERANCE, load_eval_conversations, swap_pairs
+
+
+def conversation(cid: str, n_turns: int, rng: random.Random) -> dict:
+    msgs = []
+    for t in range(n_turns):
+        msgs.append({"role": "user", "content": f"{cid} question {t}"})
+        msgs.append({"role": "assistant", "content": f"{cid} answer {t} " + "x" * rng.randint(20, 60)})
+    return {"conversation_id": cid, "messages": msgs}
+
+
+def convs(n: int = 60, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    return [conversation(f"c{i:02d}", 2 + i % 3, rng) for i in range(n)]
+
+
+class HistoryBlindScorer:
+    """Like a real RM that ignores the history: the score depends on the last reply, plus noise from the whole
+    text (a last-token RM's hidden state always carries some), so the two conversations never tie."""
+
+    def score(self, conversations):
+        return [len(c[-1]["content"]) + int(hashlib.sha256(json.dumps(c).encode()).hexdigest()[:8], 16) / 16**8
+                for c in conversations]
+
+
+class LengthScorer:
+    def score(self, conversations):
+        return [float(sum(len(m["content"]) for m in c)) for c in conversations]
+
+
+class HistoryScorer:
+    """+1 per assistant reply that belongs to this conversation (its id starts the first user message)."""
+
+    def score(self, conversations):
+        return [float(sum(m["content"].split()[0] == c[0]["content"].split()[0] for m in c if m["role"] == "assistant"))
+                for c in conversations]
+
+
+def swap_items(conversations, max_distance=3, seed=0):
+    pairs, _ = swap_pairs(conversations, max_distance=max_distance, seed=seed)
+    return [Item("swap", f"{p.conversation_id}:{p.distance}", p.distance, p.intact, p.swapped) for p in pairs]
+
+
+def accuracy_by_distance(scorer, items):
+    rows = item_rows(items, score_items(scorer, items))
+    return {d: v["accuracy"] for d, v in summarize_rows(rows)["tests"]["swap"]["by_distance"].items()}
+
+
+def test_a_swap_replaces_one_reply_like_for_like():
+    pairs, counts = swap_pairs(convs(), max_distance=3, seed=0)
+    assert counts["pairs"] == len(pairs) > 100
+    for p in pairs:
+        diff = [i for i, (a, b) in enumerate(zip(p.intact, p.swapped)) if a != b]
+        assert len(diff) == 1 and len(p.intact) == len(p.swapped)
+        i = diff[0]
+        assert p.swapped[i]["role"] == "assistant" and sum(m["role"] == "assistant" for m in p.intact[i:]) == p.distance
+        assert p.donor_id != p.conversation_id and p.swapped[i]["content"].startswith(p.donor_id)
+        old, new = len(p.intact[i]["content"]), len(p.swapped[i]["content"])
+        assert abs(new - old) <= LENGTH_TOLERANCE * old
+    again, _ = swap_pairs(convs(), max_distance=3, seed=0)
+    other, _ = swap_pairs(convs(), max_distance=3, seed=1)
+    assert [p.swapped for p in again] == [p.swapped for p in pairs]
+    assert [p.swapped for p in other] != [p.swapped for p in pairs]
+
+
+def test_no_donor_of_matching_length_is_skipped_and_counted():
+    rng = random.Random(0)
+    a, b = conversation("a", 2, rng), conversation("b", 2, rng)
+    b["messages"][-1]["content"] = "b " + "y" * 500  # far longer than any of a's replies
+    pairs, counts = swap_pairs([a, b], max_distance=2, seed=0)
+    assert all(not (p.conversation_id == "b" and p.distance == 1) for p in pairs)
+    assert counts["skipped_no_donor_by_distance"]["1"] >= 1
+
+
+def test_a_history_blind_scorer_is_at_chance_not_at_zero():
+    items = swap_items(convs(120))
+    acc = accuracy_by_distance(HistoryBlindScorer(), items)
+    early = [it for it in items if it.distance >= 2]
+    assert len(early) > 150
+    for d in ("2", "3"):
+        assert 0.35 <= acc[d] <= 0.65, acc  # chance, within sampling error (n > 70 per distance)
+
+
+def test_length_carries_no_signal_and_reading_the_history_does():
+    items = swap_items(convs(120))
+    for d, a in accuracy_by_distance(LengthScorer(), items).items():
+        assert 0.35 <= a <= 0.65, (d, a)  # like for like: the swapped reply is as often longer as shorter
+    assert set(accuracy_by_distance(HistoryScorer(), items).values()) == {1.0}
+
+
+def test_needs_two_conversations():
+    with pytest.raises(ValueError, match="two conversations"):
+        swap_pairs(convs(1), max_distance=2, seed=0)
+
+
+def test_loader_trims_a_trailing_user_turn(tmp_path):
+    rec = conversation("x", 2, random.Random(0))
+    rec["messages"].append({"role": "user", "content": "dangling"})
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps(rec) + "\n" + json.dumps(conversation("y", 1, random.Random(1))) + "\n")
+    loaded = load_eval_conversations(path, limit=1)
+    assert len(loaded) == 1 and loaded[0]["messages"][-1]["role"] == "assistant"
