@@ -86,4 +86,6 @@ def test_a_profile_experiment_leaves_the_workspace_alone(tmp_path):
     exps = [e for rev in shown for e in (rev.get("experiments") or []) if e.get("name") == "tiny-seed"]
     assert exps, shown
     params = exps[0]["revs"][0]["data"]["params"]["params.yaml"]["data"]
-    assert params["seed"]["n_train"] == 4 and params["simulate"]["turns"] == 1
+    tiny = load_params(repo / "profiles" / "tiny.yaml")
+    assert params["seed"]["n_train"] == tiny.seed.n_train and params["simulate"]["turns"] == tiny.simulate.turns
+    assert load_params(repo / "params.yaml").seed.n_train != tiny.seed.n_train  # the workspace kept the default

@@ -4,7 +4,8 @@ The server is `transformers serve` running the embedded SmolLM2 from its local c
 (python -m music.chat.serve), on 127.0.0.1, offline. The test kills it with SIGKILL in the middle of
 the simulate stage, restarts it on the same port and reruns the stage: every reply finished before
 the kill comes from the response cache (the restarted server only sees the missing requests), the
-outputs validate, and a third run and the contrast rerun generate nothing. About 1-2 minutes on 2 cores.
+outputs validate, and a third run and the contrast rerun generate nothing. The tiny profile with half its
+seeds (about 40 requests): a few minutes on 2 cores, most of it the 135M model's prefill.
 """
 
 from __future__ import annotations
@@ -91,10 +92,13 @@ def setup(tmp_path_factory):
     url = f"http://127.0.0.1:{port}/v1"
     raw = yaml.safe_load((REPO / "profiles" / "tiny.yaml").read_text())
     raw["paths"] = {name: str(root / name) for name in Paths.__dataclass_fields__}
+    raw["seed"].update(n_train=2, n_eval=1)  # half the tiny profile's seeds: about 40 requests, not 80 (make test time)
     served = {"backend": "openai", "model": model_path, "base_urls": [url], "api_key_env": "MUSIC_TEST_NO_KEY",
               "max_concurrency": 2, "timeout_s": 120, "max_retries": 1, "backoff_s": 0.2}
     for section, role in (("simulate", "user"), ("simulate", "assistant"), ("contrast", "contrast")):
-        raw[section][role] = {**raw[section][role], **served}
+        # transformers serve answers 422 to fields outside OpenAI's API, such as repetition_penalty
+        # (vLLM and SGLang accept it): the served roles sample without it
+        raw[section][role] = {**raw[section][role], **served, "repetition_penalty": 1.0}
     P = from_dict(Params, raw, "tiny (served)")
     from music.seeding import run_seed_stage
 
