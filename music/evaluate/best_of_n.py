@@ -331,5 +331,5 @@ def run_stage(P) -> dict:
     }
     metrics = Path(P.paths.metrics)
     write_json(metrics / "best_of_n.json", result)
-    write_jsonl(metrics / "best_of_n_games.jsonl", (game_record(g) for g in games))
+    write_jsonl(Path(P.paths.evaluation) / "best_of_n_games.jsonl", (game_record(g) for g in games))  # dvc.yaml outs
     return result
