@@ -143,11 +143,16 @@ class SimulateConfig(_Checked):
     user: ChatModelConfig = _chat(max_new_tokens=32)  # the simulated user (roles swapped: notebook 01)
     assistant: ChatModelConfig = _chat(max_new_tokens=48)  # the assistant (the policy being simulated)
     turns: int = 3  # simulated turns after the seed context (5 in the paper)
+    # eval seeds simulated for the held-out MUSIC pairs (null: all); the others serve only the held-out
+    # last-turn and quality pairs, which need no simulation
+    max_eval_conversations: int | None = 16
     trim_truncated: bool = True  # a reply cut by max_new_tokens is trimmed to its last full sentence
     seed: int = 0  # per-call sampling seeds derive from it
 
     def validate(self) -> None:
         self._require(self.turns >= 1, "turns", f"must be >= 1, got {self.turns}")
+        self._require(self.max_eval_conversations is None or self.max_eval_conversations >= 0, "max_eval_conversations",
+                      f"must be >= 0 or null, got {self.max_eval_conversations}")
 
 
 @dataclass

@@ -216,11 +216,17 @@ def make_backends(P: Params, *, cache: bool = True) -> tuple[Chat, Chat]:
 
 
 def run_simulate(P: Params, *, splits: Sequence[str] = SPLITS, backends: tuple[Chat, Chat] | None = None) -> dict:
-    """Read outputs/seeds/{split}.jsonl, write outputs/conversations/{split}; returns a summary."""
+    """Read outputs/seeds/{split}.jsonl, write outputs/conversations/{split}; returns a summary.
+
+    The eval split simulates only its first `simulate.max_eval_conversations` seeds (the held-out MUSIC
+    pairs); every eval seed still serves the held-out last-turn and quality pairs, which need no simulation.
+    """
     user, assistant = backends or make_backends(P)
     summary = {}
     for split in splits:
         seeds = read_seeds(Path(P.paths.seeds) / f"{split}.jsonl")
+        if split == "eval" and P.simulate.max_eval_conversations is not None:
+            seeds = seeds[: P.simulate.max_eval_conversations]
         records = simulate_seeds(seeds, user, assistant, P.simulate, split=split)
         save_records(records, Path(P.paths.conversations) / split, conversation_features())
         summary[split] = {"conversations": len(records), "failed": sum(r["failure"] is not None for r in records)}

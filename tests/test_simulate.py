@@ -156,3 +156,14 @@ def test_same_seed_gives_byte_identical_outputs_on_the_embedded_model(tmp_path):
     recs = load_records(tmp_path / "conv0" / "train")
     assert len(recs) == 2 and all(r["models"]["user"].startswith("transformers:") for r in recs)
     assert all(len(r["events"]) >= 1 for r in recs)
+
+
+def test_only_the_first_eval_seeds_are_simulated(tmp_path):
+    from music.store import load_records
+
+    P = write_seed_files(tmp_path, n_train=2, n_eval=3)
+    P.simulate.turns = 1
+    P.simulate.max_eval_conversations = 1
+    summary = run_simulate(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant")))
+    assert summary["train"]["conversations"] == 2 and summary["eval"]["conversations"] == 1
+    assert [r["seed_id"] for r in load_records(Path(P.paths.conversations) / "eval")] == ["eval-s0"]
