@@ -182,11 +182,17 @@ def plan_seed(P: Params, F: Findings) -> dict:
     return out
 
 
+def simulated_conversations(P: Params) -> int:
+    """Seeds the simulate stage continues: every training seed, and eval seeds up to simulate.max_eval_conversations."""
+    cap = P.simulate.max_eval_conversations
+    return P.seed.n_train + (P.seed.n_eval if cap is None else min(cap, P.seed.n_eval))
+
+
 def plan_simulate(P: Params, T: Tokens, F: Findings) -> tuple[dict, list[Load]]:
     sim = P.simulate
     if sim.turns < 1:
         F.error("simulate.turns", f"must be >= 1, got {sim.turns}")
-    n = P.seed.n_train + P.seed.n_eval
+    n = simulated_conversations(P)
     U, A = T.reply(sim.user), T.reply(sim.assistant)
     user, asst = Load("simulate.user", sim.user), Load("simulate.assistant", sim.assistant)
     for s in range(1, sim.turns + 1):
@@ -201,7 +207,7 @@ def plan_contrast(P: Params, T: Tokens, F: Findings) -> tuple[dict, list[Load]]:
     sim, c = P.simulate, P.contrast
     if c.method not in CONTRAST_METHODS:
         F.error("contrast.method", f"must be one of {CONTRAST_METHODS}, got {c.method!r}")
-    n = P.seed.n_train + P.seed.n_eval
+    n = simulated_conversations(P)
     U, A = T.reply(sim.user), T.reply(sim.assistant)
     user, asst = Load("simulate.user", sim.user), Load("simulate.assistant", sim.assistant)
     contrast = Load("contrast.contrast", c.contrast)
@@ -224,7 +230,7 @@ def plan_contrast(P: Params, T: Tokens, F: Findings) -> tuple[dict, list[Load]]:
         F.error("contrast.d_source", str(exc))
         labelled = True
     if c.d_pairs and not labelled:  # D from the seeds: the assistant model's reply to the real next turn
-        asst.add(n, T.sys["assistant_system"] + T.m + T.context + T.next_user, A)
+        asst.add(P.seed.n_train + P.seed.n_eval, T.sys["assistant_system"] + T.m + T.context + T.next_user, A)
     refs = mtbench_reference_count() if c.quality_mtbench else 0
     if refs:  # held-out quality twins: the assistant answers MT-Bench's referenced questions, two turns
         q = T.n(A_MTBENCH_CHARS) + T.m
@@ -446,8 +452,9 @@ def plan_evaluate(P: Params, shape: BackboneShape | None, A: Assumptions, F: Fin
     sharegpt_twins = 2 * s.n_eval if c.d_pairs and parse_d_source(c.d_source) is None else 0
     mt_twins = 2 * mtbench_reference_count() if c.quality_mtbench else 0
     # conversations scored per model (two per pair; upper bounds before filtering)
-    scored = {"quality_twins": 2 * (sharegpt_twins + mt_twins), "music_eval": 2 * s.n_eval,
-              "swap": 2 * conv * e.swap_max_distance, "trajectory": 2 * s.n_eval * P.simulate.turns}
+    music_eval = simulated_conversations(P) - s.n_train
+    scored = {"quality_twins": 2 * (sharegpt_twins + mt_twins), "music_eval": 2 * music_eval,
+              "swap": 2 * conv * e.swap_max_distance, "trajectory": 2 * music_eval * P.simulate.turns}
     if e.rewardbench or e.rewardbench_path:
         scored["rewardbench"] = 2 * 2985
     present = {k: v for k, v in e.local_sets.items() if Path(v).exists()}
