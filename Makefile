@@ -9,12 +9,12 @@ STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test test-fast data install install-browser lab bench clean-outputs
+.PHONY: run plan test test-fast data install install-browser lab bench clean-outputs
 
-$(STAMP): requirements/cpu.txt requirements/data.txt pyproject.toml
+$(STAMP): requirements/cpu.txt requirements/data.txt requirements/serve.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements/cpu.txt
+	$(PY) -m pip install -q -r requirements/cpu.txt -r requirements/serve.txt
 	$(PY) -m pip install -q --no-deps -r requirements/data.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
@@ -32,13 +32,25 @@ install-browser: install
 data: install
 	@$(PY) -m music.materialize
 
+# Check a profile before running it: requests, tokens, GPU memory, hours (no model, no network).
+plan: install
+	$(PY) -m music.plan --params "$(PARAMS)"
+
 # The whole pipeline: seed -> simulate -> contrast -> train (baseline, music) -> evaluate -> plots.
 # `dvc repro` with one line per stage (music/repro.py); each notebook's log: reports/notebooks/*.log.
-run: data
-	@if [ "$(PARAMS)" != "params.yaml" ]; then cp "$(PARAMS)" params.yaml; fi
+# Another profile (PARAMS=profiles/paper.yaml) runs as a DVC experiment in a temporary copy of the
+# repository: params.yaml is never rewritten (music/profile.py); the response cache is shared.
+run: data plan
+ifeq ($(PARAMS),params.yaml)
 	@$(PY) -m music.repro
 	@echo "Headline metrics (all of them: dvc metrics show); figures in outputs/figures/"
 	@dvc metrics show --precision 3 outputs/metrics/summary.json
+else
+	@name=$(basename $(notdir $(PARAMS)))-$$(date +%Y%m%d-%H%M%S); \
+	args=$$($(PY) -m music.profile "$(PARAMS)" --cache-dir .cache/music) || exit 1; \
+	eval dvc exp run --temp -n $$name $$args && \
+	echo "Experiment $$name: dvc exp show; its outputs: dvc exp apply $$name (or dvc exp branch $$name BRANCH)"
+endif
 
 test: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q

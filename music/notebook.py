@@ -30,7 +30,7 @@ from typing import IO, Any, Iterator
 
 import yaml
 
-from music.config import Params, from_dict, load_params
+from music.config import Params, from_dict, load_params, read_params_file
 
 # stage name -> notebook file (one place)
 NOTEBOOKS = {
@@ -310,8 +310,7 @@ def run_stage(stage: str, params_file: str = "params.yaml", variant: str | None 
         raise SystemExit(f"unknown stage {stage!r}; known: {', '.join(NOTEBOOKS)}")
     root = repo_root()
     params_path = Path(params_file)
-    with open(params_path, encoding="utf-8") as fh:
-        raw = yaml.safe_load(fh) or {}
+    raw = read_params_file(params_path)  # floats as DVC writes them (2e-06) read as floats
     from_dict(Params, raw, str(params_path))  # fail fast on typos, before a kernel starts
     # run=True: the stage recomputes its outputs; opened by hand (run=False) a notebook reads those that exist
     parameters: dict[str, Any] = {"params": raw, "params_file": str(params_path), "run": True}

@@ -36,6 +36,7 @@ _ASSISTANT_OPENING = re.compile(
 ROLE_SWAPPED = "roles swapped (the first user message opens like an assistant reply)"
 SAME_CONVERSATION = "another chunk of the same conversation was already drawn"
 NO_PREFIX = "no feasible prefix within the length limits"
+NOT_NEEDED = "not needed (looked at while searching for whole eval conversations)"
 
 
 def base_conversation_id(conversation_id: str) -> str:
@@ -132,7 +133,14 @@ class SeedSet:
 
 
 def draw_seeds(conversations: list[RealConversation], cfg: SeedConfig) -> SeedSet:
-    """Deterministic for a given cfg.seed and input set (input order does not matter)."""
+    """Deterministic for a given cfg.seed and input set (input order does not matter).
+
+    Two passes over one shuffled order. The held-out side first: eval seeds and whole eval
+    conversations (>= 2 assistant turns), independent of n_train. Then training seeds from every
+    conversation the held-out side did not take (nor any chunk of one it took), from the start of
+    the order. On single-turn-heavy sets (Skywork-80K) the search for whole eval conversations runs
+    through most of the data; a single pass that held training back until then starved it.
+    """
     ids = collections.Counter(c.conversation_id for c in conversations)
     dup = sorted(i for i, n in ids.items() if n > 1)
     if dup:
@@ -140,36 +148,53 @@ def draw_seeds(conversations: list[RealConversation], cfg: SeedConfig) -> SeedSe
     pool = sorted(conversations, key=lambda c: c.conversation_id)
     rng = random.Random(cfg.seed)
     rng.shuffle(pool)
-    train, evals, eval_convs = [], [], []
-    skipped = collections.Counter()
-    drawn_bases: set[str] = set()
-    for conv in pool:
-        eval_open = len(evals) < cfg.n_eval or len(eval_convs) < cfg.n_eval_conversations
-        if not eval_open and len(train) >= cfg.n_train:
+    swapped = [roles_swapped(c.messages) for c in pool]
+    bases = [base_conversation_id(c.conversation_id) for c in pool]
+    feasible = [feasible_prefix_lengths(c, cfg) for c in pool]
+    used: dict[int, str] = {}  # pool index -> split
+
+    evals, eval_convs = [], []
+    eval_bases: set[str] = set()
+    examined = 0
+    for i, conv in enumerate(pool):  # pass 1: the held-out side
+        if len(evals) >= cfg.n_eval and len(eval_convs) >= cfg.n_eval_conversations:
             break
-        if roles_swapped(conv.messages):
+        examined = i + 1
+        if swapped[i] or bases[i] in eval_bases:
+            continue
+        if feasible[i] and len(evals) < cfg.n_eval:
+            evals.append(make_seed(conv, rng.choice(feasible[i]), "eval", cfg.max_message_chars))
+            used[i] = "eval"
+        if len(eval_convs) < cfg.n_eval_conversations and eligible_eval_conversation(conv, cfg):
+            eval_convs.append(conv)
+            used[i] = "eval"
+        if i in used:
+            eval_bases.add(bases[i])
+
+    train: list[Seed] = []
+    train_bases: set[str] = set()
+    for i, conv in enumerate(pool):  # pass 2: training seeds from everything else
+        if len(train) >= cfg.n_train:
+            break
+        examined = max(examined, i + 1)
+        if swapped[i] or i in used or bases[i] in eval_bases or bases[i] in train_bases or not feasible[i]:
+            continue
+        train.append(make_seed(conv, rng.choice(feasible[i]), "train", cfg.max_message_chars))
+        used[i] = "train"
+        train_bases.add(bases[i])
+
+    skipped = collections.Counter()  # conversations examined that no split took, by reason
+    for i in range(examined):
+        if i in used:
+            continue
+        if swapped[i]:
             skipped[ROLE_SWAPPED] += 1
-            continue
-        base = base_conversation_id(conv.conversation_id)
-        if base in drawn_bases:  # one conversation feeds one split, whichever of its chunks came first
+        elif bases[i] in eval_bases or bases[i] in train_bases:
             skipped[SAME_CONVERSATION] += 1
-            continue
-        ks = feasible_prefix_lengths(conv, cfg)
-        used = False
-        if eval_open:  # eval is filled first, so it does not change when n_train changes
-            if ks and len(evals) < cfg.n_eval:
-                evals.append(make_seed(conv, rng.choice(ks), "eval", cfg.max_message_chars))
-                used = True
-            if len(eval_convs) < cfg.n_eval_conversations and eligible_eval_conversation(conv, cfg):
-                eval_convs.append(conv)
-                used = True
-        elif ks:
-            train.append(make_seed(conv, rng.choice(ks), "train", cfg.max_message_chars))
-            used = True
-        if used:
-            drawn_bases.add(base)
-        else:
+        elif not feasible[i]:
             skipped[NO_PREFIX] += 1
+        else:
+            skipped[NOT_NEEDED] += 1
     if len(train) < cfg.n_train or len(evals) < cfg.n_eval:
         raise DataError(cfg.path, "-", None,
                         f"only {len(train)} train / {len(evals)} eval seeds fit the limits "
@@ -180,9 +205,11 @@ def draw_seeds(conversations: list[RealConversation], cfg: SeedConfig) -> SeedSe
                    {s.conversation_id for s in train}, source=f"{cfg.path} (drawn seeds)")
     stats = {
         "conversations_in_source": len(conversations),
+        "conversations_examined": examined,
         "train_seeds": len(train),
         "eval_seeds": len(evals),
         "eval_conversations": len(eval_convs),
+        "eval_conversations_missing": max(0, cfg.n_eval_conversations - len(eval_convs)),
         "skipped": dict(skipped),
         "context_turns": dict(sorted(collections.Counter(len(turn_spans(s.context)[1]) for s in train + evals).items())),
     }

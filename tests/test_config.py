@@ -30,6 +30,7 @@ def _pins(lines):
 
 def test_environment_yml_names_the_same_pins_as_requirements():
     req = _pins((REPO / "requirements" / "cpu.txt").read_text().splitlines())
+    req.update(_pins((REPO / "requirements" / "serve.txt").read_text().splitlines()))
     req.update(_pins((REPO / "requirements" / "data.txt").read_text().splitlines()))
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))

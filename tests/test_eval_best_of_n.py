@@ -123,7 +123,71 @@ def test_judge_prompt_keeps_braces_and_both_conversations():
 
 
 def test_choose_questions_is_seeded():
-    qs = [{"question_id": i, "turns": ["a", "b"]} for i in range(20)] + [{"question_id": 99, "turns": ["one"]}]
+    qs = [{"question_id": i, "turns": ["a", "b"]} for i in range(20)] + [{"question_id": 99, "turns": []}]
     a = choose_questions(qs, 8, seed=0)
     assert a == choose_questions(qs, 8, seed=0) != choose_questions(qs, 8, seed=1)
     assert len({q["question_id"] for q in a}) == 8 and 99 not in {q["question_id"] for q in a}
+    with pytest.raises(ValueError, match="bon_prompts"):
+        choose_questions(qs, 21, seed=0)
+
+
+class FakeUser:
+    """A user simulator: its message names the last assistant reply it saw (so it depends on the RM's pick)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, conversations, *, seed=0, max_new_tokens=None, temperature=None, desc=None):
+        self.calls.append(conversations)
+        return [ChatReply(f"Tell me more about {c[-1]['content'].split()[0]}?", "stop") for c in conversations]
+
+
+ONE_TURN = [{"prompt_id": f"p{i}", "turns": [f"p{i} opener"]} for i in range(2)]
+
+
+def test_later_turns_are_written_by_the_user_simulator_from_each_conversation():
+    user, policy = FakeUser(), FakePolicy()
+    scorers = {"baseline": LengthScorer(1.0), "music": LengthScorer(-1.0)}
+    games = run_best_of_n(ONE_TURN, scorers, policy, Judge(reply="[[C]]"), ns=(2, 4), seed=0, policy_max_new_tokens=8,
+                          policy_temperature=0.7, judge_max_new_tokens=8, judge_temperature=0.0, turns=3, user=user)
+    assert len(policy.calls) == 3 and len(user.calls) == 2  # user turns 2 and 3 are simulated
+    for g in games:
+        assert g.question_id in ("p0", "p1")
+        for rm in ("baseline", "music"):
+            conv = g.conversations[rm]
+            assert [m["role"] for m in conv] == ["user", "assistant"] * 3
+            assert conv[0]["content"].endswith("opener")
+            for i in (2, 4):  # each simulated user turn follows this conversation's own previous pick
+                assert conv[i]["content"] == f"Tell me more about {conv[i - 1]['content'].split()[0]}?"
+    # the user model sees the conversation with roles swapped (the simulate stage's view)
+    assert all(c[-1]["role"] == "user" for call in user.calls for c in call)
+
+
+def test_more_turns_than_scripted_need_a_user_simulator():
+    with pytest.raises(ValueError, match="user simulator"):
+        run_best_of_n(ONE_TURN, {"baseline": LengthScorer(), "music": LengthScorer()}, FakePolicy(), Judge(reply="[[C]]"),
+                      ns=(2,), seed=0, policy_max_new_tokens=8, policy_temperature=0.7, judge_max_new_tokens=8,
+                      judge_temperature=0.0, turns=2)
+
+
+def test_reward_models_are_scored_one_at_a_time():
+    from music.evaluate.best_of_n import OneAtATime
+
+    made = []
+
+    def factory(rm, sign):
+        def make():
+            assert pool.name is None and pool.current is None  # the other RM was released first
+            made.append(rm)
+            return LengthScorer(sign)
+        return make
+
+    pool = OneAtATime({"baseline": factory("baseline", 1.0), "music": factory("music", -1.0)})
+    games = run_best_of_n(QUESTIONS, pool, FakePolicy(), Judge(reply="[[C]]"), ns=(2, 4), seed=0, policy_max_new_tokens=8,
+                          policy_temperature=0.7, judge_max_new_tokens=8, judge_temperature=0.0)
+    assert made == ["baseline", "music", "baseline"]  # 2 turns: alternating order, the last RM stays loaded
+    assert pool.loads == 3 and len(games) == 6
+    plain = run_best_of_n(QUESTIONS, {"baseline": LengthScorer(1.0), "music": LengthScorer(-1.0)}, FakePolicy(),
+                          Judge(reply="[[C]]"), ns=(2, 4), seed=0, policy_max_new_tokens=8, policy_temperature=0.7,
+                          judge_max_new_tokens=8, judge_temperature=0.0)
+    assert [g.conversations for g in games] == [g.conversations for g in plain]  # same picks either way

@@ -152,3 +152,37 @@ def test_read_conversation_ids_names_the_missing_file(tmp_path):
         read_conversation_ids(tmp_path / "train.jsonl")
     (tmp_path / "empty.jsonl").write_text("")
     assert read_conversation_ids(tmp_path / "empty.jsonl") == set()
+
+
+def _single_turn_heavy(n_single: int = 300, n_multi: int = 3) -> list:
+    """Skywork-like: mostly one-turn chats, a few with two assistant turns (the only whole eval conversations)."""
+    from music.sources import RealConversation
+
+    def turn(i, t):
+        return [{"role": "user", "content": f"question {i}.{t}"}, {"role": "assistant", "content": f"answer {i}.{t}"}]
+
+    convs = [RealConversation(f"s{i:04d}", "skywork", turn(i, 0)) for i in range(n_single)]
+    convs += [RealConversation(f"m{i}", "skywork", turn(i, 0) + turn(i, 1)) for i in range(n_multi)]
+    return convs
+
+
+def test_single_turn_heavy_sets_do_not_starve_training():
+    cfg = SeedConfig(source="skywork", path="hub:x", n_train=250, n_eval=5, n_eval_conversations=3,
+                     require_next_turn=False, seed=0)
+    convs = _single_turn_heavy()
+    seeds = draw_seeds(convs, cfg)
+    assert len(seeds.train) == 250 and len(seeds.eval) == 5 and len(seeds.eval_conversations) == 3
+    assert {c.conversation_id for c in seeds.eval_conversations} == {"m0", "m1", "m2"}
+    assert "no feasible prefix within the length limits" not in seeds.stats["skipped"]  # nothing misfiled
+    assert seeds.stats["eval_conversations_missing"] == 0
+    # the held-out side does not depend on n_train
+    fewer = draw_seeds(convs, SeedConfig(**{**cfg.__dict__, "n_train": 10}))
+    assert [s.seed_id for s in fewer.eval] == [s.seed_id for s in seeds.eval]
+    assert [c.conversation_id for c in fewer.eval_conversations] == [c.conversation_id for c in seeds.eval_conversations]
+
+
+def test_missing_whole_eval_conversations_are_reported_not_fatal():
+    cfg = SeedConfig(source="skywork", path="hub:x", n_train=100, n_eval=5, n_eval_conversations=10,
+                     require_next_turn=False, seed=0)
+    seeds = draw_seeds(_single_turn_heavy(), cfg)
+    assert len(seeds.train) == 100 and seeds.stats["eval_conversations_missing"] == 7

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from music.config import ChatModelConfig
 from music.io import dumps_canonical
 from music.schema import validate_conversation
+from music.system_role import fold_system, template_accepts_system  # noqa: F401  (re-exported)
 
 # Bump when a change in generation code changes what a cached key would produce.
 CACHE_VERSION = 1
@@ -83,6 +84,7 @@ class ChatBackend(ABC):
         self.cfg = cfg
         self.cache = cache  # music.chat.cache.ResponseCache | None
         self.units_generated = 0  # units actually run (not served from the cache), for tests and logs
+        self.fold_system = cfg.system_role == "fold"  # backends may decide more (see TransformersChat)
 
     # --- what a backend implements -------------------------------------------------------------
     @abstractmethod
@@ -99,6 +101,10 @@ class ChatBackend(ABC):
     @abstractmethod
     def run(self, units: list[Unit], params: SamplingParams) -> Iterator[tuple[Unit, list[ChatReply]]]:
         """Generate each unit; yield (unit, replies in the unit's order) as each one finishes."""
+
+    def prepare_messages(self, messages: list[dict]) -> list[dict]:
+        """What is sent for a conversation: the system message folded in where the model has no system role."""
+        return fold_system(messages) if self.fold_system else messages
 
     # --- the driver ------------------------------------------------------------------------------
     def sampling(self, seed: int, max_new_tokens: int | None, temperature: float | None) -> SamplingParams:
@@ -178,6 +184,7 @@ class ChatBackend(ABC):
         out = []
         for i, conv in enumerate(conversations):
             msgs = validate_conversation(conv, source=f"{self.name} request", record=i, field_name=f"conversations[{i}]")
+            msgs = self.prepare_messages(msgs)  # before hashing: the cache key is what is sent
             text = dumps_canonical(msgs)
             dup = seen[text]
             seen[text] += 1

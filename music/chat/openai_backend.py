@@ -80,8 +80,11 @@ class OpenAIChat(ChatBackend):
         self.requests_by_url: dict[str, int] = {u: 0 for u in self.base_urls}  # attempts, for logs/tests
 
     def identity(self) -> dict:
-        # Replicas serve the same model: the URLs are not part of what determines a reply.
-        return {"kind": self.kind, "model": self.cfg.model}
+        # The server is part of what determines a reply: a reused served-model-name on another server
+        # (or a new revision behind the same name) must not return old replies. The order of the
+        # replicas does not matter.
+        return {"kind": self.kind, "model": self.cfg.model, "base_urls": sorted(self.base_urls),
+                "revision": self.cfg.revision}
 
     def _api_key(self) -> str | None:
         return os.environ.get(self.cfg.api_key_env) if self.cfg.api_key_env else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Iterator
 
-from music.chat.base import ChatBackend, ChatReply, Request, SamplingParams, Unit
+from music.chat.base import ChatBackend, ChatReply, Request, SamplingParams, Unit, template_accepts_system
 from music.config import ChatModelConfig
 from music.models import load_causal_lm, load_tokenizer
 from music.schema import validate_conversation
@@ -82,6 +82,8 @@ class TransformersChat(ChatBackend):
         if self.tok.pad_token_id is None:
             raise ValueError(f"{cfg.model}: the tokenizer has no pad token")
         self.stop_ids = stop_token_ids(self.tok, self.lm)
+        if cfg.system_role == "auto":  # a template without a system role (Gemma-2) gets it folded in
+            self.fold_system = not template_accepts_system(self.tok)
         self.pad_id = int(self.tok.pad_token_id)
 
     def identity(self) -> dict:
@@ -168,8 +170,8 @@ class TransformersChat(ChatBackend):
         if len(set(first)) != len(first):
             raise ValueError(f"options {options} do not differ in their first token after {prefix!r}")
         prefix_ids = self.tok.encode(prefix, add_special_tokens=False) if prefix else []
-        prompts = [self.render(validate_conversation(c, source=f"{self.name} request", record=i,
-                                                     field_name=f"conversations[{i}]")) + prefix_ids
+        prompts = [self.render(self.prepare_messages(validate_conversation(
+                       c, source=f"{self.name} request", record=i, field_name=f"conversations[{i}]"))) + prefix_ids
                    for i, c in enumerate(conversations)]
         order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
         replies: list[ChatReply | None] = [None] * len(prompts)

@@ -1,39 +1,49 @@
-"""Best-of-N with two reward models on two-turn prompts, judged pairwise in both orders.
+"""Best-of-N with two reward models over K-turn conversations, judged pairwise in both orders.
+
+Prompts come from a source (music.sources.prompts: MT-Bench's two scripted user turns by default,
+HH-RLHF or UltraInteract first turns, or a local file). A game is K assistant turns (`bon_turns`,
+default: the prompt's own turns). User turn t is the prompt's t-th turn where it has one; beyond that
+the user simulator (simulate.user, the same role-play as the simulate stage) writes it from that
+conversation so far, so the user's later turns react to what that RM picked.
 
 At each assistant turn the policy samples max(N) candidates for a context once; for smaller N the
 first N of them are reused (same context, same samples, so N=2 is a prefix of N=4 and N=8). Turn-1
-contexts are shared by both RMs; turn-2 contexts contain that RM's own turn-1 pick, so they differ
-per RM and N (identical ones are generated once). Each RM picks the candidate whose whole
-conversation so far it scores highest. A judge compares the baseline RM's final conversation with
-the MUSIC RM's in both orders; when both RMs picked identical conversations the game is a tie and
-the judge is not called.
+contexts are shared by both RMs; later contexts contain that RM's own picks, so they differ per RM
+and N (identical ones are generated once). Each RM picks the candidate whose whole conversation so
+far it scores highest. The RMs score one at a time (`OneAtATime` keeps one loaded: two 9B RMs do not
+fit one GPU together), in alternating order so the last one of a turn stays loaded for the next.
+A judge compares the baseline RM's final conversation with the MUSIC RM's in both orders; when both
+RMs picked identical conversations the game is a tie and the judge is not called.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from music.chat import make_chat
+from music.chat.base import derive_seed
 from music.evaluate.judge import VERDICT_OPTIONS, combine_orders, judge_request, load_template, parse_verdict
 from music.evaluate.pairwise import require_model
 from music.evaluate.stats import wilson_interval
 from music.io import write_json, write_jsonl
 from music.rm.score import RewardScorer
 from music.rm.train import seed_dir
-from music.sources import load_mtbench_questions
+from music.simulate import SimPrompts, make_event, user_view
+from music.sources.prompts import load_prompts
 
 RMS = ("baseline", "music")
 
 
 @dataclass
 class Game:
-    question_id: object
+    question_id: object  # the prompt's id in its source
     n: int
     conversations: dict[str, list[dict] | None]  # rm name -> final conversation (None: generation failed)
     outcome: str = "failed"  # for MUSIC: win | tie | loss | failed
@@ -43,13 +53,45 @@ class Game:
     consistent: bool | None = None
 
 
-def choose_questions(questions: Sequence[dict], k: int, seed: int) -> list[dict]:
-    """k two-turn questions, a seeded sample in question_id order (stable across runs)."""
-    two_turn = sorted((q for q in questions if len(q.get("turns", [])) >= 2), key=lambda q: str(q["question_id"]))
-    if len(two_turn) < k:
-        raise ValueError(f"asked for {k} best-of-N prompts but only {len(two_turn)} two-turn questions exist")
-    picked = random.Random(seed).sample(range(len(two_turn)), k)
-    return [two_turn[i] for i in sorted(picked)]
+def prompt_id(p: dict) -> object:
+    return p["prompt_id"] if "prompt_id" in p else p["question_id"]
+
+
+def choose_questions(prompts: Sequence[dict], k: int, seed: int) -> list[dict]:
+    """k prompts, a seeded sample in id order (stable across runs; MT-Bench's choice is unchanged)."""
+    pool = sorted((p for p in prompts if p.get("turns")), key=lambda p: str(prompt_id(p)))
+    if len(pool) < k:
+        raise ValueError(f"asked for {k} best-of-N prompts (evaluate.bon_prompts) but the source has {len(pool)}")
+    picked = random.Random(seed).sample(range(len(pool)), k)
+    return [pool[i] for i in sorted(picked)]
+
+
+class OneAtATime:
+    """Reward models by name, loaded on first use; at most one is in memory (the other is freed first)."""
+
+    def __init__(self, factories: dict[str, Callable[[], Any]]):
+        self.factories = factories
+        self.name: str | None = None
+        self.current: Any = None
+        self.loads = 0
+
+    def __getitem__(self, rm: str):
+        if rm != self.name:
+            self.release()
+            self.current, self.name = self.factories[rm](), rm
+            self.loads += 1
+        return self.current
+
+    def release(self) -> None:
+        self.current, self.name = None, None
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
 
 
 def sample_candidates(policy, contexts, counts, *, seed, max_new_tokens, temperature, desc) -> list[list[str | None]]:
@@ -64,38 +106,47 @@ def sample_candidates(policy, contexts, counts, *, seed, max_new_tokens, tempera
     return out
 
 
-def score_candidates(scorer, context: list[dict], candidates: Sequence[str | None]) -> list[float]:
-    """Score context + candidate as one conversation; failed candidates get -inf."""
-    valid = [c for c in candidates if c is not None]
-    scores = iter(scorer.score([context + [{"role": "assistant", "content": c}] for c in valid]) if valid else [])
-    return [next(scores) if c is not None else -math.inf for c in candidates]
-
-
 def pick(scores: Sequence[float], n: int) -> int | None:
     """Index of the best of the first n candidates (lowest index on ties); None if all failed."""
     best = max(range(n), key=lambda i: (scores[i], -i))
     return None if scores[best] == -math.inf else best
 
 
-def _select_turn(scorers, contexts_by_rm_n, candidates_by_key, key_by_rm_n):
-    """For each (rm, n): the chosen reply text (or None), scoring each context once per RM."""
-    scores_cache: dict[tuple[str, object], list[float]] = {}
-    chosen = {}
-    for (rm, n), ctx in contexts_by_rm_n.items():
-        if ctx is None:
-            chosen[(rm, n)] = None
-            continue
-        key = key_by_rm_n[(rm, n)]
-        if (rm, key) not in scores_cache:
-            scores_cache[(rm, key)] = score_candidates(scorers[rm], ctx, candidates_by_key[key])
-        i = pick(scores_cache[(rm, key)], n)
-        chosen[(rm, n)] = None if i is None else candidates_by_key[key][i]
-    return chosen
+def score_keys(scorer, keys, ctx_of_key, cand_by_key) -> dict:
+    """key -> one score per candidate (-inf for failed ones), all keys in ONE scorer call."""
+    convs, owners = [], []
+    for key in keys:
+        for j, c in enumerate(cand_by_key[key]):
+            if c is not None:
+                convs.append(ctx_of_key[key] + [{"role": "assistant", "content": c}])
+                owners.append((key, j))
+    out = {key: [-math.inf] * len(cand_by_key[key]) for key in keys}
+    for (key, j), score in zip(owners, scorer.score(convs) if convs else []):
+        out[key][j] = score
+    return out
+
+
+def simulate_user_turns(user, contexts: dict, needs: list, *, prompts: SimPrompts, seed: int, turn: int,
+                        max_new_tokens: int | None, temperature: float | None, trim: bool) -> None:
+    """Append a simulated user message to each context in `needs` (distinct contexts asked once)."""
+    distinct: dict[tuple, list[dict]] = {}
+    for k in needs:
+        distinct.setdefault((k[0], repr(contexts[k])), contexts[k])
+    keys = sorted(distinct)
+    replies = user.generate([user_view(distinct[key], prompts) for key in keys], seed=derive_seed(seed, "bon-user", turn),
+                            max_new_tokens=max_new_tokens, temperature=temperature, desc=f"best-of-N user turn {turn}")
+    text = {}
+    for key, rep in zip(keys, replies):
+        event, failure = make_event(rep, branch="best_of_n", turn=turn, role="user", trim=trim, user_voice=True)
+        text[key] = None if failure else event.text
+    for k in needs:
+        t = text[(k[0], repr(contexts[k]))]
+        contexts[k] = None if t is None else contexts[k] + [{"role": "user", "content": t}]
 
 
 def run_best_of_n(
     questions: Sequence[dict],
-    scorers: dict,
+    scorers,
     policy,
     judge,
     *,
@@ -107,17 +158,39 @@ def run_best_of_n(
     judge_temperature: float,
     judge_constrained: bool = False,
     template: str | None = None,
+    turns: int | None = None,
+    user=None,
+    user_max_new_tokens: int | None = None,
+    user_temperature: float | None = None,
+    trim: bool = True,
+    sim_prompts: SimPrompts | None = None,
 ) -> list[Game]:
-    """Play one game per (question, N); see the module docstring for the protocol."""
+    """Play one game per (prompt, N) over `turns` assistant turns; see the module docstring.
+
+    `scorers[rm].score(conversations)` gives the scores; a OneAtATime keeps one RM loaded.
+    `user` (a chat backend) writes the user turns a prompt does not script.
+    """
     ns = sorted(set(int(n) for n in ns))
     template = template or load_template()
-    turns = len(questions[0]["turns"])  # MT-Bench: 2
+    turns = turns or min(len(q["turns"]) for q in questions)
+    if user is None and any(len(q["turns"]) < turns for q in questions):
+        raise ValueError(f"{turns} turns need a user simulator for the prompts with fewer scripted turns")
+    sim_prompts = sim_prompts or (SimPrompts.load() if user is not None else None)
     # context per (question index, rm, n); starts with the first user turn, shared by all.
-    contexts = {(q, rm, n): [] for q in range(len(questions)) for rm in RMS for n in ns}
+    contexts: dict[tuple, list[dict] | None] = {(q, rm, n): [] for q in range(len(questions)) for rm in RMS for n in ns}
+    order = list(RMS)
     for t in range(turns):
+        simulated = []
         for (q, rm, n), ctx in contexts.items():
-            if ctx is not None:
+            if ctx is None:
+                continue
+            if t < len(questions[q]["turns"]):
                 ctx.append({"role": "user", "content": questions[q]["turns"][t]})
+            else:
+                simulated.append((q, rm, n))
+        if simulated:
+            simulate_user_turns(user, contexts, simulated, prompts=sim_prompts, seed=seed, turn=t + 1,
+                                max_new_tokens=user_max_new_tokens, temperature=user_temperature, trim=trim)
         # Distinct contexts, each sampled max(N that uses it) times.
         key_of = {k: (k[0], repr(c)) for k, c in contexts.items() if c is not None}
         need: dict[tuple, int] = {}
@@ -129,18 +202,17 @@ def run_best_of_n(
         cands = sample_candidates(
             policy, [ctx_of_key[k] for k in keys], [need[k] for k in keys], seed=seed + t,
             max_new_tokens=policy_max_new_tokens, temperature=policy_temperature, desc=f"best-of-N turn {t + 1}",
-        )
+        ) if keys else []
         cand_by_key = dict(zip(keys, cands))
-        for q in range(len(questions)):
-            sub = {(rm, n): contexts[(q, rm, n)] for rm in RMS for n in ns}
-            chosen = _select_turn(scorers, sub, cand_by_key, {(rm, n): key_of.get((q, rm, n)) for rm in RMS for n in ns})
-            for (rm, n), text in chosen.items():
-                if text is None:
-                    contexts[(q, rm, n)] = None
-                else:
-                    contexts[(q, rm, n)] = contexts[(q, rm, n)] + [{"role": "assistant", "content": text}]
+        for rm in order:  # one RM at a time, every context of the turn in one scoring call
+            mine = {k: key for k, key in key_of.items() if k[1] == rm}
+            scores = score_keys(scorers[rm], sorted(set(mine.values())), ctx_of_key, cand_by_key) if mine else {}
+            for k, key in mine.items():
+                i = pick(scores[key], k[2])
+                contexts[k] = None if i is None else contexts[k] + [{"role": "assistant", "content": cand_by_key[key][i]}]
+        order.reverse()  # the RM scored last stays loaded for the next turn
     games = [
-        Game(questions[q]["question_id"], n, {rm: contexts[(q, rm, n)] for rm in RMS})
+        Game(prompt_id(questions[q]), n, {rm: contexts[(q, rm, n)] for rm in RMS})
         for q in range(len(questions)) for n in ns
     ]
     _judge_games(games, judge, template, max_new_tokens=judge_max_new_tokens, temperature=judge_temperature, seed=seed,
@@ -215,28 +287,43 @@ def _same_model(a, b) -> bool:
     return ident[0] == ident[1]
 
 
-def run_stage(P, *, questions_path: str | None = None) -> dict:
+def run_stage(P) -> dict:
     """The best_of_n stage: needs both trained RMs; writes best_of_n.json (+ the games as jsonl)."""
     cfg = P.evaluate
     # one pair of RMs: each variant's first training seed (Best-of-N is too slow to repeat per seed here)
     model_dirs = {rm: require_model(seed_dir(P.paths.models, rm, P.train.seeds[0]), rm) for rm in RMS}
-    questions = choose_questions(load_mtbench_questions(questions_path or cfg.bon_questions_path), cfg.bon_prompts, cfg.seed)
+    questions = choose_questions(load_prompts(cfg.bon_source), cfg.bon_prompts, cfg.seed)
+    turns = cfg.bon_turns or min(len(q["turns"]) for q in questions)
     start = time.perf_counter()
-    scorers = {rm: RewardScorer(str(d), batch_size=cfg.batch_size, max_length=cfg.max_length) for rm, d in model_dirs.items()}
+    scorers = OneAtATime({rm: (lambda d=d: RewardScorer(str(d), batch_size=cfg.batch_size, max_length=cfg.max_length,
+                                                         dtype=cfg.dtype)) for rm, d in model_dirs.items()})
     policy = make_chat(cfg.policy, P.paths.cache)
     judge = policy if _same_model(cfg.policy, cfg.judge) else make_chat(cfg.judge, P.paths.cache)
+    user_cfg = P.simulate.user
+    needs_user = any(len(q["turns"]) < turns for q in questions)
+    user = None
+    if needs_user:
+        user = policy if _same_model(cfg.policy, user_cfg) else judge if _same_model(cfg.judge, user_cfg) \
+            else make_chat(user_cfg, P.paths.cache)
     games = run_best_of_n(
         questions, scorers, policy, judge, ns=cfg.bon_ns, seed=cfg.seed,
         policy_max_new_tokens=cfg.policy.max_new_tokens, policy_temperature=cfg.policy.temperature,
         judge_max_new_tokens=cfg.judge.max_new_tokens, judge_temperature=cfg.judge.temperature,
-        judge_constrained=cfg.judge_constrained,
+        judge_constrained=cfg.judge_constrained, turns=turns, user=user,
+        user_max_new_tokens=user_cfg.max_new_tokens, user_temperature=user_cfg.temperature, trim=P.simulate.trim_truncated,
     )
+    scorers.release()
     result = {
         "by_n": summarize(games),
         "n_prompts": len(questions),
-        "question_ids": [q["question_id"] for q in questions],
+        "source": cfg.bon_source,
+        "turns": turns,
+        "turns_simulated": max(0, turns - min(len(q["turns"]) for q in questions)),
+        "question_ids": [prompt_id(q) for q in questions],
         "policy": cfg.policy.model,
         "judge": cfg.judge.model,
+        "user": user_cfg.model if needs_user else None,
+        "rm_loads": scorers.loads,
         "judge_mode": "constrained (likeliest verdict token)" if cfg.judge_constrained else "generated and parsed",
         "seconds": round(time.perf_counter() - start, 1),
         "rule": "MUSIC wins a game only if the judge prefers it in both orders; disagreement, a tie verdict, "
@@ -244,5 +331,5 @@ def run_stage(P, *, questions_path: str | None = None) -> dict:
     }
     metrics = Path(P.paths.metrics)
     write_json(metrics / "best_of_n.json", result)
-    write_jsonl(metrics / "best_of_n_games.jsonl", (game_record(g) for g in games))
+    write_jsonl(Path(P.paths.evaluation) / "best_of_n_games.jsonl", (game_record(g) for g in games))  # dvc.yaml outs
     return result

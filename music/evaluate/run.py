@@ -112,7 +112,8 @@ def evaluate_variant(P, variant: str, *, make_scorer: ScorerFactory | None = Non
     rewardbench = load_rewardbench_pairs(cfg.rewardbench_path) if (cfg.rewardbench or cfg.rewardbench_path) else None
     if rewardbench is None:
         info["skipped"]["rewardbench"] = "evaluate.rewardbench is false and no rewardbench_path (the hub is unreachable offline)"
-    make_scorer = make_scorer or (lambda d: RewardScorer(str(d), batch_size=cfg.batch_size, max_length=cfg.max_length))
+    make_scorer = make_scorer or (lambda d: RewardScorer(str(d), batch_size=cfg.batch_size, max_length=cfg.max_length,
+                                                        dtype=cfg.dtype))
 
     rows, traj_rows, per_seed, rb = [], [], {}, {}
     for s, model_dir in model_dirs.items():
@@ -128,6 +129,7 @@ def evaluate_variant(P, variant: str, *, make_scorer: ScorerFactory | None = Non
                        "score_sd": round(sd, 6)} for p, (c, r) in zip(points, traj)]
         if rewardbench is not None:
             rb[s] = score_rewardbench(scorer, rewardbench, source=cfg.rewardbench_path or "hub")
+        del scorer  # one RM in memory at a time (a 9B RM per seed)
     metrics = seed_summary(per_seed)
     if rb:
         metrics["rewardbench"] = {k: spread([r[k] for r in rb.values() if r.get(k) is not None])

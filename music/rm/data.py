@@ -19,6 +19,7 @@ from typing import Any, Iterable
 from music.errors import DataError
 from music.schema import PreferencePair
 from music.store import load_records
+from music.system_role import fold_system, template_accepts_system
 
 MUSIC_KIND = "music"
 
@@ -78,7 +79,12 @@ def mix_pairs(
 # ---------------------------------------------------------------- rendering and truncation
 
 def render_ids(tokenizer, conv: list[dict]) -> list[int]:
-    """Token ids of a whole conversation, rendered and tokenized in one step by the chat template."""
+    """Token ids of a whole conversation, rendered and tokenized in one step by the chat template.
+
+    A template without a system role (Gemma-2) gets the system text folded into the first user turn.
+    """
+    if conv and conv[0]["role"] == "system" and not template_accepts_system(tokenizer):
+        conv = fold_system(conv)
     out = tokenizer.apply_chat_template(conv, tokenize=True)
     ids = out["input_ids"] if hasattr(out, "keys") else out  # transformers 5 returns a BatchEncoding
     return list(ids)

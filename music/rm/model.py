@@ -23,6 +23,7 @@ from typing import Any
 
 from music.config import TrainConfig
 from music.models import load_tokenizer, resolve_model_path
+from music.models.shapes import resolve_dtype, use_gradient_checkpointing
 
 # Tokens that end a turn in common chat templates; the pad token must be none of these.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>")
@@ -163,6 +164,43 @@ def assert_reward_head(model) -> None:
         raise RuntimeError("the score head is frozen: it would stay at its random init (trl#1379)")
 
 
+def config_dtype(config) -> str | None:
+    """The dtype a config.json states (transformers 5: `dtype`; older: `torch_dtype`), as a name."""
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return None if value is None else str(value).replace("torch.", "")
+
+
+def training_dtype(cfg: TrainConfig, config, cuda: bool) -> str:
+    """train.dtype resolved: float32 on CPU; on a GPU the backbone's 16-bit dtype, else bfloat16."""
+    import torch
+
+    return resolve_dtype(cfg.dtype, config_dtype(config), cuda=cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported())
+
+
+def float32_head(model) -> int:
+    """Keep the score head (and PEFT's trainable copy of it) in float32 inside a 16-bit model.
+
+    At the paper's learning rate (2e-6) a bfloat16 head would not move: its updates fall below 16-bit
+    resolution. The head's input is cast up by a forward pre-hook, so its output (the reward) is float32.
+    Returns how many Linear layers were changed.
+    """
+    import torch
+
+    n = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and "score" in name.split(".") and module.weight.dtype != torch.float32:
+            module.float()
+            module.register_forward_pre_hook(lambda m, args: (args[0].to(m.weight.dtype), *args[1:]))
+            n += 1
+    return n
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each decoder layer in backward (non-reentrant: works with frozen inputs under LoRA)."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+
+
 def _lora_config(cfg: TrainConfig, n_layers: int):
     from peft import LoraConfig
 
@@ -188,25 +226,32 @@ def _load_transformers(cfg: TrainConfig, path: str, tok, device, seed: int):
     config = AutoConfig.from_pretrained(path, num_labels=1)
     _cut_config(config, cfg.num_layers)
     config.pad_token_id = tok.pad_token_id
+    dtype = training_dtype(cfg, config, cuda=str(device).startswith("cuda"))
     torch.manual_seed(seed)  # the new score head's init
     with _quiet_transformers():
-        model = AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=torch.float32)
+        model = AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=getattr(torch, dtype))
     if len(tok) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tok))
     model.to(device)
+    if use_gradient_checkpointing(cfg.gradient_checkpointing, sum(p.numel() for p in model.parameters())):
+        enable_gradient_checkpointing(model)
     if cfg.lora:
         torch.manual_seed(seed)
         model = get_peft_model(model, _lora_config(cfg, config.num_hidden_layers))
+    float32_head(model)
     return model
 
 
 def _load_unsloth(cfg: TrainConfig, path: str, tok, seed: int):
+    import torch
+    from transformers import AutoConfig
     from unsloth import FastLanguageModel  # imported first by choose_backend
 
+    dtype = training_dtype(cfg, AutoConfig.from_pretrained(path), cuda=True)
     model, _ = FastLanguageModel.from_pretrained(
         model_name=path,
         max_seq_length=cfg.max_length,
-        dtype=None,  # bf16 where supported
+        dtype=getattr(torch, dtype),  # train.dtype (auto: the backbone's 16-bit dtype, else bfloat16)
         load_in_4bit=False,
         num_labels=1,  # maps to AutoModelForSequenceClassification on GPU
         full_finetuning=not cfg.lora,
@@ -220,6 +265,9 @@ def _load_unsloth(cfg: TrainConfig, path: str, tok, seed: int):
     model.config.pad_token_id = tok.pad_token_id
     if len(tok) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tok))
+    ckpt = use_gradient_checkpointing(cfg.gradient_checkpointing, sum(p.numel() for p in model.parameters()))
+    if not cfg.lora and ckpt:
+        enable_gradient_checkpointing(model)
     if cfg.lora:
         n = model.config.num_hidden_layers
         layers = list(range(max(0, n - cfg.lora_last_layers), n)) if cfg.lora_last_layers else None
@@ -233,9 +281,10 @@ def _load_unsloth(cfg: TrainConfig, path: str, tok, seed: int):
             target_modules=LORA_TARGETS,
             layers_to_transform=layers,
             bias="none",
-            use_gradient_checkpointing=False,
+            use_gradient_checkpointing="unsloth" if ckpt else False,
             random_state=seed,
         )
+    float32_head(model)
     return model
 
 
@@ -266,6 +315,10 @@ def load_reward_model(cfg: TrainConfig, device: str | None = None, seed: int = 0
         "pad_token_added": added_pad,
         "trainable_params": n_train,
         "total_params": n_all,
+        "dtype": str(next(p for n, p in model.named_parameters() if "score" not in n).dtype).replace("torch.", ""),
+        "head_dtype": str(score_head(model).weight.dtype).replace("torch.", ""),
+        "gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False)
+                                       or getattr(getattr(model, "base_model", None), "is_gradient_checkpointing", False)),
     }
     return model, tok, info
 

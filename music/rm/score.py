@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from music.models.shapes import resolve_dtype
 from music.rm.data import as_pairs, fit_conversation, pad_batch
 from music.rm.model import reward_scores
 from music.schema import validate_conversation
@@ -49,7 +50,7 @@ class RewardScorer:
     """A saved reward model (`AutoModelForSequenceClassification` folder) that scores conversations."""
 
     def __init__(self, model_dir: str | Path, batch_size: int = 8, max_length: int | None = None,
-                 device: str | None = None, dtype: str = "float32"):
+                 device: str | None = None, dtype: str = "auto"):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -57,8 +58,13 @@ class RewardScorer:
         if not (self.model_dir / "config.json").exists():
             raise FileNotFoundError(f"{self.model_dir} holds no saved model (config.json missing)")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        cuda = self.device.startswith("cuda")
+        # auto: float32 on CPU; on a GPU the saved model's 16-bit dtype, else bfloat16 (evaluate.dtype)
+        saved = json.loads((self.model_dir / "config.json").read_text(encoding="utf-8"))
+        self.dtype = resolve_dtype(dtype, saved.get("dtype") or saved.get("torch_dtype"), cuda=cuda,
+                                   bf16_supported=cuda and torch.cuda.is_bf16_supported())
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(self.model_dir, dtype=getattr(torch, dtype))
+        self.model = AutoModelForSequenceClassification.from_pretrained(self.model_dir, dtype=getattr(torch, self.dtype))
         self.model.to(self.device).eval()
         if self.model.config.pad_token_id != self.tokenizer.pad_token_id:
             raise ValueError(

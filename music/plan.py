@@ -1,0 +1,734 @@
+"""Plan a profile before running it: cross-stage checks, generation load, training and scoring cost, GPU memory.
+
+    python -m music.plan [--params FILE] [--out outputs/plan.json] [--assume KEY=VALUE ...]
+    make plan PARAMS=profiles/paper.yaml
+
+Loads no model and needs no network: backbone shapes come from config.json (a local folder, or the
+copies committed in music/models/configs/), prompt counts from local files or the hub row counts in
+music.sources.prompts.KNOWN_HUB_ROWS. Prints one table and writes the same numbers to --out; exits 1
+when a check fails, each error naming the params key to change.
+
+Every number is an estimate from the params and from `Assumptions` (throughputs, fill factors),
+which are stated in the report and overridable with --assume. Token counts are upper bounds by
+default: every reply uses its whole max_new_tokens, every seed context its max_context_chars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from music.config import CONTRAST_METHODS, ChatModelConfig, Params, load_params
+from music.d_pairs import parse_d_source
+from music.errors import DataError
+from music.io import read_jsonl
+from music.models.shapes import (
+    DTYPE_BYTES,
+    BackboneShape,
+    backbone_shape,
+    known_backbone,
+    resolve_dtype,
+    use_gradient_checkpointing,
+)
+from music.sources.mtbench import load_mtbench_references
+from music.sources.prompts import KNOWN_HUB_ROWS, count_available, parse_source
+from music.sources.records import HUB_PREFIX
+
+GB = 1e9
+PROMPT_DIR = Path(__file__).resolve().parent / "prompts"
+
+
+@dataclass
+class Assumptions:
+    """What the estimates assume; each is overridable: --assume NAME=VALUE."""
+
+    chars_per_token: float = 4.0  # English text with Llama/Gemma-class tokenizers
+    reply_fill: float = 1.0  # share of max_new_tokens a reply uses (1.0: upper bound)
+    context_fill: float = 1.0  # share of seed.max_context_chars a seed context uses (1.0: upper bound)
+    message_overhead_tokens: int = 6  # chat-template tokens around each message
+    prompt_chars: float = 800.0  # a Best-of-N prompt's length where its source cannot be read offline
+    # Served generation, per replica (one entry of base_urls): a 7-9B model in bf16 on one H100 under
+    # vLLM with ~32 concurrent requests. Measure yours (vllm bench serve) and pass them here.
+    server_prefill_tok_s: float = 15_000.0
+    server_decode_tok_s: float = 2_000.0
+    # In-process generation on the CPU, measured here for the embedded SmolLM2-135M (fp32, batch 8,
+    # 2 cores; docs/DESIGN.md section 7), scaled by parameter count for other in-process models.
+    cpu_prefill_tok_s: float = 190.0
+    cpu_decode_tok_s: float = 43.0
+    cpu_reference_params: float = 134.5e6
+    # Training and scoring compute: effective FLOP/s (model FLOPs / wall time).
+    gpu_tflops: float = 400.0  # bf16 on one H100 at ~40% of its 989 dense TFLOP/s
+    cpu_gflops: float = 100.0  # measured here: RM steps of SmolLM2 layers on 2 cores (DESIGN section 4)
+    gpu_memory_gb: float = 80.0  # one GPU's memory, the budget training and scoring must fit
+    gpu_overhead_gb: float = 2.0  # CUDA context, allocator fragmentation
+    device: str = "auto"  # where the RMs train and score: gpu | cpu | auto (gpu for backbones >= 1B parameters)
+    attention: str = "auto"  # sdpa | eager | auto (eager where config.json soft-caps attention logits: Gemma-2)
+    adapter_bytes: int = 4  # LoRA weights are kept in float32 (PEFT casts adapters up)
+
+
+class Findings:
+    """Errors (the profile cannot run as written) and warnings, each naming a params key."""
+
+    def __init__(self):
+        self.errors: list[dict] = []
+        self.warnings: list[dict] = []
+
+    def error(self, key: str, message: str) -> None:
+        self.errors.append({"key": key, "message": message})
+
+    def warn(self, key: str, message: str) -> None:
+        self.warnings.append({"key": key, "message": message})
+
+
+@dataclass
+class Load:
+    """Generation requests of one chat role, with token estimates and the time they take."""
+
+    role: str  # params key of the ChatModelConfig, e.g. "simulate.user"
+    cfg: ChatModelConfig
+    requests: float = 0.0
+    prompt_tokens: float = 0.0
+    generated_tokens: float = 0.0
+    hours: float | None = None
+    rate: str = ""
+
+    def add(self, n: float, prompt: float, generated: float) -> None:
+        self.requests += n
+        self.prompt_tokens += n * prompt
+        self.generated_tokens += n * generated
+
+    def as_dict(self) -> dict:
+        return {"role": self.role, "backend": backend_label(self.cfg), "requests": round(self.requests),
+                "prompt_tokens": round(self.prompt_tokens), "generated_tokens": round(self.generated_tokens),
+                "hours": None if self.hours is None else round(self.hours, 3), "rate": self.rate}
+
+
+def backend_label(cfg: ChatModelConfig) -> str:
+    if cfg.backend == "openai":
+        return f"openai {cfg.model} x{len(cfg.base_urls)}"
+    return f"transformers {cfg.model}"
+
+
+# ---------------------------------------------------------------- token arithmetic
+
+class Tokens:
+    """Token estimates for the pieces conversations are made of."""
+
+    def __init__(self, P: Params, A: Assumptions):
+        self.A = A
+        self.m = A.message_overhead_tokens
+        self.sys = {name: self.chars((PROMPT_DIR / f"{name}.txt").read_text(encoding="utf-8"))
+                    for name in ("assistant_system", "user_simulator", "user_opener", "contrast_instruct", "judge_pairwise")}
+        s = P.seed
+        self.context = self.n(s.max_context_chars * A.context_fill) + 2 * s.max_context_turns * self.m
+        self.next_user = self.n(min(s.max_message_chars, s.max_context_chars) * A.context_fill) + self.m
+
+    def n(self, chars: float) -> float:
+        return chars / self.A.chars_per_token
+
+    def chars(self, text: str) -> float:
+        return self.n(len(text))
+
+    def reply(self, cfg: ChatModelConfig) -> float:
+        return cfg.max_new_tokens * self.A.reply_fill
+
+
+def divergence_turns(P: Params, F: Findings) -> list[int]:
+    """Simulated turns where a rejected branch may diverge (each equally likely), checked against simulate.turns."""
+    c, K = P.contrast, P.simulate.turns
+    if c.divergence == "fixed":
+        if not 1 <= c.divergence_turn <= K:
+            F.error("contrast.divergence_turn", f"{c.divergence_turn} is outside 1..simulate.turns={K}")
+            return [min(max(1, c.divergence_turn), K)]
+        return [c.divergence_turn]
+    if c.divergence == "random":
+        hi = K - c.min_turns_after_divergence
+        if hi < 1:
+            F.error("contrast.min_turns_after_divergence",
+                    f"{c.min_turns_after_divergence} leaves no turn to diverge at among simulate.turns={K}")
+            return [K]
+        return list(range(1, hi + 1))
+    F.error("contrast.divergence", f"must be 'fixed' or 'random', got {c.divergence!r}")
+    return [1]
+
+
+# ---------------------------------------------------------------- stages
+
+def plan_seed(P: Params, F: Findings) -> dict:
+    s = P.seed
+    out = {"train": s.n_train, "eval": s.n_eval, "eval_conversations": s.n_eval_conversations,
+           "source": f"{s.source}:{s.path}"}
+    for key in ("n_train", "n_eval"):
+        if getattr(s, key) < 1:
+            F.error(f"seed.{key}", f"must be >= 1, got {getattr(s, key)}")
+    if s.path.startswith(HUB_PREFIX):
+        rows = KNOWN_HUB_ROWS.get((s.path[len(HUB_PREFIX):], s.split))
+        out["source_rows"] = rows
+    elif Path(s.path).exists():
+        out["source_rows"] = sum(1 for line in open(s.path, encoding="utf-8", errors="replace") if line.strip()) \
+            if s.path.endswith((".jsonl", ".ndjson")) else None
+    else:
+        F.warn("seed.path", f"{s.path} does not exist yet (`make data` materialises data/)")
+        out["source_rows"] = None
+    rows = out["source_rows"]
+    if rows is not None and s.n_train + s.n_eval > rows:
+        F.error("seed.n_train", f"n_train + n_eval = {s.n_train + s.n_eval:,} seeds from a source of {rows:,} conversations")
+    return out
+
+
+def simulated_conversations(P: Params) -> int:
+    """Seeds the simulate stage continues: every training seed, and eval seeds up to simulate.max_eval_conversations."""
+    cap = P.simulate.max_eval_conversations
+    return P.seed.n_train + (P.seed.n_eval if cap is None else min(cap, P.seed.n_eval))
+
+
+def plan_simulate(P: Params, T: Tokens, F: Findings) -> tuple[dict, list[Load]]:
+    sim = P.simulate
+    if sim.turns < 1:
+        F.error("simulate.turns", f"must be >= 1, got {sim.turns}")
+    n = simulated_conversations(P)
+    U, A = T.reply(sim.user), T.reply(sim.assistant)
+    user, asst = Load("simulate.user", sim.user), Load("simulate.assistant", sim.assistant)
+    for s in range(1, sim.turns + 1):
+        history = T.context + (s - 1) * (U + A + 2 * T.m)
+        user.add(n, T.sys["user_simulator"] + T.sys["user_opener"] + 2 * T.m + history, U)
+        asst.add(n, T.sys["assistant_system"] + T.m + history + U + T.m, A)
+    convo = T.context + sim.turns * (U + A + 2 * T.m)
+    return {"conversations": n, "turns": sim.turns, "conversation_tokens": round(convo)}, [user, asst]
+
+
+def plan_contrast(P: Params, T: Tokens, F: Findings) -> tuple[dict, list[Load]]:
+    sim, c = P.simulate, P.contrast
+    if c.method not in CONTRAST_METHODS:
+        F.error("contrast.method", f"must be one of {CONTRAST_METHODS}, got {c.method!r}")
+    n = simulated_conversations(P)
+    U, A = T.reply(sim.user), T.reply(sim.assistant)
+    user, asst = Load("simulate.user", sim.user), Load("simulate.assistant", sim.assistant)
+    contrast = Load("contrast.contrast", c.contrast)
+    turns = divergence_turns(P, F)
+    w = n / len(turns)  # conversations diverging at each turn (expected)
+    for d in turns:
+        before = T.context + (d - 1) * (U + A + 2 * T.m)
+        if c.method in ("instruct", "auto"):
+            contrast.add(w, T.sys["contrast_instruct"] + T.m + before + U + T.m, T.reply(c.contrast))
+        else:  # resample: the user asks again `candidates` times, the assistant answers the best few
+            user.add(w * c.candidates, T.sys["user_simulator"] + T.sys["user_opener"] + 2 * T.m + before, U)
+            asst.add(w * min(c.answered_candidates, c.candidates), T.sys["assistant_system"] + T.m + before + U + T.m, A)
+        for s in range(d + 1, sim.turns + 1):  # the rejected branch is simulated on
+            history = T.context + (s - 1) * (U + A + 2 * T.m)
+            user.add(w, T.sys["user_simulator"] + T.sys["user_opener"] + 2 * T.m + history, U)
+            asst.add(w, T.sys["assistant_system"] + T.m + history + U + T.m, A)
+    try:
+        labelled = parse_d_source(c.d_source) is not None
+    except ValueError as exc:
+        F.error("contrast.d_source", str(exc))
+        labelled = True
+    if c.d_pairs and not labelled:  # D from the seeds: the assistant model's reply to the real next turn
+        asst.add(P.seed.n_train + P.seed.n_eval, T.sys["assistant_system"] + T.m + T.context + T.next_user, A)
+    refs = mtbench_reference_count() if c.quality_mtbench else 0
+    if refs:  # held-out quality twins: the assistant answers MT-Bench's referenced questions, two turns
+        q = T.n(A_MTBENCH_CHARS) + T.m
+        asst.add(refs, T.sys["assistant_system"] + T.m + q, A)
+        asst.add(refs, T.sys["assistant_system"] + T.m + q + T.n(A_MTBENCH_CHARS * 2) + q + 2 * T.m, A)
+    loads = [x for x in (user, asst, contrast) if x.requests]
+    notes = []
+    if c.method == "auto":
+        notes.append("method auto: resample calls for unparsed contrast replies are not counted")
+    return {"conversations": n, "divergence_turns": turns, "d_from": "labelled source" if labelled else "seeds",
+            "notes": notes}, loads
+
+
+A_MTBENCH_CHARS = 400  # a typical MT-Bench question (and about half a reference answer)
+MTBENCH_REFERENCED = 30  # questions with GPT-4 reference answers (math, reasoning, coding), if the file is absent
+
+
+def mtbench_reference_count() -> int:
+    """MT-Bench questions with reference answers (held-out quality twins), read offline where possible."""
+    try:
+        return len(load_mtbench_references())
+    except (FileNotFoundError, DataError):
+        return MTBENCH_REFERENCED
+
+
+def d_pair_count(P: Params, split: str) -> tuple[int | None, str]:
+    """Last-turn pairs D for a split: from the seeds (upper bound) or a labelled source's size."""
+    c, s = P.contrast, P.seed
+    if not c.d_pairs:
+        return 0, "contrast.d_pairs is false"
+    try:
+        parsed = parse_d_source(c.d_source)
+    except ValueError:
+        return None, "bad contrast.d_source"
+    if parsed is None:
+        return (s.n_train if split == "train" else s.n_eval), "one per seed (before filtering)"
+    kind, location = parsed
+    hub_split = c.d_eval_split if split == "eval" and c.d_eval_split != "train" else "train"
+    if location.startswith(HUB_PREFIX):
+        rows = KNOWN_HUB_ROWS.get((location[len(HUB_PREFIX):], hub_split))
+    elif Path(location).exists() and location.endswith((".jsonl", ".jsonl.gz")):
+        rows = sum(1 for _ in read_jsonl(location))
+    else:
+        rows = None
+    if rows is None:
+        return (c.d_limit, "contrast.d_limit") if c.d_limit else (None, f"size of {location} unknown offline")
+    if c.d_limit:
+        rows = min(rows, c.d_limit)
+    if hub_split == "train" and c.d_eval_split == "train":  # the seed stage holds conversations out
+        held = s.n_eval + s.n_eval_conversations
+        rows = max(0, rows - held) if split == "train" else min(rows, held)
+    return rows, f"{location} split {hub_split}"
+
+
+def reward_shape(P: Params, F: Findings) -> BackboneShape | None:
+    t = P.train
+    if not known_backbone(t.backbone):
+        F.error("train.backbone", f"no config.json for {t.backbone!r} offline: give a local folder, or commit its "
+                "config.json under music/models/configs/ (see music.models.shapes)")
+        return None
+    return backbone_shape(t.backbone)
+
+
+def train_device(shape: BackboneShape, A: Assumptions) -> str:
+    if A.device in ("gpu", "cpu"):
+        return A.device
+    return "gpu" if shape.reward_params() >= 1e9 else "cpu"
+
+
+def attention_kind(shape: BackboneShape, A: Assumptions) -> str:
+    if A.attention in ("sdpa", "eager"):
+        return A.attention
+    return "eager" if shape.attn_logit_softcapping else "sdpa"
+
+
+def training_memory(P: Params, shape: BackboneShape, A: Assumptions, dtype: str) -> dict:
+    """GPU memory of one training micro-batch (bytes -> GB), with and without gradient checkpointing."""
+    t = P.train
+    L = shape.layers(t.num_layers)
+    wbytes = DTYPE_BYTES[dtype]
+    n_params = shape.reward_params(t.num_layers)
+    if t.lora:
+        lora_layers = min(t.lora_last_layers or L, L)
+        trainable = shape.lora_params(t.lora_r, lora_layers) + shape.hidden_size  # + the score head
+        state = trainable * (A.adapter_bytes * 2 + 8)  # weight + grad + two AdamW moments (float32)
+        span = lora_layers  # backward runs through the layers from the lowest adapted one up
+        optim = f"LoRA r{t.lora_r} on {lora_layers} layers: {trainable / 1e6:.1f}M float32 params + grads + AdamW"
+    else:
+        trainable = n_params
+        state = n_params * wbytes * 3  # grad + two AdamW moments, in the weights' dtype (torch AdamW)
+        span = L
+        optim = f"full fine-tuning: grads + AdamW moments in {dtype}"
+    seqs = 2 * t.batch_size  # chosen and rejected rows of one micro-batch
+    tokens = seqs * t.max_length
+    abytes = DTYPE_BYTES[dtype]
+    per_layer = shape.activation_elems_per_token()
+    if attention_kind(shape, A) == "eager":
+        per_layer += shape.eager_attention_elems_per_token(t.max_length)
+    layer_act = tokens * per_layer * abytes
+    stored_off = span * layer_act  # layers below the lowest trained one run without autograd: they keep nothing
+    stored_on = span * tokens * shape.hidden_size * abytes + layer_act  # layer inputs + one layer recomputed
+    workspace = layer_act  # gradients of one layer's activations during backward
+    weights = n_params * wbytes
+    base = weights + state + A.gpu_overhead_gb * GB
+    total_on, total_off = base + stored_on + workspace, base + stored_off + workspace
+    ckpt = use_gradient_checkpointing(t.gradient_checkpointing, n_params)
+    return {
+        "dtype": dtype, "params": n_params, "trainable_params": trainable, "optimizer": optim,
+        "micro_batch": {"sequences": seqs, "max_length": t.max_length, "tokens": tokens},
+        "attention": attention_kind(shape, A),
+        "gb": {"weights": weights / GB, "trainable_state": state / GB, "overhead": A.gpu_overhead_gb,
+               "activations_checkpointing": (stored_on + workspace) / GB,
+               "activations_no_checkpointing": (stored_off + workspace) / GB,
+               "total_checkpointing": total_on / GB, "total_no_checkpointing": total_off / GB},
+        "gradient_checkpointing": ckpt,
+        "total_gb": (total_on if ckpt else total_off) / GB,
+    }
+
+
+def train_flops_per_token(P: Params, shape: BackboneShape, ckpt: bool) -> float:
+    t = P.train
+    L = shape.layers(t.num_layers)
+    fwd = shape.forward_flops_per_token(t.max_length, t.num_layers)
+    span = min(t.lora_last_layers or L, L) / L if t.lora else 1.0
+    backward = span * fwd * (1.0 if t.lora else 2.0)  # input grads (+ weight grads when full)
+    return fwd + backward + (span * fwd if ckpt else 0.0)
+
+
+def _relative(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path
+
+
+def plan_train(P: Params, shape: BackboneShape | None, A: Assumptions, F: Findings) -> dict:
+    t = P.train
+    for key in ("batch_size", "grad_accum", "max_length"):
+        if getattr(t, key) < 1:
+            F.error(f"train.{key}", f"must be >= 1, got {getattr(t, key)}")
+    if t.lora and t.lora_last_layers is not None and t.num_layers and t.lora_last_layers > t.num_layers:
+        F.error("train.lora_last_layers", f"{t.lora_last_layers} exceeds train.num_layers={t.num_layers}")
+    out: dict[str, Any] = {"backbone": t.backbone, "variants": {}}
+    if shape is None:
+        return out
+    if shape.max_position_embeddings and t.max_length > shape.max_position_embeddings:
+        F.error("train.max_length", f"{t.max_length} exceeds {t.backbone}'s context of {shape.max_position_embeddings} tokens")
+    if t.num_layers and t.num_layers > shape.num_layers:
+        F.warn("train.num_layers", f"{t.num_layers} > the backbone's {shape.num_layers} layers: all are kept")
+    device = train_device(shape, A)
+    dtype = resolve_dtype(t.dtype, shape.torch_dtype, cuda=device == "gpu")
+    mem = training_memory(P, shape, A, dtype)
+    out.update(device=device, dtype=dtype, memory=mem,
+               shape={"params": shape.reward_params(t.num_layers), "layers": shape.layers(t.num_layers),
+                      "hidden": shape.hidden_size, "context": shape.max_position_embeddings, "config": _relative(shape.source)})
+    if device == "gpu" and mem["total_gb"] > A.gpu_memory_gb:
+        hint = ("turn train.gradient_checkpointing on, or lower train.batch_size (raise grad_accum)"
+                if not mem["gradient_checkpointing"] else "lower train.batch_size (raise train.grad_accum) or train.max_length")
+        F.error("train.batch_size", f"training needs about {mem['total_gb']:.1f} GB, more than one "
+                f"{A.gpu_memory_gb:.0f} GB GPU: {hint}")
+    if not t.lora and dtype in ("bfloat16", "float16") and t.learning_rate < 1e-4:
+        F.warn("train.lora", f"full fine-tuning in {dtype} with learning_rate {t.learning_rate:g}: most updates are "
+               "below 16-bit resolution (no float32 master weights in this trainer); prefer LoRA or dtype float32")
+    rate = (A.gpu_tflops * 1e12) if device == "gpu" else (A.cpu_gflops * 1e9)
+    flops = train_flops_per_token(P, shape, mem["gradient_checkpointing"])
+    d_train, d_note = d_pair_count(P, "train")
+    music = P.seed.n_train  # one MUSIC pair per train seed at most (filters remove some)
+    for variant, kinds in t.variants.items():
+        n_d = (d_train or 0) if "d" in kinds else 0
+        n_m = 0
+        if "music" in kinds:
+            n_m = music if not n_d else min(music, round(t.music_ratio * n_d))
+        pairs = n_d + n_m
+        unknown = "d" in kinds and d_train is None
+        per_step = t.batch_size * t.grad_accum
+        if t.max_steps:
+            steps = t.max_steps
+        elif unknown:
+            steps = None
+            F.warn("train.max_steps", f"variant {variant}: the number of D pairs is unknown offline ({d_note}); "
+                   "set train.max_steps or contrast.d_limit to plan the steps")
+        else:
+            steps = max(1, math.ceil(t.epochs * math.ceil(pairs / t.batch_size) / t.grad_accum)) if pairs else 0
+        tokens = None if steps is None else steps * per_step * 2 * t.max_length * len(t.seeds)  # one model per seed
+        hours = None if tokens is None else tokens * flops / rate / 3600
+        passes = None if steps is None or not pairs else steps * per_step / pairs
+        out["variants"][variant] = {"kinds": kinds, "pairs": pairs, "pairs_d": n_d if not unknown else None,
+                                    "pairs_music": n_m, "d_source": d_note, "steps": steps,
+                                    "pairs_per_step": per_step, "seeds": len(t.seeds), "epochs_over_data": None if passes is None else round(passes, 2),
+                                    "tokens": tokens, "hours": hours}
+    out["flops_per_token"] = flops
+    out["rate"] = f"{A.gpu_tflops:g} TFLOP/s (GPU)" if device == "gpu" else f"{A.cpu_gflops:g} GFLOP/s (CPU)"
+    return out
+
+
+def scoring_memory(shape: BackboneShape, layers: int | None, dtype: str, batch: int, length: int, A: Assumptions,
+                   resident: int = 1) -> dict:
+    tokens = batch * length
+    per = shape.inference_elems_per_token()
+    if attention_kind(shape, A) == "eager":
+        per += shape.eager_attention_elems_per_token(length)
+    weights = shape.reward_params(layers) * DTYPE_BYTES[dtype]
+    act = tokens * per * DTYPE_BYTES[dtype]
+    total = resident * weights + act + A.gpu_overhead_gb * GB
+    return {"dtype": dtype, "models_resident": resident, "weights_gb": weights / GB, "activations_gb": act / GB,
+            "batch": batch, "max_length": length, "total_gb": total / GB}
+
+
+def plan_evaluate(P: Params, shape: BackboneShape | None, A: Assumptions, F: Findings) -> dict:
+    e, s = P.evaluate, P.seed
+    length = e.max_length or P.train.max_length
+    if shape is not None and shape.max_position_embeddings and length > shape.max_position_embeddings:
+        F.error("evaluate.max_length", f"{length} exceeds {P.train.backbone}'s context of {shape.max_position_embeddings} tokens")
+    conv = min(e.swap_conversations, s.n_eval_conversations)
+    if e.swap_conversations > s.n_eval_conversations:
+        F.warn("evaluate.swap_conversations",
+               f"{e.swap_conversations} > seed.n_eval_conversations={s.n_eval_conversations}: at most {conv} are used")
+    c = P.contrast
+    sharegpt_twins = 2 * s.n_eval if c.d_pairs and parse_d_source(c.d_source) is None else 0
+    mt_twins = 2 * mtbench_reference_count() if c.quality_mtbench else 0
+    # conversations scored per model (two per pair; upper bounds before filtering)
+    music_eval = simulated_conversations(P) - s.n_train
+    scored = {"quality_twins": 2 * (sharegpt_twins + mt_twins), "music_eval": 2 * music_eval,
+              "swap": 2 * conv * e.swap_max_distance, "trajectory": 2 * music_eval * P.simulate.turns}
+    if e.rewardbench or e.rewardbench_path:
+        scored["rewardbench"] = 2 * 2985
+    present = {k: v for k, v in e.local_sets.items() if Path(v).exists()}
+    if present:
+        scored["local_sets"] = 2 * e.local_set_limit * len(present)
+    n = sum(scored.values())
+    models = len(P.train.variants) * len(P.train.seeds)
+    out: dict[str, Any] = {"conversations_scored_per_model": scored, "models": models, "max_length": length}
+    if shape is None:
+        return out
+    device = train_device(shape, A)
+    dtype = resolve_dtype(e.dtype, shape.torch_dtype, cuda=device == "gpu")
+    rate = (A.gpu_tflops * 1e12) if device == "gpu" else (A.cpu_gflops * 1e9)
+    tokens = n * length * models
+    out.update(device=device, tokens=tokens, hours=tokens * shape.forward_flops_per_token(length, P.train.num_layers) / rate / 3600,
+               memory=scoring_memory(shape, P.train.num_layers, dtype, e.batch_size, length, A))
+    if device == "gpu" and out["memory"]["total_gb"] > A.gpu_memory_gb:
+        F.error("evaluate.batch_size", f"scoring needs about {out['memory']['total_gb']:.1f} GB, more than one "
+                f"{A.gpu_memory_gb:.0f} GB GPU: lower evaluate.batch_size or evaluate.max_length")
+    return out
+
+
+def plan_best_of_n(P: Params, T: Tokens, shape: BackboneShape | None, A: Assumptions, F: Findings) -> tuple[dict, list[Load]]:
+    e = P.evaluate
+    source = e.bon_source
+    out: dict[str, Any] = {"source": source, "prompts": e.bon_prompts, "ns": list(e.bon_ns)}
+    try:
+        _, location = parse_source(source)
+        available, source_turns, how = count_available(source)
+    except DataError as exc:
+        F.error("evaluate.bon_source", exc.problem)
+        location, available, source_turns, how = None, None, None, str(exc)
+    out["available"], out["available_note"] = available, how
+    if location and not location.startswith(HUB_PREFIX) and not Path(location).exists():
+        F.error("evaluate.bon_source", f"{location} does not exist")
+    elif available is None:
+        F.warn("evaluate.bon_source", f"cannot count the prompts offline: {how}")
+    elif e.bon_prompts > available:
+        F.error("evaluate.bon_prompts", f"{e.bon_prompts} prompts asked, but {source} has {available} "
+                f"({how}); lower evaluate.bon_prompts or choose a larger evaluate.bon_source")
+    if not e.bon_ns or any(int(n) < 1 for n in e.bon_ns):
+        F.error("evaluate.bon_ns", f"must be positive integers, got {e.bon_ns}")
+        return out, []
+    turns = e.bon_turns or source_turns or 1
+    out["turns"] = turns
+    scripted = min(source_turns or 1, turns)
+    out["turns_from_source"], out["turns_simulated"] = scripted, turns - scripted
+    policy, judge, user = Load("evaluate.policy", e.policy), Load("evaluate.judge", e.judge), Load("simulate.user", P.simulate.user)
+    Pn, ns = e.bon_prompts, sorted({int(n) for n in e.bon_ns})
+    G, M, S = len(ns), max(ns), sum(ns)
+    Q = T.n(A.prompt_chars) + T.m
+    R, U = T.reply(e.policy), T.reply(P.simulate.user)
+    scored = 0.0
+    for t in range(1, turns + 1):
+        history = Q + (t - 1) * (R + U + 2 * T.m)  # user turn t included after its message
+        if t == 1:
+            policy.add(Pn * M, history, R)
+            scored += 2 * Pn * M
+            continue
+        if t > scripted:  # the simulated user writes turn t for each (RM, N) conversation
+            user.add(2 * Pn * G, T.sys["user_simulator"] + T.sys["user_opener"] + 2 * T.m + history - U - T.m, U)
+        policy.add(2 * Pn * S, history, R)  # an upper bound: identical contexts are sampled once
+        scored += 2 * Pn * S
+    convo = Q + turns * (R + T.m) + (turns - 1) * (U + T.m)
+    judge.add(2 * Pn * G, T.sys["judge_pairwise"] + 2 * convo + T.m, T.reply(e.judge))
+    out["rm_scorings"] = round(scored)
+    if shape is not None:
+        device = train_device(shape, A)
+        dtype = resolve_dtype(e.dtype, shape.torch_dtype, cuda=device == "gpu")
+        length = min(e.max_length or P.train.max_length, math.ceil(convo))
+        rate = (A.gpu_tflops * 1e12) if device == "gpu" else (A.cpu_gflops * 1e9)
+        out["rm_hours"] = scored * length * shape.forward_flops_per_token(length, P.train.num_layers) / rate / 3600
+        out["memory"] = scoring_memory(shape, P.train.num_layers, dtype, e.batch_size, e.max_length or P.train.max_length,
+                                       A, resident=1)
+    return out, [x for x in (policy, user, judge) if x.requests]
+
+
+# ---------------------------------------------------------------- generation time, checks on chat roles
+
+def role_shape(cfg: ChatModelConfig) -> BackboneShape | None:
+    return backbone_shape(cfg.model) if cfg.backend == "transformers" and known_backbone(cfg.model) else None
+
+
+def time_loads(loads: list[Load], A: Assumptions) -> None:
+    for ld in loads:
+        cfg = ld.cfg
+        if cfg.backend == "openai":
+            k = max(1, len(cfg.base_urls))
+            pre, dec = A.server_prefill_tok_s * k, A.server_decode_tok_s * k
+            ld.rate = f"server x{k}: {pre:,.0f} prefill / {dec:,.0f} decode tok/s"
+        else:
+            shape = role_shape(cfg)
+            if shape is None:
+                ld.rate = "unknown (in-process model without a known config.json)"
+                continue
+            scale = A.cpu_reference_params / shape.causal_lm_params()
+            pre, dec = A.cpu_prefill_tok_s * scale, A.cpu_decode_tok_s * scale
+            ld.rate = f"in-process CPU: {pre:,.0f} prefill / {dec:,.1f} decode tok/s"
+        ld.hours = (ld.prompt_tokens / pre + ld.generated_tokens / dec) / 3600
+
+
+def check_roles(P: Params, T: Tokens, F: Findings) -> None:
+    """Checks on each chat role: in-process context length; Gemma-style templates behind a server."""
+    roles = {"simulate.user": P.simulate.user, "simulate.assistant": P.simulate.assistant,
+             "contrast.contrast": P.contrast.contrast, "evaluate.policy": P.evaluate.policy,
+             "evaluate.judge": P.evaluate.judge}
+    longest = T.context + P.simulate.turns * (T.reply(P.simulate.user) + T.reply(P.simulate.assistant) + 4 * T.m)
+    for key, cfg in roles.items():
+        if cfg.max_new_tokens < 1:
+            F.error(f"{key}.max_new_tokens", f"must be >= 1, got {cfg.max_new_tokens}")
+        if cfg.backend not in ("transformers", "openai"):
+            F.error(f"{key}.backend", f"must be transformers or openai, got {cfg.backend!r}")
+            continue
+        if cfg.backend == "openai" and not cfg.base_urls:
+            F.error(f"{key}.base_urls", "an openai backend needs at least one base URL")
+        if cfg.backend == "openai" and "gemma" in cfg.model.lower() and cfg.system_role != "fold":
+            F.warn(f"{key}.system_role", f"{cfg.model}: Gemma chat templates reject the system role (vLLM answers "
+                   "HTTP 400); set system_role: fold")
+        shape = role_shape(cfg)
+        if shape and shape.max_position_embeddings and longest + cfg.max_new_tokens > shape.max_position_embeddings:
+            F.warn(f"{key}.max_new_tokens", f"conversations may reach ~{longest:.0f} tokens plus {cfg.max_new_tokens} "
+                   f"new ones, beyond {cfg.model}'s {shape.max_position_embeddings} positions")
+
+
+# ---------------------------------------------------------------- the whole plan
+
+def make_plan(P: Params, A: Assumptions | None = None, params_file: str = "params.yaml") -> dict:
+    A = A or Assumptions()
+    F = Findings()
+    T = Tokens(P, A)
+    shape = reward_shape(P, F)
+    stages: dict[str, Any] = {"seed": plan_seed(P, F)}
+    loads: dict[str, list[Load]] = {}
+    stages["simulate"], loads["simulate"] = plan_simulate(P, T, F)
+    stages["contrast"], loads["contrast"] = plan_contrast(P, T, F)
+    stages["train"] = plan_train(P, shape, A, F)
+    stages["evaluate"] = plan_evaluate(P, shape, A, F)
+    stages["best_of_n"], loads["best_of_n"] = plan_best_of_n(P, T, shape, A, F)
+    check_roles(P, T, F)
+    mt = stages["simulate"]["conversation_tokens"]
+    if mt > P.train.max_length:
+        F.warn("train.max_length", f"simulated conversations may reach ~{mt} tokens > train.max_length="
+               f"{P.train.max_length}: the oldest turns are dropped (counted in train_metrics.json)")
+    hours: dict[str, float | None] = {}
+    for stage, ls in loads.items():
+        time_loads(ls, A)
+        stages[stage]["generation"] = [ld.as_dict() for ld in ls]
+        hours[stage] = None if any(ld.hours is None for ld in ls) else sum(ld.hours for ld in ls)
+    tr = stages["train"].get("variants", {})
+    hours["train"] = None if any(v["hours"] is None for v in tr.values()) or not tr else sum(v["hours"] for v in tr.values())
+    hours["evaluate"] = stages["evaluate"].get("hours")
+    if hours["best_of_n"] is not None and "rm_hours" in stages["best_of_n"]:
+        hours["best_of_n"] += stages["best_of_n"]["rm_hours"]
+    total = None if any(h is None for h in hours.values()) else sum(hours.values())
+    return {
+        "params_file": str(params_file), "ok": not F.errors, "errors": F.errors, "warnings": F.warnings,
+        "assumptions": dataclasses.asdict(A), "stages": stages, "hours": hours, "total_hours": total,
+        "requests": sum(ld.requests for ls in loads.values() for ld in ls),
+    }
+
+
+# ---------------------------------------------------------------- report
+
+def _n(x: Any, digits: int = 0) -> str:
+    if x is None:
+        return "?"
+    if isinstance(x, float) and digits:
+        return f"{x:,.{digits}f}"
+    return f"{round(x):,}"
+
+
+def _h(x: float | None) -> str:
+    if x is None:
+        return "?"
+    return f"{x:.2f}" if x >= 0.01 else "<0.01"
+
+
+def _table(rows: list[list[str]], header: list[str]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return [fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)]
+
+
+def render(plan: dict) -> str:
+    st = plan["stages"]
+    lines = [f"Plan for {plan['params_file']}: " + ("OK" if plan["ok"] else f"{len(plan['errors'])} error(s)"), ""]
+    rows = []
+    for stage in ("simulate", "contrast", "best_of_n"):
+        for g in st[stage].get("generation", []):
+            rows.append([stage, g["role"], g["backend"], _n(g["requests"]), _n(g["prompt_tokens"]),
+                         _n(g["generated_tokens"]), _h(g["hours"])])
+    lines += ["Generation (token counts are upper bounds unless --assume reply_fill/context_fill < 1)"]
+    lines += _table(rows, ["stage", "role", "backend", "requests", "prompt tok", "gen tok", "hours"])
+    tr = st["train"]
+    if "memory" in tr:
+        mem = tr["memory"]
+        shape = tr["shape"]
+        lines += ["", f"Reward model: {tr['backbone']} ({shape['params'] / 1e9:.2f}B params, {shape['layers']} layers, "
+                  f"context {shape['context']}; {shape['config']}) on {tr['device']} in {tr['dtype']}, at {tr['rate']}"]
+        rows = [[v, "+".join(d["kinds"]), _n(d["pairs"]), _n(d["steps"]), _n(d["pairs_per_step"]),
+                 _n(d["epochs_over_data"], 2), _n(d["seeds"]), _n(d["tokens"] / 1e6 if d["tokens"] is not None else None, 1),
+                 _h(d["hours"])] for v, d in tr["variants"].items()]
+        lines += _table(rows, ["variant", "kinds", "pairs (<=)", "steps", "pairs/step", "passes", "seeds",
+                               "M tokens (<=)", "hours"])
+        g = mem["gb"]
+        mb = mem["micro_batch"]
+        lines += ["", f"Training memory per GPU, GB (micro-batch {mb['sequences']} sequences x {mb['max_length']} tokens, "
+                  f"{mem['attention']} attention; {mem['optimizer']})"]
+        rows = [["weights", f"{mem['dtype']}", f"{g['weights']:.1f}", f"{g['weights']:.1f}"],
+                ["trainable state", "", f"{g['trainable_state']:.1f}", f"{g['trainable_state']:.1f}"],
+                ["activations", "", f"{g['activations_checkpointing']:.1f}", f"{g['activations_no_checkpointing']:.1f}"],
+                ["overhead", "", f"{g['overhead']:.1f}", f"{g['overhead']:.1f}"],
+                ["total", "", f"{g['total_checkpointing']:.1f}", f"{g['total_no_checkpointing']:.1f}"]]
+        lines += _table(rows, ["", "", "checkpointing on", "off"])
+        fits = plan["assumptions"]["gpu_memory_gb"]
+        lines.append(f"gradient checkpointing: {'on' if mem['gradient_checkpointing'] else 'off'} -> {mem['total_gb']:.1f} GB "
+                     + (f"({'fits' if mem['total_gb'] <= fits else 'does NOT fit'} one {fits:.0f} GB GPU)" if tr["device"] == "gpu" else "(CPU)"))
+    ev, bon = st["evaluate"], st["best_of_n"]
+    if "memory" in ev:
+        m = ev["memory"]
+        lines += ["", f"Scoring: {_n(sum(ev['conversations_scored_per_model'].values()))} conversations for each of "
+                  f"{ev['models']} models ({', '.join(f'{k} {v:,}' for k, v in ev['conversations_scored_per_model'].items())}), "
+                  f"{m['dtype']}, batch {m['batch']} x {m['max_length']}: {m['total_gb']:.1f} GB, {_h(ev['hours'])} h"]
+    lines += ["", f"Best-of-N: {bon['prompts']} prompts from {bon['source']} (available: {_n(bon.get('available'))}), "
+              f"N in {bon['ns']}, {bon.get('turns', '?')} turns ({bon.get('turns_from_source', '?')} from the source, "
+              f"{bon.get('turns_simulated', '?')} simulated); RM scorings {_n(bon.get('rm_scorings'))}"
+              + (f", one RM at a time: {bon['memory']['total_gb']:.1f} GB" if "memory" in bon else "")]
+    hrs = plan["hours"]
+    lines += ["", "Hours by stage: " + ", ".join(f"{k} {_h(v)}" for k, v in hrs.items())
+              + f"; total {_h(plan['total_hours'])} ({_n(plan['requests'])} generation requests)"]
+    a = plan["assumptions"]
+    lines += [f"Assumptions (--assume NAME=VALUE): server {a['server_prefill_tok_s']:,.0f}/{a['server_decode_tok_s']:,.0f} "
+              f"prefill/decode tok/s per replica; GPU {a['gpu_tflops']:g} TFLOP/s, {a['gpu_memory_gb']:g} GB; "
+              f"CPU {a['cpu_gflops']:g} GFLOP/s; {a['chars_per_token']:g} chars/token; reply_fill {a['reply_fill']:g}, "
+              f"context_fill {a['context_fill']:g}"]
+    for w in plan["warnings"]:
+        lines.append(f"warning [{w['key']}]: {w['message']}")
+    for e in plan["errors"]:
+        lines.append(f"ERROR [{e['key']}]: {e['message']}")
+    return "\n".join(lines)
+
+
+def parse_assumptions(items: list[str]) -> Assumptions:
+    A = Assumptions()
+    types = {f.name: f.type for f in dataclasses.fields(Assumptions)}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in types:
+            raise SystemExit(f"--assume {item!r}: expected NAME=VALUE with NAME one of {', '.join(types)}")
+        cast = {"float": float, "int": int, "str": str}[str(types[name])]
+        setattr(A, name, cast(value))
+    return A
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m music.plan", description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml", help="params file or profile (default: params.yaml)")
+    ap.add_argument("--out", default="outputs/plan.json", help="where to write the plan as JSON")
+    ap.add_argument("--assume", action="append", default=[], metavar="NAME=VALUE", help="override an assumption")
+    args = ap.parse_args(argv)
+    try:
+        P = load_params(args.params)
+    except DataError as exc:  # a bad value: the config names the section and key
+        print(f"ERROR [{exc.source.removeprefix(str(args.params) + '.')}.{exc.field}]: {exc.problem}" if exc.field
+              else f"ERROR: {exc}")
+        return 1
+    plan = make_plan(P, parse_assumptions(args.assume), args.params)
+    print(render(plan))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(plan, indent=2, default=str) + "\n", encoding="utf-8")
+    print(f"\nplan written to {out}")
+    return 0 if plan["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The planner: every profile plans offline, checks name their key, memory arithmetic matches real models."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from music.config import Params, from_dict, load_params
+from music.models.shapes import COMMITTED_CONFIGS, CONFIG_DIR, backbone_shape
+from music.plan import Assumptions, main, make_plan, parse_assumptions
+from tests.conftest import REPO
+
+PROFILES = [REPO / "params.yaml", *sorted((REPO / "profiles").glob("*.yaml"))]
+PAPER = REPO / "profiles" / "paper.yaml"
+
+
+def raw(path):
+    return yaml.safe_load(path.read_text())
+
+
+def plan_of(data: dict, **assume):
+    return make_plan(from_dict(Params, data, "test"), Assumptions(**assume))
+
+
+def error_keys(plan) -> list[str]:
+    return [e["key"] for e in plan["errors"]]
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.name)
+def test_every_profile_plans_without_errors(path, tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    assert main(["--params", str(path), "--out", str(out)]) == 0, capsys.readouterr().out
+    plan = json.loads(out.read_text())
+    assert plan["ok"] and plan["total_hours"] is not None
+    gen = {g["role"] for s in ("simulate", "contrast", "best_of_n") for g in plan["stages"][s].get("generation", [])}
+    assert {"simulate.user", "simulate.assistant", "evaluate.policy", "evaluate.judge"} <= gen
+    assert all(v["steps"] for v in plan["stages"]["train"]["variants"].values())
+    printed = capsys.readouterr().out
+    assert "Training memory per GPU" in printed and "Hours by stage" in printed
+
+
+def test_paper_profile_fits_one_80gb_gpu_only_with_checkpointing():
+    plan = make_plan(load_params(PAPER))
+    train = plan["stages"]["train"]
+    mem = train["memory"]
+    assert train["device"] == "gpu" and train["dtype"] == "bfloat16"
+    assert mem["gradient_checkpointing"] is True  # auto: on for a 9B backbone
+    assert mem["total_gb"] <= 80 < mem["gb"]["total_no_checkpointing"]
+    assert 18 < mem["gb"]["weights"] < 19  # 9.24B parameters in bf16
+    assert plan["stages"]["best_of_n"]["memory"]["models_resident"] == 1
+    assert plan["stages"]["best_of_n"]["available"] >= plan["stages"]["best_of_n"]["prompts"]
+
+
+def test_the_old_paper_best_of_n_setting_fails_on_its_key():
+    data = raw(PAPER)
+    data["evaluate"] = {k: v for k, v in data["evaluate"].items() if k not in ("bon_source", "bon_turns")}
+    data["evaluate"]["bon_prompts"] = 1000  # MT-Bench, the old only source, has 80 questions
+    plan = plan_of(data)
+    assert error_keys(plan) == ["evaluate.bon_prompts"]
+    assert "80" in plan["errors"][0]["message"]
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda d: d["contrast"].update(divergence="fixed", divergence_turn=9), "contrast.divergence_turn"),
+    (lambda d: d["contrast"].update(divergence="random", min_turns_after_divergence=5), "contrast.min_turns_after_divergence"),
+    (lambda d: d["train"].update(max_length=9000), "train.max_length"),
+    (lambda d: d["evaluate"].update(max_length=9000), "evaluate.max_length"),
+    (lambda d: d["train"].update(gradient_checkpointing=False), "train.batch_size"),
+    (lambda d: d["evaluate"].update(bon_source="file:/no/such/prompts.jsonl"), "evaluate.bon_source"),
+    (lambda d: d["seed"].update(n_train=90_000), "seed.n_train"),
+])
+def test_cross_stage_errors_name_the_key(edit, key):
+    data = copy.deepcopy(raw(PAPER))
+    edit(data)
+    plan = plan_of(data)
+    assert key in error_keys(plan), plan["errors"]
+
+
+def test_bad_values_are_config_errors_naming_the_key(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("evaluate:\n  bon_source: nonsense\n")
+    assert main(["--params", str(bad), "--out", str(tmp_path / "p.json")]) == 1
+    assert "ERROR [evaluate.bon_source]" in capsys.readouterr().out
+
+
+def test_assumptions_are_overridable():
+    A = parse_assumptions(["gpu_memory_gb=40", "server_decode_tok_s=4000", "device=gpu"])
+    assert (A.gpu_memory_gb, A.server_decode_tok_s, A.device) == (40.0, 4000.0, "gpu")
+    plan = make_plan(load_params(PAPER), A)
+    assert "train.batch_size" in error_keys(plan)  # ~52 GB does not fit 40 GB
+    slow = make_plan(load_params(PAPER), parse_assumptions(["server_decode_tok_s=1000"]))
+    fast = make_plan(load_params(PAPER), parse_assumptions(["server_decode_tok_s=4000"]))
+    assert slow["hours"]["simulate"] > fast["hours"]["simulate"]
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        parse_assumptions(["no_such_thing=1"])
+
+
+def test_plan_loads_no_model_and_no_network_library(tmp_path):
+    code = ("import sys; from music.plan import main; rc = main(['--params', 'profiles/paper.yaml', '--out', sys.argv[1]]);"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'datasets', 'huggingface_hub'));"
+            "print('HEAVY', heavy); sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.json")], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "HEAVY []" in done.stdout
+
+
+@pytest.mark.parametrize("model", sorted(set(COMMITTED_CONFIGS)))
+def test_shapes_match_transformers_models_on_the_meta_device(model):
+    torch = pytest.importorskip("torch")
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    shape = backbone_shape(model)
+    data = json.loads((CONFIG_DIR / COMMITTED_CONFIGS[model]).read_text())
+    cfg = AutoConfig.for_model(data.pop("model_type"), **data)
+    cfg.num_labels = 1
+    with torch.device("meta"):
+        rm = AutoModelForSequenceClassification.from_config(cfg)
+    assert sum(p.numel() for p in rm.parameters()) == shape.reward_params()
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    peft = get_peft_model(rm, LoraConfig(task_type="SEQ_CLS", r=8, target_modules=targets, modules_to_save=["score"]))
+    trainable = sum(p.numel() for p in peft.parameters() if p.requires_grad)
+    assert trainable == shape.lora_params(8) + shape.hidden_size  # adapters + the score head
+
+
+def test_unknown_backbone_is_an_error_naming_train_backbone():
+    data = raw(REPO / "profiles" / "tiny.yaml")
+    data["train"]["backbone"] = "nobody/unknown-model"
+    assert "train.backbone" in error_keys(plan_of(data))
