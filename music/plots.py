@@ -326,7 +326,7 @@ def build_all(P, variants: Sequence[str] | None = None) -> tuple[dict[str, Figur
     rows = load_item_rows(P.paths.evaluation, variants)
     table = compare(rows)
     traj = trajectory_summary(load_trajectories(P.paths.evaluation, variants))
-    bon = load_best_of_n(P.paths.metrics)
+    bon = load_best_of_n(P.paths.metrics, P.paths.evaluation)
     figs = {"accuracy_overview": plot_accuracy_overview(rows, table), "paired_differences": plot_paired_differences(table),
             "accuracy_by_distance": plot_by_distance(rows), "reward_trajectory": plot_reward_trajectory(traj)}
     if bon:
@@ -335,9 +335,14 @@ def build_all(P, variants: Sequence[str] | None = None) -> tuple[dict[str, Figur
     return figs, table, traj
 
 
-def load_best_of_n(metrics_dir: str | Path) -> dict | None:
+def load_best_of_n(metrics_dir: str | Path, evaluation_dir: str | Path | None = None) -> dict | None:
+    """best_of_n.json (numbers), with best_of_n_info.json (judge, policy, ...) merged in when given and present."""
     path = Path(metrics_dir) / "best_of_n.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    if not path.exists():
+        return None
+    out = json.loads(path.read_text(encoding="utf-8"))
+    info = Path(evaluation_dir) / "best_of_n_info.json" if evaluation_dir else None
+    return {**out, **json.loads(info.read_text(encoding="utf-8"))} if info and info.exists() else out
 
 
 def plot_data(P, variants: Sequence[str], traj: pd.DataFrame) -> dict[str, pd.DataFrame]:

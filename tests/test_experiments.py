@@ -84,9 +84,9 @@ def test_exp_show_has_numbers_for_main_and_the_experiment(experiment):
 
 def test_metrics_and_plots_diff_between_main_and_the_experiment(experiment):
     root, env = experiment
-    diff = _sh([sys.executable, "-m", "dvc", "metrics", "diff", "main", "longer", "--json"], root, env)
-    changed = json.loads(diff.stdout)
-    assert "outputs/metrics/summary.json" in changed
+    diff = _sh([sys.executable, "-m", "dvc", "metrics", "diff", "main", "longer", "--all", "--json"], root, env)
+    both = json.loads(diff.stdout)["outputs/metrics/summary.json"]  # --all: unchanged numbers too
+    assert isinstance(both["last.baseline"]["old"], (int, float)) and isinstance(both["last.baseline"]["new"], (int, float))
     out = root / "plots_diff"
     _sh([sys.executable, "-m", "dvc", "plots", "diff", "main", "longer", "-o", str(out)], root, env)
     assert (out / "index.html").is_file()

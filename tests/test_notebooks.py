@@ -114,8 +114,8 @@ def _as_default_path(path: Path, tiny) -> str | None:
     if path.is_relative_to(root):
         name, *rest = path.relative_to(root).parts
         rest = [_ATOMIC_TMP.sub(r"\1", part) for part in rest]  # music.io.atomic_path's temporary sibling
-        if name in ("cache", "executed", "reads", "params.yaml") or name not in Paths.__dataclass_fields__:
-            return None  # the response cache and resume checkpoints are deliberately untracked
+        if name in ("cache", "reports", "executed", "reads", "params.yaml") or name not in Paths.__dataclass_fields__:
+            return None  # the response cache, resume checkpoints and timings are deliberately untracked
         return "/".join([getattr(defaults, name), *rest])
     if not path.is_relative_to(REPO):
         return None  # installed packages, the converted embedded model

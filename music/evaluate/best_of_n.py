@@ -313,23 +313,28 @@ def run_stage(P) -> dict:
         user_max_new_tokens=user_cfg.max_new_tokens, user_temperature=user_cfg.temperature, trim=P.simulate.trim_truncated,
     )
     scorers.release()
-    result = {
+    numbers = {  # outputs/metrics/best_of_n.json: numbers only, committed to git
         "by_n": summarize(games),
         "n_prompts": len(questions),
-        "source": cfg.bon_source,
         "turns": turns,
         "turns_simulated": max(0, turns - min(len(q["turns"]) for q in questions)),
+        "rm_loads": scorers.loads,
+    }
+    info = {  # outputs/evaluation/best_of_n_info.json: what was compared and how (text)
+        "source": cfg.bon_source,
         "question_ids": [prompt_id(q) for q in questions],
         "policy": cfg.policy.model,
         "judge": cfg.judge.model,
         "user": user_cfg.model if needs_user else None,
-        "rm_loads": scorers.loads,
+        "model_dirs": {rm: str(d) for rm, d in model_dirs.items()},
         "judge_mode": "constrained (likeliest verdict token)" if cfg.judge_constrained else "generated and parsed",
-        "seconds": round(time.perf_counter() - start, 1),
         "rule": "MUSIC wins a game only if the judge prefers it in both orders; disagreement, a tie verdict, "
         "an unparsed reply, or identical picks (judge not called) count as a tie",
     }
-    metrics = Path(P.paths.metrics)
-    write_json(metrics / "best_of_n.json", result)
+    seconds = round(time.perf_counter() - start, 1)
+    write_json(Path(P.paths.metrics) / "best_of_n.json", numbers)
+    write_json(Path(P.paths.evaluation) / "best_of_n_info.json", info)
     write_jsonl(Path(P.paths.evaluation) / "best_of_n_games.jsonl", (game_record(g) for g in games))  # dvc.yaml outs
+    write_json(Path(P.paths.reports) / "timings" / "best_of_n.json", {"seconds": seconds})
+    result = {**numbers, **info, "seconds": seconds}
     return result
