@@ -7,8 +7,8 @@ stderr or error output (warnings included: the red boxes), a widget that cannot 
 dialog, or a cell left unexecuted. Needs `make install-browser` (apt chromium + requirements/browser.txt);
 skips with the reason where they are missing, except under CI (CI=true), where that is a failure.
 
-To open another notebook, give its case the stages whose outputs it reads (run here through papermill
-first, as `dvc repro` would) and drop its `_later` mark (MUSIC_BROWSER_ALL=1 runs those cases already).
+Every numbered notebook has a case listing the stages whose outputs it reads, run here through papermill
+first (as `dvc repro` would); opened by hand, the notebook shows those outputs without recomputing them.
 """
 
 from __future__ import annotations
@@ -36,22 +36,20 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 RUN_TIMEOUT_S = int(os.environ.get("MUSIC_BROWSER_TIMEOUT_S", "600"))  # Run All of one notebook (00: seconds)
 
-_later = pytest.mark.skipif(os.environ.get("MUSIC_BROWSER_ALL") != "1",
-                            reason="enabled once the notebook shows existing outputs when opened by hand (issue 10, "
-                                   "item 7); MUSIC_BROWSER_ALL=1 runs it now; its case lists the stages it reads")
-# (notebook, stages whose outputs it needs, run first through papermill in the same project copy)
+# (notebook, stages whose outputs it shows: run first through papermill in the same project copy, once per
+# session). Opened by hand (run=False), each notebook then reads its stage's outputs instead of recomputing them.
 CASES = [
     pytest.param("00_draw_seeds.ipynb", [], id="00_draw_seeds"),
-    pytest.param("01_simulate_conversations.ipynb", ["seed"], id="01_simulate_conversations", marks=_later),
-    pytest.param("02_contrast_pairs.ipynb", ["seed", "simulate"], id="02_contrast_pairs", marks=_later),
-    pytest.param("03_train_rm.ipynb", ["seed", "simulate", "contrast"], id="03_train_rm", marks=_later),
-    pytest.param("04_evaluate_rm.ipynb", ["seed", "simulate", "contrast", "train@baseline", "train@music"],
-                 id="04_evaluate_rm", marks=_later),
-    pytest.param("05_pick_best_of_n.ipynb", ["seed", "simulate", "contrast", "train@baseline", "train@music"],
-                 id="05_pick_best_of_n", marks=_later),
+    pytest.param("01_simulate_conversations.ipynb", ["seed", "simulate"], id="01_simulate_conversations"),
+    pytest.param("02_contrast_pairs.ipynb", ["seed", "simulate", "contrast"], id="02_contrast_pairs"),
+    pytest.param("03_train_rm.ipynb", ["seed", "simulate", "contrast", "train@baseline"], id="03_train_rm"),
+    pytest.param("04_evaluate_rm.ipynb", ["seed", "simulate", "contrast", "train@baseline", "evaluate@baseline"],
+                 id="04_evaluate_rm"),
+    pytest.param("05_pick_best_of_n.ipynb", ["seed", "simulate", "contrast", "train@baseline", "train@music",
+                                             "best_of_n"], id="05_pick_best_of_n"),
     pytest.param("06_plot_results.ipynb", ["seed", "simulate", "contrast", "train@baseline", "train@music",
-                                           "evaluate@baseline", "evaluate@music", "best_of_n"],
-                 id="06_plot_results", marks=_later),
+                                           "evaluate@baseline", "evaluate@music", "best_of_n", "plots"],
+                 id="06_plot_results"),
 ]
 
 
@@ -150,11 +148,17 @@ def browser(playwright_api, tmp_path_factory):
     context.close()
 
 
+_RUN: set[tuple[str, str]] = set()  # (project, stage) already run through papermill in this session
+
+
 def _run_upstream(project: Path, stages: list[str], monkeypatch) -> None:
     from music.notebook import run_stage
 
     monkeypatch.chdir(project)
     for stage in stages:
+        if (str(project), stage) in _RUN:
+            continue
+        _RUN.add((str(project), stage))
         name, _, variant = stage.partition("@")
         run_stage(name, "params.yaml", variant=variant or None, output_dir=project / "reports" / "notebooks")
 
