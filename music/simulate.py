@@ -98,6 +98,13 @@ def trim_to_sentence(text: str) -> str | None:
     return out or None
 
 
+def trim_to_word(text: str) -> str | None:
+    """The text without its last, possibly cut, word (None when fewer than four words would remain)."""
+    words = text.rstrip().split(" ")
+    out = " ".join(words[:-1]).rstrip(" ,;:-")
+    return out if len(out.split()) >= 4 else None
+
+
 @dataclass
 class Event:
     """One generated message: what came back and what we made of it (filters read these)."""
@@ -129,6 +136,8 @@ def make_event(reply: Any, *, branch: str, turn: int, role: str, trim: bool, use
     trimmed = False
     if reply.finish_reason == "length" and trim:
         cut = trim_to_sentence(body)
+        if cut is None and user_voice:  # users write fragments: a run-on message ends at its last whole word
+            cut = trim_to_word(body)
         if cut is not None:  # ends at a full sentence now (a reply cut right after one needs no change)
             body, trimmed = cut, True
     event = Event(branch, turn, role, reply.finish_reason, raw, body, trimmed=trimmed, method=method)

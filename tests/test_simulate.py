@@ -167,3 +167,14 @@ def test_only_the_first_eval_seeds_are_simulated(tmp_path):
     summary = run_simulate(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant")))
     assert summary["train"]["conversations"] == 2 and summary["eval"]["conversations"] == 1
     assert [r["seed_id"] for r in load_records(Path(P.paths.conversations) / "eval")] == ["eval-s0"]
+
+
+def test_a_cut_user_message_ends_at_its_last_whole_word_a_cut_reply_does_not():
+    from music.simulate import make_event, trim_to_word
+
+    cut = ChatReply("I meant that when someone presents their case where they claim that a service allows them to", "length")
+    user, failure = make_event(cut, branch="chosen", turn=2, role="user", trim=True, user_voice=True)
+    assert failure is None and user.trimmed and user.text == "I meant that when someone presents their case where they claim that a service allows them"
+    reply, _ = make_event(cut, branch="chosen", turn=2, role="assistant", trim=True)
+    assert not reply.trimmed  # an assistant reply cut mid-sentence stays cut: the truncated filter counts it
+    assert trim_to_word("too short here") is None
