@@ -52,7 +52,8 @@ else
 	echo "Experiment $$name: dvc exp show; its outputs: dvc exp apply $$name (or dvc exp branch $$name BRANCH)"
 endif
 
-test: install
+# data/ first: the seeding and experiment tests read the real materialised data (they skip without it).
+test: data
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 test-fast: install
