@@ -42,6 +42,17 @@ class ChatModelConfig:
     top_p: float = 0.9
     batch_size: int = 8
     dtype: str = "float32"
+    # In-process (transformers) only: automatic prefix caching. Each forward pass's key/value states are
+    # kept by token ids (music.chat.kv_cache) and a later request encodes only what follows its longest
+    # stored prefix: a roll-out's next turn, a rejected branch's shared history, samples of one prompt.
+    # Replies equal the non-reusing path's up to float rounding (reused states come from other batch
+    # shapes; tests/test_kv_reuse.py pins the tolerance); the response-cache keys do not depend on it.
+    # The store is shared by every backend of the same model in a process; kv_cache_mb bounds it (the
+    # largest value asked by those backends), least recently used blocks are evicted. SmolLM2-135M in
+    # fp32 needs about 46 KB per token (30 layers x 2 x 3 kv heads x 64 x 4 bytes): 2048 MB ~ 46k tokens.
+    # OpenAI-compatible servers do their own (vLLM: --enable-prefix-caching).
+    reuse_kv: bool = True
+    kv_cache_mb: int = 2048
     # OpenAI-compatible endpoints only
     base_urls: list[str] = field(default_factory=lambda: ["http://localhost:8000/v1"])
     api_key_env: str = "OPENAI_API_KEY"

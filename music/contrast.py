@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from music.chat.base import derive_seed
+from music.chat.base import TokenMeter, derive_seed
 from music.config import ContrastConfig, Params, SimulateConfig
 from music.filters import REASONS, apply_filters
 from music.io import write_json
@@ -214,6 +214,7 @@ def run_contrast(P: Params, *, splits: Sequence[str] = ("train", "eval"),
         contrast = make_chat(cfg.contrast, P.paths.cache) if cfg.method != "resample" else None
     else:
         user, assistant, contrast = backends
+    meter = TokenMeter(user=user, assistant=assistant, contrast=contrast)
     d_from_source = parse_d_source(cfg.d_source) is not None
     out_dir = Path(P.paths.pairs)
     report: dict = {"reasons": list(REASONS), "splits": {}, "methods": {}, "d_source": cfg.d_source,
@@ -241,4 +242,6 @@ def run_contrast(P: Params, *, splits: Sequence[str] = ("train", "eval"),
             report["splits"][f"d_{split}"] = d_stats
         save_records(d_records, out_dir / f"d_{split}", pair_features())
     write_json(out_dir / "filter_report.json", report)
+    # Not in filter_report.json: the counts depend on what the response cache already held.
+    report["tokens"] = meter.report()
     return report

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
-from music.chat.base import derive_seed
+from music.chat.base import TokenMeter, derive_seed
 from music.config import Params, SimulateConfig
 from music.prompts import Prompt, load_prompt
 from music.schema import user_turns
@@ -224,7 +224,9 @@ def run_simulate(P: Params, *, splits: Sequence[str] = SPLITS, backends: tuple[C
     summary = {}
     for split in splits:
         seeds = read_seeds(Path(P.paths.seeds) / f"{split}.jsonl")
+        meter = TokenMeter(user=user, assistant=assistant)
         records = simulate_seeds(seeds, user, assistant, P.simulate, split=split)
         save_records(records, Path(P.paths.conversations) / split, conversation_features())
-        summary[split] = {"conversations": len(records), "failed": sum(r["failure"] is not None for r in records)}
+        summary[split] = {"conversations": len(records), "failed": sum(r["failure"] is not None for r in records),
+                          "tokens": meter.report()}  # prompt tokens asked/encoded per generated token; {} if uncounted
     return summary
