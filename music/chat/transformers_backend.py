@@ -220,20 +220,23 @@ class TransformersChat(ChatBackend):
             return None
         return DynamicCache([(states[i, 0], states[i, 1]) for i in range(states.shape[0])], config=self.lm.config)
 
-    def _complete(self, tokens: list[int]):
-        """States of `tokens` [layers, 2, heads, n, head_dim] (None when empty), made sure to be in the
-        store: only what follows the longest stored prefix is encoded (no vocabulary projection)."""
+    def _complete(self, tokens: list[int]) -> list:
+        """States of `tokens` as segments [layers, 2, heads, n, head_dim] (n summing to len(tokens)), made
+        sure to be in the store: only what follows the longest stored prefix is encoded (no vocabulary
+        projection)."""
         import torch
 
         if not tokens:
-            return None
+            return []
         match = self.kv.lookup(tokens)
         done = match.length
-        past = torch.cat(match.segments, dim=-2) if match.segments else None
         if done == len(tokens):
-            return past
+            return match.segments
         device = self.lm.device
-        cache = self._dynamic_cache(past.unsqueeze(2)) if past is not None else None
+        cache = None
+        if done:
+            past = torch.cat(match.segments, dim=-2).unsqueeze(2)  # [layers, 2, 1, heads, done, head_dim]
+            cache = self._dynamic_cache(past)
         ids = torch.tensor([tokens[done:]], dtype=torch.long, device=device)
         positions = torch.arange(done, len(tokens), device=device).unsqueeze(0)
         with torch.inference_mode():
@@ -241,7 +244,7 @@ class TransformersChat(ChatBackend):
             states = self._stack(out.past_key_values, 0, 0, len(tokens))
         self.tokens.encoded += len(tokens) - done
         self.kv.insert(tokens, lambda a, b: states[..., a:b, :])
-        return states
+        return [states]
 
     def _reused_batch(self, prompts: list[list[int]]):
         """(input_ids, attention_mask, cache): left-padded prompts, and a cache holding every prompt token but
@@ -254,25 +257,28 @@ class TransformersChat(ChatBackend):
         import torch
 
         device = self.lm.device
-        states = [self._complete(p[:-1]) for p in prompts]
+        segments = [self._complete(p[:-1]) for p in prompts]
         ids, mask = self._left_pad(prompts)
         width = ids.shape[1]
-        some = next((s for s in states if s is not None), None)
+        some = next((row[0] for row in segments if row), None)
         cache = None
         if some is not None:  # [layers, 2, batch, heads, width - 1, head_dim]
             layers, _, heads, _, dim = some.shape
-            past = torch.zeros((layers, 2, len(prompts), heads, width - 1, dim), dtype=some.dtype, device=device)
-            for row, s in enumerate(states):
-                if s is not None:
-                    past[:, :, row, :, width - 1 - s.shape[-2]:, :] = s
-            cache = self._dynamic_cache(past)
+            with torch.inference_mode():
+                past = torch.zeros((layers, 2, len(prompts), heads, width - 1, dim), dtype=some.dtype, device=device)
+                for row, (p, segs) in enumerate(zip(prompts, segments)):
+                    col = width - len(p)  # the row's first column
+                    for seg in segs:
+                        past[:, :, row, :, col : col + seg.shape[-2], :] = seg
+                        col += seg.shape[-2]
+                cache = self._dynamic_cache(past)
         self.tokens.encoded += len(prompts)  # every row's last prompt token
         return ids.to(device), mask.to(device), cache
 
-    def _store_rows(self, cache, width: int, sequences: list[list[int]]) -> None:
-        """Store each row's tokens; row r's tokens start at column width - len(prompt r) of `cache`."""
-        for row, (start, seq) in enumerate(sequences):
-            first = width - start
+    def _store_rows(self, cache, width: int, sequences: list[tuple[int, list[int]]]) -> None:
+        """Store each row's (prompt length, tokens): row r's first token is at column width - prompt length."""
+        for row, (prompt_len, seq) in enumerate(sequences):
+            first = width - prompt_len
             self.kv.insert(seq, lambda a, b, row=row, first=first: self._stack(cache, row, first + a, first + b))
 
     def _generate_reusing(self, prompts: list[list[int]], gen_cfg, seed: int, fork_devices: list) -> list[list[int]]:
