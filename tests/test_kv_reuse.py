@@ -196,14 +196,30 @@ def fresh_next_token_logits(chat, prompts):
 
 def shadow_encoded(prompts, stored=()):
     """Prompt tokens the backend should encode for one batch, by replaying its plan on a store of fake states:
-    per row in order, all but the last token from the longest stored prefix, then the last token."""
+    all but each row's last token come from the store, the missing parts encoded in waves (a row sharing
+    SHARE_MIN tokens beyond the store with a row of the current wave waits for the next one), then every
+    row's last token."""
+    from music.chat.transformers_backend import SHARE_MIN, _common
+
     shadow = PrefixKVStore(budget_bytes=10**12)
     for q in stored:
         store_insert(shadow, q)
-    n = 0
-    for p in prompts:
-        n += len(p) - shadow.lookup(p[:-1]).length
-        store_insert(shadow, p[:-1])
+    seqs = [p[:-1] for p in prompts]
+    n, pending = len(prompts), list(range(len(prompts)))
+    while pending:
+        wave, later = [], []
+        for j in pending:
+            m = shadow.lookup(seqs[j]).length
+            if m == len(seqs[j]):
+                continue
+            if any(_common(seqs[i], seqs[j]) >= m + SHARE_MIN for i in wave):
+                later.append(j)
+            else:
+                wave.append(j)
+                n += len(seqs[j]) - m
+        for j in wave:
+            store_insert(shadow, seqs[j])
+        pending = later
     return n
 
 
@@ -215,7 +231,7 @@ def check_reuse_positions(chat):
     p.append(list(p[1]))  # a duplicate of row 1 in the same batch
     stored = [p[1][:21], p[3][:-1]]  # row 1: a prefix ending inside a block; row 3: all but its last token
     for q in stored:
-        chat._complete(q)
+        chat._complete([q])
     before = chat.tokens.encoded
     got = chat.next_token_logits(p)
     ref = fresh_next_token_logits(chat, p)
@@ -406,3 +422,15 @@ def test_embedded_model_rollout_with_branch_is_identical_with_reuse(fresh_store)
     assert sum(r is not None for r, _ in out[True][1]) >= 4
     assert counts[True]["generated_tokens"] == counts[False]["generated_tokens"]
     assert counts[True]["encoded_per_generated"] <= 0.5 * counts[False]["encoded_per_generated"]
+
+
+def test_wave_helpers():
+    from music.chat.transformers_backend import _length_groups, _span
+
+    # Rows go longest first; a row joins a group while the group's padding stays under half of its positions.
+    assert _length_groups([0, 1, 2, 3], [100, 90, 10, 8]) == [[0, 1], [2, 3]]
+    assert _length_groups([5], [3]) == [[5]]
+    segs = [states([1, 2, 3]), states([4, 5])[..., :, :, :, :]]
+    whole = torch.cat(segs, dim=-2)
+    for a, b in [(0, 5), (1, 4), (3, 5), (2, 3), (0, 3)]:
+        assert torch.equal(_span(segs, a, b), whole[..., a:b, :])

@@ -109,6 +109,52 @@ def stop_token_ids(tok, lm) -> list[int]:
     return sorted(ids)
 
 
+SHARE_MIN = 32  # tokens two rows of a batch must share beyond the store for one to wait (see _complete)
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _length_groups(rows: list[int], lengths: list[int]) -> list[list[int]]:
+    """Split rows (longest first) into groups whose padding stays under half of what they compute."""
+    groups: list[list[int]] = []
+    width = total = 0
+    for j, n in sorted(zip(rows, lengths), key=lambda x: -x[1]):
+        if groups and (len(groups[-1]) + 1) * width <= 2 * (total + n):
+            groups[-1].append(j)
+            total += n
+        else:
+            groups.append([j])
+            width = total = n
+    return groups
+
+
+def _place(past, row: int, col: int, segments: list) -> None:
+    """Copy segments [layers, 2, heads, n, head_dim] into past[:, :, row, :, col:col + sum(n), :]."""
+    for seg in segments:
+        past[:, :, row, :, col : col + seg.shape[-2], :] = seg
+        col += seg.shape[-2]
+
+
+def _span(segments: list, a: int, b: int):
+    """Tokens [a, b) of the concatenation of segments (copies only what is asked)."""
+    import torch
+
+    parts, start = [], 0
+    for seg in segments:
+        n = seg.shape[-2]
+        lo, hi = max(a, start), min(b, start + n)
+        if lo < hi:
+            parts.append(seg[..., lo - start : hi - start, :])
+        start += n
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
+
+
 class TransformersChat(ChatBackend):
     kind = "transformers"
     unit_label = "batch"
@@ -220,35 +266,78 @@ class TransformersChat(ChatBackend):
             return None
         return DynamicCache([(states[i, 0], states[i, 1]) for i in range(states.shape[0])], config=self.lm.config)
 
-    def _complete(self, tokens: list[int]) -> list:
-        """States of `tokens` as segments [layers, 2, heads, n, head_dim] (n summing to len(tokens)), made
-        sure to be in the store: only what follows the longest stored prefix is encoded (no vocabulary
-        projection)."""
+    def _complete(self, seqs: list[list[int]]) -> list[list]:
+        """States of each token sequence as segments [layers, 2, heads, n, head_dim] (n summing to its
+        length), made sure to be in the store; only what follows each one's longest stored prefix is encoded.
+
+        Rows are encoded in batched waves. A row whose remaining tokens share at least SHARE_MIN tokens with
+        a row of the current wave waits for the next wave, where it finds them stored: samples of one
+        prompt, or conversations under one long system prompt, encode the shared part once.
+        """
+        out: list[list | None] = [None] * len(seqs)
+        pending = list(range(len(seqs)))
+        while pending:
+            wave, later, matches = [], [], {}
+            for j in pending:
+                match = self.kv.lookup(seqs[j]) if seqs[j] else None
+                if match is None or match.length == len(seqs[j]):
+                    out[j] = match.segments if match else []
+                elif any(_common(seqs[i], seqs[j]) >= match.length + SHARE_MIN for i in wave):
+                    later.append(j)
+                else:
+                    wave.append(j)
+                    matches[j] = match
+            for group in _length_groups(wave, [len(seqs[j]) - matches[j].length for j in wave]):
+                for j, states in zip(group, self._encode([seqs[j] for j in group], [matches[j] for j in group])):
+                    out[j] = states
+            pending = later
+        return out  # type: ignore[return-value]
+
+    def _encode(self, seqs: list[list[int]], matches: list) -> list[list]:
+        """One batched forward (no vocabulary projection) of each sequence's tokens after its stored prefix.
+
+        Layout: the stored states right-aligned in the first P = max(stored) columns, then the new tokens
+        right-aligned in the last N = max(new) columns; the zero columns in between are masked out, positions
+        are given explicitly. Returns each row's segments (stored ones, then the new states), after storing.
+        """
         import torch
 
-        if not tokens:
-            return []
-        match = self.kv.lookup(tokens)
-        done = match.length
-        if done == len(tokens):
-            return match.segments
         device = self.lm.device
-        cache = None
-        if done:
-            past = torch.cat(match.segments, dim=-2).unsqueeze(2)  # [layers, 2, 1, heads, done, head_dim]
-            cache = self._dynamic_cache(past)
-        ids = torch.tensor([tokens[done:]], dtype=torch.long, device=device)
-        positions = torch.arange(done, len(tokens), device=device).unsqueeze(0)
+        done = [m.length for m in matches]
+        new = [len(q) - d for q, d in zip(seqs, done)]
+        P, N, b = max(done), max(new), len(seqs)
+        ids = torch.full((b, N), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((b, P + N), dtype=torch.long)
+        positions = torch.zeros((b, N), dtype=torch.long)
+        for row, (q, d, n) in enumerate(zip(seqs, done, new)):
+            ids[row, N - n:] = torch.tensor(q[d:], dtype=torch.long)
+            mask[row, P - d : P] = 1
+            mask[row, P + N - n:] = 1
+            positions[row, N - n:] = torch.arange(d, d + n)
         with torch.inference_mode():
-            out = self.lm.base_model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True)
-            states = self._stack(out.past_key_values, 0, 0, len(tokens))
-        self.tokens.encoded += len(tokens) - done
-        self.kv.insert(tokens, lambda a, b: states[..., a:b, :])
-        return [states]
+            cache = None
+            if P:
+                some = next(m.segments[0] for m in matches if m.segments)
+                layers, _, heads, _, dim = some.shape
+                past = torch.zeros((layers, 2, b, heads, P, dim), dtype=some.dtype, device=device)
+                for row, (m, d) in enumerate(zip(matches, done)):
+                    _place(past, row, P - d, m.segments)
+                cache = self._dynamic_cache(past)
+                del past
+            res = self.lm.base_model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                     position_ids=positions.to(device), past_key_values=cache, use_cache=True)
+            fresh = [self._stack(res.past_key_values, row, P + N - n, P + N) for row, n in enumerate(new)]
+        self.tokens.encoded += sum(new)
+        out = []
+        for q, m, d, f in zip(seqs, matches, done, fresh):
+            segments = [*m.segments, f]
+            self.kv.insert(q, lambda a, z, segments=segments: _span(segments, a, z))
+            out.append(segments)
+        return out
 
     def _reused_batch(self, prompts: list[list[int]]):
         """(input_ids, attention_mask, cache): left-padded prompts, and a cache holding every prompt token but
-        the last, taken from the store (rows completed one at a time: shared prefixes are encoded once).
+        the last, taken from the store (see _complete for what gets encoded).
 
         Cache column c of row r holds the token at column c of input_ids (each row right-aligned); padded
         columns are zeros under a zero mask; generate() feeds the last column and takes positions from the
@@ -257,7 +346,7 @@ class TransformersChat(ChatBackend):
         import torch
 
         device = self.lm.device
-        segments = [self._complete(p[:-1]) for p in prompts]
+        segments = self._complete([p[:-1] for p in prompts])
         ids, mask = self._left_pad(prompts)
         width = ids.shape[1]
         some = next((row[0] for row in segments if row), None)
@@ -267,10 +356,7 @@ class TransformersChat(ChatBackend):
             with torch.inference_mode():
                 past = torch.zeros((layers, 2, len(prompts), heads, width - 1, dim), dtype=some.dtype, device=device)
                 for row, (p, segs) in enumerate(zip(prompts, segments)):
-                    col = width - len(p)  # the row's first column
-                    for seg in segs:
-                        past[:, :, row, :, col : col + seg.shape[-2], :] = seg
-                        col += seg.shape[-2]
+                    _place(past, row, width - len(p), segs)
                 cache = self._dynamic_cache(past)
         self.tokens.encoded += len(prompts)  # every row's last prompt token
         return ids.to(device), mask.to(device), cache
@@ -299,20 +385,23 @@ class TransformersChat(ChatBackend):
     def next_token_logits(self, prompts: list[list[int]]):
         """Logits of the token after each prompt [batch, vocab], as generate's first step computes them:
         one left-padded batch, positions from the attention mask; with reuse_kv from stored states."""
+        import inspect
+
         import torch
 
+        last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.lm.forward).parameters else {}
         if self.kv is None:
             ids, mask = self._left_pad(prompts)
             ids, mask = ids.to(self.lm.device), mask.to(self.lm.device)
             with torch.inference_mode():
                 out = self.lm(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                              logits_to_keep=1)
+                              **last)
             self.tokens.encoded += sum(len(p) for p in prompts)
             return out.logits[:, -1, :]
         ids, mask, cache = self._reused_batch(prompts)
         with torch.inference_mode():
             out = self.lm(input_ids=ids[:, -1:], attention_mask=mask, past_key_values=cache,
-                          position_ids=mask.sum(-1, keepdim=True) - 1, use_cache=True, logits_to_keep=1)
+                          position_ids=mask.sum(-1, keepdim=True) - 1, use_cache=True, **last)
         self._store_rows(out.past_key_values, ids.shape[1], [(len(p), p) for p in prompts])
         return out.logits[:, -1, :]
 
