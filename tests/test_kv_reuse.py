@@ -428,7 +428,8 @@ def test_wave_helpers():
     from music.chat.transformers_backend import _length_groups, _span
 
     # Rows go longest first; a row joins a group while the group's padding stays under half of its positions.
-    assert _length_groups([0, 1, 2, 3], [100, 90, 10, 8]) == [[0, 1], [2, 3]]
+    assert _length_groups([0, 1, 2, 3], [100, 90, 10, 8]) == [[0, 1, 2, 3]]  # 400 positions for 208 tokens
+    assert _length_groups([0, 1, 2, 3], [10, 100, 8, 300]) == [[3, 1], [0, 2]]
     assert _length_groups([5], [3]) == [[5]]
     segs = [states([1, 2, 3]), states([4, 5])[..., :, :, :, :]]
     whole = torch.cat(segs, dim=-2)
