@@ -52,6 +52,7 @@ class Match:
 
 
 def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the common prefix of a and b."""
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:

@@ -5,13 +5,14 @@ Generation stops at the end-of-turn token(s); the pad token is kept distinct fro
 Requests are sorted by prompt length into batches (less padding); each batch is sampled under its
 own seed (see music.chat.base), inside torch.random.fork_rng so the caller's RNG is untouched.
 
-With `reuse_kv` (the default), key/value states are reused across calls (music.chat.kv_cache): each
-row's prompt minus its last token is completed in the prefix store one row at a time (only the tokens
-after its longest stored prefix are encoded; rows of one batch that share a prefix encode it once),
-then the batch is generated from a cache built of those states, left-padded: the last prompt token of
-every row is the one new input, positions come from the attention mask (generate's cumsum), padded
-cache columns are zeros under a zero mask. After generation every row's prompt + generated tokens are
-stored. Batches, unit seeds and response-cache keys are those of the non-reusing path.
+With `reuse_kv` (the default), key/value states are reused across calls (music.chat.kv_cache). Each
+row's prompt minus its last token is completed in the prefix store: only the tokens after its longest
+stored prefix are encoded, in batched waves with explicit positions (rows of one batch that share a
+long prefix encode it once). Then the batch is generated from a cache built of those states,
+left-padded: the last prompt token of every row is the one new input, positions come from the
+attention mask (generate's cumsum), padded cache columns are zeros under a zero mask. Afterwards every
+row's prompt + generated tokens are stored. Batches, unit seeds and response-cache keys are those of
+the non-reusing path; replies agree with it up to float rounding (tests/test_kv_reuse.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import threading
 from typing import Iterator
 
 from music.chat.base import ChatBackend, ChatReply, Request, SamplingParams, TokenCounts, Unit
-from music.chat.kv_cache import PrefixKVStore
+from music.chat.kv_cache import PrefixKVStore, _common
 from music.config import ChatModelConfig
 from music.schema import validate_conversation
 
@@ -110,14 +111,6 @@ def stop_token_ids(tok, lm) -> list[int]:
 
 
 SHARE_MIN = 32  # tokens two rows of a batch must share beyond the store for one to wait (see _complete)
-
-
-def _common(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def _length_groups(rows: list[int], lengths: list[int]) -> list[list[int]]:
