@@ -95,10 +95,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--kv-cache-mb", type=int, default=None, help="default: ChatModelConfig's")
     ap.add_argument("--seeds-file", default=str(ROOT / "outputs" / "seeds" / "train.jsonl"))
     ap.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's choice). On a machine shared with other jobs, 1 thread "
+                         "measures far more steadily: 2 threads that get one core between them wait on each other")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from music.chat import make_chat
     from music.chat.base import TokenMeter

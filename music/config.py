@@ -50,6 +50,9 @@ class ChatModelConfig:
     # The store is shared by every backend of the same model in a process; kv_cache_mb bounds it (the
     # largest value asked by those backends), least recently used blocks are evicted. SmolLM2-135M in
     # fp32 needs about 46 KB per token (30 layers x 2 x 3 kv heads x 64 x 4 bytes): 2048 MB ~ 46k tokens.
+    # A roll-out touches every conversation once per turn and role, so size the budget to hold one
+    # conversation per role for all of them (the default profile's 40 seeds x 2 turns: ~1 GB); below
+    # that, LRU cycles and reuse falls (a warning is logged on the first eviction; outputs stay the same).
     # OpenAI-compatible servers do their own (vLLM: --enable-prefix-caching).
     reuse_kv: bool = True
     kv_cache_mb: int = 2048

@@ -257,6 +257,8 @@ def test_generate_is_identical_with_reuse_on_and_off_and_encodes_less(tiny, fres
     assert on.tokens.prompt == off.tokens.prompt == off.tokens.encoded
     assert on.tokens.generated == off.tokens.generated > 0
     assert on.tokens.encoded < off.tokens.encoded / 2  # byte-level tokens: the template alone is ~25 per turn
+    # Padded columns (fully masked queries included) never leak into what is stored.
+    assert len(on.kv) and all(torch.isfinite(b.kv).all() for b in on.kv._lru.values())
 
 
 def test_later_turns_encode_only_what_follows_the_stored_prefix(tiny, fresh_store):
@@ -307,7 +309,7 @@ def test_response_cache_keys_and_replies_do_not_depend_on_reuse(tiny, fresh_stor
     assert tiny_chat(tiny, True).identity() == tiny_chat(tiny, False).identity()
 
 
-def test_the_store_stays_within_its_budget_and_replies_do_not_change(tiny, fresh_store):
+def test_the_store_stays_within_its_budget_and_replies_do_not_change(tiny, fresh_store, caplog):
     on, off = tiny_chat(tiny, True), tiny_chat(tiny, False)
     layers, heads = on.lm.config.num_hidden_layers, on.lm.config.num_key_value_heads
     dim = on.lm.config.hidden_size // on.lm.config.num_attention_heads
@@ -318,6 +320,7 @@ def test_the_store_stays_within_its_budget_and_replies_do_not_change(tiny, fresh
         a, b = on.generate(convs, seed=turn), off.generate(convs, seed=turn)
         assert a == b
         assert on.kv.nbytes <= on.kv.budget_bytes and on.kv.evicted_blocks > 0
+        assert caplog.text.count("key/value store full") == 1  # said once
         convs = [c + [{"role": "assistant", "content": r.text or "ok"}, {"role": "user", "content": "go on"}]
                  for c, r in zip(convs, a)]
 

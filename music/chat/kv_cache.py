@@ -24,9 +24,12 @@ Callers hold references to the tensors they were given, so eviction during a cal
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Sequence
+
+log = logging.getLogger(__name__)
 
 BLOCK = 16  # tokens per block: a reused prefix loses nothing to block boundaries (partial matches are used)
 
@@ -187,6 +190,10 @@ class PrefixKVStore:
             x.children, x.partials, x.kv = {}, [], None
 
     def _evict(self) -> None:
+        if self.nbytes > self.budget_bytes and self._lru and not self.evicted_blocks:
+            log.warning("key/value store full (%d MB): evicting the least recently used states. A roll-out "
+                        "cycling over more conversations than fit gets little reuse: raise kv_cache_mb "
+                        "(outputs do not change, only speed)", self.budget_bytes // 2**20)
         while self.nbytes > self.budget_bytes and self._lru:
             b = next(iter(self._lru.values()))  # least recently used: a leaf (see the module doc)
             parent = b.parent
