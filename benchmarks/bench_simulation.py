@@ -1,13 +1,20 @@
-"""Simulation throughput: the batched simulator vs one conversation at a time vs raw batched generate.
+"""Simulation throughput: today's path (every prompt encoded whole) vs key/value reuse, side by side.
 
-    .venv/bin/python benchmarks/bench_simulation.py --seeds 8 --turns 1 --max-new-tokens 32
+    .venv/bin/python benchmarks/bench_simulation.py            # 16 seeds, 3 turns, user 32 / assistant 48 tokens
 
-On the same seeds, in one process, with the response cache off:
-  (a) batched   music.simulate.simulate_seeds on all seeds (one generate call per role per turn);
-  (b) naive     the same function called once per seed (batch of one);
-  (c) raw       model.generate on exactly the prompts (a) sent, in the same batches: the upper limit.
-Throughput = generated tokens / generation seconds, tokens counted by re-tokenising each reply the
-same way for all three. Prints tokens/s and the ratios batched/naive and batched/raw.
+One process, the same seeds (outputs/seeds/train.jsonl if present, else built-in questions), the
+response cache off. The workload is the pipeline's: music.simulate.simulate_seeds for K turns, then
+music.contrast.contrast_conversations (method "resample") whose rejected branch diverges at turn 1 or 2
+(min_turns_after_divergence=1) and is continued to the end, batch 8, temperature 0.7.
+
+Every generate call of that workload runs on both paths, one after the other with the order alternating
+from call to call, so both see the same load on a shared machine; the roll-out continues with today's
+replies, and the share of replies identical between the two paths is reported. Each path is timed per
+call; generated tokens/s = generated tokens (up to and including the stop token, as the backends count
+them) / generation seconds (wall clock; process CPU seconds too, as a check less sensitive to other jobs
+on a shared machine). Printed for both: prompt tokens per generated token, prompt tokens actually
+encoded per generated token, generated tokens/s; then the ratios reuse/today and the prefix store's peak
+memory. Targets (issue 8): encoded per generated token at most half of today's, throughput >= 1.5x.
 """
 
 from __future__ import annotations
@@ -47,120 +54,143 @@ def load_seeds(path: Path, n: int):
     return seeds, "built-in questions"
 
 
-class Recorder:
-    """Wraps a backend: times each generate call and keeps its prompts, seed and replies."""
+class Twin:
+    """One role. Each generate call runs on today's backend and on the reusing one (alternately first) and
+    returns today's replies; seconds and identical replies are counted per path."""
 
-    def __init__(self, backend):
-        self.backend, self.name = backend, backend.name
-        self.calls: list[dict] = []
+    PATHS = ("today", "reuse")
+
+    def __init__(self, today, reuse, clock: list[int]):
+        self.backends = {"today": today, "reuse": reuse}
+        self.name = today.name
+        self.clock = clock  # shared by the roles: the order alternates over all calls
+        self.seconds = {p: 0.0 for p in self.PATHS}
+        self.cpu_seconds = {p: 0.0 for p in self.PATHS}
+        self.replies = 0
+        self.identical = 0
 
     def generate(self, conversations, **kw):
-        t = time.perf_counter()
-        replies = self.backend.generate(conversations, **kw)
-        self.calls.append({"conversations": conversations, "kw": kw, "replies": replies,
-                           "seconds": time.perf_counter() - t})
-        return replies
-
-
-def count_tokens(tok, texts) -> int:
-    return sum(len(tok(t or "", add_special_tokens=False)["input_ids"]) for t in texts)
-
-
-def run_sim(seeds, user, assistant, cfg):
-    from music.simulate import simulate_seeds
-
-    u, a = Recorder(user), Recorder(assistant)
-    simulate_seeds(seeds, u, a, cfg, split="bench")
-    return u.calls + a.calls
-
-
-def raw_generate(backend, calls) -> tuple[int, float]:
-    """Same prompts, same batches, same generation config as the backend; only model.generate is timed."""
-    import torch
-
-    tok, lm = backend.tok, backend.lm
-    n_tokens, seconds = 0, 0.0
-    for call in calls:
-        params = backend.sampling(call["kw"].get("seed", 0), None, None)
-        gen_cfg = backend._generation_config(params)
-        prompts = [backend.render(c) for c in call["conversations"]]
-        order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
-        for start in range(0, len(order), backend.cfg.batch_size):
-            batch = [prompts[i] for i in order[start : start + backend.cfg.batch_size]]
-            width = max(len(p) for p in batch)
-            ids = torch.full((len(batch), width), backend.pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, p in enumerate(batch):
-                ids[row, width - len(p) :] = torch.tensor(p)
-                mask[row, width - len(p) :] = 1
-            torch.manual_seed(params.seed)
-            t = time.perf_counter()
-            with torch.inference_mode():
-                out = lm.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)
-            seconds += time.perf_counter() - t
-            n_tokens += count_tokens(tok, [backend._decode(row).text for row in out[:, width:].tolist()])
-    return n_tokens, seconds
+        order = self.PATHS if self.clock[0] % 2 == 0 else self.PATHS[::-1]
+        self.clock[0] += 1
+        out = {}
+        for path in order:
+            t, c = time.perf_counter(), time.process_time()
+            out[path] = self.backends[path].generate(conversations, **kw)
+            self.seconds[path] += time.perf_counter() - t
+            self.cpu_seconds[path] += time.process_time() - c
+        self.replies += len(conversations)
+        self.identical += sum(a.text == b.text and a.finish_reason == b.finish_reason
+                              for a, b in zip(out["today"], out["reuse"]))
+        return out["today"]
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=8)
-    ap.add_argument("--turns", type=int, default=1)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=None, help="default: the number of seeds")
+    ap.add_argument("--seeds", type=int, default=16)
+    ap.add_argument("--turns", type=int, default=3)
+    ap.add_argument("--user-tokens", type=int, default=32)
+    ap.add_argument("--assistant-tokens", type=int, default=48)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--repetition-penalty", type=float, default=1.1, help="the default profile's (params.yaml)")
+    ap.add_argument("--kv-cache-mb", type=int, default=None, help="default: ChatModelConfig's")
     ap.add_argument("--seeds-file", default=str(ROOT / "outputs" / "seeds" / "train.jsonl"))
     ap.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's choice). On a machine shared with other jobs, 1 thread "
+                         "measures far more steadily: 2 threads that get one core between them wait on each other")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
 
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
     from music.chat import make_chat
-    from music.config import EMBEDDED_MODEL, ChatModelConfig, SimulateConfig
+    from music.chat.base import TokenMeter
+    from music.config import EMBEDDED_MODEL, ChatModelConfig, ContrastConfig, SimulateConfig
+    from music.contrast import contrast_conversations
+    from music.simulate import SimPrompts, assistant_view, simulate_seeds, user_view
 
-    cfg = ChatModelConfig(model=args.model or EMBEDDED_MODEL, max_new_tokens=args.max_new_tokens,
-                          batch_size=args.batch_size or args.seeds)
-    backend = make_chat(cfg, None)  # no response cache: every variant really generates
-    tok = backend.tok
+    def backend(tokens: int, reuse: bool):
+        kw = {} if args.kv_cache_mb is None else {"kv_cache_mb": args.kv_cache_mb}
+        return make_chat(ChatModelConfig(model=args.model or EMBEDDED_MODEL, max_new_tokens=tokens,
+                                         temperature=args.temperature, repetition_penalty=args.repetition_penalty,
+                                         batch_size=args.batch_size, reuse_kv=reuse, **kw),
+                         None)  # no response cache: every call really generates
+
+    chats = {(role, path): backend(tokens, path == "reuse")
+             for role, tokens in (("user", args.user_tokens), ("assistant", args.assistant_tokens))
+             for path in Twin.PATHS}
+    store = chats["user", "reuse"].kv
+    if store is None:
+        raise SystemExit(f"key/value reuse is unavailable for this model: {chats['user', 'reuse'].reuse_off_reason}")
     seeds, seed_source = load_seeds(Path(args.seeds_file), args.seeds)
+
+    # Warm-up on the real batch shape (the first generate of a shape is slow), then an empty store.
+    prompts = SimPrompts.load()
+    views = [user_view(s.context, prompts) for s in seeds[: args.batch_size]]
+    for c in chats.values():
+        c.generate(views, max_new_tokens=2, seed=-1)
+        c.generate([assistant_view(s.context, prompts) for s in seeds[:1]], max_new_tokens=2, seed=-1)
+    store.clear()
+    store.peak_bytes = 0
+
+    meters = {p: TokenMeter(user=chats["user", p], assistant=chats["assistant", p]) for p in Twin.PATHS}
+    clock = [0]
+    user = Twin(chats["user", "today"], chats["user", "reuse"], clock)
+    assistant = Twin(chats["assistant", "today"], chats["assistant", "reuse"], clock)
     sim_cfg = SimulateConfig(turns=args.turns)
-    # Warm-up on the real batch shape: the first generate on a new shape is much slower (kernel set-up).
-    from music.simulate import SimPrompts, user_view
+    t0 = time.perf_counter()
+    convs = simulate_seeds(seeds, user, assistant, sim_cfg, split="bench", prompts=prompts)
+    contrast_cfg = ContrastConfig(method="resample", divergence="random", min_turns_after_divergence=1)
+    cands = contrast_conversations(convs, user=user, assistant=assistant, contrast=None, sim_cfg=sim_cfg,
+                                   cfg=contrast_cfg, split="bench", prompts=prompts)
+    wall = time.perf_counter() - t0
 
-    views = [user_view(s.context, SimPrompts.load()) for s in seeds]
-    backend.generate(views, max_new_tokens=2, seed=-1)
-    backend.generate(views[:1], max_new_tokens=2, seed=-1)
-
-    def measure(calls):
-        return count_tokens(tok, [r.text for c in calls for r in c["replies"]]), sum(c["seconds"] for c in calls)
-
-    batched_calls = run_sim(seeds, backend, backend, sim_cfg)
-    batched = measure(batched_calls)
-    naive = [0, 0.0]
-    for s in seeds:
-        n, t = measure(run_sim([s], backend, backend, sim_cfg))
-        naive[0] += n
-        naive[1] += t
-    raw = raw_generate(backend, batched_calls)
-
-    # On CPU the prompt (prefill) is compute-bound and costs the same batched or not; only decoding gains
-    # from batching. This ratio says how much of the work batching can speed up at all.
-    prompt_tokens = sum(len(backend.render(c)) for call in batched_calls for c in call["conversations"])
-    rate = {name: n / t for name, (n, t) in {"batched": batched, "naive": naive, "raw": raw}.items()}
+    paths = {}
+    for p in Twin.PATHS:
+        tok = meters[p].report()["total"]
+        secs = user.seconds[p] + assistant.seconds[p]
+        cpu = user.cpu_seconds[p] + assistant.cpu_seconds[p]
+        paths[p] = {**tok, "seconds": round(secs, 1), "generated_per_s": round(tok["generated_tokens"] / secs, 2),
+                    "cpu_seconds": round(cpu, 1), "generated_per_cpu_s": round(tok["generated_tokens"] / cpu, 2)}
+    replies = user.replies + assistant.replies
+    identical = user.identical + assistant.identical
     result = {
-        "seeds": len(seeds), "seed_source": seed_source, "turns": args.turns, "max_new_tokens": args.max_new_tokens,
-        "batch_size": cfg.batch_size, "threads": torch.get_num_threads(), "model": cfg.model,
-        "tokens": {"batched": batched[0], "naive": naive[0], "raw": raw[0]},
-        "seconds": {"batched": round(batched[1], 2), "naive": round(naive[1], 2), "raw": round(raw[1], 2)},
-        "tokens_per_s": {k: round(v, 2) for k, v in rate.items()},
-        "batched_over_naive": round(rate["batched"] / rate["naive"], 2),
-        "batched_over_raw": round(rate["batched"] / rate["raw"], 3),
-        "prompt_tokens": prompt_tokens, "prompt_tokens_per_generated_token": round(prompt_tokens / max(batched[0], 1), 1),
+        "seeds": len(seeds), "seed_source": seed_source, "turns": args.turns, "batch_size": args.batch_size,
+        "user_tokens": args.user_tokens, "assistant_tokens": args.assistant_tokens, "temperature": args.temperature,
+        "repetition_penalty": args.repetition_penalty,
+        "threads": torch.get_num_threads(), "model": args.model or EMBEDDED_MODEL,
+        "rejected_branches": sum(c["fields"]["rejected"] is not None for c in cands),
+        "generate_calls": clock[0], "wall_seconds_both_paths": round(wall, 1),
+        "today": paths["today"], "reuse": paths["reuse"],
+        "throughput_reuse_over_today": round(paths["reuse"]["generated_per_s"] / paths["today"]["generated_per_s"], 2),
+        "cpu_throughput_reuse_over_today": round(
+            paths["reuse"]["generated_per_cpu_s"] / paths["today"]["generated_per_cpu_s"], 2),
+        "encoded_per_generated_reuse_over_today": round(
+            paths["reuse"]["encoded_per_generated"] / paths["today"]["encoded_per_generated"], 3),
+        "identical_replies": f"{identical}/{replies}", "identical_share": round(identical / replies, 4),
+        "kv_store": {**store.stats(), "peak_mb": round(store.peak_bytes / 2**20, 1),
+                     "budget_mb": round(store.budget_bytes / 2**20)},
     }
     print(json.dumps(result, indent=2))
-    print(f"batched {rate['batched']:.1f} tok/s | naive {rate['naive']:.1f} tok/s | raw generate {rate['raw']:.1f} tok/s")
-    print(f"batched/naive = {result['batched_over_naive']:.2f}x (target >= 5x); "
-          f"batched/raw = {result['batched_over_raw']:.3f} (target >= 0.85)")
+    for p in Twin.PATHS:
+        r = paths[p]
+        print(f"{p:>6}: prompt/generated {r['prompt_per_generated']:.2f} | encoded/generated "
+              f"{r['encoded_per_generated']:.2f} | {r['generated_per_s']:.1f} generated tok/s "
+              f"({r['generated_tokens']} tokens in {r['seconds']:.0f} s)")
+    ok_enc = result["encoded_per_generated_reuse_over_today"] <= 0.5
+    ok_tps = result["throughput_reuse_over_today"] >= 1.5
+    print(f"reuse/today: throughput {result['throughput_reuse_over_today']:.2f}x (target >= 1.5: "
+          f"{'met' if ok_tps else 'NOT met'}); encoded per generated token "
+          f"{result['encoded_per_generated_reuse_over_today']:.3f} (target <= 0.5: {'met' if ok_enc else 'NOT met'})")
+    print(f"process CPU time (less sensitive to other jobs on the machine): generated tokens per CPU second "
+          f"{paths['today']['generated_per_cpu_s']:.2f} today, {paths['reuse']['generated_per_cpu_s']:.2f} reuse: "
+          f"{result['cpu_throughput_reuse_over_today']:.2f}x")
+    print(f"identical replies: {identical}/{replies} ({100 * identical / replies:.1f}%); "
+          f"prefix store peak {result['kv_store']['peak_mb']} MB of {result['kv_store']['budget_mb']} MB")
     if args.json:
         from music.io import write_json
 

@@ -81,6 +81,20 @@ class ChatModelConfig(_Checked):
     repetition_penalty: float = 1.0
     batch_size: int = 8  # conversations generated together (in-process)
     dtype: str = "float32"  # in-process weights
+    # In-process (transformers) only: automatic prefix caching. Each forward pass's key/value states are
+    # kept by token ids (music.chat.kv_cache) and a later request encodes only what follows its longest
+    # stored prefix: a roll-out's next turn, a rejected branch's shared history, samples of one prompt.
+    # Replies equal the non-reusing path's up to float rounding (reused states come from other batch
+    # shapes; tests/test_kv_reuse.py pins the tolerance); the response-cache keys do not depend on it.
+    # The store is shared by every backend of the same model in a process; kv_cache_mb bounds it (the
+    # largest value asked by those backends), least recently used blocks are evicted. SmolLM2-135M in
+    # fp32 needs about 46 KB per token (30 layers x 2 x 3 kv heads x 64 x 4 bytes): 4096 MB ~ 90k tokens.
+    # A roll-out touches every conversation once per turn and role, so size the budget to hold one
+    # conversation per role for all of them (the default profile's seeds, ~500 tokens each: ~3 GB); below
+    # that, LRU cycles and reuse falls (a warning is logged on the first eviction; outputs stay the same).
+    # OpenAI-compatible servers do their own (vLLM: --enable-prefix-caching).
+    reuse_kv: bool = True  # automatic prefix caching (above)
+    kv_cache_mb: int = 4096  # the prefix store's budget, shared per model in a process
     # OpenAI-compatible endpoints only
     base_urls: list[str] = field(default_factory=lambda: ["http://localhost:8000/v1"])  # several = round-robin
     api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the key (never the key itself)
@@ -103,6 +117,7 @@ class ChatModelConfig(_Checked):
         self._require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
         self._require(self.repetition_penalty > 0, "repetition_penalty", f"must be > 0, got {self.repetition_penalty}")
         self._require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        self._require(self.kv_cache_mb > 0 or not self.reuse_kv, "kv_cache_mb", f"must be > 0 with reuse_kv, got {self.kv_cache_mb}")
         self._require(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
         self._require(bool(self.base_urls), "base_urls", "needs at least one URL")
         self._require(self.max_concurrency >= 1, "max_concurrency", f"must be >= 1, got {self.max_concurrency}")

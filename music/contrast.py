@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from music.chat import make_chat
-from music.chat.base import derive_seed
+from music.chat.base import TokenMeter, derive_seed
 from music.config import ContrastConfig, Params, SimulateConfig
 from music.d_pairs import d_candidates, d_records_from_source, parse_d_source
 from music.filters import REASONS, apply_filters, normalized, user_leaks
@@ -282,6 +282,7 @@ def run_contrast(P: Params, *, splits: Sequence[str] = ("train", "eval"),
         contrast = make_chat(cfg.contrast, P.paths.cache) if cfg.method != "resample" else None
     else:
         user, assistant, contrast = backends
+    meter = TokenMeter(user=user, assistant=assistant, contrast=contrast)
     d_from_source = parse_d_source(cfg.d_source) is not None
     out_dir = Path(P.paths.pairs)
     report: dict = {"reasons": list(REASONS), "splits": {}, "methods": {}, "multi_turn": {}, "d_source": cfg.d_source,
@@ -316,6 +317,8 @@ def run_contrast(P: Params, *, splits: Sequence[str] = ("train", "eval"),
             quality, report["quality_eval"] = quality_eval_pairs(P, d_records, assistant)
             save_records(quality, out_dir / "quality_eval", pair_features())
     write_json(out_dir / "filter_report.json", report)
+    # Not in filter_report.json: the counts depend on what the response cache already held.
+    report["tokens"] = meter.report()
     return report
 
 

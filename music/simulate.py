@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 from music.chat import make_chat
-from music.chat.base import derive_seed
+from music.chat.base import TokenMeter, derive_seed
 from music.config import Params, SimulateConfig
 from music.prompts import Prompt, load_prompt
 from music.schema import user_turns
@@ -236,7 +236,9 @@ def run_simulate(P: Params, *, splits: Sequence[str] = SPLITS, backends: tuple[C
         seeds = read_seeds(Path(P.paths.seeds) / f"{split}.jsonl")
         if split == "eval" and P.simulate.max_eval_conversations is not None:
             seeds = seeds[: P.simulate.max_eval_conversations]
+        meter = TokenMeter(user=user, assistant=assistant)
         records = simulate_seeds(seeds, user, assistant, P.simulate, split=split)
         save_records(records, Path(P.paths.conversations) / split, conversation_features())
-        summary[split] = {"conversations": len(records), "failed": sum(r["failure"] is not None for r in records)}
+        summary[split] = {"conversations": len(records), "failed": sum(r["failure"] is not None for r in records),
+                          "tokens": meter.report()}  # prompt tokens asked/encoded per generated token; {} if uncounted
     return summary

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator
 
 from tqdm.auto import tqdm
@@ -64,6 +64,51 @@ class Unit:
     cache_keys: list[str] = field(default_factory=list)
 
 
+@dataclass
+class TokenCounts:
+    """Token counters of an in-process backend (prompt = asked for; encoded = went through the model)."""
+
+    prompt: int = 0  # prompt tokens of the requests generated (not served from the response cache)
+    encoded: int = 0  # prompt tokens actually encoded (fewer than `prompt` when key/value states are reused)
+    generated: int = 0  # generated tokens, up to and including each reply's stop token
+
+    def __sub__(self, other: "TokenCounts") -> "TokenCounts":
+        return TokenCounts(self.prompt - other.prompt, self.encoded - other.encoded, self.generated - other.generated)
+
+    def __add__(self, other: "TokenCounts") -> "TokenCounts":
+        return TokenCounts(self.prompt + other.prompt, self.encoded + other.encoded, self.generated + other.generated)
+
+    def as_dict(self) -> dict:
+        per = (lambda n: round(n / self.generated, 2)) if self.generated else (lambda n: None)
+        return {"prompt_tokens": self.prompt, "prompt_tokens_encoded": self.encoded, "generated_tokens": self.generated,
+                "prompt_per_generated": per(self.prompt), "encoded_per_generated": per(self.encoded)}
+
+
+class TokenMeter:
+    """Token counts of some backends since this meter was made: `TokenMeter(user=u, assistant=a).report()`.
+
+    Backends without counters (HTTP, fakes) are left out; the total counts a backend given twice once.
+    """
+
+    def __init__(self, **backends: Any):
+        self.backends = {k: b for k, b in backends.items() if isinstance(getattr(b, "tokens", None), TokenCounts)}
+        self.start = {k: replace(b.tokens) for k, b in self.backends.items()}
+
+    def counts(self) -> dict[str, TokenCounts]:
+        return {k: b.tokens - self.start[k] for k, b in self.backends.items()}
+
+    def report(self) -> dict:
+        counts = self.counts()
+        if not counts:
+            return {}
+        total, seen = TokenCounts(), set()
+        for k, b in self.backends.items():
+            if id(b) not in seen:
+                seen.add(id(b))
+                total = total + counts[k]
+        return {**{k: c.as_dict() for k, c in counts.items()}, "total": total.as_dict()}
+
+
 def sha256_json(obj: Any) -> str:
     return hashlib.sha256(dumps_canonical(obj).encode("utf-8")).hexdigest()
 
@@ -85,6 +130,7 @@ class ChatBackend(ABC):
         self.cache = cache  # music.chat.cache.ResponseCache | None
         self.units_generated = 0  # units actually run (not served from the cache), for tests and logs
         self.fold_system = cfg.system_role == "fold"  # backends may decide more (see TransformersChat)
+        self.tokens: TokenCounts | None = None  # set by backends that count tokens (in-process ones)
 
     # --- what a backend implements -------------------------------------------------------------
     @abstractmethod

@@ -4,6 +4,15 @@ Prompts are rendered and tokenised in one step by the model's chat template (no 
 Generation stops at the end-of-turn token(s); the pad token is kept distinct from them.
 Requests are sorted by prompt length into batches (less padding); each batch is sampled under its
 own seed (see music.chat.base), inside torch.random.fork_rng so the caller's RNG is untouched.
+
+With `reuse_kv` (the default), key/value states are reused across calls (music.chat.kv_cache). Each
+row's prompt minus its last token is completed in the prefix store: only the tokens after its longest
+stored prefix are encoded, in batched waves with explicit positions (rows of one batch that share a
+long prefix encode it once). Then the batch is generated from a cache built of those states,
+left-padded: the last prompt token of every row is the one new input, positions come from the
+attention mask (generate's cumsum), padded cache columns are zeros under a zero mask. Afterwards every
+row's prompt + generated tokens are stored. Batches, unit seeds and response-cache keys are those of
+the non-reusing path; replies agree with it up to float rounding (tests/test_kv_reuse.py).
 """
 
 from __future__ import annotations
@@ -11,7 +20,8 @@ from __future__ import annotations
 import threading
 from typing import Iterator
 
-from music.chat.base import ChatBackend, ChatReply, Request, SamplingParams, Unit, template_accepts_system
+from music.chat.base import ChatBackend, ChatReply, Request, SamplingParams, TokenCounts, Unit, template_accepts_system
+from music.chat.kv_cache import PrefixKVStore, _common
 from music.config import ChatModelConfig
 from music.models import load_causal_lm, load_tokenizer
 from music.schema import validate_conversation
@@ -21,6 +31,7 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<
 
 _REGISTRY: dict[tuple[str, str], tuple[object, object]] = {}
 _REGISTRY_LOCK = threading.Lock()
+_KV_STORES: dict[tuple[str, str], PrefixKVStore] = {}
 
 
 def shared_model(model: str, dtype: str = "float32"):
@@ -37,9 +48,39 @@ def shared_model(model: str, dtype: str = "float32"):
         return _REGISTRY[key]
 
 
+def shared_kv_store(model: str, dtype: str, budget_mb: int) -> PrefixKVStore:
+    """The prefix store of a loaded model, shared by its backends; its budget is the largest asked for."""
+    key = (model, dtype)
+    budget = int(budget_mb) * 2**20
+    with _REGISTRY_LOCK:
+        store = _KV_STORES.get(key)
+        if store is None:
+            store = _KV_STORES[key] = PrefixKVStore(budget)
+        elif budget > store.budget_bytes:
+            store.set_budget(budget)
+        return store
+
+
 def clear_registry() -> None:
     with _REGISTRY_LOCK:
         _REGISTRY.clear()
+        _KV_STORES.clear()
+
+
+def reuse_unsupported(lm) -> str | None:
+    """Why key/value states of `lm` cannot be reused here (None: they can)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    if lm.config.is_encoder_decoder:
+        return "encoder-decoder model"
+    try:
+        layers = DynamicCache(config=lm.config).layers
+    except Exception as e:  # noqa: BLE001 - any model whose cache we cannot build is simply not reused
+        return f"no dynamic cache ({e})"
+    if not layers or any(type(l) is not DynamicLayer for l in layers):
+        return "not every layer is full attention with a plain dynamic cache (sliding window, recurrent...)"
+    return None
 
 
 def stop_token_ids(tok, lm) -> list[int]:
@@ -68,6 +109,44 @@ def stop_token_ids(tok, lm) -> list[int]:
     return sorted(ids)
 
 
+SHARE_MIN = 32  # tokens two rows of a batch must share beyond the store for one to wait (see _complete)
+
+
+def _length_groups(rows: list[int], lengths: list[int]) -> list[list[int]]:
+    """Split rows (longest first) into groups whose padding stays under half of what they compute."""
+    groups: list[list[int]] = []
+    width = total = 0
+    for j, n in sorted(zip(rows, lengths), key=lambda x: -x[1]):
+        if groups and (len(groups[-1]) + 1) * width <= 2 * (total + n):
+            groups[-1].append(j)
+            total += n
+        else:
+            groups.append([j])
+            width = total = n
+    return groups
+
+
+def _place(past, row: int, col: int, segments: list) -> None:
+    """Copy segments [layers, 2, heads, n, head_dim] into past[:, :, row, :, col:col + sum(n), :]."""
+    for seg in segments:
+        past[:, :, row, :, col : col + seg.shape[-2], :] = seg
+        col += seg.shape[-2]
+
+
+def _span(segments: list, a: int, b: int):
+    """Tokens [a, b) of the concatenation of segments (copies only what is asked)."""
+    import torch
+
+    parts, start = [], 0
+    for seg in segments:
+        n = seg.shape[-2]
+        lo, hi = max(a, start), min(b, start + n)
+        if lo < hi:
+            parts.append(seg[..., lo - start : hi - start, :])
+        start += n
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
+
+
 class TransformersChat(ChatBackend):
     kind = "transformers"
     unit_label = "batch"
@@ -85,6 +164,15 @@ class TransformersChat(ChatBackend):
         if cfg.system_role == "auto":  # a template without a system role (Gemma-2) gets it folded in
             self.fold_system = not template_accepts_system(self.tok)
         self.pad_id = int(self.tok.pad_token_id)
+        self.tokens = TokenCounts()
+        self.kv: PrefixKVStore | None = None
+        self.reuse_off_reason = None if cfg.reuse_kv else "reuse_kv is off"
+        if cfg.reuse_kv:
+            if cfg.kv_cache_mb <= 0:
+                raise ValueError(f"kv_cache_mb must be > 0 with reuse_kv, got {cfg.kv_cache_mb}")
+            self.reuse_off_reason = reuse_unsupported(self.lm)
+            if self.reuse_off_reason is None:
+                self.kv = shared_kv_store(cfg.model, cfg.dtype, cfg.kv_cache_mb)
 
     def identity(self) -> dict:
         return {"kind": self.kind, "model": self.cfg.model, "dtype": self.cfg.dtype}
@@ -110,7 +198,7 @@ class TransformersChat(ChatBackend):
         bs = self.cfg.batch_size
         return [order[i : i + bs] for i in range(0, len(order), bs)]
 
-    def _generation_config(self, params: SamplingParams):
+    def _generation_config(self, params: SamplingParams, **extra):
         from transformers import GenerationConfig
 
         sample = params.temperature > 0
@@ -120,6 +208,7 @@ class TransformersChat(ChatBackend):
             eos_token_id=self.stop_ids,
             pad_token_id=self.pad_id,
             use_cache=True,
+            **extra,
         )
         if sample:  # plain temperature + nucleus sampling, as an OpenAI-compatible server does
             kw.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
@@ -130,18 +219,186 @@ class TransformersChat(ChatBackend):
     def run(self, units: list[Unit], params: SamplingParams) -> Iterator[tuple[Unit, list[ChatReply]]]:
         import torch
 
-        gen_cfg = self._generation_config(params)
+        gen_cfg = self._generation_config(params, return_dict_in_generate=self.kv is not None)
         device = self.lm.device
         fork_devices = [device.index or 0] if device.type == "cuda" else []
         for unit in units:
-            ids, mask = self._left_pad([r.payload for r in unit.requests])
-            width = ids.shape[1]
-            with torch.inference_mode(), torch.random.fork_rng(devices=fork_devices):
-                torch.manual_seed(unit.seed)
-                out = self.lm.generate(
-                    input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg
-                )
-            yield unit, [self._decode(row) for row in out[:, width:].tolist()]
+            prompts = [r.payload for r in unit.requests]
+            if self.kv is not None:
+                rows = self._generate_reusing(prompts, gen_cfg, unit.seed, fork_devices)
+            else:
+                ids, mask = self._left_pad(prompts)
+                width = ids.shape[1]
+                with torch.inference_mode(), torch.random.fork_rng(devices=fork_devices):
+                    torch.manual_seed(unit.seed)
+                    out = self.lm.generate(
+                        input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg
+                    )
+                rows = out[:, width:].tolist()
+                self.tokens.encoded += sum(len(p) for p in prompts)
+            self.tokens.prompt += sum(len(p) for p in prompts)
+            self.tokens.generated += sum(self._generated_length(row) for row in rows)
+            yield unit, [self._decode(row) for row in rows]
+
+    # --- key/value reuse -----------------------------------------------------------------------------
+    def _generated_length(self, tokens: list[int]) -> int:
+        stops = set(self.stop_ids)
+        return next((i + 1 for i, t in enumerate(tokens) if t in stops), len(tokens))
+
+    @staticmethod
+    def _stack(cache, row: int, start: int, stop: int):
+        """States of columns [start, stop) of `row` of a DynamicCache: [layers, 2, heads, n, head_dim]."""
+        import torch
+
+        return torch.stack([torch.stack([l.keys[row, :, start:stop], l.values[row, :, start:stop]])
+                            for l in cache.layers])
+
+    def _dynamic_cache(self, states):
+        """A DynamicCache from [layers, 2, batch, heads, n, head_dim] (None when n == 0)."""
+        from transformers import DynamicCache
+
+        if states.shape[-2] == 0:
+            return None
+        return DynamicCache([(states[i, 0], states[i, 1]) for i in range(states.shape[0])], config=self.lm.config)
+
+    def _complete(self, seqs: list[list[int]]) -> list[list]:
+        """States of each token sequence as segments [layers, 2, heads, n, head_dim] (n summing to its
+        length), made sure to be in the store; only what follows each one's longest stored prefix is encoded.
+
+        Rows are encoded in batched waves. A row whose remaining tokens share at least SHARE_MIN tokens with
+        a row of the current wave waits for the next wave, where it finds them stored: samples of one
+        prompt, or conversations under one long system prompt, encode the shared part once.
+        """
+        out: list[list | None] = [None] * len(seqs)
+        pending = list(range(len(seqs)))
+        while pending:
+            wave, later, matches = [], [], {}
+            for j in pending:
+                match = self.kv.lookup(seqs[j]) if seqs[j] else None
+                if match is None or match.length == len(seqs[j]):
+                    out[j] = match.segments if match else []
+                elif any(_common(seqs[i], seqs[j]) >= match.length + SHARE_MIN for i in wave):
+                    later.append(j)
+                else:
+                    wave.append(j)
+                    matches[j] = match
+            for group in _length_groups(wave, [len(seqs[j]) - matches[j].length for j in wave]):
+                for j, states in zip(group, self._encode([seqs[j] for j in group], [matches[j] for j in group])):
+                    out[j] = states
+            pending = later
+        return out  # type: ignore[return-value]
+
+    def _encode(self, seqs: list[list[int]], matches: list) -> list[list]:
+        """One batched forward (no vocabulary projection) of each sequence's tokens after its stored prefix.
+
+        Layout: the stored states right-aligned in the first P = max(stored) columns, then the new tokens
+        right-aligned in the last N = max(new) columns; the zero columns in between are masked out, positions
+        are given explicitly. Returns each row's segments (stored ones, then the new states), after storing.
+        """
+        import torch
+
+        device = self.lm.device
+        done = [m.length for m in matches]
+        new = [len(q) - d for q, d in zip(seqs, done)]
+        P, N, b = max(done), max(new), len(seqs)
+        ids = torch.full((b, N), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((b, P + N), dtype=torch.long)
+        positions = torch.zeros((b, N), dtype=torch.long)
+        for row, (q, d, n) in enumerate(zip(seqs, done, new)):
+            ids[row, N - n:] = torch.tensor(q[d:], dtype=torch.long)
+            mask[row, P - d : P] = 1
+            mask[row, P + N - n:] = 1
+            positions[row, N - n:] = torch.arange(d, d + n)
+        with torch.inference_mode():
+            cache = None
+            if P:
+                some = next(m.segments[0] for m in matches if m.segments)
+                layers, _, heads, _, dim = some.shape
+                past = torch.zeros((layers, 2, b, heads, P, dim), dtype=some.dtype, device=device)
+                for row, (m, d) in enumerate(zip(matches, done)):
+                    _place(past, row, P - d, m.segments)
+                cache = self._dynamic_cache(past)
+                del past
+            res = self.lm.base_model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                     position_ids=positions.to(device), past_key_values=cache, use_cache=True)
+            fresh = [self._stack(res.past_key_values, row, P + N - n, P + N) for row, n in enumerate(new)]
+        self.tokens.encoded += sum(new)
+        out = []
+        for q, m, d, f in zip(seqs, matches, done, fresh):
+            segments = [*m.segments, f]
+            self.kv.insert(q, lambda a, z, segments=segments: _span(segments, a, z))
+            out.append(segments)
+        return out
+
+    def _reused_batch(self, prompts: list[list[int]]):
+        """(input_ids, attention_mask, cache): left-padded prompts, and a cache holding every prompt token but
+        the last, taken from the store (see _complete for what gets encoded).
+
+        Cache column c of row r holds the token at column c of input_ids (each row right-aligned); padded
+        columns are zeros under a zero mask; generate() feeds the last column and takes positions from the
+        mask's cumulative sum, so every row sees its own tokens at positions 0..len-1.
+        """
+        import torch
+
+        device = self.lm.device
+        segments = self._complete([p[:-1] for p in prompts])
+        ids, mask = self._left_pad(prompts)
+        width = ids.shape[1]
+        some = next((row[0] for row in segments if row), None)
+        cache = None
+        if some is not None:  # [layers, 2, batch, heads, width - 1, head_dim]
+            layers, _, heads, _, dim = some.shape
+            with torch.inference_mode():
+                past = torch.zeros((layers, 2, len(prompts), heads, width - 1, dim), dtype=some.dtype, device=device)
+                for row, (p, segs) in enumerate(zip(prompts, segments)):
+                    _place(past, row, width - len(p), segs)
+                cache = self._dynamic_cache(past)
+        self.tokens.encoded += len(prompts)  # every row's last prompt token
+        return ids.to(device), mask.to(device), cache
+
+    def _store_rows(self, cache, width: int, sequences: list[tuple[int, list[int]]]) -> None:
+        """Store each row's (prompt length, tokens): row r's first token is at column width - prompt length."""
+        for row, (prompt_len, seq) in enumerate(sequences):
+            first = width - prompt_len
+            self.kv.insert(seq, lambda a, b, row=row, first=first: self._stack(cache, row, first + a, first + b))
+
+    def _generate_reusing(self, prompts: list[list[int]], gen_cfg, seed: int, fork_devices: list) -> list[list[int]]:
+        import torch
+
+        ids, mask, cache = self._reused_batch(prompts)
+        width = ids.shape[1]
+        with torch.inference_mode(), torch.random.fork_rng(devices=fork_devices):
+            torch.manual_seed(seed)
+            out = self.lm.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, generation_config=gen_cfg)
+        rows = out.sequences[:, width:].tolist()
+        # Tokens that went through the model: each prompt, then the generated ones up to the stop token (the
+        # call's last generated token is never fed back).
+        self._store_rows(out.past_key_values, width,
+                         [(len(p), p + gen[: min(self._generated_length(gen), len(gen) - 1)]) for p, gen in zip(prompts, rows)])
+        return rows
+
+    def next_token_logits(self, prompts: list[list[int]]):
+        """Logits of the token after each prompt [batch, vocab], as generate's first step computes them:
+        one left-padded batch, positions from the attention mask; with reuse_kv from stored states."""
+        import inspect
+
+        import torch
+
+        last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.lm.forward).parameters else {}
+        if self.kv is None:
+            ids, mask = self._left_pad(prompts)
+            ids, mask = ids.to(self.lm.device), mask.to(self.lm.device)
+            with torch.inference_mode():
+                out = self.lm(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                              **last)
+            self.tokens.encoded += sum(len(p) for p in prompts)
+            return out.logits[:, -1, :]
+        ids, mask, cache = self._reused_batch(prompts)
+        with torch.inference_mode():
+            out = self.lm(input_ids=ids[:, -1:], attention_mask=mask, past_key_values=cache,
+                          position_ids=mask.sum(-1, keepdim=True) - 1, use_cache=True, **last)
+        self._store_rows(out.past_key_values, ids.shape[1], [(len(p), p) for p in prompts])
+        return out.logits[:, -1, :]
 
     def _left_pad(self, prompts: list[list[int]]):
         """(input_ids, attention_mask) with every prompt right-aligned, pad on the left."""
@@ -160,7 +417,9 @@ class TransformersChat(ChatBackend):
         """Constrained decoding: the reply is prefix + the option whose first token is most likely + suffix.
 
         A small model rarely writes a parseable verdict on its own; scoring the options after the
-        prefix always yields one (one forward pass per conversation, batched, no sampling).
+        prefix always yields one (one forward pass per conversation, batched, no sampling). With
+        reuse_kv each conversation is encoded from its longest stored prefix (a judge prompt shared by
+        every item is encoded once).
         """
         import torch
         from tqdm.auto import tqdm
@@ -178,9 +437,14 @@ class TransformersChat(ChatBackend):
         bs = self.cfg.batch_size
         for start in tqdm(range(0, len(order), bs), desc=desc or f"{self.name} choose", unit="batch"):
             rows = order[start : start + bs]
-            ids, mask = self._left_pad([prompts[i] for i in rows])
-            with torch.inference_mode():
-                logits = self.lm(input_ids=ids.to(self.lm.device), attention_mask=mask.to(self.lm.device)).logits[:, -1, :]
+            self.tokens.prompt += sum(len(prompts[i]) for i in rows)
+            if self.kv is not None:  # each row from its longest stored prefix
+                logits = self.next_token_logits([prompts[i] for i in rows])
+            else:  # unchanged from before reuse (positions not taken from the mask: RoPE only sees differences)
+                ids, mask = self._left_pad([prompts[i] for i in rows])
+                with torch.inference_mode():
+                    logits = self.lm(input_ids=ids.to(self.lm.device), attention_mask=mask.to(self.lm.device)).logits[:, -1, :]
+                self.tokens.encoded += sum(len(prompts[i]) for i in rows)
             picks = logits[:, first].argmax(dim=-1).tolist()
             for r, i in enumerate(rows):
                 replies[i] = ChatReply(text=f"{prefix}{options[picks[r]]}{suffix}", finish_reason="stop")
