@@ -135,8 +135,8 @@ class SeedConfig(_Checked):
     source: str = "sharegpt"  # loader: sharegpt | skywork | hh | ultrafeedback | rewardbench (music.sources)
     path: str = "data/sharegpt/conversations.jsonl"  # local file, or `hub:<dataset id>`
     split: str = "train"  # hub split
-    n_train: int = 40  # training seeds
-    n_eval: int = 12  # held-out seeds (held-out pairs)
+    n_train: int = 64  # training seeds
+    n_eval: int = 40  # held-out seeds (held-out pairs)
     n_eval_conversations: int = 24  # whole held-out conversations (multi-turn tests), >= 2 assistant turns
     max_context_turns: int = 2  # a seed is a prefix of 1..this many whole user/assistant turns
     max_message_chars: int = 500  # longest message allowed in a seed context and its real next turn
