@@ -135,7 +135,7 @@ class SeedConfig(_Checked):
     source: str = "sharegpt"  # loader: sharegpt | skywork | hh | ultrafeedback | rewardbench (music.sources)
     path: str = "data/sharegpt/conversations.jsonl"  # local file, or `hub:<dataset id>`
     split: str = "train"  # hub split
-    n_train: int = 64  # training seeds
+    n_train: int = 48  # training seeds
     n_eval: int = 40  # held-out seeds (held-out pairs)
     n_eval_conversations: int = 24  # whole held-out conversations (multi-turn tests), >= 2 assistant turns
     max_context_turns: int = 2  # a seed is a prefix of 1..this many whole user/assistant turns
@@ -185,7 +185,7 @@ class ContrastConfig(_Checked):
     # "random" draws among turns leaving at least this many after it: 1 = never the last turn, so every
     # MUSIC pair differs in two or more assistant turns (a pair diverging at the last turn is a last-turn pair)
     min_turns_after_divergence: int = 1
-    candidates: int = 4  # "resample": the user model writes the divergence request again this many times
+    candidates: int = 3  # "resample": the user model writes the divergence request again this many times
     answered_candidates: int = 2  # at most this many, the most unlike the original (on topic), are answered; the clearest contrast is kept
     encoder: str = EMBEDDED_ENCODER  # sentence encoder for the relevance checks (music.relevance)
     # Filters on relevance (null: off). A pair is kept when the rejected reply is closer to the modified
@@ -245,7 +245,7 @@ class TrainConfig(_Checked):
     save_every: int = 10  # resume checkpoint every N optimizer steps (outside DVC outputs)
     # One model per seed and variant (outputs/models/{variant}/seed{s}); a seed fixes the head's and LoRA's
     # initialisation, the data order and the MUSIC subset. Results are reported as mean and spread over seeds.
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
     dtype: str = "auto"  # weights: auto = float32 on CPU, the backbone's 16-bit dtype (else bfloat16) on a GPU
     gradient_checkpointing: bool | None = None  # null: on for backbones of >= 1B parameters (music.models.shapes)
 
@@ -284,7 +284,7 @@ class EvalConfig(_Checked):
     swap_max_distance: int = 3  # swap one assistant reply 1..this many turns from the end
     max_length: int | None = None  # RM scoring length (null: the RM's trained max_length)
     batch_size: int = 8  # conversations scored together
-    bon_ns: list[int] = field(default_factory=lambda: [2, 4, 8])  # Best-of-N sizes
+    bon_ns: list[int] = field(default_factory=lambda: [2, 4])  # Best-of-N sizes
     bon_prompts: int = 6  # Best-of-N prompts
     # Where Best-of-N prompts come from (music.sources.prompts): "mtbench" (two scripted user turns each;
     # "mtbench:PATH" for another question.jsonl), "hh:LOCATION", "ultrainteract:LOCATION" or "file:PATH".

@@ -48,8 +48,12 @@ def mtbench_twins(questions: Sequence[dict], references: dict, assistant: Any, *
     """(twin records, counts): the embedded model answers each referenced question's two turns (two batched
     calls); questions whose conversations exceed `max_chars` are skipped (the RM must see them whole)."""
     prompts = SimPrompts.load()
-    usable = [q for q in questions if q["question_id"] in references and len(q["turns"]) >= 2
-              and len(references[q["question_id"]]) >= 2]
+    referenced = [q for q in questions if q["question_id"] in references and len(q["turns"]) >= 2
+                  and len(references[q["question_id"]]) >= 2]
+    # The strong conversation alone (both questions, both reference answers) already over the limit: skipped
+    # before anything is generated for it.
+    usable = [q for q in referenced
+              if sum(map(len, q["turns"][:2])) + sum(map(len, references[q["question_id"]][:2])) <= max_chars]
     first = [[{"role": "user", "content": q["turns"][0]}] for q in usable]
     replies1 = assistant.generate([assistant_view(h, prompts) for h in first], seed=derive_seed(seed, "mtbench", 1),
                                   desc="mt-bench weak answers, turn 1")
@@ -57,7 +61,7 @@ def mtbench_twins(questions: Sequence[dict], references: dict, assistant: Any, *
                {"role": "user", "content": q["turns"][1]}] for q, h in zip(usable, first)]
     replies2 = assistant.generate([assistant_view(h, prompts) for h in second], seed=derive_seed(seed, "mtbench", 2),
                                   desc="mt-bench weak answers, turn 2")
-    out, counts = [], {"questions_with_references": len(usable), "failed": 0, "too_long": 0}
+    out, counts = [], {"questions_with_references": len(referenced), "failed": 0, "too_long": len(referenced) - len(usable)}
     for q, h1, h2, r1, r2 in zip(usable, first, second, replies1, replies2):
         ref = references[q["question_id"]]
         (e1, f1), (e2, f2) = (make_event(r, branch="d", turn=t, role="assistant", trim=trim) for r, t in ((r1, 1), (r2, 2)))

@@ -28,6 +28,16 @@ def test_mtbench_twins_put_the_same_difference_at_two_distances():
     assert early["source"] == last["source"] == "mtbench" and early["kind"] == "quality"
 
 
+def test_a_question_too_long_with_its_references_alone_is_never_generated():
+    seen = []
+
+    def record(messages, seed):
+        seen.append(messages[-1]["content"])
+
+    mtbench_twins(QUESTIONS, REFERENCES, FakeChat("fake:assistant", script=record), seed=0, max_chars=2000)
+    assert seen and not any("102" in text for text in seen)
+
+
 def test_a_failed_weak_answer_drops_the_question():
     def fail_102(messages, seed):
         return ChatReply(None, "error", error="boom") if "Q1 of 101?" in messages[-1]["content"] else None
