@@ -43,7 +43,7 @@ plan: install
 run: data plan
 ifeq ($(PARAMS),params.yaml)
 	@$(PY) -m music.repro
-	@echo "Headline metrics (all of them: dvc metrics show); figures in outputs/figures/"
+	@echo "Headline metrics (details in outputs/metrics/); figures in outputs/figures/"
 	@dvc metrics show --precision 3 outputs/metrics/summary.json
 else
 	@name=$(basename $(notdir $(PARAMS)))-$$(date +%Y%m%d-%H%M%S); \
