@@ -168,8 +168,6 @@ class TransformersChat(ChatBackend):
         self.kv: PrefixKVStore | None = None
         self.reuse_off_reason = None if cfg.reuse_kv else "reuse_kv is off"
         if cfg.reuse_kv:
-            if cfg.kv_cache_mb <= 0:
-                raise ValueError(f"kv_cache_mb must be > 0 with reuse_kv, got {cfg.kv_cache_mb}")
             self.reuse_off_reason = reuse_unsupported(self.lm)
             if self.reuse_off_reason is None:
                 self.kv = shared_kv_store(cfg.model, cfg.dtype, cfg.kv_cache_mb)
