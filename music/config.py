@@ -31,6 +31,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 MODEL_DTYPES = ("auto", *DTYPES)  # auto: float32 on CPU; on a GPU the backbone's 16-bit dtype, else bfloat16
 SYSTEM_ROLES = ("auto", "fold", "keep")
 BON_SOURCE_KINDS = ("mtbench", "hh", "ultrainteract", "file")
+SWAP_SOURCE_KINDS = ("sharegpt", "file")  # evaluate.swap_source KIND:PATH (besides "seeds")
 
 
 class _Checked:
@@ -282,6 +283,11 @@ class EvalConfig(_Checked):
     local_set_limit: int = 60  # first N records of each local set
     swap_conversations: int = 24  # whole held-out conversations for the swapped-history test (music.evaluate.swap)
     swap_max_distance: int = 3  # swap one assistant reply 1..this many turns from the end
+    # Where the swap test's whole held-out conversations come from (music.evaluate.swap): "seeds" (the seed
+    # stage's eval_conversations.jsonl), "sharegpt:PATH" (a ShareGPT-format file; conversations with >= 2
+    # assistant turns) or "file:PATH" (jsonl of {conversation_id, messages}). Single-turn seeds (Skywork)
+    # give the early-turn group no swap items: point this at a multi-turn source.
+    swap_source: str = "seeds"
     max_length: int | None = None  # RM scoring length (null: the RM's trained max_length)
     batch_size: int = 8  # conversations scored together
     bon_ns: list[int] = field(default_factory=lambda: [2, 4])  # Best-of-N sizes
@@ -302,6 +308,9 @@ class EvalConfig(_Checked):
         self._require(self.dtype in MODEL_DTYPES, "dtype", f"must be one of {MODEL_DTYPES}, got {self.dtype!r}")
         self._require(self.bon_source.partition(":")[0] in BON_SOURCE_KINDS, "bon_source",
                       f"must start with one of {BON_SOURCE_KINDS} (KIND[:LOCATION]), got {self.bon_source!r}")
+        self._require(self.swap_source == "seeds" or (self.swap_source.partition(":")[0] in SWAP_SOURCE_KINDS
+                                                       and bool(self.swap_source.partition(":")[2])), "swap_source",
+                      f"must be 'seeds', 'sharegpt:PATH' or 'file:PATH', got {self.swap_source!r}")
         self._require(self.bon_turns is None or self.bon_turns >= 1, "bon_turns", f"must be >= 1 or null, got {self.bon_turns}")
         self._require(bool(self.bon_ns) and all(n >= 1 for n in self.bon_ns), "bon_ns", f"must be sizes >= 1, got {self.bon_ns}")
         for key in ("local_set_limit", "swap_conversations", "swap_max_distance", "batch_size", "bon_prompts"):

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from music.evaluate.compare import compare, headline, load_item_rows, load_trajectories, trajectory_summary  # noqa: E402
-from music.evaluate.constants import PAPER_REWARDBENCH, SECTION_TITLES  # noqa: E402
+from music.evaluate.constants import PAPER_REWARDBENCH, SECTION_KEYS, SECTION_TITLES  # noqa: E402
 from music.evaluate.stats import bootstrap_interval  # noqa: E402
 from music.io import atomic_path, write_json  # noqa: E402
 
@@ -317,6 +317,24 @@ def paper_table() -> pd.DataFrame:
     return pd.DataFrame([{"model": f"paper: {'baseline' if v == 'baseline' else '+MUSIC'} (Gemma-2-9B)",
                           **{SECTION_TITLES[k]: val for k, val in paper.items()}} for v, paper in PAPER_REWARDBENCH.items()]
                         ).set_index("model")
+
+
+def rewardbench_table(metrics: dict[str, dict]) -> pd.DataFrame:
+    """RewardBench sections in percent, this run's variants (mean ± sd over training seeds, from each variant's
+    metrics/{variant}.json) above the paper's two rows (constants.PAPER_REWARDBENCH), one column per section."""
+    rows = []
+    for v in _order(metrics):
+        rb = (metrics[v] or {}).get("rewardbench")
+        if not rb:
+            continue
+        row = {"model": f"this run: {v} (mean ± sd over {max(r.get('n', 0) for r in rb.values())} seeds)"}
+        for k in SECTION_KEYS:
+            r = rb.get(k) or {}
+            row[SECTION_TITLES[k]] = "" if r.get("mean") is None else f"{100 * r['mean']:.1f} ± {100 * (r.get('sd') or 0):.1f}"
+        rows.append(row)
+    paper = paper_table().map(lambda x: f"{x:.1f}").reset_index()
+    return pd.concat([pd.DataFrame(rows, columns=["model", *(SECTION_TITLES[k] for k in SECTION_KEYS)]), paper],
+                     ignore_index=True).set_index("model")
 
 
 # ---------------------------------------------------------------- the stage

@@ -48,7 +48,11 @@ EXAMPLE_COUNTS: dict[str, int] = {
     "hep-rust": 164,
 }
 
+# The one naming of the sections (the keys of SECTIONS, plus "average"): every file and table the project
+# writes uses these keys; SECTION_TITLES are the display names (reward-bench's own "Chat", "Chat Hard", ...).
+SECTION_KEYS: tuple[str, ...] = (*SECTIONS, "average")
 SECTION_TITLES = {"chat": "Chat", "chat_hard": "Chat Hard", "safety": "Safety", "reasoning": "Reasoning", "average": "Avg"}
+REWARDBENCH_TEST = "rewardbench"  # the `test` of RewardBench rows in items.csv (their `source` is the subset)
 
 HUB_ID = "allenai/reward-bench"
 HUB_SPLIT = "filtered"

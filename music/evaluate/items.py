@@ -4,7 +4,9 @@ An item is right when the RM scores chosen strictly higher (a tie is wrong, as i
 carry ids so two RMs (and several training seeds of each) are compared *paired*, item by item.
 Distance = how many assistant turns before the end the two conversations first differ: 1 = the last
 reply (an ordinary last-turn judgement), >= 2 = an earlier reply, everything after it identical or
-continued on each side.
+continued on each side. Distance 0 = identical conversations (e.g. an UltraFeedback record whose chosen
+and rejected replies are the same): nothing to judge, so such an item belongs to no group, and the evaluate
+stage drops it before scoring (counted in info.json); RewardBench keeps every row (its own rules).
 
 Tests (TESTS): `quality` (a strong vs a weak reply at one turn: real ChatGPT vs the embedded model on
 held-out ShareGPT chats, GPT-4's MT-Bench reference vs the embedded model; the same pairs at distance
@@ -41,7 +43,7 @@ class Item:
 
     @property
     def group(self) -> str | None:
-        if self.test not in REAL_TESTS:
+        if self.test not in REAL_TESTS or self.distance < 1:  # distance 0: identical sides, nothing to judge
             return None
         return "last" if self.distance == 1 else "early"
 

@@ -3,6 +3,10 @@
 Per subset: accuracy of chosen > rejected (ties wrong). Per section: sum(acc_s * n_s) / sum(n_s)
 over the subsets present, n_s from EXAMPLE_COUNTS. Average: mean of the four sections, reported
 only when all four are present (a partial local file gives sections but no average).
+
+Section keys are SECTION_KEYS (chat, chat_hard, safety, reasoning, average) everywhere; the evaluate
+stage writes one items.csv row per RewardBench pair and seed (test "rewardbench", source = the subset),
+so music.evaluate.compare can pair MUSIC and baseline item by item within each section.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from collections import defaultdict
 from typing import Sequence
 
 from music.errors import DataError
-from music.evaluate.constants import EXAMPLE_COUNTS, HUB_ID, HUB_SPLIT, SECTIONS
+from music.evaluate.constants import EXAMPLE_COUNTS, HUB_ID, HUB_SPLIT, REWARDBENCH_TEST, SECTIONS
+from music.evaluate.items import Item, items_from_pairs
 from music.evaluate.stats import strict_wins
 from music.schema import PreferencePair
 from music.sources import load_rewardbench
@@ -38,19 +43,42 @@ def subset_accuracy(subsets: Sequence[str], chosen: Sequence[float], rejected: S
     return {s: sum(v) / len(v) for s, v in sorted(hits.items())}
 
 
-def score_rewardbench(scorer, pairs: Sequence[PreferencePair], *, source: str = "rewardbench") -> dict:
-    """Score every pair once and return {"subsets": {...}, "subset_n": {...}, sections..., "average"}."""
+def pair_subsets(pairs: Sequence[PreferencePair], source: str = "rewardbench") -> list[str]:
+    """Each pair's subset, checked against the scoring tables (an unknown one names the record)."""
     subsets = []
     for i, p in enumerate(pairs):
         subset = p.meta.get("subset")
         if subset not in SUBSET_TO_SECTION:
             raise DataError(source, i, "subset", f"unknown RewardBench subset {subset!r}")
         subsets.append(subset)
+    return subsets
+
+
+def rewardbench_result(subsets: Sequence[str], chosen: Sequence[float], rejected: Sequence[float]) -> dict:
+    """{"subsets": {...}, "subset_n": {...}, sections..., "average", "n"} from each pair's two scores."""
+    acc = subset_accuracy(subsets, chosen, rejected)
+    counts = {s: list(subsets).count(s) for s in acc}
+    return {**section_scores(acc), "subsets": acc, "subset_n": counts, "n": len(subsets)}
+
+
+def score_rewardbench(scorer, pairs: Sequence[PreferencePair], *, source: str = "rewardbench") -> dict:
+    """Score every pair once and return {"subsets": {...}, "subset_n": {...}, sections..., "average"}."""
+    subsets = pair_subsets(pairs, source)
     scores = scorer.score([p.chosen for p in pairs] + [p.rejected for p in pairs])
     n = len(pairs)
-    acc = subset_accuracy(subsets, scores[:n], scores[n:])
-    counts = {s: subsets.count(s) for s in acc}
-    return {**section_scores(acc), "subsets": acc, "subset_n": counts, "n": n}
+    return rewardbench_result(subsets, scores[:n], scores[n:])
+
+
+def rewardbench_items(pairs: Sequence[PreferencePair], *, source: str = "rewardbench") -> list[Item]:
+    """One item per pair (test "rewardbench", id from the hub's `id`, source = the subset): in no group,
+    every row kept (a tie, or an identical pair, is wrong, as in RewardBench)."""
+    subsets = pair_subsets(pairs, source)
+    items = items_from_pairs(REWARDBENCH_TEST, pairs)
+    ids = [it.item_id for it in items]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise DataError(source, ids.index(dup), "id", f"RewardBench id {dup!r} appears twice (items are paired by id)")
+    return [Item(it.test, it.item_id, it.distance, it.chosen, it.rejected, subset) for it, subset in zip(items, subsets)]
 
 
 def load_rewardbench_pairs(path: str | None) -> list[PreferencePair]:

@@ -5,7 +5,9 @@ scoring pass per seed over all items (music.evaluate.items) and the reward traje
 MUSIC pairs, then atomic writes:
 - outputs/metrics/{variant}.json: numbers only, per test / distance / group, mean and spread over seeds;
 - outputs/evaluation/{variant}/items.csv: one row per item and seed (the paired comparisons of the
-  plots stage read these), trajectory.csv, and info.json (sources, counts, skip reasons: text).
+  plots stage read these; RewardBench rows have test "rewardbench", source = the subset, and no group),
+  trajectory.csv, and info.json (sources, counts, skip reasons, identical pairs dropped: text).
+RewardBench sections in the metrics use SECTION_KEYS (chat, chat_hard, safety, reasoning, average).
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from music.evaluate.constants import SECTION_KEYS
 from music.evaluate.items import GROUPS, Item, item_rows, items_from_pairs, score_items, summarize_rows
 from music.evaluate.pairwise import local_pairs, require_model
-from music.evaluate.rewardbench import load_rewardbench_pairs, score_rewardbench
+from music.evaluate.rewardbench import load_rewardbench_pairs, rewardbench_items, rewardbench_result
 from music.evaluate.stats import spread
-from music.evaluate.swap import load_eval_conversations, swap_pairs
+from music.evaluate.swap import load_swap_conversations, swap_pairs
 from music.io import atomic_path, write_json
 from music.rm.score import RewardScorer
 from music.rm.train import seed_dir
@@ -78,12 +81,12 @@ def load_items(P) -> tuple[list[Item], list[PreferencePair], dict]:
         loaded[test] = pairs
         items += items_from_pairs(test, pairs)
         info["sources"][test] = str(src)
-    conv_path = Path(paths.seeds) / SEED_FILES["eval_conversations"]
-    conversations = load_eval_conversations(conv_path, limit=cfg.swap_conversations)
+    conversations, conv_path = load_swap_conversations(cfg.swap_source, Path(paths.seeds) / SEED_FILES["eval_conversations"],
+                                                       limit=cfg.swap_conversations)
     check_disjoint(((c["conversation_id"], c["conversation_id"]) for c in conversations), train_ids, source=str(conv_path))
     swapped, counts = swap_pairs(conversations, max_distance=cfg.swap_max_distance, seed=cfg.seed)
     items += [Item("swap", f"{p.conversation_id}:{p.distance}", p.distance, p.intact, p.swapped, "sharegpt") for p in swapped]
-    info["sources"]["swap"] = str(conv_path)
+    info["sources"]["swap"] = f"{cfg.swap_source}: {conv_path}"
     info["swap"] = counts
     for name, path in sorted(cfg.local_sets.items()):
         pairs, skipped = local_pairs(name, path, limit=cfg.local_set_limit)
@@ -93,7 +96,9 @@ def load_items(P) -> tuple[list[Item], list[PreferencePair], dict]:
         items += items_from_pairs(name, pairs, source=name)
         info["sources"][name] = str(path)
         info[f"{name}_malformed_records_skipped"] = skipped
-    return items, loaded["music"], info
+    identical = [it for it in items if it.distance < 1]  # chosen == rejected: nothing to judge, in no group
+    info["identical_pairs_dropped"] = {t: sum(it.test == t for it in identical) for t in sorted({it.test for it in identical})}
+    return [it for it in items if it.distance >= 1], loaded["music"], info
 
 
 ScorerFactory = Callable[[Path], object]
@@ -112,28 +117,33 @@ def evaluate_variant(P, variant: str, *, make_scorer: ScorerFactory | None = Non
     rewardbench = load_rewardbench_pairs(cfg.rewardbench_path) if (cfg.rewardbench or cfg.rewardbench_path) else None
     if rewardbench is None:
         info["skipped"]["rewardbench"] = "evaluate.rewardbench is false and no rewardbench_path (the hub is unreachable offline)"
+    rb_items = rewardbench_items(rewardbench, source=cfg.rewardbench_path or "hub") if rewardbench is not None else []
+    if rb_items:
+        info["sources"]["rewardbench"] = cfg.rewardbench_path or "hub"
     make_scorer = make_scorer or (lambda d: RewardScorer(str(d), batch_size=cfg.batch_size, max_length=cfg.max_length,
                                                         dtype=cfg.dtype))
 
     rows, traj_rows, per_seed, rb = [], [], {}, {}
     for s, model_dir in model_dirs.items():
         scorer = make_scorer(model_dir)
-        scores = score_items(scorer, items + point_items)
-        seed_rows = item_rows(items, scores[: len(items)], variant=variant, seed=s)
-        rows += seed_rows
+        scores = score_items(scorer, items + rb_items + point_items)
+        n_i, n_rb = len(items), len(rb_items)
+        seed_rows = item_rows(items, scores[:n_i], variant=variant, seed=s)
+        rb_scores = scores[n_i: n_i + n_rb]
+        rows += seed_rows + item_rows(rb_items, rb_scores, variant=variant, seed=s)  # RewardBench: in no group
         per_seed[s] = summarize_rows(seed_rows)
-        traj = scores[len(items):]
-        sd = spread([x for pair in scores for x in pair])["sd"] or 1.0
+        traj = scores[n_i + n_rb:]
+        sd = spread([x for pair in scores[:n_i] + traj for x in pair])["sd"] or 1.0
         traj_rows += [{"variant": variant, "seed": s, "pair_id": p.pair_id, "relative_turn": p.relative_turn,
                        "chosen_score": round(c, 6), "rejected_score": round(r, 6), "gap": round(c - r, 6),
                        "score_sd": round(sd, 6)} for p, (c, r) in zip(points, traj)]
-        if rewardbench is not None:
-            rb[s] = score_rewardbench(scorer, rewardbench, source=cfg.rewardbench_path or "hub")
+        if rb_items:
+            rb[s] = rewardbench_result([it.source for it in rb_items], [c for c, _ in rb_scores], [r for _, r in rb_scores])
         del scorer  # one RM in memory at a time (a 9B RM per seed)
     metrics = seed_summary(per_seed)
-    if rb:
-        metrics["rewardbench"] = {k: spread([r[k] for r in rb.values() if r.get(k) is not None])
-                                  for k in ("Chat", "Chat Hard", "Safety", "Reasoning", "average")}
+    if rb:  # per section (SECTION_KEYS): the weighted section score's mean/sd/min/max over seeds
+        metrics["rewardbench"] = {k: {**spread([r[k] for r in rb.values() if r.get(k) is not None]), "n_items": len(rb_items)}
+                                  for k in SECTION_KEYS}
     out = Path(paths.evaluation) / variant
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)

@@ -55,6 +55,38 @@ def load_eval_conversations(path: str | Path, limit: int | None = None) -> list[
     return out
 
 
+MIN_SWAP_TURNS = 2  # a "sharegpt:PATH" source keeps conversations with this many assistant turns (early swaps need 2)
+
+
+def load_swap_conversations(source: str, seeds_file: str | Path, limit: int | None = None) -> tuple[list[dict], Path]:
+    """(conversations, the file read) for evaluate.swap_source: "seeds" = `seeds_file` (the seed stage's whole
+    eval conversations, already multi-turn), "file:PATH" = the same jsonl schema, "sharegpt:PATH" = a ShareGPT
+    file, first `limit` conversations (file order) with >= MIN_SWAP_TURNS assistant turns, one chunk per chat,
+    role-swapped records dropped (music.seeding's rule), cut to end on an assistant turn. Ids keep their source's form, so the training-seed disjointness check still applies."""
+    kind, _, location = source.partition(":")
+    if kind == "seeds":
+        return load_eval_conversations(seeds_file, limit=limit), Path(seeds_file)
+    if not location or not Path(location).exists():
+        raise FileNotFoundError(f"evaluate.swap_source {source!r}: {location or '(no path)'} does not exist")
+    if kind == "file":
+        return load_eval_conversations(location, limit=limit), Path(location)
+    if kind != "sharegpt":
+        raise ValueError(f"evaluate.swap_source must be 'seeds', 'sharegpt:PATH' or 'file:PATH', got {source!r}")
+    from music.seeding import base_conversation_id, roles_swapped
+    from music.sources import load_sharegpt
+
+    out, bases = [], set()
+    for conv in load_sharegpt(location, skipped=[]):
+        msgs = conv.messages[:-1] if conv.messages and conv.messages[-1]["role"] == "user" else conv.messages
+        base = base_conversation_id(conv.conversation_id)  # one chunk per chat: a donor is another chat
+        if sum(m["role"] == "assistant" for m in msgs) >= MIN_SWAP_TURNS and base not in bases and not roles_swapped(msgs):
+            bases.add(base)
+            out.append({"conversation_id": conv.conversation_id, "messages": [dict(m) for m in msgs]})
+        if limit and len(out) >= limit:
+            break
+    return out, Path(location)
+
+
 def swap_pairs(conversations: Sequence[dict], *, max_distance: int, seed: int,
                length_tolerance: float = LENGTH_TOLERANCE) -> tuple[list[SwappedPair], dict]:
     """(pairs, counts): one swapped copy per conversation and distance 1..min(assistant turns, max_distance).
