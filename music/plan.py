@@ -70,6 +70,10 @@ class Assumptions:
     device: str = "auto"  # where the RMs train and score: gpu | cpu | auto (gpu for backbones >= 1B parameters)
     attention: str = "auto"  # sdpa | eager | auto (eager where config.json soft-caps attention logits: Gemma-2)
     adapter_bytes: int = 4  # LoRA weights are kept in float32 (PEFT casts adapters up)
+    # Share of a hub seed source's conversations with >= 2 assistant turns (the only ones the seed stage keeps
+    # as whole eval conversations for the swap test). Not countable offline; 0 = assume none (Skywork is
+    # mostly one turn). A local seed file is counted instead.
+    seed_multi_turn_share: float = 0.0
 
 
 class Findings:
@@ -444,8 +448,8 @@ def plan_evaluate(P: Params, shape: BackboneShape | None, A: Assumptions, F: Fin
     length = e.max_length or P.train.max_length
     if shape is not None and shape.max_position_embeddings and length > shape.max_position_embeddings:
         F.error("evaluate.max_length", f"{length} exceeds {P.train.backbone}'s context of {shape.max_position_embeddings} tokens")
-    conv = min(e.swap_conversations, s.n_eval_conversations)
-    if e.swap_conversations > s.n_eval_conversations:
+    conv = min(e.swap_conversations, s.n_eval_conversations) if e.swap_source == "seeds" else e.swap_conversations
+    if e.swap_source == "seeds" and e.swap_conversations > s.n_eval_conversations:
         F.warn("evaluate.swap_conversations",
                f"{e.swap_conversations} > seed.n_eval_conversations={s.n_eval_conversations}: at most {conv} are used")
     c = P.contrast
@@ -462,7 +466,8 @@ def plan_evaluate(P: Params, shape: BackboneShape | None, A: Assumptions, F: Fin
         scored["local_sets"] = 2 * e.local_set_limit * len(present)
     n = sum(scored.values())
     models = len(P.train.variants) * len(P.train.seeds)
-    out: dict[str, Any] = {"conversations_scored_per_model": scored, "models": models, "max_length": length}
+    out: dict[str, Any] = {"conversations_scored_per_model": scored, "models": models, "max_length": length,
+                           "early_turn_items": early_turn_items(P, A, F)}
     if shape is None:
         return out
     device = train_device(shape, A)
@@ -475,6 +480,71 @@ def plan_evaluate(P: Params, shape: BackboneShape | None, A: Assumptions, F: Fin
         F.error("evaluate.batch_size", f"scoring needs about {out['memory']['total_gb']:.1f} GB, more than one "
                 f"{A.gpu_memory_gb:.0f} GB GPU: lower evaluate.batch_size or evaluate.max_length")
     return out
+
+
+def _multi_turn_swaps(conversations: list[dict], max_distance: int) -> int:
+    """Swap items at distance >= 2 that whole conversations allow: min(assistant turns, max_distance) - 1 each."""
+    return sum(max(0, min(sum(m["role"] == "assistant" for m in c["messages"]), max_distance) - 1) for c in conversations)
+
+
+def early_turn_items(P: Params, A: Assumptions, F: Findings) -> dict:
+    """How many items the early-turn group (real-data tests at distance >= 2) will hold, per test, and what the
+    estimate assumes; an error when it is 0 (the paper-scale comparison would have no early-turn result)."""
+    from music.evaluate.swap import load_swap_conversations
+    from music.seeding import eligible_eval_conversation
+    from music.sources import load_conversations
+
+    e, s, c = P.evaluate, P.seed, P.contrast
+    notes: list[str] = []
+    quality = 0
+    if c.d_pairs and parse_d_source(c.d_source) is None:
+        quality += s.n_eval
+        notes.append(f"quality: at most one early twin per eval seed ({s.n_eval}; only seeds with a real next turn)")
+    if c.quality_mtbench:
+        refs = mtbench_reference_count()
+        quality += refs
+        notes.append(f"quality: one MT-Bench early twin per referenced question ({refs})")
+    swap: int | None
+    kind, _, location = e.swap_source.partition(":")
+    if kind == "seeds":
+        if s.path.startswith(HUB_PREFIX):
+            rows = KNOWN_HUB_ROWS.get((s.path[len(HUB_PREFIX):], s.split)) or 0
+            multi = int(rows * A.seed_multi_turn_share)
+            notes.append(f"swap: {s.path} cannot be read offline; assumes {A.seed_multi_turn_share:g} of its {rows:,} "
+                         "conversations have >= 2 assistant turns (--assume seed_multi_turn_share=...)")
+        elif Path(s.path).exists():
+            try:
+                convs = load_conversations(s.source, s.path, split=s.split)
+            except (DataError, ValueError, OSError) as exc:
+                convs = []
+                F.warn("seed.path", f"cannot count multi-turn conversations in {s.path}: {exc}")
+            multi = sum(eligible_eval_conversation(x, s) for x in convs)
+            notes.append(f"swap: {multi:,} conversations of {s.path} qualify as whole eval conversations (an upper bound: "
+                         "train seeds draw from the same file)")
+        else:
+            multi = None
+            notes.append(f"swap: {s.path} does not exist yet; not counted")
+        n_conv = None if multi is None else min(e.swap_conversations, s.n_eval_conversations, multi)
+        swap = None if n_conv is None else n_conv * 1  # each has >= 2 assistant turns: at least one early swap
+        if n_conv:
+            notes.append(f"swap: {n_conv:,} conversations x at least 1 early swap each (the turns beyond 2 not counted)")
+    elif location and Path(location).exists():
+        convs, _ = load_swap_conversations(e.swap_source, "", limit=e.swap_conversations)
+        swap = _multi_turn_swaps(convs, e.swap_max_distance)
+        notes.append(f"swap: counted in {location} ({len(convs):,} conversations, distances 2..{e.swap_max_distance})")
+    else:
+        swap = None
+        notes.append(f"swap: {location} does not exist yet (`make data`); not counted")
+    notes.append("every swap finds a like-length donor (misses are counted by the stage); hh/ultrafeedback and "
+                 "RewardBench are last-turn only; held-out MUSIC pairs are not in the groups")
+    total = None if swap is None else quality + swap
+    if total == 0:
+        F.error("evaluate.swap_source", "the early-turn group would be empty (no quality twins at distance 2 and no "
+                "multi-turn held-out conversations for the swap test): set evaluate.swap_source to a multi-turn source "
+                "(sharegpt:PATH or file:PATH)")
+    elif total is None and quality == 0:
+        F.warn("evaluate.swap_source", "cannot count the early-turn items offline; the only early-turn test is the swap test")
+    return {"total": total, "quality": quality, "swap": swap, "assumes": notes}
 
 
 def plan_best_of_n(P: Params, T: Tokens, shape: BackboneShape | None, A: Assumptions, F: Findings) -> tuple[dict, list[Load]]:
@@ -678,6 +748,11 @@ def render(plan: dict) -> str:
         lines += ["", f"Scoring: {_n(sum(ev['conversations_scored_per_model'].values()))} conversations for each of "
                   f"{ev['models']} models ({', '.join(f'{k} {v:,}' for k, v in ev['conversations_scored_per_model'].items())}), "
                   f"{m['dtype']}, batch {m['batch']} x {m['max_length']}: {m['total_gb']:.1f} GB, {_h(ev['hours'])} h"]
+    early = ev.get("early_turn_items")
+    if early:
+        lines += ["", f"Early-turn items (real-data tests at distance >= 2): {_n(early['total'])} "
+                  f"(quality twins {_n(early['quality'])}, swap {_n(early['swap'])}); assumes:"]
+        lines += [f"  - {note}" for note in early["assumes"]]
     lines += ["", f"Best-of-N: {bon['prompts']} prompts from {bon['source']} (available: {_n(bon.get('available'))}), "
               f"N in {bon['ns']}, {bon.get('turns', '?')} turns ({bon.get('turns_from_source', '?')} from the source, "
               f"{bon.get('turns_simulated', '?')} simulated); RM scorings {_n(bon.get('rm_scorings'))}"

@@ -176,3 +176,21 @@ def test_the_evaluate_stage_drops_identical_pairs(tmp_path):
     assert all(r["distance"] != "0" for r in rows)
     info = json.loads((tmp_path / "evaluation" / "baseline" / "info.json").read_text())
     assert info["identical_pairs_dropped"] == {"ultrafeedback": 1}
+
+
+def test_the_swap_test_reads_its_conversations_from_evaluate_swap_source(tmp_path):
+    from test_eval_pairwise import LastReplyScorer, conv, make_workspace
+
+    from music.evaluate.run import evaluate_variant
+
+    P = make_workspace(tmp_path, seeds=(0,))
+    path = tmp_path / "multi.jsonl"
+    path.write_text("".join(json.dumps({"conversation_id": f"x{i}", "messages": conv(f"first {i}" + " y" * i, f"second {i}" + " y" * i)})
+                            + "\n" for i in range(4)))
+    P.evaluate.swap_source = f"file:{path}"
+    metrics = evaluate_variant(P, "baseline", make_scorer=lambda d: LastReplyScorer())
+    rows = list(csv.DictReader(open(tmp_path / "evaluation" / "baseline" / "items.csv")))
+    assert {r["item_id"].split(":")[0] for r in rows if r["test"] == "swap"} <= {f"x{i}" for i in range(4)}
+    assert metrics["accuracy"]["swap@2"]["n_items"] >= 1
+    info = json.loads((tmp_path / "evaluation" / "baseline" / "info.json").read_text())
+    assert info["sources"]["swap"] == f"file:{path}: {path}"

@@ -111,3 +111,28 @@ def test_loader_trims_a_trailing_user_turn(tmp_path):
     path.write_text(json.dumps(rec) + "\n" + json.dumps(conversation("y", 1, random.Random(1))) + "\n")
     loaded = load_eval_conversations(path, limit=1)
     assert len(loaded) == 1 and loaded[0]["messages"][-1]["role"] == "assistant"
+
+
+def test_swap_source_sharegpt_keeps_multi_turn_chats_one_chunk_each(tmp_path):
+    from music.config import EvalConfig
+    from music.errors import DataError
+    from music.evaluate.swap import load_swap_conversations
+
+    def chat(cid, turns, opening="How do I sort a list?"):
+        msgs = []
+        for t in range(turns):
+            msgs += [{"from": "human", "value": opening if t == 0 else f"and then {t}?"}, {"from": "gpt", "value": f"reply {t}"}]
+        return {"id": cid, "conversations": msgs}
+
+    recs = [chat("a_0", 1), chat("b_0", 3), chat("b_1", 2), chat("c_0", 2, opening="Sure, I can help with that."),
+            chat("d_0", 2)]
+    path = tmp_path / "sharegpt.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    convs, read = load_swap_conversations(f"sharegpt:{path}", tmp_path / "unused.jsonl", limit=10)
+    assert read == path and [c["conversation_id"] for c in convs] == ["b_0", "d_0"]  # one turn, second chunk, roles swapped: out
+    assert load_swap_conversations(f"sharegpt:{path}", "", limit=1)[0][0]["conversation_id"] == "b_0"
+    with pytest.raises(FileNotFoundError, match="swap_source"):
+        load_swap_conversations(f"file:{tmp_path / 'absent.jsonl'}", "", limit=1)
+    for bad in ("hub:x", "sharegpt:", "nonsense"):
+        with pytest.raises(DataError, match="swap_source"):
+            EvalConfig(swap_source=bad)

@@ -132,3 +132,23 @@ def test_unknown_backbone_is_an_error_naming_train_backbone():
     data = raw(REPO / "profiles" / "tiny.yaml")
     data["train"]["backbone"] = "nobody/unknown-model"
     assert "train.backbone" in error_keys(plan_of(data))
+
+
+def test_paper_profile_reports_its_early_turn_items_and_refuses_none(tmp_path):
+    data = raw(PAPER)
+    assert data["contrast"]["quality_mtbench"] is False  # the "weak" twin would be the strong served model
+    conv = {"role": "user", "content": "q"}
+    rows = [{"conversation_id": f"c{i}", "messages": [conv, {"role": "assistant", "content": "a" * (10 + i)},
+                                                      conv, {"role": "assistant", "content": "b" * (10 + i)},
+                                                      conv, {"role": "assistant", "content": "c"}]} for i in range(5)]
+    path = tmp_path / "multi.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data["evaluate"]["swap_source"] = f"file:{path}"
+    early = plan_of(data)["stages"]["evaluate"]["early_turn_items"]
+    assert early == {**early, "total": 5 * 2, "quality": 0, "swap": 5 * 2}  # 3 assistant turns: distances 2 and 3
+    assert any("counted in" in note for note in early["assumes"])
+    data["evaluate"]["swap_source"] = "seeds"  # Skywork from the hub: mostly one turn, assumed none
+    plan = plan_of(data)
+    assert "evaluate.swap_source" in error_keys(plan) and plan["stages"]["evaluate"]["early_turn_items"]["total"] == 0
+    assert any("seed_multi_turn_share" in note for note in plan["stages"]["evaluate"]["early_turn_items"]["assumes"])
+    assert "evaluate.swap_source" not in error_keys(plan_of(data, seed_multi_turn_share=0.05))
