@@ -574,6 +574,8 @@ def plan_best_of_n(P: Params, T: Tokens, shape: BackboneShape | None, A: Assumpt
     out["turns_from_source"], out["turns_simulated"] = scripted, turns - scripted
     policy, judge, user = Load("evaluate.policy", e.policy), Load("evaluate.judge", e.judge), Load("simulate.user", P.simulate.user)
     Pn, ns = e.bon_prompts, sorted({int(n) for n in e.bon_ns})
+    K = len(P.train.seeds)  # every training seed plays (turn-1 samples are shared: the response cache)
+    out["rm_seeds"] = K
     G, M, S = len(ns), max(ns), sum(ns)
     Q = T.n(A.prompt_chars) + T.m
     R, U = T.reply(e.policy), T.reply(P.simulate.user)
@@ -582,14 +584,14 @@ def plan_best_of_n(P: Params, T: Tokens, shape: BackboneShape | None, A: Assumpt
         history = Q + (t - 1) * (R + U + 2 * T.m)  # user turn t included after its message
         if t == 1:
             policy.add(Pn * M, history, R)
-            scored += 2 * Pn * M
+            scored += 2 * K * Pn * M
             continue
         if t > scripted:  # the simulated user writes turn t for each (RM, N) conversation
-            user.add(2 * Pn * G, T.sys["user_simulator"] + T.sys["user_opener"] + 2 * T.m + history - U - T.m, U)
-        policy.add(2 * Pn * S, history, R)  # an upper bound: identical contexts are sampled once
-        scored += 2 * Pn * S
+            user.add(2 * K * Pn * G, T.sys["user_simulator"] + T.sys["user_opener"] + 2 * T.m + history - U - T.m, U)
+        policy.add(2 * K * Pn * S, history, R)  # an upper bound: identical contexts are sampled once
+        scored += 2 * K * Pn * S
     convo = Q + turns * (R + T.m) + (turns - 1) * (U + T.m)
-    judge.add(2 * Pn * G, T.sys["judge_pairwise"] + 2 * convo + T.m, T.reply(e.judge))
+    judge.add(2 * K * Pn * G, T.sys["judge_pairwise"] + 2 * convo + T.m, T.reply(e.judge))
     out["rm_scorings"] = round(scored)
     if shape is not None:
         device = train_device(shape, A)
@@ -755,7 +757,7 @@ def render(plan: dict) -> str:
         lines += [f"  - {note}" for note in early["assumes"]]
     lines += ["", f"Best-of-N: {bon['prompts']} prompts from {bon['source']} (available: {_n(bon.get('available'))}), "
               f"N in {bon['ns']}, {bon.get('turns', '?')} turns ({bon.get('turns_from_source', '?')} from the source, "
-              f"{bon.get('turns_simulated', '?')} simulated); RM scorings {_n(bon.get('rm_scorings'))}"
+              f"{bon.get('turns_simulated', '?')} simulated), {bon.get('rm_seeds', '?')} seed pair(s) of RMs; RM scorings {_n(bon.get('rm_scorings'))}"
               + (f", one RM at a time: {bon['memory']['total_gb']:.1f} GB" if "memory" in bon else "")]
     hrs = plan["hours"]
     lines += ["", "Hours by stage: " + ", ".join(f"{k} {_h(v)}" for k, v in hrs.items())

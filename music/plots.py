@@ -237,10 +237,28 @@ def bon_table(bon: dict) -> pd.DataFrame:
 
 
 def plot_best_of_n(bon: dict) -> Figure:
-    """MUSIC RM's win / loss (and tie) rate against the baseline RM vs N, with 95% Wilson intervals."""
+    """MUSIC RM's win / loss (and tie) rate against the baseline RM vs N, with 95% Wilson intervals, and the win
+    rate (W + T/2) / N with its bootstrap interval over prompts (where best_of_n.json has it); when every game
+    tied, the figure says so in words."""
     df = bon_table(bon).dropna(subset=["rate"])
     fig = _figure((6.0, 4.2))
     ax = fig.subplots()
+    rows = sorted(bon.get("by_n", {}).items(), key=lambda kv: int(kv[0]))
+    half = [(int(n), r["win_rate_ties_half"], r.get("win_rate_ties_half_ci_low"), r.get("win_rate_ties_half_ci_high"))
+            for n, r in rows if r.get("win_rate_ties_half") is not None]
+    if half:
+        x = [n * 1.16 for n, *_ in half]
+        y = [h for _, h, _, _ in half]
+        err = [[max(0.0, h - (lo if lo is not None else h)) for _, h, lo, _ in half],
+               [max(0.0, (hi if hi is not None else h) - h) for _, h, _, hi in half]]
+        ax.errorbar(x, y, yerr=err, marker="D", capsize=4, color="black", linestyle=":",
+                    label="win rate (W + T/2)/N, bootstrap over prompts")
+        ax.axhline(0.5, color="black", linewidth=0.6, alpha=0.4)
+    played = [r for _, r in rows if r.get("n_games")]
+    if played and all(r.get("ties") == r.get("n_games") for r in played):
+        ax.text(0.5, 0.62, f"every game tied ({sum(r['n_games'] for r in played)} games):\n"
+                "the judge preferred neither RM's picks in both orders", ha="center", va="center", transform=ax.transAxes,
+                fontsize=9, color="0.25", bbox={"facecolor": "white", "edgecolor": "0.6"})
     colors = {"win": "tab:green", "tie": "tab:gray", "loss": "tab:red"}
     offsets = {"win": -0.08, "tie": 0.0, "loss": 0.08}  # so overlapping intervals stay visible
     for o in ("win", "tie", "loss"):
@@ -257,8 +275,10 @@ def plot_best_of_n(bon: dict) -> Figure:
     ax.set_xlabel("N (candidates per turn)")
     ax.set_ylabel("rate over prompts")
     games = int(df["games"].max()) if not df.empty else 0
+    seeds = bon.get("rm_seeds")
     ax.set_title(f"Best-of-N: MUSIC RM vs baseline RM, judged in both orders\n"
-                 f"({games} prompts per N; judge {bon.get('judge', '?')}; 95% Wilson intervals)", fontsize=10)
+                 f"({games} games per N{f' ({seeds} seed pairs)' if seeds else ''}; judge {bon.get('judge', '?')}; "
+                 "95% Wilson intervals)", fontsize=10)
     ax.legend(fontsize=8)
     return fig
 

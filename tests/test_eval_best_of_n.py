@@ -191,3 +191,76 @@ def test_reward_models_are_scored_one_at_a_time():
                           Judge(reply="[[C]]"), ns=(2, 4), seed=0, policy_max_new_tokens=8, policy_temperature=0.7,
                           judge_max_new_tokens=8, judge_temperature=0.0)
     assert [g.conversations for g in games] == [g.conversations for g in plain]  # same picks either way
+
+
+# ---------------------------------------------------------------- protocol: judge prompt, win rates, seeds, figure
+def test_judge_prompt_is_true_for_scripted_and_simulated_user_turns():
+    tpl = load_template()
+    assert "identical" not in tpl  # with bon_turns beyond the script, later user turns differ per conversation
+    assert "start with the same user message" in tpl and "later user messages may differ" in tpl
+
+
+def _games(outcomes: dict[str, list[str]], n=2):
+    from music.evaluate.best_of_n import Game
+
+    return [Game(q, n, {"baseline": [], "music": []}, outcome=o, rm_seed=s) for q, os in outcomes.items()
+            for s, o in enumerate(os)]
+
+
+def test_win_rates_split_ties_and_have_bootstrap_intervals_over_prompts():
+    outcomes = {f"p{i}": ["win", "tie"] if i < 6 else ["loss", "tie"] if i < 8 else ["tie", "tie"] for i in range(10)}
+    row = summarize(_games(outcomes))["2"]
+    assert (row["wins"], row["ties"], row["losses"], row["n_games"], row["n_prompts"]) == (6, 12, 2, 20, 10)
+    assert row["win_rate_ties_half"] == pytest.approx((6 + 12 / 2) / 20)
+    assert row["win_rate_decided"] == pytest.approx(6 / 8)
+    assert row["win_rate_ties_half_ci_low"] < row["win_rate_ties_half"] < row["win_rate_ties_half_ci_high"]
+    assert row["win_rate_decided_ci_low"] < row["win_rate_decided"] <= row["win_rate_decided_ci_high"]
+    assert row["all_ties"] == 0
+    tied = summarize(_games({f"p{i}": ["tie", "tie"] for i in range(4)}))["2"]
+    assert tied["all_ties"] == 1 and tied["win_rate_ties_half"] == 0.5 and tied["win_rate_decided"] is None
+    assert tied["win_rate_ties_half_ci_low"] == tied["win_rate_ties_half_ci_high"] == 0.5
+    assert tied["win_rate_decided_ci_low"] is None and tied["boot_draws_without_decided_games"] == 4000
+
+
+def test_the_figure_shows_the_win_rate_interval_and_says_when_every_game_tied():
+    from music.plots import plot_best_of_n
+
+    tied = {"judge": "j", "rm_seeds": 2, "by_n": summarize(_games({f"p{i}": ["tie", "tie"] for i in range(4)}))}
+    texts = [t.get_text() for t in plot_best_of_n(tied).axes[0].texts]
+    assert any("every game tied (8 games)" in t for t in texts)
+    mixed = {"judge": "j", "by_n": summarize(_games({f"p{i}": ["win", "tie"] for i in range(4)}))}
+    fig = plot_best_of_n(mixed)
+    assert not any("every game tied" in t.get_text() for t in fig.axes[0].texts)
+    assert any("(W + T/2)/N" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
+
+
+def test_every_training_seed_plays(tmp_path, monkeypatch):
+    import json
+
+    from music.config import Params, Paths
+    from music.evaluate import best_of_n
+
+    P = Params(paths=Paths(models=str(tmp_path / "models"), metrics=str(tmp_path / "m"), evaluation=str(tmp_path / "ev"),
+                           reports=str(tmp_path / "r"), cache=str(tmp_path / "c")))
+    P.train.seeds = [0, 1]
+    P.evaluate.bon_prompts, P.evaluate.bon_ns, P.evaluate.judge_constrained = 3, [2], False
+    for rm in ("baseline", "music"):
+        for s in (0, 1):
+            (tmp_path / "models" / rm / f"seed{s}").mkdir(parents=True)
+            for name in ("config.json", "train_metrics.json"):
+                (tmp_path / "models" / rm / f"seed{s}" / name).write_text("{}")
+    loaded = []
+
+    def fake_scorer(path, **kw):
+        loaded.append(path.split("models/")[1])
+        return LengthScorer(1.0 if "baseline" in path else -1.0)
+
+    monkeypatch.setattr(best_of_n, "load_prompts", lambda source: QUESTIONS)
+    monkeypatch.setattr(best_of_n, "make_chat", lambda cfg, cache: FakePolicy())
+    monkeypatch.setattr(best_of_n, "RewardScorer", fake_scorer)
+    out = best_of_n.run_stage(P)
+    assert sorted(set(loaded)) == ["baseline/seed0", "baseline/seed1", "music/seed0", "music/seed1"]
+    assert out["rm_seeds"] == 2 and out["by_n"]["2"]["n_games"] == 2 * 3 and out["by_n"]["2"]["n_prompts"] == 3
+    games = [json.loads(line) for line in (tmp_path / "ev" / "best_of_n_games.jsonl").read_text().splitlines()]
+    assert sorted({g["rm_seed"] for g in games}) == [0, 1]
+    assert "seed s of the baseline RM against seed s of the MUSIC RM" in out["seeds"]

@@ -13,7 +13,14 @@ and N (identical ones are generated once). Each RM picks the candidate whose who
 far it scores highest. The RMs score one at a time (`OneAtATime` keeps one loaded: two 9B RMs do not
 fit one GPU together), in alternating order so the last one of a turn stays loaded for the next.
 A judge compares the baseline RM's final conversation with the MUSIC RM's in both orders; when both
-RMs picked identical conversations the game is a tie and the judge is not called.
+RMs picked identical conversations the game is a tie and the judge is not called. A disagreement between
+the two orders is a tie (as in MT-Bench's pairwise judging). The judge prompt states only what holds in
+both settings: the first user message is shared, later ones may differ (simulated per conversation).
+
+Every training seed plays: seed s of the baseline RM against seed s of the MUSIC RM, one game per
+(prompt, N, seed). Per N the stage reports wins W, ties T, losses L over the N_games games, the win rate
+(W + T/2) / N_games (ties split, the paper's comparison) beside W / (W + L) (decided games only), each
+with a 95% percentile bootstrap over prompts (a prompt's games, all seeds, resampled together).
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from music.chat.base import derive_seed
 from music.evaluate.judge import VERDICT_OPTIONS, combine_orders, judge_request, load_template, parse_verdict
 from music.evaluate.pairwise import require_model
 from music.evaluate.stats import wilson_interval
+
+N_BOOT = 4000  # bootstrap draws over prompts for the win-rate intervals
 from music.io import write_json, write_jsonl
 from music.rm.score import RewardScorer
 from music.rm.train import seed_dir
@@ -51,6 +60,7 @@ class Game:
     verdicts: list[str | None] = field(default_factory=list)  # [A=baseline order, A=music order]
     replies: list[str | None] = field(default_factory=list)
     consistent: bool | None = None
+    rm_seed: int | None = None  # the training seed of both RMs (seed s of baseline vs seed s of MUSIC)
 
 
 def prompt_id(p: dict) -> object:
@@ -244,8 +254,44 @@ def _judge_games(games: list[Game], judge, template: str, *, max_new_tokens: int
             g.outcome, g.consistent = combine_orders(*g.verdicts)
 
 
+def win_rates(outcomes: Sequence[str]) -> tuple[float | None, float | None]:
+    """((W + T/2) / N, W / (W + L)) for MUSIC over played games; None where the denominator is 0."""
+    w, t, l = (sum(o == k for o in outcomes) for k in ("win", "tie", "loss"))
+    n = w + t + l
+    return ((w + t / 2) / n if n else None, w / (w + l) if w + l else None)
+
+
+def prompt_bootstrap(games: Sequence[Game], *, n_boot: int = N_BOOT, seed: int = 0) -> dict:
+    """95% percentile intervals of both win rates, resampling prompts (each prompt's games together).
+    W / (W + L) is undefined in a draw without decided games: those draws are left out (counted)."""
+    import numpy as np
+
+    by_prompt: dict[str, list[str]] = {}
+    for g in games:
+        by_prompt.setdefault(str(g.question_id), []).append(g.outcome)
+    prompts = sorted(by_prompt)
+    if not prompts:
+        return {"win_rate_ties_half_ci_low": None, "win_rate_ties_half_ci_high": None, "win_rate_decided_ci_low": None,
+                "win_rate_decided_ci_high": None, "boot_draws_without_decided_games": 0}
+    counts = np.array([[sum(o == k for o in by_prompt[p]) for k in ("win", "tie", "loss")] for p in prompts], dtype=float)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(prompts), size=(n_boot, len(prompts)))
+    w, t, l = (counts[:, j][picks].sum(axis=1) for j in range(3))
+    tied_half = (w + t / 2) / (w + t + l)
+    decided = w + l > 0
+    out = {"win_rate_ties_half_ci_low": float(np.quantile(tied_half, 0.025)), "win_rate_ties_half_ci_high": float(np.quantile(tied_half, 0.975)),
+           "win_rate_decided_ci_low": None, "win_rate_decided_ci_high": None,
+           "boot_draws_without_decided_games": int((~decided).sum())}
+    if decided.any():
+        ratio = w[decided] / (w + l)[decided]
+        out["win_rate_decided_ci_low"], out["win_rate_decided_ci_high"] = (float(np.quantile(ratio, 0.025)),
+                                                                           float(np.quantile(ratio, 0.975)))
+    return out
+
+
 def summarize(games: Sequence[Game]) -> dict:
-    """Per N: counts, rates for MUSIC with 95% Wilson intervals, and the judge's bookkeeping."""
+    """Per N: counts, rates for MUSIC with 95% Wilson intervals, the two win rates ((W + T/2) / N and
+    W / (W + L)) with prompt-bootstrap intervals, whether every game tied, and the judge's bookkeeping."""
     by_n: dict[str, dict] = {}
     for n in sorted({g.n for g in games}):
         gs = [g for g in games if g.n == n]
@@ -271,6 +317,10 @@ def summarize(games: Sequence[Game]) -> dict:
             lo, hi = wilson_interval(counts[o], total)
             row[f"{o}_rate"] = counts[o] / total if total else None
             row[f"{o}_ci_low"], row[f"{o}_ci_high"] = (lo, hi) if total else (None, None)
+        row["win_rate_ties_half"], row["win_rate_decided"] = win_rates([g.outcome for g in played])
+        row.update(prompt_bootstrap(played))
+        row["n_prompts"] = len({str(g.question_id) for g in played})
+        row["all_ties"] = int(total > 0 and counts["tie"] == total)  # 1: no game was decided either way
         by_n[str(n)] = row
     return by_n
 
@@ -290,13 +340,12 @@ def _same_model(a, b) -> bool:
 def run_stage(P) -> dict:
     """The best_of_n stage: needs both trained RMs; writes best_of_n.json (+ the games as jsonl)."""
     cfg = P.evaluate
-    # one pair of RMs: each variant's first training seed (Best-of-N is too slow to repeat per seed here)
-    model_dirs = {rm: require_model(seed_dir(P.paths.models, rm, P.train.seeds[0]), rm) for rm in RMS}
+    # every training seed plays: seed s of the baseline RM against seed s of the MUSIC RM (checked before anything runs)
+    seed_dirs = {s: {rm: require_model(seed_dir(P.paths.models, rm, s), f"{rm} (seed {s})") for rm in RMS}
+                 for s in P.train.seeds}
     questions = choose_questions(load_prompts(cfg.bon_source), cfg.bon_prompts, cfg.seed)
     turns = cfg.bon_turns or min(len(q["turns"]) for q in questions)
     start = time.perf_counter()
-    scorers = OneAtATime({rm: (lambda d=d: RewardScorer(str(d), batch_size=cfg.batch_size, max_length=cfg.max_length,
-                                                         dtype=cfg.dtype)) for rm, d in model_dirs.items()})
     policy = make_chat(cfg.policy, P.paths.cache)
     judge = policy if _same_model(cfg.policy, cfg.judge) else make_chat(cfg.judge, P.paths.cache)
     user_cfg = P.simulate.user
@@ -305,20 +354,29 @@ def run_stage(P) -> dict:
     if needs_user:
         user = policy if _same_model(cfg.policy, user_cfg) else judge if _same_model(cfg.judge, user_cfg) \
             else make_chat(user_cfg, P.paths.cache)
-    games = run_best_of_n(
-        questions, scorers, policy, judge, ns=cfg.bon_ns, seed=cfg.seed,
-        policy_max_new_tokens=cfg.policy.max_new_tokens, policy_temperature=cfg.policy.temperature,
-        judge_max_new_tokens=cfg.judge.max_new_tokens, judge_temperature=cfg.judge.temperature,
-        judge_constrained=cfg.judge_constrained, turns=turns, user=user,
-        user_max_new_tokens=user_cfg.max_new_tokens, user_temperature=user_cfg.temperature, trim=P.simulate.trim_truncated,
-    )
-    scorers.release()
+    games, loads = [], 0
+    for s, model_dirs in seed_dirs.items():  # the same prompts and sampling seed: turn-1 candidates are shared (cache)
+        scorers = OneAtATime({rm: (lambda d=d: RewardScorer(str(d), batch_size=cfg.batch_size, max_length=cfg.max_length,
+                                                             dtype=cfg.dtype)) for rm, d in model_dirs.items()})
+        played = run_best_of_n(
+            questions, scorers, policy, judge, ns=cfg.bon_ns, seed=cfg.seed,
+            policy_max_new_tokens=cfg.policy.max_new_tokens, policy_temperature=cfg.policy.temperature,
+            judge_max_new_tokens=cfg.judge.max_new_tokens, judge_temperature=cfg.judge.temperature,
+            judge_constrained=cfg.judge_constrained, turns=turns, user=user,
+            user_max_new_tokens=user_cfg.max_new_tokens, user_temperature=user_cfg.temperature, trim=P.simulate.trim_truncated,
+        )
+        scorers.release()
+        loads += scorers.loads
+        for g in played:
+            g.rm_seed = s
+        games += played
     numbers = {  # outputs/metrics/best_of_n.json: numbers only, committed to git
         "by_n": summarize(games),
         "n_prompts": len(questions),
         "turns": turns,
         "turns_simulated": max(0, turns - min(len(q["turns"]) for q in questions)),
-        "rm_loads": scorers.loads,
+        "rm_loads": loads,
+        "rm_seeds": len(seed_dirs),
     }
     info = {  # outputs/evaluation/best_of_n_info.json: what was compared and how (text)
         "source": cfg.bon_source,
@@ -326,10 +384,15 @@ def run_stage(P) -> dict:
         "policy": cfg.policy.model,
         "judge": cfg.judge.model,
         "user": user_cfg.model if needs_user else None,
-        "model_dirs": {rm: str(d) for rm, d in model_dirs.items()},
+        "model_dirs": {str(s): {rm: str(d) for rm, d in dirs.items()} for s, dirs in seed_dirs.items()},
         "judge_mode": "constrained (likeliest verdict token)" if cfg.judge_constrained else "generated and parsed",
         "rule": "MUSIC wins a game only if the judge prefers it in both orders; disagreement, a tie verdict, "
         "an unparsed reply, or identical picks (judge not called) count as a tie",
+        "seeds": "every training seed plays: seed s of the baseline RM against seed s of the MUSIC RM; one game per "
+        "(prompt, N, seed), pooled per N",
+        "win_rate": "win_rate_ties_half = (W + T/2) / games, win_rate_decided = W / (W + L); 95% percentile "
+        "bootstrap over prompts (each prompt's games, every seed, resampled together); all_ties = 1 when no game "
+        "was decided",
     }
     seconds = round(time.perf_counter() - start, 1)
     write_json(Path(P.paths.metrics) / "best_of_n.json", numbers)

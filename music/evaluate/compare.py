@@ -184,4 +184,11 @@ def headline(table: pd.DataFrame, best_of_n: dict | None = None) -> dict:
         out["best_of_n_win_minus_loss"] = {
             f"N{n}": round(100 * ((v.get("win_rate") or 0) - (v.get("loss_rate") or 0)), 1)
             for n, v in sorted(best_of_n.get("by_n", {}).items(), key=lambda kv: int(kv[0]))}
+        half = {n: v for n, v in sorted(best_of_n.get("by_n", {}).items(), key=lambda kv: int(kv[0]))
+                if v.get("win_rate_ties_half") is not None}
+        if half:  # (W + T/2) / N, percent, with its bootstrap interval over prompts
+            out["best_of_n_win_rate"] = {f"N{n}": {"rate": round(100 * v["win_rate_ties_half"], 1),
+                                                   "ci_low": round(100 * v["win_rate_ties_half_ci_low"], 1),
+                                                   "ci_high": round(100 * v["win_rate_ties_half_ci_high"], 1)}
+                                         for n, v in half.items()}
     return out
