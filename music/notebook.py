@@ -115,6 +115,20 @@ def show_params(config: Any, name: str | None = None, width: int = 88) -> None:
     print(format_params(config, name, width))
 
 
+def say(text: str) -> None:
+    """A lesson's sentence built from the run's params or outputs (so its numbers never drift from the run):
+    Markdown in a notebook, plain text elsewhere. E.g. `say(f"This run simulates **{P.simulate.turns} turns**.")`."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+    except ImportError:
+        get_ipython = None
+    if get_ipython is not None and get_ipython() is not None:
+        display(Markdown(text))
+    else:
+        print(text)
+
+
 # ---------------------------------------------------------------- one console line per stage
 def stage_label(stage: str, variant: str | None = None) -> str:
     """The stage's name as DVC addresses it: `train@music`."""
