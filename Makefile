@@ -43,8 +43,8 @@ plan: install
 run: data plan
 ifeq ($(PARAMS),params.yaml)
 	@$(PY) -m music.repro
-	@echo "Headline metrics (details in outputs/metrics/); figures in outputs/figures/"
-	@dvc metrics show --precision 3 outputs/metrics/summary.json
+	@echo "Headline (accuracy in percent; details in outputs/metrics/, figures in outputs/figures/):"
+	@$(PY) -m music.report outputs/metrics/summary.json
 else
 	@name=$(basename $(notdir $(PARAMS)))-$$(date +%Y%m%d-%H%M%S); \
 	args=$$($(PY) -m music.profile "$(PARAMS)" --cache-dir .cache/music) || exit 1; \
