@@ -74,3 +74,10 @@ def test_headline_command_prints_the_table(capsys):
     out = capsys.readouterr().out
     assert "early-turn tests" in out and max(len(line) for line in out.splitlines()) <= 100
     assert report.main([str(REPO / "nowhere.json")]) == 1
+
+
+def test_make_run_ends_with_the_headline_table_not_dvc_metrics_show():
+    makefile = (REPO / "Makefile").read_text()
+    run = makefile[makefile.index("\nrun:"):makefile.index("\nelse", makefile.index("\nrun:"))]
+    assert "music.report" in run and "dvc metrics show" not in run
+    assert run.index("music.publish") < run.index("music.report")  # the table is the last thing printed
