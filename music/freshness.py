@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from music.notebook import NOTEBOOKS
+
 BANNER_CLASS = "music-stale-banner"  # tests/test_browser.py fails on a banner where none should be
 _MISSING = ("deleted", "not in cache")
 
@@ -28,7 +30,8 @@ _MISSING = ("deleted", "not in cache")
 @dataclasses.dataclass
 class Freshness:
     stage: str  # as DVC addresses it: "train@music"
-    state: str  # "current" | "stale" (params, code or inputs changed) | "changed" (only outputs differ) | "unknown"
+    state: str  # "current" | "stale" (params, code or inputs changed) | "changed" (only outputs differ)
+    #             | "notebook" (only the notebook file changed: saved outputs or edits) | "unknown"
     params: list[str] = dataclasses.field(default_factory=list)  # "simulate.turns"
     deps: list[str] = dataclasses.field(default_factory=list)  # "music/simulate.py (modified)"
     outs: list[str] = dataclasses.field(default_factory=list)  # "outputs/conversations (deleted)"
@@ -40,6 +43,10 @@ class Freshness:
             return f"Outputs of `{s}` are up to date with dvc.lock (same params, code and inputs)."
         if self.state == "unknown":
             return f"Could not compare the outputs of `{s}` with dvc.lock: {self.reason}."
+        if self.state == "notebook":
+            return (f"The outputs of `{s}` match dvc.lock's params and inputs; only this notebook's file changed since "
+                    f"(saving it stores its outputs, or it was edited), so `dvc status` lists `{s}` and `dvc repro` would "
+                    f"rerun it. `git checkout {self.deps[0].split(' ')[0]}` undoes a change you did not mean.")
         lines = []
         if self.state == "stale":
             lines.append(f"OUT OF DATE: the outputs shown below were made from other params, code or inputs than "
@@ -113,7 +120,10 @@ def check(stage: str, variant: str | None = None, root: str | Path | None = None
             else:
                 out.deps.append(f"{path} ({change})")
         out.outs += [f"{p} ({c})" for p, c in (entry.get("changed outs") or {}).items()]
-    if out.params or out.deps:
+    notebook = f"notebooks/{NOTEBOOKS.get(stage, '')}"
+    if out.deps == [f"{notebook} (modified)"] and not out.params and not out.outs:
+        out.state = "notebook"  # saving the notebook in JupyterLab stores its outputs: DVC counts that as a change
+    elif out.params or out.deps:
         out.state = "stale"
     elif out.outs:
         out.state = "changed"

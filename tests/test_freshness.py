@@ -84,3 +84,22 @@ def test_show_prints_outside_a_notebook(repo, capsys):
 def test_foreach_stage_outputs_are_listed_per_variant():
     assert freshness.stage_outs("train", "music") == ["outputs/models/music"]
     assert "outputs/metrics/summary.json" in freshness.stage_outs("plots")
+
+
+def test_a_notebook_saved_with_outputs_is_not_called_out_of_date(tmp_path, monkeypatch):
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    (tmp_path / "notebooks").mkdir()
+    nb = tmp_path / "notebooks" / "01_simulate_conversations.ipynb"
+    nb.write_text("{}")
+    (tmp_path / "make.py").write_text(MAKE)
+    (tmp_path / "input.txt").write_text("x")
+    (tmp_path / "params.yaml").write_text("step:\n  turns: 3\n")
+    stage = dict(STAGE, deps=[*STAGE["deps"], "notebooks/01_simulate_conversations.ipynb"])
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"simulate": stage}}))
+    _dvc(tmp_path, "init", "--no-scm", "-q")
+    _dvc(tmp_path, "repro", "-q")
+    nb.write_text('{"saved": "with outputs"}')
+    result = freshness.check("simulate", root=tmp_path)
+    assert result.state == "notebook" and "OUT OF DATE" not in result.message(), result
+    (tmp_path / "params.yaml").write_text("step:\n  turns: 5\n")
+    assert freshness.check("simulate", root=tmp_path).state == "stale"
