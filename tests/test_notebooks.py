@@ -129,6 +129,8 @@ def _as_default_path(path: Path, tiny) -> str | None:
     rel = path.relative_to(REPO)
     if rel.parts[0] in (".venv", ".git", "music.egg-info") or "__pycache__" in rel.parts:
         return None
+    if str(rel) == "dvc.yaml":
+        return None  # read only to name the stage's outputs in the notebook's text (music.freshness), never to compute
     if str(rel) == yaml.safe_load((REPO / "profiles" / "tiny.yaml").read_text())["seed"]["path"]:
         return Params().seed.path  # the tiny profile's stand-in for the default seed source
     return str(rel)
