@@ -20,6 +20,7 @@ def test_no_module_of_the_package_sets_a_matplotlib_backend():
     assert offenders == [], "a notebook importing these loses its inline backend (figures print as text)"
 
 
+@pytest.mark.slow  # runs a notebook
 def test_package_figures_and_pyplot_figures_draw_in_an_executed_notebook(tmp_path):
     import papermill as pm
 

@@ -30,6 +30,7 @@ def _executed(tmp_path, name: str) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow  # runs a notebook
 def test_two_executions_publish_the_same_bytes_with_the_figure_embedded(tmp_path):
     first = _executed(tmp_path, "06_plot_results.ipynb")
     second = _executed(tmp_path, "06_plot_results.ipynb")
