@@ -149,8 +149,8 @@ def written_message(stage: str, variant: str | None = None, root: str | Path | N
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         outs = "its outputs"
     if os.environ.get("DVC_STAGE"):  # running under `dvc repro`: DVC records the outputs when the stage ends
-        return f"Wrote {outs}; `dvc repro` records them in dvc.lock when stage `{address}` ends."
-    return (f"Wrote {outs}. dvc.lock now lags behind them: `dvc status` reports `{address}` as changed until "
+        return f"This run wrote the stage's outputs ({outs}); `dvc repro` records them in dvc.lock when `{address}` ends."
+    return (f"This run wrote the stage's outputs (dvc.yaml: {outs}). dvc.lock now lags behind them: `dvc status` reports `{address}` as changed until "
             f"`dvc commit {address}` records these outputs (or `dvc repro {address}` remakes and records them).")
 
 

@@ -57,6 +57,10 @@ def _num(x: Any) -> float | None:
     return None if math.isnan(v) else v
 
 
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
 def _pts(x: float) -> str:
     return f"{x:+.1f}"
 
@@ -66,7 +70,7 @@ def difference_sentence(name: str, diff: Any, low: Any, high: Any, n_items: Any 
     """One paired comparison (MUSIC - baseline, fractions unless percent=True) as a sentence with its interval."""
     scale = 1.0 if percent else 100.0
     d, lo, hi = (_num(v) for v in (diff, low, high))
-    items = f" ({int(n_items)} items)" if _num(n_items) is not None else ""
+    items = f" ({_n(int(n_items), 'item')})" if _num(n_items) is not None else ""
     if d is None:
         return f"{_cap(title(name))}{items}: no comparison (a variant has no results)."
     d, interval = d * scale, ""
@@ -101,7 +105,7 @@ def accuracy_sentence(name: str, accuracy: Any, n_items: Any, who: str = "the RM
         verdict = "above chance"
     else:
         verdict = "below chance"
-    return (f"{_cap(title(name))}: {who} {100 * a:.1f}% right over {int(n)} items "
+    return (f"{_cap(title(name))}: {who} {100 * a:.1f}% right over {_n(int(n), 'item')} "
             f"[{100 * lo:.0f}%, {100 * hi:.0f}%]: {verdict}.")
 
 
@@ -126,7 +130,7 @@ def best_of_n_sentence(bon: Mapping | None) -> str:
         verdict = "no difference this run can see (the win and loss intervals overlap)"
     same = f"; in {ident} both RMs picked the identical conversation" if ident else ""
     win_ci = f" [{100 * wl:.0f}%, {100 * wh:.0f}%]" if None not in (wl, wh) else ""
-    return (f"Best-of-N at N = {n}: the MUSIC RM won {wins}, tied {ties} and lost {losses} of {games} games{same}; "
+    return (f"Best-of-N at N = {n}: the MUSIC RM won {wins}, tied {ties} and lost {losses} of {_n(games, "game")}{same}; "
             f"win rate {100 * wins / games if games else 0:.0f}%{win_ci}: {verdict}; {PAPER_DIRECTION['best_of_n']}.")
 
 
