@@ -130,7 +130,7 @@ def best_of_n_sentence(bon: Mapping | None) -> str:
         verdict = "no difference this run can see (the win and loss intervals overlap)"
     same = f"; in {ident} both RMs picked the identical conversation" if ident else ""
     win_ci = f" [{100 * wl:.0f}%, {100 * wh:.0f}%]" if None not in (wl, wh) else ""
-    return (f"Best-of-N at N = {n}: the MUSIC RM won {wins}, tied {ties} and lost {losses} of {_n(games, "game")}{same}; "
+    return (f"Best-of-N at N = {n}: the MUSIC RM won {wins}, tied {ties} and lost {losses} of {_n(games, 'game')}{same}; "
             f"win rate {100 * wins / games if games else 0:.0f}%{win_ci}: {verdict}; {PAPER_DIRECTION['best_of_n']}.")
 
 
