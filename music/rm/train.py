@@ -1,5 +1,6 @@
 """The package's own reward-model trainer (plain torch): Bradley-Terry loss, AdamW, linear warmup/decay,
-gradient accumulation, length-grouped batches, resumable checkpoints, and a merged final model.
+gradient accumulation, length-grouped batches, resumable checkpoints, and a saved final model (LoRA kept
+unmerged beside its base: music.rm.model.save_model_folder).
 
 Resume: every `save_every` optimizer steps the trainable weights (LoRA + score head, or all weights),
 the optimizer, the scheduler, the RNG states and the step go to
@@ -24,7 +25,7 @@ from typing import Any, Callable
 from music.config import TrainConfig
 from music.io import atomic_path, dumps_canonical, write_json
 from music.rm.data import EncodedPair, collate_pairs, encode_pairs, length_grouped_batches, load_variant_pairs, mix_pairs
-from music.rm.model import load_reward_model, merged_model, reward_scores
+from music.rm.model import load_reward_model, reward_scores, save_model_folder
 
 CHECKPOINT = "checkpoint.pt"
 StepCallback = Callable[[int, dict], None]  # (optimizer step done, its curve row); may raise to stop
@@ -257,16 +258,13 @@ def write_curve(path: Path, curve: list[dict]) -> None:
 
 
 def save_reward_model(outcome: TrainOutcome, out_dir: str | Path):
-    """Merge LoRA and write a plain HF model + tokenizer + train_metrics.json + curve.csv, atomically.
-
-    Returns the merged model (the PEFT wrapper is unusable after merging).
+    """Write the reward model (base + unmerged float32 LoRA adapter and head: music.rm.model.save_model_folder)
+    + tokenizer + train_metrics.json + curve.csv, atomically. Returns the (unchanged) in-memory model.
     """
-    model = merged_model(outcome.model)
-    model.config.pad_token_id = outcome.tokenizer.pad_token_id
+    model = outcome.model
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        model.save_pretrained(tmp)
-        outcome.tokenizer.save_pretrained(tmp)
+        save_model_folder(model, outcome.tokenizer, tmp)
         write_curve(tmp / "curve.csv", outcome.curve)
         (tmp / "train_metrics.json").write_text(
             json.dumps(outcome.metrics, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
@@ -285,7 +283,7 @@ def train_reward_model(
     progress: bool = True,
     seed: int = 0,
 ) -> dict:
-    """Train a variant with one seed, save the merged model to out_dir, drop its resume checkpoint.
+    """Train a variant with one seed, save the model to out_dir, drop its resume checkpoint.
 
     Returns the metrics saved in train_metrics.json plus, under "timing", the wall-clock numbers that
     are kept out of the (DVC-tracked) model folder so a rerun writes identical bytes.
