@@ -295,6 +295,18 @@ def train_reward_model(
     return {**outcome.metrics, "timing": outcome.timing}
 
 
+def free_accelerator_memory() -> None:
+    """Between training runs: collect the last model's reference cycles (Unsloth's patched models hold some,
+    so dropping the last name does not free them) and return PyTorch's cached GPU blocks to the driver.
+    (torch.cuda.empty_cache is a no-op when CUDA was never initialised.)"""
+    import gc
+
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
 def seed_dir(models_dir: str | Path, variant: str, seed: int) -> Path:
     """Where the model of one variant and training seed lives: {models}/{variant}/seed{seed}."""
     return Path(models_dir) / variant / f"seed{seed}"
@@ -307,9 +319,12 @@ def train_variant(P, variant: str, *, progress: bool = True) -> list[dict]:
     if variant not in cfg.variants:
         raise ValueError(f"unknown variant {variant!r}; train.variants has {sorted(cfg.variants)}")
     pairs_by_kind = load_variant_pairs(P.paths.pairs, cfg.variants[variant], split="train")
-    runs = [train_reward_model(cfg, pairs_by_kind, seed_dir(P.paths.models, variant, s),
-                               resume_dir=Path(P.paths.cache) / "rm_resume", variant=variant, progress=progress, seed=s)
-            for s in cfg.seeds]
+    runs = []
+    for s in cfg.seeds:
+        runs.append(train_reward_model(cfg, pairs_by_kind, seed_dir(P.paths.models, variant, s),
+                                       resume_dir=Path(P.paths.cache) / "rm_resume", variant=variant,
+                                       progress=progress, seed=s))
+        free_accelerator_memory()  # one model on the GPU at a time
     write_json(Path(P.paths.reports) / "timings" / f"train_{variant}.json", [r["timing"] for r in runs])
     return runs
 
