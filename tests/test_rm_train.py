@@ -115,7 +115,7 @@ def test_saved_model_reloads_with_same_scores(tiny_backbone, tmp_path):
     assert in_memory == pytest.approx(reloaded, abs=1e-5)
     assert before_merge == pytest.approx(reloaded, abs=1e-4)
     # the plain transformers path (peft installed) loads the base, the LoRA adapter beside it and the trained head
-    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm", dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(tmp_path / "rm")
     assert type(plain).__name__ == "LlamaForSequenceClassification" and plain.config.num_labels == 1
     assert plain.config.pad_token_id == tok.pad_token_id == 0 and tok.chat_template
