@@ -392,13 +392,15 @@ def _base_state_dict(model) -> dict:
     return out
 
 
-def save_model_folder(model, tokenizer, folder) -> None:
+def save_model_folder(model, tokenizer, folder, base_name: str | None = None) -> None:
     """Write a reward model that reloads to the same function (music.rm.score.load_scoring_model).
 
     LoRA: the base reward model (config.json + weights in the training dtype; cut and resized as
     trained) and, beside it, the PEFT adapter (adapter_config.json + adapter_model.safetensors: LoRA and
     the trained score head, float32). Nothing is merged. Full fine-tuning: the model itself (the head
-    keeps its float32 weights in the file). Then the tokenizer.
+    keeps its float32 weights in the file). Then the tokenizer. `base_name` (train.backbone) is written as the
+    adapter's base_model_name_or_path instead of this machine's path to the backbone (the base beside it is
+    what loads).
     """
     from pathlib import Path
 
@@ -407,7 +409,16 @@ def save_model_folder(model, tokenizer, folder) -> None:
     base.config.pad_token_id = tokenizer.pad_token_id
     if is_peft(model):
         base.save_pretrained(folder, state_dict=_base_state_dict(model))
-        model.save_pretrained(folder)
+        configs = list(model.peft_config.values())
+        kept = [c.base_model_name_or_path for c in configs]
+        try:
+            for c in configs:
+                c.base_model_name_or_path = base_name or c.base_model_name_or_path
+            model.save_pretrained(folder, save_embedding_layers=False)  # the base beside holds the (resized) embeddings
+        finally:
+            for c, name in zip(configs, kept):
+                c.base_model_name_or_path = name
+        (folder / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card template (with this machine's paths)
     else:
         model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

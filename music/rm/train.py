@@ -264,7 +264,7 @@ def save_reward_model(outcome: TrainOutcome, out_dir: str | Path):
     model = outcome.model
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        save_model_folder(model, outcome.tokenizer, tmp)
+        save_model_folder(model, outcome.tokenizer, tmp, base_name=outcome.metrics["config"]["backbone"])
         write_curve(tmp / "curve.csv", outcome.curve)
         (tmp / "train_metrics.json").write_text(
             json.dumps(outcome.metrics, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
