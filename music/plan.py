@@ -370,6 +370,9 @@ def _relative(path: str) -> str:
         return path
 
 
+LORA_MIN_LEARNING_RATE = 1e-5  # below it the planner warns: a full-fine-tuning rate used with LoRA
+
+
 def plan_train(P: Params, shape: BackboneShape | None, A: Assumptions, F: Findings) -> dict:
     t = P.train
     for key in ("batch_size", "grad_accum", "max_length"):
@@ -377,7 +380,11 @@ def plan_train(P: Params, shape: BackboneShape | None, A: Assumptions, F: Findin
             F.error(f"train.{key}", f"must be >= 1, got {getattr(t, key)}")
     if t.lora and t.lora_last_layers is not None and t.num_layers and t.lora_last_layers > t.num_layers:
         F.error("train.lora_last_layers", f"{t.lora_last_layers} exceeds train.num_layers={t.num_layers}")
-    out: dict[str, Any] = {"backbone": t.backbone, "variants": {}}
+    out: dict[str, Any] = {"backbone": t.backbone, "variants": {}, "lora": t.lora, "learning_rate": t.learning_rate}
+    if t.lora and t.learning_rate < LORA_MIN_LEARNING_RATE:
+        F.warn("train.learning_rate", f"LoRA with learning_rate {t.learning_rate:g}: LoRA's B matrices start at zero and "
+               "AdamW moves each entry by about the learning rate per step, so the model stays close to the base plus a "
+               f"trained head (a full-fine-tuning rate; LoRA needs >= {LORA_MIN_LEARNING_RATE:g}, e.g. 1e-4)")
     if shape is None:
         return out
     if shape.max_position_embeddings and t.max_length > shape.max_position_embeddings:
@@ -731,6 +738,7 @@ def render(plan: dict) -> str:
                  _h(d["hours"])] for v, d in tr["variants"].items()]
         lines += _table(rows, ["variant", "kinds", "pairs (<=)", "steps", "pairs/step", "passes", "seeds",
                                "M tokens (<=)", "hours"])
+        lines.append(("LoRA" if tr["lora"] else "full fine-tuning") + f" learning rate {tr['learning_rate']:g}")
         g = mem["gb"]
         mb = mem["micro_batch"]
         lines += ["", f"Training memory per GPU, GB (micro-batch {mb['sequences']} sequences x {mb['max_length']} tokens, "

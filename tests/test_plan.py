@@ -56,6 +56,24 @@ def test_paper_profile_fits_one_80gb_gpu_only_with_checkpointing():
     assert plan["stages"]["best_of_n"]["available"] >= plan["stages"]["best_of_n"]["prompts"]
 
 
+def test_paper_profile_trains_lora_at_a_lora_rate_and_prints_it(capsys, tmp_path):
+    plan = make_plan(load_params(PAPER))
+    train = plan["stages"]["train"]
+    assert train["lora"] is True and train["learning_rate"] >= 1e-5
+    assert not [w for w in plan["warnings"] if w["key"] == "train.learning_rate"]
+    assert main(["--params", str(PAPER), "--out", str(tmp_path / "plan.json")]) == 0
+    assert f"LoRA learning rate {train['learning_rate']:g}" in capsys.readouterr().out
+
+
+def test_lora_at_a_full_fine_tuning_rate_warns():
+    data = copy.deepcopy(raw(PAPER))
+    data["train"]["learning_rate"] = 2e-6  # the paper's rate, meant for full fine-tuning
+    plan = plan_of(data)
+    assert [w for w in plan["warnings"] if w["key"] == "train.learning_rate" and "LoRA" in w["message"]]
+    data["train"]["lora"] = False  # full fine-tuning: no LoRA warning (bf16 resolution has its own)
+    assert not [w for w in plan_of(data)["warnings"] if w["key"] == "train.learning_rate"]
+
+
 def test_the_old_paper_best_of_n_setting_fails_on_its_key():
     data = raw(PAPER)
     data["evaluate"] = {k: v for k, v in data["evaluate"].items() if k not in ("bon_source", "bon_turns")}
