@@ -279,7 +279,7 @@ def run_contrast(P: Params, *, splits: Sequence[str] = ("train", "eval"),
     cfg = P.contrast
     if backends is None:
         user, assistant = make_backends(P)
-        contrast = make_chat(cfg.contrast, P.paths.cache) if cfg.method != "resample" else None
+        contrast = make_chat(cfg.contrast, P.paths.cache, role="contrast.contrast") if cfg.method != "resample" else None
     else:
         user, assistant, contrast = backends
     meter = TokenMeter(user=user, assistant=assistant, contrast=contrast)

@@ -221,7 +221,8 @@ SPLITS = ("train", "eval")
 
 def make_backends(P: Params, *, cache: bool = True) -> tuple[Chat, Chat]:
     cache_dir = P.paths.cache if cache else None
-    return make_chat(P.simulate.user, cache_dir), make_chat(P.simulate.assistant, cache_dir)
+    return (make_chat(P.simulate.user, cache_dir, role="simulate.user"),
+            make_chat(P.simulate.assistant, cache_dir, role="simulate.assistant"))
 
 
 def run_simulate(P: Params, *, splits: Sequence[str] = SPLITS, backends: tuple[Chat, Chat] | None = None) -> dict:

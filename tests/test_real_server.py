@@ -93,7 +93,7 @@ def setup(tmp_path_factory):
     raw = yaml.safe_load((REPO / "profiles" / "tiny.yaml").read_text())
     raw["paths"] = {name: str(root / name) for name in Paths.__dataclass_fields__}
     raw["seed"].update(n_train=2, n_eval=1)  # half the tiny profile's seeds: about 40 requests, not 80 (make test time)
-    served = {"backend": "openai", "model": model_path, "base_urls": [url], "api_key_env": "MUSIC_TEST_NO_KEY",
+    served = {"backend": "openai", "model": model_path, "base_urls": [url], "api_key_env": "",
               "max_concurrency": 2, "timeout_s": 120, "max_retries": 1, "backoff_s": 0.2}
     for section, role in (("simulate", "user"), ("simulate", "assistant"), ("contrast", "contrast")):
         # transformers serve answers 422 to fields outside OpenAI's API, such as repetition_penalty
