@@ -32,6 +32,7 @@ from music.chat.base import derive_seed
 from music.evaluate.judge import VERDICT_OPTIONS, combine_orders, judge_request, load_template, parse_verdict
 from music.evaluate.pairwise import require_model
 from music.evaluate.stats import wilson_interval
+from music.failures import check_failed_share, failure_summary
 from music.io import write_json, write_jsonl
 from music.rm.score import RewardScorer
 from music.rm.train import seed_dir
@@ -275,6 +276,15 @@ def summarize(games: Sequence[Game]) -> dict:
     return by_n
 
 
+def game_failures(games: Sequence[Game]) -> dict:
+    """music.failures summary: a game fails when an RM's conversation could not be generated (every candidate
+    of a turn, or a simulated user turn, failed). An unparsed judge verdict is a tie, counted in `by_n`."""
+    return failure_summary(len(games), [
+        ("no_conversation", f"question {g.question_id} N={g.n}: no conversation for "
+                            f"{', '.join(rm for rm, c in g.conversations.items() if c is None)}")
+        for g in games if g.outcome == "failed"])
+
+
 def game_record(g: Game) -> dict:
     return dataclasses.asdict(g)
 
@@ -297,14 +307,14 @@ def run_stage(P) -> dict:
     start = time.perf_counter()
     scorers = OneAtATime({rm: (lambda d=d: RewardScorer(str(d), batch_size=cfg.batch_size, max_length=cfg.max_length,
                                                          dtype=cfg.dtype)) for rm, d in model_dirs.items()})
-    policy = make_chat(cfg.policy, P.paths.cache)
-    judge = policy if _same_model(cfg.policy, cfg.judge) else make_chat(cfg.judge, P.paths.cache)
+    policy = make_chat(cfg.policy, P.paths.cache, role="evaluate.policy")
+    judge = policy if _same_model(cfg.policy, cfg.judge) else make_chat(cfg.judge, P.paths.cache, role="evaluate.judge")
     user_cfg = P.simulate.user
     needs_user = any(len(q["turns"]) < turns for q in questions)
     user = None
     if needs_user:
         user = policy if _same_model(cfg.policy, user_cfg) else judge if _same_model(cfg.judge, user_cfg) \
-            else make_chat(user_cfg, P.paths.cache)
+            else make_chat(user_cfg, P.paths.cache, role="simulate.user")
     games = run_best_of_n(
         questions, scorers, policy, judge, ns=cfg.bon_ns, seed=cfg.seed,
         policy_max_new_tokens=cfg.policy.max_new_tokens, policy_temperature=cfg.policy.temperature,
@@ -313,6 +323,10 @@ def run_stage(P) -> dict:
         user_max_new_tokens=user_cfg.max_new_tokens, user_temperature=user_cfg.temperature, trim=P.simulate.trim_truncated,
     )
     scorers.release()
+    failures = game_failures(games)  # fail before writing anything: a broken run must not look like a result
+    check_failed_share(failures, cfg.max_failed_share, what="best_of_n: games", key="evaluate.max_failed_share",
+                       advice="Check the served roles (evaluate.policy, simulate.user: base_urls, model, load; "
+                       "max_retries, timeout_s) and rerun; finished replies come from the response cache.")
     numbers = {  # outputs/metrics/best_of_n.json: numbers only, committed to git
         "by_n": summarize(games),
         "n_prompts": len(questions),
@@ -330,6 +344,7 @@ def run_stage(P) -> dict:
         "judge_mode": "constrained (likeliest verdict token)" if cfg.judge_constrained else "generated and parsed",
         "rule": "MUSIC wins a game only if the judge prefers it in both orders; disagreement, a tie verdict, "
         "an unparsed reply, or identical picks (judge not called) count as a tie",
+        "failures": failures,  # games with no conversation (music.failures), below evaluate.max_failed_share
     }
     seconds = round(time.perf_counter() - start, 1)
     write_json(Path(P.paths.metrics) / "best_of_n.json", numbers)
