@@ -148,8 +148,11 @@ class SeedConfig(_Checked):
     max_context_chars: int = 800  # longest seed context (whole eval conversations: twice this)
     require_next_turn: bool = True  # keep the real next turn (needed for the offline last-turn pairs D)
     seed: int = 0  # shuffles the conversations
+    # malformed source records are skipped and counted (stats.json); more than this share of them fails the stage
+    max_malformed_share: float = 0.01
 
     def validate(self) -> None:
+        _share(self, "max_malformed_share")
         self._require(self.source in SEED_SOURCES, "source", f"must be one of {SEED_SOURCES}, got {self.source!r}")
         for key in ("n_train", "n_eval", "n_eval_conversations"):
             self._require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
@@ -212,9 +215,12 @@ class ContrastConfig(_Checked):
     # the stage fails when more than this share of a split's candidates failed (a contrast request failed, or an
     # `instruct` reply did not parse; the quality filters' drops are not failures), or no MUSIC train pair is kept
     max_failed_share: float = 0.1
+    # malformed records of a labelled D source are skipped and counted (filter_report.json); more fails the stage
+    max_malformed_share: float = 0.01
 
     def validate(self) -> None:
         _share(self, "max_failed_share")
+        _share(self, "max_malformed_share")
         self._require(self.method in CONTRAST_METHODS, "method", f"must be one of {CONTRAST_METHODS}, got {self.method!r}")
         self._require(self.divergence in DIVERGENCE_RULES, "divergence",
                       f"must be one of {DIVERGENCE_RULES}, got {self.divergence!r}")

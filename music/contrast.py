@@ -316,7 +316,8 @@ def run_contrast(P: Params, *, splits: Sequence[str] = ("train", "eval"),
         if cfg.d_pairs and d_from_source:
             held_out = set().union(*(read_conversation_ids(Path(P.paths.seeds) / SEED_FILES[name])
                                      for name in ("eval", "eval_conversations")))
-            d_records = d_records_from_source(cfg, split, held_out)
+            report.setdefault("d_source_malformed", {})[f"d_{split}"] = malformed = {}
+            d_records = d_records_from_source(cfg, split, held_out, malformed)
             report["splits"][f"d_{split}"] = {"candidates": len(d_records), "kept": len(d_records),
                                              "removed": {r: 0 for r in REASONS}}
         elif cfg.d_pairs:
