@@ -455,14 +455,19 @@ def plan_evaluate(P: Params, shape: BackboneShape | None, A: Assumptions, F: Fin
     music_eval = simulated_conversations(P) - s.n_train
     scored = {"quality_twins": 2 * (sharegpt_twins + mt_twins), "music_eval": 2 * music_eval,
               "swap": 2 * conv * e.swap_max_distance, "trajectory": 2 * music_eval * P.simulate.turns}
-    if e.rewardbench or e.rewardbench_path:
-        scored["rewardbench"] = 2 * 2985
+    rewardbench = None
+    if e.rewardbench or e.rewardbench_path:  # what the stage will load: a local file's rows, else the hub's
+        rows, how = rewardbench_rows(e.rewardbench_path, F)
+        scored["rewardbench"] = 2 * rows
+        rewardbench = {"rows": rows, "from": how}
     present = {k: v for k, v in e.local_sets.items() if Path(v).exists()}
     if present:
         scored["local_sets"] = 2 * e.local_set_limit * len(present)
     n = sum(scored.values())
     models = len(P.train.variants) * len(P.train.seeds)
     out: dict[str, Any] = {"conversations_scored_per_model": scored, "models": models, "max_length": length}
+    if rewardbench is not None:
+        out["rewardbench"] = rewardbench
     if shape is None:
         return out
     device = train_device(shape, A)
@@ -475,6 +480,24 @@ def plan_evaluate(P: Params, shape: BackboneShape | None, A: Assumptions, F: Fin
         F.error("evaluate.batch_size", f"scoring needs about {out['memory']['total_gb']:.1f} GB, more than one "
                 f"{A.gpu_memory_gb:.0f} GB GPU: lower evaluate.batch_size or evaluate.max_length")
     return out
+
+
+def rewardbench_rows(path: str | None, F: Findings) -> tuple[int, str]:
+    """RewardBench rows the evaluate stage will score: a local file's own rows (it wins over the hub, as in
+    music.evaluate.rewardbench.load_rewardbench_pairs), else the hub's filtered split."""
+    from music.evaluate.constants import HUB_ID, HUB_ROWS, HUB_SPLIT
+    from music.sources.records import iter_records
+
+    if not path:
+        return HUB_ROWS, f"hub:{HUB_ID} split {HUB_SPLIT}"
+    if not Path(path).exists():
+        F.error("evaluate.rewardbench_path", f"{path} does not exist")
+        return 0, f"{path} (missing)"
+    try:
+        return sum(1 for _ in iter_records(path)), f"{path} (rows read)"
+    except DataError as exc:
+        F.error("evaluate.rewardbench_path", str(exc))
+        return 0, f"{path} (unreadable)"
 
 
 def plan_best_of_n(P: Params, T: Tokens, shape: BackboneShape | None, A: Assumptions, F: Findings) -> tuple[dict, list[Load]]:

@@ -132,3 +132,25 @@ def test_unknown_backbone_is_an_error_naming_train_backbone():
     data = raw(REPO / "profiles" / "tiny.yaml")
     data["train"]["backbone"] = "nobody/unknown-model"
     assert "train.backbone" in error_keys(plan_of(data))
+
+
+def test_the_planner_counts_what_the_profile_will_load(tmp_path):
+    """A local RewardBench file's rows (not the hub's 2,985) and a local Best-of-N source's prompts."""
+    rb = tmp_path / "rewardbench.jsonl"
+    rb.write_text("".join(json.dumps({"prompt": f"p{i}", "chosen": "c", "rejected": "r", "subset": "alpacaeval-easy"}) + "\n"
+                          for i in range(46)))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt_id": i, "turns": [f"question {i}?"]}) + "\n" for i in range(7)))
+    data = raw(REPO / "params.yaml")
+    data["evaluate"].update(rewardbench=True, rewardbench_path=str(rb), bon_source=f"file:{prompts}", bon_prompts=5)
+    plan = plan_of(data)
+    ev = plan["stages"]["evaluate"]
+    assert ev["rewardbench"] == {"rows": 46, "from": f"{rb} (rows read)"}
+    assert ev["conversations_scored_per_model"]["rewardbench"] == 2 * 46
+    assert plan["stages"]["best_of_n"]["available"] == 7
+    data["evaluate"].update(rewardbench_path=None)  # the hub's filtered split
+    assert plan_of(data)["stages"]["evaluate"]["conversations_scored_per_model"]["rewardbench"] == 2 * 2985
+    data["evaluate"].update(rewardbench_path=str(tmp_path / "absent.jsonl"))
+    assert "evaluate.rewardbench_path" in error_keys(plan_of(data))
+    data["evaluate"].update(rewardbench_path=None, bon_prompts=8)
+    assert "evaluate.bon_prompts" in error_keys(plan_of(data))
