@@ -215,12 +215,14 @@ class ContrastConfig(_Checked):
     # the stage fails when more than this share of a split's candidates failed (a contrast request failed, or an
     # `instruct` reply did not parse; the quality filters' drops are not failures), or no MUSIC train pair is kept
     max_failed_share: float = 0.1
+    min_music_train_pairs: int = 1  # fewer MUSIC training pairs kept fails the stage (train@music needs them)
     # malformed records of a labelled D source are skipped and counted (filter_report.json); more fails the stage
     max_malformed_share: float = 0.01
 
     def validate(self) -> None:
         _share(self, "max_failed_share")
         _share(self, "max_malformed_share")
+        self._require(self.min_music_train_pairs >= 0, "min_music_train_pairs", f"must be >= 0, got {self.min_music_train_pairs}")
         self._require(self.method in CONTRAST_METHODS, "method", f"must be one of {CONTRAST_METHODS}, got {self.method!r}")
         self._require(self.divergence in DIVERGENCE_RULES, "divergence",
                       f"must be one of {DIVERGENCE_RULES}, got {self.divergence!r}")

@@ -301,10 +301,10 @@ def run_contrast(P: Params, *, splits: Sequence[str] = ("train", "eval"),
         report["failures"][f"music_{split}"] = failures = candidate_failures(cands, cfg)
         check_failed_share(failures, cfg.max_failed_share, what=f"contrast ({split}): MUSIC candidates",
                            key="contrast.max_failed_share", advice=contrast_advice(cfg, methods))
-        if split == "train" and failures["units"] and not kept:
+        if split == "train" and len(kept) < cfg.min_music_train_pairs:
             raise StageFailed(
-                f"contrast (train): 0 of {failures['units']} MUSIC candidates kept, so train@music would have no MUSIC "
-                f"pair. Removed by reason: {nonzero(stats['removed'])}; contrast methods: {methods}; request/parse "
+                f"contrast (train): {len(kept)} of {failures['units']} MUSIC candidates kept, fewer than "
+                f"contrast.min_music_train_pairs={cfg.min_music_train_pairs} (train@music trains on them). Removed by reason: {nonzero(stats['removed'])}; contrast methods: {methods}; request/parse "
                 f"failures: {describe(failures)}. {contrast_advice(cfg, methods)}", failures)
         records = candidates_to_records(kept)
         save_records(records, out_dir / f"music_{split}", pair_features())
@@ -368,6 +368,9 @@ def contrast_advice(cfg: ContrastConfig, methods: dict) -> str:
         tips.append(f"the contrast model's replies did not parse ({methods['instruct_unparsed']} of "
                     f"{methods['instruct_tried']}): set contrast.method: auto (resample where unparsed) or resample, "
                     "or use a stronger contrast model (contrast.contrast.model)")
+    if cfg.method != "instruct":
+        tips.append("many `modified_request` drops (no usable resampled request): raise contrast.candidates or use a "
+                    "stronger user model (simulate.user)")
     tips.append("a failed request: check the server named in the first error (base_urls, model, load; max_retries, "
                 "timeout_s) and rerun (finished replies come from the response cache)")
     tips.append("no pair kept: loosen the filter that removed most (contrast.min_contrast_margin, "

@@ -105,7 +105,7 @@ def test_contrast_fails_when_it_keeps_no_music_training_pair(tmp_path):
     with pytest.raises(StageFailed) as info:
         _contrast(P)
     message = str(info.value)
-    assert "contrast (train): 0 of 4 MUSIC candidates kept" in message
+    assert "contrast (train): 0 of 4 MUSIC candidates kept, fewer than contrast.min_music_train_pairs=1" in message
     assert "'weak_contrast': 4" in message and "contrast.min_contrast_margin" in message
 
 

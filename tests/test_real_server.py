@@ -105,6 +105,9 @@ def setup(tmp_path_factory):
     raw["paths"] = {name: str(root / name) for name in Paths.__dataclass_fields__}
     raw["seed"].update(n_train=2, n_eval=1)  # half the tiny profile's seeds: about 40 requests, not 80 (make test time)
     raw["simulate"]["max_failed_share"] = 1.0  # the kill below fails conversations on purpose
+    # two training conversations through the served 135M model may keep no MUSIC pair (resampled requests
+    # unusable): this test checks the plumbing, not the yield
+    raw["contrast"]["min_music_train_pairs"] = 0
     served = {"backend": "openai", "model": model_path, "base_urls": [url], "api_key_env": "",
               "max_concurrency": 2, "timeout_s": 120, "max_retries": 1, "backoff_s": 0.2}
     for section, role in (("simulate", "user"), ("simulate", "assistant"), ("contrast", "contrast")):
