@@ -261,10 +261,16 @@ def write_seed_set(seeds: SeedSet, out_dir: str | Path) -> None:
         write_json(tmp / "stats.json", seeds.stats)
 
 
-def run_seed_stage(cfg: SeedConfig, out_dir: str | Path) -> SeedSet:
+def load_seed_source(cfg: SeedConfig) -> tuple[list[RealConversation], dict]:
+    """The source's conversations and what was skipped as malformed (counts per reason, first records); more
+    than seed.max_malformed_share of malformed records is a DataError."""
     skipped = Skipped(cfg.path, cfg.max_malformed_share, "seed.max_malformed_share")
     conversations = load_conversations(cfg.source, cfg.path, split=cfg.split, skipped=skipped)
-    malformed = skipped.check()  # a DataError past the limit
+    return conversations, skipped.check()
+
+
+def run_seed_stage(cfg: SeedConfig, out_dir: str | Path) -> SeedSet:
+    conversations, malformed = load_seed_source(cfg)
     seeds = draw_seeds(conversations, cfg)
     seeds.stats["malformed_records"] = malformed
     write_seed_set(seeds, out_dir)
