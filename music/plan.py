@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -593,6 +594,9 @@ def check_roles(P: Params, T: Tokens, F: Findings) -> None:
             continue
         if cfg.backend == "openai" and not cfg.base_urls:
             F.error(f"{key}.base_urls", "an openai backend needs at least one base URL")
+        if cfg.backend == "openai" and cfg.api_key_env and not os.environ.get(cfg.api_key_env):
+            F.warn(f"{key}.api_key_env", f"${cfg.api_key_env} is not set here: the stage stops before its first "
+                   "request unless it is set where it runs (api_key_env: '' for a server without a key)")
         if cfg.backend == "openai" and "gemma" in cfg.model.lower() and cfg.system_role != "fold":
             F.warn(f"{key}.system_role", f"{cfg.model}: Gemma chat templates reject the system role (vLLM answers "
                    "HTTP 400); set system_role: fold")

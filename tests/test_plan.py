@@ -154,3 +154,11 @@ def test_the_planner_counts_what_the_profile_will_load(tmp_path):
     assert "evaluate.rewardbench_path" in error_keys(plan_of(data))
     data["evaluate"].update(rewardbench_path=None, bon_prompts=8)
     assert "evaluate.bon_prompts" in error_keys(plan_of(data))
+
+
+def test_the_planner_warns_about_an_unset_key_variable(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    warned = [w["key"] for w in make_plan(load_params(PAPER))["warnings"]]
+    assert "simulate.user.api_key_env" in warned and "evaluate.judge.api_key_env" in warned
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    assert not [w for w in make_plan(load_params(PAPER))["warnings"] if w["key"].endswith("api_key_env")]
