@@ -304,8 +304,9 @@ def run_contrast(P: Params, *, splits: Sequence[str] = ("train", "eval"),
         if split == "train" and len(kept) < cfg.min_music_train_pairs:
             raise StageFailed(
                 f"contrast (train): {len(kept)} of {failures['units']} MUSIC candidates kept, fewer than "
-                f"contrast.min_music_train_pairs={cfg.min_music_train_pairs} (train@music trains on them). Removed by reason: {nonzero(stats['removed'])}; contrast methods: {methods}; request/parse "
-                f"failures: {describe(failures)}. {contrast_advice(cfg, methods)}", failures)
+                f"contrast.min_music_train_pairs={cfg.min_music_train_pairs} (train@music trains on them). Removed by "
+                f"reason: {nonzero(stats['removed'])}; contrast methods: {methods}; request/parse failures: "
+                f"{describe(failures)}. {contrast_advice(cfg, methods)}", failures)
         records = candidates_to_records(kept)
         save_records(records, out_dir / f"music_{split}", pair_features())
         report["splits"][f"music_{split}"] = stats
