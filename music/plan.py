@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -466,8 +467,11 @@ def plan_evaluate(P: Params, shape: BackboneShape | None, A: Assumptions, F: Fin
     music_eval = simulated_conversations(P) - s.n_train
     scored = {"quality_twins": 2 * (sharegpt_twins + mt_twins), "music_eval": 2 * music_eval,
               "swap": 2 * conv * e.swap_max_distance, "trajectory": 2 * music_eval * P.simulate.turns}
-    if e.rewardbench or e.rewardbench_path:
-        scored["rewardbench"] = 2 * 2985
+    rewardbench = None
+    if e.rewardbench or e.rewardbench_path:  # what the stage will load: a local file's rows, else the hub's
+        rows, how = rewardbench_rows(e.rewardbench_path, F)
+        scored["rewardbench"] = 2 * rows
+        rewardbench = {"rows": rows, "from": how}
     present = {k: v for k, v in e.local_sets.items() if Path(v).exists()}
     if present:
         scored["local_sets"] = 2 * e.local_set_limit * len(present)
@@ -475,6 +479,8 @@ def plan_evaluate(P: Params, shape: BackboneShape | None, A: Assumptions, F: Fin
     models = len(P.train.variants) * len(P.train.seeds)
     out: dict[str, Any] = {"conversations_scored_per_model": scored, "models": models, "max_length": length,
                            "early_turn_items": early_turn_items(P, A, F)}
+    if rewardbench is not None:
+        out["rewardbench"] = rewardbench
     if shape is None:
         return out
     device = train_device(shape, A)
@@ -552,6 +558,24 @@ def early_turn_items(P: Params, A: Assumptions, F: Findings) -> dict:
     elif total is None and quality == 0:
         F.warn("evaluate.swap_source", "cannot count the early-turn items offline; the only early-turn test is the swap test")
     return {"total": total, "quality": quality, "swap": swap, "assumes": notes}
+
+
+def rewardbench_rows(path: str | None, F: Findings) -> tuple[int, str]:
+    """RewardBench rows the evaluate stage will score: a local file's own rows (it wins over the hub, as in
+    music.evaluate.rewardbench.load_rewardbench_pairs), else the hub's filtered split."""
+    from music.evaluate.constants import HUB_ID, HUB_ROWS, HUB_SPLIT
+    from music.sources.records import iter_records
+
+    if not path:
+        return HUB_ROWS, f"hub:{HUB_ID} split {HUB_SPLIT}"
+    if not Path(path).exists():
+        F.error("evaluate.rewardbench_path", f"{path} does not exist")
+        return 0, f"{path} (missing)"
+    try:
+        return sum(1 for _ in iter_records(path)), f"{path} (rows read)"
+    except DataError as exc:
+        F.error("evaluate.rewardbench_path", str(exc))
+        return 0, f"{path} (unreadable)"
 
 
 def plan_best_of_n(P: Params, T: Tokens, shape: BackboneShape | None, A: Assumptions, F: Findings) -> tuple[dict, list[Load]]:
@@ -649,6 +673,9 @@ def check_roles(P: Params, T: Tokens, F: Findings) -> None:
             continue
         if cfg.backend == "openai" and not cfg.base_urls:
             F.error(f"{key}.base_urls", "an openai backend needs at least one base URL")
+        if cfg.backend == "openai" and cfg.api_key_env and not os.environ.get(cfg.api_key_env):
+            F.warn(f"{key}.api_key_env", f"${cfg.api_key_env} is not set here: the stage stops before its first "
+                   "request unless it is set where it runs (api_key_env: '' for a server without a key)")
         if cfg.backend == "openai" and "gemma" in cfg.model.lower() and cfg.system_role != "fold":
             F.warn(f"{key}.system_role", f"{cfg.model}: Gemma chat templates reject the system role (vLLM answers "
                    "HTTP 400); set system_role: fold")
