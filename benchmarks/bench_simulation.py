@@ -1,6 +1,7 @@
 """Simulation throughput: today's path (every prompt encoded whole) vs key/value reuse, side by side.
 
     .venv/bin/python benchmarks/bench_simulation.py            # 16 seeds, 3 turns, user 32 / assistant 48 tokens
+    .venv/bin/python benchmarks/bench_simulation.py --smoke    # seconds: what tests/test_benchmarks.py runs
 
 One process, the same seeds (outputs/seeds/train.jsonl if present, else built-in questions), the
 response cache off. The workload is the pipeline's: music.simulate.simulate_seeds for K turns, then
@@ -100,7 +101,11 @@ def main(argv=None) -> dict:
                     help="torch threads (default: torch's choice). On a machine shared with other jobs, 1 thread "
                          "measures far more steadily: 2 threads that get one core between them wait on each other")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--smoke", action="store_true",
+                    help="seconds, not minutes: 2 seeds, 2 turns, 4-token replies, batch 2 (tests/test_benchmarks.py)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.seeds, args.turns, args.user_tokens, args.assistant_tokens, args.batch_size = 2, 2, 4, 4, 2
 
     import torch
 
