@@ -50,6 +50,11 @@ def _simulation(model_args: list[str], tmp_path: Path):
     assert out["today"]["generated_tokens"] > 0 and out["reuse"]["generated_tokens"] > 0
     assert out["identical_share"] > 0.5  # the reusing path reproduces today's replies (float rounding aside)
     assert (tmp_path / "sim.json").is_file()
+    long = load_bench("bench_simulation.py").main(["--smoke", "--case", "long-context", "--sharegpt",
+                                                   str(tmp_path / "absent.jsonl"), *model_args])
+    assert [r["turn"] for r in long["per_turn"]] == [1, 2]  # per simulated turn, both paths side by side
+    assert all(r["before_seconds"] > 0 and r["after_seconds"] > 0 for r in long["per_turn"])
+    assert long["identical_share"] == 1.0  # the decoding fix changes no reply
 
 
 def test_bench_rm_trainer_smoke(tiny_backbone):
