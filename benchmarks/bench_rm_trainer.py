@@ -1,6 +1,6 @@
 """This package's reward-model trainer vs TRL's RewardTrainer: same model, same pairs, same steps.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_rm_trainer.py [--layers 4] [--pairs 32] [--epochs 2] [--data synthetic|hh] [--repeats 2]
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_rm_trainer.py [--layers 4] [--pairs 32] [--epochs 2] [--data synthetic|hh] [--repeats 2] [--smoke]
 
 Model: the embedded SmolLM2-135M-Instruct cut to --layers decoder layers, LoRA r16 (+ trained score head).
 Data: --pairs synthetic multi-turn pairs of varied length (default), or HH-RLHF pairs from
@@ -59,7 +59,7 @@ def hh_pairs(n: int) -> list[PreferencePair]:
 def run_ours(cfg: TrainConfig, pairs) -> dict:
     from music.rm.train import run_training
 
-    out = run_training(cfg, {"d": pairs}, progress=False)
+    out = run_training(cfg, {"d": pairs}, progress=False, seed=0)
     m, t = out.metrics, out.timing
     return {"seconds": t["train_seconds"], "tokens_per_s": t["tokens_per_s"], "final_loss": m["last_step_loss"],
             "padding_share": m["padding_share"], "steps": m["steps"]}
@@ -105,17 +105,22 @@ def main(argv=None) -> int:
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--data", choices=["synthetic", "hh"], default="synthetic")
     ap.add_argument("--repeats", type=int, default=2, help="alternating runs of each trainer; the best counts")
+    ap.add_argument("--model", default=EMBEDDED_MODEL, help="backbone (default: the embedded SmolLM2-135M-Instruct)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="seconds, not minutes: 1 layer, 4 pairs of <= 128 tokens, one run each (tests/test_benchmarks.py)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.layers, args.pairs, args.epochs, args.batch_size, args.max_length, args.repeats = 1, 4, 1, 2, 128, 1
 
     import torch
 
     pairs = synthetic_pairs(args.pairs) if args.data == "synthetic" else hh_pairs(args.pairs)
     steps = args.epochs * -(-len(pairs) // args.batch_size)
-    cfg = TrainConfig(backbone=EMBEDDED_MODEL, num_layers=args.layers, backend="transformers", lora=True,
+    cfg = TrainConfig(backbone=args.model, num_layers=args.layers, backend="transformers", lora=True,
                       batch_size=args.batch_size, max_steps=steps, max_length=args.max_length,
-                      learning_rate=2e-4, warmup_ratio=0.1, seed=0, save_every=0)
+                      learning_rate=2e-4, warmup_ratio=0.1, seeds=[0], save_every=0)
     print(f"torch threads {torch.get_num_threads()}; {len(pairs)} {args.data} pairs; "
-          f"SmolLM2 first {args.layers} layers, LoRA r{cfg.lora_r}; {steps} steps of {args.batch_size} pairs")
+          f"{args.model} first {args.layers} layers, LoRA r{cfg.lora_r}; {steps} steps of {args.batch_size} pairs")
     best: dict[str, dict] = {}
     for rep in range(args.repeats):  # alternate, keep the best of each: other jobs on the machine add noise
         for name, run in (("ours", lambda: run_ours(cfg, pairs)), ("trl", lambda: run_trl(cfg, pairs, steps))):
@@ -127,8 +132,8 @@ def main(argv=None) -> int:
     ratio = ours["tokens_per_s"] / trl["tokens_per_s"]
     print(f"best of {args.repeats}: tokens/s ours {ours['tokens_per_s']} trl {trl['tokens_per_s']}, "
           f"ratio ours/trl = {ratio:.2f}; final loss ours {ours['final_loss']:.4f}, trl {trl['final_loss']:.4f}")
-    return 0
+    return {"ours": ours, "trl": trl, "ratio": ratio}
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

@@ -1,7 +1,7 @@
 """Reward-model scoring throughput: RewardScorer (length-sorted batches, inference_mode) against
 scoring one conversation at a time (plain forward call per conversation), same model and data.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_scoring.py [--model DIR] [--n 64] [--layers 12]
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_scoring.py [--model DIR] [--n 64] [--layers 12] [--smoke]
 
 Without --model it uses outputs/models/baseline when present, else builds the embedded SmolLM2-135M
 as an AutoModelForSequenceClassification (random score head: fine for throughput) in a temp folder,
@@ -22,17 +22,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def build_embedded_rm(target: Path, layers: int | None) -> Path:
+def build_embedded_rm(target: Path, layers: int | None, backbone: str | None = None) -> Path:
     import torch
     from transformers import AutoModelForSequenceClassification
 
     from music.config import EMBEDDED_MODEL
     from music.models import load_tokenizer, resolve_model_path
 
-    tok = load_tokenizer(EMBEDDED_MODEL, padding_side="right")
+    backbone = backbone or EMBEDDED_MODEL
+    tok = load_tokenizer(backbone, padding_side="right")
     torch.manual_seed(0)
     kw = {"num_hidden_layers": layers} if layers else {}
-    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(EMBEDDED_MODEL), num_labels=1, **kw)
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(backbone), num_labels=1, **kw)
     model.config.pad_token_id = tok.pad_token_id
     model.save_pretrained(target)
     tok.save_pretrained(target)
@@ -81,17 +82,24 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--dtype", default="float32", help="both paths use it (bfloat16 is fast on CPUs with AMX)")
+    ap.add_argument("--backbone", default=None, help="causal LM the RM is built from without --model "
+                    "(default: the embedded SmolLM2-135M-Instruct)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="seconds, not minutes: 4 conversations, 1 layer, 128 tokens (tests/test_benchmarks.py)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.n, args.layers, args.batch_size, args.max_length = 4, 1, 2, 128
 
     import torch
 
     from music.rm.score import RewardScorer
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = args.model or (str(REPO / "outputs/models/baseline") if (REPO / "outputs/models/baseline/config.json").exists() else None)
+        trained = REPO / "outputs/models/baseline/seed0"  # train.seeds: one model per seed (music.rm.train.seed_dir)
+        model_dir = args.model or (str(trained) if (trained / "config.json").exists() and not args.backbone else None)
         if model_dir is None:
-            model_dir = str(build_embedded_rm(Path(tmp) / "rm", args.layers))
-            label = f"embedded SmolLM2-135M, {args.layers} layers, random score head"
+            model_dir = str(build_embedded_rm(Path(tmp) / "rm", args.layers, args.backbone))
+            label = f"{args.backbone or 'embedded SmolLM2-135M'}, {args.layers} layers, random score head"
         else:
             label = model_dir
         scorer = RewardScorer(model_dir, batch_size=args.batch_size, max_length=args.max_length, device="cpu", dtype=args.dtype)
@@ -110,8 +118,8 @@ def main(argv=None) -> int:
     print(f"RewardScorer (sorted batches, inference_mode): {t_batched:.2f} s = {args.n / t_batched:.1f} conv/s")
     print(f"one at a time (plain forward):                {t_single:.2f} s = {args.n / t_single:.1f} conv/s")
     print(f"speed-up: {t_single / t_batched:.2f}x; max |score difference| {diff:.2e}")
-    return 0
+    return {"batched_s": t_batched, "single_s": t_single, "speedup": t_single / t_batched, "max_diff": diff}
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

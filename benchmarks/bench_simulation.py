@@ -1,6 +1,10 @@
 """Simulation throughput: today's path (every prompt encoded whole) vs key/value reuse, side by side.
 
     .venv/bin/python benchmarks/bench_simulation.py            # 16 seeds, 3 turns, user 32 / assistant 48 tokens
+    .venv/bin/python benchmarks/bench_simulation.py --smoke    # seconds: what tests/test_benchmarks.py runs
+    .venv/bin/python benchmarks/bench_simulation.py --case long-context [--threads 1]
+        # issue 15's anomaly: per-turn seconds before/after the decoding fix, 8 seeds of <= 1,500 characters
+        # (ShareGPT), 5 turns, 32 tokens a reply, side by side
 
 One process, the same seeds (outputs/seeds/train.jsonl if present, else built-in questions), the
 response cache off. The workload is the pipeline's: music.simulate.simulate_seeds for K turns, then
@@ -84,6 +88,124 @@ class Twin:
         return out["today"]
 
 
+def long_seeds(path: Path, n: int, max_chars: int):
+    """The n longest seed contexts (<= max_chars characters) of a ShareGPT file, else built-in long ones."""
+    from music.seeding import Seed
+
+    if path.is_file():
+        from music.config import SeedConfig
+        from music.seeding import draw_seeds
+        from music.sources.sharegpt import load_sharegpt
+
+        cfg = SeedConfig(n_train=5 * n, n_eval=0, n_eval_conversations=0, max_context_turns=2,
+                         max_message_chars=max_chars, max_context_chars=max_chars)
+        pool = draw_seeds(load_sharegpt(path, limit=4000), cfg).train
+        seeds = sorted(pool, key=lambda s: (-sum(len(m["content"]) for m in s.context), s.seed_id))[:n]
+        if len(seeds) == n:
+            return seeds, f"{path.name}, the {n} longest of {len(pool)} drawn seed contexts"
+    seeds = []
+    for i, (q, a) in enumerate((FALLBACK_QUESTIONS * (n // len(FALLBACK_QUESTIONS) + 1))[:n]):
+        a = (a + " ") * max(1, (max_chars - len(q)) // (len(a) + 1))
+        seeds.append(Seed(f"bench-{i}", f"bench-{i}", "bench", "train",
+                          [{"role": "user", "content": q}, {"role": "assistant", "content": a.strip()}], None, None))
+    return seeds, "built-in questions with long answers"
+
+
+class Modes:
+    """One role for the long-context case: every generate call runs on the old decoding ("before": transformers'
+    repeat_kv attention and a cache grown by torch.cat) and the new one ("after"), each with its own prefix
+    store, the order alternating; seconds are summed per (simulated turn, path); today's (after) replies go on."""
+
+    PATHS = ("before", "after")
+
+    def __init__(self, backends: dict, clock: list[int], table: dict, role: str):
+        self.backends, self.clock, self.table, self.role = backends, clock, table, role
+        self.name = backends["after"].name
+        self.replies = self.identical = 0
+
+    def generate(self, conversations, **kw):
+        from music.chat.transformers_backend import use_gqa_attention
+
+        turn = int(str(kw.get("desc", "")).rsplit(" ", 1)[-1])  # "... user step k": simulated turn k
+        order = self.PATHS if self.clock[0] % 2 == 0 else self.PATHS[::-1]
+        self.clock[0] += 1
+        out = {}
+        for path in order:
+            b = self.backends[path]
+            use_gqa_attention(b.lm, path == "after")
+            t, c, e = time.perf_counter(), time.process_time(), b.tokens.encoded
+            out[path] = b.generate(conversations, **kw)
+            row = self.table.setdefault(turn, {p: {"seconds": 0.0, "cpu_seconds": 0.0, "encoded": 0} for p in self.PATHS})
+            row[path]["seconds"] += time.perf_counter() - t
+            row[path]["cpu_seconds"] += time.process_time() - c
+            row[path]["encoded"] += b.tokens.encoded - e
+        use_gqa_attention(self.backends["after"].lm, True)
+        self.replies += len(conversations)
+        self.identical += sum(a.text == b.text for a, b in zip(out["before"], out["after"]))
+        return out["after"]
+
+
+def long_context(args) -> dict:
+    """Per-turn seconds of one roll-out (simulate only), before and after the decoding fix, side by side."""
+    from music.chat import make_chat
+    from music.chat.kv_cache import PrefixKVStore
+    from music.config import EMBEDDED_MODEL, ChatModelConfig, SimulateConfig
+    from music.simulate import SimPrompts, simulate_seeds
+
+    import torch
+
+    def backend(tokens: int, path: str):
+        b = make_chat(ChatModelConfig(model=args.model or EMBEDDED_MODEL, max_new_tokens=tokens,
+                                      temperature=args.temperature, repetition_penalty=args.repetition_penalty,
+                                      batch_size=args.batch_size), None)
+        b.grow_in_place = path == "after"
+        return b
+
+    chats = {(role, p): backend(tokens, p) for role, tokens in (("user", args.user_tokens), ("assistant", args.assistant_tokens))
+             for p in Modes.PATHS}
+    if chats["user", "after"].kv is None:
+        raise SystemExit(f"key/value reuse is unavailable for this model: {chats['user', 'after'].reuse_off_reason}")
+    before_store = PrefixKVStore(chats["user", "after"].kv.budget_bytes)  # each path reuses only its own states
+    chats["user", "before"].kv = chats["assistant", "before"].kv = before_store
+    seeds, source = long_seeds(Path(args.sharegpt), args.seeds, args.max_context_chars)
+    prompts = SimPrompts.load()
+    for c in chats.values():  # warm-up: the first generate of a process is slow
+        c.generate([[{"role": "user", "content": "Hi"}]], max_new_tokens=2, seed=-1)
+    chats["user", "after"].kv.clear()
+    before_store.clear()
+    clock, table = [0], {}
+    user = Modes({p: chats["user", p] for p in Modes.PATHS}, clock, table, "user")
+    assistant = Modes({p: chats["assistant", p] for p in Modes.PATHS}, clock, table, "assistant")
+    simulate_seeds(seeds, user, assistant, SimulateConfig(turns=args.turns), split="bench", prompts=prompts)
+    rows = [{"turn": t, **{f"{p}_{k}": round(v, 2) for p in Modes.PATHS for k, v in table[t][p].items()},
+             "speedup": round(table[t]["before"]["seconds"] / max(table[t]["after"]["seconds"], 1e-9), 2)}
+            for t in sorted(table)]
+    tot = {p: sum(table[t][p]["seconds"] for t in table) for p in Modes.PATHS}
+    replies = user.replies + assistant.replies
+    identical = user.identical + assistant.identical
+    result = {"case": "long-context", "seeds": len(seeds), "seed_source": source,
+              "context_chars": [sum(len(m["content"]) for m in s.context) for s in seeds], "turns": args.turns,
+              "batch_size": args.batch_size, "user_tokens": args.user_tokens, "assistant_tokens": args.assistant_tokens,
+              "threads": torch.get_num_threads(), "model": args.model or EMBEDDED_MODEL, "per_turn": rows,
+              "seconds_before": round(tot["before"], 1), "seconds_after": round(tot["after"], 1),
+              "speedup": round(tot["before"] / max(tot["after"], 1e-9), 2),
+              "identical_replies": f"{identical}/{replies}", "identical_share": round(identical / max(replies, 1), 4)}
+    print(json.dumps(result, indent=2))
+    print(f"{len(seeds)} seeds ({source}), {args.turns} turns, user {args.user_tokens} / assistant "
+          f"{args.assistant_tokens} tokens, batch {args.batch_size}, {torch.get_num_threads()} threads, key/value reuse on")
+    print("turn | before: s (cpu s) | after: s (cpu s) | before/after   (user + assistant calls of the turn)")
+    for r in rows:
+        print(f"{r['turn']:>4} | {r['before_seconds']:7.1f} ({r['before_cpu_seconds']:6.1f}) | "
+              f"{r['after_seconds']:7.1f} ({r['after_cpu_seconds']:6.1f}) | {r['speedup']:.2f}x")
+    print(f"total: before {result['seconds_before']} s, after {result['seconds_after']} s ({result['speedup']:.2f}x); "
+          f"identical replies {identical}/{replies}")
+    if args.json:
+        from music.io import write_json
+
+        write_json(args.json, result)
+    return result
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=16)
@@ -100,12 +222,29 @@ def main(argv=None) -> dict:
                     help="torch threads (default: torch's choice). On a machine shared with other jobs, 1 thread "
                          "measures far more steadily: 2 threads that get one core between them wait on each other")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--smoke", action="store_true",
+                    help="seconds, not minutes: 2 seeds, 2 turns, 4-token replies, batch 2 (tests/test_benchmarks.py)")
+    ap.add_argument("--case", choices=["reuse", "long-context"], default="reuse",
+                    help="reuse: today's path vs key/value reuse (above); long-context: per-turn seconds of the "
+                         "decoding fix (issue 15), before vs after, with paper-like turns and seed lengths")
+    ap.add_argument("--sharegpt", default=str(ROOT / "data" / "sharegpt" / "conversations.jsonl"),
+                    help="long-context case: seed contexts (up to --max-context-chars) from this file when present")
+    ap.add_argument("--max-context-chars", type=int, default=1500)
     args = ap.parse_args(argv)
+    if args.case == "long-context" and not args.smoke:  # profiles/paper.yaml's turns, ShareGPT contexts <= 1,500 chars
+        defaults = {"seeds": (16, 8), "turns": (3, 5), "assistant_tokens": (48, 32)}
+        for key, (default, value) in defaults.items():
+            if getattr(args, key) == default:
+                setattr(args, key, value)
+    if args.smoke:
+        args.seeds, args.turns, args.user_tokens, args.assistant_tokens, args.batch_size = 2, 2, 4, 4, 2
 
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.case == "long-context":
+        return long_context(args)
 
     from music.chat import make_chat
     from music.chat.base import TokenMeter

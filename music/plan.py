@@ -433,6 +433,16 @@ def plan_train(P: Params, shape: BackboneShape | None, A: Assumptions, F: Findin
                                     "pairs_music": n_m, "d_source": d_note, "steps": steps,
                                     "pairs_per_step": per_step, "seeds": len(t.seeds), "epochs_over_data": None if passes is None else round(passes, 2),
                                     "tokens": tokens, "hours": hours}
+    known = {v: d["pairs"] for v, d in out["variants"].items() if d["steps"] is not None}
+    if known and len(known) == len(out["variants"]) and not t.max_steps:  # matched arms (music.rm.schedule)
+        from music.rm.schedule import matched_steps
+
+        m = matched_steps(known, t)
+        for v, d in out["variants"].items():
+            d["steps"] = m["steps"]
+            d["epochs_over_data"] = m["epochs_over_data"][v]
+            d["tokens"] = m["steps"] * d["pairs_per_step"] * 2 * t.max_length * len(t.seeds)
+            d["hours"] = d["tokens"] * flops / rate / 3600
     out["flops_per_token"] = flops
     out["rate"] = f"{A.gpu_tflops:g} TFLOP/s (GPU)" if device == "gpu" else f"{A.cpu_gflops:g} GFLOP/s (CPU)"
     return out

@@ -44,8 +44,53 @@ def shared_model(model: str, dtype: str = "float32"):
             lm = load_causal_lm(model, dtype=dtype)
             if torch.cuda.is_available():
                 lm = lm.to("cuda")
+            use_gqa_attention(lm)
             _REGISTRY[key] = (lm, load_tokenizer(model, padding_side="left"))
         return _REGISTRY[key]
+
+
+# --- grouped-query attention without copying the keys and values (issue 15) ------------------------------
+# transformers' sdpa path repeats every key/value head for each query head it serves (repeat_kv: a full copy
+# of the whole cache, per layer, per generated token) whenever an attention mask is given, and generation
+# with left padding always gives one. On CPU that copy, not the matrix products, dominated a decoding step
+# of SmolLM2-135M (9 query heads, 3 key/value heads) once the conversation was long: each step's cost grew
+# with the context (benchmarks/bench_simulation.py --case long-context). PyTorch's own kernel takes the
+# grouped heads as they are (enable_gqa) and gives bit-identical results on CPU.
+GQA_ATTENTION = "music_sdpa_gqa"
+
+
+def _gqa_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                        is_causal=None, **kwargs):
+    """transformers' sdpa attention, with grouped heads passed to the kernel instead of repeated (CPU)."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    if (groups <= 1 or query.device.type != "cpu" or kwargs.get("position_bias") is not None
+            or kwargs.get("output_attentions", False) or key.shape[-1] != value.shape[-1]):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    causal = bool(query.shape[2] > 1 and attention_mask is None and causal)
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
+                                                           scale=scaling, is_causal=causal, enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def use_gqa_attention(lm, on: bool = True) -> bool:
+    """Switch a causal LM that runs transformers' "sdpa" attention to the grouped-head kernel above (on=False:
+    back to "sdpa"). Returns whether the model now uses it; other attention implementations are left alone."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    current = getattr(lm.config, "_attn_implementation", None)
+    if current not in ("sdpa", GQA_ATTENTION):
+        return False
+    if GQA_ATTENTION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(GQA_ATTENTION, _gqa_sdpa_attention)
+        AttentionMaskInterface.register(GQA_ATTENTION, sdpa_mask)
+    lm.set_attn_implementation(GQA_ATTENTION if on else "sdpa")
+    return on
 
 
 def shared_kv_store(model: str, dtype: str, budget_mb: int) -> PrefixKVStore:
@@ -147,6 +192,74 @@ def _span(segments: list, a: int, b: int):
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
 
 
+def _growing_layer_class():
+    """A DynamicLayer that appends into spare room instead of concatenating (see growing_cache)."""
+    global _GrowingLayer
+    if _GrowingLayer is None:
+        import torch
+        from transformers.cache_utils import DynamicLayer
+
+        class GrowingLayer(DynamicLayer):
+            """Keys and values live in a buffer with room for `reserve` more tokens (doubling when full); each
+            update writes the new states in place and returns views of the filled part. DynamicLayer's
+            torch.cat copies the whole cache for every generated token: O(context) per step, and the dominant
+            cost of a decoding step on CPU for a long conversation (issue 15)."""
+
+            reserve = 64
+
+            def update(self, key_states, value_states, *args, **kwargs):
+                if not self.is_initialized:
+                    self.lazy_initialization(key_states, value_states)
+                buf = getattr(self, "_buf", None)
+                n = self.keys.shape[-2] if self.keys.numel() else 0
+                if buf is None or self.keys.data_ptr() != buf[0].data_ptr() or n + key_states.shape[-2] > buf[0].shape[-2]:
+                    # (re)start a buffer: first update, someone replaced self.keys, or no room left
+                    need = n + key_states.shape[-2]
+                    cap = max(need + self.reserve, 2 * n)
+                    shape = (*key_states.shape[:-2], cap, key_states.shape[-1])
+                    buf = (torch.empty(shape, dtype=key_states.dtype, device=key_states.device),
+                           torch.empty((*value_states.shape[:-2], cap, value_states.shape[-1]),
+                                       dtype=value_states.dtype, device=value_states.device))
+                    if n:
+                        buf[0][..., :n, :].copy_(self.keys)
+                        buf[1][..., :n, :].copy_(self.values)
+                    self._buf = buf
+                m = n + key_states.shape[-2]
+                buf[0][..., n:m, :].copy_(key_states)
+                buf[1][..., n:m, :].copy_(value_states)
+                self.keys, self.values = buf[0][..., :m, :], buf[1][..., :m, :]
+                return self.keys, self.values
+
+        _GrowingLayer = GrowingLayer
+    return _GrowingLayer
+
+
+_GrowingLayer = None
+
+
+def growing_cache(cache, config, reserve: int):
+    """`cache` (a DynamicCache, or None for an empty one) with each plain DynamicLayer turned into a layer that
+    appends in place with room for `reserve` tokens; layers of other kinds (sliding windows...) are kept."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    if cache is None:
+        cache = DynamicCache(config=config)
+    cls = _growing_layer_class()
+    layers = []
+    for layer in cache.layers:
+        if type(layer) is DynamicLayer:
+            new = cls()
+            new.reserve = reserve
+            if layer.is_initialized:
+                new.lazy_initialization(layer.keys, layer.values)
+                new.keys, new.values = layer.keys, layer.values
+            layer = new
+        layers.append(layer)
+    cache.layers = layers
+    return cache
+
+
 class TransformersChat(ChatBackend):
     kind = "transformers"
     unit_label = "batch"
@@ -230,7 +343,8 @@ class TransformersChat(ChatBackend):
                 with torch.inference_mode(), torch.random.fork_rng(devices=fork_devices):
                     torch.manual_seed(unit.seed)
                     out = self.lm.generate(
-                        input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg
+                        input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg,
+                        **self._cache_kwargs(None, params.max_new_tokens),
                     )
                 rows = out[:, width:].tolist()
                 self.tokens.encoded += sum(len(p) for p in prompts)
@@ -250,6 +364,14 @@ class TransformersChat(ChatBackend):
 
         return torch.stack([torch.stack([l.keys[row, :, start:stop], l.values[row, :, start:stop]])
                             for l in cache.layers])
+
+    grow_in_place = True  # generate into a cache that appends in place (growing_cache); False: transformers' own
+
+    def _cache_kwargs(self, cache, max_new_tokens: int) -> dict:
+        """generate()'s past_key_values: `cache` (None: empty) as a growing cache, unless grow_in_place is off."""
+        if not self.grow_in_place:
+            return {} if cache is None else {"past_key_values": cache}
+        return {"past_key_values": growing_cache(cache, self.lm.config, max_new_tokens + 1)}
 
     def _dynamic_cache(self, states):
         """A DynamicCache from [layers, 2, batch, heads, n, head_dim] (None when n == 0)."""
@@ -367,7 +489,8 @@ class TransformersChat(ChatBackend):
         width = ids.shape[1]
         with torch.inference_mode(), torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(seed)
-            out = self.lm.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, generation_config=gen_cfg)
+            out = self.lm.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg,
+                                   **self._cache_kwargs(cache, gen_cfg.max_new_tokens))
         rows = out.sequences[:, width:].tolist()
         # Tokens that went through the model: each prompt, then the generated ones up to the stop token (the
         # call's last generated token is never fed back).

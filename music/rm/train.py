@@ -26,6 +26,7 @@ from music.config import TrainConfig
 from music.io import atomic_path, dumps_canonical, write_json
 from music.rm.data import EncodedPair, collate_pairs, encode_pairs, length_grouped_batches, load_variant_pairs, mix_pairs
 from music.rm.model import load_reward_model, reward_scores, save_model_folder
+from music.rm.schedule import describe, full_batches, matched_steps, steps_for
 
 CHECKPOINT = "checkpoint.pt"
 StepCallback = Callable[[int, dict], None]  # (optimizer step done, its curve row); may raise to stop
@@ -46,11 +47,12 @@ def bt_loss(chosen, rejected, margin: float = 0.0, center_coef: float = 0.0):
     return loss, acc
 
 
-def fingerprint(cfg: TrainConfig, variant: str, pairs: list, seed: int) -> str:
+def fingerprint(cfg: TrainConfig, variant: str, pairs: list, seed: int, steps: int | None = None) -> str:
     """Hash of everything that decides the result (save_every only decides where we can resume; `seeds`
-    lists the other runs)."""
+    lists the other runs; `steps`, when matched across variants, depends on the other variants' data)."""
     conf = {k: v for k, v in asdict(cfg).items() if k not in ("save_every", "seeds")}
-    h = hashlib.sha256(dumps_canonical({"config": conf, "variant": variant, "seed": seed}).encode())
+    head = {"config": conf, "variant": variant, "seed": seed, **({} if steps is None else {"steps": steps})}
+    h = hashlib.sha256(dumps_canonical(head).encode())
     for p in pairs:
         h.update(json.dumps(p.to_record(), sort_keys=True, default=str, ensure_ascii=False).encode())
     return h.hexdigest()
@@ -67,15 +69,19 @@ def lr_lambda(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
     return f
 
 
-def plan_batches(encoded: list[EncodedPair], cfg: TrainConfig, seed: int = 0) -> tuple[list[list[int]], int]:
-    """The whole run's micro-batches (indices into `encoded`) and the number of optimizer steps."""
+def plan_batches(encoded: list[EncodedPair], cfg: TrainConfig, seed: int = 0,
+                 steps: int | None = None) -> tuple[list[list[int]], int]:
+    """The whole run's micro-batches (indices into `encoded`), each of exactly batch_size pairs, and the
+    number of optimizer steps: `steps` when given (matched across variants: music.rm.schedule), else
+    train.max_steps, else train.epochs over these pairs. The data cycles (epoch after epoch) until then."""
     lengths = [p.length for p in encoded]
-    per_epoch = math.ceil(len(encoded) / cfg.batch_size)
-    steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
+    if steps is None:
+        steps = cfg.max_steps or steps_for(len(encoded), cfg.epochs, cfg.batch_size, cfg.grad_accum)
     micro: list[list[int]] = []
     epoch = 0
     while len(micro) < steps * cfg.grad_accum:
-        micro += length_grouped_batches(lengths, cfg.batch_size, seed, epoch, group=cfg.length_grouping)
+        batches = length_grouped_batches(lengths, cfg.batch_size, seed, epoch, group=cfg.length_grouping)
+        micro += full_batches(batches, lengths, cfg.batch_size, seed, epoch)
         epoch += 1
     return micro[: steps * cfg.grad_accum], steps
 
@@ -158,8 +164,12 @@ def run_training(
     device: str | None = None,
     progress: bool = True,
     seed: int = 0,
+    matched: dict | None = None,
 ) -> TrainOutcome:
-    """Train one variant with one seed; returns the in-memory model, its tokenizer, metrics and curve rows."""
+    """Train one variant with one seed; returns the in-memory model, its tokenizer, metrics and curve rows.
+
+    `matched` (music.rm.schedule.matched_steps over every variant) fixes the step count shared by all arms;
+    without it the steps come from this variant's own pairs (train.max_steps, else train.epochs)."""
     import numpy as np
     import torch
     from tqdm.auto import tqdm
@@ -167,7 +177,7 @@ def run_training(
     if variant not in cfg.variants:
         raise ValueError(f"unknown variant {variant!r}; train.variants has {sorted(cfg.variants)}")
     pairs, n_per_kind = mix_pairs(pairs_by_kind, cfg.variants[variant], cfg.music_ratio, seed)
-    fp = fingerprint(cfg, variant, pairs, seed)
+    fp = fingerprint(cfg, variant, pairs, seed, None if matched is None else matched["steps"])
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -175,7 +185,7 @@ def run_training(
     model, tok, info = load_reward_model(cfg, device=device, seed=seed)
     dev = next(model.parameters()).device
     encoded, trunc = encode_pairs(tok, pairs, cfg.max_length, source=f"pairs for variant {variant!r}")
-    micro, total_steps = plan_batches(encoded, cfg, seed)
+    micro, total_steps = plan_batches(encoded, cfg, seed, None if matched is None else matched["steps"])
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -231,6 +241,9 @@ def run_training(
         "last_step_loss": curve[-1]["loss"],
         "steps": total_steps,
         "pairs": len(pairs),
+        "pairs_per_step": cfg.batch_size * cfg.grad_accum,  # every micro-batch is full (music.rm.schedule)
+        "epochs_over_data": round(total_steps * cfg.batch_size * cfg.grad_accum / len(pairs), 2),
+        "matched_arms": matched,  # the shared step count and its rule (None: this variant's own epochs)
         "pairs_per_kind": n_per_kind,
         "padding_share": round(1 - state["real_tokens"] / state["padded_tokens"], 4) if state["padded_tokens"] else 0.0,
         "truncation": trunc,
@@ -282,13 +295,14 @@ def train_reward_model(
     device: str | None = None,
     progress: bool = True,
     seed: int = 0,
+    matched: dict | None = None,
 ) -> dict:
     """Train a variant with one seed, save the model to out_dir, drop its resume checkpoint.
 
     Returns the metrics saved in train_metrics.json plus, under "timing", the wall-clock numbers that
     are kept out of the (DVC-tracked) model folder so a rerun writes identical bytes.
     """
-    outcome = run_training(cfg, pairs_by_kind, variant, resume_dir, callback, device, progress, seed)
+    outcome = run_training(cfg, pairs_by_kind, variant, resume_dir, callback, device, progress, seed, matched)
     save_reward_model(outcome, out_dir)
     if resume_dir:
         shutil.rmtree(Path(resume_dir) / f"{variant}-seed{seed}-{outcome.metrics['fingerprint'][:16]}", ignore_errors=True)
@@ -307,6 +321,13 @@ def free_accelerator_memory() -> None:
     torch.cuda.empty_cache()
 
 
+def matched_arms(cfg: TrainConfig, pairs_by_kind: dict[str, Any]) -> dict:
+    """The step count every variant of train.variants trains for (music.rm.schedule.matched_steps), from
+    each variant's number of pairs after mixing (the count does not depend on the seed)."""
+    counts = {v: len(mix_pairs(pairs_by_kind, kinds, cfg.music_ratio, 0)[0]) for v, kinds in cfg.variants.items()}
+    return matched_steps(counts, cfg)
+
+
 def seed_dir(models_dir: str | Path, variant: str, seed: int) -> Path:
     """Where the model of one variant and training seed lives: {models}/{variant}/seed{seed}."""
     return Path(models_dir) / variant / f"seed{seed}"
@@ -319,11 +340,13 @@ def train_variant(P, variant: str, *, progress: bool = True) -> list[dict]:
     if variant not in cfg.variants:
         raise ValueError(f"unknown variant {variant!r}; train.variants has {sorted(cfg.variants)}")
     pairs_by_kind = load_variant_pairs(P.paths.pairs, cfg.variants[variant], split="train")
+    matched = matched_arms(cfg, load_variant_pairs(P.paths.pairs, sorted({k for ks in cfg.variants.values() for k in ks})))
+    print(describe(matched), flush=True)
     runs = []
     for s in cfg.seeds:
         runs.append(train_reward_model(cfg, pairs_by_kind, seed_dir(P.paths.models, variant, s),
                                        resume_dir=Path(P.paths.cache) / "rm_resume", variant=variant,
-                                       progress=progress, seed=s))
+                                       progress=progress, seed=s, matched=matched))
         free_accelerator_memory()  # one model on the GPU at a time
     write_json(Path(P.paths.reports) / "timings" / f"train_{variant}.json", [r["timing"] for r in runs])
     return runs
