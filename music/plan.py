@@ -405,7 +405,7 @@ def plan_train(P: Params, shape: BackboneShape | None, A: Assumptions, F: Findin
     for variant, kinds in t.variants.items():
         n_d = (d_train or 0) if "d" in kinds else 0
         n_m = 0
-        if "music" in kinds:
+        if "music" in kinds or "music_cut" in kinds:
             n_m = music if not n_d else min(music, round(t.music_ratio * n_d))
         pairs = n_d + n_m
         unknown = "d" in kinds and d_train is None

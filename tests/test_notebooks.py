@@ -75,7 +75,7 @@ def test_02_contrast(tiny):
     assert all(r["chosen"] != r["rejected"] and r["divergence_turn"] for r in music_train)
 
 
-@pytest.mark.parametrize("variant", ["baseline", "music"])
+@pytest.mark.parametrize("variant", ["baseline", "music", "control"])
 def test_03_train(tiny, variant):
     run(tiny, "train", variant)
     for seed in (0, 1):  # the tiny profile trains two seeds
@@ -83,7 +83,7 @@ def test_03_train(tiny, variant):
         assert metrics["variant"] == variant and metrics["seed"] == seed
 
 
-@pytest.mark.parametrize("variant", ["baseline", "music"])
+@pytest.mark.parametrize("variant", ["baseline", "music", "control"])
 def test_04_evaluate(tiny, variant):
     run(tiny, "evaluate", variant)
     metrics = json.loads((tiny["root"] / "metrics" / f"{variant}.json").read_text())
