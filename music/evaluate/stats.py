@@ -117,15 +117,15 @@ def two_level_bootstrap(arms: Sequence, coefs: Sequence[float], clusters: Sequen
     point = float(sum(c * m.mean(axis=0) for c, m in zip(coefs, mats)).mean())
     rng = np.random.default_rng(seed)
     rows = np.arange(n_boot)[:, None]
-    counts = np.zeros((n_boot, k))
-    np.add.at(counts, (rows, rng.integers(0, k, size=(n_boot, k))), 1.0)
-    weights = counts[:, inv]  # (draws x items): how often each item's cluster was drawn
+
+    def draw_counts(size: int) -> np.ndarray:  # (draws x size): how often each index is drawn, size draws each
+        flat = (rows * size + rng.integers(0, size, size=(n_boot, size))).ravel()
+        return np.bincount(flat, minlength=n_boot * size).reshape(n_boot, size).astype(float)
+
+    weights = draw_counts(k)[:, inv]  # (draws x items): how often each item's cluster was drawn
     stat = np.zeros((n_boot, n))
     for c, m in zip(coefs, mats):
-        s = m.shape[0]
-        seed_counts = np.zeros((n_boot, s))
-        np.add.at(seed_counts, (rows, rng.integers(0, s, size=(n_boot, s))), 1.0 / s)
-        stat += c * (seed_counts @ m)
+        stat += c * (draw_counts(m.shape[0]) / m.shape[0]) @ m
     boot = (weights * stat).sum(axis=1) / weights.sum(axis=1)
     lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
     return {"diff": point, "ci_low": float(lo), "ci_high": float(hi), "n": int(n), "n_clusters": k}
