@@ -37,14 +37,16 @@ plan: install
 	$(PY) -m music.plan --params "$(PARAMS)"
 
 # The whole pipeline: seed -> simulate -> contrast -> train (baseline, music) -> evaluate -> plots.
-# `dvc repro` with one line per stage (music/repro.py); each notebook's log: reports/notebooks/*.log.
+# `dvc repro` with one line per stage (music/repro.py); each notebook's log: reports/notebooks/*.log;
+# the executed notebooks published to docs/walkthrough/ (music/publish.py); the headline (music/report.py).
 # Another profile (PARAMS=profiles/paper.yaml) runs as a DVC experiment in a temporary copy of the
 # repository: params.yaml is never rewritten (music/profile.py); the response cache is shared.
 run: data plan
 ifeq ($(PARAMS),params.yaml)
 	@$(PY) -m music.repro
-	@echo "Headline metrics (details in outputs/metrics/); figures in outputs/figures/"
-	@dvc metrics show --precision 3 outputs/metrics/summary.json
+	@$(PY) -m music.publish
+	@echo "Headline (accuracy in percent; details in outputs/metrics/, figures in outputs/figures/):"
+	@$(PY) -m music.report outputs/metrics/summary.json
 else
 	@name=$(basename $(notdir $(PARAMS)))-$$(date +%Y%m%d-%H%M%S); \
 	args=$$($(PY) -m music.profile "$(PARAMS)" --cache-dir .cache/music) || exit 1; \

@@ -125,6 +125,11 @@ class ChatModelConfig(_Checked):
         self._require(self.max_retries >= 0, "max_retries", f"must be >= 0, got {self.max_retries}")
 
 
+def _share(cfg: _Checked, key: str) -> None:
+    value = getattr(cfg, key)
+    cfg._require(isinstance(value, (int, float)) and 0 <= value <= 1, key, f"must be a share in [0, 1], got {value!r}")
+
+
 def _chat(**kw) -> Any:
     return field(default_factory=lambda: ChatModelConfig(**kw))
 
@@ -144,8 +149,11 @@ class SeedConfig(_Checked):
     max_context_chars: int = 800  # longest seed context (whole eval conversations: twice this)
     require_next_turn: bool = True  # keep the real next turn (needed for the offline last-turn pairs D)
     seed: int = 0  # shuffles the conversations
+    # malformed source records are skipped and counted (stats.json); more than this share of them fails the stage
+    max_malformed_share: float = 0.01
 
     def validate(self) -> None:
+        _share(self, "max_malformed_share")
         self._require(self.source in SEED_SOURCES, "source", f"must be one of {SEED_SOURCES}, got {self.source!r}")
         for key in ("n_train", "n_eval", "n_eval_conversations"):
             self._require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
@@ -164,8 +172,11 @@ class SimulateConfig(_Checked):
     max_eval_conversations: int | None = 16
     trim_truncated: bool = True  # a reply cut by max_new_tokens is trimmed to its last full sentence
     seed: int = 0  # per-call sampling seeds derive from it
+    # the stage fails when more than this share of a split's conversations had a request fail (music.failures)
+    max_failed_share: float = 0.1
 
     def validate(self) -> None:
+        _share(self, "max_failed_share")
         self._require(self.turns >= 1, "turns", f"must be >= 1, got {self.turns}")
         self._require(self.max_eval_conversations is None or self.max_eval_conversations >= 0, "max_eval_conversations",
                       f"must be >= 0 or null, got {self.max_eval_conversations}")
@@ -202,8 +213,17 @@ class ContrastConfig(_Checked):
     max_reply_chars: int = 1200  # over-length filter
     drop_truncated: bool = False  # also drop pairs with replies cut by max_new_tokens even when trimmed
     seed: int = 0  # divergence draws and sampling seeds derive from it
+    # the stage fails when more than this share of a split's candidates failed (a contrast request failed, or an
+    # `instruct` reply did not parse; the quality filters' drops are not failures), or no MUSIC train pair is kept
+    max_failed_share: float = 0.1
+    min_music_train_pairs: int = 1  # fewer MUSIC training pairs kept fails the stage (train@music needs them)
+    # malformed records of a labelled D source are skipped and counted (filter_report.json); more fails the stage
+    max_malformed_share: float = 0.01
 
     def validate(self) -> None:
+        _share(self, "max_failed_share")
+        _share(self, "max_malformed_share")
+        self._require(self.min_music_train_pairs >= 0, "min_music_train_pairs", f"must be >= 0, got {self.min_music_train_pairs}")
         self._require(self.method in CONTRAST_METHODS, "method", f"must be one of {CONTRAST_METHODS}, got {self.method!r}")
         self._require(self.divergence in DIVERGENCE_RULES, "divergence",
                       f"must be one of {DIVERGENCE_RULES}, got {self.divergence!r}")
@@ -305,8 +325,10 @@ class EvalConfig(_Checked):
     judge_constrained: bool = True
     seed: int = 0  # corruption draws and Best-of-N sampling
     dtype: str = "auto"  # RM weights when scoring: auto = float32 on CPU, the model's 16-bit dtype (else bfloat16) on a GPU
+    max_failed_share: float = 0.1  # best_of_n fails when more than this share of its games failed (music.failures)
 
     def validate(self) -> None:
+        _share(self, "max_failed_share")
         self._require(self.dtype in MODEL_DTYPES, "dtype", f"must be one of {MODEL_DTYPES}, got {self.dtype!r}")
         self._require(self.bon_source.partition(":")[0] in BON_SOURCE_KINDS, "bon_source",
                       f"must start with one of {BON_SOURCE_KINDS} (KIND[:LOCATION]), got {self.bon_source!r}")

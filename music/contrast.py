@@ -25,7 +25,8 @@ from music.chat import make_chat
 from music.chat.base import TokenMeter, derive_seed
 from music.config import ContrastConfig, Params, SimulateConfig
 from music.d_pairs import d_candidates, d_records_from_source, parse_d_source
-from music.filters import REASONS, apply_filters, normalized, user_leaks
+from music.failures import StageFailed, check_failed_share, describe, failure_summary
+from music.filters import REASONS, apply_filters, first_failure, normalized, user_leaks
 from music.io import write_json
 from music.models.encoder import shared_encoder
 from music.prompts import load_prompt
@@ -101,6 +102,7 @@ def contrast_conversations(convs: Sequence[dict], *, user: Chat, assistant: Chat
         cand = {"fields": fields, "events": list(conv["events"]), "failure": conv["failure"], "notes": {}}
         cands.append(cand)
         if conv["failure"] is not None:
+            cand["notes"]["simulate_failure"] = conv["failure"]  # counted by the simulate stage, not here
             continue
         d = pick_divergence(conv["seed_id"], conv["turns"], cfg)
         g = conv["context_turns"] + d
@@ -123,6 +125,8 @@ def contrast_conversations(convs: Sequence[dict], *, user: Chat, assistant: Chat
             parsed = parse_contrast(rep.text) if rep.finish_reason != "error" else None
             w["cand"]["notes"]["instruct_raw"] = rep.text
             w["cand"]["notes"]["instruct_parsed"] = parsed is not None
+            if rep.finish_reason == "error":
+                w["cand"]["notes"]["instruct_error"] = rep.error or "no text"
             if parsed is not None:
                 event, failure = make_event(rep, branch="rejected", turn=w["turn"], role="assistant", trim=trim,
                                             text=parsed[1], method="instruct")
@@ -279,30 +283,42 @@ def run_contrast(P: Params, *, splits: Sequence[str] = ("train", "eval"),
     cfg = P.contrast
     if backends is None:
         user, assistant = make_backends(P)
-        contrast = make_chat(cfg.contrast, P.paths.cache) if cfg.method != "resample" else None
+        contrast = make_chat(cfg.contrast, P.paths.cache, role="contrast.contrast") if cfg.method != "resample" else None
     else:
         user, assistant, contrast = backends
     meter = TokenMeter(user=user, assistant=assistant, contrast=contrast)
     d_from_source = parse_d_source(cfg.d_source) is not None
     out_dir = Path(P.paths.pairs)
-    report: dict = {"reasons": list(REASONS), "splits": {}, "methods": {}, "multi_turn": {}, "d_source": cfg.d_source,
+    report: dict = {"reasons": list(REASONS), "splits": {}, "methods": {}, "multi_turn": {}, "failures": {},
+                    "d_source": cfg.d_source,
                     "method": cfg.method, "divergence": cfg.divergence}
     for split in splits:
         convs = load_records(Path(P.paths.conversations) / split)
         cands = contrast_conversations(convs, user=user, assistant=assistant, contrast=contrast, sim_cfg=P.simulate,
                                        cfg=cfg, split=split, encoder=encoder)
         kept, stats = apply_filters(cands, cfg)
+        methods = method_counts(cands, kept)
+        report["failures"][f"music_{split}"] = failures = candidate_failures(cands, cfg)
+        check_failed_share(failures, cfg.max_failed_share, what=f"contrast ({split}): MUSIC candidates",
+                           key="contrast.max_failed_share", advice=contrast_advice(cfg, methods))
+        if split == "train" and len(kept) < cfg.min_music_train_pairs:
+            raise StageFailed(
+                f"contrast (train): {len(kept)} of {failures['units']} MUSIC candidates kept, fewer than "
+                f"contrast.min_music_train_pairs={cfg.min_music_train_pairs} (train@music trains on them). Removed by "
+                f"reason: {nonzero(stats['removed'])}; contrast methods: {methods}; request/parse failures: "
+                f"{describe(failures)}. {contrast_advice(cfg, methods)}", failures)
         records = candidates_to_records(kept)
         save_records(records, out_dir / f"music_{split}", pair_features())
         report["splits"][f"music_{split}"] = stats
-        report["methods"][f"music_{split}"] = method_counts(cands, kept)
+        report["methods"][f"music_{split}"] = methods
         report["multi_turn"][f"music_{split}"] = multi_turn_share(records)
 
         d_records: list[dict] = []
         if cfg.d_pairs and d_from_source:
             held_out = set().union(*(read_conversation_ids(Path(P.paths.seeds) / SEED_FILES[name])
                                      for name in ("eval", "eval_conversations")))
-            d_records = d_records_from_source(cfg, split, held_out)
+            report.setdefault("d_source_malformed", {})[f"d_{split}"] = malformed = {}
+            d_records = d_records_from_source(cfg, split, held_out, malformed)
             report["splits"][f"d_{split}"] = {"candidates": len(d_records), "kept": len(d_records),
                                              "removed": {r: 0 for r in REASONS}}
         elif cfg.d_pairs:
@@ -310,6 +326,9 @@ def run_contrast(P: Params, *, splits: Sequence[str] = ("train", "eval"),
             d_cands = d_candidates(seeds, assistant, split=split, seed=derive_seed(cfg.seed, "d", split),
                                    trim=P.simulate.trim_truncated)
             d_kept, d_stats = apply_filters(d_cands, cfg)
+            report["failures"][f"d_{split}"] = d_failures = candidate_failures(d_cands, cfg)
+            check_failed_share(d_failures, cfg.max_failed_share, what=f"contrast ({split}): D candidates (seeds)",
+                               key="contrast.max_failed_share", advice=contrast_advice(cfg, {}))
             d_records = candidates_to_records(d_kept)
             report["splits"][f"d_{split}"] = d_stats
         save_records(d_records, out_dir / f"d_{split}", pair_features())
@@ -320,6 +339,48 @@ def run_contrast(P: Params, *, splits: Sequence[str] = ("train", "eval"),
     # Not in filter_report.json: the counts depend on what the response cache already held.
     report["tokens"] = meter.report()
     return report
+
+
+def candidate_failures(cands: Sequence[dict], cfg: ContrastConfig) -> dict:
+    """music.failures summary of a split's candidates that reached this stage (a conversation the simulate
+    stage already lost is counted there): a request failed (`generation_error`), or, with method instruct,
+    the contrast reply did not parse (`instruct_unparsed`; `auto` falls back to resample instead). What the
+    filters remove on purpose (weak_contrast, echo, empty or cut replies...) is not a failure."""
+    units, failed = 0, []
+    for c in cands:
+        if c.get("notes", {}).get("simulate_failure"):
+            continue
+        units += 1
+        label = c["fields"]["pair_id"]
+        if first_failure(c, cfg) == "generation_error":
+            error = next((e["error"] for e in c["events"] if e["finish_reason"] == "error"),
+                         c.get("notes", {}).get("instruct_error")) or "no text"
+            failed.append(("generation_error", f"{label}: {error}"))
+        elif cfg.method == "instruct" and c.get("notes", {}).get("instruct_parsed") is False:
+            raw = c["notes"].get("instruct_raw") or ""
+            failed.append(("instruct_unparsed", f"{label}: the reply is not 'MODIFIED REQUEST: ...\\nANSWER: ...': "
+                                                f"{raw[:200]!r}"))
+    return failure_summary(units, failed)
+
+
+def contrast_advice(cfg: ContrastConfig, methods: dict) -> str:
+    tips = []
+    if methods.get("instruct_unparsed"):
+        tips.append(f"the contrast model's replies did not parse ({methods['instruct_unparsed']} of "
+                    f"{methods['instruct_tried']}): set contrast.method: auto (resample where unparsed) or resample, "
+                    "or use a stronger contrast model (contrast.contrast.model)")
+    if cfg.method != "instruct":
+        tips.append("many `modified_request` drops (no usable resampled request): raise contrast.candidates or use a "
+                    "stronger user model (simulate.user)")
+    tips.append("a failed request: check the server named in the first error (base_urls, model, load; max_retries, "
+                "timeout_s) and rerun (finished replies come from the response cache)")
+    tips.append("no pair kept: loosen the filter that removed most (contrast.min_contrast_margin, "
+                "contrast.max_echo_similarity, max_reply_chars) or draw more seeds (seed.n_train)")
+    return "What to change: " + "; ".join(tips) + "."
+
+
+def nonzero(counts: dict) -> dict:
+    return {k: v for k, v in counts.items() if v}
 
 
 def multi_turn_share(records: Sequence[dict]) -> dict:

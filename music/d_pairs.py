@@ -15,6 +15,7 @@ from music.config import ContrastConfig
 from music.schema import pair_record, user_turns
 from music.simulate import SimPrompts, assistant_view, make_event
 from music.sources import load_pairs
+from music.sources.records import Skipped
 
 
 def d_candidates(seeds: Sequence[Any], assistant: Any, *, split: str, seed: int, trim: bool = True) -> list[dict]:
@@ -52,18 +53,24 @@ def parse_d_source(d_source: str) -> tuple[str, str] | None:
     return kind, location
 
 
-def d_records_from_source(cfg: ContrastConfig, split: str, held_out_ids: set[str] = frozenset()) -> list[dict]:
+def d_records_from_source(cfg: ContrastConfig, split: str, held_out_ids: set[str] = frozenset(),
+                          malformed: dict | None = None) -> list[dict]:
     """D from a labelled preference set (the paper profile): records ready to save, no generation.
 
     Each pair's conversation_id is its pair_id, the id the seed stage gives the same source's
     conversations, so the split follows the seed stage: a pair whose conversation is held out for eval
     (`held_out_ids`) is never a training pair. With `d_eval_split` other than "train", eval pairs come
-    from that split instead.
+    from that split instead. Malformed source records are skipped and counted (their summary goes into
+    `malformed` when given); more than contrast.max_malformed_share of them is a DataError.
     """
     kind, location = parse_d_source(cfg.d_source)  # type: ignore[misc]
     separate_eval = cfg.d_eval_split != "train"
     hub_split = cfg.d_eval_split if split == "eval" and separate_eval else "train"
-    pairs = load_pairs(kind, location, split=hub_split, limit=cfg.d_limit)
+    skipped = Skipped(location, cfg.max_malformed_share, "contrast.max_malformed_share")
+    pairs = load_pairs(kind, location, split=hub_split, limit=cfg.d_limit, skipped=skipped)
+    summary = skipped.check()
+    if malformed is not None:
+        malformed.update(summary)
     out = []
     for i, p in enumerate(pairs):
         cid = str(p.meta.get("pair_id", f"{kind}-{hub_split}-{i}"))

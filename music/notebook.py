@@ -57,12 +57,18 @@ def repo_root(start: Path | None = None) -> Path:
     return here
 
 
+PROFILE: dict = {}  # the raw params mapping the notebook loaded (what the profile sets): show_params reads it
+
+
 def load_stage_params(params: dict | None, params_file: str = "params.yaml") -> Params:
     """In a notebook: typed params from the injected dict, else from params_file; cwd -> repo root."""
     root = repo_root()
     os.chdir(root)
+    PROFILE.clear()
     if params is not None:
+        PROFILE.update(params)
         return from_dict(Params, params, f"{params_file} (injected)")
+    PROFILE.update(read_params_file(root / params_file) if (root / params_file).exists() else {})
     return load_params(root / params_file)
 
 
@@ -110,9 +116,67 @@ def format_params(config: Any, name: str | None = None, width: int = 88) -> str:
     return text.rstrip("\n")
 
 
-def show_params(config: Any, name: str | None = None, width: int = 88) -> None:
-    """Print a stage's config readably (see format_params), e.g. `show_params(P.contrast, "contrast")`."""
-    print(format_params(config, name, width))
+def _set_lines(config: Any, raw: dict, indent: int, width: int) -> tuple[list[str], list[str]]:
+    """YAML lines of the fields `raw` sets (a default value marked `# default`), and the fields it leaves unset."""
+    try:
+        default = type(config)()
+    except TypeError:  # a config with required fields: nothing to mark
+        default = None
+    lines: list[str] = []
+    unset: list[str] = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name not in raw:
+            unset.append(f.name)
+        elif dataclasses.is_dataclass(value) and isinstance(raw[f.name], dict):
+            sub, sub_unset = _set_lines(value, raw[f.name], indent + 2, width)
+            lines += [" " * indent + f"{f.name}:", *sub]
+            unset += [f"{f.name}.{u}" for u in sub_unset]
+        else:
+            first, *rest = format_params({f.name: value}, width=width).splitlines()
+            mark = "  # default" if default is not None and getattr(default, f.name, object()) == value else ""
+            lines += [" " * indent + first + mark, *(" " * indent + r for r in rest)]
+    return lines, unset
+
+
+def show_params(config: Any, name: str | None = None, width: int = 88, profile: dict | None = None) -> None:
+    """Print what the profile sets for a stage, e.g. `show_params(P.contrast, "contrast")`: the keys of its
+    params file's section (`# default` where the value equals music/config.py's default), then one line naming
+    the fields it leaves at their defaults. Without a loaded profile (load_stage_params) every field is printed."""
+    import textwrap
+
+    raw = profile if profile is not None else (PROFILE.get(name) if name else None)
+    if not isinstance(raw, dict) or not dataclasses.is_dataclass(config):
+        print(format_params(config, name, width))
+        return
+    lines, unset = _set_lines(config, raw, 2 if name else 0, width)
+    print("\n".join(([f"{name}:"] if name else []) + lines))
+    groups: dict[str, list[str]] = {}  # "user" -> ["dtype", ...]; "" for the section's own fields
+    for u in unset:
+        prefix, _, leaf = u.rpartition(".")
+        groups.setdefault(prefix, []).append(leaf)
+    by_fields: dict[tuple, list[str]] = {}  # roles leaving the same fields unset are named together
+    for prefix, leaves in groups.items():
+        by_fields.setdefault(tuple(leaves), []).append(prefix)
+    parts = [(f"{' & '.join(p for p in prefixes)}: " if any(prefixes) else "") + ", ".join(leaves)
+             for leaves, prefixes in by_fields.items()]
+    if parts:
+        print(textwrap.fill("# not set by the profile, so at their defaults (music/config.py): " + "; ".join(parts),
+                            width, subsequent_indent="#   "))
+
+
+def say(text: str) -> None:
+    """A lesson's sentence built from the run's params or outputs (so its numbers never drift from the run):
+    Markdown in a notebook, plain text elsewhere. E.g. `say(f"This run simulates **{P.simulate.turns} turns**.")`."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+    except ImportError:
+        get_ipython = None
+    if get_ipython is not None and get_ipython() is not None:
+        display(Markdown(text))
+    else:
+        print(text)
 
 
 # ---------------------------------------------------------------- one console line per stage

@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -370,6 +371,9 @@ def _relative(path: str) -> str:
         return path
 
 
+LORA_MIN_LEARNING_RATE = 1e-5  # below it the planner warns: a full-fine-tuning rate used with LoRA
+
+
 def plan_train(P: Params, shape: BackboneShape | None, A: Assumptions, F: Findings) -> dict:
     t = P.train
     for key in ("batch_size", "grad_accum", "max_length"):
@@ -377,7 +381,11 @@ def plan_train(P: Params, shape: BackboneShape | None, A: Assumptions, F: Findin
             F.error(f"train.{key}", f"must be >= 1, got {getattr(t, key)}")
     if t.lora and t.lora_last_layers is not None and t.num_layers and t.lora_last_layers > t.num_layers:
         F.error("train.lora_last_layers", f"{t.lora_last_layers} exceeds train.num_layers={t.num_layers}")
-    out: dict[str, Any] = {"backbone": t.backbone, "variants": {}}
+    out: dict[str, Any] = {"backbone": t.backbone, "variants": {}, "lora": t.lora, "learning_rate": t.learning_rate}
+    if t.lora and t.learning_rate < LORA_MIN_LEARNING_RATE:
+        F.warn("train.learning_rate", f"LoRA with learning_rate {t.learning_rate:g}: LoRA's B matrices start at zero and "
+               "AdamW moves each entry by about the learning rate per step, so the model stays close to the base plus a "
+               f"trained head (a full-fine-tuning rate; LoRA needs >= {LORA_MIN_LEARNING_RATE:g}, e.g. 1e-4)")
     if shape is None:
         return out
     if shape.max_position_embeddings and t.max_length > shape.max_position_embeddings:
@@ -459,8 +467,11 @@ def plan_evaluate(P: Params, shape: BackboneShape | None, A: Assumptions, F: Fin
     music_eval = simulated_conversations(P) - s.n_train
     scored = {"quality_twins": 2 * (sharegpt_twins + mt_twins), "music_eval": 2 * music_eval,
               "swap": 2 * conv * e.swap_max_distance, "trajectory": 2 * music_eval * P.simulate.turns}
-    if e.rewardbench or e.rewardbench_path:
-        scored["rewardbench"] = 2 * 2985
+    rewardbench = None
+    if e.rewardbench or e.rewardbench_path:  # what the stage will load: a local file's rows, else the hub's
+        rows, how = rewardbench_rows(e.rewardbench_path, F)
+        scored["rewardbench"] = 2 * rows
+        rewardbench = {"rows": rows, "from": how}
     present = {k: v for k, v in e.local_sets.items() if Path(v).exists()}
     if present:
         scored["local_sets"] = 2 * e.local_set_limit * len(present)
@@ -468,6 +479,8 @@ def plan_evaluate(P: Params, shape: BackboneShape | None, A: Assumptions, F: Fin
     models = len(P.train.variants) * len(P.train.seeds)
     out: dict[str, Any] = {"conversations_scored_per_model": scored, "models": models, "max_length": length,
                            "early_turn_items": early_turn_items(P, A, F)}
+    if rewardbench is not None:
+        out["rewardbench"] = rewardbench
     if shape is None:
         return out
     device = train_device(shape, A)
@@ -547,6 +560,24 @@ def early_turn_items(P: Params, A: Assumptions, F: Findings) -> dict:
     elif total is None:
         F.warn("evaluate.swap_source", "cannot count the early-turn items offline; the only early-turn test is the swap test")
     return {"total": total, "quality": quality, "swap": swap, "assumes": notes}
+
+
+def rewardbench_rows(path: str | None, F: Findings) -> tuple[int, str]:
+    """RewardBench rows the evaluate stage will score: a local file's own rows (it wins over the hub, as in
+    music.evaluate.rewardbench.load_rewardbench_pairs), else the hub's filtered split."""
+    from music.evaluate.constants import HUB_ID, HUB_ROWS, HUB_SPLIT
+    from music.sources.records import iter_records
+
+    if not path:
+        return HUB_ROWS, f"hub:{HUB_ID} split {HUB_SPLIT}"
+    if not Path(path).exists():
+        F.error("evaluate.rewardbench_path", f"{path} does not exist")
+        return 0, f"{path} (missing)"
+    try:
+        return sum(1 for _ in iter_records(path)), f"{path} (rows read)"
+    except DataError as exc:
+        F.error("evaluate.rewardbench_path", str(exc))
+        return 0, f"{path} (unreadable)"
 
 
 def plan_best_of_n(P: Params, T: Tokens, shape: BackboneShape | None, A: Assumptions, F: Findings) -> tuple[dict, list[Load]]:
@@ -644,6 +675,9 @@ def check_roles(P: Params, T: Tokens, F: Findings) -> None:
             continue
         if cfg.backend == "openai" and not cfg.base_urls:
             F.error(f"{key}.base_urls", "an openai backend needs at least one base URL")
+        if cfg.backend == "openai" and cfg.api_key_env and not os.environ.get(cfg.api_key_env):
+            F.warn(f"{key}.api_key_env", f"${cfg.api_key_env} is not set here: the stage stops before its first "
+                   "request unless it is set where it runs (api_key_env: '' for a server without a key)")
         if cfg.backend == "openai" and "gemma" in cfg.model.lower() and cfg.system_role != "fold":
             F.warn(f"{key}.system_role", f"{cfg.model}: Gemma chat templates reject the system role (vLLM answers "
                    "HTTP 400); set system_role: fold")
@@ -733,6 +767,7 @@ def render(plan: dict) -> str:
                  _h(d["hours"])] for v, d in tr["variants"].items()]
         lines += _table(rows, ["variant", "kinds", "pairs (<=)", "steps", "pairs/step", "passes", "seeds",
                                "M tokens (<=)", "hours"])
+        lines.append(("LoRA" if tr["lora"] else "full fine-tuning") + f" learning rate {tr['learning_rate']:g}")
         g = mem["gb"]
         mb = mem["micro_batch"]
         lines += ["", f"Training memory per GPU, GB (micro-batch {mb['sequences']} sequences x {mb['max_length']} tokens, "

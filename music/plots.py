@@ -4,29 +4,30 @@ Every `plot_*` function takes plain metrics dicts (as written by music.evaluate)
 matplotlib Figure without saving it, so a notebook shows the figure it built and the plots stage
 saves the same figure with `save_figure`. Titles say what is shown, including what was skipped.
 
-The figures are `matplotlib.figure.Figure` objects not registered with pyplot: a notebook shows one
-with `display(fig)` (or by ending a cell with it), nothing is shown twice, and nothing needs closing.
+The figures are `NotebookFigure`s (a `matplotlib.figure.Figure` not registered with pyplot): a notebook
+shows one as a PNG with `display(fig)` (or by ending a cell with it) through its own `_repr_png_`, so it
+draws whatever the notebook's backend is; nothing is shown twice, and nothing needs closing. Importing
+this module never changes matplotlib's backend (a notebook keeps its inline backend for its own plots).
 `save_figure` writes byte-stable files: the same figure gives the same bytes on every run (no date
 in SVG/PDF metadata, SVG ids from a fixed salt), so a tracked figure changes only when its data does.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg", force=False)  # headless by default; notebooks keep their inline backend
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from music.evaluate.compare import compare, headline, load_item_rows, load_trajectories, trajectory_summary  # noqa: E402
-from music.evaluate.constants import PAPER_REWARDBENCH, SECTION_KEYS, SECTION_TITLES  # noqa: E402
-from music.evaluate.stats import bootstrap_interval  # noqa: E402
-from music.io import atomic_path, write_json  # noqa: E402
+from music.evaluate.compare import compare, headline, load_item_rows, load_trajectories, trajectory_summary
+from music.evaluate.constants import PAPER_REWARDBENCH, SECTION_KEYS, SECTION_TITLES
+from music.evaluate.stats import bootstrap_interval
+from music.io import atomic_path, write_json
 
 SUMMARY_FILE = "summary.json"  # headline numbers for `dvc metrics show` (written by the plots stage)
 
@@ -50,9 +51,22 @@ STABLE_METADATA = {
 SVG_HASHSALT = "music"  # SVG clip-path/glyph ids are hashes salted with this (default: a random uuid per save)
 
 
+DISPLAY_DPI = 100  # a figure shown in a notebook (the saved files use plots.dpi)
+
+
+class NotebookFigure(Figure):
+    """A Figure that shows itself in a notebook as a PNG (IPython calls `_repr_png_`), with no backend:
+    it draws in JupyterLab, in papermill's executed copies and in nbconvert, whatever backend is active."""
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi=DISPLAY_DPI, bbox_inches="tight", metadata=STABLE_METADATA["png"])
+        return buf.getvalue()
+
+
 def _figure(figsize) -> Figure:
     """A figure not registered with pyplot (see the module docstring)."""
-    return Figure(figsize=figsize)
+    return NotebookFigure(figsize=figsize)
 
 
 def save_figure(fig: Figure, folder: str | Path, name: str, formats: Sequence[str] = ("png", "svg"),

@@ -9,12 +9,14 @@ from __future__ import annotations
 import html
 
 _COLORS = {"system": "#eeeeee", "user": "#dbeafe", "assistant": "#f3f4f6"}
-_TINTS = {"bad": ("#fde2e1", "#dc2626"), "good": ("#dcfce7", "#16a34a")}  # (background, border)
+_TINTS = {"bad": ("#fde2e1", "#dc2626"), "good": ("#dcfce7", "#16a34a"),  # (background, border)
+          "simulated": ("#fef9c3", "#ca8a04")}  # neutral: generated text, not an error
 
 
 def conversation_html(messages: list[dict], *, title: str | None = None, footer: str | None = None,
                       highlight: set[int] | frozenset[int] = frozenset(), tint: str = "bad") -> str:
-    """One column of bubbles; messages whose index is in `highlight` get the `tint` ("bad": red, "good": green)."""
+    """One column of bubbles; messages whose index is in `highlight` get the `tint` ("bad": red, "good": green,
+    "simulated": a neutral amber for generated turns)."""
     bg_hi, border_hi = _TINTS[tint]
     parts = ['<div style="font-family:sans-serif;font-size:13px;max-width:640px">']
     if title:

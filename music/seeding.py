@@ -25,6 +25,7 @@ from music.errors import DataError
 from music.io import atomic_path, read_jsonl, write_json, write_jsonl
 from music.schema import validate_conversation
 from music.sources import RealConversation, load_conversations
+from music.sources.records import Skipped
 
 _CHUNK_ID = re.compile(r"^(?P<base>.+)_(?P<chunk>\d+)$")
 # How an assistant opens a reply; a real user's first message almost never opens this way (measured on
@@ -260,9 +261,18 @@ def write_seed_set(seeds: SeedSet, out_dir: str | Path) -> None:
         write_json(tmp / "stats.json", seeds.stats)
 
 
+def load_seed_source(cfg: SeedConfig) -> tuple[list[RealConversation], dict]:
+    """The source's conversations and what was skipped as malformed (counts per reason, first records); more
+    than seed.max_malformed_share of malformed records is a DataError."""
+    skipped = Skipped(cfg.path, cfg.max_malformed_share, "seed.max_malformed_share")
+    conversations = load_conversations(cfg.source, cfg.path, split=cfg.split, skipped=skipped)
+    return conversations, skipped.check()
+
+
 def run_seed_stage(cfg: SeedConfig, out_dir: str | Path) -> SeedSet:
-    conversations = load_conversations(cfg.source, cfg.path, split=cfg.split)
+    conversations, malformed = load_seed_source(cfg)
     seeds = draw_seeds(conversations, cfg)
+    seeds.stats["malformed_records"] = malformed
     write_seed_set(seeds, out_dir)
     return seeds
 

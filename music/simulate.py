@@ -16,6 +16,7 @@ keep the seed file's order, so a rerun after a crash asks the cached backend exa
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from typing import Any, Protocol, Sequence
 from music.chat import make_chat
 from music.chat.base import TokenMeter, derive_seed
 from music.config import Params, SimulateConfig
+from music.failures import check_failed_share, describe, failure_summary
+from music.io import write_json
 from music.prompts import Prompt, load_prompt
 from music.schema import user_turns
 from music.seeding import read_seeds
@@ -221,7 +224,8 @@ SPLITS = ("train", "eval")
 
 def make_backends(P: Params, *, cache: bool = True) -> tuple[Chat, Chat]:
     cache_dir = P.paths.cache if cache else None
-    return make_chat(P.simulate.user, cache_dir), make_chat(P.simulate.assistant, cache_dir)
+    return (make_chat(P.simulate.user, cache_dir, role="simulate.user"),
+            make_chat(P.simulate.assistant, cache_dir, role="simulate.assistant"))
 
 
 def run_simulate(P: Params, *, splits: Sequence[str] = SPLITS, backends: tuple[Chat, Chat] | None = None) -> dict:
@@ -238,7 +242,35 @@ def run_simulate(P: Params, *, splits: Sequence[str] = SPLITS, backends: tuple[C
             seeds = seeds[: P.simulate.max_eval_conversations]
         meter = TokenMeter(user=user, assistant=assistant)
         records = simulate_seeds(seeds, user, assistant, P.simulate, split=split)
+        failures = conversation_failures(records)
+        check_failed_share(failures, P.simulate.max_failed_share, what=f"simulate ({split}): conversations",
+                           key="simulate.max_failed_share", advice=SIMULATE_ADVICE)
         save_records(records, Path(P.paths.conversations) / split, conversation_features())
         summary[split] = {"conversations": len(records), "failed": sum(r["failure"] is not None for r in records),
+                          "request_failures": failures,
                           "tokens": meter.report()}  # prompt tokens asked/encoded per generated token; {} if uncounted
+        if failures["failed"]:
+            print(f"simulate ({split}) request failures, below simulate.max_failed_share: {describe(failures)}")
+    # The counts, where the notebook and a user look (an output of the stage: they do not depend on the cache)
+    report_path = Path(P.paths.conversations) / FAILURE_REPORT
+    report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
+    write_json(report_path, {**report, **{s: v["request_failures"] for s, v in summary.items()}})
     return summary
+
+
+FAILURE_REPORT = "failure_report.json"
+SIMULATE_ADVICE = ("The first error of each reason says why; check the server (simulate.user / simulate.assistant: "
+                   "base_urls, model, load), raise max_retries or timeout_s for a busy server, then rerun "
+                   "(finished replies come from the response cache).")
+
+
+def conversation_failures(records: Sequence[dict]) -> dict:
+    """music.failures summary of a split: conversations stopped by a failed request (`generation_error`), with
+    each reason's first error. A conversation stopped by an empty reply is the model's doing, not a failure
+    (the contrast stage's filters count it)."""
+    failed = []
+    for r in records:
+        if r["failure"] == "generation_error":
+            error = next((e["error"] for e in r["events"] if e["finish_reason"] == "error"), None) or "no text"
+            failed.append(("generation_error", f"{r['seed_id']}: {error}"))
+    return failure_summary(len(records), failed)

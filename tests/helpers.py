@@ -239,3 +239,24 @@ class WordOverlapEncoder:
             norm = math.sqrt(sum(c * c for c in u.values()) * sum(c * c for c in v.values()))
             out.append(round(dot / norm, 6) if norm else 0.0)
         return out
+
+
+# --- what an executed notebook shows ------------------------------------------------------------------------
+
+def unrendered_figures(nb: dict) -> list[str]:
+    """Cells of an executed notebook (its JSON) that show a figure as text (`<Figure size 640x480 with 1 Axes>`)
+    instead of an image: what a notebook prints when a package switched its inline backend off."""
+    bad = []
+    for i, cell in enumerate(nb["cells"]):
+        for out in cell.get("outputs", []) if cell["cell_type"] == "code" else []:
+            data = out.get("data", {})
+            text = "".join(data.get("text/plain", "")) + "".join(out.get("text", ""))
+            if ("<Figure size" in text or "FacetGrid at 0x" in text) and "image/png" not in data:
+                bad.append(f"cell {i}: {text.strip()[:80]}")
+    return bad
+
+
+def image_outputs(nb: dict) -> int:
+    """How many outputs of an executed notebook carry a PNG."""
+    return sum("image/png" in out.get("data", {}) for c in nb["cells"] if c["cell_type"] == "code"
+               for out in c.get("outputs", []))

@@ -177,6 +177,10 @@ _STATE_JS = """(path) => {
     code_cells: cells.length,
     executed: cells.filter(c => c.model.executionCount !== null).length,
     running: cells.filter(c => (c.promptNode && c.promptNode.textContent.includes('*'))).length,
+    figures_as_text: cells.flatMap((c, i) => c.model.outputs.toJSON()
+        .filter(o => o.data && !o.data['image/png'] && /<Figure size|FacetGrid at 0x/.test([].concat(o.data['text/plain'] || []).join('')))
+        .map(o => `cell ${i + 1}: ` + [].concat(o.data['text/plain']).join('').slice(0, 100))),
+    images: cells.reduce((n, c) => n + c.model.outputs.toJSON().filter(o => o.data && o.data['image/png']).length, 0),
     problems: cells.flatMap((c, i) => c.model.outputs.toJSON()
         .filter(o => o.output_type === 'error' || (o.output_type === 'stream' && o.name === 'stderr'))
         .map(o => `cell ${i + 1}: ` + (o.output_type === 'error'
@@ -188,7 +192,10 @@ _BOX_SELECTORS = {
     "stderr/error output box": '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]',
     "widget that failed to render": '.jp-OutputArea-output:has-text("Error displaying widget")',
     "dialog": ".jp-Dialog",
+    "stale-output banner": ".music-stale-banner",  # music.freshness: outputs older than their params/deps
 }
+# Notebooks whose figure cells must draw (an image, not `<Figure size ...>`): at least this many images each.
+MIN_IMAGES = {"00_draw_seeds.ipynb": 1, "03_train_rm.ipynb": 1, "04_evaluate_rm.ipynb": 2, "05_pick_best_of_n.ipynb": 0, "06_plot_results.ipynb": 6}
 
 
 def _run_all_in_browser(browser, lab_server, notebook: str, shots: Path) -> dict:
@@ -246,12 +253,14 @@ def test_notebook_runs_clean_in_jupyterlab(notebook, needs, lab_project, lab_ser
     shots = tmp_path_factory.getbasetemp() / "browser_screenshots"
     state = _run_all_in_browser(browser, lab_server, notebook, shots)
     report = json.dumps({k: state[k] for k in ("kernel", "code_cells", "executed", "running", "problems", "boxes",
-                                               "page_errors")}, indent=1)
+                                               "figures_as_text", "images", "page_errors")}, indent=1)
     where = f"screenshot: {shots / (Path(notebook).stem + '.png')}; JupyterLab log: {lab_server['log']}"
     assert not state["timed_out"], f"{notebook}: Run All still busy after {RUN_TIMEOUT_S} s\n{report}\n{where}"
     assert state["kernel"] == "idle", f"{notebook}: kernel {state['kernel']}\n{report}\n{where}"
     assert not state["problems"] and not state["boxes"], f"{notebook} shows errors or warnings:\n{report}\n{where}"
     assert state["executed"] == state["code_cells"], f"{notebook}: not every cell ran\n{report}\n{where}"
+    assert not state["figures_as_text"], f"{notebook}: a figure printed as text, not drawn\n{report}\n{where}"
+    assert state["images"] >= MIN_IMAGES.get(notebook, 0), f"{notebook}: too few figures drawn\n{report}\n{where}"
 
 
 def _write_notebook(path: Path, *sources: str) -> None:

@@ -25,6 +25,10 @@ SCRIPT = {
     "dropped": ["drop", "ok"],
     "always-fails": ["500"],
     "bad-key": ["401"],
+    "bad-model": ["400"],
+    "forbidden": ["403"],
+    "rejected-field": ["422"],
+    "too-long": ["400-length"],
     "long": ["length"],
 }
 RETRY_AFTER_S = 0.4
@@ -72,6 +76,14 @@ class Scripted:
                     return self._send(int(action), {"error": "overloaded"})
                 if action == "401":  # servers often echo the key they refused
                     return self._send(401, {"error": f"Incorrect API key provided: {SECRET}"})
+                if action == "400":  # what transformers serve says to a model name it does not serve
+                    return self._send(400, {"error": {"message": "Server is pinned to 'x'; requested 'test-model'"}})
+                if action == "403":
+                    return self._send(403, {"detail": "not allowed"})
+                if action == "422":  # FastAPI's validation error, as transformers serve sends it
+                    return self._send(422, {"detail": [{"loc": ["body", "repetition_penalty"], "msg": "Extra inputs are not permitted"}]})
+                if action == "400-length":  # vLLM's answer to one conversation over the context
+                    return self._send(400, {"error": {"message": "This model's maximum context length is 4096 tokens"}})
                 reason = "length" if action == "length" else "stop"
                 reply = {"choices": [{"message": {"role": "assistant", "content": f"  reply to {content}\n"}, "finish_reason": reason}]}
                 self._send(200, reply)
@@ -133,7 +145,7 @@ def test_retries_spreading_errors_and_secrecy(servers, tmp_path, monkeypatch):
     chat = make_chat(config(urls), tmp_path)
     hosts = ",".join(u.removeprefix("http://").removesuffix("/v1") for u in urls)
     assert chat.name == f"openai:test-model@{hosts}"
-    names = ["plain", "rate-limited", "server-errors", "slow", "dropped", "always-fails", "bad-key", "long"]
+    names = ["plain", "rate-limited", "server-errors", "slow", "dropped", "always-fails", "too-long", "long"]
     start = time.monotonic()
     replies = chat.generate(ask(*names), seed=7)
     assert time.monotonic() - start < 10
@@ -147,10 +159,10 @@ def test_retries_spreading_errors_and_secrecy(servers, tmp_path, monkeypatch):
     assert by["always-fails"].text is None and by["always-fails"].finish_reason == "error"
     assert len(state.attempts["always-fails"]) == MAX_RETRIES + 1
     assert "HTTP 500" in by["always-fails"].error
-    assert by["bad-key"].finish_reason == "error" and "HTTP 401" in by["bad-key"].error
-    assert len(state.attempts["bad-key"]) == 1  # not retryable
+    # a 400 about one conversation's length fails that conversation only, without retries
+    assert by["too-long"].finish_reason == "error" and "HTTP 400" in by["too-long"].error
+    assert len(state.attempts["too-long"]) == 1
     assert all(SECRET not in (r.error or "") and SECRET not in (r.text or "") for r in replies)
-    assert "***" in by["bad-key"].error
 
     # Retry-After was honoured; both replicas were used; the request was well formed.
     t429 = state.attempts["rate-limited"]
@@ -165,16 +177,61 @@ def test_retries_spreading_errors_and_secrecy(servers, tmp_path, monkeypatch):
     before = {k: len(v) for k, v in state.attempts.items()}
     again = make_chat(config(urls), tmp_path).generate(ask(*names), seed=7)
     new = {k: len(v) - before[k] for k, v in state.attempts.items()}
-    assert new == {k: (MAX_RETRIES + 1 if k == "always-fails" else 1 if k == "bad-key" else 0) for k in names}
+    assert new == {k: (MAX_RETRIES + 1 if k == "always-fails" else 1 if k == "too-long" else 0) for k in names}
     assert [r.text for r in again] == [r.text for r in replies]
     raw = (tmp_path / "responses.sqlite").read_bytes()
     assert SECRET.encode() not in raw
 
 
+@pytest.mark.parametrize("name, status, says, hint", [
+    ("bad-key", 401, "Incorrect API key provided: ***", "api_key_env"),
+    ("bad-model", 400, "Server is pinned to 'x'; requested 'test-model'", "model name"),
+    ("forbidden", 403, "not allowed", "permissions"),
+    ("rejected-field", 422, "Extra inputs are not permitted", "repetition_penalty"),
+])
+def test_a_setup_error_stops_the_call_at_once(servers, monkeypatch, name, status, says, hint):
+    from music.chat.openai_backend import ServerRejected
+
+    state, urls = servers
+    monkeypatch.setenv("MUSIC_TEST_API_KEY", SECRET)
+    chat = make_chat(config(urls), None, role="simulate.user")
+    with pytest.raises(ServerRejected) as info:
+        chat.generate(ask(*[name] * 40), seed=1)  # 40 distinct requests (duplicates get distinct seeds)
+    err = info.value
+    assert (err.status, err.role, err.model) == (status, "simulate.user", "test-model") and err.base_url in urls
+    message = str(err)
+    assert f"HTTP {status}" in message and says in message and hint in message and "simulate.user" in message
+    assert SECRET not in message
+    # no retries, and the queued requests were dropped: at most the ones already in flight were sent
+    assert len(state.attempts[name]) <= config(urls).max_concurrency
+
+
+def test_a_wrong_url_path_stops_the_call_with_its_path(servers, monkeypatch):
+    from music.chat.openai_backend import ServerRejected
+
+    _, urls = servers
+    monkeypatch.setenv("MUSIC_TEST_API_KEY", SECRET)
+    with pytest.raises(ServerRejected, match=r"HTTP 404: 'wrong path /v2/chat/completions'.*URL path") as info:
+        make_chat(config([u.replace("/v1", "/v2") for u in urls]), None, role="contrast.contrast").generate(ask("plain"))
+    assert info.value.role == "contrast.contrast"
+
+
+def test_a_missing_key_variable_is_an_error_before_any_request(servers, monkeypatch):
+    from music.chat.openai_backend import MissingApiKey
+
+    state, urls = servers
+    monkeypatch.delenv("MUSIC_TEST_API_KEY", raising=False)
+    with pytest.raises(MissingApiKey, match=r"simulate.assistant .*'MUSIC_TEST_API_KEY', which is not set"):
+        make_chat(config(urls), None, role="simulate.assistant")
+    assert state.attempts == {}
+
+
 def test_duplicates_get_distinct_seeds_and_max_new_tokens_override(servers, monkeypatch):
     state, urls = servers
     monkeypatch.delenv("MUSIC_TEST_API_KEY", raising=False)
-    chat = make_chat(config(urls), None)
+    cfg = config(urls)
+    cfg.api_key_env = ""  # a server that needs no key
+    chat = make_chat(cfg, None)
     chat.generate(ask("plain", "plain", "plain"), seed=0, max_new_tokens=5, temperature=0.0)
     assert len({b["seed"] for b in state.bodies}) == 3
     assert {(b["max_tokens"], b["temperature"]) for b in state.bodies} == {(5, 0.0)}
@@ -189,5 +246,6 @@ def test_unreachable_server_is_an_error_reply(monkeypatch):
         port = s.getsockname()[1]
     cfg = config([f"http://127.0.0.1:{port}/v1"])
     cfg.max_retries = 1
+    cfg.api_key_env = ""
     (reply,) = make_chat(cfg, None).generate(ask("plain"))
     assert reply.finish_reason == "error" and "connection error" in reply.error

@@ -114,7 +114,7 @@ def recorders():
 
 
 def served(urls, **kw) -> ChatModelConfig:
-    return ChatModelConfig(backend="openai", model="m", base_urls=list(urls), max_retries=0, timeout_s=5, **kw)
+    return ChatModelConfig(backend="openai", model="m", base_urls=list(urls), max_retries=0, timeout_s=5, api_key_env="", **kw)
 
 
 def test_server_option_folds_the_system_message(recorders):

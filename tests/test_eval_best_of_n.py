@@ -256,7 +256,7 @@ def test_every_training_seed_plays(tmp_path, monkeypatch):
         return LengthScorer(1.0 if "baseline" in path else -1.0)
 
     monkeypatch.setattr(best_of_n, "load_prompts", lambda source: QUESTIONS)
-    monkeypatch.setattr(best_of_n, "make_chat", lambda cfg, cache: FakePolicy())
+    monkeypatch.setattr(best_of_n, "make_chat", lambda cfg, cache, role=None: FakePolicy())
     monkeypatch.setattr(best_of_n, "RewardScorer", fake_scorer)
     out = best_of_n.run_stage(P)
     assert sorted(set(loaded)) == ["baseline/seed0", "baseline/seed1", "music/seed0", "music/seed1"]

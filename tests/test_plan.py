@@ -56,6 +56,24 @@ def test_paper_profile_fits_one_80gb_gpu_only_with_checkpointing():
     assert plan["stages"]["best_of_n"]["available"] >= plan["stages"]["best_of_n"]["prompts"]
 
 
+def test_paper_profile_trains_lora_at_a_lora_rate_and_prints_it(capsys, tmp_path):
+    plan = make_plan(load_params(PAPER))
+    train = plan["stages"]["train"]
+    assert train["lora"] is True and train["learning_rate"] >= 1e-5
+    assert not [w for w in plan["warnings"] if w["key"] == "train.learning_rate"]
+    assert main(["--params", str(PAPER), "--out", str(tmp_path / "plan.json")]) == 0
+    assert f"LoRA learning rate {train['learning_rate']:g}" in capsys.readouterr().out
+
+
+def test_lora_at_a_full_fine_tuning_rate_warns():
+    data = copy.deepcopy(raw(PAPER))
+    data["train"]["learning_rate"] = 2e-6  # the paper's rate, meant for full fine-tuning
+    plan = plan_of(data)
+    assert [w for w in plan["warnings"] if w["key"] == "train.learning_rate" and "LoRA" in w["message"]]
+    data["train"]["lora"] = False  # full fine-tuning: no LoRA warning (bf16 resolution has its own)
+    assert not [w for w in plan_of(data)["warnings"] if w["key"] == "train.learning_rate"]
+
+
 def test_the_old_paper_best_of_n_setting_fails_on_its_key():
     data = raw(PAPER)
     data["evaluate"] = {k: v for k, v in data["evaluate"].items() if k not in ("bon_source", "bon_turns")}
@@ -152,3 +170,33 @@ def test_paper_profile_reports_its_early_turn_items_and_refuses_none(tmp_path):
     assert "evaluate.swap_source" in error_keys(plan) and plan["stages"]["evaluate"]["early_turn_items"]["total"] == 0
     assert any("seed_multi_turn_share" in note for note in plan["stages"]["evaluate"]["early_turn_items"]["assumes"])
     assert "evaluate.swap_source" not in error_keys(plan_of(data, seed_multi_turn_share=0.05))
+
+
+def test_the_planner_counts_what_the_profile_will_load(tmp_path):
+    """A local RewardBench file's rows (not the hub's 2,985) and a local Best-of-N source's prompts."""
+    rb = tmp_path / "rewardbench.jsonl"
+    rb.write_text("".join(json.dumps({"prompt": f"p{i}", "chosen": "c", "rejected": "r", "subset": "alpacaeval-easy"}) + "\n"
+                          for i in range(46)))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt_id": i, "turns": [f"question {i}?"]}) + "\n" for i in range(7)))
+    data = raw(REPO / "params.yaml")
+    data["evaluate"].update(rewardbench=True, rewardbench_path=str(rb), bon_source=f"file:{prompts}", bon_prompts=5)
+    plan = plan_of(data)
+    ev = plan["stages"]["evaluate"]
+    assert ev["rewardbench"] == {"rows": 46, "from": f"{rb} (rows read)"}
+    assert ev["conversations_scored_per_model"]["rewardbench"] == 2 * 46
+    assert plan["stages"]["best_of_n"]["available"] == 7
+    data["evaluate"].update(rewardbench_path=None)  # the hub's filtered split
+    assert plan_of(data)["stages"]["evaluate"]["conversations_scored_per_model"]["rewardbench"] == 2 * 2985
+    data["evaluate"].update(rewardbench_path=str(tmp_path / "absent.jsonl"))
+    assert "evaluate.rewardbench_path" in error_keys(plan_of(data))
+    data["evaluate"].update(rewardbench_path=None, bon_prompts=8)
+    assert "evaluate.bon_prompts" in error_keys(plan_of(data))
+
+
+def test_the_planner_warns_about_an_unset_key_variable(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    warned = [w["key"] for w in make_plan(load_params(PAPER))["warnings"]]
+    assert "simulate.user.api_key_env" in warned and "evaluate.judge.api_key_env" in warned
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    assert not [w for w in make_plan(load_params(PAPER))["warnings"] if w["key"].endswith("api_key_env")]

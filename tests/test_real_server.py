@@ -6,10 +6,15 @@ the simulate stage, restarts it on the same port and reruns the stage: every rep
 the kill comes from the response cache (the restarted server only sees the missing requests), the
 outputs validate, and a third run and the contrast rerun generate nothing. The tiny profile with half its
 seeds (about 40 requests): a few minutes on 2 cores, most of it the 135M model's prefill.
+
+The same server with one setting wrong (the served model name, a key variable that is not set, a field
+the server rejects) fails the first stage that calls it, simulate, with the server's own message, and
+writes nothing a later stage could train on (a few requests each).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -48,6 +53,10 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
+    def ensure_started(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+
     def start(self) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1",
                "PYTHONUNBUFFERED": "1"}
@@ -69,10 +78,12 @@ class Server:
         raise RuntimeError(f"server did not answer /health within {START_TIMEOUT_S}s:\n{self.log.read_text()[-3000:]}")
 
     def kill(self) -> None:
+        # SIGKILL: transformers serve does not exit on SIGTERM while it is generating (DESIGN.md section 8)
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)  # the process group of the server we started
             self.proc.wait(timeout=30)
-        self.fh.close()
+        if self.proc:
+            self.fh.close()
 
     def completions_served(self) -> int:
         """Chat completions answered since the last start (uvicorn's access log)."""
@@ -93,7 +104,11 @@ def setup(tmp_path_factory):
     raw = yaml.safe_load((REPO / "profiles" / "tiny.yaml").read_text())
     raw["paths"] = {name: str(root / name) for name in Paths.__dataclass_fields__}
     raw["seed"].update(n_train=2, n_eval=1)  # half the tiny profile's seeds: about 40 requests, not 80 (make test time)
-    served = {"backend": "openai", "model": model_path, "base_urls": [url], "api_key_env": "MUSIC_TEST_NO_KEY",
+    raw["simulate"]["max_failed_share"] = 1.0  # the kill below fails conversations on purpose
+    # two training conversations through the served 135M model may keep no MUSIC pair (resampled requests
+    # unusable): this test checks the plumbing, not the yield
+    raw["contrast"]["min_music_train_pairs"] = 0
+    served = {"backend": "openai", "model": model_path, "base_urls": [url], "api_key_env": "",
               "max_concurrency": 2, "timeout_s": 120, "max_retries": 1, "backoff_s": 0.2}
     for section, role in (("simulate", "user"), ("simulate", "assistant"), ("contrast", "contrast")):
         # transformers serve answers 422 to fields outside OpenAI's API, such as repetition_penalty
@@ -104,7 +119,7 @@ def setup(tmp_path_factory):
 
     run_seed_stage(P.seed, P.paths.seeds)
     server = Server(port, root / "server.log")
-    yield {"P": P, "server": server, "root": root}
+    yield {"P": P, "server": server, "root": root, "raw": raw}
     server.kill()
 
 
@@ -183,3 +198,65 @@ def test_simulate_survives_a_server_kill_and_contrast_runs(setup):
     assert run_contrast(P, backends=(user, asst, None)) == report
     assert user.units_generated + asst.units_generated == 0 and server.completions_served() == served_before
     assert {n: load_records(Path(P.paths.pairs) / n) for n in pairs} == pairs
+
+
+# --- one setting wrong: the first stage that calls the server fails with the server's message --------------------
+
+def wrong(setup, name: str, **role) -> Params:
+    """The served tiny profile with simulate.user changed, writing under its own folders."""
+    import copy
+
+    raw = copy.deepcopy(setup["raw"])
+    raw["paths"].update(conversations=str(setup["root"] / name / "conversations"), cache=str(setup["root"] / name / "cache"))
+    raw["simulate"]["user"].update(role)
+    raw["simulate"]["max_failed_share"] = 0.1
+    return from_dict(Params, raw, name)
+
+
+def test_a_wrong_model_name_fails_simulate_with_the_servers_message(setup, tmp_path):
+    """The issue's scenario, through the stage runner as DVC calls it: simulate exits 1 with the server's 400."""
+    server = setup["server"]
+    server.ensure_started()
+    before = server.log.read_bytes().count(b"POST /v1/chat/completions")
+    P = wrong(setup, "wrong_model", model="gemini-1.5-pro")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(dataclasses.asdict(P)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "music.notebook", "simulate", "--params", str(params),
+                           "--output-dir", str(tmp_path / "executed")], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "ServerRejected" in done.stderr and "simulate.user" in done.stderr
+    assert "HTTP 400" in done.stderr and "Server is pinned to" in done.stderr and "gemini-1.5-pro" in done.stderr
+    assert not Path(P.paths.conversations, "train").exists()  # nothing for contrast or train to use
+    sent = server.log.read_bytes().count(b"POST /v1/chat/completions") - before
+    assert 1 <= sent <= P.simulate.user.max_concurrency  # stopped at once: no retries, the rest never sent
+
+
+def test_a_missing_key_variable_fails_simulate_before_any_request(setup):
+    from music.chat.openai_backend import MissingApiKey
+    from music.simulate import run_simulate
+
+    server = setup["server"]
+    server.ensure_started()
+    before = server.log.read_bytes().count(b"POST /v1/chat/completions")
+    os.environ.pop("MUSIC_TEST_UNSET_KEY", None)
+    P = wrong(setup, "missing_key", api_key_env="MUSIC_TEST_UNSET_KEY")
+    with pytest.raises(MissingApiKey, match=r"simulate.user .*'MUSIC_TEST_UNSET_KEY', which is not set"):
+        run_simulate(P)
+    assert server.log.read_bytes().count(b"POST /v1/chat/completions") == before
+    assert not Path(P.paths.conversations).exists()
+
+
+def test_a_rejected_field_fails_simulate_with_the_servers_message(setup):
+    from music.chat.openai_backend import ServerRejected
+    from music.simulate import run_simulate
+
+    setup["server"].ensure_started()
+    P = wrong(setup, "rejected_field", repetition_penalty=1.1)  # transformers serve answers 422 to it
+    with pytest.raises(ServerRejected) as info:
+        run_simulate(P)
+    assert info.value.status == 422 and info.value.role == "simulate.user"
+    assert "repetition_penalty" in info.value.server_message  # the server's words name the field
+    assert "repetition_penalty" in str(info.value)
+    assert not Path(P.paths.conversations, "train").exists()

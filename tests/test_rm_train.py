@@ -1,5 +1,5 @@
 """The trainer: Bradley-Terry loss, schedule, learning, determinism, resume after an interruption,
-and a merged checkpoint that reloads with the same scores (DESIGN §2: LoRA head saved)."""
+and a saved checkpoint (base + unmerged LoRA adapter) that reloads with the same scores (DESIGN §2: LoRA head saved)."""
 
 from __future__ import annotations
 
@@ -114,11 +114,13 @@ def test_saved_model_reloads_with_same_scores(tiny_backbone, tmp_path):
     reloaded = RewardScorer(tmp_path / "rm").score(EVAL)
     assert in_memory == pytest.approx(reloaded, abs=1e-5)
     assert before_merge == pytest.approx(reloaded, abs=1e-4)
-    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
+    # the plain transformers path (peft installed) loads the base, the LoRA adapter beside it and the trained head
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm", dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(tmp_path / "rm")
     assert type(plain).__name__ == "LlamaForSequenceClassification" and plain.config.num_labels == 1
     assert plain.config.pad_token_id == tok.pad_token_id == 0 and tok.chat_template
-    assert not any("lora" in k for k in plain.state_dict())
+    assert any("lora_B" in k for k in plain.state_dict())  # unmerged
+    assert score_conversations(plain, tok, EVAL, max_length=256) == pytest.approx(reloaded, abs=1e-6)
     metrics = json.loads((tmp_path / "rm" / "train_metrics.json").read_text())
     assert metrics["pairs_per_kind"] == {"d": 8, "music": 8} and metrics["backend"]["backend"] == "transformers"
     assert math.isfinite(metrics["final_loss"]) and out.timing["tokens_per_s"] > 0

@@ -10,12 +10,14 @@ from music.chat.openai_backend import OpenAIChat
 from music.chat.transformers_backend import TransformersChat
 from music.config import ChatModelConfig
 
-def make_chat(cfg: ChatModelConfig, cache_dir: str | Path | None = None) -> ChatBackend:
-    """A backend for `cfg`; replies are cached in {cache_dir}/responses.sqlite unless cache_dir is None."""
+def make_chat(cfg: ChatModelConfig, cache_dir: str | Path | None = None, role: str | None = None) -> ChatBackend:
+    """A backend for `cfg`; replies are cached in {cache_dir}/responses.sqlite unless cache_dir is None.
+
+    `role` (e.g. "simulate.user") is what a served backend's errors call it."""
     cache = ResponseCache.in_dir(cache_dir) if cache_dir is not None else None
     if cfg.backend == "transformers":
         return TransformersChat(cfg, cache)
     if cfg.backend == "openai":
-        return OpenAIChat(cfg, cache)
+        return OpenAIChat(cfg, cache, role=role)
     cfg.validate()  # names the allowed backends
     raise AssertionError(f"ChatModelConfig.validate accepted backend {cfg.backend!r}")

@@ -3,8 +3,13 @@
 Standard library only. Requests go out concurrently from a bounded thread pool, round-robin over
 several base URLs (replicas). 429, 5xx, timeouts and dropped connections are retried with
 exponential backoff and seeded jitter (Retry-After wins when the server sends it); anything that
-still fails comes back as an error reply for that conversation only. The API key is read from the
-environment at request time and scrubbed from every error string.
+still fails comes back as an error reply for that conversation only (the stage counts those, and
+fails past its `max_failed_share`). A status that retrying cannot fix and that says the setup is
+wrong (400, 401, 403, 404, 422: wrong model name, key, URL path, or a field the server rejects) stops
+the whole call at once with a ServerRejected error naming the role, the server, the status, the
+server's own message and what to check. A 400 about one conversation's length is that conversation's
+error reply only. A missing key variable (api_key_env names one that is not set) is an error before
+any request. The API key is read from the environment and scrubbed from every error string.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import http.client
 import itertools
 import json
 import os
+import re
 import random
 import socket
 import threading
@@ -30,6 +36,18 @@ from music.config import ChatModelConfig
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 MAX_BACKOFF_S = 120.0
 ERROR_BODY_CHARS = 300
+# Statuses that mean the setup is wrong: every request would fail the same way, so the call stops at once.
+SETUP_STATUS_HINTS = {
+    400: "the model name (`model`) against the name the server serves, and request fields it may not accept",
+    401: "the API key: the environment variable named by `api_key_env` (a key this server accepts)",
+    403: "the API key's permissions for this model (`api_key_env`) and the model name (`model`)",
+    404: "the URL path: `base_urls` should be the API root (e.g. http://host:8000/v1; requests go to "
+         "{base}/chat/completions), and the model name (`model`)",
+    422: "request fields the server does not accept: `repetition_penalty` (outside OpenAI's API; vLLM and SGLang "
+         "take it, `transformers serve` answers 422: set it to 1.0), `top_p`, `seed`",
+}
+# A 400 about one conversation's length (vLLM, OpenAI) is that conversation's failure, not a wrong setup.
+_CONTEXT_LENGTH = re.compile(r"context length|context_length|maximum context|max_model_len|too long|too many tokens", re.I)
 
 
 class RetryableError(Exception):
@@ -39,7 +57,31 @@ class RetryableError(Exception):
 
 
 class FatalError(Exception):
-    """A failure that retrying cannot fix (400, 401, 404, a malformed success...)."""
+    """A failure of one request that retrying cannot fix (413, a 400 about length, a success without text...)."""
+
+
+class ServerRejected(RuntimeError):
+    """The server refused a request in a way every request would share (400, 401, 403, 404, 422): stop the stage.
+
+    The message names the role, the server (base URL, model), the status, the server's own message and what
+    to check; the same fields are attributes.
+    """
+
+    def __init__(self, *, role: str, base_url: str, model: str, status: int, server_message: str, hint: str):
+        self.role, self.base_url, self.model, self.status = role, base_url, model, status
+        self.server_message, self.hint = server_message, hint
+        super().__init__(f"{role}: the server at {base_url} (model {model!r}) answered HTTP {status}: "
+                         f"{server_message!r}. Check {hint}.")
+
+
+class MissingApiKey(RuntimeError):
+    """`api_key_env` names an environment variable that is not set (raised before any request)."""
+
+
+class _SetupStatus(Exception):
+    def __init__(self, url: str, status: int, detail: str):
+        super().__init__(detail)
+        self.url, self.status, self.detail = url, status, detail
 
 
 def _host(url: str) -> str:
@@ -63,12 +105,36 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def server_message(body: str) -> str:
+    """The server's own words from an error body: OpenAI-style {"error": {"message": ...}}, {"detail": ...},
+    {"error": "..."} or {"message": ...}; else the body itself."""
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return body.strip()
+    for key in ("error", "detail", "message"):
+        value = obj.get(key) if isinstance(obj, dict) else None
+        if isinstance(value, dict) and isinstance(value.get("message"), str):
+            return value["message"]
+        if isinstance(value, str):
+            return value
+        if value is not None:  # e.g. FastAPI's 422: a list of {loc, msg, type}
+            return json.dumps(value, ensure_ascii=False)
+    return body.strip()
+
+
 class OpenAIChat(ChatBackend):
     kind = "openai"
     unit_label = "req"
 
-    def __init__(self, cfg: ChatModelConfig, cache=None):
+    def __init__(self, cfg: ChatModelConfig, cache=None, role: str | None = None):
         super().__init__(cfg, cache)
+        self.role = role or "an openai chat role"  # e.g. "simulate.user": what errors call this backend
+        if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
+            raise MissingApiKey(
+                f"{self.role} (model {cfg.model!r} at {', '.join(cfg.base_urls)}): api_key_env names the environment "
+                f"variable {cfg.api_key_env!r}, which is not set. Export it with the server's key, or set "
+                f"api_key_env: '' (or null) in this role's block for a server that needs no key.")
         if not cfg.base_urls:
             raise ValueError("an OpenAI-compatible backend needs at least one base URL (base_urls)")
         if cfg.max_concurrency < 1 or cfg.max_retries < 0 or cfg.timeout_s <= 0:
@@ -104,13 +170,31 @@ class OpenAIChat(ChatBackend):
     def run(self, units: list[Unit], params: SamplingParams) -> Iterator[tuple[Unit, list[ChatReply]]]:
         if not units:
             return
+        rejected: list[ServerRejected] = []  # the first setup error stops every request not yet sent
+
+        def task(unit: Unit) -> ChatReply | None:
+            if rejected:
+                return None
+            try:
+                return self._complete(unit, params)
+            except ServerRejected as exc:
+                rejected.append(exc)
+                raise
+
         pool = ThreadPoolExecutor(max_workers=min(self.cfg.max_concurrency, len(units)))
         try:
-            futures = {pool.submit(self._complete, unit, params): unit for unit in units}
+            futures = {pool.submit(task, unit): unit for unit in units}
             for fut in as_completed(futures):
-                yield futures[fut], [fut.result()]
+                if rejected:
+                    break
+                reply = fut.result()
+                if reply is None:  # a request skipped after a rejection
+                    break
+                yield futures[fut], [reply]
         finally:  # on an interrupt, drop the queued requests instead of sending them all first
             pool.shutdown(wait=True, cancel_futures=True)
+        if rejected:
+            raise rejected[0]
 
     def _complete(self, unit: Unit, params: SamplingParams) -> ChatReply:
         (request,) = unit.requests
@@ -131,6 +215,10 @@ class OpenAIChat(ChatBackend):
         for attempt in range(self.cfg.max_retries + 1):
             try:
                 return self._post(data)
+            except _SetupStatus as exc:
+                raise ServerRejected(role=self.role, base_url=exc.url, model=self.cfg.model, status=exc.status,
+                                     server_message=self._redact(exc.detail),
+                                     hint=SETUP_STATUS_HINTS[exc.status]) from None
             except FatalError as exc:
                 return ChatReply(None, "error", self._redact(str(exc)))
             except RetryableError as exc:
@@ -155,8 +243,11 @@ class OpenAIChat(ChatBackend):
             with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
-            detail = self._redact(exc.read().decode("utf-8", "replace"))[:ERROR_BODY_CHARS]
+            body = self._redact(exc.read().decode("utf-8", "replace"))
+            detail = body[:ERROR_BODY_CHARS]
             message = f"HTTP {exc.code} from {where}: {detail}"
+            if exc.code in SETUP_STATUS_HINTS and not (exc.code == 400 and _CONTEXT_LENGTH.search(body)):
+                raise _SetupStatus(url, exc.code, server_message(body)[:2 * ERROR_BODY_CHARS]) from None
             if exc.code in RETRY_STATUS:
                 raise RetryableError(message, parse_retry_after(exc.headers.get("Retry-After"))) from None
             raise FatalError(message) from None

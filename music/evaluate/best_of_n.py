@@ -39,13 +39,14 @@ from music.chat.base import derive_seed
 from music.evaluate.judge import VERDICT_OPTIONS, combine_orders, judge_request, load_template, parse_verdict
 from music.evaluate.pairwise import require_model
 from music.evaluate.stats import wilson_interval
-
-N_BOOT = 4000  # bootstrap draws over prompts for the win-rate intervals
+from music.failures import check_failed_share, failure_summary
 from music.io import write_json, write_jsonl
 from music.rm.score import RewardScorer
 from music.rm.train import seed_dir
 from music.simulate import SimPrompts, make_event, user_view
 from music.sources.prompts import load_prompts
+
+N_BOOT = 4000  # bootstrap draws over prompts for the win-rate intervals
 
 RMS = ("baseline", "music")
 
@@ -325,6 +326,15 @@ def summarize(games: Sequence[Game]) -> dict:
     return by_n
 
 
+def game_failures(games: Sequence[Game]) -> dict:
+    """music.failures summary: a game fails when an RM's conversation could not be generated (every candidate
+    of a turn, or a simulated user turn, failed). An unparsed judge verdict is a tie, counted in `by_n`."""
+    return failure_summary(len(games), [
+        ("no_conversation", f"question {g.question_id} N={g.n}: no conversation for "
+                            f"{', '.join(rm for rm, c in g.conversations.items() if c is None)}")
+        for g in games if g.outcome == "failed"])
+
+
 def game_record(g: Game) -> dict:
     return dataclasses.asdict(g)
 
@@ -346,14 +356,14 @@ def run_stage(P) -> dict:
     questions = choose_questions(load_prompts(cfg.bon_source), cfg.bon_prompts, cfg.seed)
     turns = cfg.bon_turns or min(len(q["turns"]) for q in questions)
     start = time.perf_counter()
-    policy = make_chat(cfg.policy, P.paths.cache)
-    judge = policy if _same_model(cfg.policy, cfg.judge) else make_chat(cfg.judge, P.paths.cache)
+    policy = make_chat(cfg.policy, P.paths.cache, role="evaluate.policy")
+    judge = policy if _same_model(cfg.policy, cfg.judge) else make_chat(cfg.judge, P.paths.cache, role="evaluate.judge")
     user_cfg = P.simulate.user
     needs_user = any(len(q["turns"]) < turns for q in questions)
     user = None
     if needs_user:
         user = policy if _same_model(cfg.policy, user_cfg) else judge if _same_model(cfg.judge, user_cfg) \
-            else make_chat(user_cfg, P.paths.cache)
+            else make_chat(user_cfg, P.paths.cache, role="simulate.user")
     games, loads = [], 0
     for s, model_dirs in seed_dirs.items():  # the same prompts and sampling seed: turn-1 candidates are shared (cache)
         scorers = OneAtATime({rm: (lambda d=d: RewardScorer(str(d), batch_size=cfg.batch_size, max_length=cfg.max_length,
@@ -370,6 +380,10 @@ def run_stage(P) -> dict:
         for g in played:
             g.rm_seed = s
         games += played
+    failures = game_failures(games)  # fail before writing anything: a broken run must not look like a result
+    check_failed_share(failures, cfg.max_failed_share, what="best_of_n: games", key="evaluate.max_failed_share",
+                       advice="Check the served roles (evaluate.policy, simulate.user: base_urls, model, load; "
+                       "max_retries, timeout_s) and rerun; finished replies come from the response cache.")
     numbers = {  # outputs/metrics/best_of_n.json: numbers only, committed to git
         "by_n": summarize(games),
         "n_prompts": len(questions),
@@ -393,6 +407,7 @@ def run_stage(P) -> dict:
         "win_rate": "win_rate_ties_half = (W + T/2) / games, win_rate_decided = W / (W + L); 95% percentile "
         "bootstrap over prompts (each prompt's games, every seed, resampled together); all_ties = 1 when no game "
         "was decided",
+        "failures": failures,  # games with no conversation (music.failures), below evaluate.max_failed_share
     }
     seconds = round(time.perf_counter() - start, 1)
     write_json(Path(P.paths.metrics) / "best_of_n.json", numbers)

@@ -11,12 +11,22 @@ Two backends build it:
 Pooling is the transformers one: the rightmost token that is not the pad token. That is only right
 when the pad token differs from the end-of-turn token (transformers#35352), so `ensure_distinct_pad`
 pins it, in the tokenizer and in the model config.
+
+Attention: `attention_implementation` is the one place that picks it, for training and for scoring
+(music.rm.score). A backbone whose config sets `attn_logit_softcapping` (Gemma-2) gets an
+implementation that applies the soft-cap: transformers 5.17's sdpa ignores it.
+
+Saving (`save_model_folder`) never merges LoRA into 16-bit weights (a delta below half a bf16 step of
+the weight it is added to would vanish): the folder holds the base reward model as trained from (cut
+to train.num_layers, training dtype, plain transformers files) plus the PEFT adapter (LoRA and the
+trained head, float32), and is scored through PEFT, unmerged: the function that was trained.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -118,6 +128,34 @@ def _quiet_transformers():
         yield
     finally:
         hf_logging.set_verbosity(old)
+
+
+def attention_implementation(config) -> str | None:
+    """The attention implementation for a backbone config, in training and in scoring alike.
+
+    None (transformers' default, sdpa) unless the config sets `attn_logit_softcapping`: sdpa ignores the
+    soft-cap, so those backbones get flash_attention_2 where flash-attn >= 2.6.3 is installed and a GPU is
+    used, else eager (both apply it). The Unsloth backend replaces Gemma-2's attention with its own
+    kernels, which apply the soft-cap too (unsloth/models/gemma2.py).
+    """
+    text = getattr(config, "text_config", None) or config
+    if not (getattr(text, "attn_logit_softcapping", None) or getattr(config, "attn_logit_softcapping", None)):
+        return None
+    if _cuda_available() and _flash_attn_with_softcap():
+        return "flash_attention_2"
+    return "eager"
+
+
+def _flash_attn_with_softcap() -> bool:
+    if importlib.util.find_spec("flash_attn") is None:
+        return False
+    try:
+        from importlib.metadata import version
+
+        major, minor, patch = (int(x) for x in re.findall(r"\d+", version("flash_attn"))[:3])
+    except Exception:  # unknown version: eager is always right
+        return False
+    return (major, minor, patch) >= (2, 6, 3)
 
 
 def _cut_config(config, num_layers: int | None) -> None:
@@ -229,7 +267,8 @@ def _load_transformers(cfg: TrainConfig, path: str, tok, device, seed: int):
     dtype = training_dtype(cfg, config, cuda=str(device).startswith("cuda"))
     torch.manual_seed(seed)  # the new score head's init
     with _quiet_transformers():
-        model = AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=getattr(torch, dtype))
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, config=config, dtype=getattr(torch, dtype), attn_implementation=attention_implementation(config))
     if len(tok) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tok))
     model.to(device)
@@ -242,20 +281,28 @@ def _load_transformers(cfg: TrainConfig, path: str, tok, device, seed: int):
     return model
 
 
+def unsloth_load_kwargs(cfg: TrainConfig, path: str, dtype) -> dict:
+    """What FastLanguageModel.from_pretrained gets (a function, so a CPU test can check it)."""
+    return dict(
+        model_name=path,
+        max_seq_length=cfg.max_length,
+        dtype=dtype,  # train.dtype (auto: the backbone's 16-bit dtype, else bfloat16)
+        load_in_4bit=False,
+        num_labels=1,  # maps to AutoModelForSequenceClassification on GPU
+        full_finetuning=not cfg.lora,
+        # the model id asked for, not a mirror from Unsloth's name mapper (the tokenizer comes from the id)
+        use_exact_model_name=True,
+    )
+
+
 def _load_unsloth(cfg: TrainConfig, path: str, tok, seed: int):
     import torch
     from transformers import AutoConfig
     from unsloth import FastLanguageModel  # imported first by choose_backend
 
     dtype = training_dtype(cfg, AutoConfig.from_pretrained(path), cuda=True)
-    model, _ = FastLanguageModel.from_pretrained(
-        model_name=path,
-        max_seq_length=cfg.max_length,
-        dtype=getattr(torch, dtype),  # train.dtype (auto: the backbone's 16-bit dtype, else bfloat16)
-        load_in_4bit=False,
-        num_labels=1,  # maps to AutoModelForSequenceClassification on GPU
-        full_finetuning=not cfg.lora,
-    )
+    # attention: Unsloth drops attn_implementation and runs its own Gemma-2 kernels (soft-cap applied)
+    model, _ = FastLanguageModel.from_pretrained(**unsloth_load_kwargs(cfg, path, getattr(torch, dtype)))
     if "ForSequenceClassification" not in type(model).__name__:
         raise RuntimeError(
             f"Unsloth returned {type(model).__name__} for num_labels=1, not a sequence-classification model "
@@ -317,6 +364,7 @@ def load_reward_model(cfg: TrainConfig, device: str | None = None, seed: int = 0
         "total_params": n_all,
         "dtype": str(next(p for n, p in model.named_parameters() if "score" not in n).dtype).replace("torch.", ""),
         "head_dtype": str(score_head(model).weight.dtype).replace("torch.", ""),
+        "attn_implementation": "unsloth" if choice.name == "unsloth" else _base_config(model)._attn_implementation,
         "gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False)
                                        or getattr(getattr(model, "base_model", None), "is_gradient_checkpointing", False)),
     }
@@ -327,11 +375,53 @@ def _base_config(model):
     return getattr(model, "config", None) or model.base_model.config
 
 
-def merged_model(model):
-    """The plain transformers model to save: LoRA merged into the weights (PEFT), else the model itself."""
-    if hasattr(model, "merge_and_unload"):
-        return model.merge_and_unload()
-    return model
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def _base_state_dict(model) -> dict:
+    """The base model's weights inside a PEFT model: LoRA left out, and the trained copy of each module
+    PEFT trains in full (the score head) in place of its initial weights, so that a plain
+    `AutoModelForSequenceClassification.from_pretrained(folder)` (which loads the adapter's LoRA but, in
+    transformers 5.17, not its head) still gets the trained head."""
+    out = {}
+    for key, value in model.get_base_model().state_dict().items():
+        if "lora_" in key or ".original_module." in key:
+            continue
+        out[key.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")] = value
+    return out
+
+
+def save_model_folder(model, tokenizer, folder, base_name: str | None = None) -> None:
+    """Write a reward model that reloads to the same function (music.rm.score.load_scoring_model).
+
+    LoRA: the base reward model (config.json + weights in the training dtype; cut and resized as
+    trained) and, beside it, the PEFT adapter (adapter_config.json + adapter_model.safetensors: LoRA and
+    the trained score head, float32). Nothing is merged. Full fine-tuning: the model itself (the head
+    keeps its float32 weights in the file). Then the tokenizer. `base_name` (train.backbone) is written as the
+    adapter's base_model_name_or_path instead of this machine's path to the backbone (the base beside it is
+    what loads).
+    """
+    from pathlib import Path
+
+    folder = Path(folder)
+    base = model.get_base_model() if is_peft(model) else model
+    base.config.pad_token_id = tokenizer.pad_token_id
+    if is_peft(model):
+        base.save_pretrained(folder, state_dict=_base_state_dict(model))
+        configs = list(model.peft_config.values())
+        kept = [c.base_model_name_or_path for c in configs]
+        try:
+            for c in configs:
+                c.base_model_name_or_path = base_name or c.base_model_name_or_path
+            model.save_pretrained(folder, save_embedding_layers=False)  # the base beside holds the (resized) embeddings
+        finally:
+            for c, name in zip(configs, kept):
+                c.base_model_name_or_path = name
+        (folder / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card template (with this machine's paths)
+    else:
+        model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def reward_scores(model, input_ids, attention_mask):

@@ -13,10 +13,77 @@ from typing import Any
 
 from music.models.shapes import resolve_dtype
 from music.rm.data import as_pairs, fit_conversation, pad_batch
-from music.rm.model import reward_scores
+from music.rm.model import attention_implementation, float32_head, reward_scores, score_head
 from music.schema import validate_conversation
 
 DEFAULT_MAX_LENGTH = 2048
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+def _saved_tensors(folder: Path, prefix: str) -> dict:
+    """The tensors named `prefix*` in a saved model's safetensors file(s), in their saved dtype."""
+    from safetensors import safe_open
+
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted({f for k, f in json.loads(index.read_text(encoding="utf-8"))["weight_map"].items()
+                        if k.startswith(prefix)})
+    else:
+        files = ["model.safetensors"] if (folder / "model.safetensors").exists() else []
+    out = {}
+    for name in files:
+        with safe_open(folder / name, framework="pt") as fh:
+            out.update({k: fh.get_tensor(k) for k in fh.keys() if k.startswith(prefix)})
+    return out
+
+
+def _base_view(model_dir: Path, tmp: Path) -> Path:
+    """A folder of links to the base model's files, without the adapter: transformers would otherwise
+    load the adapter itself, in the 16-bit dtype (LoRA and head rounded)."""
+    for f in model_dir.iterdir():
+        if f.is_file() and f.name not in ADAPTER_FILES:
+            try:
+                (tmp / f.name).symlink_to(f.resolve())
+            except OSError:  # no symlinks on this filesystem
+                import shutil
+
+                shutil.copy2(f, tmp / f.name)
+    return tmp
+
+
+def load_scoring_model(model_dir: str | Path, dtype: str, device: str = "cpu"):
+    """A saved reward model (music.rm.model.save_model_folder) as the function it was trained as.
+
+    The base in `dtype` with the attention of music.rm.model.attention_implementation; the score head
+    in float32 with its saved float32 weights; LoRA (when the folder holds an adapter) applied through
+    PEFT, unmerged, in float32, as in training.
+    """
+    import tempfile
+
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    model_dir = Path(model_dir)
+    config = AutoConfig.from_pretrained(model_dir)
+    kw = dict(dtype=getattr(torch, dtype), attn_implementation=attention_implementation(config))
+    has_adapter = (model_dir / "adapter_config.json").exists()
+    with tempfile.TemporaryDirectory(prefix="rm-base-") as tmp:
+        src = _base_view(model_dir, Path(tmp)) if has_adapter else model_dir
+        model = AutoModelForSequenceClassification.from_pretrained(src, **kw)
+    float32_head(model)
+    head = score_head(model)
+    saved = {k.split(".")[-1]: v for k, v in _saved_tensors(model_dir, "score.").items()}
+    with torch.no_grad():
+        for name, value in saved.items():
+            getattr(head, name).copy_(value.to(torch.float32))
+    if has_adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, model_dir, autocast_adapter_dtype=True)  # LoRA in float32
+    model.to(device).eval()
+    if score_head(model).weight.dtype != torch.float32:
+        raise RuntimeError(f"{model_dir}: the score head loaded as {score_head(model).weight.dtype}, not float32")
+    return model
 
 
 def score_conversations(
@@ -47,12 +114,13 @@ def score_conversations(
 
 
 class RewardScorer:
-    """A saved reward model (`AutoModelForSequenceClassification` folder) that scores conversations."""
+    """A saved reward model (music.rm.model.save_model_folder) that scores conversations; loaded by
+    load_scoring_model (LoRA unmerged, float32 head, the training attention)."""
 
     def __init__(self, model_dir: str | Path, batch_size: int = 8, max_length: int | None = None,
                  device: str | None = None, dtype: str = "auto"):
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoTokenizer
 
         self.model_dir = Path(model_dir)
         if not (self.model_dir / "config.json").exists():
@@ -64,8 +132,7 @@ class RewardScorer:
         self.dtype = resolve_dtype(dtype, saved.get("dtype") or saved.get("torch_dtype"), cuda=cuda,
                                    bf16_supported=cuda and torch.cuda.is_bf16_supported())
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(self.model_dir, dtype=getattr(torch, self.dtype))
-        self.model.to(self.device).eval()
+        self.model = load_scoring_model(self.model_dir, self.dtype, self.device)
         if self.model.config.pad_token_id != self.tokenizer.pad_token_id:
             raise ValueError(
                 f"{self.model_dir}: config pad_token_id {self.model.config.pad_token_id} differs from the "

@@ -1,5 +1,6 @@
 """The package's own reward-model trainer (plain torch): Bradley-Terry loss, AdamW, linear warmup/decay,
-gradient accumulation, length-grouped batches, resumable checkpoints, and a merged final model.
+gradient accumulation, length-grouped batches, resumable checkpoints, and a saved final model (LoRA kept
+unmerged beside its base: music.rm.model.save_model_folder).
 
 Resume: every `save_every` optimizer steps the trainable weights (LoRA + score head, or all weights),
 the optimizer, the scheduler, the RNG states and the step go to
@@ -24,7 +25,7 @@ from typing import Any, Callable
 from music.config import TrainConfig
 from music.io import atomic_path, dumps_canonical, write_json
 from music.rm.data import EncodedPair, collate_pairs, encode_pairs, length_grouped_batches, load_variant_pairs, mix_pairs
-from music.rm.model import load_reward_model, merged_model, reward_scores
+from music.rm.model import load_reward_model, reward_scores, save_model_folder
 
 CHECKPOINT = "checkpoint.pt"
 StepCallback = Callable[[int, dict], None]  # (optimizer step done, its curve row); may raise to stop
@@ -257,16 +258,13 @@ def write_curve(path: Path, curve: list[dict]) -> None:
 
 
 def save_reward_model(outcome: TrainOutcome, out_dir: str | Path):
-    """Merge LoRA and write a plain HF model + tokenizer + train_metrics.json + curve.csv, atomically.
-
-    Returns the merged model (the PEFT wrapper is unusable after merging).
+    """Write the reward model (base + unmerged float32 LoRA adapter and head: music.rm.model.save_model_folder)
+    + tokenizer + train_metrics.json + curve.csv, atomically. Returns the (unchanged) in-memory model.
     """
-    model = merged_model(outcome.model)
-    model.config.pad_token_id = outcome.tokenizer.pad_token_id
+    model = outcome.model
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        model.save_pretrained(tmp)
-        outcome.tokenizer.save_pretrained(tmp)
+        save_model_folder(model, outcome.tokenizer, tmp, base_name=outcome.metrics["config"]["backbone"])
         write_curve(tmp / "curve.csv", outcome.curve)
         (tmp / "train_metrics.json").write_text(
             json.dumps(outcome.metrics, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
@@ -285,7 +283,7 @@ def train_reward_model(
     progress: bool = True,
     seed: int = 0,
 ) -> dict:
-    """Train a variant with one seed, save the merged model to out_dir, drop its resume checkpoint.
+    """Train a variant with one seed, save the model to out_dir, drop its resume checkpoint.
 
     Returns the metrics saved in train_metrics.json plus, under "timing", the wall-clock numbers that
     are kept out of the (DVC-tracked) model folder so a rerun writes identical bytes.
@@ -295,6 +293,18 @@ def train_reward_model(
     if resume_dir:
         shutil.rmtree(Path(resume_dir) / f"{variant}-seed{seed}-{outcome.metrics['fingerprint'][:16]}", ignore_errors=True)
     return {**outcome.metrics, "timing": outcome.timing}
+
+
+def free_accelerator_memory() -> None:
+    """Between training runs: collect the last model's reference cycles (Unsloth's patched models hold some,
+    so dropping the last name does not free them) and return PyTorch's cached GPU blocks to the driver.
+    (torch.cuda.empty_cache is a no-op when CUDA was never initialised.)"""
+    import gc
+
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
 
 
 def seed_dir(models_dir: str | Path, variant: str, seed: int) -> Path:
@@ -309,9 +319,12 @@ def train_variant(P, variant: str, *, progress: bool = True) -> list[dict]:
     if variant not in cfg.variants:
         raise ValueError(f"unknown variant {variant!r}; train.variants has {sorted(cfg.variants)}")
     pairs_by_kind = load_variant_pairs(P.paths.pairs, cfg.variants[variant], split="train")
-    runs = [train_reward_model(cfg, pairs_by_kind, seed_dir(P.paths.models, variant, s),
-                               resume_dir=Path(P.paths.cache) / "rm_resume", variant=variant, progress=progress, seed=s)
-            for s in cfg.seeds]
+    runs = []
+    for s in cfg.seeds:
+        runs.append(train_reward_model(cfg, pairs_by_kind, seed_dir(P.paths.models, variant, s),
+                                       resume_dir=Path(P.paths.cache) / "rm_resume", variant=variant,
+                                       progress=progress, seed=s))
+        free_accelerator_memory()  # one model on the GPU at a time
     write_json(Path(P.paths.reports) / "timings" / f"train_{variant}.json", [r["timing"] for r in runs])
     return runs
 

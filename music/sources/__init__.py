@@ -29,11 +29,14 @@ def load_pairs(kind: str, location: str | Path, *, split: str = "train", limit: 
     return PAIR_LOADERS[kind](location, split=split, limit=limit, skipped=skipped)
 
 
-def load_conversations(kind: str, location: str | Path, *, split: str = "train", limit: int | None = None) -> list[RealConversation]:
-    """Real conversations to seed from: ShareGPT format, or the chosen side of a pair format."""
+def load_conversations(kind: str, location: str | Path, *, split: str = "train", limit: int | None = None,
+                       skipped: list | None = None) -> list[RealConversation]:
+    """Real conversations to seed from: ShareGPT format, or the chosen side of a pair format.
+
+    Strict unless `skipped` is a list (music.sources.records.Skipped counts and limits what it skips)."""
     if kind == "sharegpt":
-        return load_sharegpt(location, split=split, limit=limit)
-    pairs = load_pairs(kind, location, split=split, limit=limit)
+        return load_sharegpt(location, split=split, limit=limit, skipped=skipped)
+    pairs = load_pairs(kind, location, split=split, limit=limit, skipped=skipped)
     return [RealConversation(str(p.meta.get("pair_id", i)), kind, p.chosen) for i, p in enumerate(pairs)]
 
 

@@ -66,5 +66,8 @@ def _rewardbench_pair(rec, *, source: str, record: object) -> PreferencePair:
 
 def load_rewardbench(location: str | Path = "hub:allenai/reward-bench", *, split: str = "filtered",
                      limit: int | None = None, skipped: list[DataError] | None = None) -> list[PreferencePair]:
-    """RewardBench rows (prompt, chosen, rejected, subset); each pair's meta carries its subset."""
-    return convert_records(location, _rewardbench_pair, split=split, limit=limit, skipped=skipped)
+    """RewardBench rows (prompt, chosen, rejected, subset); each pair's meta carries its subset.
+
+    Always strict, whatever `skipped` is: the section weights assume whole subsets, so a malformed row is
+    a DataError naming its record, never a dropped row."""
+    return convert_records(location, _rewardbench_pair, split=split, limit=limit, skipped=None)

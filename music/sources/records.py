@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -76,18 +77,63 @@ def load_hub_rows(dataset_id: str, split: str, limit: int | None = None) -> list
     return ds.to_list()
 
 
+class Skipped(list):
+    """Malformed records a lenient load skipped (DataErrors), counted per reason with the first few labels.
+
+    Pass one as a loader's `skipped`. `check()` (after the load) raises a DataError when more than
+    `max_share` of the records read were malformed; `summary()` is what a stage report records.
+    """
+
+    FIRST = 3  # record labels kept per reason
+
+    def __init__(self, source: str, max_share: float, key: str):
+        super().__init__()
+        self.source, self.max_share, self.key = str(source), max_share, key
+        self.read = 0  # records read (kept + skipped), set by convert_records
+
+    @staticmethod
+    def reason(err: DataError) -> str:
+        field = re.sub(r"\[\d+\]", "[]", err.field) if err.field else "-"
+        return f"{field}: {re.sub(r'[0-9]+', 'N', err.problem)}"
+
+    def summary(self) -> dict:
+        by: dict[str, dict] = {}
+        for err in self:
+            entry = by.setdefault(self.reason(err), {"count": 0, "first_records": []})
+            entry["count"] += 1
+            if len(entry["first_records"]) < self.FIRST:
+                entry["first_records"].append(str(err.record))
+        return {"source": self.source, "records_read": self.read, "skipped": len(self),
+                "by_reason": dict(sorted(by.items()))}
+
+    def check(self) -> dict:
+        """The summary; a DataError when more than max_share of the records read were malformed."""
+        summary = self.summary()
+        if self and len(self) > self.max_share * max(self.read, 1):
+            reasons = "; ".join(f"{r}: {v['count']} (first: {', '.join(v['first_records'])})"
+                                for r, v in summary["by_reason"].items())
+            raise DataError(self.source, self[0].record, self[0].field,
+                            f"{len(self)} of {self.read} records are malformed, more than {self.key}={self.max_share} "
+                            f"(by reason: {reasons}). First: {self[0]}. Check the file's format, or raise {self.key}.")
+        return summary
+
+
 def convert_records(location: str | Path, convert: Callable[..., Any], *, split: str = "train",
                     limit: int | None = None, skipped: list[DataError] | None = None) -> list:
     """Apply `convert(rec, source=, record=)` to every record; bad ones raise, or go to `skipped`."""
     source = str(location)
     out = []
+    read = 0
     for label, rec in iter_records(location, split, limit):
+        read += 1
         try:
             out.append(convert(rec, source=source, record=label))
         except DataError as err:
             if skipped is None:
                 raise
             skipped.append(err)
+    if isinstance(skipped, Skipped):
+        skipped.read += read
     return out
 
 

@@ -1,0 +1,233 @@
+"""What the run found, in words: one sentence per result, from the metrics, beside the paper's direction.
+
+`difference_sentence` reads one row of the paired comparison (MUSIC - baseline with its 95% interval) and
+says "better", "worse" or "no difference this run can see" (the interval holds 0); `accuracy_sentence`
+calls a test set *chance level* when a binomial (Wilson) interval around the accuracy holds 50%;
+`best_of_n_sentence` reads the Best-of-N games. Notebooks 04 and 06 end with these sentences;
+`python -m music.report` prints the headline table at the end of `make run` (under 100 columns).
+
+Every reader here is defensive: summary.json and the metrics files may gain keys (RewardBench sections,
+control arms); what is not a result row is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+from music.evaluate.constants import PAPER_REWARDBENCH
+from music.evaluate.stats import wilson_interval
+
+CHANCE = 0.5
+HEADLINE_WIDTH = 100  # `make run`'s last screen fits this many columns
+
+GROUP_TITLES = {"early": "early-turn tests", "last": "last-turn tests", "music": "held-out MUSIC pairs",
+                "quality": "strong vs weak reply", "swap": "swapped reply", "hh": "HH-RLHF",
+                "ultrafeedback": "UltraFeedback"}
+
+# The paper's direction of effect (arXiv 2512.24693), per result, in words (its numbers: music.evaluate.constants).
+_RB = {v: PAPER_REWARDBENCH[v]["average"] for v in ("baseline", "music")}
+PAPER_DIRECTION = {
+    "early": "the paper: MUSIC pairs make the RM better at judging earlier turns of a conversation",
+    "last": (f"the paper: no loss on last-turn judgements (RewardBench average {_RB['baseline']:.1f} -> "
+             f"{_RB['music']:.1f})"),
+    "music": "the paper: an RM trained with MUSIC pairs separates contrastive branches better",
+    "best_of_n": "the paper: the MUSIC RM's Best-of-N picks win more often against the baseline's as N grows",
+}
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def title(name: str) -> str:
+    test, _, d = name.partition("@")
+    base = GROUP_TITLES.get(test, test)
+    return f"{base}, {d} from the end" if d else base
+
+
+def _num(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
+def _pts(x: float) -> str:
+    return f"{x:+.1f}"
+
+
+def difference_sentence(name: str, diff: Any, low: Any, high: Any, n_items: Any = None, *, percent: bool = False,
+                        paper: bool = True) -> str:
+    """One paired comparison (MUSIC - baseline, fractions unless percent=True) as a sentence with its interval."""
+    scale = 1.0 if percent else 100.0
+    d, lo, hi = (_num(v) for v in (diff, low, high))
+    items = f" ({_n(int(n_items), 'item')})" if _num(n_items) is not None else ""
+    if d is None:
+        return f"{_cap(title(name))}{items}: no comparison (a variant has no results)."
+    d, interval = d * scale, ""
+    if lo is not None and hi is not None:
+        lo, hi = lo * scale, hi * scale
+        interval = f" [{_pts(lo)}, {_pts(hi)}]"
+    if lo is not None and lo > 0:
+        verdict = f"MUSIC is better by {_pts(d)} points{interval}"
+    elif hi is not None and hi < 0:
+        verdict = f"MUSIC is worse by {_pts(d)} points{interval}"
+    else:
+        verdict = f"no difference this run can see: MUSIC - baseline {_pts(d)} points{interval}, an interval that holds 0"
+    test = name.partition("@")[0]
+    tail = f"; {PAPER_DIRECTION[test]}" if paper and test in PAPER_DIRECTION else ""
+    return f"{_cap(title(name))}{items}: {verdict}{tail}."
+
+
+def chance_interval(accuracy: float, n_items: int) -> tuple[float, float]:
+    """95% Wilson interval of an accuracy over n items (an item right on k of the seeds counts k/seeds)."""
+    return wilson_interval(int(round(accuracy * n_items)), int(n_items))
+
+
+def accuracy_sentence(name: str, accuracy: Any, n_items: Any, who: str = "the RM") -> str:
+    """An accuracy with its binomial interval; "chance level" when the interval holds 50%."""
+    a, n = _num(accuracy), _num(n_items)
+    if a is None or not n:
+        return f"{_cap(title(name))}: no items."
+    lo, hi = chance_interval(a, int(n))
+    if lo <= CHANCE <= hi:
+        verdict = "chance level (the interval holds 50%)"
+    elif lo > CHANCE:
+        verdict = "above chance"
+    else:
+        verdict = "below chance"
+    return (f"{_cap(title(name))}: {who} {100 * a:.1f}% right over {_n(int(n), 'item')} "
+            f"[{100 * lo:.0f}%, {100 * hi:.0f}%]: {verdict}.")
+
+
+def best_of_n_sentence(bon: Mapping | None) -> str:
+    """The Best-of-N games at the largest N, in words."""
+    by_n = (bon or {}).get("by_n") or {}
+    rows = {int(n): r for n, r in by_n.items() if isinstance(r, Mapping) and str(n).isdigit()}
+    if not rows:
+        return "Best-of-N: no games in this run."
+    n = max(rows)
+    r = rows[n]
+    games = int(r.get("n_games") or 0)
+    wins, ties, losses = (int(r.get(k) or 0) for k in ("wins", "ties", "losses"))
+    ident = int(r.get("n_identical") or 0)
+    # The paper's comparison: (W + T/2) / N with its bootstrap interval over prompts (music.evaluate.best_of_n);
+    # a Best-of-N file from before that protocol has only the Wilson intervals of the win and loss rates.
+    rate, lo, hi = (_num(r.get(k)) for k in ("win_rate_ties_half", "win_rate_ties_half_ci_low", "win_rate_ties_half_ci_high"))
+    if games and ties == games:
+        verdict = "no difference this run can see: every game tied"
+    elif rate is not None and None not in (lo, hi):
+        verdict = ("the MUSIC RM's picks win more often" if lo > 0.5 else "the baseline RM's picks win more often"
+                   if hi < 0.5 else "no difference this run can see (the interval holds 50%)")
+    else:
+        wl, wh = _num(r.get("win_ci_low")), _num(r.get("win_ci_high"))
+        ll, lh = _num(r.get("loss_ci_low")), _num(r.get("loss_ci_high"))
+        if None not in (wl, lh) and wl > lh:
+            verdict = "the MUSIC RM's picks win more often"
+        elif None not in (ll, wh) and ll > wh:
+            verdict = "the baseline RM's picks win more often"
+        else:
+            verdict = "no difference this run can see (the win and loss intervals overlap)"
+        rate, lo, hi = (wins / games if games else 0.0), wl, wh
+    if rate is None:
+        rate = (wins + ties / 2) / games if games else 0.0
+    same = f"; in {ident} both RMs picked the identical conversation" if ident else ""
+    ci = f" [{100 * lo:.0f}%, {100 * hi:.0f}%]" if None not in (lo, hi) else ""
+    return (f"Best-of-N at N = {n}: the MUSIC RM won {wins}, tied {ties} and lost {losses} of {_n(games, 'game')}{same}; "
+            f"win rate (W + T/2)/N {100 * rate:.0f}%{ci}: {verdict}; {PAPER_DIRECTION['best_of_n']}.")
+
+
+def comparison_findings(table, bon: Mapping | None = None) -> list[str]:
+    """Notebook 06's closing sentences from the comparison table (music.evaluate.compare.compare: columns slice,
+    {variant}_accuracy, diff, ci_low, ci_high, n_items): the groups, each variant on the public last-turn sets
+    (chance level named), and Best-of-N."""
+    rows = {r["slice"]: r for r in table.to_dict("records")} if hasattr(table, "to_dict") else dict(table)
+    out = [difference_sentence(name, r.get("diff"), r.get("ci_low"), r.get("ci_high"), r.get("n_items"))
+           for name, r in rows.items() if name in ("early", "last", "music")]
+    for name in ("hh", "ultrafeedback"):
+        if name in rows:
+            r = rows[name]
+            parts = [accuracy_sentence(name, r.get(f"{v}_accuracy"), r.get("n_items"), f"the {v} RM")
+                     for v in ("baseline", "music") if _num(r.get(f"{v}_accuracy")) is not None]
+            out += parts
+    if bon is not None:
+        out.append(best_of_n_sentence(bon))
+    return out
+
+
+def variant_findings(metrics: Mapping, variant: str) -> list[str]:
+    """Notebook 04's closing sentences: one variant's accuracy per group and public set (mean over seeds),
+    with binomial intervals; chance level named."""
+    acc = metrics.get("accuracy") or {}
+    out = []
+    for name in ("early", "last", "music", "hh", "ultrafeedback"):
+        r = acc.get(name)
+        if isinstance(r, Mapping):
+            out.append(accuracy_sentence(name, r.get("mean"), r.get("n_items"), f"the {variant} RM"))
+    if "early" in acc:
+        out.append(f"An RM that ignores the history sits at chance on the early-turn tests; "
+                   f"{PAPER_DIRECTION['early']} (notebook 06 compares the two variants).")
+    return out
+
+
+def say_all(sentences: list[str]) -> None:
+    """The sentences as a Markdown list in a notebook (plain lines elsewhere)."""
+    from music.notebook import say
+
+    say("\n".join(f"- {s}" for s in sentences))
+
+
+# ---------------------------------------------------------------- the headline at the end of `make run`
+def headline_table(summary: Mapping) -> str:
+    """summary.json as a compact table: rows test groups; columns baseline, MUSIC, difference [95% CI], items."""
+    head = f"{'test group':<24}{'baseline':>10}{'MUSIC':>9}  {'MUSIC - baseline [95% CI]':<29}{'items':>6}"
+    lines = [head, "-" * len(head)]
+    for name, r in summary.items():
+        if not (isinstance(r, Mapping) and "diff" in r):
+            continue
+        base, mus, d, lo, hi = (_num(r.get(k)) for k in ("baseline", "music", "diff", "diff_ci_low", "diff_ci_high"))
+        cell = lambda v: f"{v:.1f}%" if v is not None else "—"  # noqa: E731
+        diff = f"{_pts(d)} [{_pts(lo)}, {_pts(hi)}]" if None not in (d, lo, hi) else (_pts(d) if d is not None else "—")
+        items = r.get("n_items")
+        lines.append(f"{title(name)[:23]:<24}{cell(base):>10}{cell(mus):>9}  {diff:<29}"
+                     f"{int(items) if _num(items) is not None else '—':>6}")
+    bon = summary.get("best_of_n_win_minus_loss")
+    if isinstance(bon, Mapping) and bon:
+        lines.append("Best-of-N, MUSIC wins - losses (points): "
+                     + ", ".join(f"{k.replace('N', 'N=')}: {_pts(v)}" for k, v in bon.items() if _num(v) is not None))
+    for name, r in summary.items():
+        if isinstance(r, Mapping) and "diff" in r and name in ("early", "last"):
+            lines.append(difference_sentence(name, r.get("diff"), r.get("diff_ci_low"), r.get("diff_ci_high"),
+                                             r.get("n_items"), percent=True, paper=False))
+    return "\n".join(_wrap(line, HEADLINE_WIDTH) for line in lines)
+
+
+def _wrap(line: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(line, width, subsequent_indent="  ")) if len(line) > width else line
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m music.report", description="The run's headline table (fits 100 columns).")
+    ap.add_argument("summary", nargs="?", default="outputs/metrics/summary.json")
+    args = ap.parse_args(argv)
+    path = Path(args.summary)
+    if not path.is_file():
+        print(f"no {path}: run the pipeline first (make run)")
+        return 1
+    print(headline_table(json.loads(path.read_text(encoding="utf-8"))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""One sentence per result (music.report): effects only where the interval excludes 0, chance level named,
+Best-of-N read, and the headline table at the end of `make run` fits 100 columns."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from music import report
+from tests.conftest import REPO
+
+
+def test_an_interval_that_holds_zero_is_no_difference_this_run_can_see():
+    s = report.difference_sentence("early", 0.022, -0.015, 0.060, 67)
+    assert "no difference this run can see" in s and "+2.2 points [-1.5, +6.0]" in s and "67 items" in s
+    assert report.PAPER_DIRECTION["early"] in s
+
+
+@pytest.mark.parametrize("low,high,word", [(0.01, 0.09, "MUSIC is better by +5.0"), (-0.09, -0.01, "MUSIC is worse by +5.0")])
+def test_an_interval_off_zero_is_an_effect(low, high, word):
+    assert word in report.difference_sentence("last", 0.05, low, high, 100)
+
+
+def test_chance_level_is_a_binomial_interval_holding_half():
+    assert "chance level" in report.accuracy_sentence("hh", 0.475, 60)
+    assert "chance level" in report.accuracy_sentence("ultrafeedback", 0.533, 60)
+    assert "above chance" in report.accuracy_sentence("quality", 0.80, 100)
+    assert "below chance" in report.accuracy_sentence("swap", 0.20, 100)
+    assert report.accuracy_sentence("hh", 0.475, 60).startswith("HH-RLHF: ")
+
+
+def test_best_of_n_sentence_reads_the_largest_n_and_identical_picks():
+    bon = json.loads((REPO / "outputs" / "metrics" / "best_of_n.json").read_text())
+    s = report.best_of_n_sentence(bon)
+    n = max(int(k) for k in bon["by_n"])
+    assert f"N = {n}" in s and "no difference this run can see" in s
+    won = {"by_n": {"2": {"n_games": 20, "wins": 18, "ties": 2, "losses": 0, "win_ci_low": 0.7, "win_ci_high": 0.97,
+                          "loss_ci_low": 0.0, "loss_ci_high": 0.16}}}
+    assert "the MUSIC RM's picks win more often" in report.best_of_n_sentence(won)
+    assert report.best_of_n_sentence(None) == "Best-of-N: no games in this run."
+
+
+def test_comparison_findings_name_each_group_and_public_set():
+    table = pd.read_csv(REPO / "outputs" / "metrics" / "comparison.csv")
+    found = report.comparison_findings(table, {"by_n": {}})
+    assert [s.split(" (")[0].split(":")[0] for s in found[:3]] == ["Early-turn tests", "Last-turn tests", "Held-out MUSIC pairs"]
+    assert sum("chance level" in s for s in found) >= 2  # HH and UltraFeedback in the committed run
+    assert found[-1] == "Best-of-N: no games in this run."
+
+
+def test_variant_findings_read_a_metrics_file():
+    metrics = json.loads((REPO / "outputs" / "metrics" / "baseline.json").read_text())
+    found = report.variant_findings(metrics, "baseline")
+    assert found[0].startswith("Early-turn tests: the baseline RM") and "%" in found[0]
+
+
+def test_headline_fits_100_columns_and_reads_summary_defensively():
+    summary = json.loads((REPO / "outputs" / "metrics" / "summary.json").read_text())
+    summary["rewardbench"] = {"chat": {"baseline": 50.0}}  # keys other issues may add: skipped or shown, never a crash
+    summary["control_early"] = {"baseline": 60.0, "music": None, "diff": None, "diff_ci_low": None, "diff_ci_high": None,
+                                "n_items": 10}
+    text = report.headline_table(summary)
+    assert max(len(line) for line in text.splitlines()) <= report.HEADLINE_WIDTH
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["test", "group", "baseline"]
+    assert any(line.startswith("early-turn tests") and "[" in line for line in lines)
+    assert "no difference this run can see" in text or "MUSIC is" in text
+
+
+def test_headline_command_prints_the_table(capsys):
+    assert report.main([str(REPO / "outputs" / "metrics" / "summary.json")]) == 0
+    out = capsys.readouterr().out
+    assert "early-turn tests" in out and max(len(line) for line in out.splitlines()) <= 100
+    assert report.main([str(REPO / "nowhere.json")]) == 1
+
+
+def test_make_run_ends_with_the_headline_table_not_dvc_metrics_show():
+    makefile = (REPO / "Makefile").read_text()
+    run = makefile[makefile.index("\nrun:"):makefile.index("\nelse", makefile.index("\nrun:"))]
+    assert "music.report" in run and "dvc metrics show" not in run
+    assert run.index("music.publish") < run.index("music.report")  # the table is the last thing printed
