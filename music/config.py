@@ -243,8 +243,10 @@ class TrainConfig(_Checked):
     backbone: str = EMBEDDED_MODEL  # embedded id, Hugging Face id or local path
     backend: str = "auto"  # auto: Unsloth on a CUDA GPU when installed, else transformers + PEFT | unsloth | transformers
     num_layers: int | None = 12  # keep the first N decoder layers (null: all), to fit a CPU budget
-    # name -> kinds of training pairs (outputs/pairs/{kind}_train): baseline = D only, music = D + MUSIC
-    variants: dict[str, list[str]] = field(default_factory=lambda: {"baseline": ["d"], "music": ["d", "music"]})
+    # name -> kinds of training pairs (outputs/pairs/{kind}_train): baseline = D only, music = D + MUSIC,
+    # control = D + the same MUSIC pairs cut after the divergence turn (music_cut: derived, music.rm.data)
+    variants: dict[str, list[str]] = field(default_factory=lambda: {"baseline": ["d"], "music": ["d", "music"],
+                                                                    "control": ["d", "music_cut"]})
     music_ratio: float = 1.0  # MUSIC pairs per original pair in the mix (capped by what exists)
     lora: bool = True  # false: full fine-tuning
     lora_r: int = 16  # LoRA rank

@@ -413,7 +413,7 @@ def plan_train(P: Params, shape: BackboneShape | None, A: Assumptions, F: Findin
     for variant, kinds in t.variants.items():
         n_d = (d_train or 0) if "d" in kinds else 0
         n_m = 0
-        if "music" in kinds:
+        if "music" in kinds or "music_cut" in kinds:
             n_m = music if not n_d else min(music, round(t.music_ratio * n_d))
         pairs = n_d + n_m
         unknown = "d" in kinds and d_train is None
@@ -511,7 +511,7 @@ def _multi_turn_swaps(conversations: list[dict], max_distance: int) -> int:
 
 
 def early_turn_items(P: Params, A: Assumptions, F: Findings) -> dict:
-    """How many items the early-turn group (real-data tests at distance >= 2) will hold, per test, and what the
+    """How many items the early-turn group (swap at distance >= 2; held-out MUSIC pairs uncounted) will hold, and what the
     estimate assumes; an error when it is 0 (the paper-scale comparison would have no early-turn result)."""
     from music.evaluate.swap import load_swap_conversations
     from music.seeding import eligible_eval_conversation
@@ -559,13 +559,15 @@ def early_turn_items(P: Params, A: Assumptions, F: Findings) -> dict:
         swap = None
         notes.append(f"swap: {location} does not exist yet (`make data`); not counted")
     notes.append("every swap finds a like-length donor (misses are counted by the stage); hh/ultrafeedback and "
-                 "RewardBench are last-turn only; held-out MUSIC pairs are not in the groups")
-    total = None if swap is None else quality + swap
+                 "RewardBench are last-turn only; the early group (music.evaluate.items) is swap >= 2 plus the "
+                 "length-matched held-out MUSIC pairs (not counted: the contrast filters decide); quality twins are "
+                 "reported apart, not in the total")
+    total = swap
     if total == 0:
-        F.error("evaluate.swap_source", "the early-turn group would be empty (no quality twins at distance 2 and no "
+        F.error("evaluate.swap_source", "the early-turn group would hold no swap item (no "
                 "multi-turn held-out conversations for the swap test): set evaluate.swap_source to a multi-turn source "
                 "(sharegpt:PATH or file:PATH)")
-    elif total is None and quality == 0:
+    elif total is None:
         F.warn("evaluate.swap_source", "cannot count the early-turn items offline; the only early-turn test is the swap test")
     return {"total": total, "quality": quality, "swap": swap, "assumes": notes}
 
@@ -797,8 +799,8 @@ def render(plan: dict) -> str:
                   f"{m['dtype']}, batch {m['batch']} x {m['max_length']}: {m['total_gb']:.1f} GB, {_h(ev['hours'])} h"]
     early = ev.get("early_turn_items")
     if early:
-        lines += ["", f"Early-turn items (real-data tests at distance >= 2): {_n(early['total'])} "
-                  f"(quality twins {_n(early['quality'])}, swap {_n(early['swap'])}); assumes:"]
+        lines += ["", f"Early-turn items (swap at distance >= 2, plus held-out MUSIC pairs): {_n(early['total'])} "
+                  f"(swap {_n(early['swap'])}; quality twins, reported apart: {_n(early['quality'])}); assumes:"]
         lines += [f"  - {note}" for note in early["assumes"]]
     lines += ["", f"Best-of-N: {bon['prompts']} prompts from {bon['source']} (available: {_n(bon.get('available'))}), "
               f"N in {bon['ns']}, {bon.get('turns', '?')} turns ({bon.get('turns_from_source', '?')} from the source, "

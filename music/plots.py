@@ -32,7 +32,7 @@ from music.io import atomic_path, write_json
 SUMMARY_FILE = "summary.json"  # headline numbers for `dvc metrics show` (written by the plots stage)
 
 sns.set_theme(style="whitegrid", context="notebook")
-VARIANT_ORDER = ["baseline", "music"]
+VARIANT_ORDER = ["baseline", "music", "control"]
 CHANCE = 0.5
 
 
@@ -93,7 +93,8 @@ def _palette(variants) -> dict:
     return dict(zip(order, sns.color_palette(n_colors=max(1, len(order)))))
 
 
-SLICE_TITLES = {"early": "early-turn tests (all)", "last": "last-turn tests (all)", "quality": "strong vs weak reply",
+SLICE_TITLES = {"early": "early turns (headline: swap >= 2, MUSIC)", "last": "last turn (headline: distance 1)",
+                "quality": "strong vs weak reply",
                 "swap": "swapped reply", "music": "held-out MUSIC pairs", "hh": "HH-RLHF", "ultrafeedback": "UltraFeedback"}
 
 
@@ -143,31 +144,43 @@ def _slice_mask(rows: pd.DataFrame, name: str) -> pd.Series:
 
 
 # ---------------------------------------------------------------- the paired differences
+# (value column, interval columns, label, marker, colour): MUSIC - baseline and MUSIC - control
+CONTRASTS = (("diff", "ci_low", "ci_high", "MUSIC - baseline", "o", "tab:blue"),
+             ("diff_control", "control_ci_low", "control_ci_high", "MUSIC - control (cut pairs)", "s", "tab:orange"))
+
+
 def plot_paired_differences(table: pd.DataFrame, tolerance: float = 0.02) -> Figure:
-    """MUSIC - baseline accuracy, paired on the same items, with 95% bootstrap intervals; a difference whose
-    interval excludes 0 is drawn solid. The grey band on last-turn slices is the 2-point loss we tolerate."""
-    order = [n for n in ("early", "quality@2", "swap@2", "swap@3", "last", "quality@1", "swap@1", "hh", "ultrafeedback",
-                         "music@2", "music@3", "music@4") if (table["slice"] == n).any()]
+    """MUSIC - baseline and MUSIC - control accuracy, paired on the same items, with 95% two-level bootstrap
+    intervals (seeds x conversation clusters); a difference whose interval excludes 0 is drawn filled. The
+    headline endpoints come first; the grey band on last-turn slices is the 2-point loss we tolerate."""
+    order = [n for n in ("early", "last", "swap@2", "swap@3", "music@2", "music@3", "music@4", "swap@1", "hh",
+                         "ultrafeedback", "quality@2", "quality@1") if (table["slice"] == n).any()]
     t = table.set_index("slice").reindex(order).dropna(subset=["diff"])
-    fig = _figure((7.5, max(3.0, 0.42 * len(t) + 1.2)))
+    shown = [c for c in CONTRASTS if c[0] in t and t[c[0]].notna().any()]
+    fig = _figure((8.0, max(3.0, 0.32 * len(t) * (1 + len(shown)) + 1.2)))
     ax = fig.subplots()
-    ys = list(range(len(t)))[::-1]
+    ys = [float(y) for y in range(len(t))][::-1]
+    step = 0.36 if len(shown) > 1 else 0.0
     for y, (name, r) in zip(ys, t.iterrows()):
-        excludes = r["ci_low"] > 0 or r["ci_high"] < 0
-        color = "tab:green" if r["diff"] > 0 else "tab:red"
-        ax.errorbar(r["diff"], y, xerr=[[r["diff"] - r["ci_low"]], [r["ci_high"] - r["diff"]]], fmt="o", capsize=3,
-                    color=color, mfc=color if excludes else "white")
-        ax.annotate(f"{100 * r['diff']:+.1f} [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]  n={int(r['n_items'])}",
-                    (1.02, y), xycoords=("axes fraction", "data"), va="center", fontsize=7)
+        for j, (col, lo, hi, label, marker, color) in enumerate(shown):
+            if pd.isna(r.get(col)):
+                continue
+            yy = y + step / 2 - j * step
+            excludes = r[lo] > 0 or r[hi] < 0
+            ax.errorbar(r[col], yy, xerr=[[r[col] - r[lo]], [r[hi] - r[col]]], fmt=marker, capsize=3, color=color,
+                        mfc=color if excludes else "white", label=label if y == ys[0] else None)
+            n = r.get("n_items" if col == "diff" else "control_n_items")
+            ax.annotate(f"{100 * r[col]:+.1f} [{100 * r[lo]:+.1f}, {100 * r[hi]:+.1f}]  n={int(n) if pd.notna(n) else '?'}",
+                        (1.02, yy), xycoords=("axes fraction", "data"), va="center", fontsize=7, color=color)
         if name == "last" or name.endswith("@1") or name in ("hh", "ultrafeedback"):
-            ax.axhspan(y - 0.4, y + 0.4, xmin=0, xmax=1, color="0.93", zorder=0)
+            ax.axhspan(y - 0.45, y + 0.45, xmin=0, xmax=1, color="0.93", zorder=0)
     ax.axvline(0, color="black", linewidth=1)
     ax.axvline(-tolerance, color="grey", linestyle=":", linewidth=1, label=f"-{100 * tolerance:.0f} points")
-    ax.set_yticks(ys, [slice_title(n) for n in t.index], fontsize=8)
-    ax.set_xlabel("MUSIC RM - baseline RM, accuracy (paired on items; 95% bootstrap CI)")
+    ax.set_yticks(ys, [slice_title(n) + ("" if n in ("early", "last") else " (secondary)") for n in t.index], fontsize=8)
+    ax.set_xlabel("accuracy difference (paired on items; 95% two-level bootstrap CI: seeds x conversations)")
     ax.legend(fontsize=7, loc="lower right")
-    ax.set_title("Does adding MUSIC pairs change what the RM gets right?\n(filled: the interval excludes 0; "
-                 "shaded rows: last-turn tests)", fontsize=10)
+    ax.set_title("Does MUSIC change what the RM gets right, beyond more contrastive pairs?\n(filled: the interval "
+                 "excludes 0; shaded rows: last-turn tests; the first two rows are the headline)", fontsize=10)
     return fig
 
 
@@ -332,17 +345,32 @@ def plot_training_curves(curves: pd.DataFrame) -> Figure:
 
 
 # ---------------------------------------------------------------- results table
+def _interval(t: pd.DataFrame, col: str, lo: str, hi: str) -> list[str]:
+    return [f"{100 * d:+.1f} [{100 * a:+.1f}, {100 * b:+.1f}]" if pd.notna(d) else "" for d, a, b in zip(t[col], t[lo], t[hi])]
+
+
 def results_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Percent, one row per slice: both variants (mean over seeds, sd) and MUSIC - baseline [95% CI], n items."""
+    """Percent, one row per slice: its endpoint (headline | secondary), each variant (mean over seeds, sd),
+    MUSIC - baseline and MUSIC - control [95% CI], items, each RM's gap over its own history-blind score
+    [95% CI] and the length-alone reference."""
     t = table.copy()
     out = pd.DataFrame({"test": [slice_title(s) for s in t["slice"]]})
+    if "endpoint" in t:
+        out["endpoint"] = t["endpoint"].fillna("secondary").tolist()
     for v in VARIANT_ORDER:
         if f"{v}_accuracy" in t:
             out[v] = [f"{100 * a:.1f} ± {100 * sd:.1f}" if pd.notna(a) else "" for a, sd in zip(t[f"{v}_accuracy"], t[f"{v}_sd"])]
     if "diff" in t:
-        out["MUSIC - baseline [95% CI]"] = [f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]" if pd.notna(d) else ""
-                                            for d, lo, hi in zip(t["diff"], t["ci_low"], t["ci_high"])]
+        out["MUSIC - baseline [95% CI]"] = _interval(t, "diff", "ci_low", "ci_high")
+    if "diff_control" in t:
+        out["MUSIC - control [95% CI]"] = _interval(t, "diff_control", "control_ci_low", "control_ci_high")
+    if "diff" in t:
         out["items"] = [int(n) if pd.notna(n) else None for n in t["n_items"]]
+    for v in VARIANT_ORDER:
+        if f"{v}_blind_gap" in t:
+            out[f"{v}: RM - history-blind [95% CI]"] = _interval(t, f"{v}_blind_gap", f"{v}_blind_gap_ci_low", f"{v}_blind_gap_ci_high")
+    if "length_accuracy" in t:
+        out["length alone"] = [f"{100 * a:.1f}" if pd.notna(a) else "" for a in t["length_accuracy"]]
     return out.set_index("test")
 
 

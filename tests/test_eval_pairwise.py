@@ -52,8 +52,10 @@ def test_items_groups_and_a_last_reply_scorer():
     pairs = [music_pair("m1", 2, ["x", "right answer here"], ["x", "no"]),  # distance 1: correct
              music_pair("m2", 1, ["right", "same end"], ["wrong", "same end"])]  # distance 2: a tie, counted wrong
     items = items_from_pairs("quality", pairs, source="sharegpt") + items_from_pairs("music", pairs)
-    assert [(i.test, i.distance, i.group) for i in items] == [("quality", 1, "last"), ("quality", 2, "early"),
-                                                              ("music", 1, None), ("music", 2, None)]
+    # the endpoints fixed in advance: quality twins in no group; held-out MUSIC pairs in early (length-matched) or last
+    assert [(i.test, i.distance, i.group) for i in items] == [("quality", 1, None), ("quality", 2, None),
+                                                              ("music", 1, "last"), ("music", 2, "early")]
+    assert items[0].cluster_id == "m1" and items_from_pairs("hh", [PreferencePair(conv("a"), conv("b"))])[0].cluster_id == "hh:0"
     scorer = LastReplyScorer()
     rows = item_rows(items, score_items(scorer, items), variant="v", seed=0)
     assert scorer.calls == 1 and scorer.conversations == 4  # 8 conversations, each distinct one scored once
@@ -183,3 +185,46 @@ def test_evaluate_variant_missing_model(tmp_path):
     P = make_workspace(tmp_path)
     with pytest.raises(FileNotFoundError, match="models/music/seed0/config.json"):
         evaluate_variant(P, "music", make_scorer=lambda d: LastReplyScorer())
+
+
+class HistoryScorer:
+    """Reads every message: the score is the word count of the whole conversation (a swap never ties)."""
+
+    @staticmethod
+    def value(c) -> float:
+        return float(sum(len(m["content"].split()) for m in c)) + 0.01 * len(c)
+
+    def score(self, conversations):
+        return [self.value(c) for c in conversations]
+
+
+def test_the_history_blind_reference_sees_only_the_last_exchange(tmp_path):
+    from music.evaluate.items import Item, last_exchange
+    from music.evaluate.run import load_items
+
+    long = [{"role": "system", "content": "be brief"}] + conv("one", "two", "three", users={2: "final question"})
+    assert last_exchange(long) == [{"role": "user", "content": "final question"}, {"role": "assistant", "content": "three"}]
+    item = Item("swap", "x", 2, long, long[:2] + [{"role": "assistant", "content": "swapped in"}] + long[3:], "s", "c1")
+    assert item.blind().chosen == item.blind().rejected == last_exchange(long) and item.blind().cluster == "c1"
+
+    P = make_workspace(tmp_path)
+    evaluate_variant(P, "baseline", make_scorer=lambda d: HistoryScorer())
+    items = {(it.test, it.item_id): it for it in load_items(P)[0]}
+    rows = [r for r in csv.DictReader(open(tmp_path / "evaluation" / "baseline" / "items.csv")) if r["seed"] == "0"]
+    for r in rows:
+        it = items[(r["test"], r["item_id"])]
+        assert float(r["chosen_score"]) == pytest.approx(HistoryScorer.value(it.chosen), abs=1e-6)
+        assert float(r["blind_chosen_score"]) == pytest.approx(HistoryScorer.value(last_exchange(it.chosen)), abs=1e-6)
+        assert float(r["blind_rejected_score"]) == pytest.approx(HistoryScorer.value(last_exchange(it.rejected)), abs=1e-6)
+    swaps = [r for r in rows if r["test"] == "swap"]
+    early = [r for r in swaps if int(r["distance"]) >= 2]
+    assert early and all(float(r["blind_correct"]) == 0.5 and r["chosen_score"] != r["rejected_score"] for r in early)
+    by_cluster = {}
+    for r in swaps:  # swap@1/2/3 of one conversation share a cluster
+        by_cluster.setdefault(r["cluster"], set()).add(int(r["distance"]))
+    assert any(len(d) > 1 for d in by_cluster.values())
+    quality = {r["item_id"]: r for r in rows if r["test"] == "quality"}
+    assert quality["q1-last"]["cluster"] == quality["q1-early"]["cluster"] == "q1"  # twins share a question
+    assert float(quality["q1-last"]["length_correct"]) == 1.0  # "good long answer" is longer than "bad"
+    metrics = json.loads((tmp_path / "metrics" / "baseline.json").read_text())
+    assert metrics["history_blind"]["swap"]["n"] == 2  # per seed, over two seeds

@@ -38,3 +38,50 @@ def test_wilson_interval_always_contains_the_rate():
         for k in (0, n):
             low, high = wilson_interval(k, n)
             assert low <= k / n <= high, (k, n, low, high)
+
+
+def _null_run(rng, n_clusters=40, seeds=4, sd_cluster=1.5, sd_seed=0.4):
+    """Two arms trained alike (no true difference): clusters of 1-3 items share a difficulty, each training
+    seed shifts its model's log-odds on every item; returns the (seeds x items) correctness of both arms."""
+    import numpy as np
+
+    cluster = np.repeat(np.arange(n_clusters), rng.integers(1, 4, n_clusters))
+    logit = rng.normal(0, sd_cluster, n_clusters)[cluster] + rng.normal(0, 0.5, cluster.size)
+    arms = [(rng.random((seeds, cluster.size)) < 1 / (1 + np.exp(-(logit + rng.normal(0, sd_seed, (seeds, 1)))))).astype(float)
+            for _ in range(2)]
+    return arms, cluster
+
+
+def test_two_level_bootstrap_covers_the_truth_on_a_simulated_null_at_about_the_nominal_rate():
+    import numpy as np
+
+    from music.evaluate.stats import paired_difference, two_level_bootstrap
+
+    rng = np.random.default_rng(0)
+    runs, two_level, items_only = 400, 0, 0
+    for i in range(runs):
+        (base, other), cluster = _null_run(rng)
+        r = two_level_bootstrap([other, base], [1, -1], cluster, n_boot=400, seed=i)
+        two_level += r["ci_low"] <= 0.0 <= r["ci_high"]
+        naive = paired_difference(base.mean(0), other.mean(0), n_boot=400, seed=i)  # items independent, seeds fixed
+        items_only += naive["ci_low"] <= 0.0 <= naive["ci_high"]
+    assert 0.91 <= two_level / runs <= 0.99, two_level / runs  # 95% nominal
+    assert items_only / runs < 0.85, items_only / runs  # what the two levels fix: a one-level interval is too narrow
+
+
+def test_two_level_bootstrap_point_clusters_and_one_arm():
+    import numpy as np
+
+    from music.evaluate.stats import two_level_bootstrap
+
+    base = np.array([[1, 0, 1, 0], [1, 1, 0, 0]], dtype=float)
+    other = np.array([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 1]], dtype=float)  # arms may have different seed counts
+    r = two_level_bootstrap([other, base], [1, -1], ["a", "a", "b", "c"], n_boot=500, seed=1)
+    assert r["diff"] == pytest.approx(other.mean(0).mean() - base.mean(0).mean())
+    assert r["n"] == 4 and r["n_clusters"] == 3 and r["ci_low"] <= r["diff"] <= r["ci_high"]
+    assert r == two_level_bootstrap([other, base], [1, -1], ["a", "a", "b", "c"], n_boot=500, seed=1)  # seeded
+    one = two_level_bootstrap([other], [1], [0, 1, 2, 3], n_boot=500, seed=1)
+    assert one["diff"] == pytest.approx(other.mean()) and one["n_clusters"] == 4
+    assert two_level_bootstrap([base[:, :0]], [1], [])["diff"] is None
+    with pytest.raises(ValueError, match="number of items"):
+        two_level_bootstrap([base, other[:, :3]], [1, -1], [0, 1, 2, 3])

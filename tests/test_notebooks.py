@@ -82,7 +82,7 @@ def test_02_contrast(tiny):
     assert all(r["chosen"] != r["rejected"] and r["divergence_turn"] for r in music_train)
 
 
-@pytest.mark.parametrize("variant", ["baseline", "music"])
+@pytest.mark.parametrize("variant", ["baseline", "music", "control"])
 def test_03_train(tiny, variant):
     assert_figures_drawn(run(tiny, "train", variant), 1)
     for seed in (0, 1):  # the tiny profile trains two seeds
@@ -90,7 +90,7 @@ def test_03_train(tiny, variant):
         assert metrics["variant"] == variant and metrics["seed"] == seed
 
 
-@pytest.mark.parametrize("variant", ["baseline", "music"])
+@pytest.mark.parametrize("variant", ["baseline", "music", "control"])
 def test_04_evaluate(tiny, variant):
     assert_figures_drawn(run(tiny, "evaluate", variant), 2)
     metrics = json.loads((tiny["root"] / "metrics" / f"{variant}.json").read_text())

@@ -18,21 +18,29 @@ from music.config import Params, Paths
 from music.evaluate.compare import compare, headline, load_item_rows, trajectory_summary
 from music.evaluate.run import ITEM_FIELDS, TRAJECTORY_FIELDS
 
-TESTS = [("quality", 1, "last"), ("quality", 2, "early"), ("swap", 1, "last"), ("swap", 2, "early"), ("swap", 3, "early"),
-         ("music", 2, ""), ("hh", 1, "last")]
+# (test, distance, group): the endpoints fixed in advance (music.evaluate.items): quality twins in no group
+TESTS = [("quality", 1, ""), ("quality", 2, ""), ("swap", 1, "last"), ("swap", 2, "early"), ("swap", 3, "early"),
+         ("music", 2, "early"), ("hh", 1, "last")]
 
 
 def item_rows(variant: str, p_right: dict[str, float], seeds=(0, 1, 2), n=40, seed=0) -> list[dict]:
-    """Rows as the evaluate stage writes them: each item right with probability p_right[test]."""
+    """Rows as the evaluate stage writes them: each item right with probability p_right[test]; swap@1/2/3 of
+    conversation i share cluster c{i}, the two quality twins of question i share q{i}; the history-blind
+    reference ties (1/2) where the last exchange is identical (swap, quality at distance >= 2), else is a coin."""
     rng = random.Random(f"{seed}-{variant}")
     rows = []
     for s in seeds:
         for test, d, group in TESTS:
             for i in range(n):
                 c = rng.random() < p_right.get(f"{test}@{d}", p_right.get(test, 0.5))
+                tie = test in ("swap", "quality") and d >= 2
+                blind = 0.5 if tie else float(rng.random() < 0.5)
                 rows.append({"variant": variant, "seed": s, "test": test, "item_id": f"{test}-{d}-{i}", "source": "x",
                              "distance": d, "group": group, "chosen_score": 1.0 if c else 0.0,
-                             "rejected_score": 0.5, "correct": int(c)})
+                             "rejected_score": 0.5, "correct": int(c),
+                             "cluster": {"swap": f"c{i}", "quality": f"q{i}"}.get(test, ""),
+                             "blind_chosen_score": 0.0, "blind_rejected_score": 0.0, "blind_correct": blind,
+                             "length_correct": 0.5 if test == "swap" else float(i % 2)})
     return rows
 
 
@@ -48,7 +56,8 @@ def workspace(tmp_path: Path, *, music_early=0.8) -> Params:
                            evaluation=str(tmp_path / "ev"), plots=str(tmp_path / "pl")))
     specs = {"baseline": ({"quality@1": 0.8, "swap@1": 0.8, "music": 0.5}, {-1: 0, 0: 0.2, 1: 0.1}),
              "music": ({"quality@1": 0.8, "swap@1": 0.8, "quality@2": music_early, "swap@2": music_early,
-                        "swap@3": music_early, "music": 0.9}, {-1: 0, 0: 1.0, 1: 0.8})}
+                        "swap@3": music_early, "music": music_early}, {-1: 0, 0: 1.0, 1: 0.8}),
+             "control": ({"quality@1": 0.8, "swap@1": 0.8, "music": 0.5}, {-1: 0, 0: 0.5, 1: 0.2})}
     for v, (p, gaps) in specs.items():
         folder = tmp_path / "ev" / v
         folder.mkdir(parents=True)
@@ -74,23 +83,39 @@ BON = {"judge": "embedded", "by_n": {str(n): {"n_games": 8, **{f"{o}_{k}": v for
 
 def test_paired_comparison_finds_a_real_early_gain_and_no_last_turn_change(tmp_path):
     P = workspace(tmp_path)
-    table = compare(load_item_rows(P.paths.evaluation, ["baseline", "music"])).set_index("slice")
+    table = compare(load_item_rows(P.paths.evaluation, ["baseline", "music", "control"])).set_index("slice")
     early, last = table.loc["early"], table.loc["last"]
     assert early["n_items"] == 3 * 40 and early["ci_low"] > 0.1  # 0.5 -> 0.8 on 120 items: clearly excludes 0
-    assert last["ci_low"] < 0 < last["ci_high"]  # the same probabilities: the interval holds 0
+    assert early["n_clusters"] == 40 + 40  # swap@2/3 of a conversation: one cluster; each MUSIC pair alone
+    assert early["control_n_items"] == 120 and early["control_ci_low"] > 0.1 and early["diff_control"] > 0.2
+    assert last["ci_low"] < 0 < last["ci_high"] and last["control_ci_low"] < 0 < last["control_ci_high"]
+    assert last["n_items"] == 80  # swap@1 and hh; the quality twins are reported apart
     assert table.loc["quality@2", "baseline_seeds"] == 3 and 0 <= table.loc["quality@2", "baseline_sd"] < 0.2
+    assert (table.loc[["early", "last"], "endpoint"] == "headline").all()
+    assert (table.drop(index=["early", "last"])["endpoint"] == "secondary").all()
+    # the history-blind reference: MUSIC's RM beats its own last-exchange score on early items, the baseline does not
+    assert table.loc["swap@2", "music_blind_accuracy"] == 0.5 and early["music_blind_gap_ci_low"] > 0.1
+    assert early["baseline_blind_gap_ci_low"] < 0 < early["baseline_blind_gap_ci_high"]
+    assert table.loc["swap", "length_accuracy"] == 0.5 and table.loc["quality", "length_ci_low"] < 0.5
     null = compare(load_item_rows(workspace(tmp_path / "null", music_early=0.5).paths.evaluation,
-                                  ["baseline", "music"])).set_index("slice")
+                                  ["baseline", "music", "control"])).set_index("slice")
     assert null.loc["early", "ci_low"] < 0 < null.loc["early", "ci_high"]
+    assert null.loc["early", "control_ci_low"] < 0 < null.loc["early", "control_ci_high"]
 
 
 def test_headline_is_numbers_only_and_fits_a_terminal(tmp_path):
     P = workspace(tmp_path)
-    out = headline(compare(load_item_rows(P.paths.evaluation, ["baseline", "music"])), BON)
-    assert set(out) == {"early", "last", "music", "best_of_n_win_minus_loss"}
-    assert set(out["early"]) == {"baseline", "music", "diff", "diff_ci_low", "diff_ci_high", "n_items"}
+    out = headline(compare(load_item_rows(P.paths.evaluation, ["baseline", "music", "control"])), BON)
+    assert set(out) == {"early", "last", "music", "quality", "best_of_n_win_minus_loss"}
+    old_keys = {"baseline", "music", "diff", "diff_ci_low", "diff_ci_high", "n_items"}  # kept: readers of older runs
+    assert set(out["early"]) == old_keys | {"n_clusters", "control", "diff_control", "diff_control_ci_low",
+                                            "diff_control_ci_high", "history_blind", "length_only"}
+    assert set(out["early"]["history_blind"]) == {"baseline", "music", "control"}
+    assert set(out["early"]["history_blind"]["music"]) == {"accuracy", "gap", "gap_ci_low", "gap_ci_high"}
     flat = pd.json_normalize(out).iloc[0]
-    assert all(isinstance(v, (int, float)) for v in flat) and len(flat) <= 24
+    assert all(isinstance(v, (int, float)) for v in flat) and len(flat) <= 100
+    two = headline(compare(load_item_rows(P.paths.evaluation, ["baseline", "music"])))  # no control arm: no control keys
+    assert set(two["early"]) == old_keys | {"n_clusters", "history_blind", "length_only"}
     assert out["best_of_n_win_minus_loss"] == {"N2": 0.0, "N4": 0.0, "N8": 0.0}
 
 
@@ -141,20 +166,23 @@ def test_make_all_writes_figures_summary_and_table_byte_stable(tmp_path):
     assert {"early", "last", "swap@3", "hh"} <= set(table["slice"])
     # the data behind the figures, one column per series (what `dvc plots diff` overlays)
     loss = pd.read_csv(tmp_path / "pl" / "training_loss.csv")
-    assert list(loss.columns) == ["step", "baseline", "music"] and len(loss) == 20
+    assert list(loss.columns) == ["step", "baseline", "music", "control"] and len(loss) == 20
     dist = pd.read_csv(tmp_path / "pl" / "accuracy_by_distance_swap.csv")
-    assert list(dist.columns) == ["distance", "baseline", "music"] and list(dist["distance"]) == [1, 2, 3]
+    assert list(dist.columns) == ["distance", "baseline", "music", "control"] and list(dist["distance"]) == [1, 2, 3]
     traj = pd.read_csv(tmp_path / "pl" / "reward_trajectory.csv")
-    assert list(traj.columns) == ["relative_turn", "baseline", "music"] and traj.loc[0, "music"] == 0.0
+    assert list(traj.columns) == ["relative_turn", "baseline", "music", "control"] and traj.loc[0, "music"] == 0.0
     first = {p.name: p.read_bytes() for p in paths}
     assert {p.name: p.read_bytes() for p in plots.make_all(P)} == first  # a rerun rewrites the same bytes
 
 
 def test_results_table_and_the_papers_rows(tmp_path):
     P = workspace(tmp_path)
-    t = plots.results_table(compare(load_item_rows(P.paths.evaluation, ["baseline", "music"])))
-    assert "early-turn tests (all)" in t.index and t.loc["early-turn tests (all)", "items"] == 120
-    assert t.loc["early-turn tests (all)", "MUSIC - baseline [95% CI]"].startswith("+")
+    t = plots.results_table(compare(load_item_rows(P.paths.evaluation, ["baseline", "music", "control"])))
+    early = plots.slice_title("early")
+    assert early in t.index and t.loc[early, "items"] == 120
+    assert t.loc[early, "MUSIC - baseline [95% CI]"].startswith("+") and t.loc[early, "MUSIC - control [95% CI]"].startswith("+")
+    assert t.loc[early, "endpoint"] == "headline" and t.loc[plots.slice_title("quality@2"), "endpoint"] == "secondary"
+    assert t.loc[early, "music: RM - history-blind [95% CI]"].startswith("+")
     paper = plots.paper_table()
     assert paper.loc["paper: +MUSIC (Gemma-2-9B)", "Avg"] == 86.6 and paper.loc["paper: baseline (Gemma-2-9B)", "Reasoning"] == 83.1
 

@@ -7,10 +7,10 @@ from helpers import conv, tiny_cfg, toy_pairs  # noqa: F401
 
 from music.errors import DataError
 from music.rm.data import (
-    as_pairs, collate_pairs, encode_pairs, fit_conversation, length_grouped_batches, mix_pairs,
-    render_ids, split_turns,
+    as_pairs, collate_pairs, encode_pairs, fit_conversation, length_grouped_batches, load_variant_pairs, mix_pairs,
+    music_cut_pair, render_ids, split_turns,
 )
-from music.schema import PreferencePair
+from music.schema import PreferencePair, first_difference_distance
 
 
 # ---------------------------------------------------------------- chat template: one step, one BOS
@@ -149,6 +149,57 @@ def test_music_ratio_caps_music_pairs_deterministically():
     assert ids(mixed) == ids(again) and ids(mixed) != ids(other)
     base, counts = mix_pairs(by_kind, ["d"], 0.5, seed=3)
     assert counts == {"d": 10}
+
+
+def _music_pair(i: int, diverge: int, turns: int = 4, user_differs: bool = False) -> PreferencePair:
+    """A MUSIC-like pair: a shared history, a divergence at user turn `diverge` (the reply, or the request and
+    the reply), then different continuations on each side."""
+    sides = []
+    for side in ("c", "r"):
+        msgs = [{"role": "system", "content": "sys"}]
+        for t in range(1, turns + 1):
+            same = t < diverge
+            u = f"q{i}.{t}" if same or (t == diverge and not user_differs) else f"q{i}.{t}-{side}"
+            msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": f"a{i}.{t}" + ("" if same else f"-{side}")}]
+        sides.append(msgs)
+    return PreferencePair(*sides, {"pair_id": f"m{i}", "kind": "music", "divergence_turn": diverge,
+                                   "turns_after_divergence": turns - diverge})
+
+
+def test_control_pairs_are_music_pairs_cut_after_the_divergence_and_differ_in_the_last_turn_only():
+    for user_differs in (False, True):
+        for g in (1, 2, 3):
+            pair = _music_pair(7, g, user_differs=user_differs)
+            assert first_difference_distance(pair.chosen, pair.rejected) == 4 - g + 1  # the multi-turn pair
+            cut = music_cut_pair(pair)
+            n = 1 + 2 * g  # system + g turns
+            assert cut.chosen == pair.chosen[:n] and cut.rejected == pair.rejected[:n]
+            assert first_difference_distance(cut.chosen, cut.rejected) == 1  # the last exchange only
+            assert cut.chosen[-1] != cut.rejected[-1] and cut.chosen[-1]["role"] == "assistant"
+            shared = n - (2 if user_differs else 1)
+            assert cut.chosen[:shared] == cut.rejected[:shared]
+            assert cut.meta["kind"] == "music_cut" and cut.meta["cut_from"] == "m7" and cut.meta["turns_after_divergence"] == 0
+    same = PreferencePair(pair.chosen, pair.chosen, {"pair_id": "x"})
+    with pytest.raises(DataError, match="never differ"):
+        music_cut_pair(same)
+
+
+def test_the_control_arm_holds_the_data_size_and_the_music_subset(tmp_path):
+    from music.store import pair_features, save_records
+    from music.schema import pair_record
+
+    recs = [pair_record(chosen=p.chosen, rejected=p.rejected, pair_id=p.meta["pair_id"], kind="music", divergence_turn=2,
+                        turns_after_divergence=2) for p in (_music_pair(i, 2) for i in range(12))]
+    save_records(recs, tmp_path / "music_train", pair_features())
+    save_records([pair_record(chosen=p.chosen, rejected=p.rejected, pair_id=p.meta["pair_id"], kind="d") for p in toy_pairs(8)],
+                 tmp_path / "d_train", pair_features())
+    by_kind = load_variant_pairs(tmp_path, ["d", "music", "music_cut"])
+    music, n_music = mix_pairs(by_kind, ["d", "music"], 0.5, seed=3)
+    control, n_control = mix_pairs(by_kind, ["d", "music_cut"], 0.5, seed=3)
+    assert n_music == {"d": 8, "music": 4} and n_control == {"d": 8, "music_cut": 4}
+    assert [p.meta["pair_id"] for p in music] == [p.meta["pair_id"] for p in control]  # the same pairs, cut
+    for m, c in zip(music[8:], control[8:]):
+        assert c.chosen == m.chosen[:5] and first_difference_distance(c.chosen, c.rejected) == 1
 
 
 def test_length_grouped_batches_cover_all_and_cut_padding():

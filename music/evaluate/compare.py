@@ -1,10 +1,17 @@
-"""Baseline vs MUSIC, paired on the same items, over training seeds.
+"""Baseline vs MUSIC vs the control arm, paired on the same items, over training seeds.
 
 Each variant's evaluate stage writes one row per (item, seed) (music.evaluate.run). Here an item's
-accuracy is its share of seeds that got it right; the MUSIC - baseline difference is the mean over items
-of the paired per-item differences, with a seeded percentile bootstrap over items (95%). Item difficulty
-cancels in the pairing; seed-to-seed variation is averaged within each item. Each variant's accuracy is
-also reported per seed (mean, sd, min, max over seeds).
+accuracy is its share of seeds that got it right; a difference between arms (MUSIC - baseline: `diff`;
+MUSIC - control: `diff_control`) is the mean over items of the paired per-item differences, with a 95%
+two-level percentile bootstrap (stats.two_level_bootstrap): conversation clusters resampled (items sharing
+a conversation or question move together) and each arm's training seeds resampled within the arm. Item
+difficulty cancels in the pairing. Each variant's accuracy is also reported per seed (mean, sd, over seeds).
+
+Endpoints fixed in advance (music.evaluate.items): the headline is `early` and `last` (endpoint
+"headline" in comparison.csv); every other slice is "secondary". Beside each slice, the history-blind
+references: each variant's own RM fed only the last exchange ({v}_blind_accuracy, ties 1/2) and the gap
+RM - history-blind with its two-level interval ({v}_blind_gap...), and length alone (length_accuracy: the
+side with more assistant characters wins, ties 1/2; a cluster-bootstrap interval).
 """
 
 from __future__ import annotations
@@ -16,10 +23,11 @@ import numpy as np
 import pandas as pd
 
 from music.evaluate.constants import EXAMPLE_COUNTS, REWARDBENCH_TEST, SECTION_KEYS, SECTIONS
-from music.evaluate.stats import bootstrap_interval, paired_difference, spread
+from music.evaluate.stats import bootstrap_interval, spread, two_level_bootstrap
 
-BASE, OTHER = "baseline", "music"
+BASE, OTHER, CONTROL = "baseline", "music", "control"
 N_BOOT = 4000
+HEADLINE = ("early", "last")  # the endpoints fixed in advance; every other slice is secondary
 
 
 def load_item_rows(evaluation_dir: str | Path, variants: Sequence[str]) -> pd.DataFrame:
@@ -43,24 +51,74 @@ def _slices(rows: pd.DataFrame) -> list[tuple[str, pd.Series]]:
     return out
 
 
-def compare(rows: pd.DataFrame, base: str = BASE, other: str = OTHER, seed: int = 0) -> pd.DataFrame:
-    """One row per slice: each variant's accuracy (mean over seeds, sd over seeds, seeds), the paired
-    difference other - base over the items both have, its 95% bootstrap interval, and the item count."""
+def _with_clusters(rows: pd.DataFrame) -> pd.DataFrame:
+    """rows with a `cluster` for every item ("" or absent: the item alone) and numeric reference columns."""
+    cluster = rows["cluster"].astype(str) if "cluster" in rows else pd.Series("", index=rows.index)
+    alone = rows["test"].astype(str) + ":" + rows["item_id"].astype(str)
+    out = rows.assign(cluster=cluster.where(cluster != "", alone))
+    for col in ("blind_correct", "length_correct"):
+        out[col] = pd.to_numeric(out[col], errors="coerce") if col in out else float("nan")
+    return out
+
+
+def _matrix(sub: pd.DataFrame, variant: str, value: str = "correct") -> pd.DataFrame:
+    """(training seeds x items) of one variant; items = (test, item_id) columns, complete in every seed."""
+    v = sub[sub["variant"] == variant]
+    if v.empty:
+        return pd.DataFrame()
+    return v.pivot_table(index="seed", columns=["test", "item_id"], values=value, aggfunc="first").dropna(axis=1)
+
+
+def _contrast(mats: dict[str, pd.DataFrame], minuend: str, subtrahend: str, clusters: pd.Series, seed: int) -> dict | None:
+    a, b = mats.get(minuend), mats.get(subtrahend)
+    if a is None or b is None or a.empty or b.empty:
+        return None
+    items = a.columns.intersection(b.columns)
+    return two_level_bootstrap([a[items].to_numpy(), b[items].to_numpy()], [1.0, -1.0], clusters.loc[items].tolist(),
+                               n_boot=N_BOOT, seed=seed)
+
+
+def compare(rows: pd.DataFrame, base: str = BASE, other: str = OTHER, seed: int = 0,
+            control: str = CONTROL) -> pd.DataFrame:
+    """One row per slice: its endpoint (headline | secondary), each variant's accuracy (mean over seeds, sd
+    over seeds, seeds), the paired differences other - base (diff, ci_low, ci_high, n_items, n_clusters) and
+    other - control (diff_control, ...) over the items both have with two-level 95% bootstrap intervals, and
+    the history-blind references (module docstring)."""
+    rows = _with_clusters(rows)
     out = []
     for name, mask in _slices(rows):
         sub = rows[mask]
-        per_item = sub.groupby(["variant", "test", "item_id"])["correct"].mean().unstack("variant")
-        row: dict = {"slice": name}
-        for v in (base, other):
-            if v not in per_item:
+        clusters = sub.groupby(["test", "item_id"])["cluster"].first()
+        row: dict = {"slice": name, "endpoint": "headline" if name in HEADLINE else "secondary"}
+        mats = {}
+        for v in (base, other, control):
+            if not (sub["variant"] == v).any():
                 continue
             seeds = sub[sub["variant"] == v].groupby("seed")["correct"].mean()
             s = spread(seeds.tolist())
             row.update({f"{v}_accuracy": s["mean"], f"{v}_sd": s["sd"], f"{v}_seeds": s["n"]})
-        if base in per_item and other in per_item:
-            both = per_item[[base, other]].dropna()
-            d = paired_difference(both[base].tolist(), both[other].tolist(), n_boot=N_BOOT, seed=seed)
-            row.update({"diff": d["diff"], "ci_low": d["ci_low"], "ci_high": d["ci_high"], "n_items": d["n"]})
+            mats[v] = _matrix(sub, v)
+        for prefix, subtrahend in (("", base), ("control_", control)):
+            d = _contrast(mats, other, subtrahend, clusters, seed)
+            if d is None:
+                continue
+            key = "diff" if not prefix else "diff_control"
+            row.update({key: d["diff"], f"{prefix}ci_low": d["ci_low"], f"{prefix}ci_high": d["ci_high"],
+                        f"{prefix}n_items": d["n"], f"{prefix}n_clusters": d["n_clusters"]})
+        for v in mats:  # the RM's own history-blind reference: the gap RM - last exchange only, two-level interval
+            blind = _matrix(sub, v, "blind_correct")
+            if blind.empty:
+                continue
+            full = mats[v][blind.columns.intersection(mats[v].columns)]
+            g = two_level_bootstrap([full.to_numpy() - blind[full.columns].to_numpy()], [1.0],
+                                    clusters.loc[full.columns].tolist(), n_boot=N_BOOT, seed=seed)
+            row.update({f"{v}_blind_accuracy": float(blind[full.columns].to_numpy().mean()), f"{v}_blind_gap": g["diff"],
+                        f"{v}_blind_gap_ci_low": g["ci_low"], f"{v}_blind_gap_ci_high": g["ci_high"]})
+        length = sub.dropna(subset=["length_correct"]).groupby(["test", "item_id"])["length_correct"].first()
+        if not length.empty:  # seed- and model-free: a cluster bootstrap only
+            ln = two_level_bootstrap([length.to_numpy()[None, :]], [1.0], clusters.loc[length.index].tolist(),
+                                     n_boot=N_BOOT, seed=seed)
+            row.update({"length_accuracy": ln["diff"], "length_ci_low": ln["ci_low"], "length_ci_high": ln["ci_high"]})
         out.append(row)
     out += rewardbench_compare(rows, base, other, seed=seed)
     return pd.DataFrame(out)
@@ -104,7 +162,7 @@ def rewardbench_compare(rows: pd.DataFrame, base: str = BASE, other: str = OTHER
     rb = rows[rows["test"] == REWARDBENCH_TEST]
     if rb.empty:
         return []
-    out = {k: {"slice": rewardbench_slice(k)} for k in SECTION_KEYS}
+    out = {k: {"slice": rewardbench_slice(k), "endpoint": "secondary"} for k in SECTION_KEYS}
     for v in (base, other):
         sub = rb[rb["variant"] == v]
         if sub.empty:
@@ -157,19 +215,40 @@ def trajectory_summary(traj: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _percent(r: pd.Series, col: str) -> float | None:
+    return None if pd.isna(r.get(col)) else round(100 * float(r[col]), 1)
+
+
 def headline(table: pd.DataFrame, best_of_n: dict | None = None) -> dict:
-    """The numbers a reader compares (numbers only, for `dvc metrics show` / `dvc exp show`): per group
-    and for held-out MUSIC pairs, both accuracies (percent) and MUSIC - baseline with its interval (points)."""
+    """The numbers a reader compares (numbers only, for `dvc metrics show` / `dvc exp show`): the two
+    endpoints fixed in advance (early, last), then held-out MUSIC pairs and the quality twins (secondary,
+    reported apart): each arm's accuracy (percent), MUSIC - baseline and (with a control arm) MUSIC - control
+    with their two-level intervals (points), items and clusters, each arm's history-blind accuracy and its
+    gap RM - history-blind with its interval (history_blind), and length alone (length_only)."""
     out: dict = {}
-    for name in ("early", "last", "music"):
+    for name in (*HEADLINE, "music", "quality"):
         r = table[table["slice"] == name]
         if r.empty:
             continue
         r = r.iloc[0]
-        out[name] = {k: (None if pd.isna(r.get(c)) else round(100 * float(r[c]), 1))
+        out[name] = {k: _percent(r, c)
                      for k, c in (("baseline", f"{BASE}_accuracy"), ("music", f"{OTHER}_accuracy"), ("diff", "diff"),
                                   ("diff_ci_low", "ci_low"), ("diff_ci_high", "ci_high"))}
         out[name]["n_items"] = None if pd.isna(r.get("n_items")) else int(r["n_items"])
+        if pd.notna(r.get("n_clusters")):
+            out[name]["n_clusters"] = int(r["n_clusters"])
+        if pd.notna(r.get(f"{CONTROL}_accuracy")):
+            out[name]["control"] = _percent(r, f"{CONTROL}_accuracy")
+        if pd.notna(r.get("diff_control")):
+            out[name].update(diff_control=_percent(r, "diff_control"), diff_control_ci_low=_percent(r, "control_ci_low"),
+                             diff_control_ci_high=_percent(r, "control_ci_high"))
+        blind = {v: {"accuracy": _percent(r, f"{v}_blind_accuracy"), "gap": _percent(r, f"{v}_blind_gap"),
+                     "gap_ci_low": _percent(r, f"{v}_blind_gap_ci_low"), "gap_ci_high": _percent(r, f"{v}_blind_gap_ci_high")}
+                 for v in (BASE, OTHER, CONTROL) if pd.notna(r.get(f"{v}_blind_gap"))}
+        if blind:
+            out[name]["history_blind"] = blind
+        if pd.notna(r.get("length_accuracy")):
+            out[name]["length_only"] = _percent(r, "length_accuracy")
     rb = {k: table[table["slice"] == rewardbench_slice(k)] for k in SECTION_KEYS}
     if any(not r.empty for r in rb.values()):  # RewardBench: the four sections and the average, percent
         out[REWARDBENCH_TEST] = {}

@@ -6,6 +6,8 @@ MUSIC pairs, then atomic writes:
 - outputs/metrics/{variant}.json: numbers only, per test / distance / group, mean and spread over seeds;
 - outputs/evaluation/{variant}/items.csv: one row per item and seed (the paired comparisons of the
   plots stage read these; RewardBench rows have test "rewardbench", source = the subset, and no group),
+  with each item's cluster and its history-blind references (music.evaluate.items: the same RM scoring
+  only the last exchange, scored in the same pass; length alone; empty for RewardBench rows),
   trajectory.csv, and info.json (sources, counts, skip reasons, identical pairs dropped: text).
 RewardBench sections in the metrics use SECTION_KEYS (chat, chat_hard, safety, reasoning, average).
 """
@@ -31,7 +33,8 @@ from music.schema import PreferencePair, user_turns
 from music.seeding import SEED_FILES, check_disjoint, read_conversation_ids
 from music.store import read_pairs
 
-ITEM_FIELDS = ("variant", "seed", "test", "item_id", "source", "distance", "group", "chosen_score", "rejected_score", "correct")
+ITEM_FIELDS = ("variant", "seed", "test", "item_id", "source", "distance", "group", "chosen_score", "rejected_score", "correct",
+               "cluster", "blind_chosen_score", "blind_rejected_score", "blind_correct", "length_correct")
 TRAJECTORY_FIELDS = ("variant", "seed", "pair_id", "relative_turn", "chosen_score", "rejected_score", "gap", "score_sd")
 
 
@@ -85,7 +88,8 @@ def load_items(P) -> tuple[list[Item], list[PreferencePair], dict]:
                                                        limit=cfg.swap_conversations)
     check_disjoint(((c["conversation_id"], c["conversation_id"]) for c in conversations), train_ids, source=str(conv_path))
     swapped, counts = swap_pairs(conversations, max_distance=cfg.swap_max_distance, seed=cfg.seed)
-    items += [Item("swap", f"{p.conversation_id}:{p.distance}", p.distance, p.intact, p.swapped, "sharegpt") for p in swapped]
+    items += [Item("swap", f"{p.conversation_id}:{p.distance}", p.distance, p.intact, p.swapped, "sharegpt",
+                   str(p.conversation_id)) for p in swapped]  # swap@1/2/3 of a conversation: one cluster
     info["sources"]["swap"] = f"{cfg.swap_source}: {conv_path}"
     info["swap"] = counts
     for name, path in sorted(cfg.local_sets.items()):
@@ -123,16 +127,17 @@ def evaluate_variant(P, variant: str, *, make_scorer: ScorerFactory | None = Non
     make_scorer = make_scorer or (lambda d: RewardScorer(str(d), batch_size=cfg.batch_size, max_length=cfg.max_length,
                                                         dtype=cfg.dtype))
 
+    blind_items = [it.blind() for it in items]  # the history-blind reference: last exchanges (short; deduplicated)
     rows, traj_rows, per_seed, rb = [], [], {}, {}
     for s, model_dir in model_dirs.items():
         scorer = make_scorer(model_dir)
-        scores = score_items(scorer, items + rb_items + point_items)
+        scores = score_items(scorer, items + blind_items + rb_items + point_items)
         n_i, n_rb = len(items), len(rb_items)
-        seed_rows = item_rows(items, scores[:n_i], variant=variant, seed=s)
-        rb_scores = scores[n_i: n_i + n_rb]
+        seed_rows = item_rows(items, scores[:n_i], scores[n_i: 2 * n_i], variant=variant, seed=s)
+        rb_scores = scores[2 * n_i: 2 * n_i + n_rb]
         rows += seed_rows + item_rows(rb_items, rb_scores, variant=variant, seed=s)  # RewardBench: in no group
-        per_seed[s] = summarize_rows(seed_rows)
-        traj = scores[n_i + n_rb:]
+        per_seed[s] = {**summarize_rows(seed_rows), "history_blind": blind_summary(seed_rows)}
+        traj = scores[2 * n_i + n_rb:]
         sd = spread([x for pair in scores[:n_i] + traj for x in pair])["sd"] or 1.0
         traj_rows += [{"variant": variant, "seed": s, "pair_id": p.pair_id, "relative_turn": p.relative_turn,
                        "chosen_score": round(c, 6), "rejected_score": round(r, 6), "gap": round(c - r, 6),
@@ -171,10 +176,26 @@ def seed_summary(per_seed: dict[int, dict]) -> dict:
             for d, dv in v["by_distance"].items():
                 acc[f"{t}@{d}"].append(dv["accuracy"])
                 n[f"{t}@{d}"] = dv["n"]
-    return {
+    blind: dict[str, list[float]] = defaultdict(list)
+    for summary in per_seed.values():
+        for k, v in summary.get("history_blind", {}).items():
+            blind[k].append(v)
+    out = {
         "accuracy": {k: {**spread(v), "n_items": n[k]} for k, v in sorted(acc.items())},
         "per_seed": {str(s): {k: v["accuracy"] for k, v in summary["groups"].items()} for s, summary in per_seed.items()},
     }
+    if blind:  # the same RM on the last exchange only (ties count 1/2): mean/sd over seeds, per group and test
+        out["history_blind"] = {k: spread(v) for k, v in sorted(blind.items())}
+    return out
+
+
+def blind_summary(rows: Sequence[dict]) -> dict[str, float]:
+    """The history-blind reference's accuracy (ties 1/2) per group and per test, from one seed's item rows."""
+    acc: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        for key in filter(None, (r["group"], r["test"])):
+            acc[key].append(float(r["blind_correct"]))
+    return {k: sum(v) / len(v) for k, v in acc.items()}
 
 
 def _write_csv(path: Path, fields: Sequence[str], rows: Sequence[dict]) -> None:

@@ -86,3 +86,46 @@ def spread(values: Sequence[float]) -> dict:
     mean = sum(vals) / len(vals)
     sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
     return {"mean": mean, "sd": sd, "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def two_level_bootstrap(arms: Sequence, coefs: Sequence[float], clusters: Sequence, *, n_boot: int = 4000,
+                        alpha: float = 0.05, seed: int = 0) -> dict:
+    """A contrast between training arms on the same items, with a two-level percentile-bootstrap interval.
+
+    arms[k] is a (training seeds x items) array of arm k's per-item values (e.g. 1/0 correct), the columns
+    the same items in every arm; the statistic is the mean over items of sum_k coefs[k] * (arm k's value
+    averaged over its seeds): (+1, -1) gives other - base, (1,) one arm's mean. Each bootstrap draw resamples
+    (1) whole clusters of items (clusters[i] = item i's cluster: items sharing a conversation or question
+    move together) and (2) the training seeds of each arm, within that arm and independently of the others,
+    so both the item sample and the seed-to-seed variation of training widen the interval.
+    Returns {"diff", "ci_low", "ci_high", "n" (items), "n_clusters"}; None values when there are no items.
+    """
+    import numpy as np
+
+    mats = [np.atleast_2d(np.asarray(a, dtype=float)) for a in arms]
+    if len(mats) != len(coefs):
+        raise ValueError(f"{len(mats)} arms but {len(coefs)} coefficients")
+    n = mats[0].shape[1] if mats else 0
+    if any(m.shape[1] != n for m in mats) or len(clusters) != n:
+        raise ValueError(f"arms and clusters disagree on the number of items: {[m.shape for m in mats]}, {len(clusters)} clusters")
+    if n == 0:
+        return {"diff": None, "ci_low": None, "ci_high": None, "n": 0, "n_clusters": 0}
+    if any(m.shape[0] == 0 for m in mats):
+        raise ValueError("an arm has no training seeds")
+    _, inv = np.unique(np.asarray([str(c) for c in clusters]), return_inverse=True)
+    k = int(inv.max()) + 1
+    point = float(sum(c * m.mean(axis=0) for c, m in zip(coefs, mats)).mean())
+    rng = np.random.default_rng(seed)
+    rows = np.arange(n_boot)[:, None]
+
+    def draw_counts(size: int) -> np.ndarray:  # (draws x size): how often each index is drawn, size draws each
+        flat = (rows * size + rng.integers(0, size, size=(n_boot, size))).ravel()
+        return np.bincount(flat, minlength=n_boot * size).reshape(n_boot, size).astype(float)
+
+    weights = draw_counts(k)[:, inv]  # (draws x items): how often each item's cluster was drawn
+    stat = np.zeros((n_boot, n))
+    for c, m in zip(coefs, mats):
+        stat += c * (draw_counts(m.shape[0]) / m.shape[0]) @ m
+    boot = (weights * stat).sum(axis=1) / weights.sum(axis=1)
+    lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
+    return {"diff": point, "ci_low": float(lo), "ci_high": float(hi), "n": int(n), "n_clusters": k}

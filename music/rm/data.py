@@ -22,6 +22,10 @@ from music.store import load_records
 from music.system_role import fold_system, template_accepts_system
 
 MUSIC_KIND = "music"
+# The control arm's pairs: the MUSIC pairs cut right after the divergence turn (music_cut_pair), derived
+# from {pairs}/music_{split} when loaded; no generation, the same pairs and the same MUSIC subset per seed.
+MUSIC_CUT_KIND = "music_cut"
+MUSIC_KINDS = (MUSIC_KIND, MUSIC_CUT_KIND)  # capped together by train.music_ratio (mix_pairs)
 
 
 # ---------------------------------------------------------------- pairs in
@@ -45,8 +49,39 @@ def _record_name(rec: Any, i: int) -> str:
 
 
 def load_variant_pairs(pairs_dir: str | Path, kinds: Iterable[str], split: str = "train") -> dict[str, Any]:
-    """The saved pair datasets {pairs_dir}/{kind}_{split}, as records, per kind."""
-    return {kind: load_records(Path(pairs_dir) / f"{kind}_{split}") for kind in kinds}
+    """The saved pair datasets {pairs_dir}/{kind}_{split}, as records, per kind; `music_cut` is derived from
+    {pairs_dir}/music_{split} (music_cut_pair on every pair)."""
+    out: dict[str, Any] = {}
+    for kind in kinds:
+        if kind == MUSIC_CUT_KIND:
+            src = Path(pairs_dir) / f"{MUSIC_KIND}_{split}"
+            out[kind] = [music_cut_pair(p).to_record() for p in as_pairs(load_records(src), source=str(src))]
+        else:
+            out[kind] = load_records(Path(pairs_dir) / f"{kind}_{split}")
+    return out
+
+
+def _reply_end(conv: list[dict], start: int) -> int:
+    """Index just past the first assistant message at or after `start`."""
+    return next(i + 1 for i in range(start, len(conv)) if conv[i]["role"] == "assistant")
+
+
+def music_cut_pair(pair: PreferencePair) -> PreferencePair:
+    """The control arm's pair: a MUSIC pair cut right after the divergence turn, so the two sides share the
+    history and differ in the last exchange only (the same contrastive replies, no multi-turn structure).
+
+    The divergence is found from the messages (the first one that differs), so the cut holds whatever the
+    metadata says; each side keeps everything up to and including the assistant reply of that turn.
+    """
+    c, r = pair.chosen, pair.rejected
+    first = next((i for i, (a, b) in enumerate(zip(c, r)) if a != b), None)
+    pid = pair.meta.get("pair_id")
+    if first is None:
+        raise DataError("music pairs", pid if pid is not None else "-", "chosen",
+                        "chosen and rejected never differ (or one is a prefix of the other): no divergence to cut at")
+    chosen, rejected = c[: _reply_end(c, first)], r[: _reply_end(r, first)]
+    meta = {**pair.meta, "kind": MUSIC_CUT_KIND, "turns_after_divergence": 0, "cut_from": pid}
+    return PreferencePair(chosen=chosen, rejected=rejected, meta=meta)
 
 
 def mix_pairs(
@@ -63,13 +98,13 @@ def mix_pairs(
         if kind not in pairs_by_kind:
             raise DataError("train pairs", "-", kind, f"no pairs given for kind {kind!r} (have {sorted(pairs_by_kind)})")
         chosen[kind] = as_pairs(pairs_by_kind[kind], source=f"pairs[{kind}]")
-    n_other = sum(len(v) for k, v in chosen.items() if k != MUSIC_KIND)
-    if MUSIC_KIND in chosen and n_other:
+    n_other = sum(len(v) for k, v in chosen.items() if k not in MUSIC_KINDS)
+    for kind in (k for k in MUSIC_KINDS if k in chosen and n_other):  # music and music_cut: the same draw
         cap = max(0, round(music_ratio * n_other))
-        music = chosen[MUSIC_KIND]
+        music = chosen[kind]
         order = list(range(len(music)))
         random.Random(f"music-mix-{seed}").shuffle(order)
-        chosen[MUSIC_KIND] = [music[i] for i in sorted(order[:cap])]
+        chosen[kind] = [music[i] for i in sorted(order[:cap])]
     mixed = [p for kind in kinds for p in chosen[kind]]
     if not mixed:
         raise DataError("train pairs", "-", None, f"no pairs left after mixing kinds {kinds} (music_ratio={music_ratio})")
