@@ -75,4 +75,7 @@ def test_train_variant_matches_the_arms_in_steps_and_pairs_per_step(tiny_backbon
     assert seen["baseline"] == seen["music"] == [4] * 6
     saved = json.loads((seed_dir(P.paths.models, "baseline", 0) / "train_metrics.json").read_text())
     assert saved["matched_arms"]["steps"] == 6 and saved["pairs_per_step"] == 4
-    assert saved["epochs_over_data"] == 4.0 and saved["matched_arms"]["reference_variant"] == "music"
+    # the default variants hold a control arm (D + the same MUSIC pairs, cut): it ties with music at 11 pairs and
+    # the tie goes to the first name
+    assert saved["matched_arms"]["pairs_per_variant"] == {"baseline": 6, "control": 11, "music": 11}
+    assert saved["epochs_over_data"] == 4.0 and saved["matched_arms"]["reference_variant"] == "control"
