@@ -187,19 +187,39 @@ def say_all(sentences: list[str]) -> None:
 
 
 # ---------------------------------------------------------------- the headline at the end of `make run`
+# Row labels of the end-of-run table (19 characters at most); secondary slices are marked so.
+TABLE_LABELS = {"early": "early turns", "last": "last turn", "music": "MUSIC pairs (2nd)",
+                "quality": "strong/weak (2nd)"}
+
+
 def headline_table(summary: Mapping) -> str:
-    """summary.json as a compact table: rows test groups; columns baseline, MUSIC, difference [95% CI], items."""
-    head = f"{'test group':<24}{'baseline':>10}{'MUSIC':>9}  {'MUSIC - baseline [95% CI]':<29}{'items':>6}"
+    """summary.json as a compact table: rows test groups; columns each arm's accuracy, MUSIC - baseline and (with a
+    control arm) MUSIC - control with their 95% intervals, items; then each RM's gap over its own history-blind
+    score on the early-turn endpoint, Best-of-N and one sentence per endpoint."""
+    control = any(isinstance(r, Mapping) and "diff_control" in r for r in summary.values())
+    cell = lambda v: f"{v:.1f}%" if v is not None else "—"  # noqa: E731
+
+    def contrast(r: Mapping, key: str) -> str:
+        d, lo, hi = (_num(r.get(k)) for k in (key, f"{key}_ci_low", f"{key}_ci_high"))
+        return f"{_pts(d)} [{_pts(lo)}, {_pts(hi)}]" if None not in (d, lo, hi) else (_pts(d) if d is not None else "—")
+
+    head = f"{'test group':<20}{'baseline':>9}{'MUSIC':>8}"
+    head += f"{'control':>9}  {'MUSIC-base [95% CI]':<22}{'MUSIC-control [95% CI]':<23}" if control else \
+        f"  {'MUSIC - baseline [95% CI]':<29}"
+    head += f"{'items':>6}"
     lines = [head, "-" * len(head)]
     for name, r in summary.items():
         if not (isinstance(r, Mapping) and "diff" in r):
             continue
-        base, mus, d, lo, hi = (_num(r.get(k)) for k in ("baseline", "music", "diff", "diff_ci_low", "diff_ci_high"))
-        cell = lambda v: f"{v:.1f}%" if v is not None else "—"  # noqa: E731
-        diff = f"{_pts(d)} [{_pts(lo)}, {_pts(hi)}]" if None not in (d, lo, hi) else (_pts(d) if d is not None else "—")
+        row = f"{TABLE_LABELS.get(name, title(name))[:19]:<20}{cell(_num(r.get('baseline'))):>9}{cell(_num(r.get('music'))):>8}"
+        row += (f"{cell(_num(r.get('control'))):>9}  {contrast(r, 'diff'):<22}{contrast(r, 'diff_control'):<23}" if control
+                else f"  {contrast(r, 'diff'):<29}")
         items = r.get("n_items")
-        lines.append(f"{title(name)[:23]:<24}{cell(base):>10}{cell(mus):>9}  {diff:<29}"
-                     f"{int(items) if _num(items) is not None else '—':>6}")
+        lines.append(row + f"{int(items) if _num(items) is not None else '—':>6}")
+    blind = (summary.get("early") or {}).get("history_blind") if isinstance(summary.get("early"), Mapping) else None
+    if isinstance(blind, Mapping) and blind:
+        lines.append("Early turns, RM minus its own history-blind score (last exchange only), points: "
+                     + "; ".join(f"{v} {contrast(g, 'gap')}" for v, g in blind.items() if isinstance(g, Mapping)))
     bon = summary.get("best_of_n_win_minus_loss")
     if isinstance(bon, Mapping) and bon:
         lines.append("Best-of-N, MUSIC wins - losses (points): "
