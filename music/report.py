@@ -188,7 +188,7 @@ def say_all(sentences: list[str]) -> None:
 
 # ---------------------------------------------------------------- the headline at the end of `make run`
 # Row labels of the end-of-run table (19 characters at most); secondary slices are marked so.
-TABLE_LABELS = {"early": "early turns", "last": "last turn", "music": "MUSIC pairs (2nd)",
+TABLE_LABELS = {"music": "MUSIC pairs (2nd)",
                 "quality": "strong/weak (2nd)"}
 
 
