@@ -260,3 +260,34 @@ def image_outputs(nb: dict) -> int:
     """How many outputs of an executed notebook carry a PNG."""
     return sum("image/png" in out.get("data", {}) for c in nb["cells"] if c["cell_type"] == "code"
                for out in c.get("outputs", []))
+
+
+class LoopbackJSONServer:
+    """A loopback (127.0.0.1) HTTP server in a thread that answers each POST with `respond(body) -> (status,
+    json)`: the fake OpenAI-compatible endpoints of the chat tests. `url` ends in /v1; call close()."""
+
+    def __init__(self, respond):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                code, obj = respond(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                data = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -14,6 +11,8 @@ from music.chat.base import SamplingParams
 from music.config import ChatModelConfig
 from music.rm.data import render_ids
 from music.system_role import fold_system, template_accepts_system
+
+from helpers import LoopbackJSONServer
 
 # A template in the style of Gemma-2's: no system role (it raises), user/assistant must alternate.
 NO_SYSTEM_TEMPLATE = (
@@ -74,35 +73,16 @@ def test_template_with_a_system_role_is_left_alone(smol_tok):
     assert template_accepts_system(smol_tok)
 
 
-class Recorder:
+class Recorder(LoopbackJSONServer):
     """An OpenAI-compatible endpoint that answers every request and records the bodies."""
 
     def __init__(self):
         self.bodies: list[dict] = []
-        recorder = self
+        super().__init__(self._respond)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                recorder.bodies.append(body)
-                data = json.dumps({"choices": [{"message": {"content": f"reply {len(recorder.bodies)}"},
-                                                "finish_reason": "stop"}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def _respond(self, body: dict) -> tuple[int, dict]:
+        self.bodies.append(body)
+        return 200, {"choices": [{"message": {"content": f"reply {len(self.bodies)}"}, "finish_reason": "stop"}]}
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,8 @@ from music.chat.openai_backend import ServerRejected
 from music.failures import StageFailed, check_failed_share, failure_summary
 from music.contrast import run_contrast
 from music.simulate import FAILURE_REPORT, make_backends, run_simulate
-from helpers import CONTRAST_PROMPT, USER_PROMPT, FakeChat, WordOverlapEncoder, fake_text, write_seed_files
+from helpers import (CONTRAST_PROMPT, USER_PROMPT, FakeChat, LoopbackJSONServer, WordOverlapEncoder, fake_text,
+                     write_seed_files)
 
 
 def test_failure_summary_counts_per_reason_with_the_first_error():
@@ -137,48 +137,27 @@ def test_a_failed_simulation_is_counted_by_simulate_not_again_by_contrast(tmp_pa
 
 # --- a served role: setup errors and a flaky server ------------------------------------------------------------
 
-class FakeServer:
+class FakeServer(LoopbackJSONServer):
     """A loopback OpenAI-compatible server: fake_text replies; `status` answers every request with that error;
     `fail_every` answers every n-th request with HTTP 500."""
 
     def __init__(self, *, status: int | None = None, message: str = "", fail_every: int | None = None):
         self.status, self.message, self.fail_every = status, message, fail_every
         self.lock, self.requests, self.failed = threading.Lock(), 0, 0
-        state = self
+        super().__init__(self._respond)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with state.lock:
-                    state.requests += 1
-                    n = state.requests
-                if state.status:
-                    return self._send(state.status, {"error": {"message": state.message}})
-                if state.fail_every and n % state.fail_every == 0:
-                    with state.lock:
-                        state.failed += 1
-                    return self._send(500, {"error": "internal error"})
-                text = fake_text(body["messages"], body["seed"])
-                self._send(200, {"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]})
-
-            def _send(self, code, obj):
-                data = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def _respond(self, body: dict) -> tuple[int, dict]:
+        with self.lock:
+            self.requests += 1
+            n = self.requests
+        if self.status:
+            return self.status, {"error": {"message": self.message}}
+        if self.fail_every and n % self.fail_every == 0:
+            with self.lock:
+                self.failed += 1
+            return 500, {"error": "internal error"}
+        text = fake_text(body["messages"], body["seed"])
+        return 200, {"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
 
 
 def _served(P, url):
