@@ -66,23 +66,24 @@ def _pts(x: float) -> str:
 
 
 def difference_sentence(name: str, diff: Any, low: Any, high: Any, n_items: Any = None, *, percent: bool = False,
-                        paper: bool = True) -> str:
-    """One paired comparison (MUSIC - baseline, fractions unless percent=True) as a sentence with its interval."""
+                        paper: bool = True, against: str = "baseline") -> str:
+    """One paired comparison (MUSIC - `against`, fractions unless percent=True) as a sentence with its interval."""
     scale = 1.0 if percent else 100.0
     d, lo, hi = (_num(v) for v in (diff, low, high))
     items = f" ({_n(int(n_items), 'item')})" if _num(n_items) is not None else ""
     if d is None:
         return f"{_cap(title(name))}{items}: no comparison (a variant has no results)."
     d, interval = d * scale, ""
+    than = "" if against == "baseline" else f" than the {against}"
     if lo is not None and hi is not None:
         lo, hi = lo * scale, hi * scale
         interval = f" [{_pts(lo)}, {_pts(hi)}]"
     if lo is not None and lo > 0:
-        verdict = f"MUSIC is better by {_pts(d)} points{interval}"
+        verdict = f"MUSIC is better{than} by {_pts(d)} points{interval}"
     elif hi is not None and hi < 0:
-        verdict = f"MUSIC is worse by {_pts(d)} points{interval}"
+        verdict = f"MUSIC is worse{than} by {_pts(d)} points{interval}"
     else:
-        verdict = f"no difference this run can see: MUSIC - baseline {_pts(d)} points{interval}, an interval that holds 0"
+        verdict = f"no difference this run can see: MUSIC - {against} {_pts(d)} points{interval}, an interval that holds 0"
     test = name.partition("@")[0]
     tail = f"; {PAPER_DIRECTION[test]}" if paper and test in PAPER_DIRECTION else ""
     return f"{_cap(title(name))}{items}: {verdict}{tail}."
@@ -153,6 +154,19 @@ def comparison_findings(table, bon: Mapping | None = None) -> list[str]:
     rows = {r["slice"]: r for r in table.to_dict("records")} if hasattr(table, "to_dict") else dict(table)
     out = [difference_sentence(name, r.get("diff"), r.get("ci_low"), r.get("ci_high"), r.get("n_items"))
            for name, r in rows.items() if name in ("early", "last", "music")]
+    for name in ("early", "last"):  # the control arm: the same MUSIC pairs cut after the divergence turn
+        r = rows.get(name) or {}
+        if _num(r.get("diff_control")) is not None:
+            out.append(difference_sentence(name, r.get("diff_control"), r.get("control_ci_low"), r.get("control_ci_high"),
+                                           r.get("control_n_items"), paper=False, against="control (cut MUSIC pairs)"))
+    early = rows.get("early") or {}
+    gaps = [(v, *(_num(early.get(f"{v}_blind_gap{k}")) for k in ("", "_ci_low", "_ci_high")))
+            for v in ("baseline", "music", "control")]
+    gaps = [g for g in gaps if g[1] is not None]
+    if gaps:  # an RM that reads the history beats its own score on the last exchange alone
+        out.append("Early-turn tests, each RM minus its own history-blind score (the last exchange alone): " + "; ".join(
+            f"{v} {_pts(100 * d)} points" + (f" [{_pts(100 * lo)}, {_pts(100 * hi)}]" if None not in (lo, hi) else "")
+            for v, d, lo, hi in gaps) + " (an interval above 0: the RM uses the history).")
     for name in ("hh", "ultrafeedback"):
         if name in rows:
             r = rows[name]

@@ -81,3 +81,15 @@ def test_make_run_ends_with_the_headline_table_not_dvc_metrics_show():
     run = makefile[makefile.index("\nrun:"):makefile.index("\nelse", makefile.index("\nrun:"))]
     assert "music.report" in run and "dvc metrics show" not in run
     assert run.index("music.publish") < run.index("music.report")  # the table is the last thing printed
+
+
+def test_comparison_findings_add_the_control_arm_and_the_history_blind_gaps():
+    import pandas as pd
+
+    table = pd.DataFrame([{"slice": "early", "diff": 0.02, "ci_low": -0.01, "ci_high": 0.05, "n_items": 60,
+                           "diff_control": 0.04, "control_ci_low": 0.01, "control_ci_high": 0.07, "control_n_items": 60,
+                           "music_blind_gap": 0.12, "music_blind_gap_ci_low": 0.03, "music_blind_gap_ci_high": 0.2}])
+    lines = report.comparison_findings(table)
+    assert any("MUSIC is better than the control (cut MUSIC pairs) by +4.0 points [+1.0, +7.0]" in s for s in lines)
+    assert any("history-blind" in s and "music +12.0 points [+3.0, +20.0]" in s for s in lines)
+    assert not any("control" in s for s in report.comparison_findings(table.drop(columns=["diff_control"])))
