@@ -25,6 +25,7 @@ from typing import Any, Callable
 from music.config import TrainConfig
 from music.io import atomic_path, dumps_canonical, write_json
 from music.rm.data import EncodedPair, collate_pairs, encode_pairs, length_grouped_batches, load_variant_pairs, mix_pairs
+from music.rm.frozen import frozen_bottom_for_training
 from music.rm.model import load_reward_model, reward_scores, save_model_folder
 
 CHECKPOINT = "checkpoint.pt"
@@ -174,6 +175,7 @@ def run_training(
 
     model, tok, info = load_reward_model(cfg, device=device, seed=seed)
     dev = next(model.parameters()).device
+    frozen = frozen_bottom_for_training(cfg, model, info)  # None: every layer runs (train.reuse_frozen_layers)
     encoded, trunc = encode_pairs(tok, pairs, cfg.max_length, source=f"pairs for variant {variant!r}")
     micro, total_steps = plan_batches(encoded, cfg, seed)
 
@@ -196,7 +198,10 @@ def run_training(
         for b in micro[step * cfg.grad_accum:(step + 1) * cfg.grad_accum]:
             batch = [encoded[i] for i in b]
             ids, mask = collate_pairs(batch, tok.pad_token_id)
-            scores = reward_scores(model, ids.to(dev), mask.to(dev))
+            if frozen:
+                scores = frozen.scores([p.chosen for p in batch] + [p.rejected for p in batch], ids.to(dev), mask.to(dev))
+            else:
+                scores = reward_scores(model, ids.to(dev), mask.to(dev))
             loss, acc = bt_loss(scores[: len(batch)], scores[len(batch):], cfg.margin, cfg.center_coef)
             (loss / cfg.grad_accum).backward()
             losses.append(loss.item())
@@ -245,6 +250,7 @@ def run_training(
         "seconds_per_step": round(state["seconds"] / total_steps, 3),  # resumed runs carry earlier time
         "tokens_per_s": round(state["real_tokens"] / state["seconds"], 1) if state["seconds"] else None,
         "resumed_from_step": state["resumed_from"],
+        "frozen_layers_reused": frozen.stats() if frozen else None,
     }
     return TrainOutcome(model, tok, metrics, curve, timing)
 

@@ -1,0 +1,225 @@
+"""Reuse of the frozen bottom layers' outputs (train.reuse_frozen_layers).
+
+With LoRA on the top `lora_last_layers` of the kept layers only, the embeddings and the decoder layers
+below never change: their output for a conversation (its final token ids, after truncation) is the same
+in every epoch, seed, variant and in the scoring of every reward model built on the same backbone. So it
+is computed once per conversation, kept in a store, and the forward pass of training and scoring runs
+only the layers above (and backward only through them).
+
+Equality with a run without reuse: the bottom layers run for one conversation at a time, unpadded, with
+an all-ones mask: exactly the operations a run without reuse does for a batch of one. A padded batch
+then runs the top layers from these states (pad positions zero: they are masked keys, so they add
+exactly 0 to real tokens). With batches of one (or no padding) the rewards are bitwise those of a run
+without reuse; with padded batches, a run without reuse computes the bottom layers on a padded [B, T]
+batch instead, which changes float32 results in the last bits (as padding already does in that run:
+tests/test_rm_frozen.py measures both). Cached or recomputed, a state is bitwise the same (it never
+depends on the batch), so outputs do not depend on the store being warm.
+
+Where it applies: train.lora true and 0 < lora_last_layers < kept layers (the bottom
+num_layers - lora_last_layers layers are frozen). Full fine-tuning or LoRA on every layer: nothing is
+frozen, no reuse. A saved reward model's folder says it through its adapter_config.json
+(layers_to_transform, no embedding layer trained), so scoring reuses automatically. The Unsloth backend
+(GPU) keeps reuse off: its patched layers and fused kernels are not this code path.
+
+The store is in-process (a dict bounded by MAX_STORE_BYTES, keyed by a hash of the bottom weights, the
+layer count, dtype and the exact token ids): it serves every seed, variant and RM scored in one process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+MAX_STORE_BYTES = 2 << 30  # in-process store bound (float32 states: ~1.2 MB per 512-token conversation at width 576)
+
+
+def frozen_layer_count(lora: bool, lora_last_layers: int | None, num_layers: int) -> int:
+    """How many bottom decoder layers never change in training (0: none, no reuse)."""
+    if not lora or not lora_last_layers or lora_last_layers >= num_layers:
+        return 0
+    return num_layers - lora_last_layers
+
+
+def saved_frozen_layers(model_dir: str | Path) -> int:
+    """The frozen bottom layers of a saved reward model, from its adapter_config.json (0: none or no adapter)."""
+    path = Path(model_dir) / "adapter_config.json"
+    if not path.exists():
+        return 0
+    conf = json.loads(path.read_text(encoding="utf-8"))
+    layers = conf.get("layers_to_transform")
+    if isinstance(layers, int):
+        layers = [layers]
+    trained_extra = [m for m in (conf.get("modules_to_save") or []) if m not in ("score", "classifier")]
+    if not layers or trained_extra or conf.get("peft_type") != "LORA":
+        return 0
+    return min(layers)
+
+
+class HiddenStore:
+    """Bottom-layer outputs per (model key, token ids), on CPU, up to max_bytes (then new ones are not kept)."""
+
+    def __init__(self, max_bytes: int = MAX_STORE_BYTES):
+        self.max_bytes = max_bytes
+        self.data: dict[tuple, Any] = {}
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple):
+        out = self.data.get(key)
+        if out is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return out
+
+    def put(self, key: tuple, value) -> None:
+        size = value.numel() * value.element_size()
+        if self.bytes + size <= self.max_bytes:
+            self.data[key] = value
+            self.bytes += size
+
+    def clear(self) -> None:
+        self.data.clear()
+        self.bytes = self.hits = self.misses = 0
+
+
+STORE = HiddenStore()  # one per process: shared by every seed, variant and scorer
+
+
+def _inner(model):
+    """The transformers model under PEFT (…ForSequenceClassification)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _decoder(model):
+    inner = _inner(model)
+    return getattr(inner, inner.base_model_prefix)
+
+
+def model_key(model, n_frozen: int) -> str:
+    """Identity of what the bottom layers compute: a hash of the embeddings' and bottom layers' weights
+    (backbone, revision, cut and dtype all show there) with the layer count."""
+    import torch
+
+    dec = _decoder(model)
+    h = hashlib.sha256(f"frozen-{n_frozen}".encode())
+    modules = [("embed", dec.get_input_embeddings())] + [(f"layer{i}", dec.layers[i]) for i in range(n_frozen)]
+    for name, mod in modules:
+        for pname, p in sorted(mod.state_dict().items()):
+            t = p.detach().to("cpu").contiguous()
+            h.update(f"{name}.{pname}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class _Stop(Exception):
+    pass
+
+
+def _passthrough(original, inject):
+    """Stands in for a frozen decoder layer in the top-only forward: the first one returns the injected
+    bottom-layer states, the others hand them on."""
+    import torch
+
+    class Passthrough(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention_type = getattr(original, "attention_type", None)  # per-layer masks (Qwen3, Gemma)
+            self.inject = inject
+
+        def forward(self, hidden_states, *args, **kwargs):
+            return self.inject if self.inject is not None else hidden_states
+
+    return Passthrough()
+
+
+class FrozenBottom:
+    """Runs a reward model as (stored bottom-layer states) + (top layers, norm, head)."""
+
+    def __init__(self, model, n_frozen: int, store: HiddenStore | None = None):
+        if n_frozen < 1:
+            raise ValueError(f"FrozenBottom needs at least one frozen layer, got {n_frozen}")
+        self.model = model
+        self.n_frozen = n_frozen
+        self.store = STORE if store is None else store
+        self.key = model_key(model, n_frozen)
+
+    def _compute(self, ids: list[int]):
+        """The bottom layers' output for one conversation, unpadded (batch of one, all-ones mask)."""
+        import torch
+
+        dec = _decoder(self.model)
+        dev = next(self.model.parameters()).device
+        got = []
+
+        def hook(mod, args, out):
+            got.append(out[0] if isinstance(out, tuple) else out)
+            raise _Stop
+
+        x = torch.tensor([ids], dtype=torch.long, device=dev)
+        handle = dec.layers[self.n_frozen - 1].register_forward_hook(hook)
+        try:
+            # plain tensors even under an outer inference_mode: a training forward may reuse them
+            with torch.inference_mode(False), torch.no_grad():
+                self.model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        return got[0][0].detach().to("cpu")
+
+    def states(self, ids: list[int]):
+        key = (self.key, tuple(ids))
+        out = self.store.get(key)
+        if out is None:
+            out = self._compute(ids)
+            self.store.put(key, out)
+        return out
+
+    def batch_states(self, seqs: list[list[int]], width: int):
+        """[B, width, hidden] bottom states, right-padded with zeros (pad positions are masked keys)."""
+        import torch
+
+        rows = [self.states(s) for s in seqs]
+        out = torch.zeros((len(rows), width, rows[0].shape[-1]), dtype=rows[0].dtype)
+        for r, h in enumerate(rows):
+            out[r, : h.shape[0]] = h
+        return out
+
+    @contextmanager
+    def _top_only(self, inject):
+        dec = _decoder(self.model)
+        kept = [dec.layers[i] for i in range(self.n_frozen)]
+        try:
+            for i in range(self.n_frozen):
+                dec.layers[i] = _passthrough(kept[i], inject if i == 0 else None)
+            yield
+        finally:
+            for i in range(self.n_frozen):
+                dec.layers[i] = kept[i]
+
+    def scores(self, seqs: list[list[int]], input_ids, attention_mask):
+        """One float32 score per row, as music.rm.model.reward_scores: the same input_ids/attention_mask
+        (right-padded `seqs`), with the bottom layers' output taken from the store."""
+        from music.rm.model import reward_scores
+
+        dev = input_ids.device
+        hidden = self.batch_states(seqs, input_ids.shape[1]).to(dev)
+        with self._top_only(hidden):
+            return reward_scores(self.model, input_ids, attention_mask)
+
+    def stats(self) -> dict:
+        return {"frozen_layers": self.n_frozen, "store_hits": self.store.hits, "store_misses": self.store.misses,
+                "store_mb": round(self.store.bytes / 2**20, 1)}
+
+
+def frozen_bottom_for_training(cfg, model, info: dict) -> FrozenBottom | None:
+    """The reuse for a training run, or None: switched off, nothing frozen, or the Unsloth backend."""
+    if not cfg.reuse_frozen_layers or info.get("backend") != "transformers":
+        return None
+    n = frozen_layer_count(cfg.lora, cfg.lora_last_layers, int(info["num_layers"]))
+    return FrozenBottom(model, n) if n else None
