@@ -95,11 +95,12 @@ def test_the_key_follows_the_bottom_weights(tiny_backbone):
 def test_training_with_reuse_matches_training_without(tiny_backbone):
     pairs = {"d": toy_pairs(8, turns=2)}
     runs = {}
-    for reuse in (False, True):
+    for reuse, ckpt in ((False, False), (True, False), (True, True)):
         cfg = tiny_cfg(tiny_backbone, lora_last_layers=1, max_steps=None, epochs=3, batch_size=2, learning_rate=1e-2,
-                       reuse_frozen_layers=reuse)
-        runs[reuse] = run_training(cfg, pairs, progress=False)
-    off, on = runs[False], runs[True]
+                       reuse_frozen_layers=reuse, gradient_checkpointing=ckpt)
+        runs[reuse, ckpt] = run_training(cfg, pairs, progress=False)
+    off, on = runs[False, False], runs[True, False]
+    assert [r["loss"] for r in runs[True, True].curve] == pytest.approx([r["loss"] for r in off.curve], abs=TOL)
     assert off.timing["frozen_layers_reused"] is None
     stats = on.timing["frozen_layers_reused"]
     assert stats["frozen_layers"] == 1

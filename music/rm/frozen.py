@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,7 @@ class FrozenBottom:
         self.n_frozen = n_frozen
         self.store = STORE if store is None else store
         self.key = model_key(model, n_frozen)
+        self.compute_seconds = 0.0  # spent computing bottom states (what a store shared across processes could still save)
 
     def _compute(self, ids: list[int]):
         """The bottom layers' output for one conversation, unpadded (batch of one, all-ones mask)."""
@@ -176,7 +178,9 @@ class FrozenBottom:
         key = (self.key, tuple(ids))
         out = self.store.get(key)
         if out is None:
+            t0 = time.perf_counter()
             out = self._compute(ids)
+            self.compute_seconds += time.perf_counter() - t0
             self.store.put(key, out)
         return out
 
@@ -214,7 +218,7 @@ class FrozenBottom:
 
     def stats(self) -> dict:
         return {"frozen_layers": self.n_frozen, "store_hits": self.store.hits, "store_misses": self.store.misses,
-                "store_mb": round(self.store.bytes / 2**20, 1)}
+                "store_mb": round(self.store.bytes / 2**20, 1), "bottom_seconds": round(self.compute_seconds, 2)}
 
 
 def frozen_bottom_for_training(cfg, model, info: dict) -> FrozenBottom | None:
