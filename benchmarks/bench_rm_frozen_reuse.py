@@ -7,9 +7,11 @@ Model: the embedded SmolLM2-135M-Instruct cut to --layers decoder layers, LoRA o
 (the default RM: 12 and 6), transformers backend. Training: --seeds runs of --epochs over --pairs synthetic
 multi-turn pairs, as train@variant does (one process, seeds in turn: the store serves every seed); steps/s
 of the step loop, the first seed (cold store) apart. Scoring: two saved RMs (two seeds) score --n
-conversations as evaluate does, with and without reuse; conversations/s. Prints the largest reward and
-loss differences between the two paths and the seconds spent computing bottom states (what a store
-shared across processes could still save). --smoke: a 2-layer, few-pair run that only checks it works.
+conversations as evaluate does; conversations/s. Three modes: reuse off; on, in a new process (memory
+empty, the files under {paths.cache}/hidden written); on with those files already there (a later stage:
+train@music after train@baseline, evaluate@music after evaluate@baseline). Prints the largest reward and
+loss differences against reuse off, whether warm files change anything (they must not), and the seconds
+spent computing bottom states. --smoke: a 2-layer, few-pair run that only checks it works.
 """
 
 from __future__ import annotations
@@ -51,11 +53,13 @@ def synthetic_pairs(n: int, seed: int = 0) -> list[PreferencePair]:
     return pairs
 
 
-def train(cfg: TrainConfig, pairs, seeds: list[int], out: Path | None) -> dict:
+def train(cfg: TrainConfig, pairs, seeds: list[int], out: Path | None, folder: Path | None = None) -> dict:
     from music.rm.frozen import STORE
     from music.rm.train import run_training, save_reward_model
 
-    STORE.clear()  # every measurement starts cold
+    STORE.clear()  # nothing in memory: a new process
+    if folder is not None:
+        STORE.use_folder(folder)  # the files under {paths.cache}/hidden, as the stages use them
     runs = []
     for s in seeds:
         o = run_training(cfg, {"d": pairs}, progress=False, seed=s)
@@ -66,11 +70,13 @@ def train(cfg: TrainConfig, pairs, seeds: list[int], out: Path | None) -> dict:
     return {"runs": runs, "steps_per_s": sum(r["steps"] for r in runs) / sum(r["seconds"] for r in runs)}
 
 
-def score(dirs: list[Path], convs, reuse: bool, batch_size: int, max_length: int) -> dict:
+def score(dirs: list[Path], convs, reuse: bool, batch_size: int, max_length: int, folder: Path | None = None) -> dict:
     from music.rm.frozen import STORE
     from music.rm.score import RewardScorer
 
     STORE.clear()
+    if folder is not None:
+        STORE.use_folder(folder)
     scores, seconds, bottom = [], [], 0.0
     for d in dirs:  # one RM at a time, as evaluate@variant scores its seeds
         scorer = RewardScorer(d, batch_size=batch_size, max_length=max_length, device="cpu", reuse_frozen=reuse)
@@ -111,36 +117,42 @@ def main(argv=None) -> int:
           f"batch {args.batch_size}; scoring {args.n} conversations x {len(seeds)} RMs", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
-        res = {}
-        for reuse in (False, True):
-            out = Path(tmp) / ("on" if reuse else "off")
-            res[reuse] = train(TrainConfig(**base, reuse_frozen_layers=reuse), pairs, seeds, out)
-            print(f"train reuse={'on ' if reuse else 'off'}: {res[reuse]['steps_per_s']:.3f} steps/s "
-                  f"(per seed: {', '.join('%.3f' % (r['steps'] / r['seconds']) for r in res[reuse]['runs'])}); "
-                  f"store {res[reuse]['runs'][-1]['reuse']}", flush=True)
+        res, files = {}, {"train": Path(tmp) / "hidden-train", "score": Path(tmp) / "hidden-score"}
+        # off | on (a new process, files written) | warm (a later process: the files exist, e.g. train@music
+        # after train@baseline on the same pairs, evaluate@music after evaluate@baseline)
+        modes = {"off": False, "on": True, "warm": True}
+        for mode, reuse in modes.items():
+            out = Path(tmp) / mode if mode == "off" else None
+            res[mode] = train(TrainConfig(**base, reuse_frozen_layers=reuse), pairs, seeds, out, files["train"] if reuse else None)
+            print(f"train {mode:4s}: {res[mode]['steps_per_s']:.3f} steps/s "
+                  f"(per seed: {', '.join('%.3f' % (r['steps'] / r['seconds']) for r in res[mode]['runs'])}); "
+                  f"store {res[mode]['runs'][-1]['reuse']}", flush=True)
         dirs = [Path(tmp) / "off" / f"seed{s}" for s in seeds]
         sc = {}
-        for reuse in (False, True):
-            sc[reuse] = score(dirs, convs, reuse, batch_size=8, max_length=args.max_length)
-            print(f"score reuse={'on ' if reuse else 'off'}: {sc[reuse]['conv_per_s']:.2f} conv/s "
-                  f"(per RM: {', '.join(f'{args.n / s:.2f}' for s in sc[reuse]['seconds'])})", flush=True)
+        for mode, reuse in modes.items():
+            sc[mode] = score(dirs, convs, reuse, batch_size=8, max_length=args.max_length, folder=files["score"] if reuse else None)
+            print(f"score {mode:4s}: {sc[mode]['conv_per_s']:.2f} conv/s "
+                  f"(per RM: {', '.join(f'{args.n / s:.2f}' for s in sc[mode]['seconds'])})", flush=True)
 
-    loss_diff = max(abs(a["loss"] - b["loss"]) for ra, rb in zip(res[False]["runs"], res[True]["runs"])
+    loss_diff = max(abs(a["loss"] - b["loss"]) for m in ("on", "warm") for ra, rb in zip(res["off"]["runs"], res[m]["runs"])
                     for a, b in zip(ra["curve"], rb["curve"]))
-    score_diff = max(abs(a - b) for sa, sb in zip(sc[False]["scores"], sc[True]["scores"]) for a, b in zip(sa, sb))
-    bottom = sum(r["reuse"]["bottom_seconds"] for r in res[True]["runs"])
-    train_on = sum(r["seconds"] for r in res[True]["runs"])
+    score_diff = max(abs(a - b) for m in ("on", "warm") for sa, sb in zip(sc["off"]["scores"], sc[m]["scores"])
+                     for a, b in zip(sa, sb))
+    warm_same = ([r["curve"] for r in res["warm"]["runs"]] == [r["curve"] for r in res["on"]["runs"]]
+                 and sc["warm"]["scores"] == sc["on"]["scores"])
+    bottom = sum(r["reuse"]["bottom_seconds"] for r in res["on"]["runs"])
+    train_on, score_on = sum(r["seconds"] for r in res["on"]["runs"]), sum(sc["on"]["seconds"])
     print()
-    print(f"{'':10s}{'reuse off':>14s}{'reuse on':>14s}{'speed-up':>10s}")
-    print(f"{'train':10s}{res[False]['steps_per_s']:>10.3f} st/s{res[True]['steps_per_s']:>10.3f} st/s"
-          f"{res[True]['steps_per_s'] / res[False]['steps_per_s']:>9.2f}x")
-    print(f"{'score':10s}{sc[False]['conv_per_s']:>10.2f} c/s {sc[True]['conv_per_s']:>10.2f} c/s "
-          f"{sc[True]['conv_per_s'] / sc[False]['conv_per_s']:>8.2f}x")
-    print(f"max |loss difference| {loss_diff:.2e}; max |reward difference| {score_diff:.2e}")
-    score_on = sum(sc[True]["seconds"])
-    print(f"bottom states computed (reuse on; the most a store shared across processes could still save): "
+    print(f"{'':8s}{'reuse off':>14s}{'reuse on':>14s}{'files warm':>14s}{'on/off':>8s}{'warm/off':>9s}")
+    print(f"{'train':8s}" + "".join(f"{res[m]['steps_per_s']:>9.3f} st/s" for m in modes)
+          + f"{res['on']['steps_per_s'] / res['off']['steps_per_s']:>7.2f}x{res['warm']['steps_per_s'] / res['off']['steps_per_s']:>8.2f}x")
+    print(f"{'score':8s}" + "".join(f"{sc[m]['conv_per_s']:>9.2f} c/s " for m in modes)
+          + f"{sc['on']['conv_per_s'] / sc['off']['conv_per_s']:>7.2f}x{sc['warm']['conv_per_s'] / sc['off']['conv_per_s']:>8.2f}x")
+    print(f"max |loss difference| {loss_diff:.2e}; max |reward difference| {score_diff:.2e}; "
+          f"warm files give bitwise the same losses and rewards: {warm_same}")
+    print(f"bottom states computed with reuse on (what the files save a later stage): "
           f"training {bottom:.1f} s of {train_on:.1f} s ({bottom / train_on:.0%}), "
-          f"scoring {sc[True]['bottom_seconds']:.1f} s of {score_on:.1f} s ({sc[True]['bottom_seconds'] / score_on:.0%})")
+          f"scoring {sc['on']['bottom_seconds']:.1f} s of {score_on:.1f} s ({sc['on']['bottom_seconds'] / score_on:.0%})")
     return 0
 
 

@@ -20,5 +20,5 @@ def test_frozen_reuse_benchmark_smoke(capsys):
     out = capsys.readouterr().out
     assert "reuse off" in out and "speed-up" in out and "st/s" in out and "c/s" in out
     diffs = [line for line in out.splitlines() if line.startswith("max |loss difference|")][0]
-    loss, reward = (float(part.split()[-1]) for part in diffs.split(";"))
-    assert loss <= 1e-5 and reward <= 1e-5
+    loss, reward, warm = (part.split()[-1] for part in diffs.split(";"))
+    assert float(loss) <= 1e-5 and float(reward) <= 1e-5 and warm == "True"

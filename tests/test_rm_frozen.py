@@ -158,3 +158,26 @@ def test_no_reuse_for_full_fine_tuning_or_lora_on_every_layer(tiny_backbone, tmp
         assert out.timing["frozen_layers_reused"] is None, kw
         save_reward_model(out, tmp_path / str(len(kw)) / ("full" if "lora" in kw else "all"))
         assert saved_frozen_layers(tmp_path / str(len(kw)) / ("full" if "lora" in kw else "all")) == 0
+
+
+def test_files_share_the_states_between_processes_bitwise_and_bounded(tiny_backbone, tmp_path):
+    model, tok = _lora_model(tiny_backbone)
+    first = HiddenStore()
+    first.use_folder(tmp_path / "hidden")
+    cold = score_conversations(model, tok, CONVS, max_length=256, batch_size=4, frozen=FrozenBottom(model, 1, first))
+    files = sorted((tmp_path / "hidden").rglob("*.pt"))
+    assert len(files) == len(set(map(tuple, _ids(tok))))
+    later = HiddenStore()  # another process: nothing in memory, the same folder
+    later.use_folder(tmp_path / "hidden")
+    fb = FrozenBottom(model, 1, later)
+    assert score_conversations(model, tok, CONVS, max_length=256, batch_size=4, frozen=fb) == cold  # bitwise
+    assert fb.compute_seconds == 0.0 and later.disk_hits == len(files)
+    files[0].write_bytes(b"not a tensor file")  # a broken file is computed again, not trusted
+    again = HiddenStore()
+    again.use_folder(tmp_path / "hidden")
+    assert score_conversations(model, tok, CONVS, max_length=256, batch_size=4, frozen=FrozenBottom(model, 1, again)) == cold
+    assert again.disk_hits == len(files) - 1
+    small = HiddenStore()
+    small.use_folder(tmp_path / "small", max_disk_bytes=1)  # the bound: nothing fits, nothing is written
+    score_conversations(model, tok, CONVS, max_length=256, batch_size=4, frozen=FrozenBottom(model, 1, small))
+    assert not list((tmp_path / "small").rglob("*.pt"))

@@ -21,8 +21,12 @@ frozen, no reuse. A saved reward model's folder says it through its adapter_conf
 (layers_to_transform, no embedding layer trained), so scoring reuses automatically. The Unsloth backend
 (GPU) keeps reuse off: its patched layers and fused kernels are not this code path.
 
-The store is in-process (a dict bounded by MAX_STORE_BYTES, keyed by a hash of the bottom weights, the
-layer count, dtype and the exact token ids): it serves every seed, variant and RM scored in one process.
+The store (STORE) is keyed by a hash of the bottom weights (backbone, revision, cut and dtype show
+there), the layer count and the exact token ids. In memory (bounded by MAX_STORE_BYTES) it serves every
+seed, variant and RM scored in one process; the train@* and evaluate@* stages also share it through files
+under {paths.cache}/hidden (use_disk_store, bounded by MAX_DISK_BYTES), so evaluate@music reads the states
+evaluate@baseline computed for the same items. A stored state is bitwise the one a computation gives, so
+no output depends on what the store holds.
 """
 
 from __future__ import annotations
@@ -35,6 +39,15 @@ from pathlib import Path
 from typing import Any
 
 MAX_STORE_BYTES = 2 << 30  # in-process store bound (float32 states: ~1.2 MB per 512-token conversation at width 576)
+MAX_DISK_BYTES = 4 << 30  # the files under {paths.cache}/hidden (HIDDEN_DIR), shared by the stages
+HIDDEN_DIR = "hidden"
+
+
+def use_disk_store(cache_dir: str | Path) -> Path:
+    """Share the states between processes through {cache_dir}/hidden (train@* and evaluate@* call this)."""
+    folder = Path(cache_dir) / HIDDEN_DIR
+    STORE.use_folder(folder)
+    return folder
 
 
 def frozen_layer_count(lora: bool, lora_last_layers: int | None, num_layers: int) -> int:
@@ -60,7 +73,10 @@ def saved_frozen_layers(model_dir: str | Path) -> int:
 
 
 class HiddenStore:
-    """Bottom-layer outputs per (model key, token ids), on CPU, up to max_bytes (then new ones are not kept)."""
+    """Bottom-layer outputs per (model key, token ids): in memory on CPU up to max_bytes, and, once
+    `use_folder` names one, in files shared by every process (train@* and evaluate@* stages) up to
+    max_disk_bytes. Past a bound new states are not kept (they are computed again when needed). A file holds
+    the token ids beside the states and is read only when they match; a file that does not load is a miss."""
 
     def __init__(self, max_bytes: int = MAX_STORE_BYTES):
         self.max_bytes = max_bytes
@@ -68,24 +84,75 @@ class HiddenStore:
         self.bytes = 0
         self.hits = 0
         self.misses = 0
+        self.disk_hits = 0
+        self.folder: Path | None = None
+        self.max_disk_bytes = 0
+        self.disk_bytes = 0
+
+    def use_folder(self, folder: str | Path, max_disk_bytes: int = MAX_DISK_BYTES) -> None:
+        folder = Path(folder)
+        if folder != self.folder:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.disk_bytes = sum(f.stat().st_size for f in folder.rglob("*.pt"))
+        self.folder, self.max_disk_bytes = folder, max_disk_bytes
+
+    def _file(self, key: tuple) -> Path:
+        model, ids = key
+        digest = hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()
+        return self.folder / model / digest[:2] / f"{digest}.pt"
+
+    def _load(self, key: tuple):
+        import torch
+
+        path = self._file(key)
+        if not path.is_file():
+            return None
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            if blob["ids"].tolist() == list(key[1]):
+                return blob["hidden"]
+        except Exception:  # a partial or foreign file: compute again (and overwrite it)
+            return None
+        return None
 
     def get(self, key: tuple):
         out = self.data.get(key)
+        if out is None and self.folder is not None:
+            out = self._load(key)
+            if out is not None:
+                self.disk_hits += 1
+                self._keep(key, out)
         if out is None:
             self.misses += 1
         else:
             self.hits += 1
         return out
 
-    def put(self, key: tuple, value) -> None:
+    def _keep(self, key: tuple, value) -> None:
         size = value.numel() * value.element_size()
         if self.bytes + size <= self.max_bytes:
             self.data[key] = value
             self.bytes += size
 
+    def put(self, key: tuple, value) -> None:
+        self._keep(key, value)
+        if self.folder is None:
+            return
+        import torch
+
+        from music.io import atomic_path
+
+        size = value.numel() * value.element_size()
+        if self.disk_bytes + size <= self.max_disk_bytes:
+            with atomic_path(self._file(key)) as tmp:
+                torch.save({"ids": torch.tensor(list(key[1]), dtype=torch.long), "hidden": value}, tmp)
+            self.disk_bytes += size
+
     def clear(self) -> None:
+        """Forget what is in memory and stop using a folder (its files stay)."""
         self.data.clear()
-        self.bytes = self.hits = self.misses = 0
+        self.bytes = self.hits = self.misses = self.disk_hits = 0
+        self.folder, self.disk_bytes = None, 0
 
 
 STORE = HiddenStore()  # one per process: shared by every seed, variant and scorer
@@ -218,6 +285,7 @@ class FrozenBottom:
 
     def stats(self) -> dict:
         return {"frozen_layers": self.n_frozen, "store_hits": self.store.hits, "store_misses": self.store.misses,
+                "store_disk_hits": self.store.disk_hits,
                 "store_mb": round(self.store.bytes / 2**20, 1), "bottom_seconds": round(self.compute_seconds, 2)}
 
 

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from music.config import TrainConfig
 from music.io import atomic_path, dumps_canonical, write_json
 from music.rm.data import EncodedPair, collate_pairs, encode_pairs, length_grouped_batches, load_variant_pairs, mix_pairs
-from music.rm.frozen import frozen_bottom_for_training
+from music.rm.frozen import frozen_bottom_for_training, use_disk_store
 from music.rm.model import load_reward_model, reward_scores, save_model_folder
 
 CHECKPOINT = "checkpoint.pt"
@@ -325,6 +325,8 @@ def train_variant(P, variant: str, *, progress: bool = True) -> list[dict]:
     if variant not in cfg.variants:
         raise ValueError(f"unknown variant {variant!r}; train.variants has {sorted(cfg.variants)}")
     pairs_by_kind = load_variant_pairs(P.paths.pairs, cfg.variants[variant], split="train")
+    if cfg.reuse_frozen_layers:
+        use_disk_store(P.paths.cache)  # frozen-layer states shared with the other train@ and evaluate@ stages
     runs = []
     for s in cfg.seeds:
         runs.append(train_reward_model(cfg, pairs_by_kind, seed_dir(P.paths.models, variant, s),
