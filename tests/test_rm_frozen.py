@@ -89,6 +89,13 @@ def test_the_key_follows_the_bottom_weights(tiny_backbone):
         assert FrozenBottom(model, 1, HiddenStore()).key == key
         inner.layers[0].mlp.up_proj.weight.add_(1.0)  # a frozen layer changed: another key
         assert FrozenBottom(model, 1, HiddenStore()).key != key
+    key = FrozenBottom(model, 1, HiddenStore()).key
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)  # other kernels' splits may round differently: not shared
+        assert FrozenBottom(model, 1, HiddenStore()).key != key
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.slow

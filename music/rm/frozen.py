@@ -168,13 +168,35 @@ def _decoder(model):
     return getattr(inner, inner.base_model_prefix)
 
 
+def compute_identity(model) -> dict:
+    """What besides the weights decides the bottom states' bits: the layers' settings, the attention kernel,
+    the device (a GPU's states differ from a CPU's in the last bits), the thread count and the library versions."""
+    import torch
+    import transformers
+
+    dec = _decoder(model)
+    conf = dec.config
+    dev = next(model.parameters()).device
+    keys = ("model_type", "hidden_act", "rms_norm_eps", "layer_norm_eps", "rope_theta", "rope_scaling", "rope_parameters",
+            "max_position_embeddings", "sliding_window", "attention_bias", "mlp_bias", "head_dim", "_attn_implementation")
+    return {
+        "class": type(dec).__name__,
+        "config": {k: getattr(conf, k, None) for k in keys},
+        "device": str(dev.type) + (f":{torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else ""),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
 def model_key(model, n_frozen: int) -> str:
     """Identity of what the bottom layers compute: a hash of the embeddings' and bottom layers' weights
-    (backbone, revision, cut and dtype all show there) with the layer count."""
+    (backbone, revision, cut and dtype all show there), the layer count and compute_identity."""
     import torch
 
     dec = _decoder(model)
     h = hashlib.sha256(f"frozen-{n_frozen}".encode())
+    h.update(json.dumps(compute_identity(model), sort_keys=True, default=str).encode())
     modules = [("embed", dec.get_input_embeddings())] + [(f"layer{i}", dec.layers[i]) for i in range(n_frozen)]
     for name, mod in modules:
         for pname, p in sorted(mod.state_dict().items()):
