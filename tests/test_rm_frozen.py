@@ -32,6 +32,18 @@ def test_which_layers_are_frozen():
     assert frozen_layer_count(False, 6, 12) == 0  # full fine-tuning trains every layer
 
 
+def test_training_reuse_only_on_the_transformers_backend_and_when_switched_on():
+    from music.config import TrainConfig
+    from music.rm.frozen import frozen_bottom_for_training
+
+    cfg = TrainConfig()
+    assert cfg.reuse_frozen_layers  # on by default
+    # Unsloth (GPU) patches the layers and runs its own kernels: no reuse there
+    assert frozen_bottom_for_training(cfg, None, {"backend": "unsloth", "num_layers": 12}) is None
+    off = TrainConfig(reuse_frozen_layers=False)
+    assert frozen_bottom_for_training(off, None, {"backend": "transformers", "num_layers": 12}) is None
+
+
 def _lora_model(tiny_backbone, **kw):
     cfg = tiny_cfg(tiny_backbone, lora_last_layers=1, **kw)  # 2 layers: the bottom one frozen
     model, tok, info = load_reward_model(cfg, device="cpu", seed=0)
