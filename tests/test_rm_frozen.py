@@ -170,6 +170,7 @@ def test_a_saved_rm_says_its_frozen_layers_and_scores_reuse_across_rms(tiny_back
     assert RewardScorer(dirs[0], batch_size=4).frozen is None
 
 
+@pytest.mark.slow
 def test_no_reuse_for_full_fine_tuning_or_lora_on_every_layer(tiny_backbone, tmp_path):
     for kw in ({"lora": False}, {"lora_last_layers": None}):
         cfg = tiny_cfg(tiny_backbone, max_steps=1, **kw)
