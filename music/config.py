@@ -271,6 +271,9 @@ class TrainConfig(_Checked):
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     dtype: str = "auto"  # weights: auto = float32 on CPU, the backbone's 16-bit dtype (else bfloat16) on a GPU
     gradient_checkpointing: bool | None = None  # null: on for backbones of >= 1B parameters (music.models.shapes)
+    # Compute the frozen bottom layers' output (LoRA on the top lora_last_layers only) once per conversation and
+    # reuse it across epochs, seeds, variants and scoring (music.rm.frozen); not on the Unsloth backend; same rewards
+    reuse_frozen_layers: bool = True
 
     def validate(self) -> None:
         self._require(self.dtype in MODEL_DTYPES, "dtype", f"must be one of {MODEL_DTYPES}, got {self.dtype!r}")

@@ -27,6 +27,7 @@ from music.evaluate.rewardbench import load_rewardbench_pairs, rewardbench_items
 from music.evaluate.stats import spread
 from music.evaluate.swap import load_swap_conversations, swap_pairs
 from music.io import atomic_path, write_json
+from music.rm.frozen import use_disk_store
 from music.rm.score import RewardScorer
 from music.rm.train import seed_dir
 from music.schema import PreferencePair, user_turns
@@ -126,6 +127,7 @@ def evaluate_variant(P, variant: str, *, make_scorer: ScorerFactory | None = Non
         info["sources"]["rewardbench"] = cfg.rewardbench_path or "hub"
     make_scorer = make_scorer or (lambda d: RewardScorer(str(d), batch_size=cfg.batch_size, max_length=cfg.max_length,
                                                         dtype=cfg.dtype))
+    use_disk_store(paths.cache)  # frozen-layer states (music.rm.frozen) shared with the other stages
 
     blind_items = [it.blind() for it in items]  # the history-blind reference: last exchanges (short; deduplicated)
     rows, traj_rows, per_seed, rb = [], [], {}, {}

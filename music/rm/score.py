@@ -13,6 +13,7 @@ from typing import Any
 
 from music.models.shapes import resolve_dtype
 from music.rm.data import as_pairs, fit_conversation, pad_batch
+from music.rm.frozen import FrozenBottom, saved_frozen_layers
 from music.rm.model import attention_implementation, float32_head, reward_scores, score_head
 from music.schema import validate_conversation
 
@@ -88,9 +89,12 @@ def load_scoring_model(model_dir: str | Path, dtype: str, device: str = "cpu"):
 
 def score_conversations(
     model, tokenizer, conversations: list[list[dict]], *, max_length: int, batch_size: int = 8,
-    source: str = "conversations", progress: bool = False,
+    source: str = "conversations", progress: bool = False, frozen: FrozenBottom | None = None,
 ) -> list[float]:
-    """Scores in input order; batches are sorted by length (less padding), run under inference_mode."""
+    """Scores in input order; batches are sorted by length (less padding), run under inference_mode.
+
+    `frozen` (music.rm.frozen): the bottom layers' output comes from its store (computed once per conversation).
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -107,7 +111,11 @@ def score_conversations(
         for s in tqdm(range(0, len(order), batch_size), desc="score", disable=not progress):
             chunk = order[s:s + batch_size]
             x, mask = pad_batch([ids[i] for i in chunk], tokenizer.pad_token_id)
-            for i, v in zip(chunk, reward_scores(model, x.to(dev), mask.to(dev)).tolist()):
+            if frozen:
+                scores = frozen.scores([ids[i] for i in chunk], x.to(dev), mask.to(dev))
+            else:
+                scores = reward_scores(model, x.to(dev), mask.to(dev))
+            for i, v in zip(chunk, scores.tolist()):
                 out[i] = float(v)
     model.train(was_training)
     return out
@@ -115,10 +123,13 @@ def score_conversations(
 
 class RewardScorer:
     """A saved reward model (music.rm.model.save_model_folder) that scores conversations; loaded by
-    load_scoring_model (LoRA unmerged, float32 head, the training attention)."""
+    load_scoring_model (LoRA unmerged, float32 head, the training attention). When the folder's adapter
+    leaves bottom layers frozen (music.rm.frozen.saved_frozen_layers), their output is computed once per
+    conversation and shared with every other scorer and training run of this process. reuse_frozen None:
+    as the RM was trained (train_metrics.json's train.reuse_frozen_layers; true when absent)."""
 
     def __init__(self, model_dir: str | Path, batch_size: int = 8, max_length: int | None = None,
-                 device: str | None = None, dtype: str = "auto"):
+                 device: str | None = None, dtype: str = "auto", reuse_frozen: bool | None = None):
         import torch
         from transformers import AutoTokenizer
 
@@ -140,16 +151,22 @@ class RewardScorer:
             )
         self.batch_size = batch_size
         self.max_length = max_length or self._trained_max_length()
+        if reuse_frozen is None:
+            reuse_frozen = bool(self._trained_config().get("reuse_frozen_layers", True))
+        n_frozen = saved_frozen_layers(self.model_dir) if reuse_frozen else 0
+        self.frozen = FrozenBottom(self.model, n_frozen) if n_frozen else None
+
+    def _trained_config(self) -> dict:
+        path = self.model_dir / "train_metrics.json"
+        return json.loads(path.read_text(encoding="utf-8"))["config"] if path.exists() else {}
 
     def _trained_max_length(self) -> int:
-        path = self.model_dir / "train_metrics.json"
-        if path.exists():
-            return int(json.loads(path.read_text(encoding="utf-8"))["config"]["max_length"])
-        return DEFAULT_MAX_LENGTH
+        return int(self._trained_config().get("max_length", DEFAULT_MAX_LENGTH))
 
     def score(self, conversations: list[list[dict]], progress: bool = False) -> list[float]:
         return score_conversations(self.model, self.tokenizer, conversations, max_length=self.max_length,
-                                   batch_size=self.batch_size, source=str(self.model_dir), progress=progress)
+                                   batch_size=self.batch_size, source=str(self.model_dir), progress=progress,
+                                   frozen=self.frozen)
 
 
 def score_pairs(scorer, pairs: Any, source: str = "pairs") -> tuple[list[float], list[float]]:

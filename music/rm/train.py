@@ -25,6 +25,7 @@ from typing import Any, Callable
 from music.config import TrainConfig
 from music.io import atomic_path, dumps_canonical, write_json
 from music.rm.data import EncodedPair, collate_pairs, encode_pairs, length_grouped_batches, load_variant_pairs, mix_pairs
+from music.rm.frozen import frozen_bottom_for_training, use_disk_store
 from music.rm.model import load_reward_model, reward_scores, save_model_folder
 from music.rm.schedule import describe, full_batches, matched_steps, steps_for
 
@@ -184,6 +185,7 @@ def run_training(
 
     model, tok, info = load_reward_model(cfg, device=device, seed=seed)
     dev = next(model.parameters()).device
+    frozen = frozen_bottom_for_training(cfg, model, info)  # None: every layer runs (train.reuse_frozen_layers)
     encoded, trunc = encode_pairs(tok, pairs, cfg.max_length, source=f"pairs for variant {variant!r}")
     micro, total_steps = plan_batches(encoded, cfg, seed, None if matched is None else matched["steps"])
 
@@ -206,7 +208,10 @@ def run_training(
         for b in micro[step * cfg.grad_accum:(step + 1) * cfg.grad_accum]:
             batch = [encoded[i] for i in b]
             ids, mask = collate_pairs(batch, tok.pad_token_id)
-            scores = reward_scores(model, ids.to(dev), mask.to(dev))
+            if frozen:
+                scores = frozen.scores([p.chosen for p in batch] + [p.rejected for p in batch], ids.to(dev), mask.to(dev))
+            else:
+                scores = reward_scores(model, ids.to(dev), mask.to(dev))
             loss, acc = bt_loss(scores[: len(batch)], scores[len(batch):], cfg.margin, cfg.center_coef)
             (loss / cfg.grad_accum).backward()
             losses.append(loss.item())
@@ -258,6 +263,7 @@ def run_training(
         "seconds_per_step": round(state["seconds"] / total_steps, 3),  # resumed runs carry earlier time
         "tokens_per_s": round(state["real_tokens"] / state["seconds"], 1) if state["seconds"] else None,
         "resumed_from_step": state["resumed_from"],
+        "frozen_layers_reused": frozen.stats() if frozen else None,
     }
     return TrainOutcome(model, tok, metrics, curve, timing)
 
@@ -342,6 +348,8 @@ def train_variant(P, variant: str, *, progress: bool = True) -> list[dict]:
     pairs_by_kind = load_variant_pairs(P.paths.pairs, cfg.variants[variant], split="train")
     matched = matched_arms(cfg, load_variant_pairs(P.paths.pairs, sorted({k for ks in cfg.variants.values() for k in ks})))
     print(describe(matched), flush=True)
+    if cfg.reuse_frozen_layers:
+        use_disk_store(P.paths.cache)  # frozen-layer states shared with the other train@ and evaluate@ stages
     runs = []
     for s in cfg.seeds:
         runs.append(train_reward_model(cfg, pairs_by_kind, seed_dir(P.paths.models, variant, s),
