@@ -27,7 +27,8 @@ def load_bench(name: str):
 
 
 def test_every_benchmark_has_a_smoke_test():
-    assert BENCHMARKS == ["bench_rm_trainer.py", "bench_scoring.py", "bench_simulation.py"], (
+    # bench_rm_frozen_reuse.py's smoke run is tests/test_bench_frozen_reuse.py
+    assert BENCHMARKS == ["bench_rm_frozen_reuse.py", "bench_rm_trainer.py", "bench_scoring.py", "bench_simulation.py"], (
         "a new benchmark needs a smoke run in tests/test_benchmarks.py")
     for name in BENCHMARKS:
         assert "--smoke" in (REPO / "benchmarks" / name).read_text(encoding="utf-8"), name
