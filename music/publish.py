@@ -15,22 +15,28 @@ import argparse
 import copy
 import json
 from pathlib import Path
+from typing import Sequence
 
 from music.io import atomic_path
 from music.notebook import EXECUTED_DIR, NOTEBOOKS, repo_root
 
 WALKTHROUGH_DIR = "docs/walkthrough"
-VARIANT_STAGES = {"train": ("baseline", "music"), "evaluate": ("baseline", "music")}  # one executed copy per variant
+VARIANT_STAGES = ("train", "evaluate")  # one executed copy per variant of train.variants
 _WIDGET = "application/vnd.jupyter.widget-view+json"
 _CELL_METADATA_KEEP = ("tags", "jupyter")  # tags (parameters, injected-parameters) and collapsed/hidden state
 
 
-def executed_names() -> list[str]:
-    """The executed copies a full run writes, in lesson order: 00_draw_seeds.ipynb, ..., 03_train_rm_baseline.ipynb."""
+def executed_names(variants: Sequence[str] | None = None) -> list[str]:
+    """The executed copies a full run writes, in lesson order: 00_draw_seeds.ipynb, ..., 03_train_rm_baseline.ipynb;
+    one per variant (default: train.variants of params.yaml) for the train and evaluate stages."""
+    if variants is None:
+        from music.config import load_params
+
+        variants = list(load_params(repo_root() / "params.yaml").train.variants)
     out = []
     for stage, notebook in NOTEBOOKS.items():
         stem = Path(notebook).stem
-        out += [f"{stem}_{v}.ipynb" for v in VARIANT_STAGES[stage]] if stage in VARIANT_STAGES else [notebook]
+        out += [f"{stem}_{v}.ipynb" for v in variants] if stage in VARIANT_STAGES else [notebook]
     return out
 
 
@@ -74,13 +80,13 @@ def dumps(nb: dict) -> str:
 
 
 def publish(source: str | Path = EXECUTED_DIR, target: str | Path = WALKTHROUGH_DIR,
-            root: str | Path | None = None) -> list[Path]:
+            root: str | Path | None = None, variants: Sequence[str] | None = None) -> list[Path]:
     """Clean every executed copy found in `source` into `target` (atomically); write target/README.md. Returns
     the notebooks written."""
     root = Path(root) if root else repo_root()
     source, target = Path(source), Path(target)
     written, missing = [], []
-    for name in executed_names():
+    for name in executed_names(variants):
         path = source / name
         if not path.is_file():
             missing.append(name)

@@ -66,7 +66,9 @@ def test_publish_writes_the_lessons_in_order_and_names_the_missing(tmp_path):
 def test_executed_names_follow_the_stages():
     names = publish.executed_names()
     assert names[0] == "00_draw_seeds.ipynb" and names[-1] == "06_plot_results.ipynb"
-    assert {"03_train_rm_baseline.ipynb", "03_train_rm_music.ipynb", "04_evaluate_rm_baseline.ipynb"} <= set(names)
+    assert {"03_train_rm_baseline.ipynb", "03_train_rm_music.ipynb", "04_evaluate_rm_baseline.ipynb",
+            "03_train_rm_control.ipynb", "04_evaluate_rm_control.ipynb"} <= set(names)  # every train.variants arm
+    assert "03_train_rm_x.ipynb" in publish.executed_names(["x"]) and "03_train_rm_music.ipynb" not in publish.executed_names(["x"])
 
 
 @pytest.mark.parametrize("link", ["docs/walkthrough/README.md"])
