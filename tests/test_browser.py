@@ -48,7 +48,8 @@ CASES = [
     pytest.param("05_pick_best_of_n.ipynb", ["seed", "simulate", "contrast", "train@baseline", "train@music",
                                              "best_of_n"], id="05_pick_best_of_n"),
     pytest.param("06_plot_results.ipynb", ["seed", "simulate", "contrast", "train@baseline", "train@music",
-                                           "evaluate@baseline", "evaluate@music", "best_of_n", "plots"],
+                                           "train@control", "evaluate@baseline", "evaluate@music", "evaluate@control",
+                                           "best_of_n", "plots"],
                  id="06_plot_results"),
 ]
 
