@@ -345,8 +345,9 @@ def train_variant(P, variant: str, *, progress: bool = True) -> list[dict]:
     cfg = P.train
     if variant not in cfg.variants:
         raise ValueError(f"unknown variant {variant!r}; train.variants has {sorted(cfg.variants)}")
-    pairs_by_kind = load_variant_pairs(P.paths.pairs, cfg.variants[variant], split="train")
-    matched = matched_arms(cfg, load_variant_pairs(P.paths.pairs, sorted({k for ks in cfg.variants.values() for k in ks})))
+    every_kind = load_variant_pairs(P.paths.pairs, sorted({k for ks in cfg.variants.values() for k in ks}), split="train")
+    pairs_by_kind = {k: every_kind[k] for k in cfg.variants[variant]}  # one read serves the variant and the matching
+    matched = matched_arms(cfg, every_kind)
     print(describe(matched), flush=True)
     if cfg.reuse_frozen_layers:
         use_disk_store(P.paths.cache)  # frozen-layer states shared with the other train@ and evaluate@ stages
