@@ -308,6 +308,8 @@ class EvalConfig(_Checked):
     local_set_limit: int = 60  # first N records of each local set
     swap_conversations: int = 24  # whole held-out conversations for the swapped-history test (music.evaluate.swap)
     swap_max_distance: int = 3  # swap one assistant reply 1..this many turns from the end
+    # Also swap in a reply from another turn of the SAME conversation (test `swap_same`: the topic held fixed)
+    swap_same_conversation: bool = True
     # Where the swap test's whole held-out conversations come from (music.evaluate.swap): "seeds" (the seed
     # stage's eval_conversations.jsonl), "sharegpt:PATH" (a ShareGPT-format file; conversations with >= 2
     # assistant turns) or "file:PATH" (jsonl of {conversation_id, messages}). Single-turn seeds (Skywork)

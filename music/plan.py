@@ -558,6 +558,9 @@ def early_turn_items(P: Params, A: Assumptions, F: Findings) -> dict:
     else:
         swap = None
         notes.append(f"swap: {location} does not exist yet (`make data`); not counted")
+    if e.swap_same_conversation:
+        notes.append("swap_same (a reply from another turn of the same chat) adds items where a like-length reply "
+                     "exists there; not counted (a lower bound)")
     notes.append("every swap finds a like-length donor (misses are counted by the stage); hh/ultrafeedback and "
                  "RewardBench are last-turn only; the early group (music.evaluate.items) is swap >= 2 plus the "
                  "length-matched held-out MUSIC pairs (not counted: the contrast filters decide); quality twins are "

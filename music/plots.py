@@ -93,8 +93,8 @@ def _palette(variants) -> dict:
     return dict(zip(order, sns.color_palette(n_colors=max(1, len(order)))))
 
 
-SLICE_TITLES = {"early": "early turns (headline: swap >= 2, MUSIC)", "last": "last turn (headline: distance 1)",
-                "quality": "strong vs weak reply",
+SLICE_TITLES = {"early": "early turns (headline: swaps >= 2, MUSIC)", "last": "last turn (headline: distance 1)",
+                "quality": "strong vs weak reply", "swap_same": "reply from another turn",
                 "swap": "swapped reply", "music": "held-out MUSIC pairs", "hh": "HH-RLHF", "ultrafeedback": "UltraFeedback"}
 
 
@@ -107,7 +107,8 @@ def slice_title(name: str) -> str:
 # ---------------------------------------------------------------- accuracy overview
 def plot_accuracy_overview(rows: pd.DataFrame, table: pd.DataFrame) -> Figure:
     """Each variant's accuracy per test (bars: mean over training seeds; dots: each seed), chance dashed."""
-    names = [n for n in ("early", "last", "quality@2", "quality@1", "swap@2", "swap@3", "swap@1", "music", "hh", "ultrafeedback")
+    names = [n for n in ("early", "last", "quality@2", "quality@1", "swap@2", "swap@3", "swap@1", "swap_same@2",
+                          "swap_same@3", "swap_same@1", "music", "hh", "ultrafeedback")
              if (table["slice"] == n).any()]
     fig = _figure((max(7.0, 1.05 * len(names) + 2), 4.4))
     ax = fig.subplots()
@@ -153,8 +154,8 @@ def plot_paired_differences(table: pd.DataFrame, tolerance: float = 0.02) -> Fig
     """MUSIC - baseline and MUSIC - control accuracy, paired on the same items, with 95% two-level bootstrap
     intervals (seeds x conversation clusters); a difference whose interval excludes 0 is drawn filled. The
     headline endpoints come first; the grey band on last-turn slices is the 2-point loss we tolerate."""
-    order = [n for n in ("early", "last", "swap@2", "swap@3", "music@2", "music@3", "music@4", "swap@1", "hh",
-                         "ultrafeedback", "quality@2", "quality@1") if (table["slice"] == n).any()]
+    order = [n for n in ("early", "last", "swap@2", "swap@3", "swap_same@2", "swap_same@3", "music@2", "music@3",
+                         "music@4", "swap@1", "swap_same@1", "hh", "ultrafeedback", "quality@2", "quality@1") if (table["slice"] == n).any()]
     t = table.set_index("slice").reindex(order).dropna(subset=["diff"])
     shown = [c for c in CONTRASTS if c[0] in t and t[c[0]].notna().any()]
     fig = _figure((8.0, max(3.0, 0.32 * len(t) * (1 + len(shown)) + 1.2)))
@@ -200,7 +201,7 @@ def distance_table(rows: pd.DataFrame) -> pd.DataFrame:
 def plot_by_distance(rows: pd.DataFrame) -> Figure:
     """Accuracy vs how many assistant turns before the end the difference sits (1 = the last reply)."""
     df = distance_table(rows)
-    panels = [t for t in ("quality", "swap", "music") if (df["test"] == t).any()]
+    panels = [t for t in ("quality", "swap", "swap_same", "music") if (df["test"] == t).any()]
     fig = _figure((4.0 * max(1, len(panels)), 3.9))
     axes = fig.subplots(1, max(1, len(panels)), sharey=True, squeeze=False)[0]
     colors = _palette(df["variant"].unique())
@@ -440,7 +441,7 @@ def plot_data(P, variants: Sequence[str], traj: pd.DataFrame) -> dict[str, pd.Da
     for col in ("loss", "accuracy"):
         out[f"training_{col}"] = wide(curves, "step", col)
     dist = distance_table(load_item_rows(P.paths.evaluation, variants))
-    for test in ("quality", "swap", "music"):
+    for test in ("quality", "swap", "swap_same", "music"):
         out[f"accuracy_by_distance_{test}"] = wide(dist[dist["test"] == test], "distance", "accuracy")
     out["reward_trajectory"] = wide(traj, "relative_turn", "gap")
     return out

@@ -25,7 +25,7 @@ CHANCE = 0.5
 HEADLINE_WIDTH = 100  # `make run`'s last screen fits this many columns
 
 GROUP_TITLES = {"early": "early-turn tests", "last": "last-turn tests", "music": "held-out MUSIC pairs",
-                "quality": "strong vs weak reply", "swap": "swapped reply", "hh": "HH-RLHF",
+                "quality": "strong vs weak reply", "swap": "swapped reply", "swap_same": "reply from another turn", "hh": "HH-RLHF",
                 "ultrafeedback": "UltraFeedback"}
 
 # The paper's direction of effect (arXiv 2512.24693), per result, in words (its numbers: music.evaluate.constants).

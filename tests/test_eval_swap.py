@@ -136,3 +136,40 @@ def test_swap_source_sharegpt_keeps_multi_turn_chats_one_chunk_each(tmp_path):
     for bad in ("hub:x", "sharegpt:", "nonsense"):
         with pytest.raises(DataError, match="swap_source"):
             EvalConfig(swap_source=bad)
+
+
+class TurnScorer:
+    """+1 per assistant reply that answers the user message before it (the reply names the question's turn)."""
+
+    def score(self, conversations):
+        return [float(sum(c[i]["content"].split()[2] == c[i - 1]["content"].split()[2]
+                          for i in range(1, len(c)) if c[i]["role"] == "assistant")) for c in conversations]
+
+
+def test_same_conversation_donor_holds_the_topic_and_needs_the_turn():
+    plain, plain_counts = swap_pairs(convs(), max_distance=3, seed=0)
+    both, counts = swap_pairs(convs(), max_distance=3, seed=0, same_conversation=True)
+    other = [p for p in both if p.donor_kind == "other"]
+    same = [p for p in both if p.donor_kind == "same"]
+    # the other-conversation swaps are unchanged by the switch
+    assert [(p.conversation_id, p.distance, p.swapped) for p in other] == [(p.conversation_id, p.distance, p.swapped) for p in plain]
+    assert counts["same_conversation_pairs"] == len(same) > 20 and all(p.test == "swap_same" for p in same)
+    assert "same_conversation_pairs" not in plain_counts
+    for p in same:
+        i = next(i for i, (a, b) in enumerate(zip(p.intact, p.swapped)) if a != b)
+        new = p.swapped[i]["content"]
+        assert p.donor_id == p.conversation_id and new.startswith(p.conversation_id)  # the same chat: the topic held
+        assert new != p.intact[i]["content"] and new in [m["content"] for m in p.intact if m["role"] == "assistant"]
+        assert abs(len(new) - len(p.intact[i]["content"])) <= LENGTH_TOLERANCE * len(p.intact[i]["content"])
+    items = [Item(p.test, p.item_id, p.distance, p.intact, p.swapped) for p in same]
+    topic = item_rows(items, score_items(HistoryScorer(), items))  # reads the topic only: ties, never right
+    assert sum(r["correct"] for r in topic) == 0
+    turn = item_rows(items, score_items(TurnScorer(), items))  # reads which request each reply answers
+    assert all(r["correct"] for r in turn)
+    # a conversation whose replies differ too much in length gets no same-conversation swap (counted)
+    rng = random.Random(0)
+    a, b = conversation("a", 2, rng), conversation("b", 2, rng)
+    a["messages"][1]["content"] = "a answer 0 " + "y" * 300
+    pairs, counts = swap_pairs([a, b], max_distance=2, seed=0, same_conversation=True)
+    assert not any(p.conversation_id == "a" and p.donor_kind == "same" for p in pairs)
+    assert counts["same_conversation_skipped_by_distance"]["1"] >= 1

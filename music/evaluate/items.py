@@ -38,11 +38,11 @@ from music.evaluate.stats import accuracy_summary
 from music.io import dumps_canonical
 from music.schema import PreferencePair, first_difference_distance
 
-REAL_TESTS = ("quality", "swap", "hh", "ultrafeedback")  # built from real data
+REAL_TESTS = ("quality", "swap", "swap_same", "hh", "ultrafeedback")  # built from real data
 TESTS = (*REAL_TESTS, "music")
 GROUPS = ("early", "last")
-HEADLINE_EARLY_TESTS = ("swap", "music")  # at distance >= 2, length-matched
-HEADLINE_LAST_TESTS = ("swap", "music", "hh", "ultrafeedback")  # at distance 1 (quality twins: apart)
+HEADLINE_EARLY_TESTS = ("swap", "swap_same", "music")  # at distance >= 2, length-matched
+HEADLINE_LAST_TESTS = ("swap", "swap_same", "music", "hh", "ultrafeedback")  # at distance 1 (quality twins: apart)
 LENGTH_TOLERANCE = 0.2  # length-matched: the two sides' assistant characters within +-20% (swap's donor rule)
 
 

@@ -88,9 +88,10 @@ def load_items(P) -> tuple[list[Item], list[PreferencePair], dict]:
     conversations, conv_path = load_swap_conversations(cfg.swap_source, Path(paths.seeds) / SEED_FILES["eval_conversations"],
                                                        limit=cfg.swap_conversations)
     check_disjoint(((c["conversation_id"], c["conversation_id"]) for c in conversations), train_ids, source=str(conv_path))
-    swapped, counts = swap_pairs(conversations, max_distance=cfg.swap_max_distance, seed=cfg.seed)
-    items += [Item("swap", f"{p.conversation_id}:{p.distance}", p.distance, p.intact, p.swapped, "sharegpt",
-                   str(p.conversation_id)) for p in swapped]  # swap@1/2/3 of a conversation: one cluster
+    swapped, counts = swap_pairs(conversations, max_distance=cfg.swap_max_distance, seed=cfg.seed,
+                                 same_conversation=cfg.swap_same_conversation)
+    items += [Item(p.test, p.item_id, p.distance, p.intact, p.swapped, "sharegpt",
+                   str(p.conversation_id)) for p in swapped]  # every swap of a conversation (both kinds): one cluster
     info["sources"]["swap"] = f"{cfg.swap_source}: {conv_path}"
     info["swap"] = counts
     for name, path in sorted(cfg.local_sets.items()):

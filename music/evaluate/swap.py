@@ -8,6 +8,11 @@ kept. The intact conversation should score higher. Distance = how many assistant
 the swap sits: 1 = the last reply (an ordinary last-turn judgement), >= 2 = an earlier turn, the final
 reply identical in both.
 
+Two donor kinds (two tests): `swap` takes the reply from ANOTHER held-out conversation (a different chat, so
+usually a different topic); `swap_same` takes it from ANOTHER TURN OF THE SAME conversation (the same
+like-length rule), which holds the topic fixed: the RM must tell which request a reply answers, not
+whether it is on topic. Both kinds of a conversation form one cluster (they share its turns).
+
 How to read it: a decoder RM scored on the last token sees the whole history, so its scores for the
 two conversations essentially never tie. An RM that ignores the history therefore sits at chance
 (about 50%) at distance >= 2, not at 0; one that reads the history climbs above 50%.
@@ -27,6 +32,7 @@ from music.io import read_jsonl
 from music.schema import validate_conversation
 
 LENGTH_TOLERANCE = 0.2  # a donor reply's length is within +-20% of the replaced one
+SWAP_TESTS = {"other": "swap", "same": "swap_same"}  # donor kind -> test name (music.evaluate.items)
 
 
 @dataclass
@@ -36,6 +42,15 @@ class SwappedPair:
     intact: list[dict]
     swapped: list[dict]
     donor_id: str  # the conversation the replacement reply came from
+    donor_kind: str = "other"  # "other": another conversation's reply; "same": another turn of this conversation
+
+    @property
+    def test(self) -> str:
+        return SWAP_TESTS[self.donor_kind]
+
+    @property
+    def item_id(self) -> str:
+        return f"{self.conversation_id}:{self.distance}"
 
 
 def load_eval_conversations(path: str | Path, limit: int | None = None) -> list[dict]:
@@ -88,32 +103,49 @@ def load_swap_conversations(source: str, seeds_file: str | Path, limit: int | No
 
 
 def swap_pairs(conversations: Sequence[dict], *, max_distance: int, seed: int,
-               length_tolerance: float = LENGTH_TOLERANCE) -> tuple[list[SwappedPair], dict]:
-    """(pairs, counts): one swapped copy per conversation and distance 1..min(assistant turns, max_distance).
+               length_tolerance: float = LENGTH_TOLERANCE, same_conversation: bool = False) -> tuple[list[SwappedPair], dict]:
+    """(pairs, counts): one swapped copy per conversation and distance 1..min(assistant turns, max_distance)
+    with a reply from another conversation; with `same_conversation`, also one with a reply from another
+    turn of the same conversation (donor_kind "same").
 
-    A (conversation, distance) with no donor reply of matching length is skipped and counted.
+    A (conversation, distance, kind) with no donor reply of matching length is skipped and counted.
     """
     if len(conversations) < 2:
         raise ValueError("swapping needs at least two conversations (the replacement comes from another one)")
     donors = [(c["conversation_id"], m["content"]) for c in conversations for m in c["messages"] if m["role"] == "assistant"]
-    out, skipped = [], Counter()
+    kinds = ("other", "same") if same_conversation else ("other",)
+    out, skipped = [], {k: Counter() for k in kinds}
     for conv in conversations:
         msgs = conv["messages"]
+        cid = conv["conversation_id"]
         assistant_idx = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+        own = [(cid, msgs[i]["content"]) for i in assistant_idx]
         for distance in range(1, min(len(assistant_idx), max_distance) + 1):
             target = assistant_idx[-distance]
-            n = len(msgs[target]["content"])
-            pool = [d for d in donors if d[0] != conv["conversation_id"] and d[1] != msgs[target]["content"]
-                    and abs(len(d[1]) - n) <= length_tolerance * n]
-            if not pool:
-                skipped[distance] += 1
-                continue
-            # A per-(conversation, distance) RNG: adding conversations does not reshuffle the others.
-            donor_id, reply = random.Random(f"{seed}:{conv['conversation_id']}:{distance}").choice(pool)
-            bad = [dict(m) for m in msgs]
-            bad[target] = {"role": "assistant", "content": reply}
-            out.append(SwappedPair(conv["conversation_id"], distance, msgs, bad, donor_id))
-    return out, {"pairs": len(out), "skipped_no_donor_by_distance": {str(d): n for d, n in sorted(skipped.items())}}
+            text = msgs[target]["content"]
+            n = len(text)
+            for kind in kinds:
+                candidates = donors if kind == "other" else own
+                pool = [d for d in candidates if (d[0] != cid) == (kind == "other") and d[1] != text
+                        and abs(len(d[1]) - n) <= length_tolerance * n]
+                if not pool:
+                    skipped[kind][distance] += 1
+                    continue
+                # A per-(conversation, distance) RNG: adding conversations does not reshuffle the others.
+                tag = "" if kind == "other" else ":same"
+                donor_id, reply = random.Random(f"{seed}:{cid}:{distance}{tag}").choice(pool)
+                bad = [dict(m) for m in msgs]
+                bad[target] = {"role": "assistant", "content": reply}
+                out.append(SwappedPair(cid, distance, msgs, bad, donor_id, kind))
+    counts = {"pairs": len(out), "skipped_no_donor_by_distance": _by_distance(skipped["other"])}
+    if same_conversation:
+        counts.update(same_conversation_pairs=sum(p.donor_kind == "same" for p in out),
+                      same_conversation_skipped_by_distance=_by_distance(skipped["same"]))
+    return out, counts
+
+
+def _by_distance(skipped: Counter) -> dict[str, int]:
+    return {str(d): n for d, n in sorted(skipped.items())}
 
 
 def swap_accuracy(scorer, conversations: Sequence[dict], *, max_distance: int, seed: int) -> dict:
