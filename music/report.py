@@ -23,6 +23,7 @@ from music.evaluate.stats import wilson_interval
 
 CHANCE = 0.5
 HEADLINE_WIDTH = 100  # `make run`'s last screen fits this many columns
+TARGET_HALF_WIDTH = 5.0  # points: the headline intervals' half-width the default run is sized for (issue 15)
 
 GROUP_TITLES = {"early": "early-turn tests", "last": "last-turn tests", "music": "held-out MUSIC pairs",
                 "quality": "strong vs weak reply", "swap": "swapped reply", "swap_same": "reply from another turn", "hh": "HH-RLHF",
@@ -147,6 +148,92 @@ def best_of_n_sentence(bon: Mapping | None) -> str:
             f"win rate (W + T/2)/N {100 * rate:.0f}%{ci}: {verdict}; {PAPER_DIRECTION['best_of_n']}.")
 
 
+ARM_NAMES = {"baseline": "baseline", "music": "MUSIC", "control": "control"}
+
+
+def _change(what: str, d: float, lo: float | None, hi: float | None, where: str = "") -> str:
+    """A paired difference in points, in words: an effect where the interval excludes 0, else the size it rules
+    out; `where` (e.g. "over 40 items") goes inside the parenthesis with the numbers."""
+    numbers = f"{_pts(d)} points" + (f" [{_pts(lo)}, {_pts(hi)}]" if None not in (lo, hi) else ", no interval")
+    numbers += f" {where}" if where else ""
+    if lo is not None and lo > 0:
+        return f"raises {what} ({numbers})"
+    if hi is not None and hi < 0:
+        return f"lowers {what} ({numbers})"
+    if None in (lo, hi):
+        return f"changes {what} ({numbers})"
+    return f"changes {what} by less than {max(abs(lo), abs(hi)):.1f} points ({numbers})"
+
+
+def _reads_history(blind: Mapping) -> str:
+    """Which RMs beat their own history-blind score (interval above 0) on the early-turn items."""
+    above = [ARM_NAMES.get(v, v) for v, g in blind.items() if _num(g.get("gap_ci_low")) is not None and g["gap_ci_low"] > 0]
+    if not above:
+        return "so no RM shows that it reads the history"
+    if len(above) == len(blind):
+        return "so every RM shows that it reads the history"
+    return f"so only the {' and the '.join(above)} RM{'s' if len(above) > 1 else ''} show{'' if len(above) > 1 else 's'} that it reads the history"
+
+
+def result_sentence(summary: Mapping) -> str:
+    """The run's result in one sentence (README, notebook 06): MUSIC - baseline on the early-turn endpoint
+    (an effect, or the size its interval rules out), MUSIC - control, the last-turn endpoint, and each RM's
+    gap over its own history-blind score; `summary` is outputs/metrics/summary.json (percent points)."""
+    early, last = summary.get("early") or {}, summary.get("last") or {}
+    if _num(early.get("diff")) is None:
+        return "This run has no early-turn comparison (a variant or the early-turn items are missing)."
+    where = f"over {_n(int(early['n_items']), 'item')}" + (f" from {early['n_clusters']} chats" if early.get("n_clusters") else "")
+    text = (f"At this scale, MUSIC {_change('early-turn accuracy', early['diff'], _num(early.get('diff_ci_low')), _num(early.get('diff_ci_high')), where)} "
+            "against the baseline")
+    if _num(early.get("diff_control")) is not None:
+        text += (f" and {_change('it', early['diff_control'], _num(early.get('diff_control_ci_low')), _num(early.get('diff_control_ci_high')))} "
+                 "against the control trained on the same pairs cut after the divergence")
+    if _num(last.get("diff")) is not None:
+        text += (f", while it {_change('last-turn accuracy', last['diff'], _num(last.get('diff_ci_low')), _num(last.get('diff_ci_high')), 'over ' + _n(int(last['n_items']), 'item'))}")
+    blind = {v: g for v, g in (early.get("history_blind") or {}).items()
+             if None not in (_num(g.get("gap")), _num(g.get("gap_ci_low")), _num(g.get("gap_ci_high")))}
+    if blind:
+        gaps = ", ".join(f"{ARM_NAMES.get(v, v)} {_pts(g['gap'])} [{_pts(g['gap_ci_low'])}, {_pts(g['gap_ci_high'])}]"
+                         for v, g in blind.items())
+        text += (f"; on the early-turn items each RM's accuracy minus its own history-blind score (the last exchange "
+                 f"alone) is {gaps} points, {_reads_history(blind)}")
+    return text + "."
+
+
+def variant_result_sentence(early: Mapping, variant: str) -> str:
+    """Notebook 04's one sentence for one arm: its early-turn accuracy and its gap over its own history-blind score
+    with the two-level interval; `early` is the "early" row of music.evaluate.compare.compare on this arm's items
+    (fractions). The comparison with the other arms needs every arm: notebook 06."""
+    name = ARM_NAMES.get(variant, variant)
+    acc = _num(early.get(f"{variant}_accuracy"))
+    if acc is None:
+        return f"The {name} RM has no early-turn items in this run."
+    text = f"The {name} RM gets {100 * acc:.1f}% of the early-turn items right (mean over its training seeds)"
+    g, lo, hi = (_num(early.get(f"{variant}_blind_gap{k}")) for k in ("", "_ci_low", "_ci_high"))
+    if None not in (g, lo, hi):
+        verdict = ("it reads the history" if lo > 0 else "it does worse than on the last exchange alone" if hi < 0
+                   else f"no sign that it reads the history (a gap above {hi * 100:.1f} points is ruled out)")
+        text += (f"; its accuracy minus its own history-blind score (the last exchange alone) is {_pts(100 * g)} points "
+                 f"[{_pts(100 * lo)}, {_pts(100 * hi)}]: {verdict}")
+    return text + ". MUSIC against the baseline and the control: notebook 06 (it needs every arm's scores)."
+
+
+def half_widths(summary: Mapping) -> dict[str, float]:
+    """The headline intervals' half-widths in points, e.g. {"early: MUSIC - baseline": 4.1, ...}."""
+    out = {}
+    for name in ("early", "last"):
+        g = summary.get(name) or {}
+        for key, label in (("diff", "MUSIC - baseline"), ("diff_control", "MUSIC - control")):
+            lo, hi = _num(g.get(f"{key}_ci_low")), _num(g.get(f"{key}_ci_high"))
+            if None not in (lo, hi):
+                out[f"{name}: {label}"] = round((hi - lo) / 2, 1)
+        for v, b in (g.get("history_blind") or {}).items():
+            lo, hi = _num(b.get("gap_ci_low")), _num(b.get("gap_ci_high"))
+            if None not in (lo, hi):
+                out[f"{name}: {v} - history-blind"] = round((hi - lo) / 2, 1)
+    return out
+
+
 def comparison_findings(table, bon: Mapping | None = None) -> list[str]:
     """Notebook 06's closing sentences from the comparison table (music.evaluate.compare.compare: columns slice,
     {variant}_accuracy, diff, ci_low, ci_high, n_items): the groups, each variant on the public last-turn sets
@@ -238,10 +325,11 @@ def headline_table(summary: Mapping) -> str:
     if isinstance(bon, Mapping) and bon:
         lines.append("Best-of-N, MUSIC wins - losses (points): "
                      + ", ".join(f"{k.replace('N', 'N=')}: {_pts(v)}" for k, v in bon.items() if _num(v) is not None))
-    for name, r in summary.items():
-        if isinstance(r, Mapping) and "diff" in r and name in ("early", "last"):
-            lines.append(difference_sentence(name, r.get("diff"), r.get("diff_ci_low"), r.get("diff_ci_high"),
-                                             r.get("n_items"), percent=True, paper=False))
+    widths = half_widths(summary)
+    if widths:
+        lines.append(f"Half-widths of the headline intervals (points; the aim is <= {TARGET_HALF_WIDTH:g}): "
+                     + "; ".join(f"{k} {v:.1f}" for k, v in widths.items()))
+    lines.append(result_sentence(summary))
     return "\n".join(_wrap(line, HEADLINE_WIDTH) for line in lines)
 
 

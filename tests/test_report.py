@@ -66,7 +66,7 @@ def test_headline_fits_100_columns_and_reads_summary_defensively():
     lines = text.splitlines()
     assert lines[0].split()[:3] == ["test", "group", "baseline"]
     assert any(line.startswith("early-turn tests") and "[" in line for line in lines)
-    assert "no difference this run can see" in text or "MUSIC is" in text
+    assert "At this scale, MUSIC" in text and "Half-widths of the headline intervals" in text
 
 
 def test_headline_command_prints_the_table(capsys):
@@ -93,3 +93,41 @@ def test_comparison_findings_add_the_control_arm_and_the_history_blind_gaps():
     assert any("MUSIC is better than the control (cut MUSIC pairs) by +4.0 points [+1.0, +7.0]" in s for s in lines)
     assert any("history-blind" in s and "music +12.0 points [+3.0, +20.0]" in s for s in lines)
     assert not any("control" in s for s in report.comparison_findings(table.drop(columns=["diff_control"])))
+
+
+def _summary(diff=(2.0, -3.0, 4.5), control=(1.0, -4.0, 6.0), last=(0.5, -2.0, 3.0), gaps=None):
+    early = {"diff": diff[0], "diff_ci_low": diff[1], "diff_ci_high": diff[2], "n_items": 300, "n_clusters": 150,
+             "diff_control": control[0], "diff_control_ci_low": control[1], "diff_control_ci_high": control[2]}
+    if gaps:
+        early["history_blind"] = {v: {"gap": g[0], "gap_ci_low": g[1], "gap_ci_high": g[2]} for v, g in gaps.items()}
+    return {"early": early, "last": {"diff": last[0], "diff_ci_low": last[1], "diff_ci_high": last[2], "n_items": 400}}
+
+
+def test_result_sentence_states_a_null_with_the_size_it_rules_out():
+    s = report.result_sentence(_summary(gaps={"baseline": (1.0, -2.0, 4.0), "music": (6.0, 2.0, 10.0)}))
+    assert ". " not in s and s.endswith(".")  # one sentence
+    assert "changes early-turn accuracy by less than 4.5 points (+2.0 points [-3.0, +4.5] over 300 items from 150 chats)" in s
+    assert "changes it by less than 6.0 points (+1.0 points [-4.0, +6.0]) against the control" in s
+    assert "changes last-turn accuracy by less than 3.0 points" in s
+    assert "baseline +1.0 [-2.0, +4.0], MUSIC +6.0 [+2.0, +10.0] points, so only the MUSIC RM shows" in s
+    effect = report.result_sentence(_summary(diff=(6.0, 1.5, 10.0), gaps={"music": (-1.0, -3.0, 1.0)}))
+    assert "raises early-turn accuracy (+6.0 points [+1.5, +10.0]" in effect and "so no RM shows" in effect
+    assert "lowers last-turn accuracy" in report.result_sentence(_summary(last=(-4.0, -7.0, -1.0)))
+    assert report.result_sentence({}).startswith("This run has no early-turn comparison")
+
+
+def test_half_widths_and_the_headline_table_print_them():
+    summary = _summary(gaps={"music": (6.0, 2.0, 10.0)})
+    assert report.half_widths(summary) == {"early: MUSIC - baseline": 3.8, "early: MUSIC - control": 5.0,
+                                           "early: music - history-blind": 4.0, "last: MUSIC - baseline": 2.5}
+    text = report.headline_table(summary)
+    assert "early: MUSIC - baseline 3.8" in text.replace("\n  ", " ") and "At this scale, MUSIC" in text
+
+
+def test_variant_result_sentence_reads_its_own_history_blind_gap():
+    row = {"music_accuracy": 0.62, "music_blind_gap": 0.05, "music_blind_gap_ci_low": -0.01, "music_blind_gap_ci_high": 0.11}
+    s = report.variant_result_sentence(row, "music")
+    assert "The MUSIC RM gets 62.0% of the early-turn items right" in s
+    assert "+5.0 points [-1.0, +11.0]: no sign that it reads the history (a gap above 11.0 points is ruled out)" in s
+    assert "reads the history" in report.variant_result_sentence({**row, "music_blind_gap_ci_low": 0.01}, "music")
+    assert "no early-turn items" in report.variant_result_sentence({}, "control")
