@@ -143,7 +143,7 @@ class SeedConfig(_Checked):
     split: str = "train"  # hub split
     n_train: int = 48  # training seeds
     n_eval: int = 40  # held-out seeds (held-out pairs)
-    n_eval_conversations: int = 24  # whole held-out conversations (multi-turn tests), >= 2 assistant turns
+    n_eval_conversations: int = 120  # whole held-out conversations (multi-turn tests), >= 2 assistant turns
     max_context_turns: int = 2  # a seed is a prefix of 1..this many whole user/assistant turns
     max_message_chars: int = 500  # longest message allowed in a seed context and its real next turn
     max_context_chars: int = 800  # longest seed context (whole eval conversations: twice this)
@@ -166,10 +166,10 @@ class SimulateConfig(_Checked):
 
     user: ChatModelConfig = _chat(max_new_tokens=32, repetition_penalty=1.1)  # the simulated user (roles swapped: notebook 01)
     assistant: ChatModelConfig = _chat(max_new_tokens=48, repetition_penalty=1.1)  # the assistant (the simulated policy)
-    turns: int = 3  # simulated turns after the seed context (5 in the paper)
+    turns: int = 2  # simulated turns after the seed context (5 in the paper)
     # eval seeds simulated for the held-out MUSIC pairs (null: all); the others serve only the held-out
     # last-turn and quality pairs, which need no simulation
-    max_eval_conversations: int | None = 16
+    max_eval_conversations: int | None = 40
     trim_truncated: bool = True  # a reply cut by max_new_tokens is trimmed to its last full sentence
     seed: int = 0  # per-call sampling seeds derive from it
     # the stage fails when more than this share of a split's conversations had a request fail (music.failures)
@@ -252,7 +252,7 @@ class TrainConfig(_Checked):
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 32  # LoRA scaling (alpha / r)
     lora_dropout: float = 0.0  # dropout on the LoRA path
-    lora_last_layers: int | None = 6  # LoRA on the top N kept layers only (null: all); no backward pass below
+    lora_last_layers: int | None = 3  # LoRA on the top N kept layers only (null: all); no backward pass below
     max_length: int = 512  # tokens; longer conversations lose their oldest turns first (counted)
     batch_size: int = 4  # pairs per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -268,7 +268,7 @@ class TrainConfig(_Checked):
     save_every: int = 10  # resume checkpoint every N optimizer steps (outside DVC outputs)
     # One model per seed and variant (outputs/models/{variant}/seed{s}); a seed fixes the head's and LoRA's
     # initialisation, the data order and the MUSIC subset. Results are reported as mean and spread over seeds.
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     dtype: str = "auto"  # weights: auto = float32 on CPU, the backbone's 16-bit dtype (else bfloat16) on a GPU
     gradient_checkpointing: bool | None = None  # null: on for backbones of >= 1B parameters (music.models.shapes)
     # Compute the frozen bottom layers' output (LoRA on the top lora_last_layers only) once per conversation and
@@ -306,7 +306,7 @@ class EvalConfig(_Checked):
         "ultrafeedback": "evalsets/ultrafeedback-binarized-eval-first60.jsonl",
     })
     local_set_limit: int = 60  # first N records of each local set
-    swap_conversations: int = 24  # whole held-out conversations for the swapped-history test (music.evaluate.swap)
+    swap_conversations: int = 120  # whole held-out conversations for the swapped-history test (music.evaluate.swap)
     swap_max_distance: int = 3  # swap one assistant reply 1..this many turns from the end
     # Also swap in a reply from another turn of the SAME conversation (test `swap_same`: the topic held fixed)
     swap_same_conversation: bool = True

@@ -165,7 +165,7 @@ def test_evaluate_variant_writes_numbers_items_and_trajectories(tmp_path):
     assert acc["last"]["n_items"] >= 1 and acc["early"]["n_items"] >= 1
     assert {"swap@1", "swap@2", "swap@3", "music@2"} <= set(acc)
     rows = list(csv.DictReader(open(tmp_path / "evaluation" / "baseline" / "items.csv")))
-    assert {r["seed"] for r in rows} == {"0", "1"} and {r["test"] for r in rows} == {"quality", "music", "swap"}
+    assert {r["seed"] for r in rows} == {"0", "1"} and {r["test"] for r in rows} == {"quality", "music", "swap", "swap_same"}
     traj = list(csv.DictReader(open(tmp_path / "evaluation" / "baseline" / "trajectory.csv")))
     assert sorted({int(r["relative_turn"]) for r in traj}) == [-1, 0, 1]
     assert all(float(r["gap"]) == 0.0 for r in traj if r["relative_turn"] == "-1")  # identical before divergence
