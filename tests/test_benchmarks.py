@@ -28,7 +28,8 @@ def load_bench(name: str):
 
 def test_every_benchmark_has_a_smoke_test():
     # bench_rm_frozen_reuse.py's smoke run is tests/test_bench_frozen_reuse.py
-    assert BENCHMARKS == ["bench_rm_frozen_reuse.py", "bench_rm_trainer.py", "bench_scoring.py", "bench_simulation.py"], (
+    assert BENCHMARKS == ["bench_core_contention.py", "bench_rm_frozen_reuse.py", "bench_rm_trainer.py", "bench_scoring.py",
+                          "bench_simulation.py"], (
         "a new benchmark needs a smoke run in tests/test_benchmarks.py")
     for name in BENCHMARKS:
         assert "--smoke" in (REPO / "benchmarks" / name).read_text(encoding="utf-8"), name
@@ -56,6 +57,16 @@ def _simulation(model_args: list[str], tmp_path: Path):
     assert [r["turn"] for r in long["per_turn"]] == [1, 2]  # per simulated turn, both paths side by side
     assert all(r["before_seconds"] > 0 and r["after_seconds"] > 0 for r in long["per_turn"])
     assert long["identical_share"] == 1.0  # the decoding fix changes no reply
+
+
+def _contention(model_args: list[str]):
+    out = load_bench("bench_core_contention.py").main(["--smoke", *model_args])
+    assert all(v > 0 for v in out["seconds"].values()) and len(out["seconds"]) == (4 if out["cores"] > 1 else 2)
+    assert out["same_replies_across_settings"]  # greedy replies: the thread count must not change them
+
+
+def test_bench_core_contention_smoke(tiny_backbone):
+    _contention(["--model", tiny_backbone])
 
 
 def test_bench_rm_trainer_smoke(tiny_backbone):
