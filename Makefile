@@ -36,7 +36,7 @@ data: install
 plan: install
 	$(PY) -m music.plan --params "$(PARAMS)"
 
-# The whole pipeline: seed -> simulate -> contrast -> train (baseline, music) -> evaluate -> plots.
+# The whole pipeline: seed -> heldout -> simulate -> contrast -> train (baseline, music) -> evaluate -> plots.
 # `dvc repro` with one line per stage (music/repro.py); each notebook's log: reports/notebooks/*.log;
 # the executed notebooks published to docs/walkthrough/ (music/publish.py); the headline (music/report.py).
 # Another profile (PARAMS=profiles/paper.yaml) runs as a DVC experiment in a temporary copy of the

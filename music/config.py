@@ -59,6 +59,7 @@ class Paths(_Checked):
     seeds: str = "outputs/seeds"  # seed stage
     conversations: str = "outputs/conversations"  # simulate stage
     pairs: str = "outputs/pairs"  # contrast stage
+    heldout: str = "outputs/heldout"  # heldout stage: the test items every experiment is judged on
     models: str = "outputs/models"  # train stage: one folder per variant
     metrics: str = "outputs/metrics"  # evaluate, best_of_n and plots stages
     evaluation: str = "outputs/evaluation"  # evaluate stage: per-item scores, reward trajectories, sources

@@ -31,12 +31,10 @@ from music.io import write_json
 from music.models.encoder import shared_encoder
 from music.prompts import load_prompt
 from music.relevance import Contrast, Encoder, contrast_margins, echo_scores, pick_modified_request
-from music.quality_pairs import mtbench_twins, sharegpt_twins
 from music.schema import first_difference_distance, pair_record, user_turns
 from music.seeding import SEED_FILES, read_conversation_ids, read_seeds
 from music.simulate import (Chat, Rollout, SimPrompts, assistant_view, make_backends, make_event, roll_out, user_view,
                             with_system)
-from music.sources import load_mtbench_questions, load_mtbench_references
 from music.store import load_records, pair_features, save_records
 
 _PARSE = re.compile(
@@ -276,7 +274,8 @@ def method_counts(cands: Sequence[dict], kept: Sequence[dict]) -> dict:
 
 def run_contrast(P: Params, *, splits: Sequence[str] = ("train", "eval"),
                  backends: tuple[Chat, Chat, Chat | None] | None = None, encoder: Encoder | None = None) -> dict:
-    """Read outputs/conversations/{split} (and seeds for D); write outputs/pairs/* and filter_report.json.
+    """Read outputs/conversations/{split} (and the train seeds for D); write outputs/pairs/{music_train, music_eval,
+    d_train} and filter_report.json. Held-out D pairs, quality twins and swap items: the heldout stage (music.heldout).
 
     `backends` (user, assistant, contrast) and `encoder` replace the configured models (tests use fakes).
     """
@@ -313,6 +312,8 @@ def run_contrast(P: Params, *, splits: Sequence[str] = ("train", "eval"),
         report["methods"][f"music_{split}"] = methods
         report["multi_turn"][f"music_{split}"] = multi_turn_share(records)
 
+        if split != "train":  # held-out D pairs and quality twins: the heldout stage (music.heldout)
+            continue
         d_records: list[dict] = []
         if cfg.d_pairs and d_from_source:
             held_out = set().union(*(read_conversation_ids(Path(P.paths.seeds) / SEED_FILES[name])
@@ -332,9 +333,6 @@ def run_contrast(P: Params, *, splits: Sequence[str] = ("train", "eval"),
             d_records = candidates_to_records(d_kept)
             report["splits"][f"d_{split}"] = d_stats
         save_records(d_records, out_dir / f"d_{split}", pair_features())
-        if split == "eval":
-            quality, report["quality_eval"] = quality_eval_pairs(P, d_records, assistant)
-            save_records(quality, out_dir / "quality_eval", pair_features())
     write_json(out_dir / "filter_report.json", report)
     # Not in filter_report.json: the counts depend on what the response cache already held.
     report["tokens"] = meter.report()
@@ -389,20 +387,3 @@ def multi_turn_share(records: Sequence[dict]) -> dict:
     multi = sum(first_difference_distance(r["chosen"], r["rejected"]) >= 2 for r in records)
     return {"pairs": len(records), "two_or_more_turns": multi, "share": round(multi / len(records), 4) if records else None}
 
-
-def quality_eval_pairs(P: Params, d_eval: Sequence[dict], assistant: Chat) -> tuple[list[dict], dict]:
-    """Held-out quality twins (music.quality_pairs): ShareGPT from the eval D pairs, MT-Bench by generation."""
-    cfg = P.contrast
-    records, counts = [], {}
-    if cfg.d_pairs and parse_d_source(cfg.d_source) is None:
-        records += sharegpt_twins(d_eval, read_seeds(Path(P.paths.seeds) / SEED_FILES["eval"]))
-    if cfg.quality_mtbench:
-        mt, counts = mtbench_twins(load_mtbench_questions(), load_mtbench_references(), assistant,
-                                   seed=derive_seed(cfg.seed, "quality"), max_chars=cfg.quality_max_chars,
-                                   trim=P.simulate.trim_truncated)
-        records += mt
-    by_source: dict[str, int] = {}
-    for r in records:
-        key = f"{r['source']}_{'last' if r['turns_after_divergence'] == 0 else 'early'}"
-        by_source[key] = by_source.get(key, 0) + 1
-    return records, {"pairs": len(records), "by_source_and_position": dict(sorted(by_source.items())), "mtbench": counts}

@@ -35,6 +35,7 @@ from music.config import Params, from_dict, load_params, read_params_file
 # stage name -> notebook file (one place)
 NOTEBOOKS = {
     "seed": "00_draw_seeds.ipynb",
+    "heldout": "00b_held_out_items.ipynb",  # the test items, built apart from the method (music.heldout)
     "simulate": "01_simulate_conversations.ipynb",
     "contrast": "02_contrast_pairs.ipynb",
     "train": "03_train_rm.ipynb",

@@ -18,7 +18,7 @@ from music.io import atomic_path, dumps_canonical
 from music.schema import PreferencePair, validate_pairs
 
 # The pair datasets the contrast stage writes (outputs/pairs/<name>).
-PAIR_SPLITS = ("d_train", "music_train", "d_eval", "music_eval", "quality_eval")
+PAIR_SPLITS = ("d_train", "music_train", "music_eval")  # the contrast stage's sets; held-out D and quality twins: music.heldout
 
 
 def _features():

@@ -89,6 +89,7 @@ def write_seed_files(root: Path, n_train: int = 3, n_eval: int = 2) -> Params:
     P.paths.seeds = str(root / "seeds")
     P.paths.conversations = str(root / "conversations")
     P.paths.pairs = str(root / "pairs")
+    P.paths.heldout = str(root / "heldout")
     P.paths.cache = str(root / "cache")
     write_jsonl(Path(P.paths.seeds) / "train.jsonl", [s.to_record() for s in make_seeds(n_train, "train")])
     evals = make_seeds(n_eval, "eval")

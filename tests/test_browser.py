@@ -40,14 +40,15 @@ RUN_TIMEOUT_S = int(os.environ.get("MUSIC_BROWSER_TIMEOUT_S", "600"))  # Run All
 # session). Opened by hand (run=False), each notebook then reads its stage's outputs instead of recomputing them.
 CASES = [
     pytest.param("00_draw_seeds.ipynb", [], id="00_draw_seeds"),
+    pytest.param("00b_held_out_items.ipynb", ["seed", "heldout"], id="00b_held_out_items"),
     pytest.param("01_simulate_conversations.ipynb", ["seed", "simulate"], id="01_simulate_conversations"),
     pytest.param("02_contrast_pairs.ipynb", ["seed", "simulate", "contrast"], id="02_contrast_pairs"),
     pytest.param("03_train_rm.ipynb", ["seed", "simulate", "contrast", "train@baseline"], id="03_train_rm"),
-    pytest.param("04_evaluate_rm.ipynb", ["seed", "simulate", "contrast", "train@baseline", "evaluate@baseline"],
+    pytest.param("04_evaluate_rm.ipynb", ["seed", "heldout", "simulate", "contrast", "train@baseline", "evaluate@baseline"],
                  id="04_evaluate_rm"),
     pytest.param("05_pick_best_of_n.ipynb", ["seed", "simulate", "contrast", "train@baseline", "train@music",
                                              "best_of_n"], id="05_pick_best_of_n"),
-    pytest.param("06_plot_results.ipynb", ["seed", "simulate", "contrast", "train@baseline", "train@music",
+    pytest.param("06_plot_results.ipynb", ["seed", "heldout", "simulate", "contrast", "train@baseline", "train@music",
                                            "train@control", "evaluate@baseline", "evaluate@music", "evaluate@control",
                                            "best_of_n", "plots"],
                  id="06_plot_results"),

@@ -9,6 +9,7 @@ import pytest
 from music.chat import ChatReply
 from music.config import ContrastConfig, SimulateConfig
 from music.contrast import contrast_conversations, parse_contrast, pick_divergence, run_contrast
+from music.heldout import run_heldout
 from music.store import load_records
 from music.schema import PreferencePair, user_turns
 from music.simulate import run_simulate, simulate_seeds
@@ -124,13 +125,14 @@ def _stage(tmp_path, **contrast):
     return P, report
 
 
-def test_run_contrast_writes_four_loadable_pair_sets_and_a_report(tmp_path):
+def test_run_contrast_writes_three_loadable_pair_sets_and_a_report(tmp_path):
     from datasets import load_from_disk
 
     P, report = _stage(tmp_path, method="auto")
     out = Path(P.paths.pairs)
     assert (out / "filter_report.json").is_file()
-    for name in ("d_train", "music_train", "d_eval", "music_eval"):
+    assert not (out / "d_eval").exists() and not (out / "quality_eval").exists()  # held-out: music.heldout
+    for name in ("d_train", "music_train", "music_eval"):
         ds = load_from_disk(str(out / name))
         recs = ds.to_list()
         assert len(recs) == report["splits"][name]["kept"] > 0
@@ -160,9 +162,10 @@ def test_d_from_a_labelled_source_uses_the_loader(tmp_path, monkeypatch):
 
     monkeypatch.setattr(music.d_pairs, "load_pairs", fake_load_pairs)
     P, report = _stage(tmp_path, d_source="skywork:hub:Skywork/Skywork-Reward-Preference-80K-v0.2", d_limit=5)
-    assert calls == [("skywork", "hub:Skywork/Skywork-Reward-Preference-80K-v0.2", "train", 5),
-                     ("skywork", "hub:Skywork/Skywork-Reward-Preference-80K-v0.2", "test", 5)]
-    assert [r["pair_id"] for r in load_records(Path(P.paths.pairs) / "d_eval")] == ["d-p-test"]
+    assert calls == [("skywork", "hub:Skywork/Skywork-Reward-Preference-80K-v0.2", "train", 5)]
+    run_heldout(P, assistant=FakeChat("fake:assistant"))  # held-out D: the heldout stage
+    assert calls[1:] == [("skywork", "hub:Skywork/Skywork-Reward-Preference-80K-v0.2", "test", 5)]
+    assert [r["pair_id"] for r in load_records(Path(P.paths.heldout) / "d_eval")] == ["d-p-test"]
     with pytest.raises(ValueError, match="KIND:LOCATION"):
         from music.d_pairs import parse_d_source
 
@@ -208,6 +211,7 @@ def test_d_from_the_seed_source_follows_the_seed_split(tmp_path, monkeypatch):
     run_simulate(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant")))
     run_contrast(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant"), FakeChat("fake:contrast")),
                  encoder=WordOverlapEncoder())
+    run_heldout(P, assistant=FakeChat("fake:assistant"))
     train = {r["conversation_id"] for r in load_records(Path(P.paths.pairs) / "d_train")}
-    evals = {r["conversation_id"] for r in load_records(Path(P.paths.pairs) / "d_eval")}
+    evals = {r["conversation_id"] for r in load_records(Path(P.paths.heldout) / "d_eval")}
     assert train == {"train-only-1", "train-only-2"} and evals == held_out and held_out

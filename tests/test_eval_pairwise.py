@@ -114,8 +114,20 @@ def _write_pairs(path: Path, pairs):
                  path, pair_features())
 
 
+def write_heldout(P: Params, quality=None) -> None:
+    """The heldout stage on the workspace's seeds (swap items; no generation: D eval and MT-Bench off), then the
+    given quality twins in place of its (empty) quality_eval."""
+    from music.heldout import run_heldout
+
+    P.contrast.d_pairs, P.contrast.quality_mtbench = False, False
+    run_heldout(P)
+    if quality is not None:
+        _write_pairs(Path(P.paths.heldout) / "quality_eval", quality)
+
+
 def make_workspace(tmp_path: Path, *, leak: bool = False, seeds=(0, 1)) -> Params:
-    paths = Paths(seeds=str(tmp_path / "seeds"), pairs=str(tmp_path / "pairs"), models=str(tmp_path / "models"),
+    paths = Paths(seeds=str(tmp_path / "seeds"), pairs=str(tmp_path / "pairs"), heldout=str(tmp_path / "heldout"),
+                  models=str(tmp_path / "models"),
                   metrics=str(tmp_path / "metrics"), evaluation=str(tmp_path / "evaluation"),
                   figures=str(tmp_path / "figures"))
     for s in seeds:
@@ -135,9 +147,9 @@ def make_workspace(tmp_path: Path, *, leak: bool = False, seeds=(0, 1)) -> Param
                                                                      "pair_id": "q1-last", "source": "sharegpt"}),
                PreferencePair(conv("good long answer", "same"), conv("bad", "same"),
                               {"kind": "quality", "conversation_id": "q1", "pair_id": "q1-early", "source": "sharegpt"})]
-    _write_pairs(Path(paths.pairs) / "quality_eval", quality)
     _write_pairs(Path(paths.pairs) / "music_eval", [music_pair("m1", 2, ["x", "right answer here", "end"], ["x", "no", "end!"])])
     P = Params(paths=paths)
+    write_heldout(P, quality)
     P.train.seeds = list(seeds)
     P.evaluate.local_sets = {"hh": str(tmp_path / "absent.jsonl.gz")}
     return P

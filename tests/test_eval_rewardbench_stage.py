@@ -179,7 +179,7 @@ def test_the_evaluate_stage_drops_identical_pairs(tmp_path):
 
 
 def test_the_swap_test_reads_its_conversations_from_evaluate_swap_source(tmp_path):
-    from test_eval_pairwise import LastReplyScorer, conv, make_workspace
+    from test_eval_pairwise import LastReplyScorer, conv, make_workspace, write_heldout
 
     from music.evaluate.run import evaluate_variant
 
@@ -188,6 +188,7 @@ def test_the_swap_test_reads_its_conversations_from_evaluate_swap_source(tmp_pat
     path.write_text("".join(json.dumps({"conversation_id": f"x{i}", "messages": conv(f"first {i}" + " y" * i, f"second {i}" + " y" * i)})
                             + "\n" for i in range(4)))
     P.evaluate.swap_source = f"file:{path}"
+    write_heldout(P)  # the swap items are the heldout stage's (evaluate reads them from outputs/heldout)
     metrics = evaluate_variant(P, "baseline", make_scorer=lambda d: LastReplyScorer())
     rows = list(csv.DictReader(open(tmp_path / "evaluation" / "baseline" / "items.csv")))
     assert {r["item_id"].split(":")[0] for r in rows if r["test"] == "swap"} <= {f"x{i}" for i in range(4)}

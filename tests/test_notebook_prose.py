@@ -18,7 +18,7 @@ import yaml
 
 from tests.conftest import REPO
 
-NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]*_*.ipynb"))  # 00b_... sorts after 00_...
 
 # counts of things params.yaml sets (simulate.turns, train.seeds, evaluate.bon_ns/bon_prompts, contrast.candidates, ...)
 COUNTED = (r"(?:simulated |more |user |assistant |training |public )?(?:turns?|seeds?|candidates|prompts|layers|epochs"

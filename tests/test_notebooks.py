@@ -61,6 +61,18 @@ def test_00_seed(tiny):
     assert stats["train_seeds"] == 4 and stats["eval_seeds"] == 2
 
 
+def test_00b_heldout(tiny):
+    run(tiny, "heldout")
+    report = json.loads((tiny["root"] / "heldout" / "heldout_report.json").read_text())
+    from music.evaluate.heldout_items import read_swap_items
+    from music.store import load_records
+
+    d_eval = load_records(tiny["root"] / "heldout" / "d_eval")
+    assert d_eval and all(r["kind"] == "d" for r in d_eval)
+    assert report["counts"]["quality_eval"] == len(load_records(tiny["root"] / "heldout" / "quality_eval")) > 0
+    assert len(read_swap_items(tiny["root"] / "heldout" / "swap_eval.jsonl")) == report["counts"]["swap_eval"] > 0
+
+
 def test_01_simulate(tiny):
     run(tiny, "simulate")
     from music.store import load_records

@@ -188,7 +188,7 @@ def test_simulate_survives_a_server_kill_and_contrast_runs(setup):
 
     report = run_contrast(P, backends=(*backends(P), None))
     assert report["splits"]["music_train"]["candidates"] == P.seed.n_train
-    pairs = {name: load_records(Path(P.paths.pairs) / name) for name in ("music_train", "d_train", "music_eval", "d_eval")}
+    pairs = {name: load_records(Path(P.paths.pairs) / name) for name in ("music_train", "d_train", "music_eval")}
     for name, recs in pairs.items():
         for rec in recs:
             PreferencePair.from_record(rec, source=name, record=rec["pair_id"])

@@ -15,6 +15,7 @@ RewardBench sections in the metrics use SECTION_KEYS (chat, chat_hard, safety, r
 from __future__ import annotations
 
 import csv
+import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from music.evaluate.items import GROUPS, Item, item_rows, items_from_pairs, scor
 from music.evaluate.pairwise import local_pairs, require_model
 from music.evaluate.rewardbench import load_rewardbench_pairs, rewardbench_items, rewardbench_result
 from music.evaluate.stats import spread
-from music.evaluate.swap import load_swap_conversations, swap_pairs
+from music.evaluate.heldout_items import REPORT_FILE, SWAP_FILE, read_swap_items
 from music.io import atomic_path, write_json
 from music.rm.frozen import use_disk_store
 from music.rm.score import RewardScorer
@@ -77,23 +78,24 @@ def load_items(P) -> tuple[list[Item], list[PreferencePair], dict]:
     info: dict = {"sources": {}, "skipped": {}}
     items: list[Item] = []
     loaded = {}
-    for name, test in (("quality_eval", "quality"), ("music_eval", "music")):
-        src = Path(paths.pairs) / name
+    # quality twins and swap items: the heldout stage (the same for every experiment on the method);
+    # held-out MUSIC pairs: the contrast stage (the method's own output)
+    for src, test in ((Path(paths.heldout) / "quality_eval", "quality"), (Path(paths.pairs) / "music_eval", "music")):
         pairs = read_pairs(src)
         check_disjoint(((p.meta.get("pair_id", i), p.meta.get("conversation_id")) for i, p in enumerate(pairs)),
                        train_ids, source=str(src))
         loaded[test] = pairs
         items += items_from_pairs(test, pairs)
         info["sources"][test] = str(src)
-    conversations, conv_path = load_swap_conversations(cfg.swap_source, Path(paths.seeds) / SEED_FILES["eval_conversations"],
-                                                       limit=cfg.swap_conversations)
-    check_disjoint(((c["conversation_id"], c["conversation_id"]) for c in conversations), train_ids, source=str(conv_path))
-    swapped, counts = swap_pairs(conversations, max_distance=cfg.swap_max_distance, seed=cfg.seed,
-                                 same_conversation=cfg.swap_same_conversation)
-    items += [Item(p.test, p.item_id, p.distance, p.intact, p.swapped, "sharegpt",
-                   str(p.conversation_id)) for p in swapped]  # every swap of a conversation (both kinds): one cluster
-    info["sources"]["swap"] = f"{cfg.swap_source}: {conv_path}"
-    info["swap"] = counts
+    swap_file = Path(paths.heldout) / SWAP_FILE
+    swapped = read_swap_items(swap_file)  # every swap of a conversation (both donor kinds): one cluster
+    check_disjoint(((it.item_id, it.cluster) for it in swapped), train_ids, source=str(swap_file))
+    items += swapped
+    report_file = Path(paths.heldout) / REPORT_FILE
+    heldout_report = json.loads(report_file.read_text(encoding="utf-8")) if report_file.exists() else {}
+    swap_info = heldout_report.get("swap", {})
+    info["sources"]["swap"] = swap_info.get("source", str(swap_file))
+    info["swap"] = {k: v for k, v in swap_info.items() if k != "source"}
     for name, path in sorted(cfg.local_sets.items()):
         pairs, skipped = local_pairs(name, path, limit=cfg.local_set_limit)
         if pairs is None:
