@@ -64,11 +64,11 @@ def test_heldout_writes_d_eval_quality_twins_and_swap_items(tmp_path):
     quality = load_records(out / "quality_eval")
     assert {r["source"] for r in quality} == {"sharegpt", "mtbench"} and len(quality) == report["counts"]["quality_eval"]
     lines = [json.loads(x) for x in (out / SWAP_FILE).read_text().splitlines()]
-    assert lines and all(set(rec) == set(SWAP_FIELDS) for rec in lines)
+    assert lines and all(set(rec) == {*SWAP_FIELDS, "test"} for rec in lines)
     items = read_swap_items(out / SWAP_FILE)
     assert [it.item_id for it in items] == [rec["item_id"] for rec in lines]
-    assert all(it.chosen != it.rejected and it.cluster == rec["conversation_id"] and rec["donor_id"] != rec["conversation_id"]
-               for it, rec in zip(items, lines))
+    assert all(it.chosen != it.rejected and it.cluster == rec["conversation_id"] and it.test == rec["test"]
+               and (rec["donor_id"] != rec["conversation_id"]) == (rec["test"] == "swap") for it, rec in zip(items, lines))
     written = json.loads((out / REPORT_FILE).read_text())
     assert written["counts"] == {"d_eval": 2, "quality_eval": len(quality), "swap_eval": len(items)}
     assert written["params"] == list(HELDOUT_PARAMS)
