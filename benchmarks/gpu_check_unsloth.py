@@ -126,7 +126,7 @@ def planner_estimate(backbone: str, cfg: TrainConfig) -> dict:
     A = Assumptions()
     mem = training_memory(P, shape, A, resolve_dtype(cfg.dtype, shape.torch_dtype, cuda=True))
     return {"total_gb": mem["total_gb"], "gb": mem["gb"], "attention": mem["attention"],
-            "flops_per_token": train_flops_per_token(P, shape, mem["gradient_checkpointing"]),
+            "flops_per_token": train_flops_per_token(P, shape, mem["gradient_checkpointing"], "gpu"),
             "assumed_tflops": A.gpu_tflops}
 
 

@@ -355,13 +355,26 @@ def training_memory(P: Params, shape: BackboneShape, A: Assumptions, dtype: str)
     }
 
 
-def train_flops_per_token(P: Params, shape: BackboneShape, ckpt: bool) -> float:
+def frozen_share(P: Params, shape: BackboneShape, device: str) -> float:
+    """Share of the kept layers whose outputs are computed once per conversation and reused by every step, seed,
+    variant and scoring pass (train.reuse_frozen_layers, music.rm.frozen): the layers below LoRA, on the
+    transformers backend (on a GPU the auto backend is Unsloth, which does not reuse them)."""
+    t = P.train
+    if not (t.reuse_frozen_layers and t.lora and t.lora_last_layers) or (device == "gpu" and t.backend != "transformers"):
+        return 0.0
+    L = shape.layers(t.num_layers)
+    return max(0, L - min(t.lora_last_layers, L)) / L
+
+
+def train_flops_per_token(P: Params, shape: BackboneShape, ckpt: bool, device: str = "cpu") -> float:
+    """Per trained token; the reused bottom layers' one pass per conversation is not counted (small beside the
+    steps that reread it)."""
     t = P.train
     L = shape.layers(t.num_layers)
     fwd = shape.forward_flops_per_token(t.max_length, t.num_layers)
     span = min(t.lora_last_layers or L, L) / L if t.lora else 1.0
     backward = span * fwd * (1.0 if t.lora else 2.0)  # input grads (+ weight grads when full)
-    return fwd + backward + (span * fwd if ckpt else 0.0)
+    return fwd * (1 - frozen_share(P, shape, device)) + backward + (span * fwd if ckpt else 0.0)
 
 
 def _relative(path: str) -> str:
@@ -407,7 +420,7 @@ def plan_train(P: Params, shape: BackboneShape | None, A: Assumptions, F: Findin
         F.warn("train.lora", f"full fine-tuning in {dtype} with learning_rate {t.learning_rate:g}: most updates are "
                "below 16-bit resolution (no float32 master weights in this trainer); prefer LoRA or dtype float32")
     rate = (A.gpu_tflops * 1e12) if device == "gpu" else (A.cpu_gflops * 1e9)
-    flops = train_flops_per_token(P, shape, mem["gradient_checkpointing"])
+    flops = train_flops_per_token(P, shape, mem["gradient_checkpointing"], device)
     d_train, d_note = d_pair_count(P, "train")
     music = P.seed.n_train  # one MUSIC pair per train seed at most (filters remove some)
     for variant, kinds in t.variants.items():
@@ -497,7 +510,11 @@ def plan_evaluate(P: Params, shape: BackboneShape | None, A: Assumptions, F: Fin
     dtype = resolve_dtype(e.dtype, shape.torch_dtype, cuda=device == "gpu")
     rate = (A.gpu_tflops * 1e12) if device == "gpu" else (A.cpu_gflops * 1e9)
     tokens = n * length * models
-    out.update(device=device, tokens=tokens, hours=tokens * shape.forward_flops_per_token(length, P.train.num_layers) / rate / 3600,
+    # every model runs the layers above the reused bottom; the bottom runs once per conversation (frozen_share)
+    share = frozen_share(P, shape, device)
+    passes = models * (1 - share) + share
+    out.update(device=device, tokens=tokens, frozen_share=round(share, 3),
+               hours=n * length * passes * shape.forward_flops_per_token(length, P.train.num_layers) / rate / 3600,
                memory=scoring_memory(shape, P.train.num_layers, dtype, e.batch_size, length, A))
     if device == "gpu" and out["memory"]["total_gb"] > A.gpu_memory_gb:
         F.error("evaluate.batch_size", f"scoring needs about {out['memory']['total_gb']:.1f} GB, more than one "

@@ -200,3 +200,17 @@ def test_the_planner_warns_about_an_unset_key_variable(monkeypatch):
     assert "simulate.user.api_key_env" in warned and "evaluate.judge.api_key_env" in warned
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     assert not [w for w in make_plan(load_params(PAPER))["warnings"] if w["key"].endswith("api_key_env")]
+
+
+def test_reused_bottom_layers_are_counted_once_not_per_model():
+    P = load_params(REPO / "params.yaml")
+    on = make_plan(P)
+    off_data = yaml.safe_load((REPO / "params.yaml").read_text())
+    off_data["train"]["reuse_frozen_layers"] = False
+    off = make_plan(from_dict(Params, off_data, "test"))
+    ev_on, ev_off = on["stages"]["evaluate"], off["stages"]["evaluate"]
+    L, k, models = P.train.num_layers, P.train.lora_last_layers, ev_on["models"]
+    assert ev_on["frozen_share"] == round((L - k) / L, 3) and ev_off["frozen_share"] == 0.0
+    expected = (models * k / L + (L - k) / L) / models  # top layers per model, the bottom once
+    assert ev_on["hours"] / ev_off["hours"] == pytest.approx(expected, rel=1e-6)
+    assert on["hours"]["train"] < off["hours"]["train"]
