@@ -200,3 +200,24 @@ def test_the_planner_warns_about_an_unset_key_variable(monkeypatch):
     assert "simulate.user.api_key_env" in warned and "evaluate.judge.api_key_env" in warned
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     assert not [w for w in make_plan(load_params(PAPER))["warnings"] if w["key"].endswith("api_key_env")]
+
+
+def test_a_real_first_user_message_costs_no_user_generation_and_real_divergence_is_turn_1():
+    data = raw(REPO / "params.yaml")
+    data["simulate"]["real_next_user"] = False
+    data["contrast"]["divergence"] = "random"
+    before = plan_of(copy.deepcopy(data))
+    data["simulate"]["real_next_user"] = True
+    data["contrast"]["divergence"] = "real"
+    after = plan_of(data)
+
+    def requests(plan, stage, role):
+        return next(g["requests"] for g in plan["stages"][stage]["generation"] if g["role"] == role)
+
+    n, K = before["stages"]["simulate"]["conversations"], data["simulate"]["turns"]
+    assert requests(before, "simulate", "simulate.user") == n * K
+    assert requests(after, "simulate", "simulate.user") == n * (K - 1)  # turn 1 is the seed's real message
+    assert requests(after, "simulate", "simulate.assistant") == n * K
+    assert after["stages"]["contrast"]["divergence_turns"] == [1] and not after["errors"]
+    c = data["contrast"]  # resample at turn 1, then the rejected branch's K - 1 turns
+    assert requests(after, "contrast", "simulate.user") == n * c["candidates"] + n * (K - 1)
