@@ -207,7 +207,7 @@ class ContrastConfig(_Checked):
     encoder: str = EMBEDDED_ENCODER  # sentence encoder for the relevance checks (music.relevance)
     # "resample": [lo, hi] window of cosine similarity (encoder) between a rewritten request and the original; only
     # rewrites inside it are answered (the rest are counted as `outside_band`, not failures); null: no window
-    request_similarity: list[float] | None = field(default_factory=lambda: [0.25, 0.8])
+    request_similarity: list[float] | None = None
     # Filters on relevance (null: off). A pair is kept when the rejected reply is closer to the modified
     # request than to the original, and the chosen reply closer to the original, both by at least this:
     min_contrast_margin: float | None = 0.05

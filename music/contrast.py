@@ -407,6 +407,9 @@ def contrast_advice(cfg: ContrastConfig, methods: dict) -> str:
                     "stronger user model (simulate.user)")
     tips.append("a failed request: check the server named in the first error (base_urls, model, load; max_retries, "
                 "timeout_s) and rerun (finished replies come from the response cache)")
+    if cfg.method != "instruct" and cfg.request_similarity is not None:
+        tips.append("many `request_band` drops (no rewrite within contrast.request_similarity of the original): raise "
+                    "contrast.candidates, widen the window, or set it to null")
     tips.append("no pair kept: loosen the filter that removed most (contrast.min_contrast_margin, "
                 "contrast.max_echo_similarity, max_reply_chars) or draw more seeds (seed.n_train)")
     return "What to change: " + "; ".join(tips) + "."
@@ -426,9 +429,10 @@ def band_counts(cands: Sequence[dict], kept: Sequence[dict], cfg: ContrastConfig
 
 
 def near_miss_rows(records: Sequence[dict], n: int = 5) -> list[dict]:
-    """The first `n` kept MUSIC pairs (file order) whose divergence request is a person's (the seed's real next
-    user message): per pair the original and modified request, their similarity, and the two replies at the
-    divergence (the chosen one answers the original, the rejected one the near miss), for notebook 02."""
+    """`n` kept MUSIC pairs whose divergence request is a person's (the seed's real next user message), the
+    nearest misses first (highest similarity of the modified request to the original; file order breaks ties):
+    per pair the two requests, their similarity, and the two replies at the divergence (the chosen one answers
+    the person, the rejected one the rewrite), for notebook 02."""
     rows = []
     for r in records:
         rel = r.get("relevance") or {}
@@ -439,9 +443,8 @@ def near_miss_rows(records: Sequence[dict], n: int = 5) -> list[dict]:
                      "modified request": r["modified_request"], "similarity": rel.get("request_similarity"),
                      "chosen reply": r["chosen"][at]["content"], "rejected reply": r["rejected"][at]["content"],
                      "chosen margin": rel.get("chosen_margin"), "rejected margin": rel.get("rejected_margin")})
-        if len(rows) == n:
-            break
-    return rows
+    near = sorted(range(len(rows)), key=lambda i: (rows[i]["similarity"] is None, -(rows[i]["similarity"] or 0.0), i))
+    return [rows[i] for i in near[:n]]
 
 
 def nonzero(counts: dict) -> dict:

@@ -263,10 +263,13 @@ def test_near_miss_rows_show_the_real_request_and_both_replies_at_the_divergence
                 "original_request": f"real {i}", "modified_request": f"near {i}",
                 "relevance": {"original_request_real": real, "request_similarity": 0.5, "chosen_margin": 0.1,
                               "rejected_margin": 0.2}}
-    rows = near_miss_rows([pair(0, False), pair(1, True), pair(2, True), pair(3, True)], n=2)
-    assert [r["pair_id"] for r in rows] == ["p1", "p2"]
-    assert rows[0]["original request (real)"] == "real 1" and rows[0]["modified request"] == "near 1"
-    assert rows[0]["chosen reply"] == "A1" and rows[0]["rejected reply"] == "B1"
+    pairs = [pair(0, False), pair(1, True), pair(2, True), pair(3, True)]
+    pairs[0]["relevance"]["request_similarity"] = 0.9  # not a real request: never shown
+    pairs[3]["relevance"]["request_similarity"] = 0.7  # the nearest miss comes first
+    rows = near_miss_rows(pairs, n=2)
+    assert [r["pair_id"] for r in rows] == ["p3", "p1"]
+    assert rows[1]["original request (real)"] == "real 1" and rows[1]["modified request"] == "near 1"
+    assert rows[1]["chosen reply"] == "A1" and rows[1]["rejected reply"] == "B1"
 
 
 def test_the_stage_with_real_requests_and_a_window_reports_both(tmp_path):
