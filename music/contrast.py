@@ -421,7 +421,7 @@ def band_counts(cands: Sequence[dict], kept: Sequence[dict], cfg: ContrastConfig
     among the candidates and the kept pairs."""
     notes = [c.get("notes", {}) for c in cands]
     return {"request_similarity": cfg.request_similarity,
-            "rewrites_ranked": sum(len(n.get("request_similarities", [])) for n in notes),
+            "rewrites_usable": sum(n.get("modified_candidates", 0) for n in notes),  # before the window
             "rewrites_outside_band": sum(n.get("outside_band", 0) for n in notes),
             "no_rewrite_in_band": sum(c.get("failure") == "request_band" for c in cands),
             "real_requests": sum(bool(n.get("original_request_real")) for n in notes),

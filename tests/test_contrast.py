@@ -284,7 +284,7 @@ def test_the_stage_with_real_requests_and_a_window_reports_both(tmp_path):
 
     # the fake rewrites share no word with the fake real requests (similarity 0): inside [0, 0.8], outside [0.1, 0.8]
     P, report = stage(tmp_path / "in", [0.0, 0.8])
-    assert report["band"]["music_train"] == {"request_similarity": [0.0, 0.8], "rewrites_ranked": 9,
+    assert report["band"]["music_train"] == {"request_similarity": [0.0, 0.8], "rewrites_usable": 9,
                                              "rewrites_outside_band": 0, "no_rewrite_in_band": 0,
                                              "real_requests": 3, "kept_real_requests": report["splits"]["music_train"]["kept"]}
     recs = load_records(Path(P.paths.pairs) / "music_train")

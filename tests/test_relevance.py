@@ -177,7 +177,7 @@ def test_the_band_keeps_only_in_window_rewrites_and_counts_the_drops_as_filter_d
     assert stats["removed"]["request_band"] == 1 and kept == [a["cand"]]
     assert candidate_failures([a["cand"], b["cand"]], cfg)["failed"] == 0  # not a failure (max_failed_share)
     counts = band_counts([a["cand"], b["cand"]], kept, cfg)
-    assert counts["rewrites_ranked"] == 6 and counts["rewrites_outside_band"] == 5 and counts["no_rewrite_in_band"] == 1
+    assert counts["rewrites_usable"] == 6 and counts["rewrites_outside_band"] == 5 and counts["no_rewrite_in_band"] == 1
     # without a band (the old behaviour): the two most unlike the original are answered, nothing is dropped
     c = _work()
     [(w, events)] = resampled_requests([c], ListChat([PARAPHRASE, NEAR_MISS, OTHER]), ENC, band=None, **kw)
