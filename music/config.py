@@ -25,7 +25,7 @@ EMBEDDED_ENCODER = "embedded:all-minilm-l6-v2"  # the sentence encoder of music.
 CHAT_BACKENDS = ("transformers", "openai")
 SEED_SOURCES = ("sharegpt", "skywork", "hh", "ultrafeedback", "rewardbench")
 CONTRAST_METHODS = ("instruct", "resample", "auto")
-DIVERGENCE_RULES = ("fixed", "random")
+DIVERGENCE_RULES = ("fixed", "random", "real")
 RM_BACKENDS = ("auto", "unsloth", "transformers")
 DTYPES = ("float32", "bfloat16", "float16")
 MODEL_DTYPES = ("auto", *DTYPES)  # auto: float32 on CPU; on a GPU the backbone's 16-bit dtype, else bfloat16
@@ -175,6 +175,9 @@ class SimulateConfig(_Checked):
     seed: int = 0  # per-call sampling seeds derive from it
     # the stage fails when more than this share of a split's conversations had a request fail (music.failures)
     max_failed_share: float = 0.1
+    # true: the first simulated turn's user message is the seed's real next user message (a person's request;
+    # no user generation for it; a seed without one gets a generated message, counted); false: generated
+    real_next_user: bool = True
 
     def validate(self) -> None:
         _share(self, "max_failed_share")
@@ -193,7 +196,9 @@ class ContrastConfig(_Checked):
     # history, the assistant answers it normally (works with tiny models); "auto" = instruct, and
     # resample where the reply cannot be parsed.
     method: str = "resample"
-    divergence: str = "random"  # "fixed" (divergence_turn) | "random" (drawn per conversation)
+    # "fixed" (divergence_turn) | "random" (drawn per conversation) | "real" (the first simulated turn, whose user
+    # message is the seed's real next user message with simulate.real_next_user: a person's request is misread)
+    divergence: str = "real"
     divergence_turn: int = 1  # 1-based simulated turn, used when divergence == "fixed"
     # "random" draws among turns leaving at least this many after it: 1 = never the last turn, so every
     # MUSIC pair differs in two or more assistant turns (a pair diverging at the last turn is a last-turn pair)
@@ -201,6 +206,9 @@ class ContrastConfig(_Checked):
     candidates: int = 3  # "resample": the user model writes the divergence request again this many times
     answered_candidates: int = 2  # at most this many, the most unlike the original (on topic), are answered; the clearest contrast is kept
     encoder: str = EMBEDDED_ENCODER  # sentence encoder for the relevance checks (music.relevance)
+    # "resample": [lo, hi] window of cosine similarity (encoder) between a rewritten request and the original; only
+    # rewrites inside it are answered (the rest are counted as `outside_band`, not failures); null: no window
+    request_similarity: list[float] | None = None
     # Filters on relevance (null: off). A pair is kept when the rejected reply is closer to the modified
     # request than to the original, and the chosen reply closer to the original, both by at least this:
     min_contrast_margin: float | None = 0.05
@@ -233,6 +241,10 @@ class ContrastConfig(_Checked):
                       f"must be >= 0, got {self.min_turns_after_divergence}")
         self._require(self.candidates >= 1, "candidates", f"must be >= 1, got {self.candidates}")
         self._require(self.answered_candidates >= 1, "answered_candidates", f"must be >= 1, got {self.answered_candidates}")
+        band = self.request_similarity
+        self._require(band is None or (isinstance(band, (list, tuple)) and len(band) == 2
+                                       and all(isinstance(x, (int, float)) for x in band) and -1 <= band[0] < band[1] <= 1),
+                      "request_similarity", f"must be null or [lo, hi] with -1 <= lo < hi <= 1, got {band!r}")
         self._require(self.d_source == "seeds" or ":" in self.d_source, "d_source",
                       f"must be 'seeds' or 'KIND:LOCATION', got {self.d_source!r}")
 

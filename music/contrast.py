@@ -30,7 +30,7 @@ from music.filters import REASONS, apply_filters, first_failure, normalized, use
 from music.io import write_json
 from music.models.encoder import shared_encoder
 from music.prompts import load_prompt
-from music.relevance import Contrast, Encoder, contrast_margins, echo_scores, pick_modified_request
+from music.relevance import Contrast, Encoder, contrast_margins, echo_scores, in_band, pick_modified_request
 from music.schema import first_difference_distance, pair_record, user_turns
 from music.seeding import SEED_FILES, read_conversation_ids, read_seeds
 from music.simulate import (Chat, Rollout, SimPrompts, assistant_view, make_backends, make_event, roll_out, user_view,
@@ -53,8 +53,14 @@ def parse_contrast(text: str | None) -> tuple[str, str] | None:
 
 
 def pick_divergence(seed_id: str, turns: int, cfg: ContrastConfig) -> int:
-    """The 1-based *simulated* turn where the rejected branch diverges (random: keyed by seed_id)."""
+    """The 1-based *simulated* turn where the rejected branch diverges (random: keyed by seed_id; real: turn 1,
+    whose user message is the seed's real next one when simulate.real_next_user is on)."""
     cfg.validate()
+    if cfg.divergence == "real":
+        if turns - 1 < cfg.min_turns_after_divergence:
+            raise ValueError(f"contrast.divergence=real diverges at simulated turn 1: {turns} simulated turns leave "
+                             f"fewer than contrast.min_turns_after_divergence={cfg.min_turns_after_divergence} after it")
+        return 1
     if cfg.divergence == "fixed":
         if not 1 <= cfg.divergence_turn <= turns:
             raise ValueError(f"contrast.divergence_turn={cfg.divergence_turn} is outside 1..{turns} simulated turns")
@@ -107,7 +113,11 @@ def contrast_conversations(convs: Sequence[dict], *, user: Chat, assistant: Chat
         history = history_to_user_turn(conv["messages"], g)
         fields.update(divergence_turn=g, turns_after_divergence=user_turns(conv["messages"]) - g,
                       original_request=history[-1]["content"])
+        real_turns = conv.get("real_user_turns") or []
+        cand["notes"]["original_request_real"] = g in real_turns  # a person's request (the seed's next_user)
         start = len(history_to_user_turn(conv["messages"], conv["context_turns"] + 1)) - 1  # first simulated message
+        if conv["context_turns"] + 1 in real_turns:  # a real message is not generated: the echo check starts after it
+            start += 1
         work.append({"cand": cand, "pos": len(cands) - 1, "history": history, "turn": g, "start": start,
                      "reply_at": len(history),  # index of the divergence reply, the same in both branches
                      "target": user_turns(conv["messages"])})
@@ -142,7 +152,7 @@ def contrast_conversations(convs: Sequence[dict], *, user: Chat, assistant: Chat
     if resample:  # the user model asks again from the same history; the assistant answers those requests
         options = resampled_requests(resample, user, encoder, prompts=prompts, k=cfg.candidates,
                                      keep=cfg.answered_candidates, trim=trim, seed=derive_seed(base, "resample", "user"),
-                                     split=split)
+                                     split=split, band=cfg.request_similarity)
         flat = [(w, event) for w, events in options for event in events]
         replies = assistant.generate([assistant_view([*w["history"][:-1], {"role": "user", "content": e.text}], prompts)
                                       for w, e in flat],
@@ -174,10 +184,15 @@ def contrast_conversations(convs: Sequence[dict], *, user: Chat, assistant: Chat
 
 
 def resampled_requests(work: Sequence[dict], user: Chat, encoder: Encoder, *, prompts: SimPrompts, k: int, keep: int,
-                       trim: bool, seed: int, split: str) -> list[tuple[dict, list[Any]]]:
+                       trim: bool, seed: int, split: str,
+                       band: Sequence[float] | None = None) -> list[tuple[dict, list[Any]]]:
     """The user model writes each divergence request again `k` times (one batched call). Of the usable
     samples (not failed, cut, leaking or equal to the original), the `keep` most unlike the original but on
     the conversation's topic (music.relevance.pick_modified_request's score) go on to be answered.
+    With `band` = [lo, hi] (contrast.request_similarity), only samples whose similarity to the original lies
+    in the window are ranked (music.relevance.in_band); the others are counted in the notes
+    (`outside_band`), and an item with usable samples but none in the window is dropped as `request_band`
+    (a filter reason, not a request failure).
     Returns (work item, request events, best first); an item with no usable sample gets a counted failure."""
     views = [user_view(w["history"][:-1], prompts) for w in work]
     replies = user.generate([v for v in views for _ in range(k)], seed=seed, desc=f"contrast {split} resample requests")
@@ -201,6 +216,17 @@ def resampled_requests(work: Sequence[dict], user: Chat, encoder: Encoder, *, pr
             w["cand"]["fields"]["modified_request"] = events[0].text or None
             w["cand"]["failure"] = "generation_error" if "generation_error" in failures else "modified_request"
             continue
+        if band is not None:
+            inside, sims = in_band(encoder, original, [e.text for e in usable], band)
+            w["cand"]["notes"].update(outside_band=len(usable) - len(inside), request_similarities=sims)
+            if not inside:  # the sample nearest the window stands for the item in the filters' count
+                near = min(range(len(usable)), key=lambda i: (min(abs(sims[i] - band[0]), abs(sims[i] - band[1])), i))
+                w["cand"]["events"].append(usable[near].to_record())
+                w["cand"]["fields"]["modified_request"] = usable[near].text
+                w["cand"]["notes"]["request_similarity"] = sims[near]
+                w["cand"]["failure"] = "request_band"
+                continue
+            usable = [usable[i] for i in inside]
         _, scores = pick_modified_request(encoder, original, anchor, [e.text for e in usable])
         ranked = sorted(range(len(usable)), key=lambda i: (-scores[i], i))[:keep]
         w["cand"]["notes"]["modified_scores"] = scores
@@ -231,6 +257,11 @@ def pick_contrasts(flat: Sequence[tuple[dict, Any]], answers: Sequence[tuple[Any
         if i in margins:
             w["cand"]["notes"]["chosen_margin"], w["cand"]["notes"]["rejected_margin"] = margins[i]
         out.append((w, answers[i]))
+    # how close each answered request is to the original (the measure of contrast.request_similarity)
+    sims = encoder.similarity([flat[i][1].text for i in sorted(best.values())],
+                              [flat[i][0]["history"][-1]["content"] for i in sorted(best.values())]) if best else []
+    for i, sim in zip(sorted(best.values()), sims):
+        flat[i][0]["cand"]["notes"]["request_similarity"] = round(sim, 6)
     return out
 
 
@@ -249,7 +280,8 @@ def add_relevance(work: Sequence[dict], encoder: Encoder) -> None:
         notes = w["cand"]["notes"]
         notes["echo"] = max(echoes[2 * j], echoes[2 * j + 1])
         w["cand"]["fields"]["relevance"] = {k: notes.get(k) for k in ("chosen_margin", "rejected_margin", "echo",
-                                                                     "modified_candidates")}
+                                                                     "modified_candidates", "original_request_real",
+                                                                     "request_similarity")}
 
 
 def candidates_to_records(kept: Sequence[dict]) -> list[dict]:
@@ -311,6 +343,7 @@ def run_contrast(P: Params, *, splits: Sequence[str] = ("train", "eval"),
         report["splits"][f"music_{split}"] = stats
         report["methods"][f"music_{split}"] = methods
         report["multi_turn"][f"music_{split}"] = multi_turn_share(records)
+        report.setdefault("band", {})[f"music_{split}"] = band_counts(cands, kept, cfg)
 
         if split != "train":  # held-out D pairs and quality twins: the heldout stage (music.heldout)
             continue
@@ -372,9 +405,44 @@ def contrast_advice(cfg: ContrastConfig, methods: dict) -> str:
                     "stronger user model (simulate.user)")
     tips.append("a failed request: check the server named in the first error (base_urls, model, load; max_retries, "
                 "timeout_s) and rerun (finished replies come from the response cache)")
+    if cfg.method != "instruct" and cfg.request_similarity is not None:
+        tips.append("many `request_band` drops (no rewrite within contrast.request_similarity of the original): raise "
+                    "contrast.candidates, widen the window, or set it to null")
     tips.append("no pair kept: loosen the filter that removed most (contrast.min_contrast_margin, "
                 "contrast.max_echo_similarity, max_reply_chars) or draw more seeds (seed.n_train)")
     return "What to change: " + "; ".join(tips) + "."
+
+
+def band_counts(cands: Sequence[dict], kept: Sequence[dict], cfg: ContrastConfig) -> dict:
+    """Rewritten requests ranked and dropped for lying outside contrast.request_similarity (filter drops, not
+    request failures), and how many divergence requests were a person's (the seed's real next user message),
+    among the candidates and the kept pairs."""
+    notes = [c.get("notes", {}) for c in cands]
+    return {"request_similarity": cfg.request_similarity,
+            "rewrites_usable": sum(n.get("modified_candidates", 0) for n in notes),  # before the window
+            "rewrites_outside_band": sum(n.get("outside_band", 0) for n in notes),
+            "no_rewrite_in_band": sum(c.get("failure") == "request_band" for c in cands),
+            "real_requests": sum(bool(n.get("original_request_real")) for n in notes),
+            "kept_real_requests": sum(bool(c.get("notes", {}).get("original_request_real")) for c in kept)}
+
+
+def near_miss_rows(records: Sequence[dict], n: int = 5) -> list[dict]:
+    """`n` kept MUSIC pairs whose divergence request is a person's (the seed's real next user message), the
+    nearest misses first (highest similarity of the modified request to the original; file order breaks ties):
+    per pair the two requests, their similarity, and the two replies at the divergence (the chosen one answers
+    the person, the rejected one the rewrite), for notebook 02."""
+    rows = []
+    for r in records:
+        rel = r.get("relevance") or {}
+        if not rel.get("original_request_real"):
+            continue
+        at = [i for i, m in enumerate(r["chosen"]) if m["role"] == "user"][r["divergence_turn"] - 1] + 1
+        rows.append({"pair_id": r["pair_id"], "original request (real)": r["original_request"],
+                     "modified request": r["modified_request"], "similarity": rel.get("request_similarity"),
+                     "chosen reply": r["chosen"][at]["content"], "rejected reply": r["rejected"][at]["content"],
+                     "chosen margin": rel.get("chosen_margin"), "rejected margin": rel.get("rejected_margin")})
+    near = sorted(range(len(rows)), key=lambda i: (rows[i]["similarity"] is None, -(rows[i]["similarity"] or 0.0), i))
+    return [rows[i] for i in near[:n]]
 
 
 def nonzero(counts: dict) -> dict:

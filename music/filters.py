@@ -17,6 +17,7 @@ REASONS = (
     "generation_error",  # the backend gave up (after its retries)
     "empty_reply",  # nothing left after clean-up
     "modified_request",  # missing, unparseable, or equal to the original request
+    "request_band",  # no rewritten request within contrast.request_similarity of the original (not a failure)
     "truncated",  # cut by max_new_tokens and not trimmable to a full sentence (or drop_truncated)
     "identical",  # chosen == rejected
     "role_leakage",  # user model speaking as the assistant, or the assistant writing the user's turn
@@ -69,6 +70,10 @@ def _modified_request(c: dict, cfg: ContrastConfig) -> bool:
     return not normalized(mod) or normalized(mod) == normalized(f.get("original_request"))
 
 
+def _request_band(c: dict, cfg: ContrastConfig) -> bool:
+    return c.get("failure") == "request_band"
+
+
 def _truncated(c: dict, cfg: ContrastConfig) -> bool:
     return any(e["finish_reason"] == "length" and (cfg.drop_truncated or not e["trimmed"]) for e in _events(c))
 
@@ -79,6 +84,8 @@ def _identical(c: dict, cfg: ContrastConfig) -> bool:
 
 def _leakage(c: dict, cfg: ContrastConfig) -> bool:
     for e in _events(c):
+        if e.get("real"):  # a person's message (the seed's next user message): not the user model's leak
+            continue
         if e["role"] in ("user", "modified_request") and user_leaks(e["text"]):
             return True
         if e["role"] == "assistant" and assistant_leaks(e["text"]):
@@ -99,13 +106,14 @@ def _weak_contrast(c: dict, cfg: ContrastConfig) -> bool:
 
 
 def _over_length(c: dict, cfg: ContrastConfig) -> bool:
-    return any(len(e["text"]) > cfg.max_reply_chars for e in _events(c))
+    return any(len(e["text"]) > cfg.max_reply_chars for e in _events(c) if not e.get("real"))
 
 
 CHECKS: dict[str, Callable[[dict, ContrastConfig], bool]] = {
     "generation_error": _generation_error,
     "empty_reply": _empty,
     "modified_request": _modified_request,
+    "request_band": _request_band,
     "truncated": _truncated,
     "identical": _identical,
     "role_leakage": _leakage,

@@ -152,6 +152,11 @@ def divergence_turns(P: Params, F: Findings) -> list[int]:
             F.error("contrast.divergence_turn", f"{c.divergence_turn} is outside 1..simulate.turns={K}")
             return [min(max(1, c.divergence_turn), K)]
         return [c.divergence_turn]
+    if c.divergence == "real":  # the first simulated turn (a person's request with simulate.real_next_user)
+        if K - 1 < c.min_turns_after_divergence:
+            F.error("contrast.min_turns_after_divergence",
+                    f"{c.min_turns_after_divergence} turns after simulated turn 1 (divergence real) exceed simulate.turns={K}")
+        return [1]
     if c.divergence == "random":
         hi = K - c.min_turns_after_divergence
         if hi < 1:
@@ -159,7 +164,7 @@ def divergence_turns(P: Params, F: Findings) -> list[int]:
                     f"{c.min_turns_after_divergence} leaves no turn to diverge at among simulate.turns={K}")
             return [K]
         return list(range(1, hi + 1))
-    F.error("contrast.divergence", f"must be 'fixed' or 'random', got {c.divergence!r}")
+    F.error("contrast.divergence", f"must be 'fixed', 'random' or 'real', got {c.divergence!r}")
     return [1]
 
 
@@ -202,6 +207,9 @@ def plan_simulate(P: Params, T: Tokens, F: Findings) -> tuple[dict, list[Load]]:
     user, asst = Load("simulate.user", sim.user), Load("simulate.assistant", sim.assistant)
     for s in range(1, sim.turns + 1):
         history = T.context + (s - 1) * (U + A + 2 * T.m)
+        if s == 1 and sim.real_next_user:  # turn 1's user message is the seed's real one: no user generation
+            asst.add(n, T.sys["assistant_system"] + T.m + history + T.next_user + T.m, A)
+            continue
         user.add(n, T.sys["user_simulator"] + T.sys["user_opener"] + 2 * T.m + history, U)
         asst.add(n, T.sys["assistant_system"] + T.m + history + U + T.m, A)
     convo = T.context + sim.turns * (U + A + 2 * T.m)

@@ -3,7 +3,8 @@
 Three uses in the contrast stage, all from cosine similarities of short texts:
 - pick the modified request: of several requests the user model wrote again from the same history,
   keep the one most unlike the original request while still on the conversation's topic
-  (similar to the assistant message it follows);
+  (similar to the assistant message it follows); optionally only among those whose similarity to the
+  original lies in a window (`in_band`: close, but not a paraphrase);
 - contrast margins: the rejected reply should be closer to the modified request than to the original
   (it answers something other than what was asked), and the chosen reply closer to the original than
   to the modified request (it answers what was asked); a pair whose margins are small is not a contrast;
@@ -33,6 +34,17 @@ def pick_modified_request(encoder: Encoder, original: str, anchor: str, candidat
     sims = encoder.similarity([*candidates, *candidates], [anchor] * n + [original] * n)
     scores = [round(sims[i] - sims[n + i], 6) for i in range(n)]
     return max(range(n), key=lambda i: (scores[i], -i)), scores
+
+
+def in_band(encoder: Encoder, original: str, candidates: Sequence[str], band: Sequence[float]) -> tuple[list[int], list[float]]:
+    """(indices of the candidates whose cosine similarity to `original` lies in [lo, hi], similarity per candidate).
+
+    The window of contrast.request_similarity: above `hi` a rewrite is a paraphrase of the original (the two
+    replies would answer the same request); below `lo` it asks about something else (not a near miss).
+    """
+    lo, hi = band
+    sims = [round(x, 6) for x in encoder.similarity(list(candidates), [original] * len(candidates))] if candidates else []
+    return [i for i, x in enumerate(sims) if lo <= x <= hi], sims
 
 
 @dataclass(frozen=True)

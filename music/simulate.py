@@ -121,11 +121,17 @@ class Event:
     trimmed: bool = False  # cut by the token budget, and ends at a full sentence (trimmed to one, or already)
     error: str | None = None
     method: str | None = None  # how a rejected reply was made ("instruct" | "resample")
+    real: bool = False  # a person's message (the seed's real next user message), not generated
 
     def to_record(self) -> dict:
         return {"branch": self.branch, "turn": self.turn, "role": self.role, "finish_reason": self.finish_reason,
                 "raw": self.raw, "text": self.text, "trimmed": self.trimmed, "error": self.error,
-                "method": self.method}
+                "method": self.method, "real": self.real}
+
+
+def real_user_event(text: str, *, branch: str, turn: int) -> Event:
+    """The event of a real user message taken verbatim from the seed (nothing was generated)."""
+    return Event(branch, turn, "user", "stop", text, text, real=True)
 
 
 def make_event(reply: Any, *, branch: str, turn: int, role: str, trim: bool, user_voice: bool = False,
@@ -176,17 +182,21 @@ def roll_out(rollouts: Sequence[Rollout], targets: Sequence[int], user: Chat, as
     """Extend every rollout to `targets[i]` user turns (each ending with the assistant), in batched steps.
 
     Step s asks the user model for the next message of every live conversation in one call, then the
-    assistant model for every reply in one call. Rollouts shorter than their target after a failure stay so.
+    assistant model for every reply in one call. A rollout that already ends with a user message (a real one
+    from the seed) gets no user call at that step, only the assistant's reply. Rollouts shorter than their
+    target after a failure stay so.
     """
     step = 0
     while True:
-        live = [r for r, t in zip(rollouts, targets) if r.failure is None and r.turns < t]
+        live = [r for r, t in zip(rollouts, targets)
+                if r.failure is None and (r.turns < t or (r.messages and r.messages[-1]["role"] == "user"))]
         if not live:
             return
         step += 1
-        replies = user.generate([user_view(r.messages, prompts) for r in live],
-                                seed=derive_seed(seed, tag, "user", step), desc=f"{tag} user step {step}")
-        for r, rep in zip(live, replies):
+        ask = [r for r in live if not (r.messages and r.messages[-1]["role"] == "user")]
+        replies = user.generate([user_view(r.messages, prompts) for r in ask],
+                                seed=derive_seed(seed, tag, "user", step), desc=f"{tag} user step {step}") if ask else []
+        for r, rep in zip(ask, replies):
             r.add(*make_event(rep, branch=r.branch, turn=r.turns + 1, role="user", trim=trim, user_voice=True))
         live = [r for r in live if r.failure is None]
         if not live:
@@ -199,11 +209,18 @@ def roll_out(rollouts: Sequence[Rollout], targets: Sequence[int], user: Chat, as
 
 def simulate_seeds(seeds: Sequence[Any], user: Chat, assistant: Chat, cfg: SimulateConfig, *, split: str,
                    prompts: SimPrompts | None = None) -> list[dict]:
-    """Conversation records: each seed's context continued by `cfg.turns` simulated turns (batched)."""
+    """Conversation records: each seed's context continued by `cfg.turns` simulated turns (batched).
+
+    With `cfg.real_next_user`, turn 1's user message is the seed's real `next_user`, verbatim (an event with
+    `real: true`; the record's `real_user_turns` lists it); a seed without one gets a generated message.
+    """
     cfg.validate()
     prompts = prompts or SimPrompts.load()
     rollouts = [Rollout(s.seed_id, "chosen", [dict(m) for m in s.context]) for s in seeds]
     targets = [r.turns + cfg.turns for r in rollouts]
+    for s, r in zip(seeds, rollouts):
+        if cfg.real_next_user and (s.next_user or "").strip():
+            r.add(real_user_event(s.next_user, branch="chosen", turn=r.turns + 1), None)
     roll_out(rollouts, targets, user, assistant, prompts=prompts, seed=derive_seed(cfg.seed, "simulate", split),
              tag=f"simulate {split}", trim=cfg.trim_truncated)
     out = []
@@ -211,6 +228,7 @@ def simulate_seeds(seeds: Sequence[Any], user: Chat, assistant: Chat, cfg: Simul
         out.append({
             "seed_id": s.seed_id, "conversation_id": s.conversation_id, "source": s.source, "split": s.split,
             "context_turns": user_turns(s.context), "turns": cfg.turns, "messages": r.messages,
+            "real_user_turns": [e.turn for e in r.events if e.real],
             "events": [e.to_record() for e in r.events], "failure": r.failure,
             "models": {"user": user.name, "assistant": assistant.name}, "prompts": prompts.meta(),
         })
@@ -247,6 +265,7 @@ def run_simulate(P: Params, *, splits: Sequence[str] = SPLITS, backends: tuple[C
                            key="simulate.max_failed_share", advice=SIMULATE_ADVICE)
         save_records(records, Path(P.paths.conversations) / split, conversation_features())
         summary[split] = {"conversations": len(records), "failed": sum(r["failure"] is not None for r in records),
+                          "real_next_user": real_next_user_counts(records, P.simulate),
                           "request_failures": failures,
                           "tokens": meter.report()}  # prompt tokens asked/encoded per generated token; {} if uncounted
         if failures["failed"]:
@@ -262,6 +281,15 @@ FAILURE_REPORT = "failure_report.json"
 SIMULATE_ADVICE = ("The first error of each reason says why; check the server (simulate.user / simulate.assistant: "
                    "base_urls, model, load), raise max_retries or timeout_s for a busy server, then rerun "
                    "(finished replies come from the response cache).")
+
+
+def real_next_user_counts(records: Sequence[dict], cfg: SimulateConfig) -> dict | None:
+    """With simulate.real_next_user: conversations whose turn-1 user message is the seed's real one, and those
+    whose seed had none (their turn 1 was generated); None when the switch is off."""
+    if not cfg.real_next_user:
+        return None
+    real = sum(bool(r.get("real_user_turns")) for r in records)
+    return {"real": real, "generated_no_next_user": len(records) - real}
 
 
 def conversation_failures(records: Sequence[dict]) -> dict:

@@ -27,11 +27,13 @@ def _features():
     msgs = List({"role": Value("string"), "content": Value("string")})
     event = {"branch": Value("string"), "turn": Value("int64"), "role": Value("string"),
              "finish_reason": Value("string"), "raw": Value("string"), "text": Value("string"),
-             "trimmed": Value("bool"), "error": Value("string"), "method": Value("string")}
+             "trimmed": Value("bool"), "error": Value("string"), "method": Value("string"),
+             "real": Value("bool")}
     prompts = List({"name": Value("string"), "sha256": Value("string")})
     conversation = Features({
         "seed_id": Value("string"), "conversation_id": Value("string"), "source": Value("string"),
         "split": Value("string"), "context_turns": Value("int64"), "turns": Value("int64"), "messages": msgs,
+        "real_user_turns": List(Value("int64")),
         "events": List(event), "failure": Value("string"),
         "models": {"user": Value("string"), "assistant": Value("string")}, "prompts": prompts,
     })
@@ -43,7 +45,8 @@ def _features():
         "models": {"user": Value("string"), "assistant": Value("string"), "contrast": Value("string")},
         "prompts": prompts,
         "relevance": {"chosen_margin": Value("float64"), "rejected_margin": Value("float64"), "echo": Value("float64"),
-                      "modified_candidates": Value("int64")},
+                      "modified_candidates": Value("int64"), "original_request_real": Value("bool"),
+                      "request_similarity": Value("float64")},
     })
     return conversation, pair
 

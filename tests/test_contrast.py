@@ -39,17 +39,17 @@ def test_pick_divergence_fixed_random_and_keyed_by_seed_id():
     assert draws == [pick_divergence(f"s{i}", 4, cfg) for i in range(60)]  # same id, same turn
     assert set(draws) == {1, 2, 3, 4}
     # the default never diverges at the last turn: a MUSIC pair always differs in 2+ assistant turns
-    assert {pick_divergence(f"s{i}", 4, ContrastConfig()) for i in range(60)} == {1, 2, 3}
+    assert {pick_divergence(f"s{i}", 4, ContrastConfig(divergence="random")) for i in range(60)} == {1, 2, 3}
     late = ContrastConfig(divergence="random", min_turns_after_divergence=2)
     assert {pick_divergence(f"s{i}", 4, late) for i in range(60)} == {1, 2}
-    assert [pick_divergence(f"s{i}", 4, ContrastConfig(seed=1, min_turns_after_divergence=0)) for i in range(60)] != draws
+    assert [pick_divergence(f"s{i}", 4, ContrastConfig(divergence="random", seed=1, min_turns_after_divergence=0)) for i in range(60)] != draws
     with pytest.raises(ValueError, match="leaves no turn"):
-        pick_divergence("s", 1, ContrastConfig(min_turns_after_divergence=1))
+        pick_divergence("s", 1, ContrastConfig(divergence="random", min_turns_after_divergence=1))
 
 
 def _simulated(turns=3, n=4):
     return simulate_seeds(make_seeds(n), FakeChat("fake:user"), FakeChat("fake:assistant"),
-                          SimulateConfig(turns=turns), split="train")
+                          SimulateConfig(turns=turns, real_next_user=False), split="train")
 
 
 def _first_difference(a: list[dict], b: list[dict]) -> int:
@@ -60,7 +60,7 @@ def test_instruct_branch_diverges_at_the_chosen_turn_and_keeps_going():
     convs = _simulated(turns=3)
     user, asst, con = FakeChat("fake:user"), FakeChat("fake:assistant"), FakeChat("fake:contrast")
     cfg = ContrastConfig(method="instruct", divergence="fixed", divergence_turn=2)
-    cands = contrast_conversations(convs, user=user, assistant=asst, contrast=con, sim_cfg=SimulateConfig(turns=3),
+    cands = contrast_conversations(convs, user=user, assistant=asst, contrast=con, sim_cfg=SimulateConfig(turns=3, real_next_user=False),
                                    cfg=cfg, split="train", encoder=WordOverlapEncoder())
     assert con.calls == 1 and user.calls == 1 and asst.calls == 1  # batched: one call each
     for conv, c in zip(convs, cands):
@@ -87,9 +87,9 @@ def test_auto_falls_back_to_resampling_when_the_reply_does_not_parse():
         return ChatReply("I think you meant something else.", "stop") if CONTRAST_PROMPT in messages[0]["content"] else None
 
     user, asst = FakeChat("fake:user"), FakeChat("fake:assistant")
-    cfg = ContrastConfig(method="auto", divergence="fixed", divergence_turn=1)
+    cfg = ContrastConfig(method="auto", divergence="fixed", divergence_turn=1, request_similarity=None)
     cands = contrast_conversations(convs, user=user, assistant=asst, contrast=FakeChat(script=unparseable),
-                                   sim_cfg=SimulateConfig(turns=2), cfg=cfg, split="train", encoder=WordOverlapEncoder())
+                                   sim_cfg=SimulateConfig(turns=2, real_next_user=False), cfg=cfg, split="train", encoder=WordOverlapEncoder())
     for c in cands:
         f = c["fields"]
         assert c["failure"] is None and f["contrast_method"] == "resample"
@@ -100,7 +100,7 @@ def test_auto_falls_back_to_resampling_when_the_reply_does_not_parse():
         assert [e["role"] for e in c["events"] if e["branch"] == "rejected"] == ["modified_request", "assistant", "user", "assistant"]
     # instruct-only: the same replies are counted failures
     only = contrast_conversations(convs, user=user, assistant=asst, contrast=FakeChat(script=unparseable),
-                                  sim_cfg=SimulateConfig(turns=2), cfg=ContrastConfig(method="instruct", divergence="fixed"),
+                                  sim_cfg=SimulateConfig(turns=2, real_next_user=False), cfg=ContrastConfig(method="instruct", divergence="fixed"),
                                   split="train", encoder=WordOverlapEncoder())
     assert {c["failure"] for c in only} == {"modified_request"}
 
@@ -109,7 +109,7 @@ def test_failed_simulation_becomes_a_counted_candidate_not_a_pair():
     convs = _simulated(turns=2)
     convs[0] = {**convs[0], "failure": "empty_reply"}
     cands = contrast_conversations(convs, user=FakeChat(), assistant=FakeChat(), contrast=FakeChat(),
-                                   sim_cfg=SimulateConfig(turns=2), cfg=ContrastConfig(method="instruct"), split="train", encoder=WordOverlapEncoder())
+                                   sim_cfg=SimulateConfig(turns=2, real_next_user=False), cfg=ContrastConfig(method="instruct", divergence="random"), split="train", encoder=WordOverlapEncoder())
     assert cands[0]["failure"] == "empty_reply" and cands[0]["fields"]["rejected"] is None
     assert all(c["failure"] is None for c in cands[1:])
 
@@ -215,3 +215,86 @@ def test_d_from_the_seed_source_follows_the_seed_split(tmp_path, monkeypatch):
     train = {r["conversation_id"] for r in load_records(Path(P.paths.pairs) / "d_train")}
     evals = {r["conversation_id"] for r in load_records(Path(P.paths.heldout) / "d_eval")}
     assert train == {"train-only-1", "train-only-2"} and evals == held_out and held_out
+
+
+# --- divergence at the real next user message (contrast.divergence: real) ---------------------------------------
+
+def test_divergence_real_is_the_first_simulated_turn():
+    assert pick_divergence("s", 3, ContrastConfig(divergence="real")) == 1
+    assert pick_divergence("s", 1, ContrastConfig(divergence="real", min_turns_after_divergence=0)) == 1
+    with pytest.raises(ValueError, match="min_turns_after_divergence"):
+        pick_divergence("s", 1, ContrastConfig(divergence="real", min_turns_after_divergence=1))
+
+
+def test_real_divergence_misreads_the_persons_request_and_says_so():
+    import dataclasses
+
+    seeds = make_seeds(4)
+    seeds[3] = dataclasses.replace(seeds[3], next_user=None)  # turn 1 generated: the pair says its request is not real
+    convs = simulate_seeds(seeds, FakeChat("fake:user"), FakeChat("fake:assistant"),
+                           SimulateConfig(turns=3, real_next_user=True), split="train")
+    asst = FakeChat("fake:assistant")
+    cands = contrast_conversations(convs, user=FakeChat("fake:user"), assistant=asst, contrast=None,
+                                   sim_cfg=SimulateConfig(turns=3, real_next_user=False), split="train", encoder=WordOverlapEncoder(),
+                                   cfg=ContrastConfig(method="resample", divergence="real", min_contrast_margin=None,
+                                                                  request_similarity=None))
+    for s, conv, c in zip(seeds, convs, cands):
+        f = c["fields"]
+        assert c["failure"] is None and f["divergence_turn"] == conv["context_turns"] + 1
+        assert f["turns_after_divergence"] == 2
+        reply_at = len(s.context) + 1
+        assert f["chosen"][:reply_at] == f["rejected"][:reply_at]  # same history, the real request included
+        assert f["chosen"][reply_at] != f["rejected"][reply_at]
+        assert f["relevance"]["original_request_real"] is (s.next_user is not None)
+        if s.next_user:
+            assert f["original_request"] == s.next_user == f["chosen"][reply_at - 1]["content"]
+        # both replies at the divergence come from the assistant model (same backend, same prompt)
+        assert f["rejected"][reply_at]["content"].startswith("Answer ") and f["chosen"][reply_at]["content"].startswith("Answer ")
+    from music.contrast import band_counts
+    counts = band_counts(cands, cands, ContrastConfig())
+    assert counts["real_requests"] == 3 and counts["kept_real_requests"] == 3 and counts["rewrites_outside_band"] == 0
+
+
+def test_near_miss_rows_show_the_real_request_and_both_replies_at_the_divergence():
+    from music.contrast import near_miss_rows
+
+    ctx = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    def pair(i, real):
+        chosen = [*ctx, {"role": "user", "content": f"real {i}"}, {"role": "assistant", "content": f"A{i}"},
+                  {"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
+        rejected = [*chosen[:3], {"role": "assistant", "content": f"B{i}"}, *chosen[4:]]
+        return {"pair_id": f"p{i}", "chosen": chosen, "rejected": rejected, "divergence_turn": 2,
+                "original_request": f"real {i}", "modified_request": f"near {i}",
+                "relevance": {"original_request_real": real, "request_similarity": 0.5, "chosen_margin": 0.1,
+                              "rejected_margin": 0.2}}
+    pairs = [pair(0, False), pair(1, True), pair(2, True), pair(3, True)]
+    pairs[0]["relevance"]["request_similarity"] = 0.9  # not a real request: never shown
+    pairs[3]["relevance"]["request_similarity"] = 0.7  # the nearest miss comes first
+    rows = near_miss_rows(pairs, n=2)
+    assert [r["pair_id"] for r in rows] == ["p3", "p1"]
+    assert rows[1]["original request (real)"] == "real 1" and rows[1]["modified request"] == "near 1"
+    assert rows[1]["chosen reply"] == "A1" and rows[1]["rejected reply"] == "B1"
+
+
+def test_the_stage_with_real_requests_and_a_window_reports_both(tmp_path):
+    def stage(root, band):
+        P = write_seed_files(root)
+        P.simulate.turns, P.simulate.real_next_user = 2, True
+        P.contrast.divergence, P.contrast.request_similarity, P.contrast.min_music_train_pairs = "real", band, 0
+        P.contrast.d_pairs = P.contrast.quality_mtbench = False
+        run_simulate(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant")))
+        return P, run_contrast(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant"), None),
+                               encoder=WordOverlapEncoder())
+
+    # the fake rewrites share no word with the fake real requests (similarity 0): inside [0, 0.8], outside [0.1, 0.8]
+    P, report = stage(tmp_path / "in", [0.0, 0.8])
+    assert report["band"]["music_train"] == {"request_similarity": [0.0, 0.8], "rewrites_usable": 9,
+                                             "rewrites_outside_band": 0, "no_rewrite_in_band": 0,
+                                             "real_requests": 3, "kept_real_requests": report["splits"]["music_train"]["kept"]}
+    recs = load_records(Path(P.paths.pairs) / "music_train")
+    assert recs and all(r["relevance"]["original_request_real"] and r["relevance"]["request_similarity"] == 0.0 for r in recs)
+    assert all(r["original_request"].startswith("Real next user") for r in recs)
+    P, report = stage(tmp_path / "out", [0.1, 0.8])
+    assert report["splits"]["music_train"]["removed"]["request_band"] == 3 and report["splits"]["music_train"]["kept"] == 0
+    assert report["band"]["music_train"]["rewrites_outside_band"] == 9
+    assert report["failures"]["music_train"]["failed"] == 0  # window drops are not request failures

@@ -370,7 +370,7 @@ def roll_out_with_branch(user, assistant, n: int, turns: int, divergence_turn: i
     # Stated here, not taken from the defaults: the relevance filters off and four requests, so that most branches
     # run to the end.
     cfg = ContrastConfig(method="resample", divergence="fixed", divergence_turn=divergence_turn, candidates=4,
-                         min_contrast_margin=None, max_echo_similarity=None, seed=seed)
+                         min_contrast_margin=None, max_echo_similarity=None, request_similarity=None, seed=seed)
     cands = contrast_conversations(convs, user=user, assistant=assistant, contrast=None, sim_cfg=sim, cfg=cfg,
                                    split="train")
     return [c["messages"] for c in convs], [(c["fields"]["rejected"], c["failure"]) for c in cands]

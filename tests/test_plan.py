@@ -214,3 +214,24 @@ def test_reused_bottom_layers_are_counted_once_not_per_model():
     expected = (models * k / L + (L - k) / L) / models  # top layers per model, the bottom once
     assert ev_on["hours"] / ev_off["hours"] == pytest.approx(expected, rel=1e-6)
     assert on["hours"]["train"] < off["hours"]["train"]
+
+
+def test_a_real_first_user_message_costs_no_user_generation_and_real_divergence_is_turn_1():
+    data = raw(REPO / "params.yaml")
+    data["simulate"]["real_next_user"] = False
+    data["contrast"]["divergence"] = "random"
+    before = plan_of(copy.deepcopy(data))
+    data["simulate"]["real_next_user"] = True
+    data["contrast"]["divergence"] = "real"
+    after = plan_of(data)
+
+    def requests(plan, stage, role):
+        return next(g["requests"] for g in plan["stages"][stage]["generation"] if g["role"] == role)
+
+    n, K = before["stages"]["simulate"]["conversations"], data["simulate"]["turns"]
+    assert requests(before, "simulate", "simulate.user") == n * K
+    assert requests(after, "simulate", "simulate.user") == n * (K - 1)  # turn 1 is the seed's real message
+    assert requests(after, "simulate", "simulate.assistant") == n * K
+    assert after["stages"]["contrast"]["divergence_turns"] == [1] and not after["errors"]
+    c = data["contrast"]  # resample at turn 1, then the rejected branch's K - 1 turns
+    assert requests(after, "contrast", "simulate.user") == n * c["candidates"] + n * (K - 1)

@@ -50,7 +50,7 @@ def test_trim_to_sentence():
 def test_simulation_is_batched_and_extends_every_conversation():
     seeds = make_seeds(5)
     user, assistant = FakeChat("fake:user"), FakeChat("fake:assistant")
-    recs = simulate_seeds(seeds, user, assistant, SimulateConfig(turns=3), split="train")
+    recs = simulate_seeds(seeds, user, assistant, SimulateConfig(turns=3, real_next_user=False), split="train")
     assert user.calls == 3 and assistant.calls == 3  # one call per role per turn, not per conversation
     for s, r in zip(seeds, recs):
         msgs = validate_conversation(r["messages"], source="test", record=r["seed_id"], must_end_with="assistant")
@@ -70,7 +70,7 @@ def test_failed_user_turn_stops_that_conversation_only():
             return ChatReply('User: ""', "stop")
         return None
 
-    recs = simulate_seeds(make_seeds(3), FakeChat(script=script), FakeChat(), SimulateConfig(turns=2), split="train")
+    recs = simulate_seeds(make_seeds(3), FakeChat(script=script), FakeChat(), SimulateConfig(turns=2, real_next_user=False), split="train")
     bad = recs[1]
     assert bad["failure"] == "empty_reply"
     assert bad["messages"] == make_seeds(3)[1].context and len(bad["events"]) == 1
@@ -86,7 +86,7 @@ def test_generation_error_and_truncation_are_recorded():
         return None
 
     recs = simulate_seeds(make_seeds(3)[:1] + make_seeds(3)[2:], FakeChat(), FakeChat(script=script),
-                          SimulateConfig(turns=1), split="train")
+                          SimulateConfig(turns=1, real_next_user=False), split="train")
     assert recs[0]["failure"] == "generation_error" and recs[0]["events"][-1]["error"] == "server down"
     ev = recs[1]["events"][-1]
     assert recs[1]["failure"] is None and ev["finish_reason"] == "length" and ev["trimmed"]
@@ -178,3 +178,43 @@ def test_a_cut_user_message_ends_at_its_last_whole_word_a_cut_reply_does_not():
     reply, _ = make_event(cut, branch="chosen", turn=2, role="assistant", trim=True)
     assert not reply.trimmed  # an assistant reply cut mid-sentence stays cut: the truncated filter counts it
     assert trim_to_word("too short here") is None
+
+
+# --- the real next user message at turn 1 (simulate.real_next_user) ------------------------------------------------
+
+def test_real_next_user_is_used_verbatim_at_turn_1_and_no_user_generation_is_asked_for_it():
+    import dataclasses
+
+    seeds = make_seeds(4)
+    seeds[2] = dataclasses.replace(seeds[2], next_user=None)  # no real next message: turn 1 is generated (counted)
+    user, assistant = FakeChat("fake:user"), FakeChat("fake:assistant")
+    recs = simulate_seeds(seeds, user, assistant, SimulateConfig(turns=3, real_next_user=True), split="train")
+    assert sum(user.generated.values()) == 3 * 2 + 1 * 3  # turn 1 asked only for the seed without one
+    assert assistant.calls == 3
+    for s, r in zip(seeds, recs):
+        first = r["messages"][len(s.context)]
+        assert first["role"] == "user" and r["failure"] is None and len(r["messages"]) == len(s.context) + 6
+        if s.next_user:
+            assert first["content"] == s.next_user  # verbatim
+            assert r["real_user_turns"] == [r["context_turns"] + 1]
+            assert r["events"][0] == {**r["events"][0], "role": "user", "real": True, "text": s.next_user}
+            assert [e["real"] for e in r["events"][1:]] == [False] * 5
+            assert r["messages"][len(s.context) + 1]["content"].endswith(f"on {s.next_user.split()[-1].rstrip('?')}.")
+        else:
+            assert first["content"].startswith("Could you tell me more") and r["real_user_turns"] == []
+    from music.simulate import real_next_user_counts
+    assert real_next_user_counts(recs, SimulateConfig(real_next_user=True)) == {"real": 3, "generated_no_next_user": 1}
+    # every seed with a real next message: no user call at all at step 1
+    user2 = FakeChat("fake:user")
+    simulate_seeds(make_seeds(3), user2, FakeChat(), SimulateConfig(turns=2, real_next_user=True), split="train")
+    assert user2.calls == 1
+
+
+def test_without_the_switch_turn_1_is_generated_as_before():
+    seeds = make_seeds(3)
+    user = FakeChat("fake:user")
+    recs = simulate_seeds(seeds, user, FakeChat(), SimulateConfig(turns=2, real_next_user=False), split="train")
+    assert user.calls == 2 and sum(user.generated.values()) == 6
+    for s, r in zip(seeds, recs):
+        assert r["messages"][len(s.context)]["content"] != s.next_user and r["real_user_turns"] == []
+        assert not any(e["real"] for e in r["events"])
