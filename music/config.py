@@ -143,7 +143,7 @@ class SeedConfig(_Checked):
     path: str = "data/sharegpt/conversations.jsonl"  # local file, or `hub:<dataset id>`
     split: str = "train"  # hub split
     n_train: int = 48  # training seeds
-    n_eval: int = 40  # held-out seeds (held-out pairs)
+    n_eval: int = 56  # held-out seeds (held-out pairs)
     n_eval_conversations: int = 120  # whole held-out conversations (multi-turn tests), >= 2 assistant turns
     max_context_turns: int = 2  # a seed is a prefix of 1..this many whole user/assistant turns
     max_message_chars: int = 500  # longest message allowed in a seed context and its real next turn
@@ -170,7 +170,7 @@ class SimulateConfig(_Checked):
     turns: int = 2  # simulated turns after the seed context (5 in the paper)
     # eval seeds simulated for the held-out MUSIC pairs (null: all); the others serve only the held-out
     # last-turn and quality pairs, which need no simulation
-    max_eval_conversations: int | None = 40
+    max_eval_conversations: int | None = 56
     trim_truncated: bool = True  # a reply cut by max_new_tokens is trimmed to its last full sentence
     seed: int = 0  # per-call sampling seeds derive from it
     # the stage fails when more than this share of a split's conversations had a request fail (music.failures)
