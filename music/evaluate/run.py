@@ -129,7 +129,7 @@ def evaluate_variant(P, variant: str, *, make_scorer: ScorerFactory | None = Non
     if rb_items:
         info["sources"]["rewardbench"] = cfg.rewardbench_path or "hub"
     make_scorer = make_scorer or (lambda d: RewardScorer(str(d), batch_size=cfg.batch_size, max_length=cfg.max_length,
-                                                        dtype=cfg.dtype))
+                                                        dtype=cfg.dtype, progress_desc=f"score {variant} {Path(d).name}"))
     use_disk_store(paths.cache)  # frozen-layer states (music.rm.frozen) shared with the other stages
 
     blind_items = [it.blind() for it in items]  # the history-blind reference: last exchanges (short; deduplicated)

@@ -89,7 +89,7 @@ def load_scoring_model(model_dir: str | Path, dtype: str, device: str = "cpu"):
 
 def score_conversations(
     model, tokenizer, conversations: list[list[dict]], *, max_length: int, batch_size: int = 8,
-    source: str = "conversations", progress: bool = False, frozen: FrozenBottom | None = None,
+    source: str = "conversations", progress: bool = False, frozen: FrozenBottom | None = None, desc: str = "score",
 ) -> list[float]:
     """Scores in input order; batches are sorted by length (less padding), run under inference_mode.
 
@@ -108,7 +108,7 @@ def score_conversations(
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        for s in tqdm(range(0, len(order), batch_size), desc="score", disable=not progress):
+        for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
             chunk = order[s:s + batch_size]
             x, mask = pad_batch([ids[i] for i in chunk], tokenizer.pad_token_id)
             if frozen:
@@ -129,7 +129,8 @@ class RewardScorer:
     as the RM was trained (train_metrics.json's train.reuse_frozen_layers; true when absent)."""
 
     def __init__(self, model_dir: str | Path, batch_size: int = 8, max_length: int | None = None,
-                 device: str | None = None, dtype: str = "auto", reuse_frozen: bool | None = None):
+                 device: str | None = None, dtype: str = "auto", reuse_frozen: bool | None = None,
+                 progress_desc: str | None = None):
         import torch
         from transformers import AutoTokenizer
 
@@ -150,6 +151,7 @@ class RewardScorer:
                 f"tokenizer's {self.tokenizer.pad_token_id}; pooling would pick the wrong token"
             )
         self.batch_size = batch_size
+        self.progress_desc = progress_desc  # set: every score() call shows a progress bar with this label
         self.max_length = max_length or self._trained_max_length()
         if reuse_frozen is None:
             reuse_frozen = bool(self._trained_config().get("reuse_frozen_layers", True))
@@ -165,8 +167,9 @@ class RewardScorer:
 
     def score(self, conversations: list[list[dict]], progress: bool = False) -> list[float]:
         return score_conversations(self.model, self.tokenizer, conversations, max_length=self.max_length,
-                                   batch_size=self.batch_size, source=str(self.model_dir), progress=progress,
-                                   frozen=self.frozen)
+                                   batch_size=self.batch_size, source=str(self.model_dir),
+                                   progress=progress or self.progress_desc is not None, frozen=self.frozen,
+                                   desc=self.progress_desc or "score")
 
 
 def score_pairs(scorer, pairs: Any, source: str = "pairs") -> tuple[list[float], list[float]]:
