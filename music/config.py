@@ -142,7 +142,7 @@ class SeedConfig(_Checked):
     source: str = "sharegpt"  # loader: sharegpt | skywork | hh | ultrafeedback | rewardbench (music.sources)
     path: str = "data/sharegpt/conversations.jsonl"  # local file, or `hub:<dataset id>`
     split: str = "train"  # hub split
-    n_train: int = 48  # training seeds
+    n_train: int = 40  # training seeds
     n_eval: int = 56  # held-out seeds (held-out pairs)
     n_eval_conversations: int = 120  # whole held-out conversations (multi-turn tests), >= 2 assistant turns
     max_context_turns: int = 2  # a seed is a prefix of 1..this many whole user/assistant turns
@@ -265,7 +265,7 @@ class TrainConfig(_Checked):
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 32  # LoRA scaling (alpha / r)
     lora_dropout: float = 0.0  # dropout on the LoRA path
-    lora_last_layers: int | None = 3  # LoRA on the top N kept layers only (null: all); no backward pass below
+    lora_last_layers: int | None = 2  # LoRA on the top N kept layers only (null: all); no backward pass below
     max_length: int = 512  # tokens; longer conversations lose their oldest turns first (counted)
     batch_size: int = 4  # pairs per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
