@@ -5,7 +5,8 @@
 Run it on an otherwise idle machine. The workload is the simulate stage's: music's in-process transformers
 backend (response cache off) generates --tokens tokens for a batch of --seeds ShareGPT-like prompts. Four
 settings, interleaved round by round so each sees the same machine: torch threads = every core or 1, each
-alone and beside a competitor (a busy-loop process: another job holding one core). Printed: seconds per
+alone and beside a competitor (a busy-loop process: another job holding one core), and beside it with the count
+music.threads chooses (what generation and scoring do unless OMP_NUM_THREADS is set). Printed: seconds per
 generate call per setting (median over rounds) and the ratios that answer the question: with a competitor,
 all-cores threads / 1 thread (> 1: the OpenMP team waits for its preempted thread, so fewer threads are
 faster on a shared machine), and what the competitor costs each thread count. Replies are compared too: the
@@ -65,29 +66,38 @@ def main(argv=None) -> dict:
     convs = [[{"role": "user", "content": (PROMPTS * (args.seeds // len(PROMPTS) + 1))[i]}] for i in range(args.seeds)]
     chat.generate(convs[:1], max_new_tokens=2, seed=-1)  # warm-up: the first generate of a process is slow
 
-    settings = [(t, c) for t in sorted({cores, 1}, reverse=True) for c in (False, True)]
+    from music import threads
+
+    # threads 0 = music.threads chooses (a fresh first look each time, the competitor already running)
+    settings = [(t, c) for t in sorted({cores, 1}, reverse=True) for c in (False, True)] + [(0, False), (0, True)]
     times: dict[tuple[int, bool], list[float]] = {s: [] for s in settings}
     replies: dict[tuple[int, bool], list[str]] = {}
     for _ in range(args.rounds):
-        for threads, competitor in settings:
-            torch.set_num_threads(threads)
+        for n_threads, competitor in settings:
+            torch.set_num_threads(n_threads or cores)
             proc = mp.Process(target=_busy, daemon=True) if competitor else None
             if proc:
                 proc.start()
                 time.sleep(0.2)
+            os.environ.pop(threads.ENV_SWITCH, None)
+            adapt = n_threads == 0 and threads.adaptive()
+            threads._IDLE = None  # music.threads looks afresh; a fixed count: switched off below
+            os.environ[threads.ENV_SWITCH] = "1" if adapt else "0"
             try:
                 t0 = time.perf_counter()
                 out = chat.generate(convs, seed=0)
-                times[threads, competitor].append(time.perf_counter() - t0)
+                times[n_threads, competitor].append(time.perf_counter() - t0)
             finally:
                 if proc:
                     proc.terminate()
                     proc.join()
-            replies.setdefault((threads, competitor), [r.text for r in out])
+            replies.setdefault((n_threads, competitor), [r.text for r in out])
     torch.set_num_threads(cores)
+    os.environ.pop(threads.ENV_SWITCH, None)
 
     med = {s: statistics.median(v) for s, v in times.items()}
-    name = lambda s: f"{s[0]} thread{'s' if s[0] > 1 else ''}, {'beside a busy core' if s[1] else 'alone'}"  # noqa: E731
+    name = lambda s: (f"{s[0]} thread{'s' if s[0] > 1 else ''}" if s[0] else "music.threads' choice") + (  # noqa: E731
+        ", beside a busy core" if s[1] else ", alone")
     first = next(iter(replies.values()))
     result = {"cores": cores, "rounds": args.rounds, "prompts": args.seeds, "tokens": args.tokens,
               "seconds": {name(s): round(v, 2) for s, v in med.items()},
@@ -97,6 +107,8 @@ def main(argv=None) -> dict:
             f"beside a busy core: {cores} threads / 1 thread": round(med[cores, True] / med[1, True], 2),
             f"{cores} threads: beside a busy core / alone": round(med[cores, True] / med[cores, False], 2),
             "1 thread: beside a busy core / alone": round(med[1, True] / med[1, False], 2),
+            f"beside a busy core: music.threads' choice / {cores} threads": round(med[0, True] / med[cores, True], 2),
+            f"alone: music.threads' choice / {cores} threads": round(med[0, False] / med[cores, False], 2),
             f"alone: {cores} threads / 1 thread": round(med[cores, False] / med[1, False], 2),
         }
     print(json.dumps(result, indent=2))

@@ -61,7 +61,7 @@ def _simulation(model_args: list[str], tmp_path: Path):
 
 def _contention(model_args: list[str]):
     out = load_bench("bench_core_contention.py").main(["--smoke", *model_args])
-    assert all(v > 0 for v in out["seconds"].values()) and len(out["seconds"]) == (4 if out["cores"] > 1 else 2)
+    assert all(v > 0 for v in out["seconds"].values()) and len(out["seconds"]) == (6 if out["cores"] > 1 else 4)
     assert out["same_replies_across_settings"]  # greedy replies: the thread count must not change them
 
 

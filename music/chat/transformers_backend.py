@@ -25,6 +25,7 @@ from music.chat.kv_cache import PrefixKVStore, _common
 from music.config import ChatModelConfig
 from music.models import load_causal_lm, load_tokenizer
 from music.schema import validate_conversation
+from music.threads import forward_threads
 
 # End-of-turn markers of common chat templates; those present in a vocabulary also stop generation.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
@@ -335,19 +336,20 @@ class TransformersChat(ChatBackend):
         fork_devices = [device.index or 0] if device.type == "cuda" else []
         for unit in units:
             prompts = [r.payload for r in unit.requests]
-            if self.kv is not None:
-                rows = self._generate_reusing(prompts, gen_cfg, unit.seed, fork_devices)
-            else:
-                ids, mask = self._left_pad(prompts)
-                width = ids.shape[1]
-                with torch.inference_mode(), torch.random.fork_rng(devices=fork_devices):
-                    torch.manual_seed(unit.seed)
-                    out = self.lm.generate(
-                        input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg,
-                        **self._cache_kwargs(None, params.max_new_tokens),
-                    )
-                rows = out[:, width:].tolist()
-                self.tokens.encoded += sum(len(p) for p in prompts)
+            with forward_threads():  # the cores other jobs leave idle (music.threads); replies do not depend on it
+                if self.kv is not None:
+                    rows = self._generate_reusing(prompts, gen_cfg, unit.seed, fork_devices)
+                else:
+                    ids, mask = self._left_pad(prompts)
+                    width = ids.shape[1]
+                    with torch.inference_mode(), torch.random.fork_rng(devices=fork_devices):
+                        torch.manual_seed(unit.seed)
+                        out = self.lm.generate(
+                            input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg,
+                            **self._cache_kwargs(None, params.max_new_tokens),
+                        )
+                    rows = out[:, width:].tolist()
+                    self.tokens.encoded += sum(len(p) for p in prompts)
             self.tokens.prompt += sum(len(p) for p in prompts)
             self.tokens.generated += sum(self._generated_length(row) for row in rows)
             yield unit, [self._decode(row) for row in rows]
@@ -559,13 +561,14 @@ class TransformersChat(ChatBackend):
         for start in tqdm(range(0, len(order), bs), desc=desc or f"{self.name} choose", unit="batch"):
             rows = order[start : start + bs]
             self.tokens.prompt += sum(len(prompts[i]) for i in rows)
-            if self.kv is not None:  # each row from its longest stored prefix
-                logits = self.next_token_logits([prompts[i] for i in rows])
-            else:  # unchanged from before reuse (positions not taken from the mask: RoPE only sees differences)
-                ids, mask = self._left_pad([prompts[i] for i in rows])
-                with torch.inference_mode():
-                    logits = self.lm(input_ids=ids.to(self.lm.device), attention_mask=mask.to(self.lm.device)).logits[:, -1, :]
-                self.tokens.encoded += sum(len(prompts[i]) for i in rows)
+            with forward_threads():  # music.threads
+                if self.kv is not None:  # each row from its longest stored prefix
+                    logits = self.next_token_logits([prompts[i] for i in rows])
+                else:  # unchanged from before reuse (positions not taken from the mask: RoPE only sees differences)
+                    ids, mask = self._left_pad([prompts[i] for i in rows])
+                    with torch.inference_mode():
+                        logits = self.lm(input_ids=ids.to(self.lm.device), attention_mask=mask.to(self.lm.device)).logits[:, -1, :]
+                    self.tokens.encoded += sum(len(prompts[i]) for i in rows)
             picks = logits[:, first].argmax(dim=-1).tolist()
             for r, i in enumerate(rows):
                 replies[i] = ChatReply(text=f"{prefix}{options[picks[r]]}{suffix}", finish_reason="stop")

@@ -16,6 +16,7 @@ from music.rm.data import as_pairs, fit_conversation, pad_batch
 from music.rm.frozen import FrozenBottom, saved_frozen_layers
 from music.rm.model import attention_implementation, float32_head, reward_scores, score_head
 from music.schema import validate_conversation
+from music.threads import forward_threads
 
 DEFAULT_MAX_LENGTH = 2048
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
@@ -111,10 +112,11 @@ def score_conversations(
         for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
             chunk = order[s:s + batch_size]
             x, mask = pad_batch([ids[i] for i in chunk], tokenizer.pad_token_id)
-            if frozen:
-                scores = frozen.scores([ids[i] for i in chunk], x.to(dev), mask.to(dev))
-            else:
-                scores = reward_scores(model, x.to(dev), mask.to(dev))
+            with forward_threads():  # the cores other jobs leave idle (music.threads); scores do not depend on it
+                if frozen:
+                    scores = frozen.scores([ids[i] for i in chunk], x.to(dev), mask.to(dev))
+                else:
+                    scores = reward_scores(model, x.to(dev), mask.to(dev))
             for i, v in zip(chunk, scores.tolist()):
                 out[i] = float(v)
     model.train(was_training)
