@@ -172,7 +172,9 @@ def _reads_history(blind: Mapping) -> str:
         return "so no RM shows that it reads the history"
     if len(above) == len(blind):
         return "so every RM shows that it reads the history"
-    return f"so only the {' and the '.join(above)} RM{'s' if len(above) > 1 else ''} show{'' if len(above) > 1 else 's'} that it reads the history"
+    if len(above) > 1:
+        return f"so only the {' and the '.join(above)} RMs show that they read the history"
+    return f"so only the {above[0]} RM shows that it reads the history"
 
 
 def result_sentence(summary: Mapping) -> str:
