@@ -93,7 +93,7 @@ def _palette(variants) -> dict:
     return dict(zip(order, sns.color_palette(n_colors=max(1, len(order)))))
 
 
-SLICE_TITLES = {"early": "early turns (headline: swaps >= 2, MUSIC)", "last": "last turn (headline: distance 1)",
+SLICE_TITLES = {"early": "early turns (headline: swap >= 2, MUSIC)", "last": "last turn (headline: distance 1)",
                 "quality": "strong vs weak reply", "swap_same": "reply from another turn",
                 "swap": "swapped reply", "music": "held-out MUSIC pairs", "hh": "HH-RLHF", "ultrafeedback": "UltraFeedback"}
 

@@ -11,7 +11,9 @@ reply identical in both.
 Two donor kinds (two tests): `swap` takes the reply from ANOTHER held-out conversation (a different chat, so
 usually a different topic); `swap_same` takes it from ANOTHER TURN OF THE SAME conversation (the same
 like-length rule), which holds the topic fixed: the RM must tell which request a reply answers, not
-whether it is on topic. Both kinds of a conversation form one cluster (they share its turns).
+whether it is on topic. Both kinds of a conversation form one cluster (they share its turns). `swap_same` is
+secondary (music.evaluate.items): the swapped side holds a copy of one of the conversation's own replies, and
+every RM of the first run preferred that copy (about 21% right).
 
 How to read it: a decoder RM scored on the last token sees the whole history, so its scores for the
 two conversations essentially never tie. An RM that ignores the history therefore sits at chance
