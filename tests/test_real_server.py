@@ -210,6 +210,9 @@ def wrong(setup, name: str, **role) -> Params:
     raw["paths"].update(conversations=str(setup["root"] / name / "conversations"), cache=str(setup["root"] / name / "cache"))
     raw["simulate"]["user"].update(role)
     raw["simulate"]["max_failed_share"] = 0.1
+    # the user model writes turn 1 (not the seed's real next message), so the first requests sent are the failing
+    # role's and the server's request count measures that role alone
+    raw["simulate"]["real_next_user"] = False
     return from_dict(Params, raw, name)
 
 
