@@ -26,7 +26,7 @@ from music.chat.base import TokenMeter, derive_seed
 from music.config import ContrastConfig, Params, SimulateConfig
 from music.d_pairs import d_candidates, d_records_from_source, parse_d_source
 from music.failures import StageFailed, check_failed_share, describe, failure_summary
-from music.filters import REASONS, apply_filters, first_failure, normalized, user_leaks
+from music.filters import REASONS, apply_filters, generation_error, normalized, user_leaks
 from music.io import write_json
 from music.models.encoder import shared_encoder
 from music.prompts import load_prompt
@@ -383,9 +383,8 @@ def candidate_failures(cands: Sequence[dict], cfg: ContrastConfig) -> dict:
             continue
         units += 1
         label = c["fields"]["pair_id"]
-        if first_failure(c, cfg) == "generation_error":
-            error = next((e["error"] for e in c["events"] if e["finish_reason"] == "error"),
-                         c.get("notes", {}).get("instruct_error")) or "no text"
+        error = generation_error(c, cfg)
+        if error is not None:
             failed.append(("generation_error", f"{label}: {error}"))
         elif cfg.method == "instruct" and c.get("notes", {}).get("instruct_parsed") is False:
             raw = c["notes"].get("instruct_raw") or ""

@@ -133,6 +133,14 @@ def first_failure(candidate: dict, cfg: ContrastConfig) -> str | None:
     return None
 
 
+def generation_error(candidate: dict, cfg: ContrastConfig) -> str | None:
+    """The request error of a candidate whose first failure is `generation_error` (for failure reports), else None."""
+    if first_failure(candidate, cfg) != "generation_error":
+        return None
+    return next((e["error"] for e in candidate["events"] if e["finish_reason"] == "error"),
+                candidate.get("notes", {}).get("instruct_error")) or "no text"
+
+
 def apply_filters(candidates: Sequence[dict], cfg: ContrastConfig) -> tuple[list[dict], dict]:
     """(kept candidates, {"candidates", "kept", "removed": {reason: count}}) in input order."""
     removed = {r: 0 for r in REASONS}

@@ -26,7 +26,7 @@ from music.d_pairs import d_candidates, d_records_from_source, parse_d_source
 from music.evaluate.heldout_items import REPORT_FILE, SWAP_FILE, swap_record
 from music.evaluate.swap import load_swap_conversations, swap_pairs
 from music.failures import check_failed_share, failure_summary
-from music.filters import REASONS, apply_filters, first_failure
+from music.filters import REASONS, apply_filters, generation_error
 from music.io import write_json, write_jsonl
 from music.quality_pairs import mtbench_twins, sharegpt_twins
 from music.schema import pair_record
@@ -66,11 +66,8 @@ def d_eval_records(P: Params, assistant: Any, report: dict) -> list[dict]:
     cands = d_candidates(read_seeds(seeds_dir / SEED_FILES["eval"]), assistant, split="eval",
                          seed=derive_seed(P.evaluate.seed, "d", "eval"), trim=P.simulate.trim_truncated)
     kept, report["splits"]["d_eval"] = apply_filters(cands, cfg)
-    failed = []
-    for c in cands:
-        if first_failure(c, cfg) == "generation_error":
-            error = next((e["error"] for e in c["events"] if e["finish_reason"] == "error"), None) or "no text"
-            failed.append(("generation_error", f"{c['fields']['pair_id']}: {error}"))
+    failed = [("generation_error", f"{c['fields']['pair_id']}: {error}")
+              for c in cands if (error := generation_error(c, cfg)) is not None]
     report["failures"]["d_eval"] = failures = failure_summary(len(cands), failed)
     check_failed_share(failures, cfg.max_failed_share, what="heldout: D eval candidates (seeds)",
                        key="contrast.max_failed_share",

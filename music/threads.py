@@ -3,7 +3,7 @@
 An OpenMP team waits for its slowest thread at every parallel region. When another job holds one of the
 cores, the preempted thread makes the whole team wait: measured side by side with
 benchmarks/bench_core_contention.py (2 cores, the embedded model generating 32 tokens for 8 prompts, one
-busy-loop job beside it): 2 threads 24.3 s, 1 thread 6.4 s (3.8x); alone, 2 threads are 1.7x faster than 1.
+busy-loop job beside it): 2 threads 52.9 s, 1 thread 10.1 s; alone, 2 threads are 1.8x faster than 1 (4.3 s).
 That is issue 15's slow `simulate` beside another job. So before each batch of forward-only work,
 `forward_threads()` sets torch's thread count to the cores the other processes left idle since the last
 look (from /proc/stat, this process's own CPU time subtracted), and restores the count afterwards.
@@ -51,8 +51,7 @@ class IdleCores:
         self.threads = None  # the last count chosen
         if first_look_s > 0:
             time.sleep(first_look_s)
-            busy = self.others_busy()
-            self.threads = max(1, self.cores - round(busy or 0.0))
+            self.threads = self._idle(self.others_busy())
 
     def others_busy(self) -> float | None:
         now = _cpu_sample()
@@ -69,8 +68,11 @@ class IdleCores:
             return self.threads
         busy = self.others_busy()
         if busy is not None or self.threads is None:
-            self.threads = max(1, self.cores - round(busy or 0.0))
+            self.threads = self._idle(busy)
         return self.threads
+
+    def _idle(self, busy: float | None) -> int:
+        return max(1, self.cores - round(busy or 0.0))
 
 
 _IDLE: IdleCores | None = None
