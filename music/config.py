@@ -144,7 +144,7 @@ class SeedConfig(_Checked):
     split: str = "train"  # hub split
     n_train: int = 40  # training seeds
     n_eval: int = 56  # held-out seeds (held-out pairs)
-    n_eval_conversations: int = 120  # whole held-out conversations (multi-turn tests), >= 2 assistant turns
+    n_eval_conversations: int = 240  # whole held-out conversations (multi-turn tests; or their first >= 2 turns that fit)
     max_context_turns: int = 2  # a seed is a prefix of 1..this many whole user/assistant turns
     max_message_chars: int = 500  # longest message allowed in a seed context and its real next turn
     max_context_chars: int = 800  # longest seed context (whole eval conversations: twice this)
@@ -319,10 +319,12 @@ class EvalConfig(_Checked):
         "ultrafeedback": "evalsets/ultrafeedback-binarized-eval-first60.jsonl",
     })
     local_set_limit: int = 60  # first N records of each local set
-    swap_conversations: int = 120  # whole held-out conversations for the swapped-history test (music.evaluate.swap)
+    swap_conversations: int = 240  # whole held-out conversations for the swapped-history test (music.evaluate.swap)
     swap_max_distance: int = 3  # swap one assistant reply 1..this many turns from the end
-    # Also swap in a reply from another turn of the SAME conversation (test `swap_same`: the topic held fixed)
-    swap_same_conversation: bool = True
+    # Also swap in a reply from another turn of the SAME conversation (test `swap_same`: the topic held fixed).
+    # Off by default: every RM of the default run preferred the copy of its own reply (~21% right, a repetition
+    # effect, not history reading) and it cost 11% of the scoring; in no endpoint (README, Results).
+    swap_same_conversation: bool = False
     # Where the swap test's whole held-out conversations come from (music.evaluate.swap): "seeds" (the seed
     # stage's eval_conversations.jsonl), "sharegpt:PATH" (a ShareGPT-format file; conversations with >= 2
     # assistant turns) or "file:PATH" (jsonl of {conversation_id, messages}). Single-turn seeds (Skywork)

@@ -539,7 +539,7 @@ def early_turn_items(P: Params, A: Assumptions, F: Findings) -> dict:
     """How many items the early-turn group (swap at distance >= 2; held-out MUSIC pairs uncounted) will hold, and what the
     estimate assumes; an error when it is 0 (the paper-scale comparison would have no early-turn result)."""
     from music.evaluate.swap import load_swap_conversations
-    from music.seeding import eligible_eval_conversation
+    from music.seeding import eval_conversation_prefix
     from music.sources import load_conversations
 
     e, s, c = P.evaluate, P.seed, P.contrast
@@ -566,8 +566,9 @@ def early_turn_items(P: Params, A: Assumptions, F: Findings) -> dict:
             except (DataError, ValueError, OSError) as exc:
                 convs = []
                 F.warn("seed.path", f"cannot count multi-turn conversations in {s.path}: {exc}")
-            multi = sum(eligible_eval_conversation(x, s) for x in convs)
-            notes.append(f"swap: {multi:,} conversations of {s.path} qualify as whole eval conversations (an upper bound: "
+            multi = sum(eval_conversation_prefix(x, s) is not None for x in convs)
+            notes.append(f"swap: {multi:,} conversations of {s.path} qualify as whole eval conversations (or their first "
+                         ">= 2 turns; an upper bound: "
                          "train seeds draw from the same file)")
         else:
             multi = None

@@ -16,7 +16,7 @@ import collections
 import json
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -116,13 +116,29 @@ def make_seed(conv: RealConversation, k: int, split: str, max_message_chars: int
                 [dict(m) for m in context], next_user, next_assistant, after)
 
 
-def eligible_eval_conversation(conv: RealConversation, cfg: SeedConfig) -> bool:
-    """Whole held-out conversations for the sensitivity test: >= 2 assistant turns, within limits."""
+def eval_conversation_prefix(conv: RealConversation, cfg: SeedConfig) -> RealConversation | None:
+    """A whole held-out conversation for the multi-turn tests: the conversation's longest prefix of whole
+    turns with >= 2 assistant turns, every message within max_message_chars and all of them within
+    2 * max_context_chars; None when not even its first two turns fit.
+
+    The whole conversation when it fits (the same record as before prefixes were taken). A longer chat cut
+    after a turn is still a real conversation up to that point, and swap items only need >= 2 assistant
+    turns: cutting more than doubles the chats that qualify in the materialised ShareGPT (173 -> 365).
+    """
     msgs = conv.messages
-    return (sum(m["role"] == "assistant" for m in msgs) >= 2
-            and msgs[-1]["role"] == "assistant"
-            and all(len(m["content"]) <= cfg.max_message_chars for m in msgs)
-            and sum(len(m["content"]) for m in msgs) <= 2 * cfg.max_context_chars)
+    system, spans = turn_spans(msgs)
+    limit, total, end, replies = 2 * cfg.max_context_chars, sum(len(m["content"]) for m in system), None, 0
+    for a, b in spans:
+        turn = msgs[a:b]
+        total += sum(len(m["content"]) for m in turn)
+        if (turn[-1]["role"] != "assistant" or total > limit
+                or any(len(m["content"]) > cfg.max_message_chars for m in turn)):
+            break
+        replies += 1
+        end = b
+    if end is None or replies < 2:
+        return None
+    return conv if end == len(msgs) else replace(conv, messages=[dict(m) for m in msgs[:end]])
 
 
 @dataclass
@@ -156,7 +172,7 @@ def draw_seeds(conversations: list[RealConversation], cfg: SeedConfig) -> SeedSe
 
     evals, eval_convs = [], []
     eval_bases: set[str] = set()
-    examined = 0
+    examined = cut = 0
     for i, conv in enumerate(pool):  # pass 1: the held-out side
         if len(evals) >= cfg.n_eval and len(eval_convs) >= cfg.n_eval_conversations:
             break
@@ -166,8 +182,10 @@ def draw_seeds(conversations: list[RealConversation], cfg: SeedConfig) -> SeedSe
         if feasible[i] and len(evals) < cfg.n_eval:
             evals.append(make_seed(conv, rng.choice(feasible[i]), "eval", cfg.max_message_chars))
             used[i] = "eval"
-        if len(eval_convs) < cfg.n_eval_conversations and eligible_eval_conversation(conv, cfg):
-            eval_convs.append(conv)
+        whole = eval_conversation_prefix(conv, cfg) if len(eval_convs) < cfg.n_eval_conversations else None
+        if whole is not None:
+            eval_convs.append(whole)
+            cut += whole is not conv
             used[i] = "eval"
         if i in used:
             eval_bases.add(bases[i])
@@ -211,6 +229,7 @@ def draw_seeds(conversations: list[RealConversation], cfg: SeedConfig) -> SeedSe
         "eval_seeds": len(evals),
         "eval_conversations": len(eval_convs),
         "eval_conversations_missing": max(0, cfg.n_eval_conversations - len(eval_convs)),
+        "eval_conversations_cut": cut,  # cut after their last turn within the limits (eval_conversation_prefix)
         "skipped": dict(skipped),
         "context_turns": dict(sorted(collections.Counter(len(turn_spans(s.context)[1]) for s in train + evals).items())),
     }

@@ -149,6 +149,7 @@ def make_workspace(tmp_path: Path, *, leak: bool = False, seeds=(0, 1)) -> Param
                               {"kind": "quality", "conversation_id": "q1", "pair_id": "q1-early", "source": "sharegpt"})]
     _write_pairs(Path(paths.pairs) / "music_eval", [music_pair("m1", 2, ["x", "right answer here", "end"], ["x", "no", "end!"])])
     P = Params(paths=paths)
+    P.evaluate.swap_same_conversation = True  # off by default; every test kind is scored here
     write_heldout(P, quality)
     P.train.seeds = list(seeds)
     P.evaluate.local_sets = {"hh": str(tmp_path / "absent.jsonl.gz")}

@@ -186,3 +186,27 @@ def test_missing_whole_eval_conversations_are_reported_not_fatal():
                      require_next_turn=False, seed=0)
     seeds = draw_seeds(_single_turn_heavy(), cfg)
     assert len(seeds.train) == 100 and seeds.stats["eval_conversations_missing"] == 7
+
+
+def test_long_chats_give_their_first_turns_that_fit_as_eval_conversations():
+    from music.seeding import eval_conversation_prefix
+    cfg = SeedConfig(path="p", max_message_chars=50, max_context_chars=100)  # messages <= 50, all <= 200 chars
+
+    def turns(*lengths):
+        return [{"role": r, "content": "x" * n} for pair in lengths for r, n in zip(("user", "assistant"), pair)]
+
+    fits = RealConversation("a", "sharegpt", turns((10, 20), (10, 20)))
+    assert eval_conversation_prefix(fits, cfg) is fits  # unchanged when whole
+    long_third = RealConversation("b", "sharegpt", turns((10, 20), (10, 20), (10, 80), (10, 20)))
+    cut = eval_conversation_prefix(long_third, cfg)
+    assert cut.conversation_id == "b" and cut.messages == long_third.messages[:4]  # stops before the long message
+    over_total = RealConversation("c", "sharegpt", turns((50, 50), (50, 45), (10, 10)))
+    assert eval_conversation_prefix(over_total, cfg).messages == over_total.messages[:4]  # 195 chars; 215 with turn 3
+    assert eval_conversation_prefix(RealConversation("d", "sharegpt", turns((10, 20), (10, 80))), cfg) is None
+    assert eval_conversation_prefix(RealConversation("e", "sharegpt", turns((10, 20))), cfg) is None  # one reply
+    assert long_third.messages[4]["content"] == "x" * 10  # the source record is not modified
+    # draw_seeds takes them and counts the cut ones
+    seeds = draw_seeds([long_third, fits], SeedConfig(path="p", n_train=0, n_eval=0, n_eval_conversations=2,
+                                                       max_message_chars=50, max_context_chars=100))
+    assert sorted(len(c.messages) for c in seeds.eval_conversations) == [4, 4]
+    assert seeds.stats["eval_conversations_cut"] == 1
