@@ -143,7 +143,7 @@ class SeedConfig(_Checked):
     path: str = "data/sharegpt/conversations.jsonl"  # local file, or `hub:<dataset id>`
     split: str = "train"  # hub split
     n_train: int = 40  # training seeds
-    n_eval: int = 56  # held-out seeds (held-out pairs)
+    n_eval: int = 72  # held-out seeds (held-out pairs)
     n_eval_conversations: int = 240  # whole held-out conversations (multi-turn tests; or their first >= 2 turns that fit)
     max_context_turns: int = 2  # a seed is a prefix of 1..this many whole user/assistant turns
     max_message_chars: int = 500  # longest message allowed in a seed context and its real next turn
@@ -170,7 +170,7 @@ class SimulateConfig(_Checked):
     turns: int = 2  # simulated turns after the seed context (5 in the paper)
     # eval seeds simulated for the held-out MUSIC pairs (null: all); the others serve only the held-out
     # last-turn and quality pairs, which need no simulation
-    max_eval_conversations: int | None = 56
+    max_eval_conversations: int | None = 72
     trim_truncated: bool = True  # a reply cut by max_new_tokens is trimmed to its last full sentence
     seed: int = 0  # per-call sampling seeds derive from it
     # the stage fails when more than this share of a split's conversations had a request fail (music.failures)
@@ -203,7 +203,7 @@ class ContrastConfig(_Checked):
     # "random" draws among turns leaving at least this many after it: 1 = never the last turn, so every
     # MUSIC pair differs in two or more assistant turns (a pair diverging at the last turn is a last-turn pair)
     min_turns_after_divergence: int = 1
-    candidates: int = 3  # "resample": the user model writes the divergence request again this many times
+    candidates: int = 2  # "resample": the user model writes the divergence request again this many times
     answered_candidates: int = 2  # at most this many, the most unlike the original (on topic), are answered; the clearest contrast is kept
     encoder: str = EMBEDDED_ENCODER  # sentence encoder for the relevance checks (music.relevance)
     # "resample": [lo, hi] window of cosine similarity (encoder) between a rewritten request and the original; only
@@ -265,7 +265,7 @@ class TrainConfig(_Checked):
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 32  # LoRA scaling (alpha / r)
     lora_dropout: float = 0.0  # dropout on the LoRA path
-    lora_last_layers: int | None = 2  # LoRA on the top N kept layers only (null: all); no backward pass below
+    lora_last_layers: int | None = 1  # LoRA on the top N kept layers only (null: all); no backward pass below
     max_length: int = 512  # tokens; longer conversations lose their oldest turns first (counted)
     batch_size: int = 4  # pairs per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step

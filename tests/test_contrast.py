@@ -282,6 +282,7 @@ def test_the_stage_with_real_requests_and_a_window_reports_both(tmp_path):
         P.simulate.turns, P.simulate.real_next_user = 2, True
         P.contrast.divergence, P.contrast.request_similarity, P.contrast.min_music_train_pairs = "real", band, 0
         P.contrast.d_pairs = P.contrast.quality_mtbench = False
+        P.contrast.candidates, P.contrast.answered_candidates = 3, 2  # 3 rewrites per request: 9 for the 3 seeds
         run_simulate(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant")))
         return P, run_contrast(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant"), None),
                                encoder=WordOverlapEncoder())
