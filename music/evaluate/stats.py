@@ -89,7 +89,7 @@ def spread(values: Sequence[float]) -> dict:
 
 
 def two_level_bootstrap(arms: Sequence, coefs: Sequence[float], clusters: Sequence, *, n_boot: int = 4000,
-                        alpha: float = 0.05, seed: int = 0) -> dict:
+                        alpha: float = 0.05, seed: int = 0, paired_seeds: bool = False) -> dict:
     """A contrast between training arms on the same items, with a two-level percentile-bootstrap interval.
 
     arms[k] is a (training seeds x items) array of arm k's per-item values (e.g. 1/0 correct), the columns
@@ -98,7 +98,11 @@ def two_level_bootstrap(arms: Sequence, coefs: Sequence[float], clusters: Sequen
     (1) whole clusters of items (clusters[i] = item i's cluster: items sharing a conversation or question
     move together) and (2) the training seeds of each arm, within that arm and independently of the others,
     so both the item sample and the seed-to-seed variation of training widen the interval.
-    Returns {"diff", "ci_low", "ci_high", "n" (items), "n_clusters"}; None values when there are no items.
+    paired_seeds: row j of every arm is the same training seed (matched by design: the seed initialises every
+    arm's head and LoRA alike, music.rm.model), so each draw resamples seed indices once for all arms: what a
+    seed does to every arm alike cancels, as item difficulty does. Needs arms with the same number of rows.
+    Returns {"diff", "ci_low", "ci_high", "n" (items), "n_clusters", "paired_seeds"}; None values when there
+    are no items.
     """
     import numpy as np
 
@@ -108,8 +112,10 @@ def two_level_bootstrap(arms: Sequence, coefs: Sequence[float], clusters: Sequen
     n = mats[0].shape[1] if mats else 0
     if any(m.shape[1] != n for m in mats) or len(clusters) != n:
         raise ValueError(f"arms and clusters disagree on the number of items: {[m.shape for m in mats]}, {len(clusters)} clusters")
+    if paired_seeds and len({m.shape[0] for m in mats}) > 1:
+        raise ValueError(f"paired_seeds needs the same training seeds in every arm, got {[m.shape[0] for m in mats]} rows")
     if n == 0:
-        return {"diff": None, "ci_low": None, "ci_high": None, "n": 0, "n_clusters": 0}
+        return {"diff": None, "ci_low": None, "ci_high": None, "n": 0, "n_clusters": 0, "paired_seeds": paired_seeds}
     if any(m.shape[0] == 0 for m in mats):
         raise ValueError("an arm has no training seeds")
     _, inv = np.unique(np.asarray([str(c) for c in clusters]), return_inverse=True)
@@ -124,8 +130,10 @@ def two_level_bootstrap(arms: Sequence, coefs: Sequence[float], clusters: Sequen
 
     weights = draw_counts(k)[:, inv]  # (draws x items): how often each item's cluster was drawn
     stat = np.zeros((n_boot, n))
+    shared = draw_counts(mats[0].shape[0]) if paired_seeds else None
     for c, m in zip(coefs, mats):
-        stat += c * (draw_counts(m.shape[0]) / m.shape[0]) @ m
+        stat += c * ((shared if paired_seeds else draw_counts(m.shape[0])) / m.shape[0]) @ m
     boot = (weights * stat).sum(axis=1) / weights.sum(axis=1)
     lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
-    return {"diff": point, "ci_low": float(lo), "ci_high": float(hi), "n": int(n), "n_clusters": k}
+    return {"diff": point, "ci_low": float(lo), "ci_high": float(hi), "n": int(n), "n_clusters": k,
+            "paired_seeds": paired_seeds}
