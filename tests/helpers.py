@@ -127,8 +127,9 @@ def toy_pairs(n: int, kind: str = "d", turns: int = 1) -> list[PreferencePair]:
 
 
 def tiny_cfg(backbone: str, **kw) -> TrainConfig:
+    # head_init "normal": an untrained head scores conversations apart, so parity checks on fresh models bite
     base = dict(backbone=backbone, num_layers=None, backend="transformers", max_steps=6, batch_size=4,
-                learning_rate=5e-3, save_every=2, max_length=256, seeds=[0])
+                learning_rate=5e-3, save_every=2, max_length=256, seeds=[0], head_init="normal")
     base.update(kw)
     return TrainConfig(**base)
 

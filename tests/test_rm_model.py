@@ -135,6 +135,29 @@ def test_lora_last_layers_and_num_layers(tiny_backbone):
     assert len(cut.model.layers) == 1 and info["num_layers"] == 1 and cut.config.num_hidden_layers == 1
 
 
+def test_head_init_zero_starts_every_reward_at_zero_and_the_first_step_moves_only_the_head(tiny_backbone):
+    from music.errors import DataError
+    from music.rm.train import bt_loss
+
+    scores = {}
+    for init in ("zero", "normal"):
+        for seed in (0, 1):
+            model, tok, _ = load_reward_model(tiny_cfg(tiny_backbone, lora=True, head_init=init), seed=seed)
+            ids = [render_ids(tok, c) for c in (conv(1, True), conv(2, False))]
+            x, mask = pad_batch(ids, tok.pad_token_id)
+            scores[init, seed] = reward_scores(model, x, mask)
+            if init == "zero":
+                assert torch.count_nonzero(score_head(model).weight) == 0
+                r = reward_scores(model, x, mask)
+                bt_loss(r[:1], r[1:])[0].backward()
+                moved = {n for n, p in model.named_parameters() if p.grad is not None and torch.count_nonzero(p.grad)}
+                assert moved and all("score" in n for n in moved), moved  # LoRA B = 0 and head = 0: head first
+    assert torch.equal(scores["zero", 0], torch.zeros(2)) and torch.equal(scores["zero", 1], torch.zeros(2))
+    assert not torch.allclose(scores["normal", 0], scores["normal", 1])  # the random head: a seed-made feature
+    with pytest.raises(DataError, match="head_init"):
+        tiny_cfg(tiny_backbone, head_init="xavier").validate()
+
+
 def test_full_finetuning_trains_everything(tiny_backbone):
     model, _, info = load_reward_model(tiny_cfg(tiny_backbone, lora=False))
     assert info["trainable_params"] == info["total_params"]

@@ -190,6 +190,22 @@ def score_head(model):
     return None
 
 
+def init_score_head(model, how: str) -> None:
+    """train.head_init: "zero" sets the trainable score head to 0 (every conversation starts at reward 0, and
+    the seed no longer adds a random direction to the reward: music.config.TrainConfig.head_init has the
+    numbers); "normal" keeps the backbone class's random init. The LoRA B matrices start at 0 as well, so
+    the first step moves only the head; LoRA follows from the second."""
+    import torch
+
+    if how == "normal":
+        return
+    if how != "zero":
+        raise ValueError(f"train.head_init must be 'zero' or 'normal', got {how!r}")
+    with torch.no_grad():
+        for p in score_head(model).parameters():
+            p.zero_()
+
+
 def assert_reward_head(model) -> None:
     """A reward model has one trainable score output; a causal LM (unsloth#1730) has none."""
     head = score_head(model)
@@ -349,6 +365,7 @@ def load_reward_model(cfg: TrainConfig, device: str | None = None, seed: int = 0
         device = device or ("cuda" if _cuda_available() else "cpu")
         model = _load_transformers(cfg, path, tok, device, seed)
     assert_reward_head(model)
+    init_score_head(model, cfg.head_init)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
     info = {
