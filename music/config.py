@@ -285,7 +285,7 @@ class TrainConfig(_Checked):
     center_coef: float = 0.0  # reward centering: + center_coef * mean((r_c + r_r)^2)
     length_grouping: bool = True  # batch pairs of similar length (less padding)
     save_every: int = 10  # resume checkpoint every N optimizer steps (outside DVC outputs)
-    # One model per seed and variant (outputs/models/{variant}/seed{s}); a seed fixes the head's and LoRA's
+    # One model per seed and variant (outputs/models/{variant}/seed{s}); a seed fixes LoRA's (and a normal head's)
     # initialisation, the data order and the MUSIC subset. Results are reported as mean and spread over seeds.
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     dtype: str = "auto"  # weights: auto = float32 on CPU, the backbone's 16-bit dtype (else bfloat16) on a GPU

@@ -123,7 +123,7 @@ def eval_conversation_prefix(conv: RealConversation, cfg: SeedConfig) -> RealCon
 
     The whole conversation when it fits (the same record as before prefixes were taken). A longer chat cut
     after a turn is still a real conversation up to that point, and swap items only need >= 2 assistant
-    turns: cutting more than doubles the chats that qualify in the materialised ShareGPT (173 -> 365).
+    turns: cutting more than doubles the chats that qualify in the materialised ShareGPT (173 -> 366).
     """
     msgs = conv.messages
     system, spans = turn_spans(msgs)

@@ -148,7 +148,7 @@ def test_head_init_zero_starts_every_reward_at_zero_and_the_first_step_moves_onl
             scores[init, seed] = reward_scores(model, x, mask)
             if init == "zero":
                 assert torch.count_nonzero(score_head(model).weight) == 0
-                r = reward_scores(model, x, mask)
+                r = scores[init, seed]
                 bt_loss(r[:1], r[1:])[0].backward()
                 moved = {n for n, p in model.named_parameters() if p.grad is not None and torch.count_nonzero(p.grad)}
                 assert moved and all("score" in n for n in moved), moved  # LoRA B = 0 and head = 0: head first

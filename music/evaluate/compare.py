@@ -5,10 +5,10 @@ accuracy is its share of seeds that got it right; a difference between arms (MUS
 MUSIC - control: `diff_control`) is the mean over items of the paired per-item differences, with a 95%
 two-level percentile bootstrap (stats.two_level_bootstrap): conversation clusters resampled (items sharing
 a conversation or question move together) and the training seeds resampled. Item difficulty cancels in the
-pairing; so does what a training seed does to every arm alike: seed s initialises every arm's head and LoRA
-the same way (music.rm.model), and in the default run the seed moved every arm's early accuracy together
-(62-72%), so when both arms have the same seeds (`seeds_paired`) they are resampled jointly, as matched
-pairs; otherwise within each arm. Each variant's accuracy is also reported per seed (mean, sd, over seeds).
+pairing; so does what a training seed does to every arm alike: seed s initialises every arm's LoRA (and,
+with train.head_init normal, its head) the same way (music.rm.model); with the random head the seed moved
+every arm's early accuracy together (62-72%). So when both arms have the same seeds (`seeds_paired`) they
+are resampled jointly, as matched pairs; otherwise within each arm. Each variant's accuracy is also reported per seed (mean, sd, over seeds).
 
 Endpoints fixed in advance (music.evaluate.items): the headline is `early` and `last` (endpoint
 "headline" in comparison.csv); every other slice is "secondary". Beside each slice, the history-blind

@@ -99,7 +99,7 @@ def two_level_bootstrap(arms: Sequence, coefs: Sequence[float], clusters: Sequen
     move together) and (2) the training seeds of each arm, within that arm and independently of the others,
     so both the item sample and the seed-to-seed variation of training widen the interval.
     paired_seeds: row j of every arm is the same training seed (matched by design: the seed initialises every
-    arm's head and LoRA alike, music.rm.model), so each draw resamples seed indices once for all arms: what a
+    arm's LoRA, and a random head, alike: music.rm.model), so each draw resamples seed indices once for all arms: what a
     seed does to every arm alike cancels, as item difficulty does. Needs arms with the same number of rows.
     Returns {"diff", "ci_low", "ci_high", "n" (items), "n_clusters", "paired_seeds"}; None values when there
     are no items.
