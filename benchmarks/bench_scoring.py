@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     from music.rm.score import RewardScorer
 
     with tempfile.TemporaryDirectory() as tmp:
-        trained = REPO / "outputs/models/baseline/seed0"  # train.seeds: one model per seed (music.rm.train.seed_dir)
+        trained = REPO / "outputs/models/baseline/seed0"  # train.seeds: one model per seed (music.store.seed_dir)
         model_dir = args.model or (str(trained) if (trained / "config.json").exists() and not args.backbone else None)
         if model_dir is None:
             model_dir = str(build_embedded_rm(Path(tmp) / "rm", args.layers, args.backbone))

@@ -7,8 +7,8 @@
         # (ShareGPT), 5 turns, 32 tokens a reply, side by side
 
 One process, the same seeds (outputs/seeds/train.jsonl if present, else built-in questions), the
-response cache off. The workload is the pipeline's: music.simulate.simulate_seeds for K turns, then
-music.contrast.contrast_conversations (method "resample") whose rejected branch diverges at turn 1 or 2
+response cache off. The workload is the pipeline's: music.stages.simulate.simulate_seeds for K turns, then
+music.stages.contrast.contrast_conversations (method "resample") whose rejected branch diverges at turn 1 or 2
 (min_turns_after_divergence=1) and is continued to the end, batch 8, temperature 0.7.
 
 Every generate call of that workload runs on both paths, one after the other with the order alternating
@@ -46,7 +46,7 @@ FALLBACK_QUESTIONS = [
 
 
 def load_seeds(path: Path, n: int):
-    from music.seeding import Seed, read_seeds
+    from music.stages.seed import Seed, read_seeds
 
     if path.is_file():
         seeds = read_seeds(path)[:n]
@@ -90,11 +90,11 @@ class Twin:
 
 def long_seeds(path: Path, n: int, max_chars: int):
     """The n longest seed contexts (<= max_chars characters) of a ShareGPT file, else built-in long ones."""
-    from music.seeding import Seed
+    from music.stages.seed import Seed
 
     if path.is_file():
         from music.config import SeedConfig
-        from music.seeding import draw_seeds
+        from music.stages.seed import draw_seeds
         from music.sources.sharegpt import load_sharegpt
 
         cfg = SeedConfig(n_train=5 * n, n_eval=0, n_eval_conversations=0, max_context_turns=2,
@@ -150,7 +150,8 @@ def long_context(args) -> dict:
     from music.chat import make_chat
     from music.chat.kv_cache import PrefixKVStore
     from music.config import EMBEDDED_MODEL, ChatModelConfig, SimulateConfig
-    from music.simulate import SimPrompts, simulate_seeds
+    from music.chat.rollout import SimPrompts
+    from music.stages.simulate import simulate_seeds
 
     import torch
 
@@ -200,7 +201,7 @@ def long_context(args) -> dict:
     print(f"total: before {result['seconds_before']} s, after {result['seconds_after']} s ({result['speedup']:.2f}x); "
           f"identical replies {identical}/{replies}")
     if args.json:
-        from music.io import write_json
+        from music.files import write_json
 
         write_json(args.json, result)
     return result
@@ -249,8 +250,9 @@ def main(argv=None) -> dict:
     from music.chat import make_chat
     from music.chat.base import TokenMeter
     from music.config import EMBEDDED_MODEL, ChatModelConfig, ContrastConfig, SimulateConfig
-    from music.contrast import contrast_conversations
-    from music.simulate import SimPrompts, assistant_view, simulate_seeds, user_view
+    from music.stages.contrast import contrast_conversations
+    from music.chat.rollout import SimPrompts, assistant_view, user_view
+    from music.stages.simulate import simulate_seeds
 
     def backend(tokens: int, reuse: bool):
         kw = {} if args.kv_cache_mb is None else {"kv_cache_mb": args.kv_cache_mb}
@@ -331,7 +333,7 @@ def main(argv=None) -> dict:
     print(f"identical replies: {identical}/{replies} ({100 * identical / replies:.1f}%); "
           f"prefix store peak {result['kv_store']['peak_mb']} MB of {result['kv_store']['budget_mb']} MB")
     if args.json:
-        from music.io import write_json
+        from music.files import write_json
 
         write_json(args.json, result)
     return result

@@ -17,7 +17,7 @@ Case `gemma2` (a Gemma-2-9B-it-shaped model from music/models/configs/gemma-2-9b
 weights and 2 decoder layers, full widths and vocabulary; SmolLM2's tokenizer, since Gemma's is gated and
 the machine is offline): train --gemma-steps steps through Unsloth at the paper profile's max length
 (2,048) and micro-batch (8 pairs = 16 sequences), print peak GPU memory and training tokens/s beside the
-planner's estimates for the same 2-layer shape (music.plan: memory, FLOPs per token, hence TFLOP/s), then
+planner's estimates for the same 2-layer shape (music.pipeline.plan: memory, FLOPs per token, hence TFLOP/s), then
 the same save / separate-process reload comparison: Unsloth's soft-capped Gemma-2 attention in training
 against music.rm.model.attention_implementation (eager) in scoring.
 
@@ -116,9 +116,9 @@ def child_main(args) -> int:
 
 
 def planner_estimate(backbone: str, cfg: TrainConfig) -> dict:
-    """music.plan's training memory and FLOPs per token for `cfg` on `backbone`'s shape (a local folder works)."""
+    """music.pipeline.plan's training memory and FLOPs per token for `cfg` on `backbone`'s shape (a local folder works)."""
     from music.models.shapes import backbone_shape, resolve_dtype
-    from music.plan import Assumptions, training_memory, train_flops_per_token
+    from music.pipeline.plan import Assumptions, training_memory, train_flops_per_token
 
     P = Params()
     P.train = cfg

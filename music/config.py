@@ -166,7 +166,7 @@ class SeedConfig(_Checked):
 class SimulateConfig(_Checked):
     """Stage `simulate`: each seed continued for `turns` turns by a user model and an assistant model."""
 
-    user: ChatModelConfig = _chat(max_new_tokens=32, repetition_penalty=1.1)  # the simulated user (roles swapped: notebook 01)
+    user: ChatModelConfig = _chat(max_new_tokens=32, repetition_penalty=1.1)  # the simulated user (roles swapped: notebook 02)
     assistant: ChatModelConfig = _chat(max_new_tokens=48, repetition_penalty=1.1)  # the assistant (the simulated policy)
     turns: int = 2  # simulated turns after the seed context (5 in the paper)
     # eval seeds simulated for the held-out MUSIC pairs (null: all); the others serve only the held-out
@@ -206,7 +206,7 @@ class ContrastConfig(_Checked):
     min_turns_after_divergence: int = 1
     candidates: int = 2  # "resample": the user model writes the divergence request again this many times
     answered_candidates: int = 2  # at most this many, the most unlike the original (on topic), are answered; the clearest contrast is kept
-    encoder: str = EMBEDDED_ENCODER  # sentence encoder for the relevance checks (music.relevance)
+    encoder: str = EMBEDDED_ENCODER  # sentence encoder for the relevance checks (music.pairs.relevance)
     # "resample": [lo, hi] window of cosine similarity (encoder) between a rewritten request and the original; only
     # rewrites inside it are answered (the rest are counted as `outside_band`, not failures); null: no window
     request_similarity: list[float] | None = None
@@ -214,7 +214,7 @@ class ContrastConfig(_Checked):
     # request than to the original, and the chosen reply closer to the original, both by at least this:
     min_contrast_margin: float | None = 0.05
     max_echo_similarity: float | None = 0.9  # a simulated message this similar to the one it answers is an echo
-    quality_mtbench: bool = True  # held-out quality twins from MT-Bench's referenced questions (music.quality_pairs)
+    quality_mtbench: bool = True  # held-out quality twins from MT-Bench's referenced questions (music.pairs.quality_twins)
     quality_max_chars: int = 2000  # longest quality twin kept (the RM must see the whole conversation)
     d_pairs: bool = True  # build last-turn pairs D
     d_source: str = "seeds"  # "seeds" (real vs model reply) | "KIND:LOCATION" for music.sources.load_pairs
@@ -414,7 +414,7 @@ def from_dict(cls: type, data: Any, where: str = "params"):
 
 class ParamsLoader(yaml.SafeLoader):
     """PyYAML's safe loader, plus YAML 1.2 floats without a dot (2e-06): PyYAML reads them as strings,
-    and DVC writes floats that way when `dvc exp run -S` (or music.profile) sets a parameter."""
+    and DVC writes floats that way when `dvc exp run -S` (or music.pipeline.profile) sets a parameter."""
 
 
 ParamsLoader.add_implicit_resolver(

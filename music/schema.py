@@ -106,7 +106,7 @@ def pair_record(*, chosen: list[dict], rejected: list[dict], pair_id: str, kind:
                 models: dict | None = None, prompts: list[dict] | None = None, relevance: dict | None = None) -> dict:
     """One pair as stored: TRL's conversational preference format plus the metadata columns, validated.
 
-    `relevance` (MUSIC pairs): the contrast margins and echo score of music.relevance."""
+    `relevance` (MUSIC pairs): the contrast margins and echo score of music.pairs.relevance."""
     models = {"user": None, "assistant": None, "contrast": None, **(models or {})}
     rec = {"chosen": chosen, "rejected": rejected, "pair_id": pair_id, "source": source, "seed_id": seed_id,
            "conversation_id": conversation_id, "kind": kind, "divergence_turn": divergence_turn,

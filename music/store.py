@@ -4,7 +4,7 @@ Simulate writes conversations, contrast writes pairs, the RM trainer and the eva
 through this module. Datasets are Hugging Face datasets (save_to_disk) written with an explicit schema
 and a fingerprint computed from their content, so the same records give byte-identical folders
 (datasets.Dataset.from_list would store a random fingerprint in state.json), always through
-music.io.atomic_path: a crash never leaves a half-written dataset.
+music.files.atomic_path: a crash never leaves a half-written dataset.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from music.errors import DataError
-from music.io import atomic_path, dumps_canonical
+from music.files import atomic_path, dumps_canonical
 from music.schema import PreferencePair, validate_pairs
 
 # The pair datasets the contrast stage writes (outputs/pairs/<name>).
-PAIR_SPLITS = ("d_train", "music_train", "music_eval")  # the contrast stage's sets; held-out D and quality twins: music.heldout
+PAIR_SPLITS = ("d_train", "music_train", "music_eval")  # the contrast stage's sets; held-out D and quality twins: music.stages.heldout
 
 
 def _features():
@@ -95,3 +95,8 @@ def load_records(path: str | Path) -> list[dict]:
 def read_pairs(path: str | Path) -> list[PreferencePair]:
     """A saved pair dataset (outputs/pairs/<name>), every pair validated by music.schema."""
     return validate_pairs(load_records(path), source=str(path))
+
+
+def seed_dir(models_dir: str | Path, variant: str, seed: int) -> Path:
+    """Where the model of one variant and training seed lives: {models}/{variant}/seed{seed}."""
+    return Path(models_dir) / variant / f"seed{seed}"

@@ -10,10 +10,10 @@ from pathlib import Path
 from music.chat import ChatReply
 from music.chat.base import ChatBackend
 from music.config import ChatModelConfig, Params, TrainConfig
-from music.io import write_jsonl
+from music.files import write_jsonl
 from music.prompts import load_prompt
 from music.schema import PreferencePair
-from music.seeding import Seed
+from music.stages.seed import Seed
 
 USER_PROMPT = load_prompt("user_simulator").text
 CONTRAST_PROMPT = load_prompt("contrast_instruct").text
@@ -182,11 +182,11 @@ def music_imports(repo: Path, source: str) -> set[str]:
 def stage_code(repo: Path, stage: str) -> set[str]:
     """Repository files a stage's code runs: its notebook's music imports, transitively, with their packages'
     __init__ files, plus the folder of any module that reads files beside itself (prompt texts)."""
-    from music.notebook import NOTEBOOKS
+    from music.pipeline.notebooks import NOTEBOOKS
 
     cells = json.loads((repo / "notebooks" / NOTEBOOKS[stage]).read_text(encoding="utf-8"))["cells"]
     source = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
-    todo, seen = list(music_imports(repo, source) | {"music.notebook"}), set()
+    todo, seen = list(music_imports(repo, source) | {"music.pipeline.notebooks"}), set()
     while todo:
         module = todo.pop()
         if module in seen:
@@ -208,7 +208,7 @@ def missing_code_deps(repo: Path, dvc: dict) -> dict[str, list[str]]:
     """stage -> code files it runs that its deps do not cover (empty when dvc.yaml is complete)."""
     out = {}
     for name, spec in dvc_stages(dvc).items():
-        stage = spec["cmd"].split()[3]  # python -m music.notebook STAGE [...]
+        stage = spec["cmd"].split()[3]  # python -m music.pipeline.notebooks STAGE [...]
         missing = sorted(f for f in stage_code(repo, stage) if not covered(f, stage_paths(spec, "deps")))
         if missing:
             out[name] = missing
@@ -227,7 +227,7 @@ def missing_read_deps(stages: dict[str, dict], reads: dict[str, set[str]]) -> di
 
 
 class WordOverlapEncoder:
-    """Stands in for the sentence encoder (music.relevance): cosine of bag-of-words counts."""
+    """Stands in for the sentence encoder (music.pairs.relevance): cosine of bag-of-words counts."""
 
     def similarity(self, a, b):
         import math

@@ -40,18 +40,18 @@ RUN_TIMEOUT_S = int(os.environ.get("MUSIC_BROWSER_TIMEOUT_S", "600"))  # Run All
 # session). Opened by hand (run=False), each notebook then reads its stage's outputs instead of recomputing them.
 CASES = [
     pytest.param("00_draw_seeds.ipynb", [], id="00_draw_seeds"),
-    pytest.param("00b_held_out_items.ipynb", ["seed", "heldout"], id="00b_held_out_items"),
-    pytest.param("01_simulate_conversations.ipynb", ["seed", "simulate"], id="01_simulate_conversations"),
-    pytest.param("02_contrast_pairs.ipynb", ["seed", "simulate", "contrast"], id="02_contrast_pairs"),
-    pytest.param("03_train_rm.ipynb", ["seed", "simulate", "contrast", "train@baseline"], id="03_train_rm"),
-    pytest.param("04_evaluate_rm.ipynb", ["seed", "heldout", "simulate", "contrast", "train@baseline", "evaluate@baseline"],
-                 id="04_evaluate_rm"),
-    pytest.param("05_pick_best_of_n.ipynb", ["seed", "simulate", "contrast", "train@baseline", "train@music",
-                                             "best_of_n"], id="05_pick_best_of_n"),
-    pytest.param("06_plot_results.ipynb", ["seed", "heldout", "simulate", "contrast", "train@baseline", "train@music",
+    pytest.param("01_held_out_items.ipynb", ["seed", "heldout"], id="01_held_out_items"),
+    pytest.param("02_simulate_conversations.ipynb", ["seed", "simulate"], id="02_simulate_conversations"),
+    pytest.param("03_contrast_pairs.ipynb", ["seed", "simulate", "contrast"], id="03_contrast_pairs"),
+    pytest.param("04_train_rm.ipynb", ["seed", "simulate", "contrast", "train@baseline"], id="04_train_rm"),
+    pytest.param("05_evaluate_rm.ipynb", ["seed", "heldout", "simulate", "contrast", "train@baseline", "evaluate@baseline"],
+                 id="05_evaluate_rm"),
+    pytest.param("06_pick_best_of_n.ipynb", ["seed", "simulate", "contrast", "train@baseline", "train@music",
+                                             "best_of_n"], id="06_pick_best_of_n"),
+    pytest.param("07_plot_results.ipynb", ["seed", "heldout", "simulate", "contrast", "train@baseline", "train@music",
                                            "train@control", "evaluate@baseline", "evaluate@music", "evaluate@control",
                                            "best_of_n", "plots"],
-                 id="06_plot_results"),
+                 id="07_plot_results"),
 ]
 
 
@@ -79,7 +79,7 @@ def lab_project(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("lab_project")
     shutil.copytree(REPO / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     shutil.copytree(REPO / "tests" / "fixtures", root / "tests" / "fixtures")
-    for marker in ("pyproject.toml", "dvc.yaml"):  # music.notebook.repo_root() looks for these
+    for marker in ("pyproject.toml", "dvc.yaml"):  # music.pipeline.notebooks.repo_root() looks for these
         shutil.copy(REPO / marker, root / marker)
     params = yaml.safe_load((REPO / "profiles" / "tiny.yaml").read_text())
     params["paths"]["data"] = str(REPO / "data")  # read-only inputs
@@ -154,7 +154,7 @@ _RUN: set[tuple[str, str]] = set()  # (project, stage) already run through paper
 
 
 def _run_upstream(project: Path, stages: list[str], monkeypatch) -> None:
-    from music.notebook import run_stage
+    from music.pipeline.notebooks import run_notebook
 
     monkeypatch.chdir(project)
     for stage in stages:
@@ -162,7 +162,7 @@ def _run_upstream(project: Path, stages: list[str], monkeypatch) -> None:
             continue
         _RUN.add((str(project), stage))
         name, _, variant = stage.partition("@")
-        run_stage(name, "params.yaml", variant=variant or None, output_dir=project / "reports" / "notebooks")
+        run_notebook(name, "params.yaml", variant=variant or None, output_dir=project / "reports" / "notebooks")
 
 
 # In the page: the state of the notebook open at `path`, read from JupyterLab's own models (window.jupyterapp).
@@ -194,10 +194,10 @@ _BOX_SELECTORS = {
     "stderr/error output box": '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]',
     "widget that failed to render": '.jp-OutputArea-output:has-text("Error displaying widget")',
     "dialog": ".jp-Dialog",
-    "stale-output banner": ".music-stale-banner",  # music.freshness: outputs older than their params/deps
+    "stale-output banner": ".music-stale-banner",  # music.pipeline.freshness: outputs older than their params/deps
 }
 # Notebooks whose figure cells must draw (an image, not `<Figure size ...>`): at least this many images each.
-MIN_IMAGES = {"00_draw_seeds.ipynb": 1, "03_train_rm.ipynb": 1, "04_evaluate_rm.ipynb": 2, "05_pick_best_of_n.ipynb": 0, "06_plot_results.ipynb": 6}
+MIN_IMAGES = {"00_draw_seeds.ipynb": 1, "04_train_rm.ipynb": 1, "05_evaluate_rm.ipynb": 2, "06_pick_best_of_n.ipynb": 0, "07_plot_results.ipynb": 6}
 
 
 def _run_all_in_browser(browser, lab_server, notebook: str, shots: Path) -> dict:

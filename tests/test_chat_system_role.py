@@ -10,7 +10,7 @@ from music.chat import make_chat
 from music.chat.base import SamplingParams
 from music.config import ChatModelConfig
 from music.rm.data import render_ids
-from music.system_role import fold_system, template_accepts_system
+from music.chat.system_role import fold_system, template_accepts_system
 
 from helpers import LoopbackJSONServer
 

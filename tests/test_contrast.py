@@ -8,11 +8,13 @@ import pytest
 
 from music.chat import ChatReply
 from music.config import ContrastConfig, SimulateConfig
-from music.contrast import contrast_conversations, parse_contrast, pick_divergence, run_contrast
-from music.heldout import run_heldout
+from music.stages.contrast import contrast_conversations, parse_contrast, pick_divergence
+from music.stages.contrast import run as run_contrast
+from music.stages.heldout import run as run_heldout
 from music.store import load_records
 from music.schema import PreferencePair, user_turns
-from music.simulate import run_simulate, simulate_seeds
+from music.stages.simulate import run as run_simulate
+from music.stages.simulate import simulate_seeds
 from helpers import CONTRAST_PROMPT, FakeChat, WordOverlapEncoder, make_seeds, tree_bytes, write_seed_files
 
 
@@ -131,7 +133,7 @@ def test_run_contrast_writes_three_loadable_pair_sets_and_a_report(tmp_path):
     P, report = _stage(tmp_path, method="auto")
     out = Path(P.paths.pairs)
     assert (out / "filter_report.json").is_file()
-    assert not (out / "d_eval").exists() and not (out / "quality_eval").exists()  # held-out: music.heldout
+    assert not (out / "d_eval").exists() and not (out / "quality_eval").exists()  # held-out: music.stages.heldout
     for name in ("d_train", "music_train", "music_eval"):
         ds = load_from_disk(str(out / name))
         recs = ds.to_list()
@@ -150,7 +152,7 @@ def test_run_contrast_writes_three_loadable_pair_sets_and_a_report(tmp_path):
 
 
 def test_d_from_a_labelled_source_uses_the_loader(tmp_path, monkeypatch):
-    import music.d_pairs
+    import music.pairs.last_turn
 
     calls = []
 
@@ -160,14 +162,14 @@ def test_d_from_a_labelled_source_uses_the_loader(tmp_path, monkeypatch):
         return [PreferencePair(conv + [{"role": "assistant", "content": "good"}],
                                conv + [{"role": "assistant", "content": "bad"}], {"pair_id": f"p-{split}"})]
 
-    monkeypatch.setattr(music.d_pairs, "load_pairs", fake_load_pairs)
+    monkeypatch.setattr(music.pairs.last_turn, "load_pairs", fake_load_pairs)
     P, report = _stage(tmp_path, d_source="skywork:hub:Skywork/Skywork-Reward-Preference-80K-v0.2", d_limit=5)
     assert calls == [("skywork", "hub:Skywork/Skywork-Reward-Preference-80K-v0.2", "train", 5)]
     run_heldout(P, assistant=FakeChat("fake:assistant"))  # held-out D: the heldout stage
     assert calls[1:] == [("skywork", "hub:Skywork/Skywork-Reward-Preference-80K-v0.2", "test", 5)]
     assert [r["pair_id"] for r in load_records(Path(P.paths.heldout) / "d_eval")] == ["d-p-test"]
     with pytest.raises(ValueError, match="KIND:LOCATION"):
-        from music.d_pairs import parse_d_source
+        from music.pairs.last_turn import parse_d_source
 
         parse_d_source("hub")
 
@@ -192,8 +194,8 @@ def test_an_empty_pair_set_keeps_its_columns(tmp_path):
 
 def test_d_from_the_seed_source_follows_the_seed_split(tmp_path, monkeypatch):
     """With one split (Skywork), a pair whose conversation the seed stage held out is never a training pair."""
-    import music.d_pairs
-    from music.io import read_jsonl
+    import music.pairs.last_turn
+    from music.files import read_jsonl
 
     P = write_seed_files(tmp_path)
     held_out = {rec["conversation_id"] for _, rec in read_jsonl(Path(P.paths.seeds) / "eval.jsonl")}
@@ -205,7 +207,7 @@ def test_d_from_the_seed_source_follows_the_seed_split(tmp_path, monkeypatch):
         return [PreferencePair(conv + [{"role": "assistant", "content": "good"}],
                                conv + [{"role": "assistant", "content": "bad"}], {"pair_id": i}) for i in ids]
 
-    monkeypatch.setattr(music.d_pairs, "load_pairs", fake_load_pairs)
+    monkeypatch.setattr(music.pairs.last_turn, "load_pairs", fake_load_pairs)
     P.simulate.turns = 2
     P.contrast.d_source, P.contrast.d_eval_split = "skywork:hub:Skywork/Skywork-Reward-Preference-80K-v0.2", "train"
     run_simulate(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant")))
@@ -250,13 +252,13 @@ def test_real_divergence_misreads_the_persons_request_and_says_so():
             assert f["original_request"] == s.next_user == f["chosen"][reply_at - 1]["content"]
         # both replies at the divergence come from the assistant model (same backend, same prompt)
         assert f["rejected"][reply_at]["content"].startswith("Answer ") and f["chosen"][reply_at]["content"].startswith("Answer ")
-    from music.contrast import band_counts
+    from music.stages.contrast import band_counts
     counts = band_counts(cands, cands, ContrastConfig())
     assert counts["real_requests"] == 3 and counts["kept_real_requests"] == 3 and counts["rewrites_outside_band"] == 0
 
 
 def test_near_miss_rows_show_the_real_request_and_both_replies_at_the_divergence():
-    from music.contrast import near_miss_rows
+    from music.stages.contrast import near_miss_rows
 
     ctx = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     def pair(i, real):

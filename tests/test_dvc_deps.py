@@ -20,8 +20,8 @@ def test_every_stage_lists_the_code_it_runs():
 
 def test_the_derivation_follows_imports_through_the_package():
     code = stage_code(REPO, "contrast")
-    # the notebook imports music.contrast, which imports the D-pair module, which imports the sources
-    assert {"music/contrast.py", "music/d_pairs.py", "music/sources/sharegpt.py", "music/notebook.py"} <= code
+    # the notebook imports music.stages.contrast, which imports the D-pair module, which imports the sources
+    assert {"music/stages/contrast.py", "music/pairs/last_turn.py", "music/sources/sharegpt.py", "music/pipeline/notebooks.py"} <= code
     assert "music/prompts" in code  # prompt texts are read beside music/prompts/__init__.py
     assert "music/rm/train.py" not in code
 

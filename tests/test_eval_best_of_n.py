@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from music.chat import ChatReply
-from music.evaluate.best_of_n import choose_questions, run_best_of_n, summarize
+from music.stages.best_of_n import choose_questions, run_best_of_n, summarize
 from music.evaluate.judge import combine_orders, judge_request, load_template, parse_verdict
 
 QUESTIONS = [{"question_id": i, "category": "x", "turns": [f"q{i} first", f"q{i} second"]} for i in range(3)]
@@ -171,7 +171,7 @@ def test_more_turns_than_scripted_need_a_user_simulator():
 
 
 def test_reward_models_are_scored_one_at_a_time():
-    from music.evaluate.best_of_n import OneAtATime
+    from music.stages.best_of_n import OneAtATime
 
     made = []
 
@@ -201,7 +201,7 @@ def test_judge_prompt_is_true_for_scripted_and_simulated_user_turns():
 
 
 def _games(outcomes: dict[str, list[str]], n=2):
-    from music.evaluate.best_of_n import Game
+    from music.stages.best_of_n import Game
 
     return [Game(q, n, {"baseline": [], "music": []}, outcome=o, rm_seed=s) for q, os in outcomes.items()
             for s, o in enumerate(os)]
@@ -223,7 +223,7 @@ def test_win_rates_split_ties_and_have_bootstrap_intervals_over_prompts():
 
 
 def test_the_figure_shows_the_win_rate_interval_and_says_when_every_game_tied():
-    from music.plots import plot_best_of_n
+    from music.reporting.plots import plot_best_of_n
 
     tied = {"judge": "j", "rm_seeds": 2, "by_n": summarize(_games({f"p{i}": ["tie", "tie"] for i in range(4)}))}
     texts = [t.get_text() for t in plot_best_of_n(tied).axes[0].texts]
@@ -238,7 +238,7 @@ def test_every_training_seed_plays(tmp_path, monkeypatch):
     import json
 
     from music.config import Params, Paths
-    from music.evaluate import best_of_n
+    from music.stages import best_of_n
 
     P = Params(paths=Paths(models=str(tmp_path / "models"), metrics=str(tmp_path / "m"), evaluation=str(tmp_path / "ev"),
                            reports=str(tmp_path / "r"), cache=str(tmp_path / "c")))
@@ -258,7 +258,7 @@ def test_every_training_seed_plays(tmp_path, monkeypatch):
     monkeypatch.setattr(best_of_n, "load_prompts", lambda source: QUESTIONS)
     monkeypatch.setattr(best_of_n, "make_chat", lambda cfg, cache, role=None: FakePolicy())
     monkeypatch.setattr(best_of_n, "RewardScorer", fake_scorer)
-    out = best_of_n.run_stage(P)
+    out = best_of_n.run(P)
     assert sorted(set(loaded)) == ["baseline/seed0", "baseline/seed1", "music/seed0", "music/seed1"]
     assert out["rm_seeds"] == 2 and out["by_n"]["2"]["n_games"] == 2 * 3 and out["by_n"]["2"]["n_prompts"] == 3
     games = [json.loads(line) for line in (tmp_path / "ev" / "best_of_n_games.jsonl").read_text().splitlines()]

@@ -13,9 +13,10 @@ from music.config import Params, Paths
 from music.errors import DataError
 from music.evaluate.items import item_rows, items_from_pairs, score_items, summarize_rows
 from music.evaluate.pairwise import local_pairs, require_model
-from music.evaluate.run import evaluate_variant, trajectory_points
+from music.stages.evaluate import run as evaluate_variant
+from music.stages.evaluate import trajectory_points
 from music.schema import PreferencePair, first_difference_distance
-from music.seeding import check_disjoint
+from music.stages.seed import check_disjoint
 
 
 class LastReplyScorer:
@@ -117,7 +118,7 @@ def _write_pairs(path: Path, pairs):
 def write_heldout(P: Params, quality=None) -> None:
     """The heldout stage on the workspace's seeds (swap items; no generation: D eval and MT-Bench off), then the
     given quality twins in place of its (empty) quality_eval."""
-    from music.heldout import run_heldout
+    from music.stages.heldout import run as run_heldout
 
     P.contrast.d_pairs, P.contrast.quality_mtbench = False, False
     run_heldout(P)
@@ -164,7 +165,7 @@ def test_evaluate_variant_writes_numbers_items_and_trajectories(tmp_path):
         made.append(Path(model_dir).name)
         return LastReplyScorer()
 
-    metrics = evaluate_variant(P, "baseline", make_scorer=make_scorer)
+    metrics = evaluate_variant(P, variant="baseline", make_scorer=make_scorer)
     assert made == ["seed0", "seed1"]
     on_disk = json.loads((tmp_path / "metrics" / "baseline.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics))
@@ -190,14 +191,14 @@ def test_evaluate_variant_refuses_a_leak_before_scoring(tmp_path):
     P = make_workspace(tmp_path, leak=True)
     scorer = LastReplyScorer()
     with pytest.raises(DataError, match="music_eval.*'m1'"):
-        evaluate_variant(P, "baseline", make_scorer=lambda d: scorer)
+        evaluate_variant(P, variant="baseline", make_scorer=lambda d: scorer)
     assert scorer.calls == 0 and not (tmp_path / "metrics" / "baseline.json").exists()
 
 
 def test_evaluate_variant_missing_model(tmp_path):
     P = make_workspace(tmp_path)
     with pytest.raises(FileNotFoundError, match="models/music/seed0/config.json"):
-        evaluate_variant(P, "music", make_scorer=lambda d: LastReplyScorer())
+        evaluate_variant(P, variant="music", make_scorer=lambda d: LastReplyScorer())
 
 
 class HistoryScorer:
@@ -213,7 +214,7 @@ class HistoryScorer:
 
 def test_the_history_blind_reference_sees_only_the_last_exchange(tmp_path):
     from music.evaluate.items import Item, last_exchange
-    from music.evaluate.run import load_items
+    from music.stages.evaluate import load_items
 
     long = [{"role": "system", "content": "be brief"}] + conv("one", "two", "three", users={2: "final question"})
     assert last_exchange(long) == [{"role": "user", "content": "final question"}, {"role": "assistant", "content": "three"}]
@@ -221,7 +222,7 @@ def test_the_history_blind_reference_sees_only_the_last_exchange(tmp_path):
     assert item.blind().chosen == item.blind().rejected == last_exchange(long) and item.blind().cluster == "c1"
 
     P = make_workspace(tmp_path)
-    evaluate_variant(P, "baseline", make_scorer=lambda d: HistoryScorer())
+    evaluate_variant(P, variant="baseline", make_scorer=lambda d: HistoryScorer())
     items = {(it.test, it.item_id): it for it in load_items(P)[0]}
     rows = [r for r in csv.DictReader(open(tmp_path / "evaluation" / "baseline" / "items.csv")) if r["seed"] == "0"]
     for r in rows:

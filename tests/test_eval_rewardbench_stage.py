@@ -1,4 +1,4 @@
-"""RewardBench through the whole evaluate stage (evaluate_variant, what notebook 04 calls) on tiny trained RMs and a
+"""RewardBench through the whole evaluate stage (evaluate_variant, what notebook 05 calls) on tiny trained RMs and a
 local file in the hub schema (prompt, chosen, rejected, subset, id; every subset, a few rows each), then the plots
 stage: every section in metrics/{variant}.json, per-item rows in items.csv, per-section paired differences with
 intervals in comparison.csv, and the four sections and the average in summary.json, each equal to
@@ -44,8 +44,8 @@ def rb_run(tiny_backbone, tmp_path_factory):
     """Both variants' tiny RMs (one seed each, different training), scored by the evaluate stage, then the plots stage."""
     from test_eval_pairwise import make_workspace
 
-    from music import plots
-    from music.evaluate.run import evaluate_variant
+    from music.stages.plots import run as run_plots
+    from music.stages.evaluate import run as evaluate_variant
     from music.rm.train import train_reward_model
 
     root = tmp_path_factory.mktemp("rb_stage")
@@ -62,8 +62,8 @@ def rb_run(tiny_backbone, tmp_path_factory):
         shutil.rmtree(out, ignore_errors=True)
         train_reward_model(tiny_cfg(tiny_backbone, max_steps=steps, max_length=128, learning_rate=5e-2),
                            {"d": toy_pairs(8)}, out, progress=False)
-    metrics = {v: evaluate_variant(P, v) for v in ("baseline", "music")}
-    plots.make_all(P, ["baseline", "music"])
+    metrics = {v: evaluate_variant(P, variant=v) for v in ("baseline", "music")}
+    run_plots(P, variants=["baseline", "music"])
     return P, metrics, rb_file
 
 
@@ -160,7 +160,7 @@ def test_identical_pairs_enter_no_group():
 def test_the_evaluate_stage_drops_identical_pairs(tmp_path):
     from test_eval_pairwise import LastReplyScorer, make_workspace
 
-    from music.evaluate.run import evaluate_variant
+    from music.stages.evaluate import run as evaluate_variant
 
     P = make_workspace(tmp_path, seeds=(0,))
     uf = tmp_path / "uf.jsonl"
@@ -169,7 +169,7 @@ def test_the_evaluate_stage_drops_identical_pairs(tmp_path):
             {"prompt": "q", "chosen": same, "rejected": [same[0], {"role": "assistant", "content": "other"}], "id": "fine"}]
     uf.write_text("".join(json.dumps(r) + "\n" for r in recs))
     P.evaluate.local_sets = {"ultrafeedback": str(uf)}
-    evaluate_variant(P, "baseline", make_scorer=lambda d: LastReplyScorer())
+    evaluate_variant(P, variant="baseline", make_scorer=lambda d: LastReplyScorer())
     rows = list(csv.DictReader(open(tmp_path / "evaluation" / "baseline" / "items.csv")))
     uf_rows = [r for r in rows if r["test"] == "ultrafeedback"]
     assert [r["item_id"] for r in uf_rows] == ["ultrafeedback:fine"]
@@ -181,7 +181,7 @@ def test_the_evaluate_stage_drops_identical_pairs(tmp_path):
 def test_the_swap_test_reads_its_conversations_from_evaluate_swap_source(tmp_path):
     from test_eval_pairwise import LastReplyScorer, conv, make_workspace, write_heldout
 
-    from music.evaluate.run import evaluate_variant
+    from music.stages.evaluate import run as evaluate_variant
 
     P = make_workspace(tmp_path, seeds=(0,))
     path = tmp_path / "multi.jsonl"
@@ -189,7 +189,7 @@ def test_the_swap_test_reads_its_conversations_from_evaluate_swap_source(tmp_pat
                             + "\n" for i in range(4)))
     P.evaluate.swap_source = f"file:{path}"
     write_heldout(P)  # the swap items are the heldout stage's (evaluate reads them from outputs/heldout)
-    metrics = evaluate_variant(P, "baseline", make_scorer=lambda d: LastReplyScorer())
+    metrics = evaluate_variant(P, variant="baseline", make_scorer=lambda d: LastReplyScorer())
     rows = list(csv.DictReader(open(tmp_path / "evaluation" / "baseline" / "items.csv")))
     assert {r["item_id"].split(":")[0] for r in rows if r["test"] == "swap"} <= {f"x{i}" for i in range(4)}
     assert metrics["accuracy"]["swap@2"]["n_items"] >= 1

@@ -15,8 +15,10 @@ import pytest
 from music.chat import ChatReply
 from music.chat.openai_backend import ServerRejected
 from music.failures import StageFailed, check_failed_share, failure_summary
-from music.contrast import run_contrast
-from music.simulate import FAILURE_REPORT, make_backends, run_simulate
+from music.stages.contrast import run as run_contrast
+from music.chat.rollout import make_backends
+from music.stages.simulate import FAILURE_REPORT
+from music.stages.simulate import run as run_simulate
 from helpers import (CONTRAST_PROMPT, USER_PROMPT, FakeChat, LoopbackJSONServer, WordOverlapEncoder, fake_text,
                      write_seed_files)
 
@@ -199,7 +201,7 @@ def test_a_server_failing_one_request_in_twenty_still_completes(tmp_path):
 # --- Best-of-N games ------------------------------------------------------------------------------------------
 
 def test_best_of_n_counts_games_without_a_conversation():
-    from music.evaluate.best_of_n import Game, game_failures
+    from music.stages.best_of_n import Game, game_failures
 
     conv = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
     games = [Game(i, 2, {"baseline": conv, "music": conv}, outcome="tie") for i in range(8)]

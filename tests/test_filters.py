@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from music.config import ContrastConfig
-from music.filters import REASONS, apply_filters, assistant_leaks, first_failure, report_frame, report_markdown, user_leaks
+from music.pairs.filters import REASONS, apply_filters, assistant_leaks, first_failure, report_frame, report_markdown, user_leaks
 
 CTX = [{"role": "user", "content": "How do I make braised pork belly?"}]
 

@@ -1,4 +1,4 @@
-"""Stale outputs flagged: music.freshness compares a stage's outputs with dvc.lock (a real DVC repo, one stage)."""
+"""Stale outputs flagged: music.pipeline.freshness compares a stage's outputs with dvc.lock (a real DVC repo, one stage)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from music import freshness
+from music.pipeline import freshness
 
 STAGE = {"cmd": f"{sys.executable} make.py", "deps": ["make.py", "input.txt"], "params": ["step.turns"],
          "outs": ["out"]}
@@ -89,12 +89,12 @@ def test_foreach_stage_outputs_are_listed_per_variant():
 def test_a_notebook_saved_with_outputs_is_not_called_out_of_date(tmp_path, monkeypatch):
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     (tmp_path / "notebooks").mkdir()
-    nb = tmp_path / "notebooks" / "01_simulate_conversations.ipynb"
+    nb = tmp_path / "notebooks" / "02_simulate_conversations.ipynb"
     nb.write_text("{}")
     (tmp_path / "make.py").write_text(MAKE)
     (tmp_path / "input.txt").write_text("x")
     (tmp_path / "params.yaml").write_text("step:\n  turns: 3\n")
-    stage = dict(STAGE, deps=[*STAGE["deps"], "notebooks/01_simulate_conversations.ipynb"])
+    stage = dict(STAGE, deps=[*STAGE["deps"], "notebooks/02_simulate_conversations.ipynb"])
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"simulate": stage}}))
     _dvc(tmp_path, "init", "--no-scm", "-q")
     _dvc(tmp_path, "repro", "-q")

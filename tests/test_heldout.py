@@ -18,9 +18,10 @@ import pytest
 import yaml
 
 from helpers import FakeChat, tree_bytes, write_seed_files
-from music import freshness
+from music.pipeline import freshness
 from music.evaluate.heldout_items import REPORT_FILE, SWAP_FIELDS, SWAP_FILE, read_swap_items
-from music.heldout import HELDOUT_PARAMS, run_heldout
+from music.stages.heldout import HELDOUT_PARAMS
+from music.stages.heldout import run as run_heldout
 from music.store import load_records
 from tests.conftest import REPO
 
@@ -90,7 +91,7 @@ def test_the_held_out_files_do_not_depend_on_the_contrast_method(tmp_path):
 
 def test_a_leak_into_the_swap_items_stops_the_stage_before_anything_is_written(tmp_path):
     from music.errors import DataError
-    from music.io import read_jsonl, write_jsonl
+    from music.files import read_jsonl, write_jsonl
 
     P = write_seed_files(tmp_path)
     train = Path(P.paths.seeds) / "train.jsonl"

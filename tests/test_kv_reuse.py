@@ -350,7 +350,7 @@ def test_sliding_window_models_are_not_reused():
 
 
 def seeds_for(n: int):
-    from music.seeding import Seed
+    from music.stages.seed import Seed
 
     topics = ["braised pork belly", "reversing a string in Python", "visiting Paris", "sleeping better",
               "hash tables", "naming a bakery", "starting to run", "photosynthesis", "learning chess", "baking bread"]
@@ -362,8 +362,8 @@ def seeds_for(n: int):
 
 def roll_out_with_branch(user, assistant, n: int, turns: int, divergence_turn: int, seed: int = 0):
     """simulate_seeds, then contrast_conversations (resample) diverging at a fixed turn: texts out."""
-    from music.contrast import contrast_conversations
-    from music.simulate import simulate_seeds
+    from music.stages.contrast import contrast_conversations
+    from music.stages.simulate import simulate_seeds
 
     sim = SimulateConfig(turns=turns, trim_truncated=True, seed=seed)
     convs = simulate_seeds(seeds_for(n), user, assistant, sim, split="train")
@@ -397,7 +397,7 @@ def test_simulate_and_contrast_give_identical_conversations_with_reuse(tiny, fre
 
 
 def test_stage_summaries_report_token_counts(tiny, fresh_store, tmp_path):
-    from music.simulate import run_simulate
+    from music.stages.simulate import run as run_simulate
     from tests.test_simulate import write_seed_files
 
     P = write_seed_files(tmp_path, n_train=2, n_eval=1)

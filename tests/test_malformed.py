@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from music.config import ContrastConfig, SeedConfig
-from music.d_pairs import d_records_from_source
+from music.pairs.last_turn import d_records_from_source
 from music.errors import DataError
 from music.evaluate.rewardbench import load_rewardbench_pairs
-from music.io import write_jsonl
-from music.seeding import run_seed_stage
+from music.files import write_jsonl
+from music.config import Params, Paths
+from music.stages.seed import run as run_seed
 from music.sources import load_conversations, load_rewardbench
 from music.sources.records import Skipped
 
@@ -69,7 +70,7 @@ def test_the_seed_stage_records_what_it_skipped(tmp_path):
     src.write_text("\n".join([*lines, bad]) + "\n")
     cfg = SeedConfig(path=str(src), n_train=4, n_eval=2, n_eval_conversations=3, max_message_chars=600,
                      max_context_chars=1500, max_malformed_share=0.1)
-    seeds = run_seed_stage(cfg, tmp_path / "seeds")
+    seeds = run_seed(Params(seed=cfg, paths=Paths(seeds=str(tmp_path / "seeds"))))
     stats = json.loads((tmp_path / "seeds" / "stats.json").read_text())
     assert stats["malformed_records"] == seeds.stats["malformed_records"]
     assert stats["malformed_records"]["skipped"] == 1 and stats["malformed_records"]["records_read"] == len(lines) + 1
@@ -77,7 +78,7 @@ def test_the_seed_stage_records_what_it_skipped(tmp_path):
         "conversations[].from: unknown role 'robot'": {"count": 1, "first_records": [f"line {len(lines) + 1}"]}}
     cfg.max_malformed_share = 0.01  # 1 of 13 is over 1%
     with pytest.raises(DataError, match=r"1 of 13 records are malformed, more than seed.max_malformed_share=0.01"):
-        run_seed_stage(cfg, tmp_path / "seeds2")
+        run_seed(Params(seed=cfg, paths=Paths(seeds=str(tmp_path / "seeds2"))))
 
 
 def test_a_labelled_d_source_counts_its_malformed_records(tmp_path):

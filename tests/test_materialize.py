@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from music.materialize import dvc_status, ensure_data
+from music.pipeline.materialize import dvc_status, ensure_data
 from tests.conftest import REPO
 
 

@@ -25,13 +25,13 @@ def test_package_figures_and_pyplot_figures_draw_in_an_executed_notebook(tmp_pat
     import papermill as pm
 
     cells = [
-        "import matplotlib\nfrom music import notebook, plots, render\nfrom music.evaluate import compare\n"
+        "import matplotlib\nfrom music.pipeline import notebooks as notebook\nfrom music.reporting import plots, render\nfrom music.evaluate import compare\n"
         "print(matplotlib.get_backend())",
         "import pandas as pd\nplots.plot_best_of_n({'by_n': {'2': {'win_rate': 0.5, 'win_ci_low': 0.2, 'win_ci_high': 0.8,"
         " 'tie_rate': 0.5, 'tie_ci_low': 0.2, 'tie_ci_high': 0.8, 'loss_rate': 0.0, 'loss_ci_low': 0.0,"
         " 'loss_ci_high': 0.3, 'n_games': 4}}})",
         "from IPython.display import display\ndisplay(plots.plot_training_curves(pd.DataFrame()))",
-        "import matplotlib.pyplot as plt\nplt.plot([0, 1], [1, 0]);",  # the notebooks' own plots (00, 03)
+        "import matplotlib.pyplot as plt\nplt.plot([0, 1], [1, 0]);",  # the notebooks' own plots (00, 04)
     ]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in cells])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}

@@ -1,7 +1,7 @@
 """Prose that cannot drift: a notebook's Markdown never states a value that params.yaml sets.
 
 A lesson's numbers (turns simulated, candidates, N, seeds, ...) come from the loaded params or the outputs:
-printed by a cell, or a Markdown cell rendered from them (`music.notebook.say`). The check reads every
+printed by a cell, or a Markdown cell rendered from them (`music.pipeline.notebooks.say`). The check reads every
 Markdown cell and flags, per sentence (sentences about the paper are exempt: they describe its settings):
   * a number beside a params key named in backticks (`contrast.candidates` ... "4 by default");
   * `key: value` in backticks for a params key (`repetition_penalty: 1.1`);
@@ -54,7 +54,7 @@ CODE = re.compile(r"`([^`]*)`")
 def sentences(markdown: str) -> list[str]:
     """Clauses of a Markdown text: list items, paragraphs and headings apart, then split at . ! ? ; and :
     (so a clause about the paper is exempt, the next one about this run is not). Math and notebook
-    numbers ("notebook 04", "# 03 ·") are left out."""
+    numbers ("notebook 05", "# 04 ·") are left out."""
     text = MATH.sub(" ", markdown)
     text = re.sub(r"\bnotebooks? \d\d(?:(?:,| and| or) \d\d)*", "notebook", text)
     text = re.sub(r"^(#+) \d\d ·", r"\1", text, flags=re.M)

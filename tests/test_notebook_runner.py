@@ -10,9 +10,9 @@ import nbformat
 import pytest
 import yaml
 
-from music import repro
+from music.pipeline import repro
 from music.config import ContrastConfig, Params, SeedConfig
-from music.notebook import (LABEL_WIDTH, StageError, StageProgress, execute_notebook, format_duration,
+from music.pipeline.notebooks import (LABEL_WIDTH, StageError, StageProgress, execute_notebook, format_duration,
                             format_params, show_params, stage_label, stage_line)
 
 
@@ -139,12 +139,12 @@ Verifying data sources in stage: 'data.dvc'
 Stage 'seed' didn't change, skipping
 
 Running stage 'simulate':
-> python -m music.notebook simulate
+> python -m music.pipeline.notebooks simulate
 simulate .............. done in 11 s
 Updating lock file 'dvc.lock'
 
 Running stage 'train@music':
-> python -m music.notebook train --variant music
+> python -m music.pipeline.notebooks train --variant music
 train@music ........... done in 29 s
 Updating lock file 'dvc.lock'
 Use `dvc push` to send your updates to remote storage.

@@ -12,7 +12,7 @@ import yaml
 
 from helpers import dvc_stages, image_outputs, missing_read_deps, unrendered_figures
 from music.config import Params, Paths
-from music.notebook import run_stage
+from music.pipeline.notebooks import run_notebook
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def run(tiny, stage, variant=None):
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        return run_stage(stage, str(tiny["params_file"]), variant=variant, output_dir=tiny["root"] / "executed",
+        return run_notebook(stage, str(tiny["params_file"]), variant=variant, output_dir=tiny["root"] / "executed",
                          log_output=False)
     finally:
         for k, v in saved.items():
@@ -110,13 +110,13 @@ def test_04_evaluate(tiny, variant):
     assert (tiny["root"] / "evaluation" / variant / "items.csv").is_file()
 
 
-def test_05_pick_best_of_n(tiny):
+def test_06_pick_best_of_n(tiny):
     run(tiny, "best_of_n")
     result = json.loads((tiny["root"] / "metrics" / "best_of_n.json").read_text())
     assert set(result["by_n"]) == {"2"}
 
 
-def test_06_plot_results(tiny):
+def test_07_plot_results(tiny):
     assert_figures_drawn(run(tiny, "plots"), 6)
     figures = {p.name for p in (tiny["root"] / "figures").iterdir()}
     assert {"paired_differences.png", "reward_trajectory.png", "best_of_n.png", "training_curves.png"} <= figures
@@ -132,7 +132,7 @@ def _as_default_path(path: Path, tiny) -> str | None:
     root, defaults = tiny["root"], Params().paths
     if path.is_relative_to(root):
         name, *rest = path.relative_to(root).parts
-        rest = [_ATOMIC_TMP.sub(r"\1", part) for part in rest]  # music.io.atomic_path's temporary sibling
+        rest = [_ATOMIC_TMP.sub(r"\1", part) for part in rest]  # music.files.atomic_path's temporary sibling
         if name in ("cache", "reports", "executed", "reads", "params.yaml") or name not in Paths.__dataclass_fields__:
             return None  # the response cache, resume checkpoints and timings are deliberately untracked
         return "/".join([getattr(defaults, name), *rest])
@@ -142,7 +142,7 @@ def _as_default_path(path: Path, tiny) -> str | None:
     if rel.parts[0] in (".venv", ".git", "music.egg-info") or "__pycache__" in rel.parts:
         return None
     if str(rel) == "dvc.yaml":
-        return None  # read only to name the stage's outputs in the notebook's text (music.freshness), never to compute
+        return None  # read only to name the stage's outputs in the notebook's text (music.pipeline.freshness), never to compute
     if str(rel) == yaml.safe_load((REPO / "profiles" / "tiny.yaml").read_text())["seed"]["path"]:
         return Params().seed.path  # the tiny profile's stand-in for the default seed source
     return str(rel)

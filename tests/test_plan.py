@@ -12,7 +12,7 @@ import yaml
 
 from music.config import Params, from_dict, load_params
 from music.models.shapes import COMMITTED_CONFIGS, CONFIG_DIR, backbone_shape
-from music.plan import Assumptions, main, make_plan, parse_assumptions
+from music.pipeline.plan import Assumptions, main, make_plan, parse_assumptions
 from tests.conftest import REPO
 
 PROFILES = [REPO / "params.yaml", *sorted((REPO / "profiles").glob("*.yaml"))]
@@ -119,7 +119,7 @@ def test_assumptions_are_overridable():
 
 
 def test_plan_loads_no_model_and_no_network_library(tmp_path):
-    code = ("import sys; from music.plan import main; rc = main(['--params', 'profiles/paper.yaml', '--out', sys.argv[1]]);"
+    code = ("import sys; from music.pipeline.plan import main; rc = main(['--params', 'profiles/paper.yaml', '--out', sys.argv[1]]);"
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'datasets', 'huggingface_hub'));"
             "print('HEAVY', heavy); sys.exit(rc)")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.json")], cwd=REPO, capture_output=True, text=True)

@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from music import plots
+from music.reporting import plots
+from music.stages import plots as plots_stage
 from music.config import Params, Paths
 from music.evaluate.compare import compare, headline, load_item_rows, trajectory_summary
-from music.evaluate.run import ITEM_FIELDS, TRAJECTORY_FIELDS
+from music.stages.evaluate import ITEM_FIELDS, TRAJECTORY_FIELDS
 
 # (test, distance, group): the endpoints fixed in advance (music.evaluate.items): quality twins in no group
 TESTS = [("quality", 1, ""), ("quality", 2, ""), ("swap", 1, "last"), ("swap", 2, "early"), ("swap", 3, "early"),
@@ -129,7 +130,7 @@ def test_trajectory_summary_is_zero_before_divergence_and_standardised(tmp_path)
 
 
 def test_plot_functions_return_figures_without_pyplot(tmp_path):
-    figs, table, traj = plots.build_all(workspace(tmp_path))
+    figs, table, traj = plots_stage.build(workspace(tmp_path))
     assert list(figs) == [n for n in plots.FIGURE_NAMES if n != "best_of_n"]  # no best_of_n.json here
     assert all(isinstance(f, Figure) and f.axes for f in figs.values())
     assert isinstance(plots.plot_best_of_n(BON), Figure)
@@ -156,7 +157,7 @@ def test_saving_the_same_figure_twice_gives_the_same_bytes(tmp_path, fmt):
 def test_make_all_writes_figures_summary_and_table_byte_stable(tmp_path):
     P = workspace(tmp_path)
     (tmp_path / "m" / "best_of_n.json").write_text(json.dumps(BON))
-    paths = plots.make_all(P)
+    paths = plots_stage.run(P)
     assert sorted(p.name for p in paths) == sorted(f"{n}.{f}" for n in plots.FIGURE_NAMES for f in ("png", "svg"))
     assert all(p.stat().st_size > 1000 for p in paths)
     assert plt.get_fignums() == []
@@ -172,7 +173,7 @@ def test_make_all_writes_figures_summary_and_table_byte_stable(tmp_path):
     traj = pd.read_csv(tmp_path / "pl" / "reward_trajectory.csv")
     assert list(traj.columns) == ["relative_turn", "baseline", "music", "control"] and traj.loc[0, "music"] == 0.0
     first = {p.name: p.read_bytes() for p in paths}
-    assert {p.name: p.read_bytes() for p in plots.make_all(P)} == first  # a rerun rewrites the same bytes
+    assert {p.name: p.read_bytes() for p in plots_stage.run(P)} == first  # a rerun rewrites the same bytes
 
 
 def test_results_table_and_the_papers_rows(tmp_path):
@@ -191,5 +192,5 @@ def test_missing_items_file_stops_the_plots_stage_naming_it(tmp_path):
     P = workspace(tmp_path)
     (tmp_path / "ev" / "music" / "items.csv").unlink()
     with pytest.raises(FileNotFoundError, match=r"music/items\.csv is missing.*evaluate@music"):
-        plots.make_all(P)
+        plots_stage.run(P)
     assert not (tmp_path / "fig").exists()

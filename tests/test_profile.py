@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from music.config import load_params, read_params_file
-from music.profile import diff_overrides, hydra_value, profile_overrides
+from music.pipeline.profile import diff_overrides, hydra_value, profile_overrides
 from tests.conftest import REPO
 
 PROFILES = sorted((REPO / "profiles").glob("*.yaml"))
@@ -52,7 +52,7 @@ def test_dvc_style_floats_read_as_floats(tmp_path):
 def test_make_run_with_a_profile_never_copies_it_over_params_yaml():
     out = subprocess.run(["make", "-n", "run", "PARAMS=profiles/paper.yaml"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "dvc exp run --temp" in out.stdout and "music.plan" in out.stdout
+    assert "dvc exp run --temp" in out.stdout and "music.pipeline.plan" in out.stdout
     assert "cp " not in out.stdout and "> params.yaml" not in out.stdout
 
 
@@ -76,7 +76,7 @@ def test_a_profile_experiment_leaves_the_workspace_alone(tmp_path):
     run("git", "init", "-q")
     run("git", "add", "-A")
     run("git", "commit", "-qm", "scratch")
-    run(sys.executable, "-m", "music.materialize")
+    run(sys.executable, "-m", "music.pipeline.materialize")
     before = (repo / "params.yaml").read_bytes()
     args = profile_overrides(repo / "profiles" / "tiny.yaml", repo / "params.yaml", cache_dir=repo / ".cache" / "music")
     run("dvc", "exp", "run", "--temp", "-n", "tiny-seed", *[a for o in args for a in ("-S", o)], "seed")

@@ -1,4 +1,4 @@
-"""The published walkthrough (music.publish): executed notebooks cleaned to byte-stable copies with their figures."""
+"""The published walkthrough (music.pipeline.publish): executed notebooks cleaned to byte-stable copies with their figures."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import json
 import nbformat
 import pytest
 
-from music import publish
-from music.notebook import execute_notebook
+from music.pipeline import publish
+from music.pipeline.notebooks import execute_notebook
 from tests.conftest import REPO
 
 
 def _executed(tmp_path, name: str) -> dict:
     """A small notebook executed through the pipeline's runner (papermill: timestamps, durations, widgets, an
     injected parameters cell)."""
-    cells = ["run = False", "from music import plots\nimport pandas as pd\nprint('repo:', __import__('os').getcwd())",
+    cells = ["run = False", "from music.reporting import plots\nimport pandas as pd\nprint('repo:', __import__('os').getcwd())",
              "plots.plot_training_curves(pd.DataFrame())",
              "from tqdm.auto import tqdm\nfor _ in tqdm(range(2)):\n    pass"]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in cells])
@@ -32,8 +32,8 @@ def _executed(tmp_path, name: str) -> dict:
 
 @pytest.mark.slow  # runs a notebook
 def test_two_executions_publish_the_same_bytes_with_the_figure_embedded(tmp_path):
-    first = _executed(tmp_path, "06_plot_results.ipynb")
-    second = _executed(tmp_path, "06_plot_results.ipynb")
+    first = _executed(tmp_path, "07_plot_results.ipynb")
+    second = _executed(tmp_path, "07_plot_results.ipynb")
     assert first["metadata"]["papermill"] != second["metadata"]["papermill"]  # start/end times differ
     a, b = (publish.dumps(publish.clean_notebook(nb, REPO)) for nb in (first, second))
     assert a == b
@@ -51,13 +51,13 @@ def test_two_executions_publish_the_same_bytes_with_the_figure_embedded(tmp_path
 def test_publish_writes_the_lessons_in_order_and_names_the_missing(tmp_path):
     source = tmp_path / "reports"
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 00")])
-    for name in ("00_draw_seeds.ipynb", "04_evaluate_rm_music.ipynb"):
+    for name in ("00_draw_seeds.ipynb", "05_evaluate_rm_music.ipynb"):
         source.mkdir(exist_ok=True)
         nbformat.write(nb, source / name)
     written = publish.publish(source, tmp_path / "walkthrough", root=tmp_path)
-    assert [p.name for p in written] == ["00_draw_seeds.ipynb", "04_evaluate_rm_music.ipynb"]
+    assert [p.name for p in written] == ["00_draw_seeds.ipynb", "05_evaluate_rm_music.ipynb"]
     index = (tmp_path / "walkthrough" / "README.md").read_text()
-    assert "[00_draw_seeds](00_draw_seeds.ipynb)" in index and "03_train_rm_baseline.ipynb" in index
+    assert "[00_draw_seeds](00_draw_seeds.ipynb)" in index and "04_train_rm_baseline.ipynb" in index
     before = {p.name: p.read_bytes() for p in (tmp_path / "walkthrough").iterdir()}
     publish.publish(source, tmp_path / "walkthrough", root=tmp_path)
     assert before == {p.name: p.read_bytes() for p in (tmp_path / "walkthrough").iterdir()}
@@ -65,10 +65,10 @@ def test_publish_writes_the_lessons_in_order_and_names_the_missing(tmp_path):
 
 def test_executed_names_follow_the_stages():
     names = publish.executed_names()
-    assert names[0] == "00_draw_seeds.ipynb" and names[-1] == "06_plot_results.ipynb"
-    assert {"03_train_rm_baseline.ipynb", "03_train_rm_music.ipynb", "04_evaluate_rm_baseline.ipynb",
-            "03_train_rm_control.ipynb", "04_evaluate_rm_control.ipynb"} <= set(names)  # every train.variants arm
-    assert "03_train_rm_x.ipynb" in publish.executed_names(["x"]) and "03_train_rm_music.ipynb" not in publish.executed_names(["x"])
+    assert names[0] == "00_draw_seeds.ipynb" and names[-1] == "07_plot_results.ipynb"
+    assert {"04_train_rm_baseline.ipynb", "04_train_rm_music.ipynb", "05_evaluate_rm_baseline.ipynb",
+            "04_train_rm_control.ipynb", "05_evaluate_rm_control.ipynb"} <= set(names)  # every train.variants arm
+    assert "04_train_rm_x.ipynb" in publish.executed_names(["x"]) and "04_train_rm_music.ipynb" not in publish.executed_names(["x"])
 
 
 @pytest.mark.parametrize("link", ["docs/walkthrough/README.md"])

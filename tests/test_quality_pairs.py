@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from music.chat import ChatReply
-from music.quality_pairs import mtbench_twins, sharegpt_twins
+from music.pairs.quality_twins import mtbench_twins, sharegpt_twins
 from music.schema import first_difference_distance, pair_record
-from music.seeding import Seed
+from music.stages.seed import Seed
 from helpers import FakeChat
 
 QUESTIONS = [{"question_id": 101, "category": "reasoning", "turns": ["Q1 of 101?", "Q2 of 101?"], "reference": None},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from music import report
+from music.reporting import report
 from tests.conftest import REPO
 
 SUMMARY = REPO / "outputs" / "metrics" / "summary.json"

@@ -115,9 +115,9 @@ def setup(tmp_path_factory):
         # (vLLM and SGLang accept it): the served roles sample without it
         raw[section][role] = {**raw[section][role], **served, "repetition_penalty": 1.0}
     P = from_dict(Params, raw, "tiny (served)")
-    from music.seeding import run_seed_stage
+    from music.stages.seed import run as run_seed
 
-    run_seed_stage(P.seed, P.paths.seeds)
+    run_seed(P)
     server = Server(port, root / "server.log")
     yield {"P": P, "server": server, "root": root, "raw": raw}
     server.kill()
@@ -146,10 +146,10 @@ def conversations(P) -> list[dict]:
 
 
 def test_simulate_survives_a_server_kill_and_contrast_runs(setup):
-    from music.contrast import run_contrast
+    from music.stages.contrast import run as run_contrast
     from music.store import load_records
     from music.schema import PreferencePair, validate_conversation
-    from music.simulate import run_simulate
+    from music.stages.simulate import run as run_simulate
 
     P, server = setup["P"], setup["server"]
     server.start()
@@ -225,7 +225,7 @@ def test_a_wrong_model_name_fails_simulate_with_the_servers_message(setup, tmp_p
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(dataclasses.asdict(P)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "music.notebook", "simulate", "--params", str(params),
+    done = subprocess.run([sys.executable, "-m", "music.pipeline.notebooks", "simulate", "--params", str(params),
                            "--output-dir", str(tmp_path / "executed")], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 1, done.stdout + done.stderr
@@ -238,7 +238,7 @@ def test_a_wrong_model_name_fails_simulate_with_the_servers_message(setup, tmp_p
 
 def test_a_missing_key_variable_fails_simulate_before_any_request(setup):
     from music.chat.openai_backend import MissingApiKey
-    from music.simulate import run_simulate
+    from music.stages.simulate import run as run_simulate
 
     server = setup["server"]
     server.ensure_started()
@@ -253,7 +253,7 @@ def test_a_missing_key_variable_fails_simulate_before_any_request(setup):
 
 def test_a_rejected_field_fails_simulate_with_the_servers_message(setup):
     from music.chat.openai_backend import ServerRejected
-    from music.simulate import run_simulate
+    from music.stages.simulate import run as run_simulate
 
     setup["server"].ensure_started()
     P = wrong(setup, "rejected_field", repetition_penalty=1.1)  # transformers serve answers 422 to it

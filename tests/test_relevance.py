@@ -6,10 +6,10 @@ import pytest
 
 from music.chat import ChatReply
 from music.config import ContrastConfig, SimulateConfig
-from music.contrast import contrast_conversations
-from music.filters import apply_filters
-from music.relevance import Contrast, contrast_margins, echo_scores, pick_modified_request
-from music.simulate import simulate_seeds
+from music.stages.contrast import contrast_conversations
+from music.pairs.filters import apply_filters
+from music.pairs.relevance import Contrast, contrast_margins, echo_scores, pick_modified_request
+from music.stages.simulate import simulate_seeds
 from helpers import USER_PROMPT, FakeChat, WordOverlapEncoder, make_seeds
 
 ENC = WordOverlapEncoder()
@@ -99,8 +99,8 @@ def test_an_echoing_conversation_is_filtered():
 
 
 def test_of_the_answered_requests_the_clearest_contrast_is_kept():
-    from music.contrast import pick_contrasts
-    from music.simulate import Event
+    from music.stages.contrast import pick_contrasts
+    from music.chat.rollout import Event
 
     def ev(text):
         return Event("rejected", 2, "assistant", "stop", text, text)
@@ -130,7 +130,7 @@ OTHER = "tell me about the stock market"  # 0.0
 
 
 def test_in_band_keeps_only_candidates_inside_the_window():
-    from music.relevance import in_band
+    from music.pairs.relevance import in_band
 
     inside, sims = in_band(ENC, ORIGINAL, [PARAPHRASE, NEAR_MISS, OTHER], [0.3, 0.8])
     assert inside == [1] and sims[0] > 0.8 and 0.3 <= sims[1] <= 0.8 and sims[2] < 0.3
@@ -158,8 +158,8 @@ def _work(original=ORIGINAL):
 
 
 def test_the_band_keeps_only_in_window_rewrites_and_counts_the_drops_as_filter_drops_not_failures():
-    from music.contrast import band_counts, candidate_failures, resampled_requests
-    from music.simulate import SimPrompts
+    from music.stages.contrast import band_counts, candidate_failures, resampled_requests
+    from music.stages.simulate import SimPrompts
 
     kw = dict(prompts=SimPrompts.load(), k=3, keep=2, trim=True, seed=0, split="train")
     a, b = _work(), _work()

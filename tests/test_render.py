@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from music.render import conversation_html, differing, pair_html, pair_text, show_pair
+from music.reporting.render import conversation_html, differing, pair_html, pair_text, show_pair
 
 CHOSEN = [{"role": "user", "content": "How do I boil an egg?"}, {"role": "assistant", "content": "Nine minutes."},
           {"role": "user", "content": "Soft?"}, {"role": "assistant", "content": "Six <b>minutes</b>."}]

@@ -1,4 +1,4 @@
-"""One sentence per result (music.report): effects only where the interval excludes 0, chance level named,
+"""One sentence per result (music.reporting.report): effects only where the interval excludes 0, chance level named,
 Best-of-N read, and the headline table at the end of `make run` fits 100 columns."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 
-from music import report
+from music.reporting import report
 from tests.conftest import REPO
 
 
@@ -79,8 +79,8 @@ def test_headline_command_prints_the_table(capsys):
 def test_make_run_ends_with_the_headline_table_not_dvc_metrics_show():
     makefile = (REPO / "Makefile").read_text()
     run = makefile[makefile.index("\nrun:"):makefile.index("\nelse", makefile.index("\nrun:"))]
-    assert "music.report" in run and "dvc metrics show" not in run
-    assert run.index("music.publish") < run.index("music.report")  # the table is the last thing printed
+    assert "music.reporting.report" in run and "dvc metrics show" not in run
+    assert run.index("music.pipeline.publish") < run.index("music.reporting.report")  # the table is the last thing printed
 
 
 def test_comparison_findings_add_the_control_arm_and_the_history_blind_gaps():

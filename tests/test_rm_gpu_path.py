@@ -44,11 +44,12 @@ def test_each_seeds_model_is_freed_before_the_next_loads(tiny_backbone, tmp_path
     import torch
 
     import music.rm.train as rm_train
+    import music.stages.train as train_stage
 
     P = Params()
     P.train = tiny_cfg(tiny_backbone, max_steps=1, seeds=[0, 1], variants={"baseline": ["d"]})  # the pairs below are D only
     P.paths.models, P.paths.cache, P.paths.reports = str(tmp_path / "m"), str(tmp_path / "c"), str(tmp_path / "r")
-    monkeypatch.setattr(rm_train, "load_variant_pairs", lambda *a, **k: {"d": toy_pairs(4)})
+    monkeypatch.setattr(train_stage, "load_variant_pairs", lambda *a, **k: {"d": toy_pairs(4)})
     real_load = rm_train.load_reward_model
     alive, at_load, emptied = [], [], []
 
@@ -63,7 +64,7 @@ def test_each_seeds_model_is_freed_before_the_next_loads(tiny_backbone, tmp_path
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
     gc.disable()  # only an explicit collection may free the cycle
     try:
-        rm_train.train_variant(P, "baseline", progress=False)
+        train_stage.run(P, variant="baseline", progress=False)
     finally:
         gc.enable()
     assert at_load == [[], [False]]  # seed 0's model was collected before seed 1's loaded

@@ -1,4 +1,4 @@
-"""Notebook 03 runs end to end through `music.notebook` on tiny data and writes the model folder."""
+"""Notebook 04 runs end to end through `music.pipeline.notebooks` on tiny data and writes the model folder."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_notebook_03_trains_the_music_variant(tiny_backbone, tmp_path):
     from datasets import Dataset
 
-    from music.notebook import run_stage
+    from music.pipeline.notebooks import run_notebook
 
     pairs_dir = tmp_path / "pairs"
     for kind, n in (("d", 6), ("music", 4)):
@@ -29,7 +29,7 @@ def test_notebook_03_trains_the_music_variant(tiny_backbone, tmp_path):
     }
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
-    executed = run_stage("train", str(params_file), variant="music", output_dir=tmp_path / "executed", log_output=False)
+    executed = run_notebook("train", str(params_file), variant="music", output_dir=tmp_path / "executed", log_output=False)
     for s in (0, 1):
         out = tmp_path / "models" / "music" / f"seed{s}"
         assert {"config.json", "model.safetensors", "tokenizer.json", "curve.csv", "train_metrics.json"} <= {p.name for p in out.iterdir()}

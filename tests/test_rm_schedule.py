@@ -10,7 +10,9 @@ from helpers import tiny_cfg, toy_pairs  # noqa: F401
 
 from music.config import Params, Paths
 from music.rm.schedule import describe, full_batches, matched_steps
-from music.rm.train import plan_batches, seed_dir, train_variant
+from music.rm.train import plan_batches
+from music.stages.train import run as train_variant
+from music.store import seed_dir
 
 
 class _Encoded:
@@ -69,7 +71,7 @@ def test_train_variant_matches_the_arms_in_steps_and_pairs_per_step(tiny_backbon
     runs = {}
     for variant in ("baseline", "music"):
         current[0] = variant
-        runs[variant] = train_variant(P, variant, progress=False)[0]
+        runs[variant] = train_variant(P, variant=variant, progress=False)[0]
     # baseline 6 pairs, music 6 + 5: 2 epochs of the larger set = 2 x 3 batches of 4 = 6 steps for both.
     assert runs["baseline"]["steps"] == runs["music"]["steps"] == 6
     assert seen["baseline"] == seen["music"] == [4] * 6

@@ -4,10 +4,11 @@ import random
 
 import pytest
 
-from music.config import SeedConfig
+from music.config import Params, Paths, SeedConfig
 from music.errors import DataError
-from music.seeding import (ROLE_SWAPPED, SAME_CONVERSATION, base_conversation_id, check_disjoint, draw_seeds,
-                           read_conversation_ids, read_seeds, roles_swapped, run_seed_stage, turn_spans)
+from music.stages.seed import (ROLE_SWAPPED, SAME_CONVERSATION, base_conversation_id, check_disjoint, draw_seeds,
+                           read_conversation_ids, read_seeds, roles_swapped, turn_spans)
+from music.stages.seed import run as run_seed
 from music.sources import RealConversation, load_sharegpt
 from tests.conftest import REPO
 
@@ -67,7 +68,7 @@ def test_duplicate_conversation_ids_are_rejected(tmp_path):
 
 def test_stage_writes_all_files_and_they_read_back(tmp_path):
     out = tmp_path / "seeds"
-    seeds = run_seed_stage(CFG, out)
+    seeds = run_seed(Params(seed=CFG, paths=Paths(seeds=str(out))))
     assert sorted(p.name for p in out.iterdir()) == ["eval.jsonl", "eval_conversations.jsonl", "stats.json", "train.jsonl"]
     assert [s.to_record() for s in read_seeds(out / "train.jsonl")] == [s.to_record() for s in seeds.train]
     assert json.loads((out / "stats.json").read_text())["train_seeds"] == 4
@@ -82,10 +83,10 @@ def test_bad_input_writes_nothing_and_keeps_the_old_output(tmp_path, bad_line, f
     p = tmp_path / "bad.jsonl"
     p.write_text(FIXTURE.read_text() + bad_line + "\n")
     out = tmp_path / "seeds"
-    run_seed_stage(CFG, out)  # a previous good run
+    run_seed(Params(seed=CFG, paths=Paths(seeds=str(out))))  # a previous good run
     before = {f.name: f.read_bytes() for f in out.iterdir()}
     with pytest.raises(DataError) as exc:
-        run_seed_stage(SeedConfig(**{**CFG.__dict__, "path": str(p)}), out)
+        run_seed(Params(seed=SeedConfig(**{**CFG.__dict__, "path": str(p)}), paths=Paths(seeds=str(out))))
     assert exc.value.record == "line 13" and exc.value.field == field and str(p) in str(exc.value)
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
     assert sorted(x.name for x in tmp_path.iterdir()) == ["bad.jsonl", "seeds"]  # no temporary left behind
@@ -189,7 +190,7 @@ def test_missing_whole_eval_conversations_are_reported_not_fatal():
 
 
 def test_long_chats_give_their_first_turns_that_fit_as_eval_conversations():
-    from music.seeding import eval_conversation_prefix
+    from music.stages.seed import eval_conversation_prefix
     cfg = SeedConfig(path="p", max_message_chars=50, max_context_chars=100)  # messages <= 50, all <= 200 chars
 
     def turns(*lengths):

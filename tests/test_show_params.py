@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from music.config import Params
-from music.notebook import show_params
+from music.pipeline.notebooks import show_params
 
 
 def test_show_params_prints_the_profiles_keys_and_marks_defaults(capsys):

@@ -10,8 +10,9 @@ import pytest
 from music.chat import ChatReply, ResponseCache
 from music.config import SimulateConfig
 from music.schema import validate_conversation
-from music.simulate import (SimPrompts, clean_user_text, run_simulate, simulate_seeds, trim_to_sentence,
-                            user_view)
+from music.chat.rollout import SimPrompts, clean_user_text, trim_to_sentence, user_view
+from music.stages.simulate import run as run_simulate
+from music.stages.simulate import simulate_seeds
 from helpers import USER_PROMPT, Crash, FakeChat, make_seeds, tree_bytes, write_seed_files
 
 # --- rendering and clean-up ----------------------------------------------------------------------------------
@@ -170,7 +171,7 @@ def test_only_the_first_eval_seeds_are_simulated(tmp_path):
 
 
 def test_a_cut_user_message_ends_at_its_last_whole_word_a_cut_reply_does_not():
-    from music.simulate import make_event, trim_to_word
+    from music.chat.rollout import make_event, trim_to_word
 
     cut = ChatReply("I meant that when someone presents their case where they claim that a service allows them to", "length")
     user, failure = make_event(cut, branch="chosen", turn=2, role="user", trim=True, user_voice=True)
@@ -202,7 +203,7 @@ def test_real_next_user_is_used_verbatim_at_turn_1_and_no_user_generation_is_ask
             assert r["messages"][len(s.context) + 1]["content"].endswith(f"on {s.next_user.split()[-1].rstrip('?')}.")
         else:
             assert first["content"].startswith("Could you tell me more") and r["real_user_turns"] == []
-    from music.simulate import real_next_user_counts
+    from music.stages.simulate import real_next_user_counts
     assert real_next_user_counts(recs, SimulateConfig(real_next_user=True)) == {"real": 3, "generated_no_next_user": 1}
     # every seed with a real next message: no user call at all at step 1
     user2 = FakeChat("fake:user")

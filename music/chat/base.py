@@ -18,10 +18,10 @@ from typing import Any, Iterator
 
 from tqdm.auto import tqdm
 
+from music.chat.system_role import fold_system, template_accepts_system  # noqa: F401  (re-exported)
 from music.config import ChatModelConfig
-from music.io import dumps_canonical
+from music.files import dumps_canonical
 from music.schema import validate_conversation
-from music.system_role import fold_system, template_accepts_system  # noqa: F401  (re-exported)
 
 # Bump when a change in generation code changes what a cached key would produce.
 CACHE_VERSION = 1

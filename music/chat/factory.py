@@ -10,6 +10,7 @@ from music.chat.openai_backend import OpenAIChat
 from music.chat.transformers_backend import TransformersChat
 from music.config import ChatModelConfig
 
+
 def make_chat(cfg: ChatModelConfig, cache_dir: str | Path | None = None, role: str | None = None) -> ChatBackend:
     """A backend for `cfg`; replies are cached in {cache_dir}/responses.sqlite unless cache_dir is None.
 

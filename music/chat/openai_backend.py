@@ -19,8 +19,8 @@ import http.client
 import itertools
 import json
 import os
-import re
 import random
+import re
 import socket
 import threading
 import time

@@ -1,6 +1,6 @@
 """Baseline vs MUSIC vs the control arm, paired on the same items, over training seeds.
 
-Each variant's evaluate stage writes one row per (item, seed) (music.evaluate.run). Here an item's
+Each variant's evaluate stage writes one row per (item, seed) (music.stages.evaluate). Here an item's
 accuracy is its share of seeds that got it right; a difference between arms (MUSIC - baseline: `diff`;
 MUSIC - control: `diff_control`) is the mean over items of the paired per-item differences, with a 95%
 two-level percentile bootstrap (stats.two_level_bootstrap): conversation clusters resampled (items sharing

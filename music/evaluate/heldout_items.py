@@ -1,4 +1,4 @@
-"""The held-out test items as the `heldout` stage writes them (music.heldout) and the evaluate stage reads them.
+"""The held-out test items as the `heldout` stage writes them (music.stages.heldout) and the evaluate stage reads them.
 
 outputs/heldout/ holds `d_eval` and `quality_eval` (pair datasets, music.store), `swap_eval.jsonl` (one record
 per swapped item: item_id, conversation_id, distance, donor_id, cluster, source, intact, swapped) and
@@ -9,9 +9,10 @@ not here: they are the method's own output and stay in the contrast stage's outp
 from __future__ import annotations
 
 from pathlib import Path
+
 from music.errors import DataError
 from music.evaluate.items import Item
-from music.io import read_jsonl
+from music.files import read_jsonl
 from music.schema import validate_conversation
 
 PAIR_SETS = ("d_eval", "quality_eval")  # pair datasets (music.store) in outputs/heldout/

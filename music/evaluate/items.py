@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from music.evaluate.stats import accuracy_summary
-from music.io import dumps_canonical
+from music.files import dumps_canonical
 from music.schema import PreferencePair, first_difference_distance
 
 REAL_TESTS = ("quality", "swap", "swap_same", "hh", "ultrafeedback")  # built from real data

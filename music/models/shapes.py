@@ -1,4 +1,4 @@
-"""A backbone's shape from its config.json, without loading weights (for music.plan).
+"""A backbone's shape from its config.json, without loading weights (for music.pipeline.plan).
 
     shape = backbone_shape("google/gemma-2-9b-it")   # committed config: works offline
     shape.reward_params(), shape.lora_params(r=16), shape.activation_elems_per_token()

@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from music.chat.system_role import fold_system, template_accepts_system
 from music.errors import DataError
 from music.schema import PreferencePair
 from music.store import load_records
-from music.system_role import fold_system, template_accepts_system
 
 MUSIC_KIND = "music"
 # The control arm's pairs: the MUSIC pairs cut right after the divergence turn (music_cut_pair), derived

@@ -140,7 +140,7 @@ class HiddenStore:
             return
         import torch
 
-        from music.io import atomic_path
+        from music.files import atomic_path
 
         size = value.numel() * value.element_size()
         if self.disk_bytes + size <= self.max_disk_bytes:

@@ -8,13 +8,14 @@ of pairs per step, so a difference between variants is not "more steps" (issue 1
   whole batches tops its one short batch up with other pairs of the same epoch, nearest in length
   (`full_batches`). So every step of every variant sees batch_size * grad_accum pairs.
 
-No torch here: the plan (music.plan) uses the same rule offline.
+No torch here: the plan (music.pipeline.plan) uses the same rule offline.
 """
 
 from __future__ import annotations
 
 import math
 import random
+
 
 def steps_for(pairs: int, epochs: float, batch_size: int, grad_accum: int) -> int:
     """Optimizer steps for `pairs` pairs at `epochs` passes (at least 1)."""
@@ -40,7 +41,7 @@ def matched_steps(pairs_per_variant: dict[str, int], cfg) -> dict:
 
 
 def describe(m: dict) -> str:
-    """One line for notebook 03 and the logs."""
+    """One line for notebook 04 and the logs."""
     passes = ", ".join(f"{v} {p}" for v, p in m["epochs_over_data"].items())
     return (f"matched arms: every variant trains {m['steps']} optimizer steps of {m['pairs_per_step']} pairs "
             f"(steps from {m['rule']}); passes over each variant's data: {passes}")

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from music.config import TrainConfig
-from music.io import atomic_path, dumps_canonical, write_json
-from music.rm.data import EncodedPair, collate_pairs, encode_pairs, length_grouped_batches, load_variant_pairs, mix_pairs
-from music.rm.frozen import frozen_bottom_for_training, use_disk_store
+from music.files import atomic_path, dumps_canonical
+from music.rm.data import EncodedPair, collate_pairs, encode_pairs, length_grouped_batches, mix_pairs
+from music.rm.frozen import frozen_bottom_for_training
 from music.rm.model import load_reward_model, reward_scores, save_model_folder
-from music.rm.schedule import describe, full_batches, matched_steps, steps_for
+from music.rm.schedule import full_batches, matched_steps, steps_for
 
 CHECKPOINT = "checkpoint.pt"
 StepCallback = Callable[[int, dict], None]  # (optimizer step done, its curve row); may raise to stop
@@ -332,38 +332,3 @@ def matched_arms(cfg: TrainConfig, pairs_by_kind: dict[str, Any]) -> dict:
     each variant's number of pairs after mixing (the count does not depend on the seed)."""
     counts = {v: len(mix_pairs(pairs_by_kind, kinds, cfg.music_ratio, 0)[0]) for v, kinds in cfg.variants.items()}
     return matched_steps(counts, cfg)
-
-
-def seed_dir(models_dir: str | Path, variant: str, seed: int) -> Path:
-    """Where the model of one variant and training seed lives: {models}/{variant}/seed{seed}."""
-    return Path(models_dir) / variant / f"seed{seed}"
-
-
-def train_variant(P, variant: str, *, progress: bool = True) -> list[dict]:
-    """The train@{variant} stage: one model per seed in train.seeds; wall-clock times go to
-    {paths.reports}/timings/train_{variant}.json (untracked). Returns each seed's metrics."""
-    cfg = P.train
-    if variant not in cfg.variants:
-        raise ValueError(f"unknown variant {variant!r}; train.variants has {sorted(cfg.variants)}")
-    every_kind = load_variant_pairs(P.paths.pairs, sorted({k for ks in cfg.variants.values() for k in ks}), split="train")
-    pairs_by_kind = {k: every_kind[k] for k in cfg.variants[variant]}  # one read serves the variant and the matching
-    matched = matched_arms(cfg, every_kind)
-    print(describe(matched), flush=True)
-    if cfg.reuse_frozen_layers:
-        use_disk_store(P.paths.cache)  # frozen-layer states shared with the other train@ and evaluate@ stages
-    runs = []
-    for s in cfg.seeds:
-        runs.append(train_reward_model(cfg, pairs_by_kind, seed_dir(P.paths.models, variant, s),
-                                       resume_dir=Path(P.paths.cache) / "rm_resume", variant=variant,
-                                       progress=progress, seed=s, matched=matched))
-        free_accelerator_memory()  # one model on the GPU at a time
-    write_json(Path(P.paths.reports) / "timings" / f"train_{variant}.json", [r["timing"] for r in runs])
-    return runs
-
-
-def load_variant_runs(P, variant: str) -> list[dict] | None:
-    """The saved train_metrics.json of every seed of a variant, or None when one is missing (train first)."""
-    paths = [seed_dir(P.paths.models, variant, s) / "train_metrics.json" for s in P.train.seeds]
-    if not all(p.is_file() for p in paths):
-        return None
-    return [json.loads(p.read_text(encoding="utf-8")) for p in paths]

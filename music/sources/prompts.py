@@ -9,7 +9,7 @@ A source is a string (`evaluate.bon_source`):
 - "file:PATH": a local .jsonl/.json/.parquet of {"turns": [str, ...]} or {"prompt": str}, with an
   optional id in "question_id", "prompt_id" or "id".
 Each prompt is {"prompt_id": str, "turns": [user messages]}; where a conversation needs more turns
-than a prompt has, the user simulator writes them (music.evaluate.best_of_n).
+than a prompt has, the user simulator writes them (music.stages.best_of_n).
 
 `KNOWN_HUB_ROWS` holds row counts from the hub's dataset cards, so the planner can check a profile
 offline; they are upper bounds for prompts (duplicates are dropped on loading).
@@ -28,7 +28,7 @@ SOURCE_KINDS = ("mtbench", "hh", "ultrainteract", "file")
 DEFAULT_SPLITS = {"hh": "test", "ultrainteract": "train", "file": "train", "mtbench": "train"}
 SOURCE_TURNS = {"mtbench": 2, "hh": 1, "ultrainteract": 1}  # user turns per prompt ("file": read from it)
 
-# (dataset id, split) -> rows, from the hub's dataset cards (checked offline by music.plan).
+# (dataset id, split) -> rows, from the hub's dataset cards (checked offline by music.pipeline.plan).
 KNOWN_HUB_ROWS = {
     ("Anthropic/hh-rlhf", "train"): 160_800,
     ("Anthropic/hh-rlhf", "test"): 8_552,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from music.errors import DataError
-from music.io import open_text, read_jsonl
+from music.files import open_text, read_jsonl
 
 HUB_PREFIX = "hub:"
 

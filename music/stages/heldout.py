@@ -2,8 +2,8 @@
 
 Three tests are written to outputs/heldout/ (names: music.evaluate.heldout_items):
 - `d_eval`: last-turn pairs on the eval seeds, the real next reply vs the embedded assistant's reply
-  (music.d_pairs; or a labelled set's eval rows with `contrast.d_source: KIND:LOCATION`);
-- `quality_eval`: quality twins (music.quality_pairs), from d_eval and MT-Bench;
+  (music.pairs.last_turn; or a labelled set's eval rows with `contrast.d_source: KIND:LOCATION`);
+- `quality_eval`: quality twins (music.pairs.quality_twins), from d_eval and MT-Bench;
 - `swap_eval.jsonl`: whole held-out conversations with one reply swapped (music.evaluate.swap), materialised.
 
 They live in a stage of their own so that two experiments on the contrast *method* (`dvc exp run -S
@@ -22,16 +22,17 @@ from typing import Any, Sequence
 from music.chat import make_chat
 from music.chat.base import derive_seed
 from music.config import ContrastConfig, Params
-from music.d_pairs import d_candidates, d_records_from_source, parse_d_source
 from music.evaluate.heldout_items import REPORT_FILE, SWAP_FILE, swap_record
 from music.evaluate.swap import load_swap_conversations, swap_pairs
 from music.failures import check_failed_share, failure_summary
-from music.filters import REASONS, apply_filters, generation_error
-from music.io import write_json, write_jsonl
-from music.quality_pairs import mtbench_twins, sharegpt_twins
+from music.files import write_json, write_jsonl
+from music.pairs.filters import REASONS, apply_filters, generation_error
+from music.pairs.last_turn import d_candidates, d_records_from_source, parse_d_source
+from music.pairs.quality_twins import mtbench_twins, sharegpt_twins
 from music.schema import pair_record
-from music.seeding import SEED_FILES, check_disjoint, read_conversation_ids, read_seeds
 from music.sources import load_mtbench_questions, load_mtbench_references
+from music.stages import check_variant
+from music.stages.seed import SEED_FILES, check_disjoint, read_conversation_ids, read_seeds
 from music.store import pair_features, save_records
 
 # contrast.* keys that shape D eval and the quality twins (also read by the contrast stage for d_train and the
@@ -51,12 +52,12 @@ def heldout_contrast(cfg: ContrastConfig) -> ContrastConfig:
                           max_echo_similarity=None)
 
 
-def d_eval_records(P: Params, assistant: Any, report: dict) -> list[dict]:
+def d_eval_records(params: Params, assistant: Any, report: dict) -> list[dict]:
     """Held-out last-turn pairs D (what the contrast stage wrote as d_eval before this stage existed)."""
-    cfg = heldout_contrast(P.contrast)
+    cfg = heldout_contrast(params.contrast)
     if not cfg.d_pairs:
         return []
-    seeds_dir = Path(P.paths.seeds)
+    seeds_dir = Path(params.paths.seeds)
     if parse_d_source(cfg.d_source) is not None:
         held_out = set().union(*(read_conversation_ids(seeds_dir / SEED_FILES[name]) for name in ("eval", "eval_conversations")))
         report["d_source_malformed"] = malformed = {}
@@ -64,7 +65,7 @@ def d_eval_records(P: Params, assistant: Any, report: dict) -> list[dict]:
         report["splits"]["d_eval"] = {"candidates": len(records), "kept": len(records), "removed": {r: 0 for r in REASONS}}
         return records
     cands = d_candidates(read_seeds(seeds_dir / SEED_FILES["eval"]), assistant, split="eval",
-                         seed=derive_seed(P.evaluate.seed, "d", "eval"), trim=P.simulate.trim_truncated)
+                         seed=derive_seed(params.evaluate.seed, "d", "eval"), trim=params.simulate.trim_truncated)
     kept, report["splits"]["d_eval"] = apply_filters(cands, cfg)
     failed = [("generation_error", f"{c['fields']['pair_id']}: {error}")
               for c in cands if (error := generation_error(c, cfg)) is not None]
@@ -80,16 +81,16 @@ def _record(cand: dict) -> dict:
     return pair_record(**cand["fields"])
 
 
-def quality_eval_records(P: Params, d_eval: Sequence[dict], assistant: Any) -> tuple[list[dict], dict]:
-    """Held-out quality twins (music.quality_pairs): ShareGPT from the eval D pairs, MT-Bench by generation."""
-    cfg = heldout_contrast(P.contrast)
+def quality_eval_records(params: Params, d_eval: Sequence[dict], assistant: Any) -> tuple[list[dict], dict]:
+    """Held-out quality twins (music.pairs.quality_twins): ShareGPT from the eval D pairs, MT-Bench by generation."""
+    cfg = heldout_contrast(params.contrast)
     records, counts = [], {}
     if cfg.d_pairs and parse_d_source(cfg.d_source) is None:
-        records += sharegpt_twins(d_eval, read_seeds(Path(P.paths.seeds) / SEED_FILES["eval"]))
+        records += sharegpt_twins(d_eval, read_seeds(Path(params.paths.seeds) / SEED_FILES["eval"]))
     if cfg.quality_mtbench:
         mt, counts = mtbench_twins(load_mtbench_questions(), load_mtbench_references(), assistant,
-                                   seed=derive_seed(P.evaluate.seed, "quality"), max_chars=cfg.quality_max_chars,
-                                   trim=P.simulate.trim_truncated)
+                                   seed=derive_seed(params.evaluate.seed, "quality"), max_chars=cfg.quality_max_chars,
+                                   trim=params.simulate.trim_truncated)
         records += mt
     by_source: dict[str, int] = {}
     for r in records:
@@ -98,9 +99,9 @@ def quality_eval_records(P: Params, d_eval: Sequence[dict], assistant: Any) -> t
     return records, {"pairs": len(records), "by_source_and_position": dict(sorted(by_source.items())), "mtbench": counts}
 
 
-def swap_eval_records(P: Params) -> tuple[list[dict], dict]:
+def swap_eval_records(params: Params) -> tuple[list[dict], dict]:
     """The swap test's items (music.evaluate.swap: loaded, checked against the training seeds, swapped), as records."""
-    e, seeds_dir = P.evaluate, Path(P.paths.seeds)
+    e, seeds_dir = params.evaluate, Path(params.paths.seeds)
     conversations, path = load_swap_conversations(e.swap_source, seeds_dir / SEED_FILES["eval_conversations"],
                                                   limit=e.swap_conversations)
     train_ids = read_conversation_ids(seeds_dir / SEED_FILES["train"])
@@ -111,21 +112,22 @@ def swap_eval_records(P: Params) -> tuple[list[dict], dict]:
     return records, {**counts, "conversations": len(conversations), "source": f"{e.swap_source}: {path}"}
 
 
-def run_heldout(P: Params, *, assistant: Any = None) -> dict:
+def run(params: Params, *, variant: str | None = None, assistant: Any = None) -> dict:
     """Write outputs/heldout/{d_eval, quality_eval, swap_eval.jsonl, heldout_report.json}; returns the report.
 
     `assistant` replaces the configured simulate.assistant model (tests pass a fake); it is built only when
     something is generated (D from the seeds, MT-Bench twins).
     """
-    cfg = heldout_contrast(P.contrast)
+    check_variant("heldout", variant)
+    cfg = heldout_contrast(params.contrast)
     if assistant is None and ((cfg.d_pairs and parse_d_source(cfg.d_source) is None) or cfg.quality_mtbench):
-        assistant = make_chat(P.simulate.assistant, P.paths.cache, role="simulate.assistant")
-    out = Path(P.paths.heldout)
+        assistant = make_chat(params.simulate.assistant, params.paths.cache, role="simulate.assistant")
+    out = Path(params.paths.heldout)
     report: dict = {"reasons": list(REASONS), "splits": {}, "failures": {}, "d_source": cfg.d_source,
                     "params": list(HELDOUT_PARAMS)}
-    swap, report["swap"] = swap_eval_records(P)  # cheap checks first: a leak stops the stage before any generation
-    d_eval = d_eval_records(P, assistant, report)
-    quality, report["quality_eval"] = quality_eval_records(P, d_eval, assistant)
+    swap, report["swap"] = swap_eval_records(params)  # cheap checks first: a leak stops the stage before any generation
+    d_eval = d_eval_records(params, assistant, report)
+    quality, report["quality_eval"] = quality_eval_records(params, d_eval, assistant)
     save_records(d_eval, out / "d_eval", pair_features())
     save_records(quality, out / "quality_eval", pair_features())
     write_jsonl(out / SWAP_FILE, swap)

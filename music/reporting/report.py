@@ -3,8 +3,8 @@
 `difference_sentence` reads one row of the paired comparison (MUSIC - baseline with its 95% interval) and
 says "better", "worse" or "no difference this run can see" (the interval holds 0); `accuracy_sentence`
 calls a test set *chance level* when a binomial (Wilson) interval around the accuracy holds 50%;
-`best_of_n_sentence` reads the Best-of-N games. Notebooks 04 and 06 end with these sentences;
-`python -m music.report` prints the headline table at the end of `make run` (under 100 columns).
+`best_of_n_sentence` reads the Best-of-N games. Notebooks 05 and 07 end with these sentences;
+`python -m music.reporting.report` prints the headline table at the end of `make run` (under 100 columns).
 
 Every reader here is defensive: summary.json and the metrics files may gain keys (RewardBench sections,
 control arms); what is not a result row is skipped.
@@ -122,7 +122,7 @@ def best_of_n_sentence(bon: Mapping | None) -> str:
     games = int(r.get("n_games") or 0)
     wins, ties, losses = (int(r.get(k) or 0) for k in ("wins", "ties", "losses"))
     ident = int(r.get("n_identical") or 0)
-    # The paper's comparison: (W + T/2) / N with its bootstrap interval over prompts (music.evaluate.best_of_n);
+    # The paper's comparison: (W + T/2) / N with its bootstrap interval over prompts (music.stages.best_of_n);
     # a Best-of-N file from before that protocol has only the Wilson intervals of the win and loss rates.
     rate, lo, hi = (_num(r.get(k)) for k in ("win_rate_ties_half", "win_rate_ties_half_ci_low", "win_rate_ties_half_ci_high"))
     if games and ties == games:
@@ -178,7 +178,7 @@ def _reads_history(blind: Mapping) -> str:
 
 
 def result_sentence(summary: Mapping) -> str:
-    """The run's result in one sentence (README, notebook 06): MUSIC - baseline on the early-turn endpoint
+    """The run's result in one sentence (README, notebook 07): MUSIC - baseline on the early-turn endpoint
     (an effect, or the size its interval rules out), MUSIC - control, the last-turn endpoint, and each RM's
     gap over its own history-blind score; `summary` is outputs/metrics/summary.json (percent points)."""
     early, last = summary.get("early") or {}, summary.get("last") or {}
@@ -203,9 +203,9 @@ def result_sentence(summary: Mapping) -> str:
 
 
 def variant_result_sentence(early: Mapping, variant: str) -> str:
-    """Notebook 04's one sentence for one arm: its early-turn accuracy and its gap over its own history-blind score
+    """Notebook 05's one sentence for one arm: its early-turn accuracy and its gap over its own history-blind score
     with the two-level interval; `early` is the "early" row of music.evaluate.compare.compare on this arm's items
-    (fractions). The comparison with the other arms needs every arm: notebook 06."""
+    (fractions). The comparison with the other arms needs every arm: notebook 07."""
     name = ARM_NAMES.get(variant, variant)
     acc = _num(early.get(f"{variant}_accuracy"))
     if acc is None:
@@ -217,7 +217,7 @@ def variant_result_sentence(early: Mapping, variant: str) -> str:
                    else f"no sign that it reads the history (a gap above {hi * 100:.1f} points is ruled out)")
         text += (f"; its accuracy minus its own history-blind score (the last exchange alone) is {_pts(100 * g)} points "
                  f"[{_pts(100 * lo)}, {_pts(100 * hi)}]: {verdict}")
-    return text + ". MUSIC against the baseline and the control: notebook 06 (it needs every arm's scores)."
+    return text + ". MUSIC against the baseline and the control: notebook 07 (it needs every arm's scores)."
 
 
 def half_widths(summary: Mapping) -> dict[str, float]:
@@ -237,7 +237,7 @@ def half_widths(summary: Mapping) -> dict[str, float]:
 
 
 def comparison_findings(table, bon: Mapping | None = None) -> list[str]:
-    """Notebook 06's closing sentences from the comparison table (music.evaluate.compare.compare: columns slice,
+    """Notebook 07's closing sentences from the comparison table (music.evaluate.compare.compare: columns slice,
     {variant}_accuracy, diff, ci_low, ci_high, n_items): the groups, each variant on the public last-turn sets
     (chance level named), and Best-of-N."""
     rows = {r["slice"]: r for r in table.to_dict("records")} if hasattr(table, "to_dict") else dict(table)
@@ -268,7 +268,7 @@ def comparison_findings(table, bon: Mapping | None = None) -> list[str]:
 
 
 def variant_findings(metrics: Mapping, variant: str) -> list[str]:
-    """Notebook 04's closing sentences: one variant's accuracy per group and public set (mean over seeds),
+    """Notebook 05's closing sentences: one variant's accuracy per group and public set (mean over seeds),
     with binomial intervals; chance level named."""
     acc = metrics.get("accuracy") or {}
     out = []
@@ -278,13 +278,13 @@ def variant_findings(metrics: Mapping, variant: str) -> list[str]:
             out.append(accuracy_sentence(name, r.get("mean"), r.get("n_items"), f"the {variant} RM"))
     if "early" in acc:
         out.append(f"An RM that ignores the history sits at chance on the early-turn tests; "
-                   f"{PAPER_DIRECTION['early']} (notebook 06 compares the two variants).")
+                   f"{PAPER_DIRECTION['early']} (notebook 07 compares the two variants).")
     return out
 
 
 def say_all(sentences: list[str]) -> None:
     """The sentences as a Markdown list in a notebook (plain lines elsewhere)."""
-    from music.notebook import say
+    from music.pipeline.notebooks import say
 
     say("\n".join(f"- {s}" for s in sentences))
 
@@ -342,7 +342,7 @@ def _wrap(line: str, width: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m music.report", description="The run's headline table (fits 100 columns).")
+    ap = argparse.ArgumentParser(prog="python -m music.reporting.report", description="The run's headline table (fits 100 columns).")
     ap.add_argument("summary", nargs="?", default="outputs/metrics/summary.json")
     args = ap.parse_args(argv)
     path = Path(args.summary)

@@ -1,36 +1,24 @@
-"""Stage `simulate`: continue each seed context for K turns, one model playing the user, one the assistant.
+"""Conversation mechanics shared by the simulate and contrast stages and Best-of-N: what each model sees (the
+user model with roles swapped), cleaning one generated message, and batched roll-outs of many conversations.
 
-Each turn is two batched calls over every live conversation (user model, then assistant model), never
-one conversation at a time. The user model sees the conversation with ROLES SWAPPED: the real
-assistant's messages become the "user" messages it replies to, and its own reply is the human's next
-message. A small instruct model's strongest habit is "reply to the last message"; swapped roles turn
-that habit into the behaviour we want, while a transcript ("write the USER's next line") asks it to
-reason about a conversation, which is exactly how tiny models drift (they comment on the dialogue).
-
-Every generated message is logged as an *event* (raw text, finish reason, trimming) so the filters
-can count failures later. A conversation whose user or assistant turn failed (error, empty after
-clean-up) stops there and carries `failure`; it is kept in the output and removed (and counted) when
-pairs are built. Per-call seeds derive from (config seed, split, branch, role, step) and conversations
-keep the seed file's order, so a rerun after a crash asks the cached backend exactly the same calls.
+The user model sees the conversation with ROLES SWAPPED: the real assistant's messages become the "user"
+messages it replies to, and its own reply is the human's next message. A small instruct model's strongest
+habit is "reply to the last message"; swapped roles turn that habit into the behaviour we want, while a
+transcript ("write the USER's next line") asks it to reason about a conversation, which is exactly how tiny
+models drift (they comment on the dialogue).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 from music.chat import make_chat
-from music.chat.base import TokenMeter, derive_seed
-from music.config import Params, SimulateConfig
-from music.failures import check_failed_share, describe, failure_summary
-from music.io import write_json
+from music.chat.base import derive_seed
+from music.config import Params
 from music.prompts import Prompt, load_prompt
 from music.schema import user_turns
-from music.seeding import read_seeds
-from music.store import conversation_features, save_records
 
 
 class Chat(Protocol):  # what we need of music.chat.ChatBackend (fakes in tests implement just this)
@@ -207,98 +195,7 @@ def roll_out(rollouts: Sequence[Rollout], targets: Sequence[int], user: Chat, as
             r.add(*make_event(rep, branch=r.branch, turn=r.turns, role="assistant", trim=trim))
 
 
-def simulate_seeds(seeds: Sequence[Any], user: Chat, assistant: Chat, cfg: SimulateConfig, *, split: str,
-                   prompts: SimPrompts | None = None) -> list[dict]:
-    """Conversation records: each seed's context continued by `cfg.turns` simulated turns (batched).
-
-    With `cfg.real_next_user`, turn 1's user message is the seed's real `next_user`, verbatim (an event with
-    `real: true`; the record's `real_user_turns` lists it); a seed without one gets a generated message.
-    """
-    cfg.validate()
-    prompts = prompts or SimPrompts.load()
-    rollouts = [Rollout(s.seed_id, "chosen", [dict(m) for m in s.context]) for s in seeds]
-    targets = [r.turns + cfg.turns for r in rollouts]
-    for s, r in zip(seeds, rollouts):
-        if cfg.real_next_user and (s.next_user or "").strip():
-            r.add(real_user_event(s.next_user, branch="chosen", turn=r.turns + 1), None)
-    roll_out(rollouts, targets, user, assistant, prompts=prompts, seed=derive_seed(cfg.seed, "simulate", split),
-             tag=f"simulate {split}", trim=cfg.trim_truncated)
-    out = []
-    for s, r in zip(seeds, rollouts):
-        out.append({
-            "seed_id": s.seed_id, "conversation_id": s.conversation_id, "source": s.source, "split": s.split,
-            "context_turns": user_turns(s.context), "turns": cfg.turns, "messages": r.messages,
-            "real_user_turns": [e.turn for e in r.events if e.real],
-            "events": [e.to_record() for e in r.events], "failure": r.failure,
-            "models": {"user": user.name, "assistant": assistant.name}, "prompts": prompts.meta(),
-        })
-    return out
-
-
-# --- the stage -------------------------------------------------------------------------------------------------
-
-SPLITS = ("train", "eval")
-
-
-def make_backends(P: Params, *, cache: bool = True) -> tuple[Chat, Chat]:
-    cache_dir = P.paths.cache if cache else None
-    return (make_chat(P.simulate.user, cache_dir, role="simulate.user"),
-            make_chat(P.simulate.assistant, cache_dir, role="simulate.assistant"))
-
-
-def run_simulate(P: Params, *, splits: Sequence[str] = SPLITS, backends: tuple[Chat, Chat] | None = None) -> dict:
-    """Read outputs/seeds/{split}.jsonl, write outputs/conversations/{split}; returns a summary.
-
-    The eval split simulates only its first `simulate.max_eval_conversations` seeds (the held-out MUSIC
-    pairs); every eval seed still serves the held-out last-turn and quality pairs, which need no simulation.
-    """
-    user, assistant = backends or make_backends(P)
-    summary = {}
-    for split in splits:
-        seeds = read_seeds(Path(P.paths.seeds) / f"{split}.jsonl")
-        if split == "eval" and P.simulate.max_eval_conversations is not None:
-            seeds = seeds[: P.simulate.max_eval_conversations]
-        meter = TokenMeter(user=user, assistant=assistant)
-        records = simulate_seeds(seeds, user, assistant, P.simulate, split=split)
-        failures = conversation_failures(records)
-        check_failed_share(failures, P.simulate.max_failed_share, what=f"simulate ({split}): conversations",
-                           key="simulate.max_failed_share", advice=SIMULATE_ADVICE)
-        save_records(records, Path(P.paths.conversations) / split, conversation_features())
-        summary[split] = {"conversations": len(records), "failed": sum(r["failure"] is not None for r in records),
-                          "real_next_user": real_next_user_counts(records, P.simulate),
-                          "request_failures": failures,
-                          "tokens": meter.report()}  # prompt tokens asked/encoded per generated token; {} if uncounted
-        if failures["failed"]:
-            print(f"simulate ({split}) request failures, below simulate.max_failed_share: {describe(failures)}")
-    # The counts, where the notebook and a user look (an output of the stage: they do not depend on the cache)
-    report_path = Path(P.paths.conversations) / FAILURE_REPORT
-    report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
-    write_json(report_path, {**report, **{s: v["request_failures"] for s, v in summary.items()}})
-    return summary
-
-
-FAILURE_REPORT = "failure_report.json"
-SIMULATE_ADVICE = ("The first error of each reason says why; check the server (simulate.user / simulate.assistant: "
-                   "base_urls, model, load), raise max_retries or timeout_s for a busy server, then rerun "
-                   "(finished replies come from the response cache).")
-
-
-def real_next_user_counts(records: Sequence[dict], cfg: SimulateConfig) -> dict | None:
-    """With simulate.real_next_user: conversations whose turn-1 user message is the seed's real one, and those
-    whose seed had none (their turn 1 was generated); None when the switch is off."""
-    if not cfg.real_next_user:
-        return None
-    real = sum(bool(r.get("real_user_turns")) for r in records)
-    return {"real": real, "generated_no_next_user": len(records) - real}
-
-
-def conversation_failures(records: Sequence[dict]) -> dict:
-    """music.failures summary of a split: conversations stopped by a failed request (`generation_error`), with
-    each reason's first error. A conversation stopped by an empty reply is the model's doing, not a failure
-    (the contrast stage's filters count it)."""
-    failed = []
-    for r in records:
-        if r["failure"] == "generation_error":
-            error = next((e["error"] for e in r["events"] if e["finish_reason"] == "error"), None) or "no text"
-            failed.append(("generation_error", f"{r['seed_id']}: {error}"))
-    return failure_summary(len(records), failed)
+def make_backends(params: Params, *, cache: bool = True) -> tuple[Chat, Chat]:
+    cache_dir = params.paths.cache if cache else None
+    return (make_chat(params.simulate.user, cache_dir, role="simulate.user"),
+            make_chat(params.simulate.assistant, cache_dir, role="simulate.assistant"))

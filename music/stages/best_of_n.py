@@ -36,15 +36,17 @@ from typing import Any, Callable, Sequence
 
 from music.chat import make_chat
 from music.chat.base import derive_seed
+from music.chat.rollout import SimPrompts, make_event, user_view
+from music.config import Params
 from music.evaluate.judge import VERDICT_OPTIONS, combine_orders, judge_request, load_template, parse_verdict
 from music.evaluate.pairwise import require_model
 from music.evaluate.stats import wilson_interval
 from music.failures import check_failed_share, failure_summary
-from music.io import write_json, write_jsonl
+from music.files import write_json, write_jsonl
 from music.rm.score import RewardScorer
-from music.rm.train import seed_dir
-from music.simulate import SimPrompts, make_event, user_view
 from music.sources.prompts import load_prompts
+from music.stages import check_variant
+from music.store import seed_dir
 
 N_BOOT = 4000  # bootstrap draws over prompts for the win-rate intervals
 
@@ -347,23 +349,24 @@ def _same_model(a, b) -> bool:
     return ident[0] == ident[1]
 
 
-def run_stage(P) -> dict:
+def run(params: Params, *, variant: str | None = None) -> dict:
     """The best_of_n stage: needs both trained RMs; writes best_of_n.json (+ the games as jsonl)."""
-    cfg = P.evaluate
+    check_variant("best_of_n", variant)
+    cfg = params.evaluate
     # every training seed plays: seed s of the baseline RM against seed s of the MUSIC RM (checked before anything runs)
-    seed_dirs = {s: {rm: require_model(seed_dir(P.paths.models, rm, s), f"{rm} (seed {s})") for rm in RMS}
-                 for s in P.train.seeds}
+    seed_dirs = {s: {rm: require_model(seed_dir(params.paths.models, rm, s), f"{rm} (seed {s})") for rm in RMS}
+                 for s in params.train.seeds}
     questions = choose_questions(load_prompts(cfg.bon_source), cfg.bon_prompts, cfg.seed)
     turns = cfg.bon_turns or min(len(q["turns"]) for q in questions)
     start = time.perf_counter()
-    policy = make_chat(cfg.policy, P.paths.cache, role="evaluate.policy")
-    judge = policy if _same_model(cfg.policy, cfg.judge) else make_chat(cfg.judge, P.paths.cache, role="evaluate.judge")
-    user_cfg = P.simulate.user
+    policy = make_chat(cfg.policy, params.paths.cache, role="evaluate.policy")
+    judge = policy if _same_model(cfg.policy, cfg.judge) else make_chat(cfg.judge, params.paths.cache, role="evaluate.judge")
+    user_cfg = params.simulate.user
     needs_user = any(len(q["turns"]) < turns for q in questions)
     user = None
     if needs_user:
         user = policy if _same_model(cfg.policy, user_cfg) else judge if _same_model(cfg.judge, user_cfg) \
-            else make_chat(user_cfg, P.paths.cache, role="simulate.user")
+            else make_chat(user_cfg, params.paths.cache, role="simulate.user")
     games, loads = [], 0
     for s, model_dirs in seed_dirs.items():  # the same prompts and sampling seed: turn-1 candidates are shared (cache)
         scorers = OneAtATime({rm: (lambda d=d: RewardScorer(str(d), batch_size=cfg.batch_size, max_length=cfg.max_length,
@@ -373,7 +376,7 @@ def run_stage(P) -> dict:
             policy_max_new_tokens=cfg.policy.max_new_tokens, policy_temperature=cfg.policy.temperature,
             judge_max_new_tokens=cfg.judge.max_new_tokens, judge_temperature=cfg.judge.temperature,
             judge_constrained=cfg.judge_constrained, turns=turns, user=user,
-            user_max_new_tokens=user_cfg.max_new_tokens, user_temperature=user_cfg.temperature, trim=P.simulate.trim_truncated,
+            user_max_new_tokens=user_cfg.max_new_tokens, user_temperature=user_cfg.temperature, trim=params.simulate.trim_truncated,
         )
         scorers.release()
         loads += scorers.loads
@@ -410,9 +413,9 @@ def run_stage(P) -> dict:
         "failures": failures,  # games with no conversation (music.failures), below evaluate.max_failed_share
     }
     seconds = round(time.perf_counter() - start, 1)
-    write_json(Path(P.paths.metrics) / "best_of_n.json", numbers)
-    write_json(Path(P.paths.evaluation) / "best_of_n_info.json", info)
-    write_jsonl(Path(P.paths.evaluation) / "best_of_n_games.jsonl", (game_record(g) for g in games))  # dvc.yaml outs
-    write_json(Path(P.paths.reports) / "timings" / "best_of_n.json", {"seconds": seconds})
+    write_json(Path(params.paths.metrics) / "best_of_n.json", numbers)
+    write_json(Path(params.paths.evaluation) / "best_of_n_info.json", info)
+    write_jsonl(Path(params.paths.evaluation) / "best_of_n_games.jsonl", (game_record(g) for g in games))  # dvc.yaml outs
+    write_json(Path(params.paths.reports) / "timings" / "best_of_n.json", {"seconds": seconds})
     result = {**numbers, **info, "seconds": seconds}
     return result

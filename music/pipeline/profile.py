@@ -1,10 +1,10 @@
 """Apply a profile (profiles/*.yaml) as a DVC experiment, without rewriting the tracked params.yaml.
 
-    python -m music.profile profiles/paper.yaml [--base params.yaml] [--cache-dir DIR]
+    python -m music.pipeline.profile profiles/paper.yaml [--base params.yaml] [--cache-dir DIR]
 
 prints the `--set-param` arguments that turn `--base` into the profile, for
 
-    dvc exp run --temp -n paper $(python -m music.profile profiles/paper.yaml)    # what `make run PARAMS=...` runs
+    dvc exp run --temp -n paper $(python -m music.pipeline.profile profiles/paper.yaml)    # what `make run PARAMS=...` runs
 
 The experiment runs in a temporary copy of the repository and is saved as a DVC experiment
 (`dvc exp show`; `dvc exp apply NAME` or `dvc exp branch NAME BRANCH` to take its results); the
@@ -98,7 +98,7 @@ def check_overrides(base: str | Path, overrides: list[str], target: dict) -> Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m music.profile", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m music.pipeline.profile", description=__doc__.splitlines()[0])
     ap.add_argument("profile")
     ap.add_argument("--base", default="params.yaml")
     ap.add_argument("--cache-dir", default=None, help="make a relative paths.cache absolute under this folder")

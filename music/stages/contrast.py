@@ -23,18 +23,28 @@ from typing import Any, Sequence
 
 from music.chat import make_chat
 from music.chat.base import TokenMeter, derive_seed
+from music.chat.rollout import (
+    Chat,
+    Rollout,
+    SimPrompts,
+    assistant_view,
+    make_backends,
+    make_event,
+    roll_out,
+    user_view,
+    with_system,
+)
 from music.config import ContrastConfig, Params, SimulateConfig
-from music.d_pairs import d_candidates, d_records_from_source, parse_d_source
 from music.failures import StageFailed, check_failed_share, describe, failure_summary
-from music.filters import REASONS, apply_filters, generation_error, normalized, user_leaks
-from music.io import write_json
+from music.files import write_json
 from music.models.encoder import shared_encoder
+from music.pairs.filters import REASONS, apply_filters, generation_error, normalized, user_leaks
+from music.pairs.last_turn import d_candidates, d_records_from_source, parse_d_source
+from music.pairs.relevance import Contrast, Encoder, contrast_margins, echo_scores, in_band, pick_modified_request
 from music.prompts import load_prompt
-from music.relevance import Contrast, Encoder, contrast_margins, echo_scores, in_band, pick_modified_request
 from music.schema import first_difference_distance, pair_record, user_turns
-from music.seeding import SEED_FILES, read_conversation_ids, read_seeds
-from music.simulate import (Chat, Rollout, SimPrompts, assistant_view, make_backends, make_event, roll_out, user_view,
-                            with_system)
+from music.stages import check_variant
+from music.stages.seed import SEED_FILES, read_conversation_ids, read_seeds
 from music.store import load_records, pair_features, save_records
 
 _PARSE = re.compile(
@@ -88,7 +98,7 @@ def contrast_conversations(convs: Sequence[dict], *, user: Chat, assistant: Chat
                            prompts: SimPrompts | None = None, encoder: Encoder | None = None) -> list[dict]:
     """Filter candidates {"fields", "events", "failure", "notes"}, one per conversation, in input order.
 
-    `encoder` scores relevance (music.relevance); default: the configured sentence encoder.
+    `encoder` scores relevance (music.pairs.relevance); default: the configured sentence encoder.
     """
     cfg.validate()
     encoder = encoder or shared_encoder(cfg.encoder)
@@ -188,9 +198,9 @@ def resampled_requests(work: Sequence[dict], user: Chat, encoder: Encoder, *, pr
                        band: Sequence[float] | None = None) -> list[tuple[dict, list[Any]]]:
     """The user model writes each divergence request again `k` times (one batched call). Of the usable
     samples (not failed, cut, leaking or equal to the original), the `keep` most unlike the original but on
-    the conversation's topic (music.relevance.pick_modified_request's score) go on to be answered.
+    the conversation's topic (music.pairs.relevance.pick_modified_request's score) go on to be answered.
     With `band` = [lo, hi] (contrast.request_similarity), only samples whose similarity to the original lies
-    in the window are ranked (music.relevance.in_band); the others are counted in the notes
+    in the window are ranked (music.pairs.relevance.in_band); the others are counted in the notes
     (`outside_band`), and an item with usable samples but none in the window is dropped as `request_band`
     (a filter reason, not a request failure).
     Returns (work item, request events, best first); an item with no usable sample gets a counted failure."""
@@ -237,7 +247,7 @@ def resampled_requests(work: Sequence[dict], user: Chat, encoder: Encoder, *, pr
 def pick_contrasts(flat: Sequence[tuple[dict, Any]], answers: Sequence[tuple[Any, str | None]],
                    encoder: Encoder) -> list[tuple[dict, tuple[Any, str | None]]]:
     """Per work item, of its answered requests keep the clearest contrast: the highest min(chosen margin,
-    rejected margin) (music.relevance.contrast_margins: each reply closer to its own request). Returns
+    rejected margin) (music.pairs.relevance.contrast_margins: each reply closer to its own request). Returns
     (work item, (answer event, failure)) in the answered list's shape."""
     scored = [(i, Contrast(w["history"][-1]["content"], req.text, w["cand"]["fields"]["chosen"][w["reply_at"]]["content"],
                            ans.text)) for i, ((w, req), (ans, fail)) in enumerate(zip(flat, answers)) if fail is None]
@@ -304,28 +314,29 @@ def method_counts(cands: Sequence[dict], kept: Sequence[dict]) -> dict:
 
 # --- the stage -------------------------------------------------------------------------------------------------
 
-def run_contrast(P: Params, *, splits: Sequence[str] = ("train", "eval"),
-                 backends: tuple[Chat, Chat, Chat | None] | None = None, encoder: Encoder | None = None) -> dict:
+def run(params: Params, *, variant: str | None = None, splits: Sequence[str] = ("train", "eval"),
+        backends: tuple[Chat, Chat, Chat | None] | None = None, encoder: Encoder | None = None) -> dict:
     """Read outputs/conversations/{split} (and the train seeds for D); write outputs/pairs/{music_train, music_eval,
-    d_train} and filter_report.json. Held-out D pairs, quality twins and swap items: the heldout stage (music.heldout).
+    d_train} and filter_report.json. Held-out D pairs, quality twins and swap items: the heldout stage (music.stages.heldout).
 
     `backends` (user, assistant, contrast) and `encoder` replace the configured models (tests use fakes).
     """
-    cfg = P.contrast
+    check_variant("contrast", variant)
+    cfg = params.contrast
     if backends is None:
-        user, assistant = make_backends(P)
-        contrast = make_chat(cfg.contrast, P.paths.cache, role="contrast.contrast") if cfg.method != "resample" else None
+        user, assistant = make_backends(params)
+        contrast = make_chat(cfg.contrast, params.paths.cache, role="contrast.contrast") if cfg.method != "resample" else None
     else:
         user, assistant, contrast = backends
     meter = TokenMeter(user=user, assistant=assistant, contrast=contrast)
     d_from_source = parse_d_source(cfg.d_source) is not None
-    out_dir = Path(P.paths.pairs)
+    out_dir = Path(params.paths.pairs)
     report: dict = {"reasons": list(REASONS), "splits": {}, "methods": {}, "multi_turn": {}, "failures": {},
                     "d_source": cfg.d_source,
                     "method": cfg.method, "divergence": cfg.divergence}
     for split in splits:
-        convs = load_records(Path(P.paths.conversations) / split)
-        cands = contrast_conversations(convs, user=user, assistant=assistant, contrast=contrast, sim_cfg=P.simulate,
+        convs = load_records(Path(params.paths.conversations) / split)
+        cands = contrast_conversations(convs, user=user, assistant=assistant, contrast=contrast, sim_cfg=params.simulate,
                                        cfg=cfg, split=split, encoder=encoder)
         kept, stats = apply_filters(cands, cfg)
         methods = method_counts(cands, kept)
@@ -345,20 +356,20 @@ def run_contrast(P: Params, *, splits: Sequence[str] = ("train", "eval"),
         report["multi_turn"][f"music_{split}"] = multi_turn_share(records)
         report.setdefault("band", {})[f"music_{split}"] = band_counts(cands, kept, cfg)
 
-        if split != "train":  # held-out D pairs and quality twins: the heldout stage (music.heldout)
+        if split != "train":  # held-out D pairs and quality twins: the heldout stage (music.stages.heldout)
             continue
         d_records: list[dict] = []
         if cfg.d_pairs and d_from_source:
-            held_out = set().union(*(read_conversation_ids(Path(P.paths.seeds) / SEED_FILES[name])
+            held_out = set().union(*(read_conversation_ids(Path(params.paths.seeds) / SEED_FILES[name])
                                      for name in ("eval", "eval_conversations")))
             report.setdefault("d_source_malformed", {})[f"d_{split}"] = malformed = {}
             d_records = d_records_from_source(cfg, split, held_out, malformed)
             report["splits"][f"d_{split}"] = {"candidates": len(d_records), "kept": len(d_records),
                                              "removed": {r: 0 for r in REASONS}}
         elif cfg.d_pairs:
-            seeds = read_seeds(Path(P.paths.seeds) / f"{split}.jsonl")
+            seeds = read_seeds(Path(params.paths.seeds) / f"{split}.jsonl")
             d_cands = d_candidates(seeds, assistant, split=split, seed=derive_seed(cfg.seed, "d", split),
-                                   trim=P.simulate.trim_truncated)
+                                   trim=params.simulate.trim_truncated)
             d_kept, d_stats = apply_filters(d_cands, cfg)
             report["failures"][f"d_{split}"] = d_failures = candidate_failures(d_cands, cfg)
             check_failed_share(d_failures, cfg.max_failed_share, what=f"contrast ({split}): D candidates (seeds)",
@@ -429,7 +440,7 @@ def near_miss_rows(records: Sequence[dict], n: int = 5) -> list[dict]:
     """`n` kept MUSIC pairs whose divergence request is a person's (the seed's real next user message), the
     nearest misses first (highest similarity of the modified request to the original; file order breaks ties):
     per pair the two requests, their similarity, and the two replies at the divergence (the chosen one answers
-    the person, the rejected one the rewrite), for notebook 02."""
+    the person, the rejected one the rewrite), for notebook 03."""
     rows = []
     for r in records:
         rel = r.get("relevance") or {}

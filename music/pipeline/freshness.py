@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from music.notebook import NOTEBOOKS
+from music.pipeline.notebooks import NOTEBOOKS
 
 BANNER_CLASS = "music-stale-banner"  # tests/test_browser.py fails on a banner where none should be
 _MISSING = ("deleted", "not in cache")
@@ -33,7 +33,7 @@ class Freshness:
     state: str  # "current" | "stale" (params, code or inputs changed) | "changed" (only outputs differ)
     #             | "notebook" (only the notebook file changed: saved outputs or edits) | "unknown"
     params: list[str] = dataclasses.field(default_factory=list)  # "simulate.turns"
-    deps: list[str] = dataclasses.field(default_factory=list)  # "music/simulate.py (modified)"
+    deps: list[str] = dataclasses.field(default_factory=list)  # "music/stages/simulate.py (modified)"
     outs: list[str] = dataclasses.field(default_factory=list)  # "outputs/conversations (deleted)"
     reason: str = ""  # why the state is unknown
 
@@ -97,7 +97,7 @@ def _locked(root: Path, address: str) -> bool:
 
 def check(stage: str, variant: str | None = None, root: str | Path | None = None) -> Freshness:
     """Compare the stage's outputs with dvc.lock (see the module docstring)."""
-    from music.notebook import repo_root
+    from music.pipeline.notebooks import repo_root
 
     root = Path(root) if root else repo_root()
     address = f"{stage}@{variant}" if variant else stage
@@ -132,7 +132,7 @@ def check(stage: str, variant: str | None = None, root: str | Path | None = None
 
 def stage_outs(stage: str, variant: str | None = None, root: str | Path | None = None) -> list[str]:
     """The outputs (outs and metrics) dvc.yaml lists for a stage."""
-    from music.notebook import repo_root
+    from music.pipeline.notebooks import repo_root
 
     root = Path(root) if root else repo_root()
     spec = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"][stage]

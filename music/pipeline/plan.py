@@ -1,6 +1,6 @@
 """Plan a profile before running it: cross-stage checks, generation load, training and scoring cost, GPU memory.
 
-    python -m music.plan [--params FILE] [--out outputs/plan.json] [--assume KEY=VALUE ...]
+    python -m music.pipeline.plan [--params FILE] [--out outputs/plan.json] [--assume KEY=VALUE ...]
     make plan PARAMS=profiles/paper.yaml
 
 Loads no model and needs no network: backbone shapes come from config.json (a local folder, or the
@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from music.config import CONTRAST_METHODS, ChatModelConfig, Params, load_params
-from music.d_pairs import parse_d_source
 from music.errors import DataError
-from music.io import read_jsonl
+from music.files import read_jsonl
 from music.models.shapes import (
     DTYPE_BYTES,
     BackboneShape,
@@ -37,12 +36,13 @@ from music.models.shapes import (
     resolve_dtype,
     use_gradient_checkpointing,
 )
+from music.pairs.last_turn import parse_d_source
+from music.prompts import PROMPT_DIR
 from music.sources.mtbench import load_mtbench_references
 from music.sources.prompts import KNOWN_HUB_ROWS, count_available, parse_source
 from music.sources.records import HUB_PREFIX
 
 GB = 1e9
-PROMPT_DIR = Path(__file__).resolve().parent / "prompts"
 
 
 @dataclass
@@ -125,58 +125,58 @@ def backend_label(cfg: ChatModelConfig) -> str:
 class Tokens:
     """Token estimates for the pieces conversations are made of."""
 
-    def __init__(self, P: Params, A: Assumptions):
-        self.A = A
-        self.m = A.message_overhead_tokens
+    def __init__(self, params: Params, assumptions: Assumptions):
+        self.assumptions = assumptions
+        self.m = assumptions.message_overhead_tokens
         self.sys = {name: self.chars((PROMPT_DIR / f"{name}.txt").read_text(encoding="utf-8"))
                     for name in ("assistant_system", "user_simulator", "user_opener", "contrast_instruct", "judge_pairwise")}
-        s = P.seed
-        self.context = self.n(s.max_context_chars * A.context_fill) + 2 * s.max_context_turns * self.m
-        self.next_user = self.n(min(s.max_message_chars, s.max_context_chars) * A.context_fill) + self.m
+        s = params.seed
+        self.context = self.n(s.max_context_chars * assumptions.context_fill) + 2 * s.max_context_turns * self.m
+        self.next_user = self.n(min(s.max_message_chars, s.max_context_chars) * assumptions.context_fill) + self.m
 
     def n(self, chars: float) -> float:
-        return chars / self.A.chars_per_token
+        return chars / self.assumptions.chars_per_token
 
     def chars(self, text: str) -> float:
         return self.n(len(text))
 
     def reply(self, cfg: ChatModelConfig) -> float:
-        return cfg.max_new_tokens * self.A.reply_fill
+        return cfg.max_new_tokens * self.assumptions.reply_fill
 
 
-def divergence_turns(P: Params, F: Findings) -> list[int]:
+def divergence_turns(params: Params, findings: Findings) -> list[int]:
     """Simulated turns where a rejected branch may diverge (each equally likely), checked against simulate.turns."""
-    c, K = P.contrast, P.simulate.turns
+    c, K = params.contrast, params.simulate.turns
     if c.divergence == "fixed":
         if not 1 <= c.divergence_turn <= K:
-            F.error("contrast.divergence_turn", f"{c.divergence_turn} is outside 1..simulate.turns={K}")
+            findings.error("contrast.divergence_turn", f"{c.divergence_turn} is outside 1..simulate.turns={K}")
             return [min(max(1, c.divergence_turn), K)]
         return [c.divergence_turn]
     if c.divergence == "real":  # the first simulated turn (a person's request with simulate.real_next_user)
         if K - 1 < c.min_turns_after_divergence:
-            F.error("contrast.min_turns_after_divergence",
+            findings.error("contrast.min_turns_after_divergence",
                     f"{c.min_turns_after_divergence} turns after simulated turn 1 (divergence real) exceed simulate.turns={K}")
         return [1]
     if c.divergence == "random":
         hi = K - c.min_turns_after_divergence
         if hi < 1:
-            F.error("contrast.min_turns_after_divergence",
+            findings.error("contrast.min_turns_after_divergence",
                     f"{c.min_turns_after_divergence} leaves no turn to diverge at among simulate.turns={K}")
             return [K]
         return list(range(1, hi + 1))
-    F.error("contrast.divergence", f"must be 'fixed', 'random' or 'real', got {c.divergence!r}")
+    findings.error("contrast.divergence", f"must be 'fixed', 'random' or 'real', got {c.divergence!r}")
     return [1]
 
 
 # ---------------------------------------------------------------- stages
 
-def plan_seed(P: Params, F: Findings) -> dict:
-    s = P.seed
+def plan_seed(params: Params, findings: Findings) -> dict:
+    s = params.seed
     out = {"train": s.n_train, "eval": s.n_eval, "eval_conversations": s.n_eval_conversations,
            "source": f"{s.source}:{s.path}"}
     for key in ("n_train", "n_eval"):
         if getattr(s, key) < 1:
-            F.error(f"seed.{key}", f"must be >= 1, got {getattr(s, key)}")
+            findings.error(f"seed.{key}", f"must be >= 1, got {getattr(s, key)}")
     if s.path.startswith(HUB_PREFIX):
         rows = KNOWN_HUB_ROWS.get((s.path[len(HUB_PREFIX):], s.split))
         out["source_rows"] = rows
@@ -184,71 +184,71 @@ def plan_seed(P: Params, F: Findings) -> dict:
         out["source_rows"] = sum(1 for line in open(s.path, encoding="utf-8", errors="replace") if line.strip()) \
             if s.path.endswith((".jsonl", ".ndjson")) else None
     else:
-        F.warn("seed.path", f"{s.path} does not exist yet (`make data` materialises data/)")
+        findings.warn("seed.path", f"{s.path} does not exist yet (`make data` materialises data/)")
         out["source_rows"] = None
     rows = out["source_rows"]
     if rows is not None and s.n_train + s.n_eval > rows:
-        F.error("seed.n_train", f"n_train + n_eval = {s.n_train + s.n_eval:,} seeds from a source of {rows:,} conversations")
+        findings.error("seed.n_train", f"n_train + n_eval = {s.n_train + s.n_eval:,} seeds from a source of {rows:,} conversations")
     return out
 
 
-def simulated_conversations(P: Params) -> int:
+def simulated_conversations(params: Params) -> int:
     """Seeds the simulate stage continues: every training seed, and eval seeds up to simulate.max_eval_conversations."""
-    cap = P.simulate.max_eval_conversations
-    return P.seed.n_train + (P.seed.n_eval if cap is None else min(cap, P.seed.n_eval))
+    cap = params.simulate.max_eval_conversations
+    return params.seed.n_train + (params.seed.n_eval if cap is None else min(cap, params.seed.n_eval))
 
 
-def plan_simulate(P: Params, T: Tokens, F: Findings) -> tuple[dict, list[Load]]:
-    sim = P.simulate
+def plan_simulate(params: Params, tokens: Tokens, findings: Findings) -> tuple[dict, list[Load]]:
+    sim = params.simulate
     if sim.turns < 1:
-        F.error("simulate.turns", f"must be >= 1, got {sim.turns}")
-    n = simulated_conversations(P)
-    U, A = T.reply(sim.user), T.reply(sim.assistant)
+        findings.error("simulate.turns", f"must be >= 1, got {sim.turns}")
+    n = simulated_conversations(params)
+    U, A = tokens.reply(sim.user), tokens.reply(sim.assistant)
     user, asst = Load("simulate.user", sim.user), Load("simulate.assistant", sim.assistant)
     for s in range(1, sim.turns + 1):
-        history = T.context + (s - 1) * (U + A + 2 * T.m)
+        history = tokens.context + (s - 1) * (U + A + 2 * tokens.m)
         if s == 1 and sim.real_next_user:  # turn 1's user message is the seed's real one: no user generation
-            asst.add(n, T.sys["assistant_system"] + T.m + history + T.next_user + T.m, A)
+            asst.add(n, tokens.sys["assistant_system"] + tokens.m + history + tokens.next_user + tokens.m, A)
             continue
-        user.add(n, T.sys["user_simulator"] + T.sys["user_opener"] + 2 * T.m + history, U)
-        asst.add(n, T.sys["assistant_system"] + T.m + history + U + T.m, A)
-    convo = T.context + sim.turns * (U + A + 2 * T.m)
+        user.add(n, tokens.sys["user_simulator"] + tokens.sys["user_opener"] + 2 * tokens.m + history, U)
+        asst.add(n, tokens.sys["assistant_system"] + tokens.m + history + U + tokens.m, A)
+    convo = tokens.context + sim.turns * (U + A + 2 * tokens.m)
     return {"conversations": n, "turns": sim.turns, "conversation_tokens": round(convo)}, [user, asst]
 
 
-def plan_contrast(P: Params, T: Tokens, F: Findings) -> tuple[dict, list[Load]]:
-    sim, c = P.simulate, P.contrast
+def plan_contrast(params: Params, tokens: Tokens, findings: Findings) -> tuple[dict, list[Load]]:
+    sim, c = params.simulate, params.contrast
     if c.method not in CONTRAST_METHODS:
-        F.error("contrast.method", f"must be one of {CONTRAST_METHODS}, got {c.method!r}")
-    n = simulated_conversations(P)
-    U, A = T.reply(sim.user), T.reply(sim.assistant)
+        findings.error("contrast.method", f"must be one of {CONTRAST_METHODS}, got {c.method!r}")
+    n = simulated_conversations(params)
+    U, A = tokens.reply(sim.user), tokens.reply(sim.assistant)
     user, asst = Load("simulate.user", sim.user), Load("simulate.assistant", sim.assistant)
     contrast = Load("contrast.contrast", c.contrast)
-    turns = divergence_turns(P, F)
+    turns = divergence_turns(params, findings)
     w = n / len(turns)  # conversations diverging at each turn (expected)
     for d in turns:
-        before = T.context + (d - 1) * (U + A + 2 * T.m)
+        before = tokens.context + (d - 1) * (U + A + 2 * tokens.m)
         if c.method in ("instruct", "auto"):
-            contrast.add(w, T.sys["contrast_instruct"] + T.m + before + U + T.m, T.reply(c.contrast))
+            contrast.add(w, tokens.sys["contrast_instruct"] + tokens.m + before + U + tokens.m, tokens.reply(c.contrast))
         else:  # resample: the user asks again `candidates` times, the assistant answers the best few
-            user.add(w * c.candidates, T.sys["user_simulator"] + T.sys["user_opener"] + 2 * T.m + before, U)
-            asst.add(w * min(c.answered_candidates, c.candidates), T.sys["assistant_system"] + T.m + before + U + T.m, A)
+            user.add(w * c.candidates, tokens.sys["user_simulator"] + tokens.sys["user_opener"] + 2 * tokens.m + before, U)
+            asst.add(w * min(c.answered_candidates, c.candidates), tokens.sys["assistant_system"] + tokens.m + before + U + tokens.m, A)
         for s in range(d + 1, sim.turns + 1):  # the rejected branch is simulated on
-            history = T.context + (s - 1) * (U + A + 2 * T.m)
-            user.add(w, T.sys["user_simulator"] + T.sys["user_opener"] + 2 * T.m + history, U)
-            asst.add(w, T.sys["assistant_system"] + T.m + history + U + T.m, A)
+            history = tokens.context + (s - 1) * (U + A + 2 * tokens.m)
+            user.add(w, tokens.sys["user_simulator"] + tokens.sys["user_opener"] + 2 * tokens.m + history, U)
+            asst.add(w, tokens.sys["assistant_system"] + tokens.m + history + U + tokens.m, A)
     try:
         labelled = parse_d_source(c.d_source) is not None
     except ValueError as exc:
-        F.error("contrast.d_source", str(exc))
+        findings.error("contrast.d_source", str(exc))
         labelled = True
     if c.d_pairs and not labelled:  # D from the seeds: the assistant model's reply to the real next turn
-        asst.add(P.seed.n_train + P.seed.n_eval, T.sys["assistant_system"] + T.m + T.context + T.next_user, A)
+        asst.add(params.seed.n_train + params.seed.n_eval, tokens.sys["assistant_system"] + tokens.m + tokens.context + tokens.next_user, A)
     refs = mtbench_reference_count() if c.quality_mtbench else 0
     if refs:  # held-out quality twins: the assistant answers MT-Bench's referenced questions, two turns
-        q = T.n(A_MTBENCH_CHARS) + T.m
-        asst.add(refs, T.sys["assistant_system"] + T.m + q, A)
-        asst.add(refs, T.sys["assistant_system"] + T.m + q + T.n(A_MTBENCH_CHARS * 2) + q + 2 * T.m, A)
+        q = tokens.n(A_MTBENCH_CHARS) + tokens.m
+        asst.add(refs, tokens.sys["assistant_system"] + tokens.m + q, A)
+        asst.add(refs, tokens.sys["assistant_system"] + tokens.m + q + tokens.n(A_MTBENCH_CHARS * 2) + q + 2 * tokens.m, A)
     loads = [x for x in (user, asst, contrast) if x.requests]
     notes = []
     if c.method == "auto":
@@ -269,9 +269,9 @@ def mtbench_reference_count() -> int:
         return MTBENCH_REFERENCED
 
 
-def d_pair_count(P: Params, split: str) -> tuple[int | None, str]:
+def d_pair_count(params: Params, split: str) -> tuple[int | None, str]:
     """Last-turn pairs D for a split: from the seeds (upper bound) or a labelled source's size."""
-    c, s = P.contrast, P.seed
+    c, s = params.contrast, params.seed
     if not c.d_pairs:
         return 0, "contrast.d_pairs is false"
     try:
@@ -298,37 +298,37 @@ def d_pair_count(P: Params, split: str) -> tuple[int | None, str]:
     return rows, f"{location} split {hub_split}"
 
 
-def reward_shape(P: Params, F: Findings) -> BackboneShape | None:
-    t = P.train
+def reward_shape(params: Params, findings: Findings) -> BackboneShape | None:
+    t = params.train
     if not known_backbone(t.backbone):
-        F.error("train.backbone", f"no config.json for {t.backbone!r} offline: give a local folder, or commit its "
+        findings.error("train.backbone", f"no config.json for {t.backbone!r} offline: give a local folder, or commit its "
                 "config.json under music/models/configs/ (see music.models.shapes)")
         return None
     return backbone_shape(t.backbone)
 
 
-def train_device(shape: BackboneShape, A: Assumptions) -> str:
-    if A.device in ("gpu", "cpu"):
-        return A.device
+def train_device(shape: BackboneShape, assumptions: Assumptions) -> str:
+    if assumptions.device in ("gpu", "cpu"):
+        return assumptions.device
     return "gpu" if shape.reward_params() >= 1e9 else "cpu"
 
 
-def attention_kind(shape: BackboneShape, A: Assumptions) -> str:
-    if A.attention in ("sdpa", "eager"):
-        return A.attention
+def attention_kind(shape: BackboneShape, assumptions: Assumptions) -> str:
+    if assumptions.attention in ("sdpa", "eager"):
+        return assumptions.attention
     return "eager" if shape.attn_logit_softcapping else "sdpa"
 
 
-def training_memory(P: Params, shape: BackboneShape, A: Assumptions, dtype: str) -> dict:
+def training_memory(params: Params, shape: BackboneShape, assumptions: Assumptions, dtype: str) -> dict:
     """GPU memory of one training micro-batch (bytes -> GB), with and without gradient checkpointing."""
-    t = P.train
+    t = params.train
     L = shape.layers(t.num_layers)
     wbytes = DTYPE_BYTES[dtype]
     n_params = shape.reward_params(t.num_layers)
     if t.lora:
         lora_layers = min(t.lora_last_layers or L, L)
         trainable = shape.lora_params(t.lora_r, lora_layers) + shape.hidden_size  # + the score head
-        state = trainable * (A.adapter_bytes * 2 + 8)  # weight + grad + two AdamW moments (float32)
+        state = trainable * (assumptions.adapter_bytes * 2 + 8)  # weight + grad + two AdamW moments (float32)
         span = lora_layers  # backward runs through the layers from the lowest adapted one up
         optim = f"LoRA r{t.lora_r} on {lora_layers} layers: {trainable / 1e6:.1f}M float32 params + grads + AdamW"
     else:
@@ -340,21 +340,21 @@ def training_memory(P: Params, shape: BackboneShape, A: Assumptions, dtype: str)
     tokens = seqs * t.max_length
     abytes = DTYPE_BYTES[dtype]
     per_layer = shape.activation_elems_per_token()
-    if attention_kind(shape, A) == "eager":
+    if attention_kind(shape, assumptions) == "eager":
         per_layer += shape.eager_attention_elems_per_token(t.max_length)
     layer_act = tokens * per_layer * abytes
     stored_off = span * layer_act  # layers below the lowest trained one run without autograd: they keep nothing
     stored_on = span * tokens * shape.hidden_size * abytes + layer_act  # layer inputs + one layer recomputed
     workspace = layer_act  # gradients of one layer's activations during backward
     weights = n_params * wbytes
-    base = weights + state + A.gpu_overhead_gb * GB
+    base = weights + state + assumptions.gpu_overhead_gb * GB
     total_on, total_off = base + stored_on + workspace, base + stored_off + workspace
     ckpt = use_gradient_checkpointing(t.gradient_checkpointing, n_params)
     return {
         "dtype": dtype, "params": n_params, "trainable_params": trainable, "optimizer": optim,
         "micro_batch": {"sequences": seqs, "max_length": t.max_length, "tokens": tokens},
-        "attention": attention_kind(shape, A),
-        "gb": {"weights": weights / GB, "trainable_state": state / GB, "overhead": A.gpu_overhead_gb,
+        "attention": attention_kind(shape, assumptions),
+        "gb": {"weights": weights / GB, "trainable_state": state / GB, "overhead": assumptions.gpu_overhead_gb,
                "activations_checkpointing": (stored_on + workspace) / GB,
                "activations_no_checkpointing": (stored_off + workspace) / GB,
                "total_checkpointing": total_on / GB, "total_no_checkpointing": total_off / GB},
@@ -363,26 +363,26 @@ def training_memory(P: Params, shape: BackboneShape, A: Assumptions, dtype: str)
     }
 
 
-def frozen_share(P: Params, shape: BackboneShape, device: str) -> float:
+def frozen_share(params: Params, shape: BackboneShape, device: str) -> float:
     """Share of the kept layers whose outputs are computed once per conversation and reused by every step, seed,
     variant and scoring pass (train.reuse_frozen_layers, music.rm.frozen): the layers below LoRA, on the
     transformers backend (on a GPU the auto backend is Unsloth, which does not reuse them)."""
-    t = P.train
+    t = params.train
     if not (t.reuse_frozen_layers and t.lora and t.lora_last_layers) or (device == "gpu" and t.backend != "transformers"):
         return 0.0
     L = shape.layers(t.num_layers)
     return max(0, L - min(t.lora_last_layers, L)) / L
 
 
-def train_flops_per_token(P: Params, shape: BackboneShape, ckpt: bool, device: str = "cpu") -> float:
+def train_flops_per_token(params: Params, shape: BackboneShape, ckpt: bool, device: str = "cpu") -> float:
     """Per trained token; the reused bottom layers' one pass per conversation is not counted (small beside the
     steps that reread it)."""
-    t = P.train
+    t = params.train
     L = shape.layers(t.num_layers)
     fwd = shape.forward_flops_per_token(t.max_length, t.num_layers)
     span = min(t.lora_last_layers or L, L) / L if t.lora else 1.0
     backward = span * fwd * (1.0 if t.lora else 2.0)  # input grads (+ weight grads when full)
-    return fwd * (1 - frozen_share(P, shape, device)) + backward + (span * fwd if ckpt else 0.0)
+    return fwd * (1 - frozen_share(params, shape, device)) + backward + (span * fwd if ckpt else 0.0)
 
 
 def _relative(path: str) -> str:
@@ -395,42 +395,42 @@ def _relative(path: str) -> str:
 LORA_MIN_LEARNING_RATE = 1e-5  # below it the planner warns: a full-fine-tuning rate used with LoRA
 
 
-def plan_train(P: Params, shape: BackboneShape | None, A: Assumptions, F: Findings) -> dict:
-    t = P.train
+def plan_train(params: Params, shape: BackboneShape | None, assumptions: Assumptions, findings: Findings) -> dict:
+    t = params.train
     for key in ("batch_size", "grad_accum", "max_length"):
         if getattr(t, key) < 1:
-            F.error(f"train.{key}", f"must be >= 1, got {getattr(t, key)}")
+            findings.error(f"train.{key}", f"must be >= 1, got {getattr(t, key)}")
     if t.lora and t.lora_last_layers is not None and t.num_layers and t.lora_last_layers > t.num_layers:
-        F.error("train.lora_last_layers", f"{t.lora_last_layers} exceeds train.num_layers={t.num_layers}")
+        findings.error("train.lora_last_layers", f"{t.lora_last_layers} exceeds train.num_layers={t.num_layers}")
     out: dict[str, Any] = {"backbone": t.backbone, "variants": {}, "lora": t.lora, "learning_rate": t.learning_rate}
     if t.lora and t.learning_rate < LORA_MIN_LEARNING_RATE:
-        F.warn("train.learning_rate", f"LoRA with learning_rate {t.learning_rate:g}: LoRA's B matrices start at zero and "
+        findings.warn("train.learning_rate", f"LoRA with learning_rate {t.learning_rate:g}: LoRA's B matrices start at zero and "
                "AdamW moves each entry by about the learning rate per step, so the model stays close to the base plus a "
                f"trained head (a full-fine-tuning rate; LoRA needs >= {LORA_MIN_LEARNING_RATE:g}, e.g. 1e-4)")
     if shape is None:
         return out
     if shape.max_position_embeddings and t.max_length > shape.max_position_embeddings:
-        F.error("train.max_length", f"{t.max_length} exceeds {t.backbone}'s context of {shape.max_position_embeddings} tokens")
+        findings.error("train.max_length", f"{t.max_length} exceeds {t.backbone}'s context of {shape.max_position_embeddings} tokens")
     if t.num_layers and t.num_layers > shape.num_layers:
-        F.warn("train.num_layers", f"{t.num_layers} > the backbone's {shape.num_layers} layers: all are kept")
-    device = train_device(shape, A)
+        findings.warn("train.num_layers", f"{t.num_layers} > the backbone's {shape.num_layers} layers: all are kept")
+    device = train_device(shape, assumptions)
     dtype = resolve_dtype(t.dtype, shape.torch_dtype, cuda=device == "gpu")
-    mem = training_memory(P, shape, A, dtype)
+    mem = training_memory(params, shape, assumptions, dtype)
     out.update(device=device, dtype=dtype, memory=mem,
                shape={"params": shape.reward_params(t.num_layers), "layers": shape.layers(t.num_layers),
                       "hidden": shape.hidden_size, "context": shape.max_position_embeddings, "config": _relative(shape.source)})
-    if device == "gpu" and mem["total_gb"] > A.gpu_memory_gb:
+    if device == "gpu" and mem["total_gb"] > assumptions.gpu_memory_gb:
         hint = ("turn train.gradient_checkpointing on, or lower train.batch_size (raise grad_accum)"
                 if not mem["gradient_checkpointing"] else "lower train.batch_size (raise train.grad_accum) or train.max_length")
-        F.error("train.batch_size", f"training needs about {mem['total_gb']:.1f} GB, more than one "
-                f"{A.gpu_memory_gb:.0f} GB GPU: {hint}")
+        findings.error("train.batch_size", f"training needs about {mem['total_gb']:.1f} GB, more than one "
+                f"{assumptions.gpu_memory_gb:.0f} GB GPU: {hint}")
     if not t.lora and dtype in ("bfloat16", "float16") and t.learning_rate < 1e-4:
-        F.warn("train.lora", f"full fine-tuning in {dtype} with learning_rate {t.learning_rate:g}: most updates are "
+        findings.warn("train.lora", f"full fine-tuning in {dtype} with learning_rate {t.learning_rate:g}: most updates are "
                "below 16-bit resolution (no float32 master weights in this trainer); prefer LoRA or dtype float32")
-    rate = (A.gpu_tflops * 1e12) if device == "gpu" else (A.cpu_gflops * 1e9)
-    flops = train_flops_per_token(P, shape, mem["gradient_checkpointing"], device)
-    d_train, d_note = d_pair_count(P, "train")
-    music = P.seed.n_train  # one MUSIC pair per train seed at most (filters remove some)
+    rate = (assumptions.gpu_tflops * 1e12) if device == "gpu" else (assumptions.cpu_gflops * 1e9)
+    flops = train_flops_per_token(params, shape, mem["gradient_checkpointing"], device)
+    d_train, d_note = d_pair_count(params, "train")
+    music = params.seed.n_train  # one MUSIC pair per train seed at most (filters remove some)
     for variant, kinds in t.variants.items():
         n_d = (d_train or 0) if "d" in kinds else 0
         n_m = 0
@@ -443,7 +443,7 @@ def plan_train(P: Params, shape: BackboneShape | None, A: Assumptions, F: Findin
             steps = t.max_steps
         elif unknown:
             steps = None
-            F.warn("train.max_steps", f"variant {variant}: the number of D pairs is unknown offline ({d_note}); "
+            findings.warn("train.max_steps", f"variant {variant}: the number of D pairs is unknown offline ({d_note}); "
                    "set train.max_steps or contrast.d_limit to plan the steps")
         else:
             steps = max(1, math.ceil(t.epochs * math.ceil(pairs / t.batch_size) / t.grad_accum)) if pairs else 0
@@ -465,68 +465,68 @@ def plan_train(P: Params, shape: BackboneShape | None, A: Assumptions, F: Findin
             d["tokens"] = m["steps"] * d["pairs_per_step"] * 2 * t.max_length * len(t.seeds)
             d["hours"] = d["tokens"] * flops / rate / 3600
     out["flops_per_token"] = flops
-    out["rate"] = f"{A.gpu_tflops:g} TFLOP/s (GPU)" if device == "gpu" else f"{A.cpu_gflops:g} GFLOP/s (CPU)"
+    out["rate"] = f"{assumptions.gpu_tflops:g} TFLOP/s (GPU)" if device == "gpu" else f"{assumptions.cpu_gflops:g} GFLOP/s (CPU)"
     return out
 
 
-def scoring_memory(shape: BackboneShape, layers: int | None, dtype: str, batch: int, length: int, A: Assumptions,
+def scoring_memory(shape: BackboneShape, layers: int | None, dtype: str, batch: int, length: int, assumptions: Assumptions,
                    resident: int = 1) -> dict:
     tokens = batch * length
     per = shape.inference_elems_per_token()
-    if attention_kind(shape, A) == "eager":
+    if attention_kind(shape, assumptions) == "eager":
         per += shape.eager_attention_elems_per_token(length)
     weights = shape.reward_params(layers) * DTYPE_BYTES[dtype]
     act = tokens * per * DTYPE_BYTES[dtype]
-    total = resident * weights + act + A.gpu_overhead_gb * GB
+    total = resident * weights + act + assumptions.gpu_overhead_gb * GB
     return {"dtype": dtype, "models_resident": resident, "weights_gb": weights / GB, "activations_gb": act / GB,
             "batch": batch, "max_length": length, "total_gb": total / GB}
 
 
-def plan_evaluate(P: Params, shape: BackboneShape | None, A: Assumptions, F: Findings) -> dict:
-    e, s = P.evaluate, P.seed
-    length = e.max_length or P.train.max_length
+def plan_evaluate(params: Params, shape: BackboneShape | None, assumptions: Assumptions, findings: Findings) -> dict:
+    e, s = params.evaluate, params.seed
+    length = e.max_length or params.train.max_length
     if shape is not None and shape.max_position_embeddings and length > shape.max_position_embeddings:
-        F.error("evaluate.max_length", f"{length} exceeds {P.train.backbone}'s context of {shape.max_position_embeddings} tokens")
+        findings.error("evaluate.max_length", f"{length} exceeds {params.train.backbone}'s context of {shape.max_position_embeddings} tokens")
     conv = min(e.swap_conversations, s.n_eval_conversations) if e.swap_source == "seeds" else e.swap_conversations
     if e.swap_source == "seeds" and e.swap_conversations > s.n_eval_conversations:
-        F.warn("evaluate.swap_conversations",
+        findings.warn("evaluate.swap_conversations",
                f"{e.swap_conversations} > seed.n_eval_conversations={s.n_eval_conversations}: at most {conv} are used")
-    c = P.contrast
+    c = params.contrast
     sharegpt_twins = 2 * s.n_eval if c.d_pairs and parse_d_source(c.d_source) is None else 0
     mt_twins = 2 * mtbench_reference_count() if c.quality_mtbench else 0
     # conversations scored per model (two per pair; upper bounds before filtering)
-    music_eval = simulated_conversations(P) - s.n_train
+    music_eval = simulated_conversations(params) - s.n_train
     scored = {"quality_twins": 2 * (sharegpt_twins + mt_twins), "music_eval": 2 * music_eval,
-              "swap": 2 * conv * e.swap_max_distance, "trajectory": 2 * music_eval * P.simulate.turns}
+              "swap": 2 * conv * e.swap_max_distance, "trajectory": 2 * music_eval * params.simulate.turns}
     rewardbench = None
     if e.rewardbench or e.rewardbench_path:  # what the stage will load: a local file's rows, else the hub's
-        rows, how = rewardbench_rows(e.rewardbench_path, F)
+        rows, how = rewardbench_rows(e.rewardbench_path, findings)
         scored["rewardbench"] = 2 * rows
         rewardbench = {"rows": rows, "from": how}
     present = {k: v for k, v in e.local_sets.items() if Path(v).exists()}
     if present:
         scored["local_sets"] = 2 * e.local_set_limit * len(present)
     n = sum(scored.values())
-    models = len(P.train.variants) * len(P.train.seeds)
+    models = len(params.train.variants) * len(params.train.seeds)
     out: dict[str, Any] = {"conversations_scored_per_model": scored, "models": models, "max_length": length,
-                           "early_turn_items": early_turn_items(P, A, F)}
+                           "early_turn_items": early_turn_items(params, assumptions, findings)}
     if rewardbench is not None:
         out["rewardbench"] = rewardbench
     if shape is None:
         return out
-    device = train_device(shape, A)
+    device = train_device(shape, assumptions)
     dtype = resolve_dtype(e.dtype, shape.torch_dtype, cuda=device == "gpu")
-    rate = (A.gpu_tflops * 1e12) if device == "gpu" else (A.cpu_gflops * 1e9)
+    rate = (assumptions.gpu_tflops * 1e12) if device == "gpu" else (assumptions.cpu_gflops * 1e9)
     tokens = n * length * models
     # every model runs the layers above the reused bottom; the bottom runs once per conversation (frozen_share)
-    share = frozen_share(P, shape, device)
+    share = frozen_share(params, shape, device)
     passes = models * (1 - share) + share
     out.update(device=device, tokens=tokens, frozen_share=round(share, 3),
-               hours=n * length * passes * shape.forward_flops_per_token(length, P.train.num_layers) / rate / 3600,
-               memory=scoring_memory(shape, P.train.num_layers, dtype, e.batch_size, length, A))
-    if device == "gpu" and out["memory"]["total_gb"] > A.gpu_memory_gb:
-        F.error("evaluate.batch_size", f"scoring needs about {out['memory']['total_gb']:.1f} GB, more than one "
-                f"{A.gpu_memory_gb:.0f} GB GPU: lower evaluate.batch_size or evaluate.max_length")
+               hours=n * length * passes * shape.forward_flops_per_token(length, params.train.num_layers) / rate / 3600,
+               memory=scoring_memory(shape, params.train.num_layers, dtype, e.batch_size, length, assumptions))
+    if device == "gpu" and out["memory"]["total_gb"] > assumptions.gpu_memory_gb:
+        findings.error("evaluate.batch_size", f"scoring needs about {out['memory']['total_gb']:.1f} GB, more than one "
+                f"{assumptions.gpu_memory_gb:.0f} GB GPU: lower evaluate.batch_size or evaluate.max_length")
     return out
 
 
@@ -535,14 +535,14 @@ def _multi_turn_swaps(conversations: list[dict], max_distance: int) -> int:
     return sum(max(0, min(sum(m["role"] == "assistant" for m in c["messages"]), max_distance) - 1) for c in conversations)
 
 
-def early_turn_items(P: Params, A: Assumptions, F: Findings) -> dict:
+def early_turn_items(params: Params, assumptions: Assumptions, findings: Findings) -> dict:
     """How many items the early-turn group (swap at distance >= 2; held-out MUSIC pairs uncounted) will hold, and what the
     estimate assumes; an error when it is 0 (the paper-scale comparison would have no early-turn result)."""
     from music.evaluate.swap import load_swap_conversations
-    from music.seeding import eval_conversation_prefix
     from music.sources import load_conversations
+    from music.stages.seed import eval_conversation_prefix
 
-    e, s, c = P.evaluate, P.seed, P.contrast
+    e, s, c = params.evaluate, params.seed, params.contrast
     notes: list[str] = []
     quality = 0
     if c.d_pairs and parse_d_source(c.d_source) is None:
@@ -557,15 +557,15 @@ def early_turn_items(P: Params, A: Assumptions, F: Findings) -> dict:
     if kind == "seeds":
         if s.path.startswith(HUB_PREFIX):
             rows = KNOWN_HUB_ROWS.get((s.path[len(HUB_PREFIX):], s.split)) or 0
-            multi = int(rows * A.seed_multi_turn_share)
-            notes.append(f"swap: {s.path} cannot be read offline; assumes {A.seed_multi_turn_share:g} of its {rows:,} "
+            multi = int(rows * assumptions.seed_multi_turn_share)
+            notes.append(f"swap: {s.path} cannot be read offline; assumes {assumptions.seed_multi_turn_share:g} of its {rows:,} "
                          "conversations have >= 2 assistant turns (--assume seed_multi_turn_share=...)")
         elif Path(s.path).exists():
             try:
                 convs = load_conversations(s.source, s.path, split=s.split)
             except (DataError, ValueError, OSError) as exc:
                 convs = []
-                F.warn("seed.path", f"cannot count multi-turn conversations in {s.path}: {exc}")
+                findings.warn("seed.path", f"cannot count multi-turn conversations in {s.path}: {exc}")
             multi = sum(eval_conversation_prefix(x, s) is not None for x in convs)
             notes.append(f"swap: {multi:,} conversations of {s.path} qualify as whole eval conversations (or their first "
                          ">= 2 turns; an upper bound: "
@@ -593,15 +593,15 @@ def early_turn_items(P: Params, A: Assumptions, F: Findings) -> dict:
                  "reported apart, not in the total")
     total = swap
     if total == 0:
-        F.error("evaluate.swap_source", "the early-turn group would hold no swap item (no "
+        findings.error("evaluate.swap_source", "the early-turn group would hold no swap item (no "
                 "multi-turn held-out conversations for the swap test): set evaluate.swap_source to a multi-turn source "
                 "(sharegpt:PATH or file:PATH)")
     elif total is None:
-        F.warn("evaluate.swap_source", "cannot count the early-turn items offline; the only early-turn test is the swap test")
+        findings.warn("evaluate.swap_source", "cannot count the early-turn items offline; the only early-turn test is the swap test")
     return {"total": total, "quality": quality, "swap": swap, "assumes": notes}
 
 
-def rewardbench_rows(path: str | None, F: Findings) -> tuple[int, str]:
+def rewardbench_rows(path: str | None, findings: Findings) -> tuple[int, str]:
     """RewardBench rows the evaluate stage will score: a local file's own rows (it wins over the hub, as in
     music.evaluate.rewardbench.load_rewardbench_pairs), else the hub's filtered split."""
     from music.evaluate.constants import HUB_ID, HUB_ROWS, HUB_SPLIT
@@ -610,69 +610,69 @@ def rewardbench_rows(path: str | None, F: Findings) -> tuple[int, str]:
     if not path:
         return HUB_ROWS, f"hub:{HUB_ID} split {HUB_SPLIT}"
     if not Path(path).exists():
-        F.error("evaluate.rewardbench_path", f"{path} does not exist")
+        findings.error("evaluate.rewardbench_path", f"{path} does not exist")
         return 0, f"{path} (missing)"
     try:
         return sum(1 for _ in iter_records(path)), f"{path} (rows read)"
     except DataError as exc:
-        F.error("evaluate.rewardbench_path", str(exc))
+        findings.error("evaluate.rewardbench_path", str(exc))
         return 0, f"{path} (unreadable)"
 
 
-def plan_best_of_n(P: Params, T: Tokens, shape: BackboneShape | None, A: Assumptions, F: Findings) -> tuple[dict, list[Load]]:
-    e = P.evaluate
+def plan_best_of_n(params: Params, tokens: Tokens, shape: BackboneShape | None, assumptions: Assumptions, findings: Findings) -> tuple[dict, list[Load]]:
+    e = params.evaluate
     source = e.bon_source
     out: dict[str, Any] = {"source": source, "prompts": e.bon_prompts, "ns": list(e.bon_ns)}
     try:
         _, location = parse_source(source)
         available, source_turns, how = count_available(source)
     except DataError as exc:
-        F.error("evaluate.bon_source", exc.problem)
+        findings.error("evaluate.bon_source", exc.problem)
         location, available, source_turns, how = None, None, None, str(exc)
     out["available"], out["available_note"] = available, how
     if location and not location.startswith(HUB_PREFIX) and not Path(location).exists():
-        F.error("evaluate.bon_source", f"{location} does not exist")
+        findings.error("evaluate.bon_source", f"{location} does not exist")
     elif available is None:
-        F.warn("evaluate.bon_source", f"cannot count the prompts offline: {how}")
+        findings.warn("evaluate.bon_source", f"cannot count the prompts offline: {how}")
     elif e.bon_prompts > available:
-        F.error("evaluate.bon_prompts", f"{e.bon_prompts} prompts asked, but {source} has {available} "
+        findings.error("evaluate.bon_prompts", f"{e.bon_prompts} prompts asked, but {source} has {available} "
                 f"({how}); lower evaluate.bon_prompts or choose a larger evaluate.bon_source")
     if not e.bon_ns or any(int(n) < 1 for n in e.bon_ns):
-        F.error("evaluate.bon_ns", f"must be positive integers, got {e.bon_ns}")
+        findings.error("evaluate.bon_ns", f"must be positive integers, got {e.bon_ns}")
         return out, []
     turns = e.bon_turns or source_turns or 1
     out["turns"] = turns
     scripted = min(source_turns or 1, turns)
     out["turns_from_source"], out["turns_simulated"] = scripted, turns - scripted
-    policy, judge, user = Load("evaluate.policy", e.policy), Load("evaluate.judge", e.judge), Load("simulate.user", P.simulate.user)
+    policy, judge, user = Load("evaluate.policy", e.policy), Load("evaluate.judge", e.judge), Load("simulate.user", params.simulate.user)
     Pn, ns = e.bon_prompts, sorted({int(n) for n in e.bon_ns})
-    K = len(P.train.seeds)  # every training seed plays (turn-1 samples are shared: the response cache)
+    K = len(params.train.seeds)  # every training seed plays (turn-1 samples are shared: the response cache)
     out["rm_seeds"] = K
     G, M, S = len(ns), max(ns), sum(ns)
-    Q = T.n(A.prompt_chars) + T.m
-    R, U = T.reply(e.policy), T.reply(P.simulate.user)
+    Q = tokens.n(assumptions.prompt_chars) + tokens.m
+    R, U = tokens.reply(e.policy), tokens.reply(params.simulate.user)
     scored = 0.0
     for t in range(1, turns + 1):
-        history = Q + (t - 1) * (R + U + 2 * T.m)  # user turn t included after its message
+        history = Q + (t - 1) * (R + U + 2 * tokens.m)  # user turn t included after its message
         if t == 1:
             policy.add(Pn * M, history, R)
             scored += 2 * K * Pn * M
             continue
         if t > scripted:  # the simulated user writes turn t for each (RM, N) conversation
-            user.add(2 * K * Pn * G, T.sys["user_simulator"] + T.sys["user_opener"] + 2 * T.m + history - U - T.m, U)
+            user.add(2 * K * Pn * G, tokens.sys["user_simulator"] + tokens.sys["user_opener"] + 2 * tokens.m + history - U - tokens.m, U)
         policy.add(2 * K * Pn * S, history, R)  # an upper bound: identical contexts are sampled once
         scored += 2 * K * Pn * S
-    convo = Q + turns * (R + T.m) + (turns - 1) * (U + T.m)
-    judge.add(2 * K * Pn * G, T.sys["judge_pairwise"] + 2 * convo + T.m, T.reply(e.judge))
+    convo = Q + turns * (R + tokens.m) + (turns - 1) * (U + tokens.m)
+    judge.add(2 * K * Pn * G, tokens.sys["judge_pairwise"] + 2 * convo + tokens.m, tokens.reply(e.judge))
     out["rm_scorings"] = round(scored)
     if shape is not None:
-        device = train_device(shape, A)
+        device = train_device(shape, assumptions)
         dtype = resolve_dtype(e.dtype, shape.torch_dtype, cuda=device == "gpu")
-        length = min(e.max_length or P.train.max_length, math.ceil(convo))
-        rate = (A.gpu_tflops * 1e12) if device == "gpu" else (A.cpu_gflops * 1e9)
-        out["rm_hours"] = scored * length * shape.forward_flops_per_token(length, P.train.num_layers) / rate / 3600
-        out["memory"] = scoring_memory(shape, P.train.num_layers, dtype, e.batch_size, e.max_length or P.train.max_length,
-                                       A, resident=1)
+        length = min(e.max_length or params.train.max_length, math.ceil(convo))
+        rate = (assumptions.gpu_tflops * 1e12) if device == "gpu" else (assumptions.cpu_gflops * 1e9)
+        out["rm_hours"] = scored * length * shape.forward_flops_per_token(length, params.train.num_layers) / rate / 3600
+        out["memory"] = scoring_memory(shape, params.train.num_layers, dtype, e.batch_size, e.max_length or params.train.max_length,
+                                       assumptions, resident=1)
     return out, [x for x in (policy, user, judge) if x.requests]
 
 
@@ -682,72 +682,72 @@ def role_shape(cfg: ChatModelConfig) -> BackboneShape | None:
     return backbone_shape(cfg.model) if cfg.backend == "transformers" and known_backbone(cfg.model) else None
 
 
-def time_loads(loads: list[Load], A: Assumptions) -> None:
+def time_loads(loads: list[Load], assumptions: Assumptions) -> None:
     for ld in loads:
         cfg = ld.cfg
         if cfg.backend == "openai":
             k = max(1, len(cfg.base_urls))
-            pre, dec = A.server_prefill_tok_s * k, A.server_decode_tok_s * k
+            pre, dec = assumptions.server_prefill_tok_s * k, assumptions.server_decode_tok_s * k
             ld.rate = f"server x{k}: {pre:,.0f} prefill / {dec:,.0f} decode tok/s"
         else:
             shape = role_shape(cfg)
             if shape is None:
                 ld.rate = "unknown (in-process model without a known config.json)"
                 continue
-            scale = A.cpu_reference_params / shape.causal_lm_params()
-            pre, dec = A.cpu_prefill_tok_s * scale, A.cpu_decode_tok_s * scale
+            scale = assumptions.cpu_reference_params / shape.causal_lm_params()
+            pre, dec = assumptions.cpu_prefill_tok_s * scale, assumptions.cpu_decode_tok_s * scale
             ld.rate = f"in-process CPU: {pre:,.0f} prefill / {dec:,.1f} decode tok/s"
         ld.hours = (ld.prompt_tokens / pre + ld.generated_tokens / dec) / 3600
 
 
-def check_roles(P: Params, T: Tokens, F: Findings) -> None:
+def check_roles(params: Params, tokens: Tokens, findings: Findings) -> None:
     """Checks on each chat role: in-process context length; Gemma-style templates behind a server."""
-    roles = {"simulate.user": P.simulate.user, "simulate.assistant": P.simulate.assistant,
-             "contrast.contrast": P.contrast.contrast, "evaluate.policy": P.evaluate.policy,
-             "evaluate.judge": P.evaluate.judge}
-    longest = T.context + P.simulate.turns * (T.reply(P.simulate.user) + T.reply(P.simulate.assistant) + 4 * T.m)
+    roles = {"simulate.user": params.simulate.user, "simulate.assistant": params.simulate.assistant,
+             "contrast.contrast": params.contrast.contrast, "evaluate.policy": params.evaluate.policy,
+             "evaluate.judge": params.evaluate.judge}
+    longest = tokens.context + params.simulate.turns * (tokens.reply(params.simulate.user) + tokens.reply(params.simulate.assistant) + 4 * tokens.m)
     for key, cfg in roles.items():
         if cfg.max_new_tokens < 1:
-            F.error(f"{key}.max_new_tokens", f"must be >= 1, got {cfg.max_new_tokens}")
+            findings.error(f"{key}.max_new_tokens", f"must be >= 1, got {cfg.max_new_tokens}")
         if cfg.backend not in ("transformers", "openai"):
-            F.error(f"{key}.backend", f"must be transformers or openai, got {cfg.backend!r}")
+            findings.error(f"{key}.backend", f"must be transformers or openai, got {cfg.backend!r}")
             continue
         if cfg.backend == "openai" and not cfg.base_urls:
-            F.error(f"{key}.base_urls", "an openai backend needs at least one base URL")
+            findings.error(f"{key}.base_urls", "an openai backend needs at least one base URL")
         if cfg.backend == "openai" and cfg.api_key_env and not os.environ.get(cfg.api_key_env):
-            F.warn(f"{key}.api_key_env", f"${cfg.api_key_env} is not set here: the stage stops before its first "
+            findings.warn(f"{key}.api_key_env", f"${cfg.api_key_env} is not set here: the stage stops before its first "
                    "request unless it is set where it runs (api_key_env: '' for a server without a key)")
         if cfg.backend == "openai" and "gemma" in cfg.model.lower() and cfg.system_role != "fold":
-            F.warn(f"{key}.system_role", f"{cfg.model}: Gemma chat templates reject the system role (vLLM answers "
+            findings.warn(f"{key}.system_role", f"{cfg.model}: Gemma chat templates reject the system role (vLLM answers "
                    "HTTP 400); set system_role: fold")
         shape = role_shape(cfg)
         if shape and shape.max_position_embeddings and longest + cfg.max_new_tokens > shape.max_position_embeddings:
-            F.warn(f"{key}.max_new_tokens", f"conversations may reach ~{longest:.0f} tokens plus {cfg.max_new_tokens} "
+            findings.warn(f"{key}.max_new_tokens", f"conversations may reach ~{longest:.0f} tokens plus {cfg.max_new_tokens} "
                    f"new ones, beyond {cfg.model}'s {shape.max_position_embeddings} positions")
 
 
 # ---------------------------------------------------------------- the whole plan
 
-def make_plan(P: Params, A: Assumptions | None = None, params_file: str = "params.yaml") -> dict:
-    A = A or Assumptions()
+def make_plan(params: Params, assumptions: Assumptions | None = None, params_file: str = "params.yaml") -> dict:
+    assumptions = assumptions or Assumptions()
     F = Findings()
-    T = Tokens(P, A)
-    shape = reward_shape(P, F)
-    stages: dict[str, Any] = {"seed": plan_seed(P, F)}
+    T = Tokens(params, assumptions)
+    shape = reward_shape(params, F)
+    stages: dict[str, Any] = {"seed": plan_seed(params, F)}
     loads: dict[str, list[Load]] = {}
-    stages["simulate"], loads["simulate"] = plan_simulate(P, T, F)
-    stages["contrast"], loads["contrast"] = plan_contrast(P, T, F)
-    stages["train"] = plan_train(P, shape, A, F)
-    stages["evaluate"] = plan_evaluate(P, shape, A, F)
-    stages["best_of_n"], loads["best_of_n"] = plan_best_of_n(P, T, shape, A, F)
-    check_roles(P, T, F)
+    stages["simulate"], loads["simulate"] = plan_simulate(params, T, F)
+    stages["contrast"], loads["contrast"] = plan_contrast(params, T, F)
+    stages["train"] = plan_train(params, shape, assumptions, F)
+    stages["evaluate"] = plan_evaluate(params, shape, assumptions, F)
+    stages["best_of_n"], loads["best_of_n"] = plan_best_of_n(params, T, shape, assumptions, F)
+    check_roles(params, T, F)
     mt = stages["simulate"]["conversation_tokens"]
-    if mt > P.train.max_length:
+    if mt > params.train.max_length:
         F.warn("train.max_length", f"simulated conversations may reach ~{mt} tokens > train.max_length="
-               f"{P.train.max_length}: the oldest turns are dropped (counted in train_metrics.json)")
+               f"{params.train.max_length}: the oldest turns are dropped (counted in train_metrics.json)")
     hours: dict[str, float | None] = {}
     for stage, ls in loads.items():
-        time_loads(ls, A)
+        time_loads(ls, assumptions)
         stages[stage]["generation"] = [ld.as_dict() for ld in ls]
         hours[stage] = None if any(ld.hours is None for ld in ls) else sum(ld.hours for ld in ls)
     tr = stages["train"].get("variants", {})
@@ -758,7 +758,7 @@ def make_plan(P: Params, A: Assumptions | None = None, params_file: str = "param
     total = None if any(h is None for h in hours.values()) else sum(hours.values())
     return {
         "params_file": str(params_file), "ok": not F.errors, "errors": F.errors, "warnings": F.warnings,
-        "assumptions": dataclasses.asdict(A), "stages": stages, "hours": hours, "total_hours": total,
+        "assumptions": dataclasses.asdict(assumptions), "stages": stages, "hours": hours, "total_hours": total,
         "requests": sum(ld.requests for ls in loads.values() for ld in ls),
     }
 
@@ -863,18 +863,18 @@ def parse_assumptions(items: list[str]) -> Assumptions:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m music.plan", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m music.pipeline.plan", description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml", help="params file or profile (default: params.yaml)")
     ap.add_argument("--out", default="outputs/plan.json", help="where to write the plan as JSON")
     ap.add_argument("--assume", action="append", default=[], metavar="NAME=VALUE", help="override an assumption")
     args = ap.parse_args(argv)
     try:
-        P = load_params(args.params)
+        params = load_params(args.params)
     except DataError as exc:  # a bad value: the config names the section and key
         print(f"ERROR [{exc.source.removeprefix(str(args.params) + '.')}.{exc.field}]: {exc.problem}" if exc.field
               else f"ERROR: {exc}")
         return 1
-    plan = make_plan(P, parse_assumptions(args.assume), args.params)
+    plan = make_plan(params, parse_assumptions(args.assume), args.params)
     print(render(plan))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -20,12 +20,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
-from music.config import SeedConfig
+from music.config import Params, SeedConfig
 from music.errors import DataError
-from music.io import atomic_path, read_jsonl, write_json, write_jsonl
+from music.files import atomic_path, read_jsonl, write_json, write_jsonl
 from music.schema import validate_conversation
 from music.sources import RealConversation, load_conversations
 from music.sources.records import Skipped
+from music.stages import check_variant
 
 _CHUNK_ID = re.compile(r"^(?P<base>.+)_(?P<chunk>\d+)$")
 # How an assistant opens a reply; a real user's first message almost never opens this way (measured on
@@ -288,11 +289,13 @@ def load_seed_source(cfg: SeedConfig) -> tuple[list[RealConversation], dict]:
     return conversations, skipped.check()
 
 
-def run_seed_stage(cfg: SeedConfig, out_dir: str | Path) -> SeedSet:
-    conversations, malformed = load_seed_source(cfg)
-    seeds = draw_seeds(conversations, cfg)
+def run(params: Params, *, variant: str | None = None) -> SeedSet:
+    """The seed stage: draw the seeds from params.seed's source and write them to params.paths.seeds."""
+    check_variant("seed", variant)
+    conversations, malformed = load_seed_source(params.seed)
+    seeds = draw_seeds(conversations, params.seed)
     seeds.stats["malformed_records"] = malformed
-    write_seed_set(seeds, out_dir)
+    write_seed_set(seeds, params.paths.seeds)
     return seeds
 
 

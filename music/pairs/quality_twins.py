@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from music.chat.base import derive_seed
+from music.chat.rollout import SimPrompts, assistant_view, make_event
 from music.schema import pair_record, user_turns
-from music.simulate import SimPrompts, assistant_view, make_event
 
 SHAREGPT, MTBENCH = "sharegpt", "mtbench"
 

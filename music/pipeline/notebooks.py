@@ -1,7 +1,7 @@
 """Run the numbered notebooks as pipeline stages, and give each notebook its typed parameters.
 
 A stage notebook's cell tagged "parameters" holds `params_file = "params.yaml"`, `params = None` and
-`run = False`; `python -m music.notebook STAGE` executes it with papermill from the repository root,
+`run = False`; `python -m music.pipeline.notebooks STAGE` executes it with papermill from the repository root,
 injecting the whole params file as the `params` dict, `run = True` (recompute the stage's outputs) and
 `variant` for per-variant stages. Opened by hand in JupyterLab, the same notebook reads params.yaml
 itself and shows the outputs that already exist, recomputing only what is missing (or everything, with
@@ -35,18 +35,18 @@ from music.config import Params, from_dict, load_params, read_params_file
 # stage name -> notebook file (one place)
 NOTEBOOKS = {
     "seed": "00_draw_seeds.ipynb",
-    "heldout": "00b_held_out_items.ipynb",  # the test items, built apart from the method (music.heldout)
-    "simulate": "01_simulate_conversations.ipynb",
-    "contrast": "02_contrast_pairs.ipynb",
-    "train": "03_train_rm.ipynb",
-    "evaluate": "04_evaluate_rm.ipynb",
-    "best_of_n": "05_pick_best_of_n.ipynb",
-    "plots": "06_plot_results.ipynb",
+    "heldout": "01_held_out_items.ipynb",  # the test items, built apart from the method (music.stages.heldout)
+    "simulate": "02_simulate_conversations.ipynb",
+    "contrast": "03_contrast_pairs.ipynb",
+    "train": "04_train_rm.ipynb",
+    "evaluate": "05_evaluate_rm.ipynb",
+    "best_of_n": "06_pick_best_of_n.ipynb",
+    "plots": "07_plot_results.ipynb",
 }
 EXECUTED_DIR = "reports/notebooks"  # executed copies and their logs (change every run; nothing depends on them)
 LABEL_WIDTH = 22  # stage labels are padded with dots to this width, so the statuses line up
 TAIL_LINES = 40  # log lines shown on the console when a stage fails
-PROGRESS_ENV = "MUSIC_PROGRESS"  # "live": redraw the stage line even when stdout is not a terminal (music.repro)
+PROGRESS_ENV = "MUSIC_PROGRESS"  # "live": redraw the stage line even when stdout is not a terminal (music.pipeline.repro)
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -75,7 +75,7 @@ def load_stage_params(params: dict | None, params_file: str = "params.yaml") -> 
 
 def outputs_exist(*paths: str | Path) -> bool:
     """True when every path exists: a notebook opened by hand (run=False) then shows them instead of
-    recomputing; the DVC stage always recomputes (music.notebook.run_stage injects run=True)."""
+    recomputing; the DVC stage always recomputes (music.pipeline.notebooks.run_notebook injects run=True)."""
     return all(Path(p).exists() for p in paths)
 
 
@@ -141,7 +141,7 @@ def _set_lines(config: Any, raw: dict, indent: int, width: int) -> tuple[list[st
 
 
 def show_params(config: Any, name: str | None = None, width: int = 88, profile: dict | None = None) -> None:
-    """Print what the profile sets for a stage, e.g. `show_params(P.contrast, "contrast")`: the keys of its
+    """Print what the profile sets for a stage, e.g. `show_params(params.contrast, "contrast")`: the keys of its
     params file's section (`# default` where the value equals music/config.py's default), then one line naming
     the fields it leaves at their defaults. Without a loaded profile (load_stage_params) every field is printed."""
     import textwrap
@@ -168,7 +168,7 @@ def show_params(config: Any, name: str | None = None, width: int = 88, profile: 
 
 def say(text: str) -> None:
     """A lesson's sentence built from the run's params or outputs (so its numbers never drift from the run):
-    Markdown in a notebook, plain text elsewhere. E.g. `say(f"This run simulates **{P.simulate.turns} turns**.")`."""
+    Markdown in a notebook, plain text elsewhere. E.g. `say(f"This run simulates **{params.simulate.turns} turns**.")`."""
     try:
         from IPython import get_ipython
         from IPython.display import Markdown, display
@@ -367,7 +367,7 @@ def execute_notebook(source: Path, target: Path, parameters: dict[str, Any], cwd
     return target
 
 
-def run_stage(stage: str, params_file: str = "params.yaml", variant: str | None = None,
+def run_notebook(stage: str, params_file: str = "params.yaml", variant: str | None = None,
               output_dir: str | Path = EXECUTED_DIR, log_output: bool = True,
               progress: StageProgress | None = None) -> Path:
     """Execute a stage's notebook with papermill; returns the executed copy's path (its log beside it)."""
@@ -388,7 +388,7 @@ def run_stage(stage: str, params_file: str = "params.yaml", variant: str | None 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m music.notebook", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m music.pipeline.notebooks", description=__doc__.splitlines()[0])
     ap.add_argument("stage", choices=sorted(NOTEBOOKS))
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     ap.add_argument("--variant", default=None, help="RM variant, for per-variant stages")
@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     progress = StageProgress(stage_label(args.stage, args.variant))
     try:
-        run_stage(args.stage, args.params, args.variant, args.output_dir, progress=progress)
+        run_notebook(args.stage, args.params, args.variant, args.output_dir, progress=progress)
     except StageError as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -24,10 +24,9 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from music.evaluate.compare import compare, headline, load_item_rows, load_trajectories, trajectory_summary
 from music.evaluate.constants import PAPER_REWARDBENCH, SECTION_KEYS, SECTION_TITLES
 from music.evaluate.stats import bootstrap_interval
-from music.io import atomic_path, write_json
+from music.files import atomic_path
 
 SUMMARY_FILE = "summary.json"  # headline numbers for `dvc metrics show` (written by the plots stage)
 
@@ -84,12 +83,12 @@ def save_figure(fig: Figure, folder: str | Path, name: str, formats: Sequence[st
     return paths
 
 
-def _order(variants) -> list[str]:
+def order_variants(variants) -> list[str]:
     return sorted(variants, key=lambda v: (VARIANT_ORDER.index(v) if v in VARIANT_ORDER else 99, v))
 
 
 def _palette(variants) -> dict:
-    order = _order(variants)
+    order = order_variants(variants)
     return dict(zip(order, sns.color_palette(n_colors=max(1, len(order)))))
 
 
@@ -112,7 +111,7 @@ def plot_accuracy_overview(rows: pd.DataFrame, table: pd.DataFrame) -> Figure:
              if (table["slice"] == n).any()]
     fig = _figure((max(7.0, 1.05 * len(names) + 2), 4.4))
     ax = fig.subplots()
-    variants = _order(rows["variant"].unique())
+    variants = order_variants(rows["variant"].unique())
     colors = _palette(variants)
     width = 0.8 / max(1, len(variants))
     for j, v in enumerate(variants):
@@ -207,7 +206,7 @@ def plot_by_distance(rows: pd.DataFrame) -> Figure:
     colors = _palette(df["variant"].unique())
     for ax, panel in zip(axes, panels):
         sub = df[df["test"] == panel]
-        for i, v in enumerate(_order(sub["variant"].unique())):
+        for i, v in enumerate(order_variants(sub["variant"].unique())):
             s = sub[sub["variant"] == v].sort_values("distance")
             x = s["distance"] + (i - 0.5) * 0.08
             err = [(s["accuracy"] - s["ci_low"]).clip(lower=0).to_numpy(), (s["ci_high"] - s["accuracy"]).clip(lower=0).to_numpy()]
@@ -236,7 +235,7 @@ def plot_reward_trajectory(summary: pd.DataFrame) -> Figure:
         ax.text(0.5, 0.5, "no held-out MUSIC pairs", ha="center", va="center", transform=ax.transAxes)
         return fig
     colors = _palette(summary["variant"].unique())
-    for i, v in enumerate(_order(summary["variant"].unique())):
+    for i, v in enumerate(order_variants(summary["variant"].unique())):
         s = summary[summary["variant"] == v].sort_values("relative_turn")
         x = s["relative_turn"] + (i - 0.5) * 0.06
         err = [(s["gap"] - s["ci_low"]).clip(lower=0).to_numpy(), (s["ci_high"] - s["gap"]).clip(lower=0).to_numpy()]
@@ -386,7 +385,7 @@ def rewardbench_table(metrics: dict[str, dict]) -> pd.DataFrame:
     """RewardBench sections in percent, this run's variants (mean ± sd over training seeds, from each variant's
     metrics/{variant}.json) above the paper's two rows (constants.PAPER_REWARDBENCH), one column per section."""
     rows = []
-    for v in _order(metrics):
+    for v in order_variants(metrics):
         rb = (metrics[v] or {}).get("rewardbench")
         if not rb:
             continue
@@ -400,22 +399,6 @@ def rewardbench_table(metrics: dict[str, dict]) -> pd.DataFrame:
                      ignore_index=True).set_index("model")
 
 
-# ---------------------------------------------------------------- the stage
-def build_all(P, variants: Sequence[str] | None = None) -> tuple[dict[str, Figure], pd.DataFrame, pd.DataFrame]:
-    """(figures {file stem: Figure} in FIGURE_NAMES order, the comparison table, the trajectory summary)."""
-    variants = _order(variants or P.train.variants)
-    rows = load_item_rows(P.paths.evaluation, variants)
-    table = compare(rows)
-    traj = trajectory_summary(load_trajectories(P.paths.evaluation, variants))
-    bon = load_best_of_n(P.paths.metrics, P.paths.evaluation)
-    figs = {"accuracy_overview": plot_accuracy_overview(rows, table), "paired_differences": plot_paired_differences(table),
-            "accuracy_by_distance": plot_by_distance(rows), "reward_trajectory": plot_reward_trajectory(traj)}
-    if bon:
-        figs["best_of_n"] = plot_best_of_n(bon)
-    figs["training_curves"] = plot_training_curves(load_curves(P.paths.models, variants, P.train.seeds))
-    return figs, table, traj
-
-
 def load_best_of_n(metrics_dir: str | Path, evaluation_dir: str | Path | None = None) -> dict | None:
     """best_of_n.json (numbers), with best_of_n_info.json (judge, policy, ...) merged in when given and present."""
     path = Path(metrics_dir) / "best_of_n.json"
@@ -424,42 +407,3 @@ def load_best_of_n(metrics_dir: str | Path, evaluation_dir: str | Path | None = 
     out = json.loads(path.read_text(encoding="utf-8"))
     info = Path(evaluation_dir) / "best_of_n_info.json" if evaluation_dir else None
     return {**out, **json.loads(info.read_text(encoding="utf-8"))} if info and info.exists() else out
-
-
-def plot_data(P, variants: Sequence[str], traj: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The data behind the figures, the shape `dvc plots` overlays across revisions: {file stem: frame}, each
-    an x column and one column per variant (training curves averaged over seeds; the figures show each seed)."""
-    variants = _order(variants)
-    out = {}
-
-    def wide(df: pd.DataFrame, x: str, value: str) -> pd.DataFrame:
-        table = df.pivot_table(index=x, columns="variant", values=value) if not df.empty else pd.DataFrame()
-        return table.reindex(columns=variants).rename_axis(None, axis=1).reset_index() if not table.empty \
-            else pd.DataFrame(columns=[x, *variants])
-
-    curves = load_curves(P.paths.models, variants, P.train.seeds)
-    for col in ("loss", "accuracy"):
-        out[f"training_{col}"] = wide(curves, "step", col)
-    dist = distance_table(load_item_rows(P.paths.evaluation, variants))
-    for test in ("quality", "swap", "swap_same", "music"):
-        out[f"accuracy_by_distance_{test}"] = wide(dist[dist["test"] == test], "distance", "accuracy")
-    out["reward_trajectory"] = wide(traj, "relative_turn", "gap")
-    return out
-
-
-def make_all(P, variants: Sequence[str] | None = None) -> list[Path]:
-    """The plots stage: build every figure and save it under P.paths.figures; write the headline numbers
-    (metrics/summary.json), the comparison table (metrics/comparison.csv) and the data behind the figures
-    (P.paths.plots/*.csv). Returns the figure paths."""
-    variants = list(variants or P.train.variants)
-    figs, table, traj = build_all(P, variants)
-    paths: list[Path] = []
-    for name, fig in figs.items():
-        paths += save_figure(fig, P.paths.figures, name, formats=tuple(P.plots.formats), dpi=P.plots.dpi)
-    write_json(Path(P.paths.metrics) / SUMMARY_FILE, headline(table, load_best_of_n(P.paths.metrics)))
-    frames = {"comparison": (Path(P.paths.metrics), table),
-              **{name: (Path(P.paths.plots), df) for name, df in plot_data(P, variants, traj).items()}}
-    for name, (folder, df) in frames.items():
-        with atomic_path(folder / f"{name}.csv") as tmp:
-            df.to_csv(tmp, index=False, float_format="%.6f", lineterminator="\n")
-    return paths

@@ -1,7 +1,7 @@
-"""`dvc repro` with one console line per stage: `python -m music.repro [dvc repro arguments]`.
+"""`dvc repro` with one console line per stage: `python -m music.pipeline.repro [dvc repro arguments]`.
 
 DVC itself prints four or five lines per stage ("Running stage 'seed':", the command, "Updating lock
-file", "Use `dvc push` ..."); each stage's runner (music.notebook) prints its own line. This wrapper
+file", "Use `dvc push` ..."); each stage's runner (music.pipeline.notebooks) prints its own line. This wrapper
 runs `dvc repro`, keeps the runners' lines, turns "Stage 'x' didn't change, skipping" into
 `x ........ up to date`, and drops DVC's other routine lines. Anything it does not recognise (errors,
 warnings; DVC's and the stages' stderr come through the same pipe) passes through unchanged, and it
@@ -16,7 +16,7 @@ import re
 import subprocess
 import sys
 
-from music.notebook import PROGRESS_ENV, stage_line
+from music.pipeline.notebooks import PROGRESS_ENV, stage_line
 
 _SKIPPED = re.compile(r"^(?:Stage )?'([^']+)' didn't change, skipping$")
 _DROP = [

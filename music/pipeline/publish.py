@@ -1,6 +1,6 @@
 """Publish the executed notebooks of a run as a walkthrough a reader can open without running anything.
 
-`python -m music.publish` (the last step of `make run`) copies the executed stage notebooks from
+`python -m music.pipeline.publish` (the last step of `make run`) copies the executed stage notebooks from
 reports/notebooks/ (papermill's copies, figures embedded as PNG) to docs/walkthrough/, cleaned so that the
 same executed notebook always gives the same bytes: papermill's and the kernel's metadata (start and end
 times, durations, paths) removed, cell ids numbered (papermill's injected cell gets a random one), widget
@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from music.io import atomic_path
-from music.notebook import EXECUTED_DIR, NOTEBOOKS, repo_root
+from music.files import atomic_path
+from music.pipeline.notebooks import EXECUTED_DIR, NOTEBOOKS, repo_root
 
 WALKTHROUGH_DIR = "docs/walkthrough"
 VARIANT_STAGES = ("train", "evaluate")  # one executed copy per variant of train.variants
@@ -27,7 +27,7 @@ _CELL_METADATA_KEEP = ("tags", "jupyter")  # tags (parameters, injected-paramete
 
 
 def executed_names(variants: Sequence[str] | None = None) -> list[str]:
-    """The executed copies a full run writes, in lesson order: 00_draw_seeds.ipynb, ..., 03_train_rm_baseline.ipynb;
+    """The executed copies a full run writes, in lesson order: 00_draw_seeds.ipynb, ..., 04_train_rm_baseline.ipynb;
     one per variant (default: train.variants of params.yaml) for the train and evaluate stages."""
     if variants is None:
         from music.config import load_params
@@ -97,7 +97,7 @@ def publish(source: str | Path = EXECUTED_DIR, target: str | Path = WALKTHROUGH_
         written.append(target / name)
     lines = ["# Walkthrough: the notebooks of the committed run, executed", "",
              "Each lesson as the pipeline ran it (`make run`, default profile), with its outputs and figures; "
-             "made by `python -m music.publish` from reports/notebooks/. Open them here, or run them yourself "
+             "made by `python -m music.pipeline.publish` from reports/notebooks/. Open them here, or run them yourself "
              "in JupyterLab (`make lab`).", ""]
     lines += [f"- [{p.stem}]({p.name})" for p in written]
     if missing:
@@ -108,7 +108,7 @@ def publish(source: str | Path = EXECUTED_DIR, target: str | Path = WALKTHROUGH_
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m music.publish", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m music.pipeline.publish", description=__doc__.splitlines()[0])
     ap.add_argument("--source", default=EXECUTED_DIR, help=f"executed notebooks (default: {EXECUTED_DIR})")
     ap.add_argument("--target", default=WALKTHROUGH_DIR, help=f"where the walkthrough goes (default: {WALKTHROUGH_DIR})")
     args = ap.parse_args(argv)

@@ -1,0 +1,1 @@
+"""Presentation: conversations as HTML, the findings in words, the figures."""
