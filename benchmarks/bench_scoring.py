@@ -54,8 +54,10 @@ def conversations(n: int, seed: int = 0) -> tuple[list[list[dict]], str]:
     for _ in range(n):
         msgs = []
         for _ in range(rng.randint(1, 4)):
-            msgs += [{"role": "user", "content": " ".join(rng.choices(words, k=rng.randint(5, 40)))},
-                     {"role": "assistant", "content": " ".join(rng.choices(words, k=rng.randint(5, 80)))}]
+            msgs += [
+                {"role": "user", "content": " ".join(rng.choices(words, k=rng.randint(5, 40)))},
+                {"role": "assistant", "content": " ".join(rng.choices(words, k=rng.randint(5, 80)))},
+            ]
         convs.append(msgs)
     return convs, "synthetic conversations"
 
@@ -68,7 +70,9 @@ def one_at_a_time(scorer, convs) -> list[float]:
 
     out = []
     for i, conv in enumerate(convs):
-        ids = fit_conversation(scorer.tokenizer, conv, scorer.max_length, source="bench", record=i, field_name="messages").ids
+        ids = fit_conversation(
+            scorer.tokenizer, conv, scorer.max_length, source="bench", record=i, field_name="messages"
+        ).ids
         x = torch.tensor([ids])
         out.append(float(scorer.model(input_ids=x, attention_mask=torch.ones_like(x)).logits[0, 0]))
     return out
@@ -82,10 +86,16 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--dtype", default="float32", help="both paths use it (bfloat16 is fast on CPUs with AMX)")
-    ap.add_argument("--backbone", default=None, help="causal LM the RM is built from without --model "
-                    "(default: the embedded SmolLM2-135M-Instruct)")
-    ap.add_argument("--smoke", action="store_true",
-                    help="seconds, not minutes: 4 conversations, 1 layer, 128 tokens (tests/test_benchmarks.py)")
+    ap.add_argument(
+        "--backbone",
+        default=None,
+        help="causal LM the RM is built from without --model (default: the embedded SmolLM2-135M-Instruct)",
+    )
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds, not minutes: 4 conversations, 1 layer, 128 tokens (tests/test_benchmarks.py)",
+    )
     args = ap.parse_args(argv)
     if args.smoke:
         args.n, args.layers, args.batch_size, args.max_length = 4, 1, 2, 128
@@ -102,7 +112,9 @@ def main(argv=None) -> int:
             label = f"{args.backbone or 'embedded SmolLM2-135M'}, {args.layers} layers, random score head"
         else:
             label = model_dir
-        scorer = RewardScorer(model_dir, batch_size=args.batch_size, max_length=args.max_length, device="cpu", dtype=args.dtype)
+        scorer = RewardScorer(
+            model_dir, batch_size=args.batch_size, max_length=args.max_length, device="cpu", dtype=args.dtype
+        )
         convs, data_label = conversations(args.n)
         scorer.score(convs[:2])  # warm-up (first-call allocations), same for both paths
         t0 = time.perf_counter()
@@ -113,8 +125,14 @@ def main(argv=None) -> int:
         t_single = time.perf_counter() - t0
     lengths = sorted(len(scorer.tokenizer.apply_chat_template(c, tokenize=True)["input_ids"]) for c in convs)
     diff = max(abs(a - b) for a, b in zip(batched, single))
-    print(f"model: {label}; data: {args.n} {data_label}; tokens min/median/max {lengths[0]}/{lengths[len(lengths) // 2]}/{lengths[-1]}")
-    print(f"threads: {torch.get_num_threads()}; dtype {args.dtype}; batch size {args.batch_size}; max_length {args.max_length}")
+    print(
+        f"model: {label}; data: {args.n} {data_label}; "
+        f"tokens min/median/max {lengths[0]}/{lengths[len(lengths) // 2]}/{lengths[-1]}"
+    )
+    print(
+        f"threads: {torch.get_num_threads()}; dtype {args.dtype}; "
+        f"batch size {args.batch_size}; max_length {args.max_length}"
+    )
     print(f"RewardScorer (sorted batches, inference_mode): {t_batched:.2f} s = {args.n / t_batched:.1f} conv/s")
     print(f"one at a time (plain forward):                {t_single:.2f} s = {args.n / t_single:.1f} conv/s")
     print(f"speed-up: {t_single / t_batched:.2f}x; max |score difference| {diff:.2e}")

@@ -7,8 +7,9 @@ minutes on one H100 (both cases). Nothing is downloaded: the embedded SmolLM2 an
 from the committed config.
 
 Case `reload` (the embedded SmolLM2, cut to --layers): load through Unsloth with num_labels=1 (a
-one-output `score` head, unsloth#1730), LoRA through FastLanguageModel.get_peft_model, train --steps steps
-with this package's trainer, score in memory (Unsloth's kernels), save with save_reward_model, then score
+one-output `score` head, https://github.com/unslothai/unsloth/issues/1730), LoRA through
+FastLanguageModel.get_peft_model, train --steps steps with this package's trainer, score in memory (Unsloth's
+kernels), save with save_reward_model, then score
 the saved folder in a separate process that never imports Unsloth (music.rm.score.load_scoring_model: the
 evaluate stage's path) and compare the scores. It also prints how much of the LoRA update a merge into
 bf16 would have dropped, and how far the scores move without the adapter (the size of what is checked).
@@ -53,6 +54,7 @@ REL_TOL = 0.05  # max |diff| <= REL_TOL * (1 + max |score|)
 
 # ---------------------------------------------------------------- CPU-side pieces (tested on CPU)
 
+
 def toy_pairs(n: int, repeat: int = 1, turns: int = 1) -> list[PreferencePair]:
     """Learnable pairs; `repeat` and `turns` make them long (turns beyond max_length are dropped, oldest first)."""
     pairs = []
@@ -60,7 +62,10 @@ def toy_pairs(n: int, repeat: int = 1, turns: int = 1) -> list[PreferencePair]:
         chosen, rejected = [], []
         for t in range(turns):
             q = {"role": "user", "content": f"Question {i}.{t}: how do I cook rice? " + "please " * (i % 4) * repeat}
-            good = {"role": "assistant", "content": "Rinse the rice, add water 1:1.5, simmer 15 minutes. " * (1 + i % 3) * repeat}
+            good = {
+                "role": "assistant",
+                "content": "Rinse the rice, add water 1:1.5, simmer 15 minutes. " * (1 + i % 3) * repeat,
+            }
             bad = {"role": "assistant", "content": "Here is a recipe for pancakes instead. " * (1 + i % 3) * repeat}
             chosen += [q, good]
             rejected += [q, bad]
@@ -71,20 +76,41 @@ def toy_pairs(n: int, repeat: int = 1, turns: int = 1) -> list[PreferencePair]:
 def compare(before: list[float], after: list[float]) -> dict:
     diff = max(abs(a - b) for a, b in zip(before, after))
     scale = 1 + max(abs(x) for x in before)
-    return {"max_abs_diff": diff, "tolerance": REL_TOL * scale, "ok": diff <= REL_TOL * scale and len(before) == len(after)}
+    return {
+        "max_abs_diff": diff,
+        "tolerance": REL_TOL * scale,
+        "ok": diff <= REL_TOL * scale and len(before) == len(after),
+    }
 
 
-def score_in_child(model_dir: Path, convs: list[list[dict]], dtype: str, max_length: int, device: str | None = None) -> dict:
+def score_in_child(
+    model_dir: Path, convs: list[list[dict]], dtype: str, max_length: int, device: str | None = None
+) -> dict:
     """Score `convs` with the saved folder in a fresh Python process that does not import Unsloth."""
     with tempfile.TemporaryDirectory() as tmp:
         cj, out = Path(tmp) / "convs.json", Path(tmp) / "scores.json"
         cj.write_text(json.dumps(convs), encoding="utf-8")
-        cmd = [sys.executable, str(Path(__file__).resolve()), "score", "--model", str(model_dir), "--convs", str(cj),
-               "--out", str(out), "--dtype", dtype, "--max-length", str(max_length)] + (["--device", device] if device else [])
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "score",
+            "--model",
+            str(model_dir),
+            "--convs",
+            str(cj),
+            "--out",
+            str(out),
+            "--dtype",
+            dtype,
+            "--max-length",
+            str(max_length),
+        ] + (["--device", device] if device else [])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"scoring in a separate process failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+            raise RuntimeError(
+                f"scoring in a separate process failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+            )
         return json.loads(out.read_text(encoding="utf-8"))
 
 
@@ -99,16 +125,21 @@ def child_main(args) -> int:
     scorer = RewardScorer(args.model, batch_size=8, max_length=args.max_length, device=args.device, dtype=args.dtype)
     scores = scorer.score(convs)
     base = scorer.model.get_base_model() if hasattr(scorer.model, "get_base_model") else scorer.model
-    result = {"scores": scores, "unsloth_imported": "unsloth" in sys.modules,
-              "head_dtype": str(score_head(scorer.model).weight.dtype).replace("torch.", ""),
-              "attn_implementation": base.config._attn_implementation, "model_class": type(scorer.model).__name__,
-              "dtype": scorer.dtype}
+    result = {
+        "scores": scores,
+        "unsloth_imported": "unsloth" in sys.modules,
+        "head_dtype": str(score_head(scorer.model).weight.dtype).replace("torch.", ""),
+        "attn_implementation": base.config._attn_implementation,
+        "model_class": type(scorer.model).__name__,
+        "dtype": scorer.dtype,
+    }
     if hasattr(scorer.model, "disable_adapter"):  # how far the adapter moves the scores: the size of the check
         from music.rm.score import score_conversations
 
         with scorer.model.disable_adapter():
-            result["scores_without_adapter"] = score_conversations(scorer.model, scorer.tokenizer, convs,
-                                                                   max_length=args.max_length)
+            result["scores_without_adapter"] = score_conversations(
+                scorer.model, scorer.tokenizer, convs, max_length=args.max_length
+            )
     if torch.cuda.is_available():
         result["device"] = torch.cuda.get_device_name(0)
     Path(args.out).write_text(json.dumps(result), encoding="utf-8")
@@ -116,18 +147,23 @@ def child_main(args) -> int:
 
 
 def planner_estimate(backbone: str, cfg: TrainConfig) -> dict:
-    """music.pipeline.plan's training memory and FLOPs per token for `cfg` on `backbone`'s shape (a local folder works)."""
+    """music.pipeline.plan's training memory and FLOPs per token for `cfg` on `backbone`'s shape
+    (a local folder works)."""
     from music.models.shapes import backbone_shape, resolve_dtype
-    from music.pipeline.plan import Assumptions, training_memory, train_flops_per_token
+    from music.pipeline.plan import Assumptions, train_flops_per_token, training_memory
 
     P = Params()
     P.train = cfg
     shape = backbone_shape(backbone)
     A = Assumptions()
     mem = training_memory(P, shape, A, resolve_dtype(cfg.dtype, shape.torch_dtype, cuda=True))
-    return {"total_gb": mem["total_gb"], "gb": mem["gb"], "attention": mem["attention"],
-            "flops_per_token": train_flops_per_token(P, shape, mem["gradient_checkpointing"], "gpu"),
-            "assumed_tflops": A.gpu_tflops}
+    return {
+        "total_gb": mem["total_gb"],
+        "gb": mem["gb"],
+        "attention": mem["attention"],
+        "flops_per_token": train_flops_per_token(P, shape, mem["gradient_checkpointing"], "gpu"),
+        "assumed_tflops": A.gpu_tflops,
+    }
 
 
 def share_lost_by_bf16_merge(model) -> float | None:
@@ -146,6 +182,7 @@ def share_lost_by_bf16_merge(model) -> float | None:
 
 # ---------------------------------------------------------------- the GPU cases
 
+
 def check_reload(name: str, out, convs: list[list[dict]], max_length: int) -> dict:
     """Scores in memory (training process) vs the saved folder scored in a process without Unsloth."""
     from music.rm.score import score_conversations
@@ -159,15 +196,26 @@ def check_reload(name: str, out, convs: list[list[dict]], max_length: int) -> di
         dtype = out.metrics["backend"]["dtype"]
         child = score_in_child(Path(tmp) / "rm", convs, dtype, max_length)
     cmp = compare(mem, child["scores"])
-    effect = (max(abs(a - b) for a, b in zip(child["scores"], child["scores_without_adapter"]))
-              if "scores_without_adapter" in child else None)
+    effect = (
+        max(abs(a - b) for a, b in zip(child["scores"], child["scores_without_adapter"]))
+        if "scores_without_adapter" in child
+        else None
+    )
     print(f"   [{name}] saved {files}")
-    print(f"   [{name}] reload in a separate process: unsloth imported {child['unsloth_imported']}, "
-          f"{child['model_class']}, {child['dtype']}, head {child['head_dtype']}, attention {child['attn_implementation']}")
-    print(f"   [{name}] max |score diff| in memory vs reloaded {cmp['max_abs_diff']:.3e} (tolerance {cmp['tolerance']:.3e}); "
-          f"scores move {effect if effect is None else f'{effect:.3e}'} without the adapter; a bf16 merge would "
-          f"drop {'?' if lost is None else f'{100 * lost:.1f}%'} of the adapted weights' updates")
-    print(f"   [{name}] in memory {[round(x, 4) for x in mem[:4]]} reloaded {[round(x, 4) for x in child['scores'][:4]]}")
+    print(
+        f"   [{name}] reload in a separate process: unsloth imported {child['unsloth_imported']}, "
+        f"{child['model_class']}, {child['dtype']}, head {child['head_dtype']}, "
+        f"attention {child['attn_implementation']}"
+    )
+    print(
+        f"   [{name}] max |score diff| in memory vs reloaded {cmp['max_abs_diff']:.3e} "
+        f"(tolerance {cmp['tolerance']:.3e}); "
+        f"scores move {effect if effect is None else f'{effect:.3e}'} without the adapter; a bf16 merge would "
+        f"drop {'?' if lost is None else f'{100 * lost:.1f}%'} of the adapted weights' updates"
+    )
+    print(
+        f"   [{name}] in memory {[round(x, 4) for x in mem[:4]]} reloaded {[round(x, 4) for x in child['scores'][:4]]}"
+    )
     assert not child["unsloth_imported"], "the reload process imported unsloth"
     assert child["head_dtype"] == "float32", "the score head did not reload in float32"
     assert cmp["ok"], f"{name}: reloaded scores differ from the in-memory model by {cmp['max_abs_diff']:.3e}"
@@ -181,15 +229,29 @@ def case_reload(args) -> None:
     choice = choose_backend("auto")
     print(f"reload 1. backend auto -> {choice.name}: {choice.reason}")
     assert choice.name == "unsloth", "auto did not pick Unsloth on a GPU with unsloth installed"
-    cfg = TrainConfig(backbone=args.backbone, num_layers=args.layers, backend="unsloth", lora=True,
-                      max_steps=args.steps, batch_size=4, max_length=512, learning_rate=5e-4, save_every=0,
-                      dtype="auto", gradient_checkpointing=True, seeds=[0])
+    cfg = TrainConfig(
+        backbone=args.backbone,
+        num_layers=args.layers,
+        backend="unsloth",
+        lora=True,
+        max_steps=args.steps,
+        batch_size=4,
+        max_length=512,
+        learning_rate=5e-4,
+        save_every=0,
+        dtype="auto",
+        gradient_checkpointing=True,
+        seeds=[0],
+    )
     model, tok, info = load_reward_model(cfg)
     head = score_head(model)
-    print(f"reload 2. loaded {info['model_class']} ({info['num_layers']} layers, device {info['device']}); "
-          f"score head {tuple(head.weight.shape)} trainable={head.weight.requires_grad}; "
-          f"pad {info['pad_token']!r}={info['pad_token_id']}; trainable {info['trainable_params']:,}/{info['total_params']:,}; "
-          f"dtype {info['dtype']} (head {info['head_dtype']})")
+    print(
+        f"reload 2. loaded {info['model_class']} ({info['num_layers']} layers, device {info['device']}); "
+        f"score head {tuple(head.weight.shape)} trainable={head.weight.requires_grad}; "
+        f"pad {info['pad_token']!r}={info['pad_token_id']}; "
+        f"trainable {info['trainable_params']:,}/{info['total_params']:,}; "
+        f"dtype {info['dtype']} (head {info['head_dtype']})"
+    )
     assert info["dtype"] in ("bfloat16", "float16") and info["head_dtype"] == "float32"
     del model, head
     free_accelerator_memory()
@@ -197,8 +259,10 @@ def case_reload(args) -> None:
     t0 = time.perf_counter()
     out = run_training(cfg, {"d": pairs}, progress=False)
     m = out.metrics
-    print(f"reload 3. trained {m['steps']} steps in {time.perf_counter() - t0:.1f}s: loss {out.curve[0]['loss']:.4f} -> "
-          f"{m['last_step_loss']:.4f}, {out.timing['tokens_per_s']} tokens/s, backend {m['backend']['backend']}")
+    print(
+        f"reload 3. trained {m['steps']} steps in {time.perf_counter() - t0:.1f}s: loss {out.curve[0]['loss']:.4f} -> "
+        f"{m['last_step_loss']:.4f}, {out.timing['tokens_per_s']} tokens/s, backend {m['backend']['backend']}"
+    )
     assert m["backend"]["backend"] == "unsloth"
     convs = [p.chosen for p in pairs[:4]] + [p.rejected for p in pairs[:4]]
     check_reload("reload", out, convs, cfg.max_length)
@@ -216,36 +280,62 @@ def case_gemma2(args) -> None:
     tok = load_tokenizer(EMBEDDED_MODEL, padding_side="right")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        folder = write_random_backbone(GEMMA, Path(tmp) / "gemma2", tok, num_layers=2, dtype="bfloat16",
-                                       vocab_size=256000)  # Gemma-2's embedding table; the tokenizer uses the first ids
+        folder = write_random_backbone(
+            GEMMA, Path(tmp) / "gemma2", tok, num_layers=2, dtype="bfloat16", vocab_size=256000
+        )  # Gemma-2's embedding table; the tokenizer uses the first ids
         print(f"gemma2 1. random 2-layer Gemma-2-9B-shaped backbone written in {time.perf_counter() - t0:.1f}s")
-        cfg = TrainConfig(backbone=folder, num_layers=None, backend="unsloth", lora=True, lora_last_layers=None,
-                          max_steps=args.gemma_steps, batch_size=PAPER_MICRO_BATCH, grad_accum=1,
-                          max_length=PAPER_MAX_LENGTH, learning_rate=1e-4, save_every=0, dtype="auto",
-                          gradient_checkpointing=True, seeds=[0])
+        cfg = TrainConfig(
+            backbone=folder,
+            num_layers=None,
+            backend="unsloth",
+            lora=True,
+            lora_last_layers=None,
+            max_steps=args.gemma_steps,
+            batch_size=PAPER_MICRO_BATCH,
+            grad_accum=1,
+            max_length=PAPER_MAX_LENGTH,
+            learning_rate=1e-4,
+            save_every=0,
+            dtype="auto",
+            gradient_checkpointing=True,
+            seeds=[0],
+        )
         est = planner_estimate(folder, cfg)
-        pairs = toy_pairs(PAPER_MICRO_BATCH * args.gemma_steps, repeat=2, turns=60)  # > 2,048 tokens: oldest turns dropped
+        pairs = toy_pairs(
+            PAPER_MICRO_BATCH * args.gemma_steps, repeat=2, turns=60
+        )  # > 2,048 tokens: oldest turns dropped
         stamps: list[float] = []
         torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        out = run_training(cfg, {"d": pairs}, progress=False, callback=lambda step, row: stamps.append(time.perf_counter()))
+        out = run_training(
+            cfg, {"d": pairs}, progress=False, callback=lambda step, row: stamps.append(time.perf_counter())
+        )
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() / 2**30
         reserved = torch.cuda.max_memory_reserved() / 2**30
         m, timing = out.metrics, out.timing
         tokens = timing["tokens_per_s"] * timing["train_seconds"]
         steady = (tokens * (len(stamps) - 1) / len(stamps)) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else None
-        print(f"gemma2 2. trained {m['steps']} steps of {2 * PAPER_MICRO_BATCH} x <= {PAPER_MAX_LENGTH} tokens in "
-              f"{time.perf_counter() - t0:.1f}s (backend {m['backend']['backend']}, {m['backend']['model_class']}, "
-              f"dtype {m['backend']['dtype']}, head {m['backend']['head_dtype']}; padding share {m['padding_share']})")
-        print(f"gemma2 3. peak GPU memory {peak:.2f} GiB allocated ({reserved:.2f} GiB reserved); planner for this "
-              f"2-layer shape: {est['total_gb']:.2f} GB (weights {est['gb']['weights']:.2f}, activations "
-              f"{est['gb']['activations_checkpointing']:.2f}, overhead {est['gb']['overhead']:.1f}; {est['attention']} attention)")
+        print(
+            f"gemma2 2. trained {m['steps']} steps of {2 * PAPER_MICRO_BATCH} x <= {PAPER_MAX_LENGTH} tokens in "
+            f"{time.perf_counter() - t0:.1f}s (backend {m['backend']['backend']}, {m['backend']['model_class']}, "
+            f"dtype {m['backend']['dtype']}, head {m['backend']['head_dtype']}; padding share {m['padding_share']})"
+        )
+        print(
+            f"gemma2 3. peak GPU memory {peak:.2f} GiB allocated ({reserved:.2f} GiB reserved); planner for this "
+            f"2-layer shape: {est['total_gb']:.2f} GB (weights {est['gb']['weights']:.2f}, activations "
+            f"{est['gb']['activations_checkpointing']:.2f}, overhead {est['gb']['overhead']:.1f}; "
+            f"{est['attention']} attention)"
+        )
         tflops = [None if v is None else v * est["flops_per_token"] / 1e12 for v in (timing["tokens_per_s"], steady)]
-        print(f"gemma2 4. training {timing['tokens_per_s']:.0f} tokens/s over all steps"
-              + (f", {steady:.0f} tokens/s after the first" if steady else "")
-              + f" = {tflops[0]:.0f}" + (f" / {tflops[1]:.0f}" if steady else "")
-              + f" TFLOP/s by the planner's {est['flops_per_token'] / 1e9:.2f} GFLOP per token (assumed: {est['assumed_tflops']:g})")
+        print(
+            f"gemma2 4. training {timing['tokens_per_s']:.0f} tokens/s over all steps"
+            + (f", {steady:.0f} tokens/s after the first" if steady else "")
+            + f" = {tflops[0]:.0f}"
+            + (f" / {tflops[1]:.0f}" if steady else "")
+            + f" TFLOP/s by the planner's {est['flops_per_token'] / 1e9:.2f} GFLOP per token "
+            f"(assumed: {est['assumed_tflops']:g})"
+        )
         assert m["backend"]["backend"] == "unsloth" and "ForSequenceClassification" in m["backend"]["model_class"]
         convs = [p.chosen for p in pairs[:4]] + [p.rejected for p in pairs[:4]]
         check_reload("gemma2", out, convs, cfg.max_length)

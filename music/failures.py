@@ -34,8 +34,12 @@ def failure_summary(units: int, failures: Iterable[tuple[str, str]]) -> dict:
         counts[reason] += 1
         first.setdefault(reason, str(error)[:FIRST_ERROR_CHARS])
     failed = sum(counts.values())
-    return {"units": units, "failed": failed, "share": round(failed / units, 4) if units else None,
-            "by_reason": {r: {"count": counts[r], "first_error": first[r]} for r in sorted(counts)}}
+    return {
+        "units": units,
+        "failed": failed,
+        "share": round(failed / units, 4) if units else None,
+        "by_reason": {r: {"count": counts[r], "first_error": first[r]} for r in sorted(counts)},
+    }
 
 
 def describe(summary: dict) -> str:

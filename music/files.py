@@ -34,7 +34,9 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(path, f"line {lineno}", None, f"malformed JSON ({exc.msg} at column {exc.colno})") from None
+                raise DataError(
+                    path, f"line {lineno}", None, f"malformed JSON ({exc.msg} at column {exc.colno})"
+                ) from None
             n += 1
             yield lineno, obj
     if n == 0:

@@ -65,7 +65,9 @@ def validate_conversation(
     if prev_role == "system":
         raise DataError(source, record, field_name, "conversation has only a system message")
     if must_end_with and prev_role != must_end_with:
-        raise DataError(source, record, field_name, f"conversation must end with a {must_end_with} message, ends with {prev_role}")
+        raise DataError(
+            source, record, field_name, f"conversation must end with a {must_end_with} message, ends with {prev_role}"
+        )
     return out
 
 
@@ -88,8 +90,12 @@ class PreferencePair:
         for key in ("chosen", "rejected"):
             if key not in rec:
                 raise DataError(source, record, key, "missing field")
-        chosen = validate_conversation(rec["chosen"], source=source, record=record, field_name="chosen", must_end_with="assistant")
-        rejected = validate_conversation(rec["rejected"], source=source, record=record, field_name="rejected", must_end_with="assistant")
+        chosen = validate_conversation(
+            rec["chosen"], source=source, record=record, field_name="chosen", must_end_with="assistant"
+        )
+        rejected = validate_conversation(
+            rec["rejected"], source=source, record=record, field_name="rejected", must_end_with="assistant"
+        )
         meta = {k: v for k, v in rec.items() if k not in ("chosen", "rejected")}
         return cls(chosen=chosen, rejected=rejected, meta=meta)
 
@@ -98,21 +104,45 @@ def validate_pairs(records: Iterable[Any], *, source: str) -> list[PreferencePai
     return [PreferencePair.from_record(r, source=source, record=i) for i, r in enumerate(records)]
 
 
-def pair_record(*, chosen: list[dict], rejected: list[dict], pair_id: str, kind: str, source: str | None = None,
-                seed_id: str | None = None,
-                conversation_id: str | None = None, divergence_turn: int | None = None,
-                turns_after_divergence: int = 0, original_request: str | None = None,
-                modified_request: str | None = None, contrast_method: str | None = None,
-                models: dict | None = None, prompts: list[dict] | None = None, relevance: dict | None = None) -> dict:
+def pair_record(
+    *,
+    chosen: list[dict],
+    rejected: list[dict],
+    pair_id: str,
+    kind: str,
+    source: str | None = None,
+    seed_id: str | None = None,
+    conversation_id: str | None = None,
+    divergence_turn: int | None = None,
+    turns_after_divergence: int = 0,
+    original_request: str | None = None,
+    modified_request: str | None = None,
+    contrast_method: str | None = None,
+    models: dict | None = None,
+    prompts: list[dict] | None = None,
+    relevance: dict | None = None,
+) -> dict:
     """One pair as stored: TRL's conversational preference format plus the metadata columns, validated.
 
     `relevance` (MUSIC pairs): the contrast margins and echo score of music.pairs.relevance."""
     models = {"user": None, "assistant": None, "contrast": None, **(models or {})}
-    rec = {"chosen": chosen, "rejected": rejected, "pair_id": pair_id, "source": source, "seed_id": seed_id,
-           "conversation_id": conversation_id, "kind": kind, "divergence_turn": divergence_turn,
-           "turns_after_divergence": turns_after_divergence, "original_request": original_request,
-           "modified_request": modified_request, "contrast_method": contrast_method, "models": models,
-           "prompts": list(prompts or []), "relevance": relevance}
+    rec = {
+        "chosen": chosen,
+        "rejected": rejected,
+        "pair_id": pair_id,
+        "source": source,
+        "seed_id": seed_id,
+        "conversation_id": conversation_id,
+        "kind": kind,
+        "divergence_turn": divergence_turn,
+        "turns_after_divergence": turns_after_divergence,
+        "original_request": original_request,
+        "modified_request": modified_request,
+        "contrast_method": contrast_method,
+        "models": models,
+        "prompts": list(prompts or []),
+        "relevance": relevance,
+    }
     PreferencePair.from_record(rec, source="pairs", record=pair_id)
     return rec
 

@@ -18,36 +18,72 @@ from music.files import atomic_path, dumps_canonical
 from music.schema import PreferencePair, validate_pairs
 
 # The pair datasets the contrast stage writes (outputs/pairs/<name>).
-PAIR_SPLITS = ("d_train", "music_train", "music_eval")  # the contrast stage's sets; held-out D and quality twins: music.stages.heldout
+PAIR_SPLITS = (
+    "d_train",
+    "music_train",
+    "music_eval",
+)  # the contrast stage's sets; held-out D and quality twins: music.stages.heldout
 
 
 def _features():
     from datasets import Features, List, Value
 
     msgs = List({"role": Value("string"), "content": Value("string")})
-    event = {"branch": Value("string"), "turn": Value("int64"), "role": Value("string"),
-             "finish_reason": Value("string"), "raw": Value("string"), "text": Value("string"),
-             "trimmed": Value("bool"), "error": Value("string"), "method": Value("string"),
-             "real": Value("bool")}
+    event = {
+        "branch": Value("string"),
+        "turn": Value("int64"),
+        "role": Value("string"),
+        "finish_reason": Value("string"),
+        "raw": Value("string"),
+        "text": Value("string"),
+        "trimmed": Value("bool"),
+        "error": Value("string"),
+        "method": Value("string"),
+        "real": Value("bool"),
+    }
     prompts = List({"name": Value("string"), "sha256": Value("string")})
-    conversation = Features({
-        "seed_id": Value("string"), "conversation_id": Value("string"), "source": Value("string"),
-        "split": Value("string"), "context_turns": Value("int64"), "turns": Value("int64"), "messages": msgs,
-        "real_user_turns": List(Value("int64")),
-        "events": List(event), "failure": Value("string"),
-        "models": {"user": Value("string"), "assistant": Value("string")}, "prompts": prompts,
-    })
-    pair = Features({
-        "chosen": msgs, "rejected": msgs, "pair_id": Value("string"), "source": Value("string"), "seed_id": Value("string"),
-        "conversation_id": Value("string"), "kind": Value("string"), "divergence_turn": Value("int64"),
-        "turns_after_divergence": Value("int64"), "original_request": Value("string"),
-        "modified_request": Value("string"), "contrast_method": Value("string"),
-        "models": {"user": Value("string"), "assistant": Value("string"), "contrast": Value("string")},
-        "prompts": prompts,
-        "relevance": {"chosen_margin": Value("float64"), "rejected_margin": Value("float64"), "echo": Value("float64"),
-                      "modified_candidates": Value("int64"), "original_request_real": Value("bool"),
-                      "request_similarity": Value("float64")},
-    })
+    conversation = Features(
+        {
+            "seed_id": Value("string"),
+            "conversation_id": Value("string"),
+            "source": Value("string"),
+            "split": Value("string"),
+            "context_turns": Value("int64"),
+            "turns": Value("int64"),
+            "messages": msgs,
+            "real_user_turns": List(Value("int64")),
+            "events": List(event),
+            "failure": Value("string"),
+            "models": {"user": Value("string"), "assistant": Value("string")},
+            "prompts": prompts,
+        }
+    )
+    pair = Features(
+        {
+            "chosen": msgs,
+            "rejected": msgs,
+            "pair_id": Value("string"),
+            "source": Value("string"),
+            "seed_id": Value("string"),
+            "conversation_id": Value("string"),
+            "kind": Value("string"),
+            "divergence_turn": Value("int64"),
+            "turns_after_divergence": Value("int64"),
+            "original_request": Value("string"),
+            "modified_request": Value("string"),
+            "contrast_method": Value("string"),
+            "models": {"user": Value("string"), "assistant": Value("string"), "contrast": Value("string")},
+            "prompts": prompts,
+            "relevance": {
+                "chosen_margin": Value("float64"),
+                "rejected_margin": Value("float64"),
+                "echo": Value("float64"),
+                "modified_candidates": Value("int64"),
+                "original_request_real": Value("bool"),
+                "request_similarity": Value("float64"),
+            },
+        }
+    )
     return conversation, pair
 
 

@@ -4,7 +4,7 @@ An OpenMP team waits for its slowest thread at every parallel region. When anoth
 cores, the preempted thread makes the whole team wait: measured side by side with
 benchmarks/bench_core_contention.py (2 cores, the embedded model generating 32 tokens for 8 prompts, one
 busy-loop job beside it): 2 threads 52.9 s, 1 thread 10.1 s; alone, 2 threads are 1.8x faster than 1 (4.3 s).
-That is issue 15's slow `simulate` beside another job. So before each batch of forward-only work,
+That made `simulate` 3x slower beside another job. So before each batch of forward-only work,
 `forward_threads()` sets torch's thread count to the cores the other processes left idle since the last
 look (from /proc/stat, this process's own CPU time subtracted), and restores the count afterwards.
 

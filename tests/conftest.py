@@ -1,4 +1,8 @@
-"""Shared test helpers: deterministic threads, the repo root, and the optional ../shared/data folder."""
+"""Pytest fixtures shared by the test modules, and the environment defaults (deterministic threads).
+
+Plain constants and helpers (REPO, SHARED_DATA, fakes, tiny data) live in helpers.py; every test module imports
+them as `from helpers import ...` (pytest puts tests/ on sys.path).
+"""
 
 from __future__ import annotations
 
@@ -6,21 +10,21 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import SHARED_DATA
 
 from music.config import EMBEDDED_MODEL
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-
 
 @pytest.fixture
 def shared_data() -> Path:
     """../shared/data (real HH-RLHF, UltraFeedback, ShareGPT, MT-Bench); skips where it is absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real-data folder {SHARED_DATA} is absent (it sits beside the repository on the project's machines)")
+        pytest.skip(
+            f"real-data folder {SHARED_DATA} is absent (it sits beside the repository on the project's machines)"
+        )
     return SHARED_DATA
 
 
@@ -40,9 +44,17 @@ def tiny_backbone(tmp_path_factory, smol_tok):
     out = tmp_path_factory.mktemp("tiny_llama")
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        vocab_size=len(smol_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        pad_token_id=smol_tok.pad_token_id, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True,
+        vocab_size=len(smol_tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=smol_tok.pad_token_id,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=True,
     )
     LlamaForCausalLM(cfg).save_pretrained(out)
     smol_tok.save_pretrained(out)

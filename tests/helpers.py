@@ -1,4 +1,5 @@
-"""Plain helpers shared by several test modules (fakes and tiny data); pytest fixtures live in conftest.py."""
+"""Plain constants and helpers shared by the test modules (the repository root, fakes and tiny data), imported as
+`from helpers import ...` (pytest puts tests/ on sys.path); pytest fixtures live in conftest.py."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from music.files import write_jsonl
 from music.prompts import load_prompt
 from music.schema import PreferencePair
 from music.stages.seed import Seed
+
+REPO = Path(__file__).resolve().parents[1]  # the repository root
+SHARED_DATA = REPO.parent / "shared" / "data"  # real data beside the repository (the shared_data fixture)
 
 USER_PROMPT = load_prompt("user_simulator").text
 CONTRAST_PROMPT = load_prompt("contrast_instruct").text
@@ -44,9 +48,12 @@ class FakeChat(ChatBackend):
 
     kind = "fake"
 
-    def __init__(self, name: str = "fake:model", cache=None, script=None, crash_after: int | None = None,
-                 batch_size: int = 4):
-        super().__init__(ChatModelConfig(model=name, batch_size=batch_size), cache)  # the driver reads sampling + batch_size
+    def __init__(
+        self, name: str = "fake:model", cache=None, script=None, crash_after: int | None = None, batch_size: int = 4
+    ):
+        super().__init__(
+            ChatModelConfig(model=name, batch_size=batch_size), cache
+        )  # the driver reads sampling + batch_size
         self.name = name
         self.script = script
         self.crash_after = crash_after
@@ -75,12 +82,28 @@ class FakeChat(ChatBackend):
 def make_seeds(n: int = 3, split: str = "train") -> list[Seed]:
     out = []
     for i in range(n):
-        ctx = [{"role": "user", "content": f"Question {i} about cooking ({split})?"},
-               {"role": "assistant", "content": f"Reply {i} about cooking."}]
+        ctx = [
+            {"role": "user", "content": f"Question {i} about cooking ({split})?"},
+            {"role": "assistant", "content": f"Reply {i} about cooking."},
+        ]
         if i % 2:
-            ctx = [{"role": "system", "content": "Be nice."}, *ctx,
-                   {"role": "user", "content": f"Follow-up {i}?"}, {"role": "assistant", "content": f"Second reply {i}."}]
-        out.append(Seed(f"{split}-s{i}", f"conv{i}", "fake", split, ctx, f"Real next user {i}?", f"Real next reply {i}."))
+            ctx = [
+                {"role": "system", "content": "Be nice."},
+                *ctx,
+                {"role": "user", "content": f"Follow-up {i}?"},
+                {"role": "assistant", "content": f"Second reply {i}."},
+            ]
+        out.append(
+            Seed(
+                f"{split}-s{i}",
+                f"conv{i}" if split == "train" else f"{split}-conv{i}",  # one conversation, one split
+                "fake",
+                split,
+                ctx,
+                f"Real next user {i}?",
+                f"Real next reply {i}.",
+            )
+        )
     return out
 
 
@@ -97,16 +120,26 @@ def write_seed_files(root: Path, n_train: int = 3, n_eval: int = 2) -> Params:
     write_jsonl(Path(P.paths.seeds) / "train.jsonl", [s.to_record() for s in make_seeds(n_train, "train")])
     evals = make_seeds(n_eval, "eval")
     write_jsonl(Path(P.paths.seeds) / "eval.jsonl", [s.to_record() for s in evals])
-    write_jsonl(Path(P.paths.seeds) / "eval_conversations.jsonl",  # as the seed stage writes them
-                [{"conversation_id": f"whole-{s.conversation_id}", "source": s.source,
-                  "messages": [*s.context, {"role": "user", "content": s.next_user},
-                               {"role": "assistant", "content": s.next_assistant}]} for s in evals])
+    write_jsonl(
+        Path(P.paths.seeds) / "eval_conversations.jsonl",  # as the seed stage writes them
+        [
+            {
+                "conversation_id": f"whole-{s.conversation_id}",
+                "source": s.source,
+                "messages": [
+                    *s.context,
+                    {"role": "user", "content": s.next_user},
+                    {"role": "assistant", "content": s.next_assistant},
+                ],
+            }
+            for s in evals
+        ],
+    )
     return P
 
 
 def tree_bytes(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
 
 
 def conv(i: int, good: bool, turns: int = 1, system: str | None = None) -> list[dict]:
@@ -128,30 +161,38 @@ def toy_pairs(n: int, kind: str = "d", turns: int = 1) -> list[PreferencePair]:
 
 def tiny_cfg(backbone: str, **kw) -> TrainConfig:
     # head_init "normal": an untrained head scores conversations apart, so parity checks on fresh models bite
-    base = dict(backbone=backbone, num_layers=None, backend="transformers", max_steps=6, batch_size=4,
-                learning_rate=5e-3, save_every=2, max_length=256, seeds=[0], head_init="normal")
+    base = dict(
+        backbone=backbone,
+        num_layers=None,
+        backend="transformers",
+        max_steps=6,
+        batch_size=4,
+        learning_rate=5e-3,
+        save_every=2,
+        max_length=256,
+        seeds=[0],
+        head_init="normal",
+    )
     base.update(kw)
     return TrainConfig(**base)
 
 
 # --- what each DVC stage really depends on -----------------------------------------------------------------
 
+
 def dvc_stages(dvc: dict) -> dict[str, dict]:
-    """dvc.yaml stages with foreach expanded: "train@baseline" -> {"cmd", "deps", "outs", ...}."""
-    out = {}
-    for name, spec in dvc["stages"].items():
-        if "foreach" in spec:
-            for item in spec["foreach"]:
-                text = json.dumps(spec["do"]).replace("${item}", str(item))
-                out[f"{name}@{item}"] = json.loads(text)
-        else:
-            out[name] = spec
-    return out
+    """dvc.yaml stages as DVC runs them: foreach expanded ("train@baseline"), ${paths.…} from params.yaml."""
+    from music.config import read_params_file
+    from music.pipeline.dvc_file import expand_stages
+
+    return expand_stages(dvc, read_params_file(Path(__file__).resolve().parents[1] / "params.yaml"))
 
 
 def stage_paths(spec: dict, key: str) -> list[str]:
     """The paths listed under deps / outs / metrics of a stage (entries may be {path: options})."""
-    return [next(iter(e)) if isinstance(e, dict) else e for e in spec.get(key, [])]
+    from music.pipeline.dvc_file import entry_paths
+
+    return entry_paths(spec, key)
 
 
 def covered(path: str, listed: list[str]) -> bool:
@@ -248,6 +289,7 @@ class WordOverlapEncoder:
 
 # --- what an executed notebook shows ------------------------------------------------------------------------
 
+
 def unrendered_figures(nb: dict) -> list[str]:
     """Cells of an executed notebook (its JSON) that show a figure as text (`<Figure size 640x480 with 1 Axes>`)
     instead of an image: what a notebook prints when a package switched its inline backend off."""
@@ -263,8 +305,12 @@ def unrendered_figures(nb: dict) -> list[str]:
 
 def image_outputs(nb: dict) -> int:
     """How many outputs of an executed notebook carry a PNG."""
-    return sum("image/png" in out.get("data", {}) for c in nb["cells"] if c["cell_type"] == "code"
-               for out in c.get("outputs", []))
+    return sum(
+        "image/png" in out.get("data", {})
+        for c in nb["cells"]
+        if c["cell_type"] == "code"
+        for out in c.get("outputs", [])
+    )
 
 
 class LoopbackJSONServer:

@@ -1,4 +1,4 @@
-"""Benchmarks must not rot (issue 15): each one in benchmarks/ runs at a smoke size here, so a renamed
+"""Benchmarks must not rot: each one in benchmarks/ runs at a smoke size here, so a renamed
 config key or function breaks a test, not a user. benchmarks/gpu_check_unsloth.py needs a CUDA GPU and
 Unsloth and is checked where one is present (not here).
 
@@ -28,9 +28,13 @@ def load_bench(name: str):
 
 def test_every_benchmark_has_a_smoke_test():
     # bench_rm_frozen_reuse.py's smoke run is tests/test_bench_frozen_reuse.py
-    assert BENCHMARKS == ["bench_core_contention.py", "bench_rm_frozen_reuse.py", "bench_rm_trainer.py", "bench_scoring.py",
-                          "bench_simulation.py"], (
-        "a new benchmark needs a smoke run in tests/test_benchmarks.py")
+    assert BENCHMARKS == [
+        "bench_core_contention.py",
+        "bench_rm_frozen_reuse.py",
+        "bench_rm_trainer.py",
+        "bench_scoring.py",
+        "bench_simulation.py",
+    ], "a new benchmark needs a smoke run in tests/test_benchmarks.py"
     for name in BENCHMARKS:
         assert "--smoke" in (REPO / "benchmarks" / name).read_text(encoding="utf-8"), name
 
@@ -47,13 +51,15 @@ def _scoring(model_args: list[str]):
 
 
 def _simulation(model_args: list[str], tmp_path: Path):
-    out = load_bench("bench_simulation.py").main(["--smoke", "--seeds-file", str(tmp_path / "absent.jsonl"),
-                                                  "--json", str(tmp_path / "sim.json"), *model_args])
+    out = load_bench("bench_simulation.py").main(
+        ["--smoke", "--seeds-file", str(tmp_path / "absent.jsonl"), "--json", str(tmp_path / "sim.json"), *model_args]
+    )
     assert out["today"]["generated_tokens"] > 0 and out["reuse"]["generated_tokens"] > 0
     assert out["identical_share"] > 0.5  # the reusing path reproduces today's replies (float rounding aside)
     assert (tmp_path / "sim.json").is_file()
-    long = load_bench("bench_simulation.py").main(["--smoke", "--case", "long-context", "--sharegpt",
-                                                   str(tmp_path / "absent.jsonl"), *model_args])
+    long = load_bench("bench_simulation.py").main(
+        ["--smoke", "--case", "long-context", "--sharegpt", str(tmp_path / "absent.jsonl"), *model_args]
+    )
     assert [r["turn"] for r in long["per_turn"]] == [1, 2]  # per simulated turn, both paths side by side
     assert all(r["before_seconds"] > 0 and r["after_seconds"] > 0 for r in long["per_turn"])
     assert long["identical_share"] == 1.0  # the decoding fix changes no reply

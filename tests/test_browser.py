@@ -26,14 +26,21 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from tests.conftest import REPO
+from helpers import REPO
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM = os.environ.get("MUSIC_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 RUN_TIMEOUT_S = int(os.environ.get("MUSIC_BROWSER_TIMEOUT_S", "600"))  # Run All of one notebook (00: seconds)
 
 # (notebook, stages whose outputs it shows: run first through papermill in the same project copy, once per
@@ -44,14 +51,34 @@ CASES = [
     pytest.param("02_simulate_conversations.ipynb", ["seed", "simulate"], id="02_simulate_conversations"),
     pytest.param("03_contrast_pairs.ipynb", ["seed", "simulate", "contrast"], id="03_contrast_pairs"),
     pytest.param("04_train_rm.ipynb", ["seed", "simulate", "contrast", "train@baseline"], id="04_train_rm"),
-    pytest.param("05_evaluate_rm.ipynb", ["seed", "heldout", "simulate", "contrast", "train@baseline", "evaluate@baseline"],
-                 id="05_evaluate_rm"),
-    pytest.param("06_pick_best_of_n.ipynb", ["seed", "simulate", "contrast", "train@baseline", "train@music",
-                                             "best_of_n"], id="06_pick_best_of_n"),
-    pytest.param("07_plot_results.ipynb", ["seed", "heldout", "simulate", "contrast", "train@baseline", "train@music",
-                                           "train@control", "evaluate@baseline", "evaluate@music", "evaluate@control",
-                                           "best_of_n", "plots"],
-                 id="07_plot_results"),
+    pytest.param(
+        "05_evaluate_rm.ipynb",
+        ["seed", "heldout", "simulate", "contrast", "train@baseline", "evaluate@baseline"],
+        id="05_evaluate_rm",
+    ),
+    pytest.param(
+        "06_pick_best_of_n.ipynb",
+        ["seed", "simulate", "contrast", "train@baseline", "train@music", "best_of_n"],
+        id="06_pick_best_of_n",
+    ),
+    pytest.param(
+        "07_plot_results.ipynb",
+        [
+            "seed",
+            "heldout",
+            "simulate",
+            "contrast",
+            "train@baseline",
+            "train@music",
+            "train@control",
+            "evaluate@baseline",
+            "evaluate@music",
+            "evaluate@control",
+            "best_of_n",
+            "plots",
+        ],
+        id="07_plot_results",
+    ),
 ]
 
 
@@ -99,21 +126,37 @@ def lab_server(lab_project, tmp_path_factory):
     """JupyterLab on 127.0.0.1 with a token, offline (no news, no update check), all cells in the DOM."""
     state = tmp_path_factory.mktemp("lab_state")
     settings = state / "settings"
-    for plugin, values in {"@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
-                           "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False}
-                           }.items():
+    for plugin, values in {
+        "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
+        "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
+    }.items():
         path = settings / f"{plugin}.jupyterlab-settings"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(values))
     port, token = _free_port(), secrets.token_hex(16)
-    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(state / "config"), JUPYTER_RUNTIME_DIR=str(state / "runtime"),
-               JUPYTER_PLATFORM_DIRS="1")
+    env = dict(
+        os.environ,
+        JUPYTER_CONFIG_DIR=str(state / "config"),
+        JUPYTER_RUNTIME_DIR=str(state / "runtime"),
+        JUPYTER_PLATFORM_DIRS="1",
+    )
     log = open(state / "jupyterlab.log", "w")
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={lab_project}",
-           "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=None",
-           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.extension_manager=readonly",
-           f"--LabServerApp.user_settings_dir={settings}", f"--LabServerApp.workspaces_dir={state / 'workspaces'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={lab_project}",
+        "--LabApp.expose_app_in_browser=True",
+        "--LabApp.news_url=None",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--LabApp.extension_manager=readonly",
+        f"--LabServerApp.user_settings_dir={settings}",
+        f"--LabServerApp.workspaces_dir={state / 'workspaces'}",
+    ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")  # CI runs as root
     server = subprocess.Popen(cmd, cwd=lab_project, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -144,8 +187,12 @@ def browser(playwright_api, tmp_path_factory):
     """Debian's chromium with a fresh profile (Playwright takes --user-data-dir as user_data_dir)."""
     profile = tmp_path_factory.mktemp("chromium_profile")
     context = playwright_api.chromium.launch_persistent_context(
-        str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
-        viewport={"width": 1400, "height": 1000})
+        str(profile),
+        executable_path=CHROMIUM,
+        headless=True,
+        args=CHROMIUM_FLAGS,
+        viewport={"width": 1400, "height": 1000},
+    )
     yield context
     context.close()
 
@@ -180,7 +227,8 @@ _STATE_JS = """(path) => {
     executed: cells.filter(c => c.model.executionCount !== null).length,
     running: cells.filter(c => (c.promptNode && c.promptNode.textContent.includes('*'))).length,
     figures_as_text: cells.flatMap((c, i) => c.model.outputs.toJSON()
-        .filter(o => o.data && !o.data['image/png'] && /<Figure size|FacetGrid at 0x/.test([].concat(o.data['text/plain'] || []).join('')))
+        .filter(o => o.data && !o.data['image/png']
+            && /<Figure size|FacetGrid at 0x/.test([].concat(o.data['text/plain'] || []).join('')))
         .map(o => `cell ${i + 1}: ` + [].concat(o.data['text/plain']).join('').slice(0, 100))),
     images: cells.reduce((n, c) => n + c.model.outputs.toJSON().filter(o => o.data && o.data['image/png']).length, 0),
     problems: cells.flatMap((c, i) => c.model.outputs.toJSON()
@@ -197,7 +245,13 @@ _BOX_SELECTORS = {
     "stale-output banner": ".music-stale-banner",  # music.pipeline.freshness: outputs older than their params/deps
 }
 # Notebooks whose figure cells must draw (an image, not `<Figure size ...>`): at least this many images each.
-MIN_IMAGES = {"00_draw_seeds.ipynb": 1, "04_train_rm.ipynb": 1, "05_evaluate_rm.ipynb": 2, "06_pick_best_of_n.ipynb": 0, "07_plot_results.ipynb": 6}
+MIN_IMAGES = {
+    "00_draw_seeds.ipynb": 1,
+    "04_train_rm.ipynb": 1,
+    "05_evaluate_rm.ipynb": 2,
+    "06_pick_best_of_n.ipynb": 0,
+    "07_plot_results.ipynb": 6,
+}
 
 
 def _run_all_in_browser(browser, lab_server, notebook: str, shots: Path) -> dict:
@@ -210,8 +264,10 @@ def _run_all_in_browser(browser, lab_server, notebook: str, shots: Path) -> dict
         # a workspace of its own: only this notebook opens (no tabs restored from an earlier page)
         workspace = f"test-{Path(notebook).stem}-{secrets.token_hex(4)}"
         page.goto(f"{lab_server['base']}/lab/workspaces/{workspace}/tree/{path}?token={lab_server['token']}")
-        page.wait_for_function(f"() => {{ const s = ({state_js})(); return s && s.kernel === 'idle' && s.code_cells > 0; }}",
-                               timeout=120_000)
+        page.wait_for_function(
+            f"() => {{ const s = ({state_js})(); return s && s.kernel === 'idle' && s.code_cells > 0; }}",
+            timeout=120_000,
+        )
         panel_id = page.evaluate(state_js)["id"]
         page.evaluate(f"() => window.jupyterapp.shell.activateById({json.dumps(panel_id)})")
         page.wait_for_function(f"() => ({state_js})().current", timeout=30_000)  # the commands act on it
@@ -223,7 +279,8 @@ def _run_all_in_browser(browser, lab_server, notebook: str, shots: Path) -> dict
         # done: the kernel idle, no cell queued or running, and either every cell ran or one failed
         # (Run All stops at an error); held for two polls so a gap between cells is not taken for the end
         done = f"""() => {{ const s = ({state_js})();
-            const now = s && s.kernel === 'idle' && s.running === 0 && (s.executed === s.code_cells || s.problems.length > 0);
+            const now = s && s.kernel === 'idle' && s.running === 0
+                && (s.executed === s.code_cells || s.problems.length > 0);
             window.__musicIdle = now ? (window.__musicIdle || 0) + 1 : 0;
             return window.__musicIdle >= 2 || (s && s.kernel === 'dead'); }}"""
         from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -236,10 +293,14 @@ def _run_all_in_browser(browser, lab_server, notebook: str, shots: Path) -> dict
         state = page.evaluate(state_js)
         state["timed_out"] = timed_out
         scope = f'[id="{panel_id}"] '  # this notebook's boxes (dialogs sit outside it)
-        boxes = {name: [t[:600] for t in page.locator(("" if name == "dialog" else scope) + sel).all_inner_texts()]
-                 for name, sel in _BOX_SELECTORS.items()}
+        boxes = {
+            name: [t[:600] for t in page.locator(("" if name == "dialog" else scope) + sel).all_inner_texts()]
+            for name, sel in _BOX_SELECTORS.items()
+        }
         state["boxes"] = {k: v for k, v in boxes.items() if v}
-        state["progress_widgets"] = page.locator(scope + ".jp-OutputArea-output .jupyter-widgets.widget-hprogress").count()
+        state["progress_widgets"] = page.locator(
+            scope + ".jp-OutputArea-output .jupyter-widgets.widget-hprogress"
+        ).count()
         state["page_errors"] = page_errors
         shots.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(shots / f"{Path(notebook).stem}.png"), full_page=True)
@@ -249,13 +310,29 @@ def _run_all_in_browser(browser, lab_server, notebook: str, shots: Path) -> dict
 
 
 @pytest.mark.parametrize("notebook,needs", CASES)
-def test_notebook_runs_clean_in_jupyterlab(notebook, needs, lab_project, lab_server, browser, monkeypatch,
-                                           tmp_path_factory):
+def test_notebook_runs_clean_in_jupyterlab(
+    notebook, needs, lab_project, lab_server, browser, monkeypatch, tmp_path_factory
+):
     _run_upstream(lab_project, needs, monkeypatch)
     shots = tmp_path_factory.getbasetemp() / "browser_screenshots"
     state = _run_all_in_browser(browser, lab_server, notebook, shots)
-    report = json.dumps({k: state[k] for k in ("kernel", "code_cells", "executed", "running", "problems", "boxes",
-                                               "figures_as_text", "images", "page_errors")}, indent=1)
+    report = json.dumps(
+        {
+            k: state[k]
+            for k in (
+                "kernel",
+                "code_cells",
+                "executed",
+                "running",
+                "problems",
+                "boxes",
+                "figures_as_text",
+                "images",
+                "page_errors",
+            )
+        },
+        indent=1,
+    )
     where = f"screenshot: {shots / (Path(notebook).stem + '.png')}; JupyterLab log: {lab_server['log']}"
     assert not state["timed_out"], f"{notebook}: Run All still busy after {RUN_TIMEOUT_S} s\n{report}\n{where}"
     assert state["kernel"] == "idle", f"{notebook}: kernel {state['kernel']}\n{report}\n{where}"
@@ -276,12 +353,16 @@ def _write_notebook(path: Path, *sources: str) -> None:
 def test_the_check_sees_warnings_errors_and_renders_progress_bars(lab_project, lab_server, browser, tmp_path_factory):
     """The detector itself: a warning box and a traceback are reported, Run All stops at the error,
     and a tqdm.auto bar renders as a widget (ipywidgets), with no IProgress warning."""
-    _write_notebook(lab_project / "notebooks" / "_canary.ipynb",
-                    "from tqdm.auto import tqdm\nfor _ in tqdm(range(3), desc='canary'):\n    pass",
-                    "import warnings\nwarnings.warn('a canary warning')",
-                    "raise ValueError('a canary error')",
-                    "print('never runs')")
-    state = _run_all_in_browser(browser, lab_server, "_canary.ipynb", tmp_path_factory.getbasetemp() / "browser_screenshots")
+    _write_notebook(
+        lab_project / "notebooks" / "_canary.ipynb",
+        "from tqdm.auto import tqdm\nfor _ in tqdm(range(3), desc='canary'):\n    pass",
+        "import warnings\nwarnings.warn('a canary warning')",
+        "raise ValueError('a canary error')",
+        "print('never runs')",
+    )
+    state = _run_all_in_browser(
+        browser, lab_server, "_canary.ipynb", tmp_path_factory.getbasetemp() / "browser_screenshots"
+    )
     assert not state["timed_out"], state
     problems = "\n".join(state["problems"])
     assert "UserWarning: a canary warning" in problems and "ValueError: a canary error" in problems

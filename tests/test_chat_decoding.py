@@ -1,4 +1,4 @@
-"""Decoding work per generated token does not grow with the conversation (issue 15, the long-context
+"""Decoding work per generated token does not grow with the conversation (the long-context
 anomaly): no per-step copy of the whole key/value cache (neither repeat_kv for grouped heads nor torch.cat
 to append), and the replies are exactly those of transformers' own path."""
 
@@ -16,8 +16,19 @@ CONVS = [[{"role": "user", "content": "Tell me about bread " + "and butter " * (
 def _chat(model: str, reuse: bool, **kw):
     from music.chat import make_chat
 
-    return make_chat(ChatModelConfig(model=model, max_new_tokens=8, temperature=0.7, top_p=0.9, repetition_penalty=1.1,
-                                     batch_size=4, reuse_kv=reuse, **kw), None)
+    return make_chat(
+        ChatModelConfig(
+            model=model,
+            max_new_tokens=8,
+            temperature=0.7,
+            top_p=0.9,
+            repetition_penalty=1.1,
+            batch_size=4,
+            reuse_kv=reuse,
+            **kw,
+        ),
+        None,
+    )
 
 
 def test_growing_layer_appends_in_place_and_equals_concatenation():

@@ -28,6 +28,10 @@ SCRIPT = {
     "bad-model": ["400"],
     "forbidden": ["403"],
     "rejected-field": ["422"],
+    "not-allowed": ["405"],
+    "bad-media": ["415"],
+    "busy-long": ["503-long"],  # a long Retry-After: the request sleeps in backoff
+    "bad-key-late": ["401-late"],  # rejected once the others are asleep in backoff
     "too-long": ["400-length"],
     "long": ["length"],
 }
@@ -76,16 +80,35 @@ class Scripted:
                     return self._send(int(action), {"error": "overloaded"})
                 if action == "401":  # servers often echo the key they refused
                     return self._send(401, {"error": f"Incorrect API key provided: {SECRET}"})
+                if action == "503-long":
+                    return self._send(503, {"error": "busy"}, {"Retry-After": "60"})
+                if action == "401-late":
+                    time.sleep(0.3)
+                    return self._send(401, {"error": "Incorrect API key provided"})
+                if action in ("405", "415"):
+                    return self._send(
+                        int(action), {"error": {"405": "Method Not Allowed", "415": "Unsupported Media Type"}[action]}
+                    )
                 if action == "400":  # what transformers serve says to a model name it does not serve
                     return self._send(400, {"error": {"message": "Server is pinned to 'x'; requested 'test-model'"}})
                 if action == "403":
                     return self._send(403, {"detail": "not allowed"})
                 if action == "422":  # FastAPI's validation error, as transformers serve sends it
-                    return self._send(422, {"detail": [{"loc": ["body", "repetition_penalty"], "msg": "Extra inputs are not permitted"}]})
+                    return self._send(
+                        422,
+                        {"detail": [{"loc": ["body", "repetition_penalty"], "msg": "Extra inputs are not permitted"}]},
+                    )
                 if action == "400-length":  # vLLM's answer to one conversation over the context
                     return self._send(400, {"error": {"message": "This model's maximum context length is 4096 tokens"}})
                 reason = "length" if action == "length" else "stop"
-                reply = {"choices": [{"message": {"role": "assistant", "content": f"  reply to {content}\n"}, "finish_reason": reason}]}
+                reply = {
+                    "choices": [
+                        {
+                            "message": {"role": "assistant", "content": f"  reply to {content}\n"},
+                            "finish_reason": reason,
+                        }
+                    ]
+                }
                 self._send(200, reply)
 
             def _send(self, code, obj, headers=None):
@@ -154,7 +177,11 @@ def test_retries_spreading_errors_and_secrecy(servers, tmp_path, monkeypatch):
     for ok in ("plain", "rate-limited", "server-errors", "slow", "dropped"):
         assert by[ok].text == f"reply to {ok}" and by[ok].finish_reason == "stop", (ok, by[ok])
     assert {k: len(state.attempts[k]) for k in ("rate-limited", "server-errors", "slow", "dropped")} == {
-        "rate-limited": 2, "server-errors": 3, "slow": 2, "dropped": 2}
+        "rate-limited": 2,
+        "server-errors": 3,
+        "slow": 2,
+        "dropped": 2,
+    }
     assert by["long"].finish_reason == "length"
     assert by["always-fails"].text is None and by["always-fails"].finish_reason == "error"
     assert len(state.attempts["always-fails"]) == MAX_RETRIES + 1
@@ -183,12 +210,17 @@ def test_retries_spreading_errors_and_secrecy(servers, tmp_path, monkeypatch):
     assert SECRET.encode() not in raw
 
 
-@pytest.mark.parametrize("name, status, says, hint", [
-    ("bad-key", 401, "Incorrect API key provided: ***", "api_key_env"),
-    ("bad-model", 400, "Server is pinned to 'x'; requested 'test-model'", "model name"),
-    ("forbidden", 403, "not allowed", "permissions"),
-    ("rejected-field", 422, "Extra inputs are not permitted", "repetition_penalty"),
-])
+@pytest.mark.parametrize(
+    "name, status, says, hint",
+    [
+        ("bad-key", 401, "Incorrect API key provided: ***", "api_key_env"),
+        ("bad-model", 400, "Server is pinned to 'x'; requested 'test-model'", "model name"),
+        ("forbidden", 403, "not allowed", "permissions"),
+        ("rejected-field", 422, "Extra inputs are not permitted", "repetition_penalty"),
+        ("not-allowed", 405, "Method Not Allowed", "does not take a POST"),
+        ("bad-media", 415, "Unsupported Media Type", "JSON request body"),
+    ],
+)
 def test_a_setup_error_stops_the_call_at_once(servers, monkeypatch, name, status, says, hint):
     from music.chat.openai_backend import ServerRejected
 
@@ -206,13 +238,31 @@ def test_a_setup_error_stops_the_call_at_once(servers, monkeypatch, name, status
     assert len(state.attempts[name]) <= config(urls).max_concurrency
 
 
+def test_a_setup_error_wakes_the_requests_sleeping_in_backoff(servers, monkeypatch):
+    """Three requests back off for 60 s (Retry-After); a fourth is then rejected (401): the call stops in
+    seconds, not after the backoff, and the sleeping requests make no second attempt."""
+    from music.chat.openai_backend import ServerRejected
+
+    state, urls = servers
+    monkeypatch.setenv("MUSIC_TEST_API_KEY", SECRET)
+    chat = make_chat(config(urls), None, role="simulate.user")
+    start = time.monotonic()
+    with pytest.raises(ServerRejected) as info:
+        chat.generate(ask("busy-long", "busy-long", "busy-long", "bad-key-late"), seed=1)
+    assert time.monotonic() - start < 5.0
+    assert info.value.status == 401
+    assert len(state.attempts["busy-long"]) == 3  # one attempt each: none retried after the rejection
+
+
 def test_a_wrong_url_path_stops_the_call_with_its_path(servers, monkeypatch):
     from music.chat.openai_backend import ServerRejected
 
     _, urls = servers
     monkeypatch.setenv("MUSIC_TEST_API_KEY", SECRET)
     with pytest.raises(ServerRejected, match=r"HTTP 404: 'wrong path /v2/chat/completions'.*URL path") as info:
-        make_chat(config([u.replace("/v1", "/v2") for u in urls]), None, role="contrast.contrast").generate(ask("plain"))
+        make_chat(config([u.replace("/v1", "/v2") for u in urls]), None, role="contrast.contrast").generate(
+            ask("plain")
+        )
     assert info.value.role == "contrast.contrast"
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from helpers import LoopbackJSONServer
 
 from music.chat import make_chat
 from music.chat.base import SamplingParams
+from music.chat.system_role import fold_system, template_accepts_system
 from music.config import ChatModelConfig
 from music.rm.data import render_ids
-from music.chat.system_role import fold_system, template_accepts_system
-
-from helpers import LoopbackJSONServer
 
 # A template in the style of Gemma-2's: no system role (it raises), user/assistant must alternate.
 NO_SYSTEM_TEMPLATE = (
@@ -22,8 +21,12 @@ NO_SYSTEM_TEMPLATE = (
     "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-CONV = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye?"}]
+CONV = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello"},
+    {"role": "user", "content": "Bye?"},
+]
 
 
 def test_fold_system_joins_the_first_user_message():
@@ -94,7 +97,9 @@ def recorders():
 
 
 def served(urls, **kw) -> ChatModelConfig:
-    return ChatModelConfig(backend="openai", model="m", base_urls=list(urls), max_retries=0, timeout_s=5, api_key_env="", **kw)
+    return ChatModelConfig(
+        backend="openai", model="m", base_urls=list(urls), max_retries=0, timeout_s=5, api_key_env="", **kw
+    )
 
 
 def test_server_option_folds_the_system_message(recorders):

@@ -82,9 +82,18 @@ def test_crash_mid_run_then_rerun_matches_uninterrupted(tmp_path, monkeypatch):
     tok = load_tokenizer(EMBEDDED_MODEL)
     torch.manual_seed(0)
     tiny = LlamaForCausalLM(
-        LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                    num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                    eos_token_id=2, pad_token_id=0, bos_token_id=1)
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            eos_token_id=2,
+            pad_token_id=0,
+            bos_token_id=1,
+        )
     )
     tiny.save_pretrained(tmp_path / "tiny")
     tok.save_pretrained(tmp_path / "tiny")
@@ -113,8 +122,11 @@ def test_crash_mid_run_then_rerun_matches_uninterrupted(tmp_path, monkeypatch):
 
 def test_choose_constrains_the_reply_to_an_option():
     c = chat(batch_size=2)
-    convs = ask("Which is a fruit? A) apple B) car. Answer with the letter.", "Which is a colour? A) dog B) red. Answer with the letter.",
-                "Is 2 bigger than 1? A) yes B) no")
+    convs = ask(
+        "Which is a fruit? A) apple B) car. Answer with the letter.",
+        "Which is a colour? A) dog B) red. Answer with the letter.",
+        "Is 2 bigger than 1? A) yes B) no",
+    )
     out = c.choose(convs, ["A", "B", "C"], prefix="[[", suffix="]]")
     assert all(r.text in ("[[A]]", "[[B]]", "[[C]]") and r.finish_reason == "stop" for r in out)
     assert c.choose(convs, ["A", "B", "C"], prefix="[[", suffix="]]") == out  # no sampling: deterministic

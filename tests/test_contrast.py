@@ -5,29 +5,34 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import CONTRAST_PROMPT, FakeChat, WordOverlapEncoder, make_seeds, tree_bytes, write_seed_files
 
 from music.chat import ChatReply
 from music.config import ContrastConfig, SimulateConfig
+from music.schema import PreferencePair, user_turns
 from music.stages.contrast import contrast_conversations, parse_contrast, pick_divergence
 from music.stages.contrast import run as run_contrast
 from music.stages.heldout import run as run_heldout
-from music.store import load_records
-from music.schema import PreferencePair, user_turns
 from music.stages.simulate import run as run_simulate
 from music.stages.simulate import simulate_seeds
-from helpers import CONTRAST_PROMPT, FakeChat, WordOverlapEncoder, make_seeds, tree_bytes, write_seed_files
+from music.store import load_records
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("MODIFIED REQUEST: twice-cooked pork?\nANSWER: Slice and fry.", ("twice-cooked pork?", "Slice and fry.")),
-    ("Sure.\n**MODIFIED REQUEST:** How do I shuffle?\n**ANSWER:** Use random.shuffle.\nDone.",
-     ("How do I shuffle?", "Use random.shuffle.\nDone.")),
-    ("modified request: a\n\nanswer: b", ("a", "b")),
-    ("MODIFIED REQUEST: only the request", None),
-    ("ANSWER: only the answer", None),
-    ("MODIFIED REQUEST:\nANSWER: ", None),
-    (None, None),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("MODIFIED REQUEST: twice-cooked pork?\nANSWER: Slice and fry.", ("twice-cooked pork?", "Slice and fry.")),
+        (
+            "Sure.\n**MODIFIED REQUEST:** How do I shuffle?\n**ANSWER:** Use random.shuffle.\nDone.",
+            ("How do I shuffle?", "Use random.shuffle.\nDone."),
+        ),
+        ("modified request: a\n\nanswer: b", ("a", "b")),
+        ("MODIFIED REQUEST: only the request", None),
+        ("ANSWER: only the answer", None),
+        ("MODIFIED REQUEST:\nANSWER: ", None),
+        (None, None),
+    ],
+)
 def test_parse_contrast(text, expected):
     assert parse_contrast(text) == expected
 
@@ -44,14 +49,22 @@ def test_pick_divergence_fixed_random_and_keyed_by_seed_id():
     assert {pick_divergence(f"s{i}", 4, ContrastConfig(divergence="random")) for i in range(60)} == {1, 2, 3}
     late = ContrastConfig(divergence="random", min_turns_after_divergence=2)
     assert {pick_divergence(f"s{i}", 4, late) for i in range(60)} == {1, 2}
-    assert [pick_divergence(f"s{i}", 4, ContrastConfig(divergence="random", seed=1, min_turns_after_divergence=0)) for i in range(60)] != draws
+    assert [
+        pick_divergence(f"s{i}", 4, ContrastConfig(divergence="random", seed=1, min_turns_after_divergence=0))
+        for i in range(60)
+    ] != draws
     with pytest.raises(ValueError, match="leaves no turn"):
         pick_divergence("s", 1, ContrastConfig(divergence="random", min_turns_after_divergence=1))
 
 
 def _simulated(turns=3, n=4):
-    return simulate_seeds(make_seeds(n), FakeChat("fake:user"), FakeChat("fake:assistant"),
-                          SimulateConfig(turns=turns, real_next_user=False), split="train")
+    return simulate_seeds(
+        make_seeds(n),
+        FakeChat("fake:user"),
+        FakeChat("fake:assistant"),
+        SimulateConfig(turns=turns, real_next_user=False),
+        split="train",
+    )
 
 
 def _first_difference(a: list[dict], b: list[dict]) -> int:
@@ -62,12 +75,22 @@ def test_instruct_branch_diverges_at_the_chosen_turn_and_keeps_going():
     convs = _simulated(turns=3)
     user, asst, con = FakeChat("fake:user"), FakeChat("fake:assistant"), FakeChat("fake:contrast")
     cfg = ContrastConfig(method="instruct", divergence="fixed", divergence_turn=2)
-    cands = contrast_conversations(convs, user=user, assistant=asst, contrast=con, sim_cfg=SimulateConfig(turns=3, real_next_user=False),
-                                   cfg=cfg, split="train", encoder=WordOverlapEncoder())
+    cands = contrast_conversations(
+        convs,
+        user=user,
+        assistant=asst,
+        contrast=con,
+        sim_cfg=SimulateConfig(turns=3, real_next_user=False),
+        cfg=cfg,
+        split="train",
+        encoder=WordOverlapEncoder(),
+    )
     assert con.calls == 1 and user.calls == 1 and asst.calls == 1  # batched: one call each
     for conv, c in zip(convs, cands):
         f = c["fields"]
-        assert c["failure"] is None and f["contrast_method"] == "instruct" and f["models"]["contrast"] == "fake:contrast"
+        assert (
+            c["failure"] is None and f["contrast_method"] == "instruct" and f["models"]["contrast"] == "fake:contrast"
+        )
         chosen, rejected = f["chosen"], f["rejected"]
         assert user_turns(chosen) == user_turns(rejected) and rejected[-1]["role"] == "assistant"
         assert f["divergence_turn"] == conv["context_turns"] + 2 and f["turns_after_divergence"] == 1
@@ -86,12 +109,24 @@ def test_auto_falls_back_to_resampling_when_the_reply_does_not_parse():
     convs = _simulated(turns=2)
 
     def unparseable(messages, seed):
-        return ChatReply("I think you meant something else.", "stop") if CONTRAST_PROMPT in messages[0]["content"] else None
+        return (
+            ChatReply("I think you meant something else.", "stop")
+            if CONTRAST_PROMPT in messages[0]["content"]
+            else None
+        )
 
     user, asst = FakeChat("fake:user"), FakeChat("fake:assistant")
     cfg = ContrastConfig(method="auto", divergence="fixed", divergence_turn=1, request_similarity=None)
-    cands = contrast_conversations(convs, user=user, assistant=asst, contrast=FakeChat(script=unparseable),
-                                   sim_cfg=SimulateConfig(turns=2, real_next_user=False), cfg=cfg, split="train", encoder=WordOverlapEncoder())
+    cands = contrast_conversations(
+        convs,
+        user=user,
+        assistant=asst,
+        contrast=FakeChat(script=unparseable),
+        sim_cfg=SimulateConfig(turns=2, real_next_user=False),
+        cfg=cfg,
+        split="train",
+        encoder=WordOverlapEncoder(),
+    )
     for c in cands:
         f = c["fields"]
         assert c["failure"] is None and f["contrast_method"] == "resample"
@@ -99,19 +134,39 @@ def test_auto_falls_back_to_resampling_when_the_reply_does_not_parse():
         assert f["modified_request"] != f["original_request"] and f["modified_request"].startswith("Could you tell me")
         i = _first_difference(f["chosen"], f["rejected"])
         assert f["rejected"][i]["content"].startswith("Answer ")
-        assert [e["role"] for e in c["events"] if e["branch"] == "rejected"] == ["modified_request", "assistant", "user", "assistant"]
+        assert [e["role"] for e in c["events"] if e["branch"] == "rejected"] == [
+            "modified_request",
+            "assistant",
+            "user",
+            "assistant",
+        ]
     # instruct-only: the same replies are counted failures
-    only = contrast_conversations(convs, user=user, assistant=asst, contrast=FakeChat(script=unparseable),
-                                  sim_cfg=SimulateConfig(turns=2, real_next_user=False), cfg=ContrastConfig(method="instruct", divergence="fixed"),
-                                  split="train", encoder=WordOverlapEncoder())
+    only = contrast_conversations(
+        convs,
+        user=user,
+        assistant=asst,
+        contrast=FakeChat(script=unparseable),
+        sim_cfg=SimulateConfig(turns=2, real_next_user=False),
+        cfg=ContrastConfig(method="instruct", divergence="fixed"),
+        split="train",
+        encoder=WordOverlapEncoder(),
+    )
     assert {c["failure"] for c in only} == {"modified_request"}
 
 
 def test_failed_simulation_becomes_a_counted_candidate_not_a_pair():
     convs = _simulated(turns=2)
     convs[0] = {**convs[0], "failure": "empty_reply"}
-    cands = contrast_conversations(convs, user=FakeChat(), assistant=FakeChat(), contrast=FakeChat(),
-                                   sim_cfg=SimulateConfig(turns=2, real_next_user=False), cfg=ContrastConfig(method="instruct", divergence="random"), split="train", encoder=WordOverlapEncoder())
+    cands = contrast_conversations(
+        convs,
+        user=FakeChat(),
+        assistant=FakeChat(),
+        contrast=FakeChat(),
+        sim_cfg=SimulateConfig(turns=2, real_next_user=False),
+        cfg=ContrastConfig(method="instruct", divergence="random"),
+        split="train",
+        encoder=WordOverlapEncoder(),
+    )
     assert cands[0]["failure"] == "empty_reply" and cands[0]["fields"]["rejected"] is None
     assert all(c["failure"] is None for c in cands[1:])
 
@@ -122,8 +177,11 @@ def _stage(tmp_path, **contrast):
     for k, v in contrast.items():
         setattr(P.contrast, k, v)
     run_simulate(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant")))
-    report = run_contrast(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant"), FakeChat("fake:contrast")),
-                 encoder=WordOverlapEncoder())
+    report = run_contrast(
+        P,
+        backends=(FakeChat("fake:user"), FakeChat("fake:assistant"), FakeChat("fake:contrast")),
+        encoder=WordOverlapEncoder(),
+    )
     return P, report
 
 
@@ -146,8 +204,11 @@ def test_run_contrast_writes_three_loadable_pair_sets_and_a_report(tmp_path):
     assert d["chosen"][:-1] == d["rejected"][:-1] and d["divergence_turn"] is None
     assert d["chosen"][-2] == {"role": "user", "content": "Real next user 0?"}
     first = tree_bytes(out)
-    run_contrast(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant"), FakeChat("fake:contrast")),
-                 encoder=WordOverlapEncoder())
+    run_contrast(
+        P,
+        backends=(FakeChat("fake:user"), FakeChat("fake:assistant"), FakeChat("fake:contrast")),
+        encoder=WordOverlapEncoder(),
+    )
     assert tree_bytes(out) == first  # byte-identical
 
 
@@ -159,8 +220,13 @@ def test_d_from_a_labelled_source_uses_the_loader(tmp_path, monkeypatch):
     def fake_load_pairs(kind, location, *, split="train", limit=None, skipped=None):
         calls.append((kind, location, split, limit))
         conv = [{"role": "user", "content": f"q {split}"}]
-        return [PreferencePair(conv + [{"role": "assistant", "content": "good"}],
-                               conv + [{"role": "assistant", "content": "bad"}], {"pair_id": f"p-{split}"})]
+        return [
+            PreferencePair(
+                conv + [{"role": "assistant", "content": "good"}],
+                conv + [{"role": "assistant", "content": "bad"}],
+                {"pair_id": f"p-{split}"},
+            )
+        ]
 
     monkeypatch.setattr(music.pairs.last_turn, "load_pairs", fake_load_pairs)
     P, report = _stage(tmp_path, d_source="skywork:hub:Skywork/Skywork-Reward-Preference-80K-v0.2", d_limit=5)
@@ -204,15 +270,24 @@ def test_d_from_the_seed_source_follows_the_seed_split(tmp_path, monkeypatch):
     def fake_load_pairs(kind, location, *, split="train", limit=None, skipped=None):
         assert split == "train"
         conv = [{"role": "user", "content": "q"}]
-        return [PreferencePair(conv + [{"role": "assistant", "content": "good"}],
-                               conv + [{"role": "assistant", "content": "bad"}], {"pair_id": i}) for i in ids]
+        return [
+            PreferencePair(
+                conv + [{"role": "assistant", "content": "good"}],
+                conv + [{"role": "assistant", "content": "bad"}],
+                {"pair_id": i},
+            )
+            for i in ids
+        ]
 
     monkeypatch.setattr(music.pairs.last_turn, "load_pairs", fake_load_pairs)
     P.simulate.turns = 2
-    P.contrast.d_source, P.contrast.d_eval_split = "skywork:hub:Skywork/Skywork-Reward-Preference-80K-v0.2", "train"
+    P.contrast.d_source, P.heldout.d_eval_split = "skywork:hub:Skywork/Skywork-Reward-Preference-80K-v0.2", "train"
     run_simulate(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant")))
-    run_contrast(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant"), FakeChat("fake:contrast")),
-                 encoder=WordOverlapEncoder())
+    run_contrast(
+        P,
+        backends=(FakeChat("fake:user"), FakeChat("fake:assistant"), FakeChat("fake:contrast")),
+        encoder=WordOverlapEncoder(),
+    )
     run_heldout(P, assistant=FakeChat("fake:assistant"))
     train = {r["conversation_id"] for r in load_records(Path(P.paths.pairs) / "d_train")}
     evals = {r["conversation_id"] for r in load_records(Path(P.paths.heldout) / "d_eval")}
@@ -220,6 +295,7 @@ def test_d_from_the_seed_source_follows_the_seed_split(tmp_path, monkeypatch):
 
 
 # --- divergence at the real next user message (contrast.divergence: real) ---------------------------------------
+
 
 def test_divergence_real_is_the_first_simulated_turn():
     assert pick_divergence("s", 3, ContrastConfig(divergence="real")) == 1
@@ -233,13 +309,24 @@ def test_real_divergence_misreads_the_persons_request_and_says_so():
 
     seeds = make_seeds(4)
     seeds[3] = dataclasses.replace(seeds[3], next_user=None)  # turn 1 generated: the pair says its request is not real
-    convs = simulate_seeds(seeds, FakeChat("fake:user"), FakeChat("fake:assistant"),
-                           SimulateConfig(turns=3, real_next_user=True), split="train")
+    convs = simulate_seeds(
+        seeds,
+        FakeChat("fake:user"),
+        FakeChat("fake:assistant"),
+        SimulateConfig(turns=3, real_next_user=True),
+        split="train",
+    )
     asst = FakeChat("fake:assistant")
-    cands = contrast_conversations(convs, user=FakeChat("fake:user"), assistant=asst, contrast=None,
-                                   sim_cfg=SimulateConfig(turns=3, real_next_user=False), split="train", encoder=WordOverlapEncoder(),
-                                   cfg=ContrastConfig(method="resample", divergence="real", min_contrast_margin=None,
-                                                                  request_similarity=None))
+    cands = contrast_conversations(
+        convs,
+        user=FakeChat("fake:user"),
+        assistant=asst,
+        contrast=None,
+        sim_cfg=SimulateConfig(turns=3, real_next_user=False),
+        split="train",
+        encoder=WordOverlapEncoder(),
+        cfg=ContrastConfig(method="resample", divergence="real", min_contrast_margin=None, request_similarity=None),
+    )
     for s, conv, c in zip(seeds, convs, cands):
         f = c["fields"]
         assert c["failure"] is None and f["divergence_turn"] == conv["context_turns"] + 1
@@ -251,8 +338,11 @@ def test_real_divergence_misreads_the_persons_request_and_says_so():
         if s.next_user:
             assert f["original_request"] == s.next_user == f["chosen"][reply_at - 1]["content"]
         # both replies at the divergence come from the assistant model (same backend, same prompt)
-        assert f["rejected"][reply_at]["content"].startswith("Answer ") and f["chosen"][reply_at]["content"].startswith("Answer ")
+        assert f["rejected"][reply_at]["content"].startswith("Answer ") and f["chosen"][reply_at]["content"].startswith(
+            "Answer "
+        )
     from music.stages.contrast import band_counts
+
     counts = band_counts(cands, cands, ContrastConfig())
     assert counts["real_requests"] == 3 and counts["kept_real_requests"] == 3 and counts["rewrites_outside_band"] == 0
 
@@ -261,14 +351,31 @@ def test_near_miss_rows_show_the_real_request_and_both_replies_at_the_divergence
     from music.stages.contrast import near_miss_rows
 
     ctx = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+
     def pair(i, real):
-        chosen = [*ctx, {"role": "user", "content": f"real {i}"}, {"role": "assistant", "content": f"A{i}"},
-                  {"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
+        chosen = [
+            *ctx,
+            {"role": "user", "content": f"real {i}"},
+            {"role": "assistant", "content": f"A{i}"},
+            {"role": "user", "content": "u"},
+            {"role": "assistant", "content": "a"},
+        ]
         rejected = [*chosen[:3], {"role": "assistant", "content": f"B{i}"}, *chosen[4:]]
-        return {"pair_id": f"p{i}", "chosen": chosen, "rejected": rejected, "divergence_turn": 2,
-                "original_request": f"real {i}", "modified_request": f"near {i}",
-                "relevance": {"original_request_real": real, "request_similarity": 0.5, "chosen_margin": 0.1,
-                              "rejected_margin": 0.2}}
+        return {
+            "pair_id": f"p{i}",
+            "chosen": chosen,
+            "rejected": rejected,
+            "divergence_turn": 2,
+            "original_request": f"real {i}",
+            "modified_request": f"near {i}",
+            "relevance": {
+                "original_request_real": real,
+                "request_similarity": 0.5,
+                "chosen_margin": 0.1,
+                "rejected_margin": 0.2,
+            },
+        }
+
     pairs = [pair(0, False), pair(1, True), pair(2, True), pair(3, True)]
     pairs[0]["relevance"]["request_similarity"] = 0.9  # not a real request: never shown
     pairs[3]["relevance"]["request_similarity"] = 0.7  # the nearest miss comes first
@@ -283,21 +390,46 @@ def test_the_stage_with_real_requests_and_a_window_reports_both(tmp_path):
         P = write_seed_files(root)
         P.simulate.turns, P.simulate.real_next_user = 2, True
         P.contrast.divergence, P.contrast.request_similarity, P.contrast.min_music_train_pairs = "real", band, 0
-        P.contrast.d_pairs = P.contrast.quality_mtbench = False
+        P.contrast.d_pairs = P.heldout.quality_mtbench = False
         P.contrast.candidates, P.contrast.answered_candidates = 3, 2  # 3 rewrites per request: 9 for the 3 seeds
         run_simulate(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant")))
-        return P, run_contrast(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant"), None),
-                               encoder=WordOverlapEncoder())
+        return P, run_contrast(
+            P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant"), None), encoder=WordOverlapEncoder()
+        )
 
     # the fake rewrites share no word with the fake real requests (similarity 0): inside [0, 0.8], outside [0.1, 0.8]
     P, report = stage(tmp_path / "in", [0.0, 0.8])
-    assert report["band"]["music_train"] == {"request_similarity": [0.0, 0.8], "rewrites_usable": 9,
-                                             "rewrites_outside_band": 0, "no_rewrite_in_band": 0,
-                                             "real_requests": 3, "kept_real_requests": report["splits"]["music_train"]["kept"]}
+    assert report["band"]["music_train"] == {
+        "request_similarity": [0.0, 0.8],
+        "rewrites_usable": 9,
+        "rewrites_outside_band": 0,
+        "no_rewrite_in_band": 0,
+        "real_requests": 3,
+        "kept_real_requests": report["splits"]["music_train"]["kept"],
+    }
     recs = load_records(Path(P.paths.pairs) / "music_train")
-    assert recs and all(r["relevance"]["original_request_real"] and r["relevance"]["request_similarity"] == 0.0 for r in recs)
+    assert recs and all(
+        r["relevance"]["original_request_real"] and r["relevance"]["request_similarity"] == 0.0 for r in recs
+    )
     assert all(r["original_request"].startswith("Real next user") for r in recs)
     P, report = stage(tmp_path / "out", [0.1, 0.8])
-    assert report["splits"]["music_train"]["removed"]["request_band"] == 3 and report["splits"]["music_train"]["kept"] == 0
+    assert (
+        report["splits"]["music_train"]["removed"]["request_band"] == 3 and report["splits"]["music_train"]["kept"] == 0
+    )
     assert report["band"]["music_train"]["rewrites_outside_band"] == 9
     assert report["failures"]["music_train"]["failed"] == 0  # window drops are not request failures
+
+
+def test_stored_relevance_floats_keep_four_decimals_and_nothing_else_changes():
+    from music.stages.contrast import STORED_DECIMALS, stored_floats
+
+    rel = {"chosen_margin": 0.1234567, "echo": 0.99996, "modified_candidates": [{"s": -0.00004}], "real": True, "n": 3}
+    assert STORED_DECIMALS == 4
+    assert stored_floats(rel) == {
+        "chosen_margin": 0.1235,
+        "echo": 1.0,
+        "modified_candidates": [{"s": -0.0}],
+        "real": True,
+        "n": 3,
+    }
+    assert stored_floats(None) is None

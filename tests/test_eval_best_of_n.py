@@ -7,8 +7,9 @@ from collections import Counter
 import pytest
 
 from music.chat import ChatReply
-from music.stages.best_of_n import choose_questions, run_best_of_n, summarize
+from music.config import ChatModelConfig, EvalConfig
 from music.evaluate.judge import combine_orders, judge_request, load_template, parse_verdict
+from music.stages.best_of_n import choose_questions, run_best_of_n, summarize
 
 QUESTIONS = [{"question_id": i, "category": "x", "turns": [f"q{i} first", f"q{i} second"]} for i in range(3)]
 
@@ -36,7 +37,10 @@ class LengthScorer:
         self.sign = sign
 
     def score(self, conversations):
-        return [self.sign * len(c[-1]["content"]) + 0.001 * int(c[-1]["content"].split("#")[1].split()[0]) for c in conversations]
+        return [
+            self.sign * len(c[-1]["content"]) + 0.001 * int(c[-1]["content"].split("#")[1].split()[0])
+            for c in conversations
+        ]
 
 
 class Judge:
@@ -57,14 +61,34 @@ class Judge:
         return out
 
 
+def bon_cfg(ns=(2, 4), turns=None) -> EvalConfig:
+    """The Best-of-N settings of these tests: 8-token candidates at temperature 0.7, a greedy 8-token judge whose
+    verdict is generated and parsed (the fakes have no `choose`)."""
+    return EvalConfig(
+        bon_ns=list(ns),
+        bon_turns=turns,
+        seed=0,
+        judge_constrained=False,
+        policy=ChatModelConfig(max_new_tokens=8, temperature=0.7),
+        judge=ChatModelConfig(max_new_tokens=8, temperature=0.0),
+    )
+
+
 def play(scorers, judge, ns=(2, 4), policy=None):
-    return run_best_of_n(QUESTIONS, scorers, policy or FakePolicy(), judge, ns=ns, seed=0, policy_max_new_tokens=8,
-                         policy_temperature=0.7, judge_max_new_tokens=8, judge_temperature=0.0)
+    return run_best_of_n(
+        QUESTIONS,
+        scorers,
+        policy or FakePolicy(),
+        judge,
+        bon_cfg(ns),
+    )
 
 
 def test_candidates_are_sampled_once_per_context_and_reused():
     policy = FakePolicy()
-    games = play({"baseline": LengthScorer(1.0), "music": LengthScorer(-1.0)}, Judge(reply="[[C]]"), ns=(2, 4), policy=policy)
+    games = play(
+        {"baseline": LengthScorer(1.0), "music": LengthScorer(-1.0)}, Judge(reply="[[C]]"), ns=(2, 4), policy=policy
+    )
     turn1, turn2 = policy.calls
     assert len(turn1) == 3 * 4  # max(N) per question, shared by both RMs and all N
     # turn 2: one context per distinct turn-1 pick; each sampled max(N using it) times
@@ -116,8 +140,11 @@ def test_verdict_parsing_and_combination():
 
 def test_judge_prompt_keeps_braces_and_both_conversations():
     tpl = load_template()
-    req = judge_request(tpl, [{"role": "user", "content": "q {x}"}, {"role": "assistant", "content": "AAA"}],
-                        [{"role": "user", "content": "q {x}"}, {"role": "assistant", "content": "BBB"}])
+    req = judge_request(
+        tpl,
+        [{"role": "user", "content": "q {x}"}, {"role": "assistant", "content": "AAA"}],
+        [{"role": "user", "content": "q {x}"}, {"role": "assistant", "content": "BBB"}],
+    )
     text = req[0]["content"]
     assert "q {x}" in text and text.index("AAA") < text.index("BBB") and "[[C]]" in text
 
@@ -148,8 +175,14 @@ ONE_TURN = [{"prompt_id": f"p{i}", "turns": [f"p{i} opener"]} for i in range(2)]
 def test_later_turns_are_written_by_the_user_simulator_from_each_conversation():
     user, policy = FakeUser(), FakePolicy()
     scorers = {"baseline": LengthScorer(1.0), "music": LengthScorer(-1.0)}
-    games = run_best_of_n(ONE_TURN, scorers, policy, Judge(reply="[[C]]"), ns=(2, 4), seed=0, policy_max_new_tokens=8,
-                          policy_temperature=0.7, judge_max_new_tokens=8, judge_temperature=0.0, turns=3, user=user)
+    games = run_best_of_n(
+        ONE_TURN,
+        scorers,
+        policy,
+        Judge(reply="[[C]]"),
+        bon_cfg((2, 4), turns=3),
+        user=user,
+    )
     assert len(policy.calls) == 3 and len(user.calls) == 2  # user turns 2 and 3 are simulated
     for g in games:
         assert g.question_id in ("p0", "p1")
@@ -165,9 +198,13 @@ def test_later_turns_are_written_by_the_user_simulator_from_each_conversation():
 
 def test_more_turns_than_scripted_need_a_user_simulator():
     with pytest.raises(ValueError, match="user simulator"):
-        run_best_of_n(ONE_TURN, {"baseline": LengthScorer(), "music": LengthScorer()}, FakePolicy(), Judge(reply="[[C]]"),
-                      ns=(2,), seed=0, policy_max_new_tokens=8, policy_temperature=0.7, judge_max_new_tokens=8,
-                      judge_temperature=0.0, turns=2)
+        run_best_of_n(
+            ONE_TURN,
+            {"baseline": LengthScorer(), "music": LengthScorer()},
+            FakePolicy(),
+            Judge(reply="[[C]]"),
+            bon_cfg((2,), turns=2),
+        )
 
 
 def test_reward_models_are_scored_one_at_a_time():
@@ -180,16 +217,26 @@ def test_reward_models_are_scored_one_at_a_time():
             assert pool.name is None and pool.current is None  # the other RM was released first
             made.append(rm)
             return LengthScorer(sign)
+
         return make
 
     pool = OneAtATime({"baseline": factory("baseline", 1.0), "music": factory("music", -1.0)})
-    games = run_best_of_n(QUESTIONS, pool, FakePolicy(), Judge(reply="[[C]]"), ns=(2, 4), seed=0, policy_max_new_tokens=8,
-                          policy_temperature=0.7, judge_max_new_tokens=8, judge_temperature=0.0)
+    games = run_best_of_n(
+        QUESTIONS,
+        pool,
+        FakePolicy(),
+        Judge(reply="[[C]]"),
+        bon_cfg((2, 4)),
+    )
     assert made == ["baseline", "music", "baseline"]  # 2 turns: alternating order, the last RM stays loaded
     assert pool.loads == 3 and len(games) == 6
-    plain = run_best_of_n(QUESTIONS, {"baseline": LengthScorer(1.0), "music": LengthScorer(-1.0)}, FakePolicy(),
-                          Judge(reply="[[C]]"), ns=(2, 4), seed=0, policy_max_new_tokens=8, policy_temperature=0.7,
-                          judge_max_new_tokens=8, judge_temperature=0.0)
+    plain = run_best_of_n(
+        QUESTIONS,
+        {"baseline": LengthScorer(1.0), "music": LengthScorer(-1.0)},
+        FakePolicy(),
+        Judge(reply="[[C]]"),
+        bon_cfg((2, 4)),
+    )
     assert [g.conversations for g in games] == [g.conversations for g in plain]  # same picks either way
 
 
@@ -203,8 +250,11 @@ def test_judge_prompt_is_true_for_scripted_and_simulated_user_turns():
 def _games(outcomes: dict[str, list[str]], n=2):
     from music.stages.best_of_n import Game
 
-    return [Game(q, n, {"baseline": [], "music": []}, outcome=o, rm_seed=s) for q, os in outcomes.items()
-            for s, o in enumerate(os)]
+    return [
+        Game(q, n, {"baseline": [], "music": []}, outcome=o, rm_seed=s)
+        for q, os in outcomes.items()
+        for s, o in enumerate(os)
+    ]
 
 
 def test_win_rates_split_ties_and_have_bootstrap_intervals_over_prompts():
@@ -240,8 +290,15 @@ def test_every_training_seed_plays(tmp_path, monkeypatch):
     from music.config import Params, Paths
     from music.stages import best_of_n
 
-    P = Params(paths=Paths(models=str(tmp_path / "models"), metrics=str(tmp_path / "m"), evaluation=str(tmp_path / "ev"),
-                           reports=str(tmp_path / "r"), cache=str(tmp_path / "c")))
+    P = Params(
+        paths=Paths(
+            models=str(tmp_path / "models"),
+            metrics=str(tmp_path / "m"),
+            evaluation=str(tmp_path / "ev"),
+            reports=str(tmp_path / "r"),
+            cache=str(tmp_path / "c"),
+        )
+    )
     P.train.seeds = [0, 1]
     P.evaluate.bon_prompts, P.evaluate.bon_ns, P.evaluate.judge_constrained = 3, [2], False
     for rm in ("baseline", "music"):

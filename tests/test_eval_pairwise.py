@@ -13,9 +13,9 @@ from music.config import Params, Paths
 from music.errors import DataError
 from music.evaluate.items import item_rows, items_from_pairs, score_items, summarize_rows
 from music.evaluate.pairwise import local_pairs, require_model
+from music.schema import PreferencePair, first_difference_distance
 from music.stages.evaluate import run as evaluate_variant
 from music.stages.evaluate import trajectory_points
-from music.schema import PreferencePair, first_difference_distance
 from music.stages.seed import check_disjoint
 
 
@@ -39,8 +39,11 @@ def conv(*replies, users=None):
 
 
 def music_pair(cid, divergence_turn, chosen, rejected):
-    return PreferencePair(conv(*chosen), conv(*rejected), {"kind": "music", "divergence_turn": divergence_turn,
-                                                          "conversation_id": cid, "pair_id": f"music-{cid}"})
+    return PreferencePair(
+        conv(*chosen),
+        conv(*rejected),
+        {"kind": "music", "divergence_turn": divergence_turn, "conversation_id": cid, "pair_id": f"music-{cid}"},
+    )
 
 
 def test_distance_counts_assistant_turns_from_the_first_difference():
@@ -50,13 +53,22 @@ def test_distance_counts_assistant_turns_from_the_first_difference():
 
 
 def test_items_groups_and_a_last_reply_scorer():
-    pairs = [music_pair("m1", 2, ["x", "right answer here"], ["x", "no"]),  # distance 1: correct
-             music_pair("m2", 1, ["right", "same end"], ["wrong", "same end"])]  # distance 2: a tie, counted wrong
+    pairs = [
+        music_pair("m1", 2, ["x", "right answer here"], ["x", "no"]),  # distance 1: correct
+        music_pair("m2", 1, ["right", "same end"], ["wrong", "same end"]),
+    ]  # distance 2: a tie, counted wrong
     items = items_from_pairs("quality", pairs, source="sharegpt") + items_from_pairs("music", pairs)
     # the endpoints fixed in advance: quality twins in no group; held-out MUSIC pairs in early (length-matched) or last
-    assert [(i.test, i.distance, i.group) for i in items] == [("quality", 1, None), ("quality", 2, None),
-                                                              ("music", 1, "last"), ("music", 2, "early")]
-    assert items[0].cluster_id == "m1" and items_from_pairs("hh", [PreferencePair(conv("a"), conv("b"))])[0].cluster_id == "hh:0"
+    assert [(i.test, i.distance, i.group) for i in items] == [
+        ("quality", 1, None),
+        ("quality", 2, None),
+        ("music", 1, "last"),
+        ("music", 2, "early"),
+    ]
+    assert (
+        items[0].cluster_id == "m1"
+        and items_from_pairs("hh", [PreferencePair(conv("a"), conv("b"))])[0].cluster_id == "hh:0"
+    )
     scorer = LastReplyScorer()
     rows = item_rows(items, score_items(scorer, items), variant="v", seed=0)
     assert scorer.calls == 1 and scorer.conversations == 4  # 8 conversations, each distinct one scored once
@@ -108,11 +120,14 @@ def test_local_sets_on_real_hh(shared_data):
 
 # ---------------------------------------------------------------- the whole stage on tiny files
 def _write_pairs(path: Path, pairs):
-    from music.store import pair_features, save_records
     from music.schema import pair_record
+    from music.store import pair_features, save_records
 
-    save_records([pair_record(chosen=p.chosen, rejected=p.rejected, **{k: v for k, v in p.meta.items()}) for p in pairs],
-                 path, pair_features())
+    save_records(
+        [pair_record(chosen=p.chosen, rejected=p.rejected, **{k: v for k, v in p.meta.items()}) for p in pairs],
+        path,
+        pair_features(),
+    )
 
 
 def write_heldout(P: Params, quality=None) -> None:
@@ -120,17 +135,22 @@ def write_heldout(P: Params, quality=None) -> None:
     given quality twins in place of its (empty) quality_eval."""
     from music.stages.heldout import run as run_heldout
 
-    P.contrast.d_pairs, P.contrast.quality_mtbench = False, False
+    P.contrast.d_pairs, P.heldout.quality_mtbench = False, False
     run_heldout(P)
     if quality is not None:
         _write_pairs(Path(P.paths.heldout) / "quality_eval", quality)
 
 
 def make_workspace(tmp_path: Path, *, leak: bool = False, seeds=(0, 1)) -> Params:
-    paths = Paths(seeds=str(tmp_path / "seeds"), pairs=str(tmp_path / "pairs"), heldout=str(tmp_path / "heldout"),
-                  models=str(tmp_path / "models"),
-                  metrics=str(tmp_path / "metrics"), evaluation=str(tmp_path / "evaluation"),
-                  figures=str(tmp_path / "figures"))
+    paths = Paths(
+        seeds=str(tmp_path / "seeds"),
+        pairs=str(tmp_path / "pairs"),
+        heldout=str(tmp_path / "heldout"),
+        models=str(tmp_path / "models"),
+        metrics=str(tmp_path / "metrics"),
+        evaluation=str(tmp_path / "evaluation"),
+        figures=str(tmp_path / "figures"),
+    )
     for s in seeds:
         model = Path(paths.models) / "baseline" / f"seed{s}"
         model.mkdir(parents=True)
@@ -140,17 +160,32 @@ def make_workspace(tmp_path: Path, *, leak: bool = False, seeds=(0, 1)) -> Param
     seeds_dir.mkdir()
     train_ids = ["t1", "t2"] + (["m1"] if leak else [])
     (seeds_dir / "train.jsonl").write_text("".join(json.dumps({"conversation_id": c}) + "\n" for c in train_ids))
-    convs = [{"conversation_id": f"e{i}", "source": "test",
-              "messages": conv(f"topic{i} one" + " x" * i, f"topic{i} two" + " x" * i, f"topic{i} three" + " x" * i)}
-             for i in range(4)]
+    convs = [
+        {
+            "conversation_id": f"e{i}",
+            "source": "test",
+            "messages": conv(f"topic{i} one" + " x" * i, f"topic{i} two" + " x" * i, f"topic{i} three" + " x" * i),
+        }
+        for i in range(4)
+    ]
     (seeds_dir / "eval_conversations.jsonl").write_text("".join(json.dumps(c) + "\n" for c in convs))
-    quality = [PreferencePair(conv("good long answer"), conv("bad"), {"kind": "quality", "conversation_id": "q1",
-                                                                     "pair_id": "q1-last", "source": "sharegpt"}),
-               PreferencePair(conv("good long answer", "same"), conv("bad", "same"),
-                              {"kind": "quality", "conversation_id": "q1", "pair_id": "q1-early", "source": "sharegpt"})]
-    _write_pairs(Path(paths.pairs) / "music_eval", [music_pair("m1", 2, ["x", "right answer here", "end"], ["x", "no", "end!"])])
+    quality = [
+        PreferencePair(
+            conv("good long answer"),
+            conv("bad"),
+            {"kind": "quality", "conversation_id": "q1", "pair_id": "q1-last", "source": "sharegpt"},
+        ),
+        PreferencePair(
+            conv("good long answer", "same"),
+            conv("bad", "same"),
+            {"kind": "quality", "conversation_id": "q1", "pair_id": "q1-early", "source": "sharegpt"},
+        ),
+    ]
+    _write_pairs(
+        Path(paths.pairs) / "music_eval", [music_pair("m1", 2, ["x", "right answer here", "end"], ["x", "no", "end!"])]
+    )
     P = Params(paths=paths)
-    P.evaluate.swap_same_conversation = True  # off by default; every test kind is scored here
+    P.heldout.swap_same_conversation = True  # off by default; every test kind is scored here
     write_heldout(P, quality)
     P.train.seeds = list(seeds)
     P.evaluate.local_sets = {"hh": str(tmp_path / "absent.jsonl.gz")}
@@ -171,7 +206,11 @@ def test_evaluate_variant_writes_numbers_items_and_trajectories(tmp_path):
     assert on_disk == json.loads(json.dumps(metrics))
 
     def numbers_only(x):
-        return all(numbers_only(v) for v in x.values()) if isinstance(x, dict) else isinstance(x, (int, float)) or x is None
+        return (
+            all(numbers_only(v) for v in x.values())
+            if isinstance(x, dict)
+            else isinstance(x, (int, float)) or x is None
+        )
 
     assert numbers_only(on_disk)
     acc = on_disk["accuracy"]
@@ -179,7 +218,12 @@ def test_evaluate_variant_writes_numbers_items_and_trajectories(tmp_path):
     assert acc["last"]["n_items"] >= 1 and acc["early"]["n_items"] >= 1
     assert {"swap@1", "swap@2", "swap@3", "music@2"} <= set(acc)
     rows = list(csv.DictReader(open(tmp_path / "evaluation" / "baseline" / "items.csv")))
-    assert {r["seed"] for r in rows} == {"0", "1"} and {r["test"] for r in rows} == {"quality", "music", "swap", "swap_same"}
+    assert {r["seed"] for r in rows} == {"0", "1"} and {r["test"] for r in rows} == {
+        "quality",
+        "music",
+        "swap",
+        "swap_same",
+    }
     traj = list(csv.DictReader(open(tmp_path / "evaluation" / "baseline" / "trajectory.csv")))
     assert sorted({int(r["relative_turn"]) for r in traj}) == [-1, 0, 1]
     assert all(float(r["gap"]) == 0.0 for r in traj if r["relative_turn"] == "-1")  # identical before divergence
@@ -217,7 +261,10 @@ def test_the_history_blind_reference_sees_only_the_last_exchange(tmp_path):
     from music.stages.evaluate import load_items
 
     long = [{"role": "system", "content": "be brief"}] + conv("one", "two", "three", users={2: "final question"})
-    assert last_exchange(long) == [{"role": "user", "content": "final question"}, {"role": "assistant", "content": "three"}]
+    assert last_exchange(long) == [
+        {"role": "user", "content": "final question"},
+        {"role": "assistant", "content": "three"},
+    ]
     item = Item("swap", "x", 2, long, long[:2] + [{"role": "assistant", "content": "swapped in"}] + long[3:], "s", "c1")
     assert item.blind().chosen == item.blind().rejected == last_exchange(long) and item.blind().cluster == "c1"
 
@@ -229,7 +276,9 @@ def test_the_history_blind_reference_sees_only_the_last_exchange(tmp_path):
         it = items[(r["test"], r["item_id"])]
         assert float(r["chosen_score"]) == pytest.approx(HistoryScorer.value(it.chosen), abs=1e-6)
         assert float(r["blind_chosen_score"]) == pytest.approx(HistoryScorer.value(last_exchange(it.chosen)), abs=1e-6)
-        assert float(r["blind_rejected_score"]) == pytest.approx(HistoryScorer.value(last_exchange(it.rejected)), abs=1e-6)
+        assert float(r["blind_rejected_score"]) == pytest.approx(
+            HistoryScorer.value(last_exchange(it.rejected)), abs=1e-6
+        )
     swaps = [r for r in rows if r["test"] == "swap"]
     early = [r for r in swaps if int(r["distance"]) >= 2]
     assert early and all(float(r["blind_correct"]) == 0.5 and r["chosen_score"] != r["rejected_score"] for r in early)

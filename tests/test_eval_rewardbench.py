@@ -24,12 +24,17 @@ def _row(subset, outcome):
 
 
 ROWS = [
-    _row("alpacaeval-easy", "win"), _row("alpacaeval-easy", "tie"),  # 0.5 (a tie is wrong)
+    _row("alpacaeval-easy", "win"),
+    _row("alpacaeval-easy", "tie"),  # 0.5 (a tie is wrong)
     _row("mt-bench-easy", "win"),  # 1.0
     _row("llmbar-natural", "loss"),  # 0.0
     _row("mt-bench-hard", "win"),  # 1.0
-    _row("donotanswer", "win"), _row("donotanswer", "win"),  # 1.0
-    _row("math-prm", "win"), _row("math-prm", "loss"), _row("math-prm", "tie"), _row("math-prm", "loss"),  # 0.25
+    _row("donotanswer", "win"),
+    _row("donotanswer", "win"),  # 1.0
+    _row("math-prm", "win"),
+    _row("math-prm", "loss"),
+    _row("math-prm", "tie"),
+    _row("math-prm", "loss"),  # 0.25
     _row("hep-go", "win"),  # 1.0
 ]
 
@@ -71,7 +76,10 @@ def test_missing_section_gives_no_average():
 def test_unknown_subset_is_a_data_error(tmp_path):
     from music.schema import PreferencePair
 
-    p = PreferencePair([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
-                       [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}], {"subset": "nope"})
+    p = PreferencePair(
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}],
+        {"subset": "nope"},
+    )
     with pytest.raises(DataError, match="subset"):
         score_rewardbench(WordCountScorer(), [p], source="x.jsonl")

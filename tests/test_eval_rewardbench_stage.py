@@ -32,21 +32,36 @@ def hub_rows(per_subset: int = 2, seed: int = 0) -> list[dict]:
     for subset in EXAMPLE_COUNTS:
         for k in range(per_subset):
             say = lambda n: " ".join(rng.choice(WORDS) for _ in range(n))  # noqa: E731
-            rows.append({"prompt": f"{subset} question {k}: {say(4)}?", "chosen": say(rng.randint(2, 9)),
-                         "rejected": say(rng.randint(2, 9)), "subset": subset, "id": len(rows)})
-    rows.append({"prompt": "same?", "chosen": "same answer", "rejected": "same answer", "subset": "donotanswer",
-                 "id": len(rows)})  # RewardBench's rule: kept, and a tie is wrong
+            rows.append(
+                {
+                    "prompt": f"{subset} question {k}: {say(4)}?",
+                    "chosen": say(rng.randint(2, 9)),
+                    "rejected": say(rng.randint(2, 9)),
+                    "subset": subset,
+                    "id": len(rows),
+                }
+            )
+    rows.append(
+        {
+            "prompt": "same?",
+            "chosen": "same answer",
+            "rejected": "same answer",
+            "subset": "donotanswer",
+            "id": len(rows),
+        }
+    )  # RewardBench's rule: kept, and a tie is wrong
     return rows
 
 
 @pytest.fixture(scope="module")
 def rb_run(tiny_backbone, tmp_path_factory):
-    """Both variants' tiny RMs (one seed each, different training), scored by the evaluate stage, then the plots stage."""
+    """Both variants' tiny RMs (one seed each, different training), scored by the evaluate stage, then the plots
+    stage."""
     from test_eval_pairwise import make_workspace
 
-    from music.stages.plots import run as run_plots
-    from music.stages.evaluate import run as evaluate_variant
     from music.rm.train import train_reward_model
+    from music.stages.evaluate import run as evaluate_variant
+    from music.stages.plots import run as run_plots
 
     root = tmp_path_factory.mktemp("rb_stage")
     P = make_workspace(root, seeds=(0,))
@@ -60,16 +75,21 @@ def rb_run(tiny_backbone, tmp_path_factory):
     for variant, steps in (("baseline", 1), ("music", 3)):
         out = Path(P.paths.models) / variant / "seed0"
         shutil.rmtree(out, ignore_errors=True)
-        train_reward_model(tiny_cfg(tiny_backbone, max_steps=steps, max_length=128, learning_rate=5e-2),
-                           {"d": toy_pairs(8)}, out, progress=False)
+        train_reward_model(
+            tiny_cfg(tiny_backbone, max_steps=steps, max_length=128, learning_rate=5e-2),
+            {"d": toy_pairs(8)},
+            out,
+            progress=False,
+        )
     metrics = {v: evaluate_variant(P, variant=v) for v in ("baseline", "music")}
     run_plots(P, variants=["baseline", "music"])
     return P, metrics, rb_file
 
 
 def _items(P, variant) -> pd.DataFrame:
-    return pd.read_csv(Path(P.paths.evaluation) / variant / "items.csv", dtype={"item_id": str, "group": str},
-                       keep_default_na=False)
+    return pd.read_csv(
+        Path(P.paths.evaluation) / variant / "items.csv", dtype={"item_id": str, "group": str}, keep_default_na=False
+    )
 
 
 @pytest.mark.slow
@@ -91,8 +111,10 @@ def test_every_section_is_written_and_equals_section_scores(rb_run):
             assert on_disk["rewardbench"][k]["n_items"] == n_rows
         assert "rewardbench" not in on_disk["accuracy"]  # its arithmetic is per section, not a plain item mean
     # the same numbers from an independent scoring pass over the file
-    direct = score_rewardbench(RewardScorer(str(Path(P.paths.models) / "baseline" / "seed0"), batch_size=16),
-                               load_rewardbench_pairs(str(rb_file)))
+    direct = score_rewardbench(
+        RewardScorer(str(Path(P.paths.models) / "baseline" / "seed0"), batch_size=16),
+        load_rewardbench_pairs(str(rb_file)),
+    )
     for k in SECTION_KEYS:
         assert direct[k] == pytest.approx(expect["baseline"][k], abs=1e-9), k
     summary = json.loads((Path(P.paths.metrics) / "summary.json").read_text())
@@ -115,8 +137,20 @@ def _synthetic(seed=0, n=6, p_base=0.5, p_music=0.5, seeds=(0, 1)) -> pd.DataFra
             for subset in EXAMPLE_COUNTS:
                 for i in range(n):
                     c = int(rng.random() < p)
-                    rows.append({"variant": v, "seed": s, "test": "rewardbench", "item_id": f"{subset}-{i}", "source": subset,
-                                 "distance": 1, "group": "", "chosen_score": float(c), "rejected_score": 0.5, "correct": c})
+                    rows.append(
+                        {
+                            "variant": v,
+                            "seed": s,
+                            "test": "rewardbench",
+                            "item_id": f"{subset}-{i}",
+                            "source": subset,
+                            "distance": 1,
+                            "group": "",
+                            "chosen_score": float(c),
+                            "rejected_score": 0.5,
+                            "correct": c,
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
@@ -125,8 +159,10 @@ def test_section_comparison_is_section_scores_arithmetic_with_an_interval():
     out = {r["slice"]: r for r in rewardbench_compare(rows)}
     assert set(out) == {f"rewardbench:{k}" for k in SECTION_KEYS}
     for v in ("baseline", "music"):
-        per_seed = [section_scores(g.groupby("source")["correct"].mean().to_dict())
-                    for _, g in rows[rows["variant"] == v].groupby("seed")]
+        per_seed = [
+            section_scores(g.groupby("source")["correct"].mean().to_dict())
+            for _, g in rows[rows["variant"] == v].groupby("seed")
+        ]
         for k in SECTION_KEYS:
             assert out[f"rewardbench:{k}"][f"{v}_accuracy"] == pytest.approx(sum(r[k] for r in per_seed) / 2)
             assert out[f"rewardbench:{k}"][f"{v}_seeds"] == 2
@@ -136,9 +172,18 @@ def test_section_comparison_is_section_scores_arithmetic_with_an_interval():
         assert r["ci_low"] < r["diff"] < r["ci_high"]
     assert out["rewardbench:reasoning"]["n_items"] == 6 * len(SECTIONS["reasoning"])
     assert out["rewardbench:average"]["ci_low"] > 0  # 0.5 -> 0.8 on 138 items: the interval excludes 0
-    same = {r["slice"]: r for r in rewardbench_compare(_synthetic(p_base=0.6, p_music=0.6).assign(
-        correct=lambda d: d.groupby(["seed", "item_id"])["correct"].transform("first")))}
-    assert same["rewardbench:chat"]["diff"] == 0 and same["rewardbench:chat"]["ci_low"] == same["rewardbench:chat"]["ci_high"] == 0
+    same = {
+        r["slice"]: r
+        for r in rewardbench_compare(
+            _synthetic(p_base=0.6, p_music=0.6).assign(
+                correct=lambda d: d.groupby(["seed", "item_id"])["correct"].transform("first")
+            )
+        )
+    }
+    assert (
+        same["rewardbench:chat"]["diff"] == 0
+        and same["rewardbench:chat"]["ci_low"] == same["rewardbench:chat"]["ci_high"] == 0
+    )
 
 
 def test_headline_carries_every_section():
@@ -165,8 +210,10 @@ def test_the_evaluate_stage_drops_identical_pairs(tmp_path):
     P = make_workspace(tmp_path, seeds=(0,))
     uf = tmp_path / "uf.jsonl"
     same = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "same reply"}]
-    recs = [{"prompt": "q", "chosen": same, "rejected": same, "id": "identical"},
-            {"prompt": "q", "chosen": same, "rejected": [same[0], {"role": "assistant", "content": "other"}], "id": "fine"}]
+    recs = [
+        {"prompt": "q", "chosen": same, "rejected": same, "id": "identical"},
+        {"prompt": "q", "chosen": same, "rejected": [same[0], {"role": "assistant", "content": "other"}], "id": "fine"},
+    ]
     uf.write_text("".join(json.dumps(r) + "\n" for r in recs))
     P.evaluate.local_sets = {"ultrafeedback": str(uf)}
     evaluate_variant(P, variant="baseline", make_scorer=lambda d: LastReplyScorer())
@@ -178,16 +225,23 @@ def test_the_evaluate_stage_drops_identical_pairs(tmp_path):
     assert info["identical_pairs_dropped"] == {"ultrafeedback": 1}
 
 
-def test_the_swap_test_reads_its_conversations_from_evaluate_swap_source(tmp_path):
+def test_the_swap_test_reads_its_conversations_from_heldout_swap_source(tmp_path):
     from test_eval_pairwise import LastReplyScorer, conv, make_workspace, write_heldout
 
     from music.stages.evaluate import run as evaluate_variant
 
     P = make_workspace(tmp_path, seeds=(0,))
     path = tmp_path / "multi.jsonl"
-    path.write_text("".join(json.dumps({"conversation_id": f"x{i}", "messages": conv(f"first {i}" + " y" * i, f"second {i}" + " y" * i)})
-                            + "\n" for i in range(4)))
-    P.evaluate.swap_source = f"file:{path}"
+    path.write_text(
+        "".join(
+            json.dumps(
+                {"conversation_id": f"x{i}", "messages": conv(f"first {i}" + " y" * i, f"second {i}" + " y" * i)}
+            )
+            + "\n"
+            for i in range(4)
+        )
+    )
+    P.heldout.swap_source = f"file:{path}"
     write_heldout(P)  # the swap items are the heldout stage's (evaluate reads them from outputs/heldout)
     metrics = evaluate_variant(P, variant="baseline", make_scorer=lambda d: LastReplyScorer())
     rows = list(csv.DictReader(open(tmp_path / "evaluation" / "baseline" / "items.csv")))

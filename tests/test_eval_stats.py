@@ -24,6 +24,24 @@ def test_bootstrap_is_seeded_and_brackets_the_mean():
     assert a[0] < sum(vals) / len(vals) < a[1]
 
 
+def test_every_bootstrap_draws_from_one_resampler():
+    """resample_indices: numpy's one rng.integers call, or the standard library's rng.choice stream (what
+    bootstrap_interval always drew); resample_counts counts the same draws."""
+    import random
+
+    import numpy as np
+
+    from music.evaluate.stats import resample_counts, resample_indices
+
+    idx = resample_indices(np.random.default_rng(7), 5, 300)
+    assert idx.shape == (300, 5) and np.array_equal(idx, np.random.default_rng(7).integers(0, 5, size=(300, 5)))
+    counts = resample_counts(np.random.default_rng(7), 5, 300)
+    assert np.array_equal(counts, np.stack([np.bincount(row, minlength=5) for row in idx]).astype(float))
+    vals, rng = [3.0, 1.0, 4.0], random.Random(2)
+    draws = [[vals[i] for i in row] for row in resample_indices(random.Random(2), 3, 10)]
+    assert draws == [[rng.choice(vals) for _ in vals] for _ in range(10)]
+
+
 def test_ties_are_wrong():
     assert strict_wins([1.0, 2.0, 3.0], [1.0, 1.0, 4.0]) == [False, True, False]
     s = accuracy_summary([True, False])
@@ -47,8 +65,12 @@ def _null_run(rng, n_clusters=40, seeds=4, sd_cluster=1.5, sd_seed=0.4):
 
     cluster = np.repeat(np.arange(n_clusters), rng.integers(1, 4, n_clusters))
     logit = rng.normal(0, sd_cluster, n_clusters)[cluster] + rng.normal(0, 0.5, cluster.size)
-    arms = [(rng.random((seeds, cluster.size)) < 1 / (1 + np.exp(-(logit + rng.normal(0, sd_seed, (seeds, 1)))))).astype(float)
-            for _ in range(2)]
+    arms = [
+        (rng.random((seeds, cluster.size)) < 1 / (1 + np.exp(-(logit + rng.normal(0, sd_seed, (seeds, 1)))))).astype(
+            float
+        )
+        for _ in range(2)
+    ]
     return arms, cluster
 
 
@@ -84,7 +106,9 @@ def test_matched_seeds_resampled_jointly_cover_the_truth_and_narrow_the_interval
         cluster = np.repeat(np.arange(60), rng.integers(1, 4, 60))
         logit = rng.normal(0, 1.5, 60)[cluster] + rng.normal(0, 0.5, cluster.size)
         shift = rng.normal(0, 0.6, (4, 1))  # one shift per training seed, the same in both arms
-        base, other = [(rng.random((4, cluster.size)) < 1 / (1 + np.exp(-(logit + shift)))).astype(float) for _ in range(2)]
+        base, other = [
+            (rng.random((4, cluster.size)) < 1 / (1 + np.exp(-(logit + shift)))).astype(float) for _ in range(2)
+        ]
         p = two_level_bootstrap([other, base], [1, -1], cluster, n_boot=400, seed=i, paired_seeds=True)
         u = two_level_bootstrap([other, base], [1, -1], cluster, n_boot=400, seed=i)
         paired += p["ci_low"] <= 0.0 <= p["ci_high"]

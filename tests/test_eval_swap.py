@@ -30,8 +30,10 @@ class HistoryBlindScorer:
     text (a last-token RM's hidden state always carries some), so the two conversations never tie."""
 
     def score(self, conversations):
-        return [len(c[-1]["content"]) + int(hashlib.sha256(json.dumps(c).encode()).hexdigest()[:8], 16) / 16**8
-                for c in conversations]
+        return [
+            len(c[-1]["content"]) + int(hashlib.sha256(json.dumps(c).encode()).hexdigest()[:8], 16) / 16**8
+            for c in conversations
+        ]
 
 
 class LengthScorer:
@@ -43,8 +45,10 @@ class HistoryScorer:
     """+1 per assistant reply that belongs to this conversation (its id starts the first user message)."""
 
     def score(self, conversations):
-        return [float(sum(m["content"].split()[0] == c[0]["content"].split()[0] for m in c if m["role"] == "assistant"))
-                for c in conversations]
+        return [
+            float(sum(m["content"].split()[0] == c[0]["content"].split()[0] for m in c if m["role"] == "assistant"))
+            for c in conversations
+        ]
 
 
 def swap_items(conversations, max_distance=3, seed=0):
@@ -114,36 +118,55 @@ def test_loader_trims_a_trailing_user_turn(tmp_path):
 
 
 def test_swap_source_sharegpt_keeps_multi_turn_chats_one_chunk_each(tmp_path):
-    from music.config import EvalConfig
+    from music.config import HeldoutConfig
     from music.errors import DataError
     from music.evaluate.swap import load_swap_conversations
 
     def chat(cid, turns, opening="How do I sort a list?"):
         msgs = []
         for t in range(turns):
-            msgs += [{"from": "human", "value": opening if t == 0 else f"and then {t}?"}, {"from": "gpt", "value": f"reply {t}"}]
+            msgs += [
+                {"from": "human", "value": opening if t == 0 else f"and then {t}?"},
+                {"from": "gpt", "value": f"reply {t}"},
+            ]
         return {"id": cid, "conversations": msgs}
 
-    recs = [chat("a_0", 1), chat("b_0", 3), chat("b_1", 2), chat("c_0", 2, opening="Sure, I can help with that."),
-            chat("d_0", 2)]
+    recs = [
+        chat("a_0", 1),
+        chat("b_0", 3),
+        chat("b_1", 2),
+        chat("c_0", 2, opening="Sure, I can help with that."),
+        chat("d_0", 2),
+    ]
     path = tmp_path / "sharegpt.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     convs, read = load_swap_conversations(f"sharegpt:{path}", tmp_path / "unused.jsonl", limit=10)
-    assert read == path and [c["conversation_id"] for c in convs] == ["b_0", "d_0"]  # one turn, second chunk, roles swapped: out
+    assert read == path and [c["conversation_id"] for c in convs] == [
+        "b_0",
+        "d_0",
+    ]  # one turn, second chunk, roles swapped: out
     assert load_swap_conversations(f"sharegpt:{path}", "", limit=1)[0][0]["conversation_id"] == "b_0"
     with pytest.raises(FileNotFoundError, match="swap_source"):
         load_swap_conversations(f"file:{tmp_path / 'absent.jsonl'}", "", limit=1)
     for bad in ("hub:x", "sharegpt:", "nonsense"):
         with pytest.raises(DataError, match="swap_source"):
-            EvalConfig(swap_source=bad)
+            HeldoutConfig(swap_source=bad)
 
 
 class TurnScorer:
     """+1 per assistant reply that answers the user message before it (the reply names the question's turn)."""
 
     def score(self, conversations):
-        return [float(sum(c[i]["content"].split()[2] == c[i - 1]["content"].split()[2]
-                          for i in range(1, len(c)) if c[i]["role"] == "assistant")) for c in conversations]
+        return [
+            float(
+                sum(
+                    c[i]["content"].split()[2] == c[i - 1]["content"].split()[2]
+                    for i in range(1, len(c))
+                    if c[i]["role"] == "assistant"
+                )
+            )
+            for c in conversations
+        ]
 
 
 def test_same_conversation_donor_holds_the_topic_and_needs_the_turn():
@@ -152,7 +175,9 @@ def test_same_conversation_donor_holds_the_topic_and_needs_the_turn():
     other = [p for p in both if p.donor_kind == "other"]
     same = [p for p in both if p.donor_kind == "same"]
     # the other-conversation swaps are unchanged by the switch
-    assert [(p.conversation_id, p.distance, p.swapped) for p in other] == [(p.conversation_id, p.distance, p.swapped) for p in plain]
+    assert [(p.conversation_id, p.distance, p.swapped) for p in other] == [
+        (p.conversation_id, p.distance, p.swapped) for p in plain
+    ]
     assert counts["same_conversation_pairs"] == len(same) > 20 and all(p.test == "swap_same" for p in same)
     assert "same_conversation_pairs" not in plain_counts
     for p in same:

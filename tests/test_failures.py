@@ -11,22 +11,33 @@ import threading
 from pathlib import Path
 
 import pytest
+from helpers import (
+    CONTRAST_PROMPT,
+    USER_PROMPT,
+    FakeChat,
+    LoopbackJSONServer,
+    WordOverlapEncoder,
+    fake_text,
+    write_seed_files,
+)
 
 from music.chat import ChatReply
 from music.chat.openai_backend import ServerRejected
+from music.chat.rollout import make_backends
 from music.failures import StageFailed, check_failed_share, failure_summary
 from music.stages.contrast import run as run_contrast
-from music.chat.rollout import make_backends
 from music.stages.simulate import FAILURE_REPORT
 from music.stages.simulate import run as run_simulate
-from helpers import (CONTRAST_PROMPT, USER_PROMPT, FakeChat, LoopbackJSONServer, WordOverlapEncoder, fake_text,
-                     write_seed_files)
 
 
 def test_failure_summary_counts_per_reason_with_the_first_error():
     s = failure_summary(10, [("a", "first a"), ("b", "first b"), ("a", "second a")])
-    assert s == {"units": 10, "failed": 3, "share": 0.3,
-                 "by_reason": {"a": {"count": 2, "first_error": "first a"}, "b": {"count": 1, "first_error": "first b"}}}
+    assert s == {
+        "units": 10,
+        "failed": 3,
+        "share": 0.3,
+        "by_reason": {"a": {"count": 2, "first_error": "first a"}, "b": {"count": 1, "first_error": "first b"}},
+    }
     check_failed_share(s, 0.3, what="x", key="k", advice="")  # at the limit: passes
     with pytest.raises(StageFailed, match=r"(?s)x: 3 of 10 failed \(30.0%\).*a: 2 \(first: first a\).*k=0.2. do this"):
         check_failed_share(s, 0.2, what="x", key="k", advice="do this")
@@ -34,11 +45,13 @@ def test_failure_summary_counts_per_reason_with_the_first_error():
 
 # --- simulate ---------------------------------------------------------------------------------------------
 
+
 def _assistant_down_for(question: str):
     def script(messages, seed):
         if messages[0]["content"] != USER_PROMPT and question in messages[1]["content"]:
             return ChatReply(None, "error", "HTTP 503 from host:8000: overloaded")
         return None
+
     return script
 
 
@@ -56,7 +69,9 @@ def test_simulate_fails_when_too_many_conversations_failed(tmp_path):
 def test_below_the_limit_the_counts_go_to_the_report(tmp_path):
     P = write_seed_files(tmp_path, n_train=3, n_eval=1)
     P.simulate.max_failed_share = 0.5
-    summary = run_simulate(P, backends=(FakeChat(), FakeChat(script=_assistant_down_for("Question 0 about cooking (train)"))))
+    summary = run_simulate(
+        P, backends=(FakeChat(), FakeChat(script=_assistant_down_for("Question 0 about cooking (train)")))
+    )
     report = json.loads(Path(P.paths.conversations, FAILURE_REPORT).read_text())
     assert report["train"] == summary["train"]["request_failures"]
     assert report["train"]["failed"] == 1 and report["train"]["units"] == 3
@@ -65,6 +80,7 @@ def test_below_the_limit_the_counts_go_to_the_report(tmp_path):
 
 
 # --- contrast -----------------------------------------------------------------------------------------------
+
 
 def _simulated(tmp_path, **contrast):
     P = write_seed_files(tmp_path, n_train=4, n_eval=2)
@@ -76,12 +92,17 @@ def _simulated(tmp_path, **contrast):
 
 
 def _contrast(P, contrast_script=None):
-    return run_contrast(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant"),
-                                     FakeChat("fake:contrast", script=contrast_script)), encoder=WordOverlapEncoder())
+    return run_contrast(
+        P,
+        backends=(FakeChat("fake:user"), FakeChat("fake:assistant"), FakeChat("fake:contrast", script=contrast_script)),
+        encoder=WordOverlapEncoder(),
+    )
 
 
 def _unparseable(messages, seed):
-    return ChatReply("I would rather answer the question.", "stop") if CONTRAST_PROMPT in messages[0]["content"] else None
+    return (
+        ChatReply("I would rather answer the question.", "stop") if CONTRAST_PROMPT in messages[0]["content"] else None
+    )
 
 
 def test_contrast_fails_when_no_instruct_reply_parses(tmp_path):
@@ -132,12 +153,19 @@ def test_filter_drops_are_not_failures_and_the_counts_reach_the_report(tmp_path)
 def test_a_failed_simulation_is_counted_by_simulate_not_again_by_contrast(tmp_path):
     P = write_seed_files(tmp_path, n_train=4, n_eval=1)
     P.simulate.turns, P.simulate.max_failed_share = 2, 0.5
-    run_simulate(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant", script=_assistant_down_for("Question 1 about cooking (train)"))))
+    run_simulate(
+        P,
+        backends=(
+            FakeChat("fake:user"),
+            FakeChat("fake:assistant", script=_assistant_down_for("Question 1 about cooking (train)")),
+        ),
+    )
     report = _contrast(P)
     assert report["failures"]["music_train"]["units"] == 3 and report["failures"]["music_train"]["failed"] == 0
 
 
 # --- a served role: setup errors and a flaky server ------------------------------------------------------------
+
 
 class FakeServer(LoopbackJSONServer):
     """A loopback OpenAI-compatible server: fake_text replies; `status` answers every request with that error;
@@ -199,6 +227,7 @@ def test_a_server_failing_one_request_in_twenty_still_completes(tmp_path):
 
 
 # --- Best-of-N games ------------------------------------------------------------------------------------------
+
 
 def test_best_of_n_counts_games_without_a_conversation():
     from music.stages.best_of_n import Game, game_failures

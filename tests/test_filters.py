@@ -6,45 +6,80 @@ from __future__ import annotations
 import pytest
 
 from music.config import ContrastConfig
-from music.pairs.filters import REASONS, apply_filters, assistant_leaks, first_failure, report_frame, report_markdown, user_leaks
+from music.pairs.filters import (
+    REASONS,
+    apply_filters,
+    assistant_leaks,
+    first_failure,
+    report_frame,
+    report_markdown,
+    user_leaks,
+)
 
 CTX = [{"role": "user", "content": "How do I make braised pork belly?"}]
 
 
 def event(role="assistant", text="Fine answer.", finish="stop", trimmed=False, branch="rejected"):
-    return {"branch": branch, "turn": 1, "role": role, "finish_reason": finish, "raw": text, "text": text,
-            "trimmed": trimmed, "error": None, "method": None}
+    return {
+        "branch": branch,
+        "turn": 1,
+        "role": role,
+        "finish_reason": finish,
+        "raw": text,
+        "text": text,
+        "trimmed": trimmed,
+        "error": None,
+        "method": None,
+    }
 
 
-def cand(events=None, failure=None, kind="music", chosen="Braise it.", rejected="Twice-cooked: fry it.",
-         original="How do I make braised pork belly?", modified="How do I make twice-cooked pork?"):
-    return {"fields": {"kind": kind, "chosen": CTX + [{"role": "assistant", "content": chosen}],
-                       "rejected": CTX + [{"role": "assistant", "content": rejected}],
-                       "original_request": original, "modified_request": modified},
-            "events": events if events is not None else [event(text=rejected)], "failure": failure, "notes": {}}
+def cand(
+    events=None,
+    failure=None,
+    kind="music",
+    chosen="Braise it.",
+    rejected="Twice-cooked: fry it.",
+    original="How do I make braised pork belly?",
+    modified="How do I make twice-cooked pork?",
+):
+    return {
+        "fields": {
+            "kind": kind,
+            "chosen": CTX + [{"role": "assistant", "content": chosen}],
+            "rejected": CTX + [{"role": "assistant", "content": rejected}],
+            "original_request": original,
+            "modified_request": modified,
+        },
+        "events": events if events is not None else [event(text=rejected)],
+        "failure": failure,
+        "notes": {},
+    }
 
 
 CFG = ContrastConfig(max_reply_chars=100)
 
 
-@pytest.mark.parametrize("candidate,reason", [
-    (cand(), None),
-    (cand(failure="generation_error", events=[]), "generation_error"),
-    (cand(events=[event(finish="error", text="")]), "generation_error"),
-    (cand(events=[event(text="  ")]), "empty_reply"),
-    (cand(failure="empty_reply", events=[]), "empty_reply"),
-    (cand(modified=None), "modified_request"),
-    (cand(modified="how do I make braised pork belly"), "modified_request"),  # same up to case/punctuation
-    (cand(failure="modified_request"), "modified_request"),
-    (cand(kind="d", modified=None), None),  # D pairs have no modified request
-    (cand(events=[event(finish="length", trimmed=False)]), "truncated"),
-    (cand(events=[event(finish="length", trimmed=True)]), None),  # trimmed to a full sentence: kept
-    (cand(rejected="Braise it."), "identical"),
-    (cand(events=[event(role="user", text="Sure, here is the recipe you asked for.")]), "role_leakage"),
-    (cand(events=[event(role="user", text="As an AI, I can help.")]), "role_leakage"),
-    (cand(events=[event(text="Fry it.\nUser: thanks!")]), "role_leakage"),
-    (cand(events=[event(text="x" * 101)]), "over_length"),
-])
+@pytest.mark.parametrize(
+    "candidate,reason",
+    [
+        (cand(), None),
+        (cand(failure="generation_error", events=[]), "generation_error"),
+        (cand(events=[event(finish="error", text="")]), "generation_error"),
+        (cand(events=[event(text="  ")]), "empty_reply"),
+        (cand(failure="empty_reply", events=[]), "empty_reply"),
+        (cand(modified=None), "modified_request"),
+        (cand(modified="how do I make braised pork belly"), "modified_request"),  # same up to case/punctuation
+        (cand(failure="modified_request"), "modified_request"),
+        (cand(kind="d", modified=None), None),  # D pairs have no modified request
+        (cand(events=[event(finish="length", trimmed=False)]), "truncated"),
+        (cand(events=[event(finish="length", trimmed=True)]), None),  # trimmed to a full sentence: kept
+        (cand(rejected="Braise it."), "identical"),
+        (cand(events=[event(role="user", text="Sure, here is the recipe you asked for.")]), "role_leakage"),
+        (cand(events=[event(role="user", text="As an AI, I can help.")]), "role_leakage"),
+        (cand(events=[event(text="Fry it.\nUser: thanks!")]), "role_leakage"),
+        (cand(events=[event(text="x" * 101)]), "over_length"),
+    ],
+)
 def test_each_reason(candidate, reason):
     assert first_failure(candidate, CFG) == reason
 
@@ -63,7 +98,9 @@ def test_leak_detectors():
 
 
 def test_first_failing_reason_is_counted_once():
-    both = cand(rejected="Braise it.", events=[event(finish="length"), event(text="x" * 200)])  # truncated, identical, long
+    both = cand(
+        rejected="Braise it.", events=[event(finish="length"), event(text="x" * 200)]
+    )  # truncated, identical, long
     kept, stats = apply_filters([cand(), both, cand(modified=None), cand()], CFG)
     assert len(kept) == 2 and stats["candidates"] == 4 and stats["kept"] == 2
     assert stats["removed"]["truncated"] == 1 and stats["removed"]["modified_request"] == 1

@@ -1,4 +1,5 @@
-"""Stale outputs flagged: music.pipeline.freshness compares a stage's outputs with dvc.lock (a real DVC repo, one stage)."""
+"""Stale outputs flagged: music.pipeline.freshness compares a stage's outputs with dvc.lock (a real DVC repo, one
+stage)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,16 @@ import yaml
 
 from music.pipeline import freshness
 
-STAGE = {"cmd": f"{sys.executable} make.py", "deps": ["make.py", "input.txt"], "params": ["step.turns"],
-         "outs": ["out"]}
-MAKE = "import yaml, pathlib\np = yaml.safe_load(open('params.yaml'))\npathlib.Path('out').mkdir(exist_ok=True)\n" \
-       "pathlib.Path('out/result.txt').write_text(open('input.txt').read() * p['step']['turns'])\n"
+STAGE = {
+    "cmd": f"{sys.executable} make.py",
+    "deps": ["make.py", "input.txt"],
+    "params": ["step.turns"],
+    "outs": ["out"],
+}
+MAKE = (
+    "import yaml, pathlib\np = yaml.safe_load(open('params.yaml'))\npathlib.Path('out').mkdir(exist_ok=True)\n"
+    "pathlib.Path('out/result.txt').write_text(open('input.txt').read() * p['step']['turns'])\n"
+)
 
 
 def _dvc(root, *args):

@@ -7,9 +7,7 @@ import importlib.util
 import sys
 
 import pytest
-from helpers import conv, tiny_cfg, toy_pairs  # noqa: F401
-
-from tests.conftest import REPO
+from helpers import REPO, conv, tiny_cfg, toy_pairs  # noqa: F401
 
 _spec = importlib.util.spec_from_file_location("gpu_check_unsloth", REPO / "benchmarks" / "gpu_check_unsloth.py")
 gpu_check = importlib.util.module_from_spec(_spec)
@@ -59,10 +57,27 @@ def test_planner_estimate_for_a_two_layer_gemma2(smol_tok, tmp_path):
     from music.config import TrainConfig
     from music.models.random_backbone import write_random_backbone
 
-    folder = write_random_backbone(gpu_check.GEMMA, tmp_path / "g", smol_tok, num_layers=2, hidden_size=64,
-                                   intermediate_size=128, num_attention_heads=2, num_key_value_heads=1, head_dim=32)
-    cfg = TrainConfig(backbone=folder, num_layers=None, lora=True, lora_last_layers=None, batch_size=8,
-                      max_length=2048, dtype="auto", gradient_checkpointing=True)
+    folder = write_random_backbone(
+        gpu_check.GEMMA,
+        tmp_path / "g",
+        smol_tok,
+        num_layers=2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+    )
+    cfg = TrainConfig(
+        backbone=folder,
+        num_layers=None,
+        lora=True,
+        lora_last_layers=None,
+        batch_size=8,
+        max_length=2048,
+        dtype="auto",
+        gradient_checkpointing=True,
+    )
     est = gpu_check.planner_estimate(folder, cfg)
     assert est["attention"] == "eager" and est["total_gb"] > est["gb"]["overhead"] > 0
     assert est["flops_per_token"] > 0 and est["assumed_tflops"] == 400

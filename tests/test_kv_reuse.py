@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import write_seed_files
 
 from music.chat import ResponseCache, make_chat
 from music.chat.base import TokenCounts, TokenMeter
@@ -51,7 +52,14 @@ def test_store_finds_the_longest_prefix_across_and_inside_blocks():
     a = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     assert store_insert(s, a) == 10
     assert s.lookup([9, 9]).length == 0 and s.lookup([]).length == 0
-    for probe, n in [(a, 10), (a + [11, 12], 10), (a[:6] + [0, 0], 6), (a[:9], 9), ([1, 2, 3, 4, 5, 0], 5), ([1, 2, 0], 2)]:
+    for probe, n in [
+        (a, 10),
+        (a + [11, 12], 10),
+        (a[:6] + [0, 0], 6),
+        (a[:9], 9),
+        ([1, 2, 3, 4, 5, 0], 5),
+        ([1, 2, 0], 2),
+    ]:
         m = s.lookup(probe)
         assert m.length == n
         assert torch.equal(joined(m), states(probe)[..., :n, :]) if n else m.segments == []
@@ -97,8 +105,13 @@ def test_store_evicts_least_recently_used_leaves_within_its_budget():
 
 def test_counts_and_meter():
     c = TokenCounts(prompt=100, encoded=20, generated=10)
-    assert c.as_dict() == {"prompt_tokens": 100, "prompt_tokens_encoded": 20, "generated_tokens": 10,
-                           "prompt_per_generated": 10.0, "encoded_per_generated": 2.0}
+    assert c.as_dict() == {
+        "prompt_tokens": 100,
+        "prompt_tokens_encoded": 20,
+        "generated_tokens": 10,
+        "prompt_per_generated": 10.0,
+        "encoded_per_generated": 2.0,
+    }
     assert TokenCounts().as_dict()["encoded_per_generated"] is None
 
     class Counting:
@@ -115,8 +128,10 @@ def test_counts_and_meter():
 
 # --- a tiny random Llama with a byte-level ChatML tokenizer ---------------------------------------------
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def _bytes_to_unicode() -> dict[int, str]:  # GPT-2's byte <-> printable character map
@@ -142,12 +157,30 @@ def build_tiny(path: Path) -> Path:
     core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<|endoftext|>"))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                  pad_token="<|endoftext|>", unk_token="<|endoftext|>", chat_template=CHATML)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        chat_template=CHATML,
+    )
     torch.manual_seed(0)
-    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
-                                      eos_token_id=2, pad_token_id=0, bos_token_id=1, tie_word_embeddings=False))
+    lm = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=8192,
+            eos_token_id=2,
+            pad_token_id=0,
+            bos_token_id=1,
+            tie_word_embeddings=False,
+        )
+    )
     with torch.no_grad():  # letters and spaces likely, the end of turn now and then, pad and <|im_start|> never
         w = lm.lm_head.weight
         w[0] = 0
@@ -191,7 +224,9 @@ def fresh_next_token_logits(chat, prompts):
     """The reference: one left-padded forward of the whole prompts, positions from the mask (as generate)."""
     ids, mask = chat._left_pad(prompts)
     with torch.inference_mode():
-        return chat.lm(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits[:, -1]
+        return chat.lm(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits[
+            :, -1
+        ]
 
 
 def shadow_encoded(prompts, stored=()):
@@ -226,8 +261,15 @@ def shadow_encoded(prompts, stored=()):
 def check_reuse_positions(chat):
     """Rows of one batch with different stored prefixes (none, inside a block, all but the last token, a
     duplicate): next-token logits through the store equal a fresh forward. Returns the largest difference."""
-    p = [chat.render(c) for c in ask("What is the capital of France?", "Name three primary colors, please.",
-                                     "Hi", "Write a haiku about rain on a tin roof at night.")]
+    p = [
+        chat.render(c)
+        for c in ask(
+            "What is the capital of France?",
+            "Name three primary colors, please.",
+            "Hi",
+            "Write a haiku about rain on a tin roof at night.",
+        )
+    ]
     p.append(list(p[1]))  # a duplicate of row 1 in the same batch
     stored = [p[1][:21], p[3][:-1]]  # row 1: a prefix ending inside a block; row 3: all but its last token
     for q in stored:
@@ -252,8 +294,10 @@ def test_generate_is_identical_with_reuse_on_and_off_and_encodes_less(tiny, fres
     for turn in range(3):
         a, b = on.generate(convs, seed=turn), off.generate(convs, seed=turn)
         assert a == b
-        convs = [c + [{"role": "assistant", "content": r.text or "ok"}, {"role": "user", "content": f"more {turn}"}]
-                 for c, r in zip(convs, a)]
+        convs = [
+            c + [{"role": "assistant", "content": r.text or "ok"}, {"role": "user", "content": f"more {turn}"}]
+            for c, r in zip(convs, a)
+        ]
     assert on.tokens.prompt == off.tokens.prompt == off.tokens.encoded
     assert on.tokens.generated == off.tokens.generated > 0
     assert on.tokens.encoded < off.tokens.encoded / 2  # byte-level tokens: the template alone is ~25 per turn
@@ -266,8 +310,10 @@ def test_later_turns_encode_only_what_follows_the_stored_prefix(tiny, fresh_stor
     on = tiny_chat(tiny, True, batch_size=8)
     convs = ask(*[f"tell me about topic {i}" for i in range(4)])
     first = on.generate(convs, seed=1)
-    convs2 = [c + [{"role": "assistant", "content": r.text or "ok"}, {"role": "user", "content": "and then?"}]
-              for c, r in zip(convs, first)]
+    convs2 = [
+        c + [{"role": "assistant", "content": r.text or "ok"}, {"role": "user", "content": "and then?"}]
+        for c, r in zip(convs, first)
+    ]
     prompts = [on.render(c) for c in convs2]
     reused = [on.kv.lookup(p[:-1]).length for p in prompts]
     # Each row reuses at least its whole turn-1 prompt; rows whose reply text re-tokenises to what was generated
@@ -323,8 +369,10 @@ def test_the_store_stays_within_its_budget_and_replies_do_not_change(tiny, fresh
         assert a == b
         assert on.kv.nbytes <= on.kv.budget_bytes and on.kv.evicted_blocks > 0
         assert caplog.text.count("key/value store full") == 1  # said once
-        convs = [c + [{"role": "assistant", "content": r.text or "ok"}, {"role": "user", "content": "go on"}]
-                 for c, r in zip(convs, a)]
+        convs = [
+            c + [{"role": "assistant", "content": r.text or "ok"}, {"role": "user", "content": "go on"}]
+            for c, r in zip(convs, a)
+        ]
 
 
 def test_reuse_off_and_shared_store(tiny, fresh_store):
@@ -341,8 +389,15 @@ def test_sliding_window_models_are_not_reused():
 
     from music.chat.transformers_backend import reuse_unsupported
 
-    cfg = MistralConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        num_key_value_heads=1, sliding_window=8)
+    cfg = MistralConfig(
+        vocab_size=16,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        sliding_window=8,
+    )
     assert "sliding" in reuse_unsupported(MistralForCausalLM(cfg))
 
 
@@ -352,12 +407,33 @@ def test_sliding_window_models_are_not_reused():
 def seeds_for(n: int):
     from music.stages.seed import Seed
 
-    topics = ["braised pork belly", "reversing a string in Python", "visiting Paris", "sleeping better",
-              "hash tables", "naming a bakery", "starting to run", "photosynthesis", "learning chess", "baking bread"]
-    return [Seed(f"kv-{i}", f"kv-{i}", "test", "train",
-                 [{"role": "user", "content": f"Tell me about {topics[i % len(topics)]}."},
-                  {"role": "assistant", "content": f"Sure. Here is a short overview of {topics[i % len(topics)]}."}],
-                 None, None) for i in range(n)]
+    topics = [
+        "braised pork belly",
+        "reversing a string in Python",
+        "visiting Paris",
+        "sleeping better",
+        "hash tables",
+        "naming a bakery",
+        "starting to run",
+        "photosynthesis",
+        "learning chess",
+        "baking bread",
+    ]
+    return [
+        Seed(
+            f"kv-{i}",
+            f"kv-{i}",
+            "test",
+            "train",
+            [
+                {"role": "user", "content": f"Tell me about {topics[i % len(topics)]}."},
+                {"role": "assistant", "content": f"Sure. Here is a short overview of {topics[i % len(topics)]}."},
+            ],
+            None,
+            None,
+        )
+        for i in range(n)
+    ]
 
 
 def roll_out_with_branch(user, assistant, n: int, turns: int, divergence_turn: int, seed: int = 0):
@@ -369,10 +445,19 @@ def roll_out_with_branch(user, assistant, n: int, turns: int, divergence_turn: i
     convs = simulate_seeds(seeds_for(n), user, assistant, sim, split="train")
     # Stated here, not taken from the defaults: the relevance filters off and four requests, so that most branches
     # run to the end.
-    cfg = ContrastConfig(method="resample", divergence="fixed", divergence_turn=divergence_turn, candidates=4,
-                         min_contrast_margin=None, max_echo_similarity=None, request_similarity=None, seed=seed)
-    cands = contrast_conversations(convs, user=user, assistant=assistant, contrast=None, sim_cfg=sim, cfg=cfg,
-                                   split="train")
+    cfg = ContrastConfig(
+        method="resample",
+        divergence="fixed",
+        divergence_turn=divergence_turn,
+        candidates=4,
+        min_contrast_margin=None,
+        max_echo_similarity=None,
+        request_similarity=None,
+        seed=seed,
+    )
+    cands = contrast_conversations(
+        convs, user=user, assistant=assistant, contrast=None, sim_cfg=sim, cfg=cfg, split="train"
+    )
     return [c["messages"] for c in convs], [(c["fields"]["rejected"], c["failure"]) for c in cands]
 
 
@@ -398,7 +483,6 @@ def test_simulate_and_contrast_give_identical_conversations_with_reuse(tiny, fre
 
 def test_stage_summaries_report_token_counts(tiny, fresh_store, tmp_path):
     from music.stages.simulate import run as run_simulate
-    from tests.test_simulate import write_seed_files
 
     P = write_seed_files(tmp_path, n_train=2, n_eval=1)
     P.simulate.turns = 2
@@ -427,7 +511,9 @@ def test_embedded_model_rollout_with_branch_is_identical_with_reuse(fresh_store)
     out, counts = {}, {}
     for reuse in (False, True):
         user = make_chat(ChatModelConfig(model=EMBEDDED_MODEL, max_new_tokens=16, batch_size=8, reuse_kv=reuse), None)
-        assistant = make_chat(ChatModelConfig(model=EMBEDDED_MODEL, max_new_tokens=24, batch_size=8, reuse_kv=reuse), None)
+        assistant = make_chat(
+            ChatModelConfig(model=EMBEDDED_MODEL, max_new_tokens=24, batch_size=8, reuse_kv=reuse), None
+        )
         meter = TokenMeter(user=user, assistant=assistant)
         out[reuse] = roll_out_with_branch(user, assistant, n=8, turns=3, divergence_turn=2)
         counts[reuse] = meter.report()["total"]

@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from helpers import REPO
 
 from music.pipeline.materialize import dvc_status, ensure_data
-from tests.conftest import REPO
 
 
 @pytest.mark.slow

@@ -8,15 +8,16 @@ import re
 
 import nbformat
 import pytest
-
-from helpers import image_outputs, unrendered_figures
-from tests.conftest import REPO
+from helpers import REPO, image_outputs, unrendered_figures
 
 
 def test_no_module_of_the_package_sets_a_matplotlib_backend():
-    offenders = [f"{p.relative_to(REPO)}:{n}" for p in sorted((REPO / "music").rglob("*.py"))
-                 for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
-                 if re.search(r"matplotlib\.use\(|pyplot\.switch_backend\(|plt\.switch_backend\(", line)]
+    offenders = [
+        f"{p.relative_to(REPO)}:{n}"
+        for p in sorted((REPO / "music").rglob("*.py"))
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if re.search(r"matplotlib\.use\(|pyplot\.switch_backend\(|plt\.switch_backend\(", line)
+    ]
     assert offenders == [], "a notebook importing these loses its inline backend (figures print as text)"
 
 
@@ -25,9 +26,11 @@ def test_package_figures_and_pyplot_figures_draw_in_an_executed_notebook(tmp_pat
     import papermill as pm
 
     cells = [
-        "import matplotlib\nfrom music.pipeline import notebooks as notebook\nfrom music.reporting import plots, render\nfrom music.evaluate import compare\n"
+        "import matplotlib\nfrom music.pipeline import notebooks as notebook\n"
+        "from music.reporting import plots, render\nfrom music.evaluate import compare\n"
         "print(matplotlib.get_backend())",
-        "import pandas as pd\nplots.plot_best_of_n({'by_n': {'2': {'win_rate': 0.5, 'win_ci_low': 0.2, 'win_ci_high': 0.8,"
+        "import pandas as pd\nplots.plot_best_of_n({'by_n': {'2': {'win_rate': 0.5, 'win_ci_low': 0.2, "
+        "'win_ci_high': 0.8,"
         " 'tie_rate': 0.5, 'tie_ci_low': 0.2, 'tie_ci_high': 0.8, 'loss_rate': 0.0, 'loss_ci_low': 0.0,"
         " 'loss_ci_high': 0.3, 'n_games': 4}}})",
         "from IPython.display import display\ndisplay(plots.plot_training_curves(pd.DataFrame()))",

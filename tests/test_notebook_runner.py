@@ -10,10 +10,19 @@ import nbformat
 import pytest
 import yaml
 
-from music.pipeline import repro
 from music.config import ContrastConfig, Params, SeedConfig
-from music.pipeline.notebooks import (LABEL_WIDTH, StageError, StageProgress, execute_notebook, format_duration,
-                            format_params, show_params, stage_label, stage_line)
+from music.pipeline import repro
+from music.pipeline.notebooks import (
+    LABEL_WIDTH,
+    StageError,
+    StageProgress,
+    execute_notebook,
+    format_duration,
+    format_params,
+    show_params,
+    stage_label,
+    stage_line,
+)
 
 
 # ---------------------------------------------------------------- show_params
@@ -76,7 +85,9 @@ def test_progress_off_a_terminal_prints_only_the_final_line():
     out = io.StringIO()
     p = StageProgress("seed", stream=out, live=False)
     p.start()
-    p.on_notebook_start(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1"), nbformat.v4.new_markdown_cell("x")]))
+    p.on_notebook_start(
+        nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1"), nbformat.v4.new_markdown_cell("x")])
+    )
     p.on_cell_execute(cell=None, cell_index=0)
     assert out.getvalue() == ""
     line = p.finish(ok=True)
@@ -98,16 +109,23 @@ def test_progress_on_a_terminal_redraws_one_line():
 
 # ---------------------------------------------------------------- executing a notebook quietly
 def _notebook(path, *sources):
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("params = None", metadata={"tags": ["parameters"]}),
-                                         *(nbformat.v4.new_code_cell(s) for s in sources)])
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("params = None", metadata={"tags": ["parameters"]}),
+            *(nbformat.v4.new_code_cell(s) for s in sources),
+        ]
+    )
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, path)
     return path
 
 
 def test_a_stage_prints_one_line_and_logs_the_rest(tmp_path, capfd):
-    src = _notebook(tmp_path / "ok.ipynb", "print('hello from the cell', params)",
-                    "import sys, os; print('to stderr', file=sys.stderr); os.write(2, b'fd-level noise\\n')")
+    src = _notebook(
+        tmp_path / "ok.ipynb",
+        "print('hello from the cell', params)",
+        "import sys, os; print('to stderr', file=sys.stderr); os.write(2, b'fd-level noise\\n')",
+    )
     out = tmp_path / "reports" / "ok.ipynb"
     progress = StageProgress("toy", live=False)
     assert execute_notebook(src, out, {"params": {"a": 1}}, tmp_path, progress=progress) == out
@@ -154,6 +172,9 @@ ERROR: failed to reproduce 'evaluate@baseline': something DVC says
 
 def test_dvc_repro_output_becomes_one_line_per_stage():
     shown = [s for s in map(repro.rewrite, DVC_TRANSCRIPT.splitlines()) if s is not None]
-    assert shown == [stage_line("seed", "up to date"), "simulate .............. done in 11 s",
-                     "train@music ........... done in 29 s",
-                     "ERROR: failed to reproduce 'evaluate@baseline': something DVC says"]
+    assert shown == [
+        stage_line("seed", "up to date"),
+        "simulate .............. done in 11 s",
+        "train@music ........... done in 29 s",
+        "ERROR: failed to reproduce 'evaluate@baseline': something DVC says",
+    ]

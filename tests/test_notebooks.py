@@ -1,4 +1,8 @@
-"""Execute the stage notebooks in order through papermill on the tiny profile (as `dvc repro` does)."""
+"""Execute the stage notebooks in order through papermill on the tiny profile (as `dvc repro` does).
+
+The module-scoped `pipeline` fixture runs every stage once, in dvc.yaml's order; each test asks for it and
+reads what the stages wrote, so no test depends on another having run first (select any with -k).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO, dvc_stages, image_outputs, missing_read_deps, unrendered_figures
 
-from helpers import dvc_stages, image_outputs, missing_read_deps, unrendered_figures
 from music.config import Params, Paths
 from music.pipeline.notebooks import run_notebook
-from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -40,13 +43,18 @@ def run(tiny, stage, variant=None):
     """Run one stage; its kernel logs every file it reads (tests/trace_reads) for the deps check below."""
     reads = tiny["root"] / "reads"
     reads.mkdir(exist_ok=True)
-    env = {"MUSIC_TRACE_READS": str(reads / (f"{stage}@{variant}" if variant else stage)),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests" / "trace_reads"), os.environ.get("PYTHONPATH")]))}
+    env = {
+        "MUSIC_TRACE_READS": str(reads / (f"{stage}@{variant}" if variant else stage)),
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(REPO / "tests" / "trace_reads"), os.environ.get("PYTHONPATH")])
+        ),
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        return run_notebook(stage, str(tiny["params_file"]), variant=variant, output_dir=tiny["root"] / "executed",
-                         log_output=False)
+        return run_notebook(
+            stage, str(tiny["params_file"]), variant=variant, output_dir=tiny["root"] / "executed", log_output=False
+        )
     finally:
         for k, v in saved.items():
             if v is None:
@@ -55,14 +63,33 @@ def run(tiny, stage, variant=None):
                 os.environ[k] = v
 
 
-def test_00_seed(tiny):
-    run(tiny, "seed")
+VARIANTS = ("baseline", "music", "control")  # dvc.yaml's foreach of train and evaluate
+# every DVC stage, each after the stages whose outputs it reads (the order `dvc repro` runs them in)
+STAGES = [
+    ("seed", None),
+    ("heldout", None),
+    ("simulate", None),
+    ("contrast", None),
+    *(("train", v) for v in VARIANTS),
+    *(("evaluate", v) for v in VARIANTS),
+    ("best_of_n", None),
+    ("plots", None),
+]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny) -> dict[str, Path]:
+    """The whole pipeline run once on the tiny profile: DVC stage name ("seed", "train@music", ...) -> its
+    executed notebook. A stage that fails stops the run: every test that asks for the fixture reports it."""
+    return {f"{stage}@{variant}" if variant else stage: run(tiny, stage, variant) for stage, variant in STAGES}
+
+
+def test_seed(tiny, pipeline):
     stats = json.loads((tiny["root"] / "seeds" / "stats.json").read_text())
     assert stats["train_seeds"] == 4 and stats["eval_seeds"] == 2
 
 
-def test_00b_heldout(tiny):
-    run(tiny, "heldout")
+def test_heldout(tiny, pipeline):
     report = json.loads((tiny["root"] / "heldout" / "heldout_report.json").read_text())
     from music.evaluate.heldout_items import read_swap_items
     from music.store import load_records
@@ -73,16 +100,14 @@ def test_00b_heldout(tiny):
     assert len(read_swap_items(tiny["root"] / "heldout" / "swap_eval.jsonl")) == report["counts"]["swap_eval"] > 0
 
 
-def test_01_simulate(tiny):
-    run(tiny, "simulate")
+def test_simulate(tiny, pipeline):
     from music.store import load_records
 
     convs = load_records(tiny["root"] / "conversations" / "train")
     assert len(convs) == 4
 
 
-def test_02_contrast(tiny):
-    run(tiny, "contrast")
+def test_contrast(tiny, pipeline):
     report = json.loads((tiny["root"] / "pairs" / "filter_report.json").read_text())
     assert report  # the filter table exists
     from music.store import load_records
@@ -94,30 +119,29 @@ def test_02_contrast(tiny):
     assert all(r["chosen"] != r["rejected"] and r["divergence_turn"] for r in music_train)
 
 
-@pytest.mark.parametrize("variant", ["baseline", "music", "control"])
-def test_03_train(tiny, variant):
-    assert_figures_drawn(run(tiny, "train", variant), 1)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_train(tiny, pipeline, variant):
+    assert_figures_drawn(pipeline[f"train@{variant}"], 1)
     for seed in (0, 1):  # the tiny profile trains two seeds
         metrics = json.loads((tiny["root"] / "models" / variant / f"seed{seed}" / "train_metrics.json").read_text())
         assert metrics["variant"] == variant and metrics["seed"] == seed
 
 
-@pytest.mark.parametrize("variant", ["baseline", "music", "control"])
-def test_04_evaluate(tiny, variant):
-    assert_figures_drawn(run(tiny, "evaluate", variant), 2)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_evaluate(tiny, pipeline, variant):
+    assert_figures_drawn(pipeline[f"evaluate@{variant}"], 2)
     metrics = json.loads((tiny["root"] / "metrics" / f"{variant}.json").read_text())
     assert metrics["accuracy"]["swap@1"]["n"] == 2 and "last" in metrics["accuracy"]  # two seeds
     assert (tiny["root"] / "evaluation" / variant / "items.csv").is_file()
 
 
-def test_06_pick_best_of_n(tiny):
-    run(tiny, "best_of_n")
+def test_best_of_n(tiny, pipeline):
     result = json.loads((tiny["root"] / "metrics" / "best_of_n.json").read_text())
     assert set(result["by_n"]) == {"2"}
 
 
-def test_07_plot_results(tiny):
-    assert_figures_drawn(run(tiny, "plots"), 6)
+def test_plots(tiny, pipeline):
+    assert_figures_drawn(pipeline["plots"], 6)
     figures = {p.name for p in (tiny["root"] / "figures").iterdir()}
     assert {"paired_differences.png", "reward_trajectory.png", "best_of_n.png", "training_curves.png"} <= figures
     summary = json.loads((tiny["root"] / "metrics" / "summary.json").read_text())
@@ -142,18 +166,22 @@ def _as_default_path(path: Path, tiny) -> str | None:
     if rel.parts[0] in (".venv", ".git", "music.egg-info") or "__pycache__" in rel.parts:
         return None
     if str(rel) == "dvc.yaml":
-        return None  # read only to name the stage's outputs in the notebook's text (music.pipeline.freshness), never to compute
+        # read only to name the stage's outputs in the notebook's text (music.pipeline.freshness), never to compute
+        return None
     if str(rel) == yaml.safe_load((REPO / "profiles" / "tiny.yaml").read_text())["seed"]["path"]:
         return Params().seed.path  # the tiny profile's stand-in for the default seed source
     return str(rel)
 
 
-def test_zz_every_stage_lists_the_data_it_reads(tiny):
-    """Runs last: every repository file a stage's kernel opened is a dep (or an output) of that stage in dvc.yaml."""
+def test_every_stage_lists_the_data_it_reads(tiny, pipeline):
+    """Every repository file a stage's kernel opened is a dep (or an output) of that stage in dvc.yaml."""
     stages = dvc_stages(yaml.safe_load((REPO / "dvc.yaml").read_text()))
+    assert sorted(pipeline) == sorted(stages), "the pipeline fixture runs every stage of dvc.yaml"
     reads_dir = tiny["root"] / "reads"
     assert sorted(p.name for p in reads_dir.iterdir()) == sorted(stages), "every stage ran with the trace"
-    reads = {name: {_as_default_path(Path(line), tiny) for line in (reads_dir / name).read_text().splitlines()} - {None}
-             for name in stages}
+    reads = {
+        name: {_as_default_path(Path(line), tiny) for line in (reads_dir / name).read_text().splitlines()} - {None}
+        for name in stages
+    }
     assert reads["best_of_n"] and reads["seed"]  # the trace saw files
     assert missing_read_deps(stages, reads) == {}

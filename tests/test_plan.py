@@ -9,11 +9,11 @@ import sys
 
 import pytest
 import yaml
+from helpers import REPO
 
 from music.config import Params, from_dict, load_params
 from music.models.shapes import COMMITTED_CONFIGS, CONFIG_DIR, backbone_shape
 from music.pipeline.plan import Assumptions, main, make_plan, parse_assumptions
-from tests.conftest import REPO
 
 PROFILES = [REPO / "params.yaml", *sorted((REPO / "profiles").glob("*.yaml"))]
 PAPER = REPO / "profiles" / "paper.yaml"
@@ -83,15 +83,21 @@ def test_the_old_paper_best_of_n_setting_fails_on_its_key():
     assert "80" in plan["errors"][0]["message"]
 
 
-@pytest.mark.parametrize("edit, key", [
-    (lambda d: d["contrast"].update(divergence="fixed", divergence_turn=9), "contrast.divergence_turn"),
-    (lambda d: d["contrast"].update(divergence="random", min_turns_after_divergence=5), "contrast.min_turns_after_divergence"),
-    (lambda d: d["train"].update(max_length=9000), "train.max_length"),
-    (lambda d: d["evaluate"].update(max_length=9000), "evaluate.max_length"),
-    (lambda d: d["train"].update(gradient_checkpointing=False), "train.batch_size"),
-    (lambda d: d["evaluate"].update(bon_source="file:/no/such/prompts.jsonl"), "evaluate.bon_source"),
-    (lambda d: d["seed"].update(n_train=90_000), "seed.n_train"),
-])
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda d: d["contrast"].update(divergence="fixed", divergence_turn=9), "contrast.divergence_turn"),
+        (
+            lambda d: d["contrast"].update(divergence="random", min_turns_after_divergence=5),
+            "contrast.min_turns_after_divergence",
+        ),
+        (lambda d: d["train"].update(max_length=9000), "train.max_length"),
+        (lambda d: d["evaluate"].update(max_length=9000), "evaluate.max_length"),
+        (lambda d: d["train"].update(gradient_checkpointing=False), "train.batch_size"),
+        (lambda d: d["evaluate"].update(bon_source="file:/no/such/prompts.jsonl"), "evaluate.bon_source"),
+        (lambda d: d["seed"].update(n_train=90_000), "seed.n_train"),
+    ],
+)
 def test_cross_stage_errors_name_the_key(edit, key):
     data = copy.deepcopy(raw(PAPER))
     edit(data)
@@ -119,10 +125,16 @@ def test_assumptions_are_overridable():
 
 
 def test_plan_loads_no_model_and_no_network_library(tmp_path):
-    code = ("import sys; from music.pipeline.plan import main; rc = main(['--params', 'profiles/paper.yaml', '--out', sys.argv[1]]);"
-            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'datasets', 'huggingface_hub'));"
-            "print('HEAVY', heavy); sys.exit(rc)")
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.json")], cwd=REPO, capture_output=True, text=True)
+    code = (
+        "import sys; from music.pipeline.plan import main; "
+        "rc = main(['--params', 'profiles/paper.yaml', '--out', sys.argv[1]]);"
+        "heavy = sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('torch', 'transformers', 'datasets', 'huggingface_hub'));"
+        "print('HEAVY', heavy); sys.exit(rc)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "p.json")], cwd=REPO, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "HEAVY []" in done.stdout
 
@@ -154,29 +166,44 @@ def test_unknown_backbone_is_an_error_naming_train_backbone():
 
 def test_paper_profile_reports_its_early_turn_items_and_refuses_none(tmp_path):
     data = raw(PAPER)
-    assert data["contrast"]["quality_mtbench"] is False  # the "weak" twin would be the strong served model
+    assert data["heldout"]["quality_mtbench"] is False  # the "weak" twin would be the strong served model
     conv = {"role": "user", "content": "q"}
-    rows = [{"conversation_id": f"c{i}", "messages": [conv, {"role": "assistant", "content": "a" * (10 + i)},
-                                                      conv, {"role": "assistant", "content": "b" * (10 + i)},
-                                                      conv, {"role": "assistant", "content": "c"}]} for i in range(5)]
+    rows = [
+        {
+            "conversation_id": f"c{i}",
+            "messages": [
+                conv,
+                {"role": "assistant", "content": "a" * (10 + i)},
+                conv,
+                {"role": "assistant", "content": "b" * (10 + i)},
+                conv,
+                {"role": "assistant", "content": "c"},
+            ],
+        }
+        for i in range(5)
+    ]
     path = tmp_path / "multi.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    data["evaluate"]["swap_source"] = f"file:{path}"
+    data["heldout"]["swap_source"] = f"file:{path}"
     early = plan_of(data)["stages"]["evaluate"]["early_turn_items"]
     assert early == {**early, "total": 5 * 2, "quality": 0, "swap": 5 * 2}  # 3 assistant turns: distances 2 and 3
     assert any("counted in" in note for note in early["assumes"])
-    data["evaluate"]["swap_source"] = "seeds"  # Skywork from the hub: mostly one turn, assumed none
+    data["heldout"]["swap_source"] = "seeds"  # Skywork from the hub: mostly one turn, assumed none
     plan = plan_of(data)
-    assert "evaluate.swap_source" in error_keys(plan) and plan["stages"]["evaluate"]["early_turn_items"]["total"] == 0
+    assert "heldout.swap_source" in error_keys(plan) and plan["stages"]["evaluate"]["early_turn_items"]["total"] == 0
     assert any("seed_multi_turn_share" in note for note in plan["stages"]["evaluate"]["early_turn_items"]["assumes"])
-    assert "evaluate.swap_source" not in error_keys(plan_of(data, seed_multi_turn_share=0.05))
+    assert "heldout.swap_source" not in error_keys(plan_of(data, seed_multi_turn_share=0.05))
 
 
 def test_the_planner_counts_what_the_profile_will_load(tmp_path):
     """A local RewardBench file's rows (not the hub's 2,985) and a local Best-of-N source's prompts."""
     rb = tmp_path / "rewardbench.jsonl"
-    rb.write_text("".join(json.dumps({"prompt": f"p{i}", "chosen": "c", "rejected": "r", "subset": "alpacaeval-easy"}) + "\n"
-                          for i in range(46)))
+    rb.write_text(
+        "".join(
+            json.dumps({"prompt": f"p{i}", "chosen": "c", "rejected": "r", "subset": "alpacaeval-easy"}) + "\n"
+            for i in range(46)
+        )
+    )
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt_id": i, "turns": [f"question {i}?"]}) + "\n" for i in range(7)))
     data = raw(REPO / "params.yaml")

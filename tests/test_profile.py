@@ -10,10 +10,10 @@ import subprocess
 import sys
 
 import pytest
+from helpers import REPO
 
 from music.config import load_params, read_params_file
 from music.pipeline.profile import diff_overrides, hydra_value, profile_overrides
-from tests.conftest import REPO
 
 PROFILES = sorted((REPO / "profiles").glob("*.yaml"))
 
@@ -65,8 +65,15 @@ def test_a_profile_experiment_leaves_the_workspace_alone(tmp_path):
         if (REPO / name).is_file():
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, repo / name)
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+        "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+    }
 
     def run(*cmd):
         done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)

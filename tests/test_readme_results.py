@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
+from helpers import REPO
+
 from music.reporting import report
-from tests.conftest import REPO
 
 SUMMARY = REPO / "outputs" / "metrics" / "summary.json"
 LEAD = "**In one sentence:** "
@@ -14,7 +15,7 @@ LEAD = "**In one sentence:** "
 def _readme_line(prefix: str) -> str:
     lines = [line for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines() if line.startswith(prefix)]
     assert len(lines) == 1, f"README.md should hold one line starting with {prefix!r}, found {len(lines)}"
-    return lines[0][len(prefix):]
+    return lines[0][len(prefix) :]
 
 
 def test_the_readme_states_the_committed_result_in_one_sentence():

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO
 
-from music.config import EMBEDDED_MODEL, Paths, from_dict, Params
-from tests.conftest import REPO
+from music.config import EMBEDDED_MODEL, Params, Paths, from_dict
 
 pytestmark = pytest.mark.slow
 
@@ -58,13 +58,24 @@ class Server:
             self.start()
 
     def start(self) -> None:
-        env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1",
-               "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "2",
+            "HF_HUB_OFFLINE": "1",
+            "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
         env.pop("HF_TOKEN", None)
         self.fh = open(self.log, "ab")
         self.offset = self.log.stat().st_size  # this start's part of the log
-        self.proc = subprocess.Popen([sys.executable, "-m", "music.chat.serve", "--port", str(self.port)],
-                                     cwd=REPO, env=env, stdout=self.fh, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "music.chat.serve", "--port", str(self.port)],
+            cwd=REPO,
+            env=env,
+            stdout=self.fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -78,7 +89,7 @@ class Server:
         raise RuntimeError(f"server did not answer /health within {START_TIMEOUT_S}s:\n{self.log.read_text()[-3000:]}")
 
     def kill(self) -> None:
-        # SIGKILL: transformers serve does not exit on SIGTERM while it is generating (DESIGN.md section 8)
+        # SIGKILL: transformers serve does not exit on SIGTERM while it is generating
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)  # the process group of the server we started
             self.proc.wait(timeout=30)
@@ -87,7 +98,11 @@ class Server:
 
     def completions_served(self) -> int:
         """Chat completions answered since the last start (uvicorn's access log)."""
-        return self.log.read_bytes()[self.offset:].decode(errors="replace").count('"POST /v1/chat/completions HTTP/1.1" 200')
+        return (
+            self.log.read_bytes()[self.offset :]
+            .decode(errors="replace")
+            .count('"POST /v1/chat/completions HTTP/1.1" 200')
+        )
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +123,16 @@ def setup(tmp_path_factory):
     # two training conversations through the served 135M model may keep no MUSIC pair (resampled requests
     # unusable): this test checks the plumbing, not the yield
     raw["contrast"]["min_music_train_pairs"] = 0
-    served = {"backend": "openai", "model": model_path, "base_urls": [url], "api_key_env": "",
-              "max_concurrency": 2, "timeout_s": 120, "max_retries": 1, "backoff_s": 0.2}
+    served = {
+        "backend": "openai",
+        "model": model_path,
+        "base_urls": [url],
+        "api_key_env": "",
+        "max_concurrency": 2,
+        "timeout_s": 120,
+        "max_retries": 1,
+        "backoff_s": 0.2,
+    }
     for section, role in (("simulate", "user"), ("simulate", "assistant"), ("contrast", "contrast")):
         # transformers serve answers 422 to fields outside OpenAI's API, such as repetition_penalty
         # (vLLM and SGLang accept it): the served roles sample without it
@@ -146,10 +169,10 @@ def conversations(P) -> list[dict]:
 
 
 def test_simulate_survives_a_server_kill_and_contrast_runs(setup):
-    from music.stages.contrast import run as run_contrast
-    from music.store import load_records
     from music.schema import PreferencePair, validate_conversation
+    from music.stages.contrast import run as run_contrast
     from music.stages.simulate import run as run_simulate
+    from music.store import load_records
 
     P, server = setup["P"], setup["server"]
     server.start()
@@ -177,7 +200,9 @@ def test_simulate_survives_a_server_kill_and_contrast_runs(setup):
     records = conversations(P)
     assert len(records) == P.seed.n_train + P.seed.n_eval
     for r in records:
-        msgs = validate_conversation(r["messages"], source="served conversations", record=r["seed_id"], must_end_with="assistant")
+        msgs = validate_conversation(
+            r["messages"], source="served conversations", record=r["seed_id"], must_end_with="assistant"
+        )
         assert r["failure"] is None and sum(m["role"] == "user" for m in msgs) == r["context_turns"] + P.simulate.turns
         assert r["models"]["user"].startswith("openai:")
 
@@ -202,12 +227,15 @@ def test_simulate_survives_a_server_kill_and_contrast_runs(setup):
 
 # --- one setting wrong: the first stage that calls the server fails with the server's message --------------------
 
+
 def wrong(setup, name: str, **role) -> Params:
     """The served tiny profile with simulate.user changed, writing under its own folders."""
     import copy
 
     raw = copy.deepcopy(setup["raw"])
-    raw["paths"].update(conversations=str(setup["root"] / name / "conversations"), cache=str(setup["root"] / name / "cache"))
+    raw["paths"].update(
+        conversations=str(setup["root"] / name / "conversations"), cache=str(setup["root"] / name / "cache")
+    )
     raw["simulate"]["user"].update(role)
     raw["simulate"]["max_failed_share"] = 0.1
     # the user model writes turn 1 (not the seed's real next message), so the first requests sent are the failing
@@ -225,9 +253,23 @@ def test_a_wrong_model_name_fails_simulate_with_the_servers_message(setup, tmp_p
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(dataclasses.asdict(P)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "music.pipeline.notebooks", "simulate", "--params", str(params),
-                           "--output-dir", str(tmp_path / "executed")], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "music.pipeline.notebooks",
+            "simulate",
+            "--params",
+            str(params),
+            "--output-dir",
+            str(tmp_path / "executed"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "ServerRejected" in done.stderr and "simulate.user" in done.stderr
     assert "HTTP 400" in done.stderr and "Server is pinned to" in done.stderr and "gemini-1.5-pro" in done.stderr

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from helpers import USER_PROMPT, FakeChat, WordOverlapEncoder, make_seeds
 
 from music.chat import ChatReply
 from music.config import ContrastConfig, SimulateConfig
-from music.stages.contrast import contrast_conversations
 from music.pairs.filters import apply_filters
 from music.pairs.relevance import Contrast, contrast_margins, echo_scores, pick_modified_request
+from music.stages.contrast import contrast_conversations
 from music.stages.simulate import simulate_seeds
-from helpers import USER_PROMPT, FakeChat, WordOverlapEncoder, make_seeds
 
 ENC = WordOverlapEncoder()
 
@@ -18,9 +18,11 @@ ENC = WordOverlapEncoder()
 def test_the_kept_request_is_on_topic_and_unlike_the_original():
     original = "how long do I boil an egg"
     anchor = "Eggs and pasta both cook in boiling water."
-    candidates = ["how long do I boil an egg please",  # a paraphrase: useless as a contrast
-                  "what pasta shape goes with pesto",  # on topic, a different request
-                  "tell me about the stock market"]  # off topic
+    candidates = [
+        "how long do I boil an egg please",  # a paraphrase: useless as a contrast
+        "what pasta shape goes with pesto",  # on topic, a different request
+        "tell me about the stock market",
+    ]  # off topic
     best, scores = pick_modified_request(ENC, original, anchor, candidates)
     assert best == 1 and scores[1] > scores[2] and scores[1] > scores[0]
     assert pick_modified_request(ENC, original, anchor, candidates[:1])[0] == 0
@@ -29,10 +31,18 @@ def test_the_kept_request_is_on_topic_and_unlike_the_original():
 
 
 def test_margins_say_which_reply_answers_which_request():
-    good = Contrast("boil an egg", "cook pasta", chosen_reply="boil the egg nine minutes",
-                    rejected_reply="cook the pasta ten minutes")
-    swapped = Contrast("boil an egg", "cook pasta", chosen_reply="cook the pasta ten minutes",
-                       rejected_reply="boil the egg nine minutes")
+    good = Contrast(
+        "boil an egg",
+        "cook pasta",
+        chosen_reply="boil the egg nine minutes",
+        rejected_reply="cook the pasta ten minutes",
+    )
+    swapped = Contrast(
+        "boil an egg",
+        "cook pasta",
+        chosen_reply="cook the pasta ten minutes",
+        rejected_reply="boil the egg nine minutes",
+    )
     (c1, r1), (c2, r2) = contrast_margins(ENC, [good, swapped])
     assert c1 > 0 and r1 > 0 and c2 < 0 and r2 < 0
     assert contrast_margins(ENC, []) == []
@@ -40,23 +50,44 @@ def test_margins_say_which_reply_answers_which_request():
 
 def test_echo_sees_a_repeated_message_and_ignores_the_seed_context():
     ctx = [{"role": "user", "content": "tell me a joke"}, {"role": "assistant", "content": "why did the chicken cross"}]
-    fine = ctx + [{"role": "user", "content": "another one about cats"}, {"role": "assistant", "content": "cats nap all day"}]
-    parrot = ctx + [{"role": "user", "content": "another one about cats"}, {"role": "assistant", "content": "another one about cats"}]
+    fine = ctx + [
+        {"role": "user", "content": "another one about cats"},
+        {"role": "assistant", "content": "cats nap all day"},
+    ]
+    parrot = ctx + [
+        {"role": "user", "content": "another one about cats"},
+        {"role": "assistant", "content": "another one about cats"},
+    ]
     loop = fine + [{"role": "user", "content": "another one about cats"}, {"role": "assistant", "content": "dogs bark"}]
     scores = echo_scores(ENC, [fine, parrot, loop, ctx + ctx[1:]], [2, 2, 2, 2])
     assert scores[0] < 0.5 and scores[1] == 1.0 and scores[2] == 1.0
 
 
 def _convs(n=4, turns=3):
-    return simulate_seeds(make_seeds(n), FakeChat("fake:user"), FakeChat("fake:assistant"), SimulateConfig(turns=turns, real_next_user=False),
-                          split="train")
+    return simulate_seeds(
+        make_seeds(n),
+        FakeChat("fake:user"),
+        FakeChat("fake:assistant"),
+        SimulateConfig(turns=turns, real_next_user=False),
+        split="train",
+    )
 
 
 def test_resampling_asks_k_times_in_one_call_and_records_relevance():
     user, asst = FakeChat("fake:user"), FakeChat("fake:assistant")
-    cfg = ContrastConfig(method="resample", candidates=3, divergence="fixed", divergence_turn=1, request_similarity=None)
-    cands = contrast_conversations(_convs(), user=user, assistant=asst, contrast=None, sim_cfg=SimulateConfig(turns=3, real_next_user=False),
-                                   cfg=cfg, split="train", encoder=ENC)
+    cfg = ContrastConfig(
+        method="resample", candidates=3, divergence="fixed", divergence_turn=1, request_similarity=None
+    )
+    cands = contrast_conversations(
+        _convs(),
+        user=user,
+        assistant=asst,
+        contrast=None,
+        sim_cfg=SimulateConfig(turns=3, real_next_user=False),
+        cfg=cfg,
+        split="train",
+        encoder=ENC,
+    )
     assert user.calls == 1 + 2  # one call for the 3 x 4 resampled requests, then the rejected branch's 2 turns
     for c in cands:
         rel = c["fields"]["relevance"]
@@ -75,10 +106,19 @@ def test_unusable_samples_are_not_kept_and_a_weak_contrast_is_filtered():
         return None
 
     convs = _convs()
-    cfg = ContrastConfig(method="resample", candidates=2, divergence="fixed", divergence_turn=1, request_similarity=None)
-    cands = contrast_conversations(convs, user=FakeChat("fake:user", script=leaky_or_same),
-                                   assistant=FakeChat("fake:assistant"), contrast=None, sim_cfg=SimulateConfig(turns=3, real_next_user=False),
-                                   cfg=cfg, split="train", encoder=ENC)
+    cfg = ContrastConfig(
+        method="resample", candidates=2, divergence="fixed", divergence_turn=1, request_similarity=None
+    )
+    cands = contrast_conversations(
+        convs,
+        user=FakeChat("fake:user", script=leaky_or_same),
+        assistant=FakeChat("fake:assistant"),
+        contrast=None,
+        sim_cfg=SimulateConfig(turns=3, real_next_user=False),
+        cfg=cfg,
+        split="train",
+        encoder=ENC,
+    )
     assert all(c["notes"]["modified_candidates"] in (1, 2) for c in cands)  # a leaking sample is never kept
     assert all(c["fields"]["modified_request"] != "Sure, here is the answer." for c in cands)
     strict = ContrastConfig(**{**cfg.__dict__, "min_contrast_margin": 2.0})  # no margin can reach it
@@ -89,28 +129,48 @@ def test_unusable_samples_are_not_kept_and_a_weak_contrast_is_filtered():
 
 
 def test_an_echoing_conversation_is_filtered():
-    cfg = ContrastConfig(method="resample", candidates=1, divergence="fixed", divergence_turn=1, max_echo_similarity=0.9,
-                         request_similarity=None)
-    cands = contrast_conversations(_convs(), user=FakeChat("fake:user"), assistant=FakeChat("fake:assistant"),
-                                   contrast=None, sim_cfg=SimulateConfig(turns=3, real_next_user=False), cfg=cfg, split="train", encoder=ENC)
+    cfg = ContrastConfig(
+        method="resample",
+        candidates=1,
+        divergence="fixed",
+        divergence_turn=1,
+        max_echo_similarity=0.9,
+        request_similarity=None,
+    )
+    cands = contrast_conversations(
+        _convs(),
+        user=FakeChat("fake:user"),
+        assistant=FakeChat("fake:assistant"),
+        contrast=None,
+        sim_cfg=SimulateConfig(turns=3, real_next_user=False),
+        cfg=cfg,
+        split="train",
+        encoder=ENC,
+    )
     cands[0]["notes"]["echo"] = 0.97
     kept, stats = apply_filters(cands, cfg)
     assert stats["removed"]["echo"] == 1 and len(kept) == len(cands) - 1
 
 
 def test_of_the_answered_requests_the_clearest_contrast_is_kept():
-    from music.stages.contrast import pick_contrasts
     from music.chat.rollout import Event
+    from music.stages.contrast import pick_contrasts
 
     def ev(text):
         return Event("rejected", 2, "assistant", "stop", text, text)
 
-    chosen = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-              {"role": "user", "content": "boil an egg"}, {"role": "assistant", "content": "boil the egg nine minutes"}]
+    chosen = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "boil an egg"},
+        {"role": "assistant", "content": "boil the egg nine minutes"},
+    ]
     w = {"history": chosen[:3], "reply_at": 3, "cand": {"fields": {"chosen": chosen}, "events": [], "notes": {}}}
     requests = [ev("cook pasta"), ev("bake bread")]
-    answers = [(ev("boil the pasta"), None),  # half about the egg: a weak contrast
-               (ev("bake the bread in the oven"), None)]  # clearly answers the modified request
+    answers = [
+        (ev("boil the pasta"), None),  # half about the egg: a weak contrast
+        (ev("bake the bread in the oven"), None),
+    ]  # clearly answers the modified request
     [(kept_w, (answer, failure))] = pick_contrasts([(w, r) for r in requests], answers, ENC)
     assert kept_w is w and answer.text == "bake the bread in the oven" and failure is None
     assert w["cand"]["fields"]["modified_request"] == "bake bread" and w["cand"]["notes"]["answered_candidates"] == 2
@@ -150,11 +210,21 @@ class ListChat(FakeChat):
 
 
 def _work(original=ORIGINAL):
-    history = [{"role": "user", "content": "I am cooking dinner"}, {"role": "assistant", "content": "Eggs or pasta?"},
-               {"role": "user", "content": original}]
-    return {"history": history, "turn": 2,
-            "cand": {"fields": {"kind": "music", "original_request": original, "pair_id": "music-x"},
-                     "events": [], "failure": None, "notes": {}}}
+    history = [
+        {"role": "user", "content": "I am cooking dinner"},
+        {"role": "assistant", "content": "Eggs or pasta?"},
+        {"role": "user", "content": original},
+    ]
+    return {
+        "history": history,
+        "turn": 2,
+        "cand": {
+            "fields": {"kind": "music", "original_request": original, "pair_id": "music-x"},
+            "events": [],
+            "failure": None,
+            "notes": {},
+        },
+    }
 
 
 def test_the_band_keeps_only_in_window_rewrites_and_counts_the_drops_as_filter_drops_not_failures():
@@ -163,16 +233,19 @@ def test_the_band_keeps_only_in_window_rewrites_and_counts_the_drops_as_filter_d
 
     kw = dict(prompts=SimPrompts.load(), k=3, keep=2, trim=True, seed=0, split="train")
     a, b = _work(), _work()
-    out = resampled_requests([a, b], ListChat([PARAPHRASE, NEAR_MISS, OTHER, PARAPHRASE, OTHER, OTHER]), ENC,
-                             band=[0.3, 0.8], **kw)
+    out = resampled_requests(
+        [a, b], ListChat([PARAPHRASE, NEAR_MISS, OTHER, PARAPHRASE, OTHER, OTHER]), ENC, band=[0.3, 0.8], **kw
+    )
     assert [(w is a, [e.text for e in events]) for w, events in out] == [(True, [NEAR_MISS])]
     assert a["cand"]["notes"]["outside_band"] == 2 and a["cand"]["failure"] is None
     assert b["cand"]["notes"]["outside_band"] == 3 and b["cand"]["failure"] == "request_band"
     assert b["cand"]["fields"]["modified_request"] == PARAPHRASE  # the rewrite nearest the window stands for it
     cfg = ContrastConfig(request_similarity=[0.3, 0.8])
-    a["cand"]["fields"].update(modified_request=NEAR_MISS,  # as pick_contrasts and the rejected branch set them
-                               chosen=[*a["history"], {"role": "assistant", "content": "Nine minutes."}],
-                               rejected=[*a["history"], {"role": "assistant", "content": "Ten minutes for pasta."}])
+    a["cand"]["fields"].update(
+        modified_request=NEAR_MISS,  # as pick_contrasts and the rejected branch set them
+        chosen=[*a["history"], {"role": "assistant", "content": "Nine minutes."}],
+        rejected=[*a["history"], {"role": "assistant", "content": "Ten minutes for pasta."}],
+    )
     kept, stats = apply_filters([a["cand"], b["cand"]], cfg)
     assert stats["removed"]["request_band"] == 1 and kept == [a["cand"]]
     assert candidate_failures([a["cand"], b["cand"]], cfg)["failed"] == 0  # not a failure (max_failed_share)

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from music.reporting.render import conversation_html, differing, pair_html, pair_text, show_pair
 
-CHOSEN = [{"role": "user", "content": "How do I boil an egg?"}, {"role": "assistant", "content": "Nine minutes."},
-          {"role": "user", "content": "Soft?"}, {"role": "assistant", "content": "Six <b>minutes</b>."}]
-REJECTED = CHOSEN[:1] + [{"role": "assistant", "content": "Pasta takes ten."}, CHOSEN[2],
-                         {"role": "assistant", "content": "Al dente."}]
+CHOSEN = [
+    {"role": "user", "content": "How do I boil an egg?"},
+    {"role": "assistant", "content": "Nine minutes."},
+    {"role": "user", "content": "Soft?"},
+    {"role": "assistant", "content": "Six <b>minutes</b>."},
+]
+REJECTED = CHOSEN[:1] + [
+    {"role": "assistant", "content": "Pasta takes ten."},
+    CHOSEN[2],
+    {"role": "assistant", "content": "Al dente."},
+]
 
 
 def test_differing_indices():
@@ -33,8 +40,17 @@ def test_a_pair_is_green_where_chosen_differs_and_red_where_rejected_does():
 
 def test_pair_text_shows_the_shared_part_once(capsys):
     text = pair_text(CHOSEN, REJECTED, header="p1")
-    assert text.splitlines() == ["== p1", "[user] How do I boil an egg?", "-- chosen:", "  [assistant] Nine minutes.",
-                                 "  [user] Soft?", "  [assistant] Six <b>minutes</b>.", "-- rejected:",
-                                 "  [assistant] Pasta takes ten.", "  [user] Soft?", "  [assistant] Al dente."]
+    assert text.splitlines() == [
+        "== p1",
+        "[user] How do I boil an egg?",
+        "-- chosen:",
+        "  [assistant] Nine minutes.",
+        "  [user] Soft?",
+        "  [assistant] Six <b>minutes</b>.",
+        "-- rejected:",
+        "  [assistant] Pasta takes ten.",
+        "  [user] Soft?",
+        "  [assistant] Al dente.",
+    ]
     show_pair(CHOSEN, REJECTED, header="p1")  # no notebook here: printed as text
     assert capsys.readouterr().out.strip() == text

@@ -7,9 +7,9 @@ import json
 
 import pandas as pd
 import pytest
+from helpers import REPO
 
 from music.reporting import report
-from tests.conftest import REPO
 
 
 def test_an_interval_that_holds_zero_is_no_difference_this_run_can_see():
@@ -18,7 +18,9 @@ def test_an_interval_that_holds_zero_is_no_difference_this_run_can_see():
     assert report.PAPER_DIRECTION["early"] in s
 
 
-@pytest.mark.parametrize("low,high,word", [(0.01, 0.09, "MUSIC is better by +5.0"), (-0.09, -0.01, "MUSIC is worse by +5.0")])
+@pytest.mark.parametrize(
+    "low,high,word", [(0.01, 0.09, "MUSIC is better by +5.0"), (-0.09, -0.01, "MUSIC is worse by +5.0")]
+)
 def test_an_interval_off_zero_is_an_effect(low, high, word):
     assert word in report.difference_sentence("last", 0.05, low, high, 100)
 
@@ -36,8 +38,20 @@ def test_best_of_n_sentence_reads_the_largest_n_and_identical_picks():
     s = report.best_of_n_sentence(bon)
     n = max(int(k) for k in bon["by_n"])
     assert f"N = {n}" in s and "no difference this run can see" in s
-    won = {"by_n": {"2": {"n_games": 20, "wins": 18, "ties": 2, "losses": 0, "win_ci_low": 0.7, "win_ci_high": 0.97,
-                          "loss_ci_low": 0.0, "loss_ci_high": 0.16}}}
+    won = {
+        "by_n": {
+            "2": {
+                "n_games": 20,
+                "wins": 18,
+                "ties": 2,
+                "losses": 0,
+                "win_ci_low": 0.7,
+                "win_ci_high": 0.97,
+                "loss_ci_low": 0.0,
+                "loss_ci_high": 0.16,
+            }
+        }
+    }
     assert "the MUSIC RM's picks win more often" in report.best_of_n_sentence(won)
     assert report.best_of_n_sentence(None) == "Best-of-N: no games in this run."
 
@@ -45,7 +59,11 @@ def test_best_of_n_sentence_reads_the_largest_n_and_identical_picks():
 def test_comparison_findings_name_each_group_and_public_set():
     table = pd.read_csv(REPO / "outputs" / "metrics" / "comparison.csv")
     found = report.comparison_findings(table, {"by_n": {}})
-    assert [s.split(" (")[0].split(":")[0] for s in found[:3]] == ["Early-turn tests", "Last-turn tests", "Held-out MUSIC pairs"]
+    assert [s.split(" (")[0].split(":")[0] for s in found[:3]] == [
+        "Early-turn tests",
+        "Last-turn tests",
+        "Held-out MUSIC pairs",
+    ]
     assert sum("chance level" in s for s in found) >= 2  # HH and UltraFeedback in the committed run
     assert found[-1] == "Best-of-N: no games in this run."
 
@@ -59,8 +77,14 @@ def test_variant_findings_read_a_metrics_file():
 def test_headline_fits_100_columns_and_reads_summary_defensively():
     summary = json.loads((REPO / "outputs" / "metrics" / "summary.json").read_text())
     summary["rewardbench"] = {"chat": {"baseline": 50.0}}  # keys other issues may add: skipped or shown, never a crash
-    summary["control_early"] = {"baseline": 60.0, "music": None, "diff": None, "diff_ci_low": None, "diff_ci_high": None,
-                                "n_items": 10}
+    summary["control_early"] = {
+        "baseline": 60.0,
+        "music": None,
+        "diff": None,
+        "diff_ci_low": None,
+        "diff_ci_high": None,
+        "n_items": 10,
+    }
     text = report.headline_table(summary)
     assert max(len(line) for line in text.splitlines()) <= report.HEADLINE_WIDTH
     lines = text.splitlines()
@@ -78,17 +102,34 @@ def test_headline_command_prints_the_table(capsys):
 
 def test_make_run_ends_with_the_headline_table_not_dvc_metrics_show():
     makefile = (REPO / "Makefile").read_text()
-    run = makefile[makefile.index("\nrun:"):makefile.index("\nelse", makefile.index("\nrun:"))]
+    run = makefile[makefile.index("\nrun:") : makefile.index("\nelse", makefile.index("\nrun:"))]
     assert "music.reporting.report" in run and "dvc metrics show" not in run
-    assert run.index("music.pipeline.publish") < run.index("music.reporting.report")  # the table is the last thing printed
+    assert run.index("music.pipeline.publish") < run.index(
+        "music.reporting.report"
+    )  # the table is the last thing printed
 
 
 def test_comparison_findings_add_the_control_arm_and_the_history_blind_gaps():
     import pandas as pd
 
-    table = pd.DataFrame([{"slice": "early", "diff": 0.02, "ci_low": -0.01, "ci_high": 0.05, "n_items": 60,
-                           "diff_control": 0.04, "control_ci_low": 0.01, "control_ci_high": 0.07, "control_n_items": 60,
-                           "music_blind_gap": 0.12, "music_blind_gap_ci_low": 0.03, "music_blind_gap_ci_high": 0.2}])
+    table = pd.DataFrame(
+        [
+            {
+                "slice": "early",
+                "diff": 0.02,
+                "ci_low": -0.01,
+                "ci_high": 0.05,
+                "n_items": 60,
+                "diff_control": 0.04,
+                "control_ci_low": 0.01,
+                "control_ci_high": 0.07,
+                "control_n_items": 60,
+                "music_blind_gap": 0.12,
+                "music_blind_gap_ci_low": 0.03,
+                "music_blind_gap_ci_high": 0.2,
+            }
+        ]
+    )
     lines = report.comparison_findings(table)
     assert any("MUSIC is better than the control (cut MUSIC pairs) by +4.0 points [+1.0, +7.0]" in s for s in lines)
     assert any("history-blind" in s and "music +12.0 points [+3.0, +20.0]" in s for s in lines)
@@ -96,8 +137,16 @@ def test_comparison_findings_add_the_control_arm_and_the_history_blind_gaps():
 
 
 def _summary(diff=(2.0, -3.0, 4.5), control=(1.0, -4.0, 6.0), last=(0.5, -2.0, 3.0), gaps=None):
-    early = {"diff": diff[0], "diff_ci_low": diff[1], "diff_ci_high": diff[2], "n_items": 300, "n_clusters": 150,
-             "diff_control": control[0], "diff_control_ci_low": control[1], "diff_control_ci_high": control[2]}
+    early = {
+        "diff": diff[0],
+        "diff_ci_low": diff[1],
+        "diff_ci_high": diff[2],
+        "n_items": 300,
+        "n_clusters": 150,
+        "diff_control": control[0],
+        "diff_control_ci_low": control[1],
+        "diff_control_ci_high": control[2],
+    }
     if gaps:
         early["history_blind"] = {v: {"gap": g[0], "gap_ci_low": g[1], "gap_ci_high": g[2]} for v, g in gaps.items()}
     return {"early": early, "last": {"diff": last[0], "diff_ci_low": last[1], "diff_ci_high": last[2], "n_items": 400}}
@@ -106,7 +155,10 @@ def _summary(diff=(2.0, -3.0, 4.5), control=(1.0, -4.0, 6.0), last=(0.5, -2.0, 3
 def test_result_sentence_states_a_null_with_the_size_it_rules_out():
     s = report.result_sentence(_summary(gaps={"baseline": (1.0, -2.0, 4.0), "music": (6.0, 2.0, 10.0)}))
     assert ". " not in s and s.endswith(".")  # one sentence
-    assert "changes early-turn accuracy by less than 4.5 points (+2.0 points [-3.0, +4.5] over 300 items from 150 chats)" in s
+    assert (
+        "changes early-turn accuracy by less than 4.5 points (+2.0 points [-3.0, +4.5] over 300 items from 150 chats)"
+        in s
+    )
     assert "changes it by less than 6.0 points (+1.0 points [-4.0, +6.0]) against the control" in s
     assert "changes last-turn accuracy by less than 3.0 points" in s
     assert "baseline +1.0 [-2.0, +4.0], MUSIC +6.0 [+2.0, +10.0] points, so only the MUSIC RM shows" in s
@@ -118,14 +170,23 @@ def test_result_sentence_states_a_null_with_the_size_it_rules_out():
 
 def test_half_widths_and_the_headline_table_print_them():
     summary = _summary(gaps={"music": (6.0, 2.0, 10.0)})
-    assert report.half_widths(summary) == {"early: MUSIC - baseline": 3.8, "early: MUSIC - control": 5.0,
-                                           "early: music - history-blind": 4.0, "last: MUSIC - baseline": 2.5}
+    assert report.half_widths(summary) == {
+        "early: MUSIC - baseline": 3.8,
+        "early: MUSIC - control": 5.0,
+        "early: music - history-blind": 4.0,
+        "last: MUSIC - baseline": 2.5,
+    }
     text = report.headline_table(summary)
     assert "early: MUSIC - baseline 3.8" in text.replace("\n  ", " ") and "At this scale, MUSIC" in text
 
 
 def test_variant_result_sentence_reads_its_own_history_blind_gap():
-    row = {"music_accuracy": 0.62, "music_blind_gap": 0.05, "music_blind_gap_ci_low": -0.01, "music_blind_gap_ci_high": 0.11}
+    row = {
+        "music_accuracy": 0.62,
+        "music_blind_gap": 0.05,
+        "music_blind_gap_ci_low": -0.01,
+        "music_blind_gap_ci_high": 0.11,
+    }
     s = report.variant_result_sentence(row, "music")
     assert "The MUSIC RM gets 62.0% of the early-turn items right" in s
     assert "+5.0 points [-1.0, +11.0]: no sign that it reads the history (a gap above 11.0 points is ruled out)" in s

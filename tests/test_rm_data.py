@@ -1,4 +1,4 @@
-"""Rendering, truncation, mixing and batching of reward-model pairs (DESIGN §2: template, length)."""
+"""Rendering, truncation, mixing and batching of reward-model pairs (chat template, length rules)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,21 @@ from helpers import conv, tiny_cfg, toy_pairs  # noqa: F401
 
 from music.errors import DataError
 from music.rm.data import (
-    as_pairs, collate_pairs, encode_pairs, fit_conversation, length_grouped_batches, load_variant_pairs, mix_pairs,
-    music_cut_pair, render_ids, split_turns,
+    as_pairs,
+    collate_pairs,
+    encode_pairs,
+    fit_conversation,
+    length_grouped_batches,
+    load_variant_pairs,
+    mix_pairs,
+    music_cut_pair,
+    render_ids,
+    split_turns,
 )
 from music.schema import PreferencePair, first_difference_distance
 
-
 # ---------------------------------------------------------------- chat template: one step, one BOS
+
 
 @pytest.fixture(scope="module")
 def bos_tok():
@@ -25,7 +33,9 @@ def bos_tok():
     tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
     tok.chat_template = "{{ bos_token }}{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
     return tok
 
@@ -34,7 +44,7 @@ def test_render_in_one_step_has_a_single_bos(bos_tok):
     c = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]
     ids = render_ids(bos_tok, c)
     two_step = bos_tok(bos_tok.apply_chat_template(c, tokenize=False)).input_ids
-    assert two_step[:2] == [1, 1]  # the pitfall itself (reward-bench#164)
+    assert two_step[:2] == [1, 1]  # the pitfall itself (https://github.com/allenai/reward-bench/issues/164)
     assert ids.count(1) == 1 and ids[0] == 1
     assert ids == two_step[1:]
 
@@ -50,10 +60,14 @@ def test_render_equals_the_template_ids_for_smollm(smol_tok):
 
 # ---------------------------------------------------------------- length: turns first, then tokens, never silent
 
+
 def _long_conv(turns=4, system="Be brief."):
     c = [{"role": "system", "content": system}]
     for t in range(turns):
-        c += [{"role": "user", "content": f"turn {t} " + "word " * 30}, {"role": "assistant", "content": f"reply {t} " + "ok " * 30}]
+        c += [
+            {"role": "user", "content": f"turn {t} " + "word " * 30},
+            {"role": "assistant", "content": f"reply {t} " + "ok " * 30},
+        ]
     return c
 
 
@@ -114,6 +128,7 @@ def test_stats_count_each_rule_per_pair(smol_tok):
 
 # ---------------------------------------------------------------- bad input stops with a clear message
 
+
 def test_empty_side_is_a_data_error():
     rec = {"chosen": [], "rejected": conv(0, False), "pair_id": "x1"}
     with pytest.raises(DataError, match=r"music_train, record 0 \(pair_id x1\), field 'chosen': conversation is empty"):
@@ -139,6 +154,7 @@ def test_accepts_dicts_pairs_and_datasets():
 
 # ---------------------------------------------------------------- mixing and batching
 
+
 def test_music_ratio_caps_music_pairs_deterministically():
     by_kind = {"d": toy_pairs(10, "d"), "music": toy_pairs(30, "music")}
     mixed, counts = mix_pairs(by_kind, ["d", "music"], 0.5, seed=3)
@@ -160,10 +176,15 @@ def _music_pair(i: int, diverge: int, turns: int = 4, user_differs: bool = False
         for t in range(1, turns + 1):
             same = t < diverge
             u = f"q{i}.{t}" if same or (t == diverge and not user_differs) else f"q{i}.{t}-{side}"
-            msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": f"a{i}.{t}" + ("" if same else f"-{side}")}]
+            msgs += [
+                {"role": "user", "content": u},
+                {"role": "assistant", "content": f"a{i}.{t}" + ("" if same else f"-{side}")},
+            ]
         sides.append(msgs)
-    return PreferencePair(*sides, {"pair_id": f"m{i}", "kind": "music", "divergence_turn": diverge,
-                                   "turns_after_divergence": turns - diverge})
+    return PreferencePair(
+        *sides,
+        {"pair_id": f"m{i}", "kind": "music", "divergence_turn": diverge, "turns_after_divergence": turns - diverge},
+    )
 
 
 def test_control_pairs_are_music_pairs_cut_after_the_divergence_and_differ_in_the_last_turn_only():
@@ -178,21 +199,37 @@ def test_control_pairs_are_music_pairs_cut_after_the_divergence_and_differ_in_th
             assert cut.chosen[-1] != cut.rejected[-1] and cut.chosen[-1]["role"] == "assistant"
             shared = n - (2 if user_differs else 1)
             assert cut.chosen[:shared] == cut.rejected[:shared]
-            assert cut.meta["kind"] == "music_cut" and cut.meta["cut_from"] == "m7" and cut.meta["turns_after_divergence"] == 0
+            assert (
+                cut.meta["kind"] == "music_cut"
+                and cut.meta["cut_from"] == "m7"
+                and cut.meta["turns_after_divergence"] == 0
+            )
     same = PreferencePair(pair.chosen, pair.chosen, {"pair_id": "x"})
     with pytest.raises(DataError, match="never differ"):
         music_cut_pair(same)
 
 
 def test_the_control_arm_holds_the_data_size_and_the_music_subset(tmp_path):
-    from music.store import pair_features, save_records
     from music.schema import pair_record
+    from music.store import pair_features, save_records
 
-    recs = [pair_record(chosen=p.chosen, rejected=p.rejected, pair_id=p.meta["pair_id"], kind="music", divergence_turn=2,
-                        turns_after_divergence=2) for p in (_music_pair(i, 2) for i in range(12))]
+    recs = [
+        pair_record(
+            chosen=p.chosen,
+            rejected=p.rejected,
+            pair_id=p.meta["pair_id"],
+            kind="music",
+            divergence_turn=2,
+            turns_after_divergence=2,
+        )
+        for p in (_music_pair(i, 2) for i in range(12))
+    ]
     save_records(recs, tmp_path / "music_train", pair_features())
-    save_records([pair_record(chosen=p.chosen, rejected=p.rejected, pair_id=p.meta["pair_id"], kind="d") for p in toy_pairs(8)],
-                 tmp_path / "d_train", pair_features())
+    save_records(
+        [pair_record(chosen=p.chosen, rejected=p.rejected, pair_id=p.meta["pair_id"], kind="d") for p in toy_pairs(8)],
+        tmp_path / "d_train",
+        pair_features(),
+    )
     by_kind = load_variant_pairs(tmp_path, ["d", "music", "music_cut"])
     music, n_music = mix_pairs(by_kind, ["d", "music"], 0.5, seed=3)
     control, n_control = mix_pairs(by_kind, ["d", "music_cut"], 0.5, seed=3)
@@ -231,12 +268,18 @@ def test_collate_puts_chosen_rows_first(smol_tok):
 def test_golden_rendering_of_a_multi_turn_pair(smol_tok):
     """Exactly what the RM reads for each side of a two-turn pair: one BOS, the template's default system
     prompt, every turn closed by <|im_end|>; the two sides differ only in the last reply."""
-    chosen = [{"role": "user", "content": "How do I boil an egg?"}, {"role": "assistant", "content": "Nine minutes."},
-              {"role": "user", "content": "Soft?"}, {"role": "assistant", "content": "Six minutes."}]
+    chosen = [
+        {"role": "user", "content": "How do I boil an egg?"},
+        {"role": "assistant", "content": "Nine minutes."},
+        {"role": "user", "content": "Soft?"},
+        {"role": "assistant", "content": "Six minutes."},
+    ]
     rejected = [*chosen[:3], {"role": "assistant", "content": "Al dente."}]
-    head = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
-            "<|im_start|>user\nHow do I boil an egg?<|im_end|>\n<|im_start|>assistant\nNine minutes.<|im_end|>\n"
-            "<|im_start|>user\nSoft?<|im_end|>\n<|im_start|>assistant\n")
+    head = (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        "<|im_start|>user\nHow do I boil an egg?<|im_end|>\n<|im_start|>assistant\nNine minutes.<|im_end|>\n"
+        "<|im_start|>user\nSoft?<|im_end|>\n<|im_start|>assistant\n"
+    )
     ids_c, ids_r = render_ids(smol_tok, chosen), render_ids(smol_tok, rejected)
     assert smol_tok.decode(ids_c) == head + "Six minutes.<|im_end|>\n"
     assert smol_tok.decode(ids_r) == head + "Al dente.<|im_end|>\n"

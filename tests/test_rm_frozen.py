@@ -69,9 +69,9 @@ def test_same_rewards_bitwise_with_batches_of_one_and_within_tol_when_padded(tin
         for bs in (1, 4, len(ids)):
             a, b = [], []
             for s in range(0, len(ids), bs):
-                x, m = pad_batch(ids[s:s + bs], tok.pad_token_id)
+                x, m = pad_batch(ids[s : s + bs], tok.pad_token_id)
                 a += reward_scores(model, x, m).tolist()
-                b += fb.scores(ids[s:s + bs], x, m).tolist()
+                b += fb.scores(ids[s : s + bs], x, m).tolist()
             full[bs], reuse[bs] = torch.tensor(a), torch.tensor(b)
     assert torch.equal(full[1], reuse[1])  # the same float32 ops on the same tokens
     assert len(set(map(len, ids))) > 1  # the larger batches do pad
@@ -84,10 +84,16 @@ def test_same_rewards_bitwise_with_batches_of_one_and_within_tol_when_padded(tin
 
 def test_a_warm_store_gives_bitwise_the_same_scores(tiny_backbone):
     model, tok = _lora_model(tiny_backbone)
-    cold = score_conversations(model, tok, CONVS, max_length=256, batch_size=4, frozen=FrozenBottom(model, 1, HiddenStore()))
+    cold = score_conversations(
+        model, tok, CONVS, max_length=256, batch_size=4, frozen=FrozenBottom(model, 1, HiddenStore())
+    )
     warm_store = HiddenStore()
-    score_conversations(model, tok, CONVS[::-1], max_length=256, batch_size=3, frozen=FrozenBottom(model, 1, warm_store))
-    warm = score_conversations(model, tok, CONVS, max_length=256, batch_size=4, frozen=FrozenBottom(model, 1, warm_store))
+    score_conversations(
+        model, tok, CONVS[::-1], max_length=256, batch_size=3, frozen=FrozenBottom(model, 1, warm_store)
+    )
+    warm = score_conversations(
+        model, tok, CONVS, max_length=256, batch_size=4, frozen=FrozenBottom(model, 1, warm_store)
+    )
     assert warm == cold  # other batches filled the store: a state never depends on its batch
     plain = score_conversations(model, tok, CONVS, max_length=256, batch_size=4)
     assert max(abs(a - b) for a, b in zip(plain, warm)) <= TOL
@@ -115,8 +121,16 @@ def _train_three_ways(tiny_backbone, pairs, batch_size):
     """Without reuse, with reuse, with reuse and gradient checkpointing: 3 epochs at learning rate 1e-2."""
     runs = {}
     for reuse, ckpt in ((False, False), (True, False), (True, True)):
-        cfg = tiny_cfg(tiny_backbone, lora_last_layers=1, max_steps=None, epochs=3, batch_size=batch_size,
-                       learning_rate=1e-2, reuse_frozen_layers=reuse, gradient_checkpointing=ckpt)
+        cfg = tiny_cfg(
+            tiny_backbone,
+            lora_last_layers=1,
+            max_steps=None,
+            epochs=3,
+            batch_size=batch_size,
+            learning_rate=1e-2,
+            reuse_frozen_layers=reuse,
+            gradient_checkpointing=ckpt,
+        )
         runs[reuse, ckpt] = run_training(cfg, {"d": pairs}, progress=False)
     return runs[False, False], runs[True, False], runs[True, True]
 
@@ -127,8 +141,13 @@ def test_training_with_reuse_is_bitwise_training_without_when_nothing_is_padded(
     run without reuse, so 24 steps give bitwise the same losses, weights and scores (checked under
     ATEN_CPU_CAPABILITY=default, avx2 and avx512: any rounding difference would show here)."""
     pairs = toy_pairs(8, turns=2)
-    lengths = [tuple(len(fit_conversation(smol_tok, c, 256, source="t", record=i, field_name="m").ids)
-                     for c in (p.chosen, p.rejected)) for i, p in enumerate(pairs)]
+    lengths = [
+        tuple(
+            len(fit_conversation(smol_tok, c, 256, source="t", record=i, field_name="m").ids)
+            for c in (p.chosen, p.rejected)
+        )
+        for i, p in enumerate(pairs)
+    ]
     assert all(a == b for a, b in lengths)  # the premise: no pair is padded
     assert len(set(lengths)) > 1  # yet the pairs differ in length
     off, on, on_ckpt = _train_three_ways(tiny_backbone, pairs, batch_size=1)
@@ -223,7 +242,10 @@ def test_files_share_the_states_between_processes_bitwise_and_bounded(tiny_backb
     files[0].write_bytes(b"not a tensor file")  # a broken file is computed again, not trusted
     again = HiddenStore()
     again.use_folder(tmp_path / "hidden")
-    assert score_conversations(model, tok, CONVS, max_length=256, batch_size=4, frozen=FrozenBottom(model, 1, again)) == cold
+    assert (
+        score_conversations(model, tok, CONVS, max_length=256, batch_size=4, frozen=FrozenBottom(model, 1, again))
+        == cold
+    )
     assert again.disk_hits == len(files) - 1
     small = HiddenStore()
     small.use_folder(tmp_path / "small", max_disk_bytes=1)  # the bound: nothing fits, nothing is written

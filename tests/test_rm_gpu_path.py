@@ -47,7 +47,9 @@ def test_each_seeds_model_is_freed_before_the_next_loads(tiny_backbone, tmp_path
     import music.stages.train as train_stage
 
     P = Params()
-    P.train = tiny_cfg(tiny_backbone, max_steps=1, seeds=[0, 1], variants={"baseline": ["d"]})  # the pairs below are D only
+    P.train = tiny_cfg(
+        tiny_backbone, max_steps=1, seeds=[0, 1], variants={"baseline": ["d"]}
+    )  # the pairs below are D only
     P.paths.models, P.paths.cache, P.paths.reports = str(tmp_path / "m"), str(tmp_path / "c"), str(tmp_path / "r")
     monkeypatch.setattr(train_stage, "load_variant_pairs", lambda *a, **k: {"d": toy_pairs(4)})
     real_load = rm_train.load_reward_model

@@ -1,5 +1,5 @@
 """The reward model: backend choice, pad token, one score per conversation, last-real-token pooling,
-and a score head that trains (DESIGN §2: pooling, LoRA)."""
+and a score head that trains (pooling, LoRA)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,16 @@ from helpers import conv, tiny_cfg, toy_pairs  # noqa: F401
 from music.rm import model as rm_model
 from music.rm.data import pad_batch, render_ids
 from music.rm.model import (
-    assert_reward_head, choose_backend, ensure_distinct_pad, load_reward_model, reward_scores, score_head,
+    assert_reward_head,
+    choose_backend,
+    ensure_distinct_pad,
+    load_reward_model,
+    reward_scores,
+    score_head,
 )
 
-
 # ---------------------------------------------------------------- backend choice
+
 
 def test_auto_on_cpu_picks_transformers_and_never_imports_unsloth(monkeypatch):
     monkeypatch.setattr(rm_model, "_cuda_available", lambda: False)
@@ -47,6 +52,7 @@ def test_forced_transformers_and_bad_names():
 
 # ---------------------------------------------------------------- pad token
 
+
 def test_pad_differs_from_end_of_turn_in_tokenizer_and_config(tiny_backbone):
     model, tok, info = load_reward_model(tiny_cfg(tiny_backbone))
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
@@ -63,6 +69,7 @@ def test_ensure_distinct_pad_replaces_an_end_of_turn_pad(smol_tok):
 
 
 # ---------------------------------------------------------------- one score per conversation, last real token
+
 
 def _manual_scores(model, ids, mask):
     """Pool by hand: the hidden state at the last position whose attention mask is 1."""
@@ -87,7 +94,9 @@ def test_pooled_index_is_the_last_real_token(tiny_backbone, smol_tok, side):
         want = _manual_scores(model, ids, mask)
     assert got.shape == (3,)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    if side == "right":  # where pooling landed when pad == eos == end of every turn (transformers#35352)
+    if (
+        side == "right"
+    ):  # where pooling landed when pad == eos == end of every turn (https://github.com/huggingface/transformers/issues/35352)
         first_end = torch.tensor([s.index(im_end) for s in seqs])
         early = (torch.arange(ids.shape[1])[None, :] <= first_end[:, None]).long()
         with torch.no_grad():
@@ -117,6 +126,7 @@ def test_a_causal_lm_is_rejected(tiny_backbone):
 
 
 # ---------------------------------------------------------------- LoRA keeps the head trainable; depth cut
+
 
 def test_lora_trains_and_saves_the_score_head(tiny_backbone):
     model, _, info = load_reward_model(tiny_cfg(tiny_backbone, lora=True))

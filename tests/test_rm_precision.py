@@ -66,13 +66,15 @@ def test_gradient_checkpointing_changes_memory_not_results(tiny_backbone):
     assert info["gradient_checkpointing"] is True and info["dtype"] == "float32"
     assert score_head(model).weight.requires_grad
     plain = run_training(tiny_cfg(tiny_backbone, max_steps=3), {"d": toy_pairs(12)}, progress=False)
-    ckpt = run_training(tiny_cfg(tiny_backbone, max_steps=3, gradient_checkpointing=True), {"d": toy_pairs(12)}, progress=False)
+    ckpt = run_training(
+        tiny_cfg(tiny_backbone, max_steps=3, gradient_checkpointing=True), {"d": toy_pairs(12)}, progress=False
+    )
     assert ckpt.metrics["backend"]["gradient_checkpointing"] and not plain.metrics["backend"]["gradient_checkpointing"]
     for a, b in zip(plain.curve, ckpt.curve):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
 
 
-# ---- a saved RM is the function that was trained (issue 14: no merge into 16-bit weights) ----------------
+# ---- a saved RM is the function that was trained (no merge into 16-bit weights) ----------------
 
 EVAL = [conv(i, g, turns=2) for i in range(20, 24) for g in (True, False)]
 RELOAD_TOL = 1e-6  # same dtype, same ops (LoRA unmerged, float32 head): on CPU the scores are identical
@@ -127,16 +129,28 @@ def test_float32_head_after_every_load(tiny_backbone, tmp_path):
 
 # ---- one attention function for training and scoring (Gemma-2's soft-capped attention) -----------------
 
+
 @pytest.fixture(scope="module")
 def tiny_gemma2(tmp_path_factory, smol_tok):
     """A random 2-layer Gemma-2 from the committed gemma-2-9b-it config, narrowed; the soft-cap is lowered
     to 1.0 and the init widened so that capping changes the rewards (at 50 it would not touch tiny logits)."""
     from music.models.random_backbone import write_random_backbone
 
-    return write_random_backbone("google/gemma-2-9b-it", tmp_path_factory.mktemp("gemma2"), smol_tok, num_layers=2,
-                                 hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
-                                 head_dim=8, query_pre_attn_scalar=8, attn_logit_softcapping=1.0,
-                                 initializer_range=0.3, max_position_embeddings=1024)
+    return write_random_backbone(
+        "google/gemma-2-9b-it",
+        tmp_path_factory.mktemp("gemma2"),
+        smol_tok,
+        num_layers=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        query_pre_attn_scalar=8,
+        attn_logit_softcapping=1.0,
+        initializer_range=0.3,
+        max_position_embeddings=1024,
+    )
 
 
 def test_attention_choice_applies_softcap():
@@ -146,7 +160,9 @@ def test_attention_choice_applies_softcap():
 
     assert attention_implementation(SimpleNamespace(attn_logit_softcapping=50.0)) == "eager"  # no GPU here
     assert attention_implementation(SimpleNamespace(attn_logit_softcapping=None)) is None
-    assert attention_implementation(SimpleNamespace(text_config=SimpleNamespace(attn_logit_softcapping=30.0))) == "eager"
+    assert (
+        attention_implementation(SimpleNamespace(text_config=SimpleNamespace(attn_logit_softcapping=30.0))) == "eager"
+    )
 
 
 @pytest.mark.slow

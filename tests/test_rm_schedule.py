@@ -1,4 +1,4 @@
-"""Matched arms (issue 15, item 1): every variant trains the same number of optimizer steps on the same
+"""Matched arms: every variant trains the same number of optimizer steps on the same
 number of pairs per step; the smaller variant cycles through its data more often."""
 
 from __future__ import annotations
@@ -56,9 +56,15 @@ def test_train_variant_matches_the_arms_in_steps_and_pairs_per_step(tiny_backbon
 
     _write_pairs(tmp_path / "pairs" / "d_train", toy_pairs(6))
     _write_pairs(tmp_path / "pairs" / "music_train", toy_pairs(5, "music", turns=2))
-    P = Params(paths=Paths(pairs=str(tmp_path / "pairs"), models=str(tmp_path / "models"),
-                           cache=str(tmp_path / "cache"), reports=str(tmp_path / "reports")),
-               train=tiny_cfg(tiny_backbone, max_steps=None, epochs=2, batch_size=4, save_every=0))
+    P = Params(
+        paths=Paths(
+            pairs=str(tmp_path / "pairs"),
+            models=str(tmp_path / "models"),
+            cache=str(tmp_path / "cache"),
+            reports=str(tmp_path / "reports"),
+        ),
+        train=tiny_cfg(tiny_backbone, max_steps=None, epochs=2, batch_size=4, save_every=0),
+    )
     seen: dict[str, list[int]] = {}
     real_collate = train_mod.collate_pairs
 

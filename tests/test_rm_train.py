@@ -1,5 +1,5 @@
 """The trainer: Bradley-Terry loss, schedule, learning, determinism, resume after an interruption,
-and a saved checkpoint (base + unmerged LoRA adapter) that reloads with the same scores (DESIGN §2: LoRA head saved)."""
+and a saved checkpoint (base + unmerged LoRA adapter) that reloads with the same scores (the LoRA head saved)."""
 
 from __future__ import annotations
 
@@ -57,8 +57,15 @@ def test_training_learns_and_trains_the_head(tiny_backbone):
 @pytest.mark.slow
 def test_same_seed_same_scores_other_seed_differs(tiny_backbone):
     pairs = {"d": toy_pairs(12)}
-    s = [score_conversations(run_training(tiny_cfg(tiny_backbone), pairs, progress=False, seed=k).model,
-                             *_tok(tiny_backbone), EVAL, max_length=256) for k in (0, 0, 1)]
+    s = [
+        score_conversations(
+            run_training(tiny_cfg(tiny_backbone), pairs, progress=False, seed=k).model,
+            *_tok(tiny_backbone),
+            EVAL,
+            max_length=256,
+        )
+        for k in (0, 0, 1)
+    ]
     assert s[0] == s[1]
     assert s[0] != s[2]
 
@@ -84,14 +91,32 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_backbone, t
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train_reward_model(cfg, pairs, tmp_path / "out", resume_dir=tmp_path / "resume", variant="music",
-                           callback=stop_at_5, progress=False)
+        train_reward_model(
+            cfg,
+            pairs,
+            tmp_path / "out",
+            resume_dir=tmp_path / "resume",
+            variant="music",
+            callback=stop_at_5,
+            progress=False,
+        )
     assert not (tmp_path / "out").exists()  # nothing half-written
     assert len(list((tmp_path / "resume").glob("music-*/checkpoint.pt"))) == 1
     steps_run = []
-    got = train_reward_model(cfg, pairs, tmp_path / "out", resume_dir=tmp_path / "resume", variant="music",
-                             callback=lambda s, r: steps_run.append(s), progress=False)
+    got = train_reward_model(
+        cfg,
+        pairs,
+        tmp_path / "out",
+        resume_dir=tmp_path / "resume",
+        variant="music",
+        callback=lambda s, r: steps_run.append(s),
+        progress=False,
+    )
     assert got["timing"]["resumed_from_step"] == 4 and steps_run == [5, 6, 7]
+    assert ref["timing"]["resumed_from_step"] is None
+    assert got["fingerprint"] == ref["fingerprint"] and got["steps"] == ref["steps"]
+    for key in ("final_loss", "final_accuracy", "last_step_loss"):
+        assert got[key] == pytest.approx(ref[key], abs=1e-5), key
     assert list((tmp_path / "resume").iterdir()) == []  # cleaned after success
     a = RewardScorer(tmp_path / "ref").score(EVAL)
     b = RewardScorer(tmp_path / "out").score(EVAL)

@@ -3,7 +3,11 @@ import pytest
 from music.errors import DataError
 from music.schema import PreferencePair, validate_conversation
 
-GOOD = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+GOOD = [
+    {"role": "system", "content": "be nice"},
+    {"role": "user", "content": "hi"},
+    {"role": "assistant", "content": "hello"},
+]
 
 
 def check(conv, field, problem):
@@ -28,7 +32,11 @@ def test_empty_content():
 
 
 def test_two_user_turns_in_a_row():
-    check([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "chosen[1].role", "two user turns in a row")
+    check(
+        [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+        "chosen[1].role",
+        "two user turns in a row",
+    )
 
 
 def test_missing_and_unknown_fields():
@@ -38,7 +46,11 @@ def test_missing_and_unknown_fields():
 
 def test_must_start_with_user_and_system_only_first():
     check([{"role": "assistant", "content": "a"}], "chosen[0].role", "first non-system message")
-    check([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}], "chosen[1].role", "system message may only come first")
+    check(
+        [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}],
+        "chosen[1].role",
+        "system message may only come first",
+    )
 
 
 def test_empty_conversation():

@@ -3,14 +3,23 @@ import json
 import random
 
 import pytest
+from helpers import REPO
 
 from music.config import Params, Paths, SeedConfig
 from music.errors import DataError
-from music.stages.seed import (ROLE_SWAPPED, SAME_CONVERSATION, base_conversation_id, check_disjoint, draw_seeds,
-                           read_conversation_ids, read_seeds, roles_swapped, turn_spans)
-from music.stages.seed import run as run_seed
 from music.sources import RealConversation, load_sharegpt
-from tests.conftest import REPO
+from music.stages.seed import (
+    ROLE_SWAPPED,
+    SAME_CONVERSATION,
+    base_conversation_id,
+    check_disjoint,
+    draw_seeds,
+    read_conversation_ids,
+    read_seeds,
+    roles_swapped,
+    turn_spans,
+)
+from music.stages.seed import run as run_seed
 
 FIXTURE = REPO / "tests" / "fixtures" / "sharegpt_tiny.jsonl"
 CFG = SeedConfig(path=str(FIXTURE), n_train=4, n_eval=2, n_eval_conversations=3, seed=0)
@@ -69,16 +78,27 @@ def test_duplicate_conversation_ids_are_rejected(tmp_path):
 def test_stage_writes_all_files_and_they_read_back(tmp_path):
     out = tmp_path / "seeds"
     seeds = run_seed(Params(seed=CFG, paths=Paths(seeds=str(out))))
-    assert sorted(p.name for p in out.iterdir()) == ["eval.jsonl", "eval_conversations.jsonl", "stats.json", "train.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "eval.jsonl",
+        "eval_conversations.jsonl",
+        "stats.json",
+        "train.jsonl",
+    ]
     assert [s.to_record() for s in read_seeds(out / "train.jsonl")] == [s.to_record() for s in seeds.train]
     assert json.loads((out / "stats.json").read_text())["train_seeds"] == 4
 
 
-@pytest.mark.parametrize("bad_line, field", [
-    ('{"id": "x", "conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]}', "conversations[1].role"),
-    ('{"id": "x", "conversations": [{"from": "alien", "value": "a"}]}', "conversations[0].from"),
-    ('{"id": "x"', None),
-])
+@pytest.mark.parametrize(
+    "bad_line, field",
+    [
+        (
+            '{"id": "x", "conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]}',
+            "conversations[1].role",
+        ),
+        ('{"id": "x", "conversations": [{"from": "alien", "value": "a"}]}', "conversations[0].from"),
+        ('{"id": "x"', None),
+    ],
+)
 def test_bad_input_writes_nothing_and_keeps_the_old_output(tmp_path, bad_line, field):
     p = tmp_path / "bad.jsonl"
     p.write_text(FIXTURE.read_text() + bad_line + "\n")
@@ -94,10 +114,16 @@ def test_bad_input_writes_nothing_and_keeps_the_old_output(tmp_path, bad_line, f
 
 # --- one conversation, several chunks; role-swapped records ------------------------------------------------
 
+
 def _chat(cid: str, first_user: str = "How do I boil an egg?") -> RealConversation:
-    msgs = [{"role": "user", "content": first_user}, {"role": "assistant", "content": "Boil it for nine minutes."},
-            {"role": "user", "content": "And a soft yolk?"}, {"role": "assistant", "content": "Six minutes."},
-            {"role": "user", "content": "Thanks, and in a microwave?"}, {"role": "assistant", "content": "Better not."}]
+    msgs = [
+        {"role": "user", "content": first_user},
+        {"role": "assistant", "content": "Boil it for nine minutes."},
+        {"role": "user", "content": "And a soft yolk?"},
+        {"role": "assistant", "content": "Six minutes."},
+        {"role": "user", "content": "Thanks, and in a microwave?"},
+        {"role": "assistant", "content": "Better not."},
+    ]
     return RealConversation(cid, "sharegpt", msgs)
 
 
@@ -109,8 +135,9 @@ def test_sharegpt_chunk_ids_map_to_their_conversation():
 
 
 def test_chunks_of_one_conversation_never_feed_both_splits():
-    convs = [_chat(f"{base}_{k}") for base in ("hIULog1", "zlIFBzJ", "N5JPJtp", "0AYfPYw", "XCATsL4")
-             for k in (0, 2, 4)] + [_chat(f"single{i}_0") for i in range(10)]
+    convs = [
+        _chat(f"{base}_{k}") for base in ("hIULog1", "zlIFBzJ", "N5JPJtp", "0AYfPYw", "XCATsL4") for k in (0, 2, 4)
+    ] + [_chat(f"single{i}_0") for i in range(10)]
     cfg = SeedConfig(path="real-chunk-ids", n_train=6, n_eval=3, n_eval_conversations=3, max_context_turns=1)
     seeds = draw_seeds(convs, cfg)
     train = {base_conversation_id(s.conversation_id) for s in seeds.train}
@@ -168,8 +195,9 @@ def _single_turn_heavy(n_single: int = 300, n_multi: int = 3) -> list:
 
 
 def test_single_turn_heavy_sets_do_not_starve_training():
-    cfg = SeedConfig(source="skywork", path="hub:x", n_train=250, n_eval=5, n_eval_conversations=3,
-                     require_next_turn=False, seed=0)
+    cfg = SeedConfig(
+        source="skywork", path="hub:x", n_train=250, n_eval=5, n_eval_conversations=3, require_next_turn=False, seed=0
+    )
     convs = _single_turn_heavy()
     seeds = draw_seeds(convs, cfg)
     assert len(seeds.train) == 250 and len(seeds.eval) == 5 and len(seeds.eval_conversations) == 3
@@ -179,18 +207,22 @@ def test_single_turn_heavy_sets_do_not_starve_training():
     # the held-out side does not depend on n_train
     fewer = draw_seeds(convs, SeedConfig(**{**cfg.__dict__, "n_train": 10}))
     assert [s.seed_id for s in fewer.eval] == [s.seed_id for s in seeds.eval]
-    assert [c.conversation_id for c in fewer.eval_conversations] == [c.conversation_id for c in seeds.eval_conversations]
+    assert [c.conversation_id for c in fewer.eval_conversations] == [
+        c.conversation_id for c in seeds.eval_conversations
+    ]
 
 
 def test_missing_whole_eval_conversations_are_reported_not_fatal():
-    cfg = SeedConfig(source="skywork", path="hub:x", n_train=100, n_eval=5, n_eval_conversations=10,
-                     require_next_turn=False, seed=0)
+    cfg = SeedConfig(
+        source="skywork", path="hub:x", n_train=100, n_eval=5, n_eval_conversations=10, require_next_turn=False, seed=0
+    )
     seeds = draw_seeds(_single_turn_heavy(), cfg)
     assert len(seeds.train) == 100 and seeds.stats["eval_conversations_missing"] == 7
 
 
 def test_long_chats_give_their_first_turns_that_fit_as_eval_conversations():
     from music.stages.seed import eval_conversation_prefix
+
     cfg = SeedConfig(path="p", max_message_chars=50, max_context_chars=100)  # messages <= 50, all <= 200 chars
 
     def turns(*lengths):
@@ -207,7 +239,9 @@ def test_long_chats_give_their_first_turns_that_fit_as_eval_conversations():
     assert eval_conversation_prefix(RealConversation("e", "sharegpt", turns((10, 20))), cfg) is None  # one reply
     assert long_third.messages[4]["content"] == "x" * 10  # the source record is not modified
     # draw_seeds takes them and counts the cut ones
-    seeds = draw_seeds([long_third, fits], SeedConfig(path="p", n_train=0, n_eval=0, n_eval_conversations=2,
-                                                       max_message_chars=50, max_context_chars=100))
+    seeds = draw_seeds(
+        [long_third, fits],
+        SeedConfig(path="p", n_train=0, n_eval=0, n_eval_conversations=2, max_message_chars=50, max_context_chars=100),
+    )
     assert sorted(len(c.messages) for c in seeds.eval_conversations) == [4, 4]
     assert seeds.stats["eval_conversations_cut"] == 1

@@ -6,21 +6,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import USER_PROMPT, Crash, FakeChat, make_seeds, tree_bytes, write_seed_files
 
 from music.chat import ChatReply, ResponseCache
+from music.chat.rollout import SimPrompts, clean_user_text, trim_to_sentence, user_view
 from music.config import SimulateConfig
 from music.schema import validate_conversation
-from music.chat.rollout import SimPrompts, clean_user_text, trim_to_sentence, user_view
 from music.stages.simulate import run as run_simulate
 from music.stages.simulate import simulate_seeds
-from helpers import USER_PROMPT, Crash, FakeChat, make_seeds, tree_bytes, write_seed_files
 
 # --- rendering and clean-up ----------------------------------------------------------------------------------
 
+
 def test_user_view_swaps_roles_and_drops_the_assistant_system_prompt():
     prompts = SimPrompts.load()
-    conv = [{"role": "system", "content": "Be nice."}, {"role": "user", "content": "Hi?"},
-            {"role": "assistant", "content": "Hello."}]
+    conv = [
+        {"role": "system", "content": "Be nice."},
+        {"role": "user", "content": "Hi?"},
+        {"role": "assistant", "content": "Hello."},
+    ]
     view = user_view(conv, prompts)
     assert [m["role"] for m in view] == ["system", "user", "assistant", "user"]
     assert view[0]["content"] == prompts.user.text and view[1]["content"] == prompts.opener.text
@@ -28,13 +32,16 @@ def test_user_view_swaps_roles_and_drops_the_assistant_system_prompt():
     validate_conversation(view, source="test", record=0)
 
 
-@pytest.mark.parametrize("raw,clean", [
-    ("User: How long?", "How long?"),
-    ('"How long does it take?"', "How long does it take?"),
-    ('**User:** "Can you add comments?"', "Can you add comments?"),
-    ("  plain text  ", "plain text"),
-    ("User:", ""),
-])
+@pytest.mark.parametrize(
+    "raw,clean",
+    [
+        ("User: How long?", "How long?"),
+        ('"How long does it take?"', "How long does it take?"),
+        ('**User:** "Can you add comments?"', "Can you add comments?"),
+        ("  plain text  ", "plain text"),
+        ("User:", ""),
+    ],
+)
 def test_clean_user_text(raw, clean):
     assert clean_user_text(raw) == clean
 
@@ -47,6 +54,7 @@ def test_trim_to_sentence():
 
 
 # --- roll-outs ---------------------------------------------------------------------------------------------------
+
 
 def test_simulation_is_batched_and_extends_every_conversation():
     seeds = make_seeds(5)
@@ -66,12 +74,17 @@ def test_simulation_is_batched_and_extends_every_conversation():
 
 def test_failed_user_turn_stops_that_conversation_only():
     def script(messages, seed):  # the user model returns an empty message for seed 1 on its first turn
-        if messages[0]["content"] == USER_PROMPT and any("Reply 1 " in m["content"] for m in messages) \
-                and sum(m["role"] == "assistant" for m in messages) == 2:
+        if (
+            messages[0]["content"] == USER_PROMPT
+            and any("Reply 1 " in m["content"] for m in messages)
+            and sum(m["role"] == "assistant" for m in messages) == 2
+        ):
             return ChatReply('User: ""', "stop")
         return None
 
-    recs = simulate_seeds(make_seeds(3), FakeChat(script=script), FakeChat(), SimulateConfig(turns=2, real_next_user=False), split="train")
+    recs = simulate_seeds(
+        make_seeds(3), FakeChat(script=script), FakeChat(), SimulateConfig(turns=2, real_next_user=False), split="train"
+    )
     bad = recs[1]
     assert bad["failure"] == "empty_reply"
     assert bad["messages"] == make_seeds(3)[1].context and len(bad["events"]) == 1
@@ -86,8 +99,13 @@ def test_generation_error_and_truncation_are_recorded():
             return ChatReply("A full sentence. And a cut-off", "length")
         return None
 
-    recs = simulate_seeds(make_seeds(3)[:1] + make_seeds(3)[2:], FakeChat(), FakeChat(script=script),
-                          SimulateConfig(turns=1, real_next_user=False), split="train")
+    recs = simulate_seeds(
+        make_seeds(3)[:1] + make_seeds(3)[2:],
+        FakeChat(),
+        FakeChat(script=script),
+        SimulateConfig(turns=1, real_next_user=False),
+        split="train",
+    )
     assert recs[0]["failure"] == "generation_error" and recs[0]["events"][-1]["error"] == "server down"
     ev = recs[1]["events"][-1]
     assert recs[1]["failure"] is None and ev["finish_reason"] == "length" and ev["trimmed"]
@@ -95,6 +113,7 @@ def test_generation_error_and_truncation_are_recorded():
 
 
 # --- the stage: outputs, determinism, crash-and-rerun --------------------------------------------------------
+
 
 def test_run_simulate_writes_loadable_byte_identical_datasets(tmp_path):
     from datasets import load_from_disk
@@ -114,7 +133,10 @@ def test_run_simulate_writes_loadable_byte_identical_datasets(tmp_path):
 def test_killed_run_resumes_without_regenerating_and_matches_uninterrupted(tmp_path):
     P = write_seed_files(tmp_path / "a", n_train=6, n_eval=2)
     # Uninterrupted reference, its own cache.
-    ref_user, ref_asst = FakeChat("u", ResponseCache.in_dir(tmp_path / "ref_cache")), FakeChat("a", ResponseCache.in_dir(tmp_path / "ref_cache"))
+    ref_user, ref_asst = (
+        FakeChat("u", ResponseCache.in_dir(tmp_path / "ref_cache")),
+        FakeChat("a", ResponseCache.in_dir(tmp_path / "ref_cache")),
+    )
     run_simulate(P, backends=(ref_user, ref_asst))
     reference = tree_bytes(Path(P.paths.conversations))
     total = ref_user.units_generated + ref_asst.units_generated
@@ -173,15 +195,22 @@ def test_only_the_first_eval_seeds_are_simulated(tmp_path):
 def test_a_cut_user_message_ends_at_its_last_whole_word_a_cut_reply_does_not():
     from music.chat.rollout import make_event, trim_to_word
 
-    cut = ChatReply("I meant that when someone presents their case where they claim that a service allows them to", "length")
+    cut = ChatReply(
+        "I meant that when someone presents their case where they claim that a service allows them to", "length"
+    )
     user, failure = make_event(cut, branch="chosen", turn=2, role="user", trim=True, user_voice=True)
-    assert failure is None and user.trimmed and user.text == "I meant that when someone presents their case where they claim that a service allows them"
+    assert (
+        failure is None
+        and user.trimmed
+        and user.text == "I meant that when someone presents their case where they claim that a service allows them"
+    )
     reply, _ = make_event(cut, branch="chosen", turn=2, role="assistant", trim=True)
     assert not reply.trimmed  # an assistant reply cut mid-sentence stays cut: the truncated filter counts it
     assert trim_to_word("too short here") is None
 
 
 # --- the real next user message at turn 1 (simulate.real_next_user) ------------------------------------------------
+
 
 def test_real_next_user_is_used_verbatim_at_turn_1_and_no_user_generation_is_asked_for_it():
     import dataclasses
@@ -204,6 +233,7 @@ def test_real_next_user_is_used_verbatim_at_turn_1_and_no_user_generation_is_ask
         else:
             assert first["content"].startswith("Could you tell me more") and r["real_user_turns"] == []
     from music.stages.simulate import real_next_user_counts
+
     assert real_next_user_counts(recs, SimulateConfig(real_next_user=True)) == {"real": 3, "generated_no_next_user": 1}
     # every seed with a real next message: no user call at all at step 1
     user2 = FakeChat("fake:user")

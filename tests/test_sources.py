@@ -4,15 +4,28 @@ import gzip
 import json
 
 import pytest
+from helpers import REPO
 
 from music.errors import DataError
-from music.sources import (load_conversations, load_hh, load_mtbench_questions, load_pairs, load_rewardbench,
-                           load_sharegpt, load_skywork, load_ultrafeedback, parse_hh_transcript)
+from music.sources import (
+    load_conversations,
+    load_hh,
+    load_mtbench_questions,
+    load_pairs,
+    load_rewardbench,
+    load_sharegpt,
+    load_skywork,
+    load_ultrafeedback,
+    parse_hh_transcript,
+)
 from music.sources.sharegpt import iter_package_records, iter_truncated_json_array
-from tests.conftest import REPO
 
-MSGS = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-        {"role": "user", "content": "how are you"}, {"role": "assistant", "content": "fine"}]
+MSGS = [
+    {"role": "user", "content": "hi"},
+    {"role": "assistant", "content": "hello"},
+    {"role": "user", "content": "how are you"},
+    {"role": "assistant", "content": "fine"},
+]
 
 
 def write_jsonl(path, rows):
@@ -21,6 +34,7 @@ def write_jsonl(path, rows):
 
 
 # ---- real files from ../shared/data -------------------------------------------------------------
+
 
 def test_hh_real_file(shared_data):
     skipped = []
@@ -54,6 +68,7 @@ def test_mtbench_real_file_matches_package(shared_data):
 
 # ---- packages of the offline default --------------------------------------------------------------
 
+
 def test_sharegpt_package_truncated_json_parses_complete_records():
     first = next(iter_package_records())
     assert {"id", "conversations"} <= set(first)
@@ -71,6 +86,7 @@ def test_mtbench_from_package():
 
 
 # ---- formats written by the test ---------------------------------------------------------------
+
 
 def test_message_list_pairs_skywork_and_trl_ultrafeedback(tmp_path):
     rows = [{"chosen": MSGS, "rejected": MSGS[:3] + [{"role": "assistant", "content": "bad"}], "source": "x"}]
@@ -99,8 +115,17 @@ def test_hub_loader_error_says_what_to_do():
 
 
 def test_rewardbench_rows_carry_subset(tmp_path):
-    rows = [{"prompt": "q", "chosen": "good", "rejected": "bad", "subset": "alpacaeval-easy", "id": 5,
-             "chosen_model": "a", "rejected_model": "b"}]
+    rows = [
+        {
+            "prompt": "q",
+            "chosen": "good",
+            "rejected": "bad",
+            "subset": "alpacaeval-easy",
+            "id": 5,
+            "chosen_model": "a",
+            "rejected_model": "b",
+        }
+    ]
     pairs = load_rewardbench(write_jsonl(tmp_path / "rb.jsonl", rows))
     assert pairs[0].meta["subset"] == "alpacaeval-easy" and pairs[0].chosen[-1]["content"] == "good"
     with pytest.raises(DataError, match="field 'subset'"):
@@ -108,18 +133,21 @@ def test_rewardbench_rows_carry_subset(tmp_path):
 
 
 def test_hh_transcript_parsing():
-    msgs = parse_hh_transcript("\n\nHuman: hi there\n\nAssistant: hello\n\nHuman: bye\n\nAssistant: ciao",
-                               source="s", record=0, field="chosen")
+    msgs = parse_hh_transcript(
+        "\n\nHuman: hi there\n\nAssistant: hello\n\nHuman: bye\n\nAssistant: ciao", source="s", record=0, field="chosen"
+    )
     assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant"] and msgs[0]["content"] == "hi there"
 
 
 def test_parquet_and_json_array_files(tmp_path):
-    (tmp_path / "a.json").write_text(json.dumps([{"id": "c1", "conversations": [
-        {"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}]))
+    (tmp_path / "a.json").write_text(
+        json.dumps([{"id": "c1", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}])
+    )
     assert load_sharegpt(tmp_path / "a.json")[0].conversation_id == "c1"
 
 
 # ---- bad input: each error names file, record and field ---------------------------------------------
+
 
 def expect(exc_info, path, record, field):
     err = exc_info.value
@@ -148,7 +176,9 @@ def test_missing_and_unknown_fields_and_roles(tmp_path):
     with pytest.raises(DataError, match="unknown role") as e:
         load_sharegpt(p)
     expect(e, p, "line 1", "conversations[0].from")
-    p = write_jsonl(tmp_path / "p.jsonl", [{"chosen": [{"role": "user", "content": "a", "extra": 1}], "rejected": MSGS}])
+    p = write_jsonl(
+        tmp_path / "p.jsonl", [{"chosen": [{"role": "user", "content": "a", "extra": 1}], "rejected": MSGS}]
+    )
     with pytest.raises(DataError, match="unknown field") as e:
         load_skywork(p)
     expect(e, p, "line 1", "chosen[0].extra")
@@ -159,8 +189,10 @@ def test_empty_content_and_two_user_turns(tmp_path):
     with pytest.raises(DataError, match="empty content") as e:
         load_sharegpt(p)
     expect(e, p, "line 1", "conversations[0].content")
-    p = write_jsonl(tmp_path / "s.jsonl", [{"id": "a", "conversations": [
-        {"from": "human", "value": "a"}, {"from": "human", "value": "b"}]}])
+    p = write_jsonl(
+        tmp_path / "s.jsonl",
+        [{"id": "a", "conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]}],
+    )
     with pytest.raises(DataError, match="two user turns in a row") as e:
         load_sharegpt(p)
     expect(e, p, "line 1", "conversations[1].role")
@@ -196,8 +228,10 @@ def test_committed_evaluation_subsets_are_what_their_readme_says():
 
     folder = REPO / "evalsets"
     readme = (folder / "README.md").read_text()
-    for name, loader in (("hh-rlhf-harmless-base-test-first60.jsonl", load_hh),
-                         ("ultrafeedback-binarized-eval-first60.jsonl", load_ultrafeedback)):
+    for name, loader in (
+        ("hh-rlhf-harmless-base-test-first60.jsonl", load_hh),
+        ("ultrafeedback-binarized-eval-first60.jsonl", load_ultrafeedback),
+    ):
         digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
         assert digest in readme and name in readme
         pairs = loader(folder / name)

@@ -16,30 +16,77 @@ def write_jsonl(path, rows):
 
 
 def test_hh_prompts_are_first_human_turns(tmp_path):
-    rows = [{"chosen": "\n\nHuman: How do I boil an egg?\n\nAssistant: Boil it.\n\nHuman: How long?\n\nAssistant: 9 min.",
-             "rejected": "\n\nHuman: How do I boil an egg?\n\nAssistant: No."},
-            {"chosen": "\n\nHuman: How do I boil an egg?\n\nAssistant: Boil.", "rejected": "\n\nHuman: How do I boil an egg?\n\nAssistant: x"},
-            {"chosen": "no markers at all", "rejected": "x"},
-            {"chosen": "\n\nHuman: Name a colour.\n\nAssistant: Red.", "rejected": "\n\nHuman: Name a colour.\n\nAssistant: 7"}]
+    rows = [
+        {
+            "chosen": "\n\nHuman: How do I boil an egg?\n\nAssistant: Boil it."
+            "\n\nHuman: How long?\n\nAssistant: 9 min.",
+            "rejected": "\n\nHuman: How do I boil an egg?\n\nAssistant: No.",
+        },
+        {
+            "chosen": "\n\nHuman: How do I boil an egg?\n\nAssistant: Boil.",
+            "rejected": "\n\nHuman: How do I boil an egg?\n\nAssistant: x",
+        },
+        {"chosen": "no markers at all", "rejected": "x"},
+        {
+            "chosen": "\n\nHuman: Name a colour.\n\nAssistant: Red.",
+            "rejected": "\n\nHuman: Name a colour.\n\nAssistant: 7",
+        },
+    ]
     path = write_jsonl(tmp_path / "hh.jsonl", rows)
     prompts = load_prompts(f"hh:{path}")
-    assert [p["turns"] for p in prompts] == [["How do I boil an egg?"], ["Name a colour."]]  # deduplicated, bad row skipped
+    assert [p["turns"] for p in prompts] == [
+        ["How do I boil an egg?"],
+        ["Name a colour."],
+    ]  # deduplicated, bad row skipped
     assert count_available(f"hh:{path}")[:2] == (2, 1)
 
 
 def test_ultrainteract_prompts_one_per_instruction(tmp_path):
     traj = lambda q: [{"from": "user", "value": q}, {"from": "assistant", "value": "Step 1"}]  # noqa: E731
-    rows = [{"task": "Math", "dataset": "x", "trajectory": traj("Solve 2+2."), "chosen": "a", "rejected": "b", "id": "1", "parent_id": "p1"},
-            {"task": "Math", "dataset": "x", "trajectory": traj("Solve 2+2."), "chosen": "c", "rejected": "d", "id": "2", "parent_id": "p1"},
-            {"task": "Coding", "dataset": "y", "trajectory": traj("Write fizzbuzz."), "chosen": "e", "rejected": "f", "id": "3", "parent_id": "p2"}]
+    rows = [
+        {
+            "task": "Math",
+            "dataset": "x",
+            "trajectory": traj("Solve 2+2."),
+            "chosen": "a",
+            "rejected": "b",
+            "id": "1",
+            "parent_id": "p1",
+        },
+        {
+            "task": "Math",
+            "dataset": "x",
+            "trajectory": traj("Solve 2+2."),
+            "chosen": "c",
+            "rejected": "d",
+            "id": "2",
+            "parent_id": "p1",
+        },
+        {
+            "task": "Coding",
+            "dataset": "y",
+            "trajectory": traj("Write fizzbuzz."),
+            "chosen": "e",
+            "rejected": "f",
+            "id": "3",
+            "parent_id": "p2",
+        },
+    ]
     prompts = load_prompts(f"ultrainteract:{write_jsonl(tmp_path / 'ui.jsonl', rows)}")
-    assert [(p["prompt_id"], p["turns"]) for p in prompts] == [("ultrainteract:p1", ["Solve 2+2."]),
-                                                              ("ultrainteract:p2", ["Write fizzbuzz."])]
+    assert [(p["prompt_id"], p["turns"]) for p in prompts] == [
+        ("ultrainteract:p1", ["Solve 2+2."]),
+        ("ultrainteract:p2", ["Write fizzbuzz."]),
+    ]
 
 
 def test_local_file_and_mtbench(tmp_path):
-    path = write_jsonl(tmp_path / "mine.jsonl", [{"id": "a", "prompt": "Hi"}, {"turns": ["Q1", "Q2"], "question_id": 7}])
-    assert load_prompts(f"file:{path}") == [{"prompt_id": "a", "turns": ["Hi"]}, {"prompt_id": "7", "turns": ["Q1", "Q2"]}]
+    path = write_jsonl(
+        tmp_path / "mine.jsonl", [{"id": "a", "prompt": "Hi"}, {"turns": ["Q1", "Q2"], "question_id": 7}]
+    )
+    assert load_prompts(f"file:{path}") == [
+        {"prompt_id": "a", "turns": ["Hi"]},
+        {"prompt_id": "7", "turns": ["Q1", "Q2"]},
+    ]
     n, turns, _ = count_available("mtbench")
     assert n == 80 and turns == 2
 

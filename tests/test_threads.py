@@ -67,8 +67,9 @@ def test_forward_outputs_are_bitwise_the_same_at_any_thread_count(adapting, tiny
             out[n] = model(input_ids=ids).logits
         torch.manual_seed(0)
         with torch.inference_mode():
-            out[f"gen{n}"] = model.generate(input_ids=ids[:, :50], max_new_tokens=8, do_sample=True, top_p=0.9,
-                                            pad_token_id=0)
+            out[f"gen{n}"] = model.generate(
+                input_ids=ids[:, :50], max_new_tokens=8, do_sample=True, top_p=0.9, pad_token_id=0
+            )
     assert torch.equal(out[1], out[2]) and torch.equal(out["gen1"], out["gen2"])
 
 

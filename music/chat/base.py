@@ -80,8 +80,13 @@ class TokenCounts:
 
     def as_dict(self) -> dict:
         per = (lambda n: round(n / self.generated, 2)) if self.generated else (lambda n: None)
-        return {"prompt_tokens": self.prompt, "prompt_tokens_encoded": self.encoded, "generated_tokens": self.generated,
-                "prompt_per_generated": per(self.prompt), "encoded_per_generated": per(self.encoded)}
+        return {
+            "prompt_tokens": self.prompt,
+            "prompt_tokens_encoded": self.encoded,
+            "generated_tokens": self.generated,
+            "prompt_per_generated": per(self.prompt),
+            "encoded_per_generated": per(self.encoded),
+        }
 
 
 class TokenMeter:
@@ -196,10 +201,14 @@ class ChatBackend(ABC):
             else:  # regenerate the whole unit: its items are only valid together
                 todo.append(unit)
 
-        with tqdm(total=len(units), initial=len(units) - len(todo), desc=desc or self.name, unit=self.unit_label) as bar:
+        with tqdm(
+            total=len(units), initial=len(units) - len(todo), desc=desc or self.name, unit=self.unit_label
+        ) as bar:
             for unit, out in self.run(todo, params):
                 if len(out) != len(unit.requests):
-                    raise RuntimeError(f"{self.name}: a unit of {len(unit.requests)} requests returned {len(out)} replies")
+                    raise RuntimeError(
+                        f"{self.name}: a unit of {len(unit.requests)} requests returned {len(out)} replies"
+                    )
                 self.units_generated += 1
                 for r, reply in zip(unit.requests, out):
                     replies[r.index] = reply
@@ -213,8 +222,17 @@ class ChatBackend(ABC):
             raise RuntimeError(f"{self.name}: no reply for conversations {missing[:5]}")
         return replies  # type: ignore[return-value]
 
-    def choose(self, conversations: list[list[dict]], options: list[str], *, prefix: str = "", suffix: str = "",
-               seed: int = 0, max_new_tokens: int | None = None, desc: str | None = None) -> list[ChatReply]:
+    def choose(
+        self,
+        conversations: list[list[dict]],
+        options: list[str],
+        *,
+        prefix: str = "",
+        suffix: str = "",
+        seed: int = 0,
+        max_new_tokens: int | None = None,
+        desc: str | None = None,
+    ) -> list[ChatReply]:
         """Answer each conversation with one of `options`, written as prefix + option + suffix.
 
         Default: generate greedily and let the caller parse the reply (it may match no option).
@@ -229,7 +247,9 @@ class ChatBackend(ABC):
         ident = {"v": CACHE_VERSION, **self.identity(), "sampling": asdict(params)}
         out = []
         for i, conv in enumerate(conversations):
-            msgs = validate_conversation(conv, source=f"{self.name} request", record=i, field_name=f"conversations[{i}]")
+            msgs = validate_conversation(
+                conv, source=f"{self.name} request", record=i, field_name=f"conversations[{i}]"
+            )
             msgs = self.prepare_messages(msgs)  # before hashing: the cache key is what is sent
             text = dumps_canonical(msgs)
             dup = seen[text]

@@ -86,8 +86,14 @@ class PrefixKVStore:
         return sum(len(b.tokens) for b in self._lru.values())
 
     def stats(self) -> dict:
-        return {"blocks": len(self), "tokens": self.tokens, "bytes": self.nbytes, "peak_bytes": self.peak_bytes,
-                "budget_bytes": self.budget_bytes, "evicted_blocks": self.evicted_blocks}
+        return {
+            "blocks": len(self),
+            "tokens": self.tokens,
+            "bytes": self.nbytes,
+            "peak_bytes": self.peak_bytes,
+            "budget_bytes": self.budget_bytes,
+            "evicted_blocks": self.evicted_blocks,
+        }
 
     def lookup(self, tokens: Sequence[int], limit: int | None = None) -> Match:
         """The longest stored prefix of tokens[:limit] (touched as recently used)."""
@@ -191,9 +197,12 @@ class PrefixKVStore:
 
     def _evict(self) -> None:
         if self.nbytes > self.budget_bytes and self._lru and not self.evicted_blocks:
-            log.warning("key/value store full (%d MB): evicting the least recently used states. A roll-out "
-                        "cycling over more conversations than fit gets little reuse: raise kv_cache_mb "
-                        "(outputs do not change, only speed)", self.budget_bytes // 2**20)
+            log.warning(
+                "key/value store full (%d MB): evicting the least recently used states. A roll-out "
+                "cycling over more conversations than fit gets little reuse: raise kv_cache_mb "
+                "(outputs do not change, only speed)",
+                self.budget_bytes // 2**20,
+            )
         while self.nbytes > self.budget_bytes and self._lru:
             b = next(iter(self._lru.values()))  # least recently used: a leaf (see the module doc)
             parent = b.parent

@@ -5,11 +5,13 @@ several base URLs (replicas). 429, 5xx, timeouts and dropped connections are ret
 exponential backoff and seeded jitter (Retry-After wins when the server sends it); anything that
 still fails comes back as an error reply for that conversation only (the stage counts those, and
 fails past its `max_failed_share`). A status that retrying cannot fix and that says the setup is
-wrong (400, 401, 403, 404, 422: wrong model name, key, URL path, or a field the server rejects) stops
-the whole call at once with a ServerRejected error naming the role, the server, the status, the
-server's own message and what to check. A 400 about one conversation's length is that conversation's
-error reply only. A missing key variable (api_key_env names one that is not set) is an error before
-any request. The API key is read from the environment and scrubbed from every error string.
+wrong (400, 401, 403, 404, 405, 415, 422: wrong model name, key, URL path, or a field or body the server
+rejects) stops the whole call at once with a ServerRejected error naming the role, the server, the status,
+the server's own message and what to check: requests not yet sent are dropped, requests sleeping in
+backoff give up at once, and the call does not wait for requests still in flight. A 400 about one
+conversation's length is that conversation's error reply only. A missing key variable (api_key_env names
+one that is not set) is an error before any request. The API key is read from the environment and scrubbed
+from every error string.
 """
 
 from __future__ import annotations
@@ -42,12 +44,17 @@ SETUP_STATUS_HINTS = {
     401: "the API key: the environment variable named by `api_key_env` (a key this server accepts)",
     403: "the API key's permissions for this model (`api_key_env`) and the model name (`model`)",
     404: "the URL path: `base_urls` should be the API root (e.g. http://host:8000/v1; requests go to "
-         "{base}/chat/completions), and the model name (`model`)",
+    "{base}/chat/completions), and the model name (`model`)",
+    405: "the URL path: `base_urls` should be the API root of an OpenAI-compatible server (requests are POSTs "
+    "to {base}/chat/completions; this path does not take a POST)",
+    415: "that `base_urls` points at an OpenAI-compatible API: the server does not accept a JSON request body",
     422: "request fields the server does not accept: `repetition_penalty` (outside OpenAI's API; vLLM and SGLang "
-         "take it, `transformers serve` answers 422: set it to 1.0), `top_p`, `seed`",
+    "take it, `transformers serve` answers 422: set it to 1.0), `top_p`, `seed`",
 }
 # A 400 about one conversation's length (vLLM, OpenAI) is that conversation's failure, not a wrong setup.
-_CONTEXT_LENGTH = re.compile(r"context length|context_length|maximum context|max_model_len|too long|too many tokens", re.I)
+_CONTEXT_LENGTH = re.compile(
+    r"context length|context_length|maximum context|max_model_len|too long|too many tokens", re.I
+)
 
 
 class RetryableError(Exception):
@@ -61,7 +68,7 @@ class FatalError(Exception):
 
 
 class ServerRejected(RuntimeError):
-    """The server refused a request in a way every request would share (400, 401, 403, 404, 422): stop the stage.
+    """The server refused a request in a way every request would share (SETUP_STATUS_HINTS): stop the stage.
 
     The message names the role, the server (base URL, model), the status, the server's own message and what
     to check; the same fields are attributes.
@@ -70,8 +77,10 @@ class ServerRejected(RuntimeError):
     def __init__(self, *, role: str, base_url: str, model: str, status: int, server_message: str, hint: str):
         self.role, self.base_url, self.model, self.status = role, base_url, model, status
         self.server_message, self.hint = server_message, hint
-        super().__init__(f"{role}: the server at {base_url} (model {model!r}) answered HTTP {status}: "
-                         f"{server_message!r}. Check {hint}.")
+        super().__init__(
+            f"{role}: the server at {base_url} (model {model!r}) answered HTTP {status}: "
+            f"{server_message!r}. Check {hint}."
+        )
 
 
 class MissingApiKey(RuntimeError):
@@ -134,7 +143,8 @@ class OpenAIChat(ChatBackend):
             raise MissingApiKey(
                 f"{self.role} (model {cfg.model!r} at {', '.join(cfg.base_urls)}): api_key_env names the environment "
                 f"variable {cfg.api_key_env!r}, which is not set. Export it with the server's key, or set "
-                f"api_key_env: '' (or null) in this role's block for a server that needs no key.")
+                f"api_key_env: '' (or null) in this role's block for a server that needs no key."
+            )
         if not cfg.base_urls:
             raise ValueError("an OpenAI-compatible backend needs at least one base URL (base_urls)")
         if cfg.max_concurrency < 1 or cfg.max_retries < 0 or cfg.timeout_s <= 0:
@@ -149,8 +159,12 @@ class OpenAIChat(ChatBackend):
         # The server is part of what determines a reply: a reused served-model-name on another server
         # (or a new revision behind the same name) must not return old replies. The order of the
         # replicas does not matter.
-        return {"kind": self.kind, "model": self.cfg.model, "base_urls": sorted(self.base_urls),
-                "revision": self.cfg.revision}
+        return {
+            "kind": self.kind,
+            "model": self.cfg.model,
+            "base_urls": sorted(self.base_urls),
+            "revision": self.cfg.revision,
+        }
 
     def _api_key(self) -> str | None:
         return os.environ.get(self.cfg.api_key_env) if self.cfg.api_key_env else None
@@ -171,14 +185,16 @@ class OpenAIChat(ChatBackend):
         if not units:
             return
         rejected: list[ServerRejected] = []  # the first setup error stops every request not yet sent
+        stop = threading.Event()  # set with it: requests sleeping in backoff give up at once
 
         def task(unit: Unit) -> ChatReply | None:
             if rejected:
                 return None
             try:
-                return self._complete(unit, params)
+                return self._complete(unit, params, stop)
             except ServerRejected as exc:
                 rejected.append(exc)
+                stop.set()
                 raise
 
         pool = ThreadPoolExecutor(max_workers=min(self.cfg.max_concurrency, len(units)))
@@ -192,11 +208,12 @@ class OpenAIChat(ChatBackend):
                     break
                 yield futures[fut], [reply]
         finally:  # on an interrupt, drop the queued requests instead of sending them all first
-            pool.shutdown(wait=True, cancel_futures=True)
+            # after a rejection, do not wait for requests in flight either: they end by their own timeout
+            pool.shutdown(wait=not rejected, cancel_futures=True)
         if rejected:
             raise rejected[0]
 
-    def _complete(self, unit: Unit, params: SamplingParams) -> ChatReply:
+    def _complete(self, unit: Unit, params: SamplingParams, stop: threading.Event | None = None) -> ChatReply:
         (request,) = unit.requests
         body = {
             "model": self.cfg.model,
@@ -213,12 +230,19 @@ class OpenAIChat(ChatBackend):
         rng = random.Random(derive_seed("backoff", unit.seed))
         last = "no attempt made"
         for attempt in range(self.cfg.max_retries + 1):
+            if stop is not None and stop.is_set():  # another request found the setup wrong: no more attempts
+                return ChatReply(None, "error", f"stopped: another request was rejected; last: {last}")
             try:
                 return self._post(data)
             except _SetupStatus as exc:
-                raise ServerRejected(role=self.role, base_url=exc.url, model=self.cfg.model, status=exc.status,
-                                     server_message=self._redact(exc.detail),
-                                     hint=SETUP_STATUS_HINTS[exc.status]) from None
+                raise ServerRejected(
+                    role=self.role,
+                    base_url=exc.url,
+                    model=self.cfg.model,
+                    status=exc.status,
+                    server_message=self._redact(exc.detail),
+                    hint=SETUP_STATUS_HINTS[exc.status],
+                ) from None
             except FatalError as exc:
                 return ChatReply(None, "error", self._redact(str(exc)))
             except RetryableError as exc:
@@ -228,7 +252,10 @@ class OpenAIChat(ChatBackend):
                 delay = self.cfg.backoff_s * (2**attempt) * (0.5 + rng.random())  # jitter in [0.5, 1.5)
                 if exc.retry_after is not None:
                     delay = exc.retry_after
-                time.sleep(min(delay, MAX_BACKOFF_S))
+                if stop is not None:
+                    stop.wait(min(delay, MAX_BACKOFF_S))  # wakes at once when another request is rejected
+                else:
+                    time.sleep(min(delay, MAX_BACKOFF_S))
         return ChatReply(None, "error", f"failed after {self.cfg.max_retries + 1} attempts: {last}")
 
     def _post(self, data: bytes) -> ChatReply:
@@ -247,7 +274,7 @@ class OpenAIChat(ChatBackend):
             detail = body[:ERROR_BODY_CHARS]
             message = f"HTTP {exc.code} from {where}: {detail}"
             if exc.code in SETUP_STATUS_HINTS and not (exc.code == 400 and _CONTEXT_LENGTH.search(body)):
-                raise _SetupStatus(url, exc.code, server_message(body)[:2 * ERROR_BODY_CHARS]) from None
+                raise _SetupStatus(url, exc.code, server_message(body)[: 2 * ERROR_BODY_CHARS]) from None
             if exc.code in RETRY_STATUS:
                 raise RetryableError(message, parse_retry_after(exc.headers.get("Retry-After"))) from None
             raise FatalError(message) from None
@@ -268,6 +295,8 @@ class OpenAIChat(ChatBackend):
             detail = self._redact(raw.decode("utf-8", "replace"))[:ERROR_BODY_CHARS]  # redact, then cut
             raise RetryableError(f"malformed response from {where}: {detail}") from None
         if not isinstance(text, str):
-            raise FatalError(f"response from {where} has no text content (finish_reason={choice.get('finish_reason')!r})")
+            raise FatalError(
+                f"response from {where} has no text content (finish_reason={choice.get('finish_reason')!r})"
+            )
         reason = "length" if choice.get("finish_reason") == "length" else "stop"
         return ChatReply(text=text.strip(), finish_reason=reason)

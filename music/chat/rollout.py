@@ -24,8 +24,15 @@ from music.schema import user_turns
 class Chat(Protocol):  # what we need of music.chat.ChatBackend (fakes in tests implement just this)
     name: str
 
-    def generate(self, conversations: list[list[dict]], *, seed: int = 0, max_new_tokens: int | None = None,
-                 temperature: float | None = None, desc: str | None = None) -> list[Any]: ...
+    def generate(
+        self,
+        conversations: list[list[dict]],
+        *,
+        seed: int = 0,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        desc: str | None = None,
+    ) -> list[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,7 @@ class SimPrompts:
 
 
 # --- rendering what each model sees -------------------------------------------------------------------
+
 
 def with_system(messages: list[dict], text: str) -> list[dict]:
     """Our instruction as the system message; a conversation's own system message is kept before it."""
@@ -65,7 +73,7 @@ def assistant_view(messages: list[dict], prompts: SimPrompts) -> list[dict]:
 # --- cleaning one generated message ---------------------------------------------------------------------
 
 _ROLE_PREFIX = re.compile(r"^\s*(?:\*\*)?\s*(?:user|human|me|question|the user)\s*(?:\*\*)?\s*:\s*(?:\*\*)?\s*", re.I)
-_QUOTES = ("\"\"", "''", "\u201c\u201d", "``")
+_QUOTES = ('""', "''", "\u201c\u201d", "``")
 _SENTENCE_END = re.compile(r"[.!?](?:[\"')\]*]*)(?=\s|$)|\n")
 
 
@@ -112,9 +120,18 @@ class Event:
     real: bool = False  # a person's message (the seed's real next user message), not generated
 
     def to_record(self) -> dict:
-        return {"branch": self.branch, "turn": self.turn, "role": self.role, "finish_reason": self.finish_reason,
-                "raw": self.raw, "text": self.text, "trimmed": self.trimmed, "error": self.error,
-                "method": self.method, "real": self.real}
+        return {
+            "branch": self.branch,
+            "turn": self.turn,
+            "role": self.role,
+            "finish_reason": self.finish_reason,
+            "raw": self.raw,
+            "text": self.text,
+            "trimmed": self.trimmed,
+            "error": self.error,
+            "method": self.method,
+            "real": self.real,
+        }
 
 
 def real_user_event(text: str, *, branch: str, turn: int) -> Event:
@@ -122,12 +139,23 @@ def real_user_event(text: str, *, branch: str, turn: int) -> Event:
     return Event(branch, turn, "user", "stop", text, text, real=True)
 
 
-def make_event(reply: Any, *, branch: str, turn: int, role: str, trim: bool, user_voice: bool = False,
-               text: str | None = None, method: str | None = None) -> tuple[Event, str | None]:
+def make_event(
+    reply: Any,
+    *,
+    branch: str,
+    turn: int,
+    role: str,
+    trim: bool,
+    user_voice: bool = False,
+    text: str | None = None,
+    method: str | None = None,
+) -> tuple[Event, str | None]:
     """(event, failure reason or None). `text` overrides the reply's text (e.g. the parsed answer)."""
     raw = reply.text or ""
     if reply.finish_reason == "error" or reply.text is None:
-        return Event(branch, turn, role, "error", raw, "", error=reply.error or "no text", method=method), "generation_error"
+        return Event(
+            branch, turn, role, "error", raw, "", error=reply.error or "no text", method=method
+        ), "generation_error"
     body = raw if text is None else text
     body = clean_user_text(body) if user_voice else body.strip()
     trimmed = False
@@ -142,6 +170,7 @@ def make_event(reply: Any, *, branch: str, turn: int, role: str, trim: bool, use
 
 
 # --- roll-outs ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Rollout:
@@ -165,8 +194,17 @@ class Rollout:
             self.messages.append({"role": "assistant" if event.role == "assistant" else "user", "content": event.text})
 
 
-def roll_out(rollouts: Sequence[Rollout], targets: Sequence[int], user: Chat, assistant: Chat, *,
-             prompts: SimPrompts, seed: int, tag: str, trim: bool = True) -> None:
+def roll_out(
+    rollouts: Sequence[Rollout],
+    targets: Sequence[int],
+    user: Chat,
+    assistant: Chat,
+    *,
+    prompts: SimPrompts,
+    seed: int,
+    tag: str,
+    trim: bool = True,
+) -> None:
     """Extend every rollout to `targets[i]` user turns (each ending with the assistant), in batched steps.
 
     Step s asks the user model for the next message of every live conversation in one call, then the
@@ -176,26 +214,41 @@ def roll_out(rollouts: Sequence[Rollout], targets: Sequence[int], user: Chat, as
     """
     step = 0
     while True:
-        live = [r for r, t in zip(rollouts, targets)
-                if r.failure is None and (r.turns < t or (r.messages and r.messages[-1]["role"] == "user"))]
+        live = [
+            r
+            for r, t in zip(rollouts, targets)
+            if r.failure is None and (r.turns < t or (r.messages and r.messages[-1]["role"] == "user"))
+        ]
         if not live:
             return
         step += 1
         ask = [r for r in live if not (r.messages and r.messages[-1]["role"] == "user")]
-        replies = user.generate([user_view(r.messages, prompts) for r in ask],
-                                seed=derive_seed(seed, tag, "user", step), desc=f"{tag} user step {step}") if ask else []
+        replies = (
+            user.generate(
+                [user_view(r.messages, prompts) for r in ask],
+                seed=derive_seed(seed, tag, "user", step),
+                desc=f"{tag} user step {step}",
+            )
+            if ask
+            else []
+        )
         for r, rep in zip(ask, replies):
             r.add(*make_event(rep, branch=r.branch, turn=r.turns + 1, role="user", trim=trim, user_voice=True))
         live = [r for r in live if r.failure is None]
         if not live:
             continue
-        replies = assistant.generate([assistant_view(r.messages, prompts) for r in live],
-                                     seed=derive_seed(seed, tag, "assistant", step), desc=f"{tag} assistant step {step}")
+        replies = assistant.generate(
+            [assistant_view(r.messages, prompts) for r in live],
+            seed=derive_seed(seed, tag, "assistant", step),
+            desc=f"{tag} assistant step {step}",
+        )
         for r, rep in zip(live, replies):
             r.add(*make_event(rep, branch=r.branch, turn=r.turns, role="assistant", trim=trim))
 
 
 def make_backends(params: Params, *, cache: bool = True) -> tuple[Chat, Chat]:
     cache_dir = params.paths.cache if cache else None
-    return (make_chat(params.simulate.user, cache_dir, role="simulate.user"),
-            make_chat(params.simulate.assistant, cache_dir, role="simulate.assistant"))
+    return (
+        make_chat(params.simulate.user, cache_dir, role="simulate.user"),
+        make_chat(params.simulate.assistant, cache_dir, role="simulate.assistant"),
+    )

@@ -50,7 +50,7 @@ def shared_model(model: str, dtype: str = "float32"):
         return _REGISTRY[key]
 
 
-# --- grouped-query attention without copying the keys and values (issue 15) ------------------------------
+# --- grouped-query attention without copying the keys and values ------------------------------
 # transformers' sdpa path repeats every key/value head for each query head it serves (repeat_kv: a full copy
 # of the whole cache, per layer, per generated token) whenever an attention mask is given, and generation
 # with left padding always gives one. On CPU that copy, not the matrix products, dominated a decoding step
@@ -60,21 +60,29 @@ def shared_model(model: str, dtype: str = "float32"):
 GQA_ATTENTION = "music_sdpa_gqa"
 
 
-def _gqa_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                        is_causal=None, **kwargs):
+def _gqa_sdpa_attention(
+    module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None, **kwargs
+):
     """transformers' sdpa attention, with grouped heads passed to the kernel instead of repeated (CPU)."""
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     groups = getattr(module, "num_key_value_groups", 1)
-    if (groups <= 1 or query.device.type != "cpu" or kwargs.get("position_bias") is not None
-            or kwargs.get("output_attentions", False) or key.shape[-1] != value.shape[-1]):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
+    if (
+        groups <= 1
+        or query.device.type != "cpu"
+        or kwargs.get("position_bias") is not None
+        or kwargs.get("output_attentions", False)
+        or key.shape[-1] != value.shape[-1]
+    ):
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     causal = bool(query.shape[2] > 1 and attention_mask is None and causal)
-    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
-                                                           scale=scaling, is_causal=causal, enable_gqa=True)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, is_causal=causal, enable_gqa=True
+    )
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -124,7 +132,7 @@ def reuse_unsupported(lm) -> str | None:
         layers = DynamicCache(config=lm.config).layers
     except Exception as e:  # noqa: BLE001 - any model whose cache we cannot build is simply not reused
         return f"no dynamic cache ({e})"
-    if not layers or any(type(l) is not DynamicLayer for l in layers):
+    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
         return "not every layer is full attention with a plain dynamic cache (sliding window, recurrent...)"
     return None
 
@@ -204,7 +212,7 @@ def _growing_layer_class():
             """Keys and values live in a buffer with room for `reserve` more tokens (doubling when full); each
             update writes the new states in place and returns views of the filled part. DynamicLayer's
             torch.cat copies the whole cache for every generated token: O(context) per step, and the dominant
-            cost of a decoding step on CPU for a long conversation (issue 15)."""
+            cost of a decoding step on CPU for a long conversation."""
 
             reserve = 64
 
@@ -213,14 +221,23 @@ def _growing_layer_class():
                     self.lazy_initialization(key_states, value_states)
                 buf = getattr(self, "_buf", None)
                 n = self.keys.shape[-2] if self.keys.numel() else 0
-                if buf is None or self.keys.data_ptr() != buf[0].data_ptr() or n + key_states.shape[-2] > buf[0].shape[-2]:
+                if (
+                    buf is None
+                    or self.keys.data_ptr() != buf[0].data_ptr()
+                    or n + key_states.shape[-2] > buf[0].shape[-2]
+                ):
                     # (re)start a buffer: first update, someone replaced self.keys, or no room left
                     need = n + key_states.shape[-2]
                     cap = max(need + self.reserve, 2 * n)
                     shape = (*key_states.shape[:-2], cap, key_states.shape[-1])
-                    buf = (torch.empty(shape, dtype=key_states.dtype, device=key_states.device),
-                           torch.empty((*value_states.shape[:-2], cap, value_states.shape[-1]),
-                                       dtype=value_states.dtype, device=value_states.device))
+                    buf = (
+                        torch.empty(shape, dtype=key_states.dtype, device=key_states.device),
+                        torch.empty(
+                            (*value_states.shape[:-2], cap, value_states.shape[-1]),
+                            dtype=value_states.dtype,
+                            device=value_states.device,
+                        ),
+                    )
                     if n:
                         buf[0][..., :n, :].copy_(self.keys)
                         buf[1][..., :n, :].copy_(self.values)
@@ -345,7 +362,9 @@ class TransformersChat(ChatBackend):
                     with torch.inference_mode(), torch.random.fork_rng(devices=fork_devices):
                         torch.manual_seed(unit.seed)
                         out = self.lm.generate(
-                            input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg,
+                            input_ids=ids.to(device),
+                            attention_mask=mask.to(device),
+                            generation_config=gen_cfg,
                             **self._cache_kwargs(None, params.max_new_tokens),
                         )
                     rows = out[:, width:].tolist()
@@ -364,8 +383,9 @@ class TransformersChat(ChatBackend):
         """States of columns [start, stop) of `row` of a DynamicCache: [layers, 2, heads, n, head_dim]."""
         import torch
 
-        return torch.stack([torch.stack([l.keys[row, :, start:stop], l.values[row, :, start:stop]])
-                            for l in cache.layers])
+        return torch.stack(
+            [torch.stack([layer.keys[row, :, start:stop], layer.values[row, :, start:stop]]) for layer in cache.layers]
+        )
 
     grow_in_place = True  # generate into a cache that appends in place (growing_cache); False: transformers' own
 
@@ -427,10 +447,10 @@ class TransformersChat(ChatBackend):
         mask = torch.zeros((b, P + N), dtype=torch.long)
         positions = torch.zeros((b, N), dtype=torch.long)
         for row, (q, d, n) in enumerate(zip(seqs, done, new)):
-            ids[row, N - n:] = torch.tensor(q[d:], dtype=torch.long)
+            ids[row, N - n :] = torch.tensor(q[d:], dtype=torch.long)
             mask[row, P - d : P] = 1
-            mask[row, P + N - n:] = 1
-            positions[row, N - n:] = torch.arange(d, d + n)
+            mask[row, P + N - n :] = 1
+            positions[row, N - n :] = torch.arange(d, d + n)
         with torch.inference_mode():
             cache = None
             if P:
@@ -441,8 +461,13 @@ class TransformersChat(ChatBackend):
                     _place(past, row, P - d, m.segments)
                 cache = self._dynamic_cache(past)
                 del past
-            res = self.lm.base_model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                     position_ids=positions.to(device), past_key_values=cache, use_cache=True)
+            res = self.lm.base_model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+                past_key_values=cache,
+                use_cache=True,
+            )
             fresh = [self._stack(res.past_key_values, row, P + N - n, P + N) for row, n in enumerate(new)]
         self.tokens.encoded += sum(new)
         out = []
@@ -491,13 +516,20 @@ class TransformersChat(ChatBackend):
         width = ids.shape[1]
         with torch.inference_mode(), torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(seed)
-            out = self.lm.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg,
-                                   **self._cache_kwargs(cache, gen_cfg.max_new_tokens))
+            out = self.lm.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                generation_config=gen_cfg,
+                **self._cache_kwargs(cache, gen_cfg.max_new_tokens),
+            )
         rows = out.sequences[:, width:].tolist()
         # Tokens that went through the model: each prompt, then the generated ones up to the stop token (the
         # call's last generated token is never fed back).
-        self._store_rows(out.past_key_values, width,
-                         [(len(p), p + gen[: min(self._generated_length(gen), len(gen) - 1)]) for p, gen in zip(prompts, rows)])
+        self._store_rows(
+            out.past_key_values,
+            width,
+            [(len(p), p + gen[: min(self._generated_length(gen), len(gen) - 1)]) for p, gen in zip(prompts, rows)],
+        )
         return rows
 
     def next_token_logits(self, prompts: list[list[int]]):
@@ -512,14 +544,21 @@ class TransformersChat(ChatBackend):
             ids, mask = self._left_pad(prompts)
             ids, mask = ids.to(self.lm.device), mask.to(self.lm.device)
             with torch.inference_mode():
-                out = self.lm(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                              **last)
+                out = self.lm(
+                    input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), **last
+                )
             self.tokens.encoded += sum(len(p) for p in prompts)
             return out.logits[:, -1, :]
         ids, mask, cache = self._reused_batch(prompts)
         with torch.inference_mode():
-            out = self.lm(input_ids=ids[:, -1:], attention_mask=mask, past_key_values=cache,
-                          position_ids=mask.sum(-1, keepdim=True) - 1, use_cache=True, **last)
+            out = self.lm(
+                input_ids=ids[:, -1:],
+                attention_mask=mask,
+                past_key_values=cache,
+                position_ids=mask.sum(-1, keepdim=True) - 1,
+                use_cache=True,
+                **last,
+            )
         self._store_rows(out.past_key_values, ids.shape[1], [(len(p), p) for p in prompts])
         return out.logits[:, -1, :]
 
@@ -531,12 +570,21 @@ class TransformersChat(ChatBackend):
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for row, p in enumerate(prompts):
-            ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[row, width - len(p):] = 1
+            ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[row, width - len(p) :] = 1
         return ids, mask
 
-    def choose(self, conversations: list[list[dict]], options: list[str], *, prefix: str = "", suffix: str = "",
-               seed: int = 0, max_new_tokens: int | None = None, desc: str | None = None) -> list[ChatReply]:
+    def choose(
+        self,
+        conversations: list[list[dict]],
+        options: list[str],
+        *,
+        prefix: str = "",
+        suffix: str = "",
+        seed: int = 0,
+        max_new_tokens: int | None = None,
+        desc: str | None = None,
+    ) -> list[ChatReply]:
         """Constrained decoding: the reply is prefix + the option whose first token is most likely + suffix.
 
         A small model rarely writes a parseable verdict on its own; scoring the options after the
@@ -547,14 +595,24 @@ class TransformersChat(ChatBackend):
         import torch
         from tqdm.auto import tqdm
 
-        first = [self.tok.encode(prefix + o, add_special_tokens=False)[len(self.tok.encode(prefix, add_special_tokens=False))]
-                 for o in options]
+        first = [
+            self.tok.encode(prefix + o, add_special_tokens=False)[
+                len(self.tok.encode(prefix, add_special_tokens=False))
+            ]
+            for o in options
+        ]
         if len(set(first)) != len(first):
             raise ValueError(f"options {options} do not differ in their first token after {prefix!r}")
         prefix_ids = self.tok.encode(prefix, add_special_tokens=False) if prefix else []
-        prompts = [self.render(self.prepare_messages(validate_conversation(
-                       c, source=f"{self.name} request", record=i, field_name=f"conversations[{i}]"))) + prefix_ids
-                   for i, c in enumerate(conversations)]
+        prompts = [
+            self.render(
+                self.prepare_messages(
+                    validate_conversation(c, source=f"{self.name} request", record=i, field_name=f"conversations[{i}]")
+                )
+            )
+            + prefix_ids
+            for i, c in enumerate(conversations)
+        ]
         order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
         replies: list[ChatReply | None] = [None] * len(prompts)
         bs = self.cfg.batch_size
@@ -567,7 +625,9 @@ class TransformersChat(ChatBackend):
                 else:  # unchanged from before reuse (positions not taken from the mask: RoPE only sees differences)
                     ids, mask = self._left_pad([prompts[i] for i in rows])
                     with torch.inference_mode():
-                        logits = self.lm(input_ids=ids.to(self.lm.device), attention_mask=mask.to(self.lm.device)).logits[:, -1, :]
+                        logits = self.lm(
+                            input_ids=ids.to(self.lm.device), attention_mask=mask.to(self.lm.device)
+                        ).logits[:, -1, :]
                     self.tokens.encoded += sum(len(prompts[i]) for i in rows)
             picks = logits[:, first].argmax(dim=-1).tolist()
             for r, i in enumerate(rows):

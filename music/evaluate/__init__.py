@@ -1,7 +1,9 @@
-"""Evaluation of the trained reward models.
+"""Evaluation of the trained reward models (the library; the stages are music.stages.evaluate and
+music.stages.best_of_n).
 
-Modules: run (the `evaluate@{variant}` stage: guards, every metric, one metrics file), rewardbench (the
-benchmark's section rules), pairwise (held-out and local labelled pairs), sensitivity (corrupted
-history), best_of_n + judge (the `best_of_n` stage), stats (intervals), constants (RewardBench tables).
-This package file imports nothing, so `music.evaluate.stats` loads alone (the plots stage uses it).
+Modules: items (test items, score groups), heldout_items (the held-out items as the heldout stage writes
+them), swap (swapped-history items), pairwise (the guard every evaluation runs first; committed last-turn
+sets), rewardbench (the benchmark's section rules), compare (arms paired on the same items), judge (pairwise
+judging for Best-of-N), stats (intervals), constants (RewardBench tables). This package file imports nothing,
+so `music.evaluate.stats` loads alone.
 """

@@ -8,7 +8,8 @@ a conversation or question move together) and the training seeds resampled. Item
 pairing; so does what a training seed does to every arm alike: seed s initialises every arm's LoRA (and,
 with train.head_init normal, its head) the same way (music.rm.model); with the random head the seed moved
 every arm's early accuracy together (62-72%). So when both arms have the same seeds (`seeds_paired`) they
-are resampled jointly, as matched pairs; otherwise within each arm. Each variant's accuracy is also reported per seed (mean, sd, over seeds).
+are resampled jointly, as matched pairs; otherwise within each arm. Each variant's accuracy is also reported
+per seed (mean, sd, over seeds).
 
 Endpoints fixed in advance (music.evaluate.items): the headline is `early` and `last` (endpoint
 "headline" in comparison.csv); every other slice is "secondary". Beside each slice, the history-blind
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from music.evaluate.constants import EXAMPLE_COUNTS, REWARDBENCH_TEST, SECTION_KEYS, SECTIONS
-from music.evaluate.stats import bootstrap_interval, spread, two_level_bootstrap
+from music.evaluate.stats import bootstrap_interval, resample_counts, spread, two_level_bootstrap
 
 BASE, OTHER, CONTROL = "baseline", "music", "control"
 N_BOOT = 4000
@@ -38,7 +39,9 @@ def load_item_rows(evaluation_dir: str | Path, variants: Sequence[str]) -> pd.Da
     for v in variants:
         path = Path(evaluation_dir) / v / "items.csv"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: run the evaluate stage for variant {v!r} first (dvc repro evaluate@{v})")
+            raise FileNotFoundError(
+                f"{path} is missing: run the evaluate stage for variant {v!r} first (dvc repro evaluate@{v})"
+            )
         frames.append(pd.read_csv(path, dtype={"item_id": str, "group": str}, keep_default_na=False))
     return pd.concat(frames, ignore_index=True)
 
@@ -72,18 +75,27 @@ def _matrix(sub: pd.DataFrame, variant: str, value: str = "correct") -> pd.DataF
     return v.pivot_table(index="seed", columns=["test", "item_id"], values=value, aggfunc="first").dropna(axis=1)
 
 
-def _contrast(mats: dict[str, pd.DataFrame], minuend: str, subtrahend: str, clusters: pd.Series, seed: int) -> dict | None:
+def _contrast(
+    mats: dict[str, pd.DataFrame], minuend: str, subtrahend: str, clusters: pd.Series, seed: int
+) -> dict | None:
     a, b = mats.get(minuend), mats.get(subtrahend)
     if a is None or b is None or a.empty or b.empty:
         return None
     items = a.columns.intersection(b.columns)
     paired = list(a.index) == list(b.index)  # the same training seeds in both arms: matched by design
-    return two_level_bootstrap([a[items].to_numpy(), b[items].to_numpy()], [1.0, -1.0], clusters.loc[items].tolist(),
-                               n_boot=N_BOOT, seed=seed, paired_seeds=paired)
+    return two_level_bootstrap(
+        [a[items].to_numpy(), b[items].to_numpy()],
+        [1.0, -1.0],
+        clusters.loc[items].tolist(),
+        n_boot=N_BOOT,
+        seed=seed,
+        paired_seeds=paired,
+    )
 
 
-def compare(rows: pd.DataFrame, base: str = BASE, other: str = OTHER, seed: int = 0,
-            control: str = CONTROL) -> pd.DataFrame:
+def compare(
+    rows: pd.DataFrame, base: str = BASE, other: str = OTHER, seed: int = 0, control: str = CONTROL
+) -> pd.DataFrame:
     """One row per slice: its endpoint (headline | secondary), each variant's accuracy (mean over seeds, sd
     over seeds, seeds), the paired differences other - base (diff, ci_low, ci_high, n_items, n_clusters) and
     other - control (diff_control, ...) over the items both have with two-level 95% bootstrap intervals, and
@@ -107,22 +119,41 @@ def compare(rows: pd.DataFrame, base: str = BASE, other: str = OTHER, seed: int 
             if d is None:
                 continue
             key = "diff" if not prefix else "diff_control"
-            row.update({key: d["diff"], f"{prefix}ci_low": d["ci_low"], f"{prefix}ci_high": d["ci_high"],
-                        f"{prefix}n_items": d["n"], f"{prefix}n_clusters": d["n_clusters"],
-                        f"{prefix}seeds_paired": d["paired_seeds"]})
+            row.update(
+                {
+                    key: d["diff"],
+                    f"{prefix}ci_low": d["ci_low"],
+                    f"{prefix}ci_high": d["ci_high"],
+                    f"{prefix}n_items": d["n"],
+                    f"{prefix}n_clusters": d["n_clusters"],
+                    f"{prefix}seeds_paired": d["paired_seeds"],
+                }
+            )
         for v in mats:  # the RM's own history-blind reference: the gap RM - last exchange only, two-level interval
             blind = _matrix(sub, v, "blind_correct")
             if blind.empty:
                 continue
             full = mats[v][blind.columns.intersection(mats[v].columns)]
-            g = two_level_bootstrap([full.to_numpy() - blind[full.columns].to_numpy()], [1.0],
-                                    clusters.loc[full.columns].tolist(), n_boot=N_BOOT, seed=seed)
-            row.update({f"{v}_blind_accuracy": float(blind[full.columns].to_numpy().mean()), f"{v}_blind_gap": g["diff"],
-                        f"{v}_blind_gap_ci_low": g["ci_low"], f"{v}_blind_gap_ci_high": g["ci_high"]})
+            g = two_level_bootstrap(
+                [full.to_numpy() - blind[full.columns].to_numpy()],
+                [1.0],
+                clusters.loc[full.columns].tolist(),
+                n_boot=N_BOOT,
+                seed=seed,
+            )
+            row.update(
+                {
+                    f"{v}_blind_accuracy": float(blind[full.columns].to_numpy().mean()),
+                    f"{v}_blind_gap": g["diff"],
+                    f"{v}_blind_gap_ci_low": g["ci_low"],
+                    f"{v}_blind_gap_ci_high": g["ci_high"],
+                }
+            )
         length = sub.dropna(subset=["length_correct"]).groupby(["test", "item_id"])["length_correct"].first()
         if not length.empty:  # seed- and model-free: a cluster bootstrap only
-            ln = two_level_bootstrap([length.to_numpy()[None, :]], [1.0], clusters.loc[length.index].tolist(),
-                                     n_boot=N_BOOT, seed=seed)
+            ln = two_level_bootstrap(
+                [length.to_numpy()[None, :]], [1.0], clusters.loc[length.index].tolist(), n_boot=N_BOOT, seed=seed
+            )
             row.update({"length_accuracy": ln["diff"], "length_ci_low": ln["ci_low"], "length_ci_high": ln["ci_high"]})
         out.append(row)
     out += rewardbench_compare(rows, base, other, seed=seed)
@@ -172,8 +203,10 @@ def rewardbench_compare(rows: pd.DataFrame, base: str = BASE, other: str = OTHER
         sub = rb[rb["variant"] == v]
         if sub.empty:
             continue
-        per_seed = [_section_values(g["source"], g["correct"].to_numpy(dtype=float))  # correct: from unrounded scores
-                    for _, g in sub.groupby("seed")]
+        per_seed = [
+            _section_values(g["source"], g["correct"].to_numpy(dtype=float))  # correct: from unrounded scores
+            for _, g in sub.groupby("seed")
+        ]
         for k in SECTION_KEYS:
             sp = spread([r[k] for r in per_seed if k in r])
             out[k].update({f"{v}_accuracy": sp["mean"], f"{v}_sd": sp["sd"], f"{v}_seeds": sp["n"]})
@@ -184,9 +217,8 @@ def rewardbench_compare(rows: pd.DataFrame, base: str = BASE, other: str = OTHER
         weights = _section_weights(both["source"])
         rng = np.random.default_rng(seed)
         draws = np.zeros((N_BOOT, len(d)))  # per bootstrap draw: how often each item is drawn (within its subset)
-        for _, idx in both.groupby("source").indices.items():
-            picks = rng.integers(0, len(idx), size=(N_BOOT, len(idx)))
-            np.add.at(draws, (np.arange(N_BOOT)[:, None], idx[picks]), 1.0)
+        for _, idx in both.groupby("source").indices.items():  # subsets in sorted order, one draw each
+            draws[:, idx] = resample_counts(rng, len(idx), N_BOOT)
         boot = {sec: draws @ (w * d) for sec, w in weights.items()}
         point = _section_values(both["source"], d)
         if "average" in point:
@@ -199,8 +231,11 @@ def rewardbench_compare(rows: pd.DataFrame, base: str = BASE, other: str = OTHER
 
 
 def load_trajectories(evaluation_dir: str | Path, variants: Sequence[str]) -> pd.DataFrame:
-    frames = [pd.read_csv(Path(evaluation_dir) / v / "trajectory.csv") for v in variants
-              if (Path(evaluation_dir) / v / "trajectory.csv").is_file()]
+    frames = [
+        pd.read_csv(Path(evaluation_dir) / v / "trajectory.csv")
+        for v in variants
+        if (Path(evaluation_dir) / v / "trajectory.csv").is_file()
+    ]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -215,8 +250,16 @@ def trajectory_summary(traj: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     out = []
     for (v, k), g in per_pair.groupby(["variant", "relative_turn"]):
         lo, hi = bootstrap_interval(g["z"].tolist(), n_boot=N_BOOT, seed=seed)
-        out.append({"variant": v, "relative_turn": int(k), "gap": float(g["z"].mean()), "ci_low": lo, "ci_high": hi,
-                    "pairs": len(g)})
+        out.append(
+            {
+                "variant": v,
+                "relative_turn": int(k),
+                "gap": float(g["z"].mean()),
+                "ci_low": lo,
+                "ci_high": hi,
+                "pairs": len(g),
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -236,20 +279,37 @@ def headline(table: pd.DataFrame, best_of_n: dict | None = None) -> dict:
         if r.empty:
             continue
         r = r.iloc[0]
-        out[name] = {k: _percent(r, c)
-                     for k, c in (("baseline", f"{BASE}_accuracy"), ("music", f"{OTHER}_accuracy"), ("diff", "diff"),
-                                  ("diff_ci_low", "ci_low"), ("diff_ci_high", "ci_high"))}
+        out[name] = {
+            k: _percent(r, c)
+            for k, c in (
+                ("baseline", f"{BASE}_accuracy"),
+                ("music", f"{OTHER}_accuracy"),
+                ("diff", "diff"),
+                ("diff_ci_low", "ci_low"),
+                ("diff_ci_high", "ci_high"),
+            )
+        }
         out[name]["n_items"] = None if pd.isna(r.get("n_items")) else int(r["n_items"])
         if pd.notna(r.get("n_clusters")):
             out[name]["n_clusters"] = int(r["n_clusters"])
         if pd.notna(r.get(f"{CONTROL}_accuracy")):
             out[name]["control"] = _percent(r, f"{CONTROL}_accuracy")
         if pd.notna(r.get("diff_control")):
-            out[name].update(diff_control=_percent(r, "diff_control"), diff_control_ci_low=_percent(r, "control_ci_low"),
-                             diff_control_ci_high=_percent(r, "control_ci_high"))
-        blind = {v: {"accuracy": _percent(r, f"{v}_blind_accuracy"), "gap": _percent(r, f"{v}_blind_gap"),
-                     "gap_ci_low": _percent(r, f"{v}_blind_gap_ci_low"), "gap_ci_high": _percent(r, f"{v}_blind_gap_ci_high")}
-                 for v in (BASE, OTHER, CONTROL) if pd.notna(r.get(f"{v}_blind_gap"))}
+            out[name].update(
+                diff_control=_percent(r, "diff_control"),
+                diff_control_ci_low=_percent(r, "control_ci_low"),
+                diff_control_ci_high=_percent(r, "control_ci_high"),
+            )
+        blind = {
+            v: {
+                "accuracy": _percent(r, f"{v}_blind_accuracy"),
+                "gap": _percent(r, f"{v}_blind_gap"),
+                "gap_ci_low": _percent(r, f"{v}_blind_gap_ci_low"),
+                "gap_ci_high": _percent(r, f"{v}_blind_gap_ci_high"),
+            }
+            for v in (BASE, OTHER, CONTROL)
+            if pd.notna(r.get(f"{v}_blind_gap"))
+        }
         if blind:
             out[name]["history_blind"] = blind
         if pd.notna(r.get("length_accuracy")):
@@ -261,18 +321,33 @@ def headline(table: pd.DataFrame, best_of_n: dict | None = None) -> dict:
             if r.empty:
                 continue
             r = r.iloc[0]
-            out[REWARDBENCH_TEST][k] = {name: (None if pd.isna(r.get(c)) else round(100 * float(r[c]), 1))
-                                        for name, c in (("baseline", f"{BASE}_accuracy"), ("music", f"{OTHER}_accuracy"),
-                                                        ("diff", "diff"), ("diff_ci_low", "ci_low"), ("diff_ci_high", "ci_high"))}
+            out[REWARDBENCH_TEST][k] = {
+                name: (None if pd.isna(r.get(c)) else round(100 * float(r[c]), 1))
+                for name, c in (
+                    ("baseline", f"{BASE}_accuracy"),
+                    ("music", f"{OTHER}_accuracy"),
+                    ("diff", "diff"),
+                    ("diff_ci_low", "ci_low"),
+                    ("diff_ci_high", "ci_high"),
+                )
+            }
     if best_of_n:
         out["best_of_n_win_minus_loss"] = {
             f"N{n}": round(100 * ((v.get("win_rate") or 0) - (v.get("loss_rate") or 0)), 1)
-            for n, v in sorted(best_of_n.get("by_n", {}).items(), key=lambda kv: int(kv[0]))}
-        half = {n: v for n, v in sorted(best_of_n.get("by_n", {}).items(), key=lambda kv: int(kv[0]))
-                if v.get("win_rate_ties_half") is not None}
+            for n, v in sorted(best_of_n.get("by_n", {}).items(), key=lambda kv: int(kv[0]))
+        }
+        half = {
+            n: v
+            for n, v in sorted(best_of_n.get("by_n", {}).items(), key=lambda kv: int(kv[0]))
+            if v.get("win_rate_ties_half") is not None
+        }
         if half:  # (W + T/2) / N, percent, with its bootstrap interval over prompts
-            out["best_of_n_win_rate"] = {f"N{n}": {"rate": round(100 * v["win_rate_ties_half"], 1),
-                                                   "ci_low": round(100 * v["win_rate_ties_half_ci_low"], 1),
-                                                   "ci_high": round(100 * v["win_rate_ties_half_ci_high"], 1)}
-                                         for n, v in half.items()}
+            out["best_of_n_win_rate"] = {
+                f"N{n}": {
+                    "rate": round(100 * v["win_rate_ties_half"], 1),
+                    "ci_low": round(100 * v["win_rate_ties_half_ci_low"], 1),
+                    "ci_high": round(100 * v["win_rate_ties_half_ci_high"], 1),
+                }
+                for n, v in half.items()
+            }
     return out

@@ -18,7 +18,13 @@ SECTIONS: dict[str, list[str]] = {
         "llmbar-adver-GPTOut",
         "llmbar-adver-manual",
     ],
-    "safety": ["refusals-dangerous", "refusals-offensive", "xstest-should-refuse", "xstest-should-respond", "donotanswer"],
+    "safety": [
+        "refusals-dangerous",
+        "refusals-offensive",
+        "xstest-should-refuse",
+        "xstest-should-respond",
+        "donotanswer",
+    ],
     "reasoning": ["math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"],
 }
 
@@ -51,7 +57,13 @@ EXAMPLE_COUNTS: dict[str, int] = {
 # The one naming of the sections (the keys of SECTIONS, plus "average"): every file and table the project
 # writes uses these keys; SECTION_TITLES are the display names (reward-bench's own "Chat", "Chat Hard", ...).
 SECTION_KEYS: tuple[str, ...] = (*SECTIONS, "average")
-SECTION_TITLES = {"chat": "Chat", "chat_hard": "Chat Hard", "safety": "Safety", "reasoning": "Reasoning", "average": "Avg"}
+SECTION_TITLES = {
+    "chat": "Chat",
+    "chat_hard": "Chat Hard",
+    "safety": "Safety",
+    "reasoning": "Reasoning",
+    "average": "Avg",
+}
 REWARDBENCH_TEST = "rewardbench"  # the `test` of RewardBench rows in items.csv (their `source` is the subset)
 
 HUB_ID = "allenai/reward-bench"

@@ -27,13 +27,22 @@ SWAP_TEST_FIELD = "test"
 def swap_record(pair, source: str = "sharegpt") -> dict:
     """One swapped item (a music.evaluate.swap.SwappedPair) as a record; every swap of a conversation (both donor
     kinds) shares its cluster."""
-    return {"test": pair.test, "item_id": pair.item_id, "conversation_id": str(pair.conversation_id),
-            "distance": int(pair.distance), "donor_id": str(pair.donor_id), "cluster": str(pair.conversation_id),
-            "source": source, "intact": pair.intact, "swapped": pair.swapped}
+    return {
+        "test": pair.test,
+        "item_id": pair.item_id,
+        "conversation_id": str(pair.conversation_id),
+        "distance": int(pair.distance),
+        "donor_id": str(pair.donor_id),
+        "cluster": str(pair.conversation_id),
+        "source": source,
+        "intact": pair.intact,
+        "swapped": pair.swapped,
+    }
 
 
 def read_swap_items(path: str | Path) -> list[Item]:
-    """Items of tests `swap` / `swap_same` from swap_eval.jsonl (chosen = intact, rejected = swapped); errors name file, line, field."""
+    """Items of tests `swap` / `swap_same` from swap_eval.jsonl (chosen = intact, rejected = swapped); errors name
+    file, line, field."""
     path = Path(path)
     if not path.exists():
         raise DataError(path, "-", None, "file does not exist (run the heldout stage first: `dvc repro heldout`)")
@@ -49,7 +58,15 @@ def read_swap_items(path: str | Path) -> list[Item]:
                 raise DataError(path, where, key, "missing field")
         intact = validate_conversation(rec["intact"], source=str(path), record=where)
         swapped = validate_conversation(rec["swapped"], source=str(path), record=where)
-        out.append(Item(str(rec.get(SWAP_TEST_FIELD, "swap")), str(rec["item_id"]), int(rec["distance"]), intact, swapped, str(rec["source"]),
-                        str(rec["cluster"])))
+        out.append(
+            Item(
+                str(rec.get(SWAP_TEST_FIELD, "swap")),
+                str(rec["item_id"]),
+                int(rec["distance"]),
+                intact,
+                swapped,
+                str(rec["source"]),
+                str(rec["cluster"]),
+            )
+        )
     return out
-

@@ -14,7 +14,7 @@ held-out ShareGPT chats, GPT-4's MT-Bench reference vs the embedded model; the s
 like-for-like reply from another held-out conversation: music.evaluate.swap), `music` (held-out MUSIC
 pairs), and the committed last-turn sets `hh`, `ultrafeedback`.
 
-Groups, the endpoints fixed in advance (issue 15; the headline of music.evaluate.compare): `early` =
+Groups, the endpoints fixed in advance (the headline of music.evaluate.compare): `early` =
 swapped replies at distance >= 2 and held-out MUSIC pairs, both length-matched (HEADLINE_EARLY_TESTS; a
 MUSIC pair whose two sides' assistant text differs by more than LENGTH_TOLERANCE is in no group), `last`
 = the distance-1 items of HEADLINE_LAST_TESTS. Quality twins are in no group: a strong vs a weak reply can
@@ -98,8 +98,15 @@ class Item:
 
     def blind(self) -> "Item":
         """The same item as the history-blind reference sees it: each side's last exchange only."""
-        return Item(self.test, self.item_id, self.distance, last_exchange(self.chosen), last_exchange(self.rejected),
-                    self.source, self.cluster)
+        return Item(
+            self.test,
+            self.item_id,
+            self.distance,
+            last_exchange(self.chosen),
+            last_exchange(self.rejected),
+            self.source,
+            self.cluster,
+        )
 
 
 def items_from_pairs(test: str, pairs: Sequence[PreferencePair], *, source: str = "") -> list[Item]:
@@ -108,8 +115,17 @@ def items_from_pairs(test: str, pairs: Sequence[PreferencePair], *, source: str 
     for i, p in enumerate(pairs):
         pid = str(p.meta.get("pair_id") or i)
         cluster = p.meta.get("conversation_id") or ""
-        out.append(Item(test, pid, first_difference_distance(p.chosen, p.rejected), p.chosen, p.rejected,
-                        source or str(p.meta.get("source") or ""), str(cluster)))
+        out.append(
+            Item(
+                test,
+                pid,
+                first_difference_distance(p.chosen, p.rejected),
+                p.chosen,
+                p.rejected,
+                source or str(p.meta.get("source") or ""),
+                str(cluster),
+            )
+        )
     return out
 
 
@@ -131,20 +147,46 @@ def score_items(scorer, items: Sequence[Item]) -> list[tuple[float, float]]:
     return [(float(scores[c]), float(scores[r])) for c, r in refs]
 
 
-def item_rows(items: Sequence[Item], scores: Sequence[tuple[float, float]],
-              blind: Sequence[tuple[float, float]] | None = None, **extra) -> list[dict]:
+def score_groups(scorer, groups: dict[str, Sequence[Item]]) -> dict[str, list[tuple[float, float]]]:
+    """score_items over every named group of items in one scorer call (a conversation shared by groups is scored
+    once), split back by name: {name: [(chosen score, rejected score) per item]}."""
+    scores = score_items(scorer, [item for group in groups.values() for item in group])
+    out, start = {}, 0
+    for name, group in groups.items():
+        out[name], start = scores[start : start + len(group)], start + len(group)
+    return out
+
+
+def item_rows(
+    items: Sequence[Item],
+    scores: Sequence[tuple[float, float]],
+    blind: Sequence[tuple[float, float]] | None = None,
+    **extra,
+) -> list[dict]:
     """One row per item (for outputs/metrics/items): ids, cluster, distance, both scores, and whether it was
     right; with `blind` (the last-exchange scores) the history-blind and length-alone verdicts too."""
     out = []
     for i, (it, (c, r)) in enumerate(zip(items, scores)):
-        row = {**extra, "test": it.test, "item_id": it.item_id, "source": it.source, "distance": it.distance,
-               "group": it.group or "", "chosen_score": round(c, 6), "rejected_score": round(r, 6), "correct": int(c > r),
-               "cluster": it.cluster_id}
+        row = {
+            **extra,
+            "test": it.test,
+            "item_id": it.item_id,
+            "source": it.source,
+            "distance": it.distance,
+            "group": it.group or "",
+            "chosen_score": round(c, 6),
+            "rejected_score": round(r, 6),
+            "correct": int(c > r),
+            "cluster": it.cluster_id,
+        }
         if blind is not None:
             bc, br = blind[i]
-            row.update(blind_chosen_score=round(bc, 6), blind_rejected_score=round(br, 6),
-                       blind_correct=reference_correct(bc, br),
-                       length_correct=reference_correct(length_score(it.chosen), length_score(it.rejected)))
+            row.update(
+                blind_chosen_score=round(bc, 6),
+                blind_rejected_score=round(br, 6),
+                blind_correct=reference_correct(bc, br),
+                length_correct=reference_correct(length_score(it.chosen), length_score(it.rejected)),
+            )
         out.append(row)
     return out
 
@@ -161,8 +203,12 @@ def summarize_rows(rows: Iterable[dict]) -> dict:
         if r["group"]:
             by_group[r["group"]].append(hit)
     return {
-        "tests": {t: {**accuracy_summary(v), "by_distance": {str(d): accuracy_summary(h) for d, h in
-                                                           sorted(by_distance[t].items())}}
-                  for t, v in sorted(by_test.items())},
+        "tests": {
+            t: {
+                **accuracy_summary(v),
+                "by_distance": {str(d): accuracy_summary(h) for d, h in sorted(by_distance[t].items())},
+            }
+            for t, v in sorted(by_test.items())
+        },
         "groups": {g: accuracy_summary(by_group[g]) for g in GROUPS if g in by_group},
     }

@@ -16,7 +16,8 @@ def require_model(model_dir: str | Path, name: str) -> Path:
         if not needed.exists():
             raise FileNotFoundError(
                 f"reward model {name} is incomplete: {needed} does not exist "
-                f"(train it first: dvc repro train@<variant>, or python -m music.pipeline.notebooks train --variant <variant>)"
+                "(train it first: dvc repro train@<variant>, "
+                "or python -m music.pipeline.notebooks train --variant <variant>)"
             )
     return model_dir
 

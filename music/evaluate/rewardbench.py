@@ -25,7 +25,16 @@ SUBSET_TO_SECTION = {s: sec for sec, subsets in SECTIONS.items() for s in subset
 
 
 def section_scores(subset_accuracy: dict[str, float]) -> dict[str, float | None]:
-    """Weighted section scores and their mean, from per-subset accuracies (fractions 0..1)."""
+    """Weighted section scores and their mean, from per-subset accuracies (fractions 0..1).
+
+    >>> section_scores({"hep-cpp": 1.0, "hep-go": 0.5})  # absent subsets skipped; no average without all four
+    {'chat': None, 'chat_hard': None, 'safety': None, 'reasoning': 0.75, 'average': None}
+    >>> code = {f"hep-{lang}": 0.0 for lang in ("cpp", "go", "java", "js", "python", "rust")}
+    >>> section_scores({"math-prm": 1.0, **code})["reasoning"]  # math-prm weighs 984 = the six code subsets
+    0.5
+    >>> section_scores({"alpacaeval-easy": 1.0, "mt-bench-hard": 0.5, "donotanswer": 0.75, "hep-go": 0.25})
+    {'chat': 1.0, 'chat_hard': 0.5, 'safety': 0.75, 'reasoning': 0.25, 'average': 0.625}
+    """
     out: dict[str, float | None] = {}
     for section, subsets in SECTIONS.items():
         present = [s for s in subsets if s in subset_accuracy]
@@ -55,7 +64,12 @@ def pair_subsets(pairs: Sequence[PreferencePair], source: str = "rewardbench") -
 
 
 def rewardbench_result(subsets: Sequence[str], chosen: Sequence[float], rejected: Sequence[float]) -> dict:
-    """{"subsets": {...}, "subset_n": {...}, sections..., "average", "n"} from each pair's two scores."""
+    """{"subsets": {...}, "subset_n": {...}, sections..., "average", "n"} from each pair's two scores.
+
+    >>> r = rewardbench_result(["hep-go", "hep-go", "hep-cpp"], [2.0, 1.0, 0.5], [1.0, 1.0, 0.0])
+    >>> r["subsets"], r["subset_n"], r["reasoning"], r["average"]  # the tie in hep-go is wrong
+    ({'hep-cpp': 1.0, 'hep-go': 0.5}, {'hep-cpp': 1, 'hep-go': 2}, 0.75, None)
+    """
     acc = subset_accuracy(subsets, chosen, rejected)
     counts = {s: list(subsets).count(s) for s in acc}
     return {**section_scores(acc), "subsets": acc, "subset_n": counts, "n": len(subsets)}
@@ -78,7 +92,9 @@ def rewardbench_items(pairs: Sequence[PreferencePair], *, source: str = "rewardb
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise DataError(source, ids.index(dup), "id", f"RewardBench id {dup!r} appears twice (items are paired by id)")
-    return [Item(it.test, it.item_id, it.distance, it.chosen, it.rejected, subset) for it, subset in zip(items, subsets)]
+    return [
+        Item(it.test, it.item_id, it.distance, it.chosen, it.rejected, subset) for it, subset in zip(items, subsets)
+    ]
 
 
 def load_rewardbench_pairs(path: str | None) -> list[PreferencePair]:

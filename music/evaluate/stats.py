@@ -1,4 +1,9 @@
-"""Accuracies and confidence intervals (Wilson score interval; seeded percentile bootstrap)."""
+"""Accuracies and confidence intervals (Wilson score interval; seeded percentile bootstrap).
+
+Every bootstrap in the package draws its resamples here, with resample_indices (or resample_counts, the same
+draws counted): bootstrap_interval, paired_difference and two_level_bootstrap below, the RewardBench section
+intervals (music.evaluate.compare) and the Best-of-N win-rate intervals (music.stages.best_of_n).
+"""
 
 from __future__ import annotations
 
@@ -32,14 +37,37 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half)))
 
 
-def bootstrap_interval(values: Sequence[float], *, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+def resample_indices(rng, n: int, n_boot: int):
+    """n_boot bootstrap resamples of range(n): each n indices drawn uniformly with replacement.
+
+    rng is a numpy Generator (np.random.default_rng(seed)): a (n_boot x n) integer array, from one
+    rng.integers call. bootstrap_interval's intervals come from the standard library's stream instead: with a
+    random.Random, the resamples are lists drawn one index at a time (rng.choice), lazily, row after row.
+    Callers that draw several times from one rng keep their own order of calls (the intervals depend on it).
+    """
+    if isinstance(rng, random.Random):
+        indices = range(n)
+        return ([rng.choice(indices) for _ in indices] for _ in range(n_boot))
+    return rng.integers(0, n, size=(n_boot, n))
+
+
+def resample_counts(rng, n: int, n_boot: int):
+    """(n_boot x n) floats: how often each of range(n) is drawn in each resample of resample_indices (numpy rng)."""
+    import numpy as np
+
+    flat = (np.arange(n_boot)[:, None] * n + resample_indices(rng, n, n_boot)).ravel()
+    return np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(float)
+
+
+def bootstrap_interval(
+    values: Sequence[float], *, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean, deterministic for a given seed."""
     vals = list(values)
     if not vals:
         return (math.nan, math.nan)
-    rng = random.Random(seed)
     n = len(vals)
-    means = sorted(sum(rng.choice(vals) for _ in range(n)) / n for _ in range(n_boot))
+    means = sorted(sum(vals[i] for i in draw) / n for draw in resample_indices(random.Random(seed), n, n_boot))
     lo = means[int(math.floor(alpha / 2 * (n_boot - 1)))]
     hi = means[int(math.ceil((1 - alpha / 2) * (n_boot - 1)))]
     return (lo, hi)
@@ -58,8 +86,9 @@ def accuracy_summary(correct: Sequence[bool]) -> dict:
     }
 
 
-def paired_difference(base: Sequence[float], other: Sequence[float], *, n_boot: int = 2000, alpha: float = 0.05,
-                      seed: int = 0) -> dict:
+def paired_difference(
+    base: Sequence[float], other: Sequence[float], *, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0
+) -> dict:
     """Mean of other - base over paired items, with a seeded percentile-bootstrap interval over items.
 
     base[i] and other[i] are the same item's values (e.g. its accuracy averaged over training seeds) for
@@ -73,7 +102,7 @@ def paired_difference(base: Sequence[float], other: Sequence[float], *, n_boot: 
     if d.size == 0:
         return {"diff": None, "ci_low": None, "ci_high": None, "n": 0}
     rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
+    means = d[resample_indices(rng, d.size, n_boot)].mean(axis=1)
     lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return {"diff": float(d.mean()), "ci_low": float(lo), "ci_high": float(hi), "n": int(d.size)}
 
@@ -88,8 +117,16 @@ def spread(values: Sequence[float]) -> dict:
     return {"mean": mean, "sd": sd, "min": min(vals), "max": max(vals), "n": len(vals)}
 
 
-def two_level_bootstrap(arms: Sequence, coefs: Sequence[float], clusters: Sequence, *, n_boot: int = 4000,
-                        alpha: float = 0.05, seed: int = 0, paired_seeds: bool = False) -> dict:
+def two_level_bootstrap(
+    arms: Sequence,
+    coefs: Sequence[float],
+    clusters: Sequence,
+    *,
+    n_boot: int = 4000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    paired_seeds: bool = False,
+) -> dict:
     """A contrast between training arms on the same items, with a two-level percentile-bootstrap interval.
 
     arms[k] is a (training seeds x items) array of arm k's per-item values (e.g. 1/0 correct), the columns
@@ -111,9 +148,13 @@ def two_level_bootstrap(arms: Sequence, coefs: Sequence[float], clusters: Sequen
         raise ValueError(f"{len(mats)} arms but {len(coefs)} coefficients")
     n = mats[0].shape[1] if mats else 0
     if any(m.shape[1] != n for m in mats) or len(clusters) != n:
-        raise ValueError(f"arms and clusters disagree on the number of items: {[m.shape for m in mats]}, {len(clusters)} clusters")
+        raise ValueError(
+            f"arms and clusters disagree on the number of items: {[m.shape for m in mats]}, {len(clusters)} clusters"
+        )
     if paired_seeds and len({m.shape[0] for m in mats}) > 1:
-        raise ValueError(f"paired_seeds needs the same training seeds in every arm, got {[m.shape[0] for m in mats]} rows")
+        raise ValueError(
+            f"paired_seeds needs the same training seeds in every arm, got {[m.shape[0] for m in mats]} rows"
+        )
     if n == 0:
         return {"diff": None, "ci_low": None, "ci_high": None, "n": 0, "n_clusters": 0, "paired_seeds": paired_seeds}
     if any(m.shape[0] == 0 for m in mats):
@@ -122,18 +163,21 @@ def two_level_bootstrap(arms: Sequence, coefs: Sequence[float], clusters: Sequen
     k = int(inv.max()) + 1
     point = float(sum(c * m.mean(axis=0) for c, m in zip(coefs, mats)).mean())
     rng = np.random.default_rng(seed)
-    rows = np.arange(n_boot)[:, None]
-
-    def draw_counts(size: int) -> np.ndarray:  # (draws x size): how often each index is drawn, size draws each
-        flat = (rows * size + rng.integers(0, size, size=(n_boot, size))).ravel()
-        return np.bincount(flat, minlength=n_boot * size).reshape(n_boot, size).astype(float)
-
-    weights = draw_counts(k)[:, inv]  # (draws x items): how often each item's cluster was drawn
+    # the order of draws is fixed (clusters, then the shared seeds or each arm's seeds in turn): the intervals
+    # published in outputs/metrics depend on it
+    weights = resample_counts(rng, k, n_boot)[:, inv]  # (draws x items): how often each item's cluster was drawn
     stat = np.zeros((n_boot, n))
-    shared = draw_counts(mats[0].shape[0]) if paired_seeds else None
+    shared = resample_counts(rng, mats[0].shape[0], n_boot) if paired_seeds else None
     for c, m in zip(coefs, mats):
-        stat += c * ((shared if paired_seeds else draw_counts(m.shape[0])) / m.shape[0]) @ m
+        seeds = shared if paired_seeds else resample_counts(rng, m.shape[0], n_boot)
+        stat += c * (seeds / m.shape[0]) @ m
     boot = (weights * stat).sum(axis=1) / weights.sum(axis=1)
     lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
-    return {"diff": point, "ci_low": float(lo), "ci_high": float(hi), "n": int(n), "n_clusters": k,
-            "paired_seeds": paired_seeds}
+    return {
+        "diff": point,
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "n": int(n),
+        "n_clusters": k,
+        "paired_seeds": paired_seeds,
+    }

@@ -76,19 +76,20 @@ MIN_SWAP_TURNS = 2  # a "sharegpt:PATH" source keeps conversations with this man
 
 
 def load_swap_conversations(source: str, seeds_file: str | Path, limit: int | None = None) -> tuple[list[dict], Path]:
-    """(conversations, the file read) for evaluate.swap_source: "seeds" = `seeds_file` (the seed stage's whole
+    """(conversations, the file read) for heldout.swap_source: "seeds" = `seeds_file` (the seed stage's whole
     eval conversations, already multi-turn), "file:PATH" = the same jsonl schema, "sharegpt:PATH" = a ShareGPT
     file, first `limit` conversations (file order) with >= MIN_SWAP_TURNS assistant turns, one chunk per chat,
-    role-swapped records dropped (music.stages.seed's rule), cut to end on an assistant turn. Ids keep their source's form, so the training-seed disjointness check still applies."""
+    role-swapped records dropped (music.stages.seed's rule), cut to end on an assistant turn. Ids keep their
+    source's form, so the training-seed disjointness check still applies."""
     kind, _, location = source.partition(":")
     if kind == "seeds":
         return load_eval_conversations(seeds_file, limit=limit), Path(seeds_file)
     if not location or not Path(location).exists():
-        raise FileNotFoundError(f"evaluate.swap_source {source!r}: {location or '(no path)'} does not exist")
+        raise FileNotFoundError(f"heldout.swap_source {source!r}: {location or '(no path)'} does not exist")
     if kind == "file":
         return load_eval_conversations(location, limit=limit), Path(location)
     if kind != "sharegpt":
-        raise ValueError(f"evaluate.swap_source must be 'seeds', 'sharegpt:PATH' or 'file:PATH', got {source!r}")
+        raise ValueError(f"heldout.swap_source must be 'seeds', 'sharegpt:PATH' or 'file:PATH', got {source!r}")
     from music.sources import load_sharegpt
     from music.stages.seed import base_conversation_id, roles_swapped
 
@@ -96,7 +97,11 @@ def load_swap_conversations(source: str, seeds_file: str | Path, limit: int | No
     for conv in load_sharegpt(location, skipped=[]):
         msgs = conv.messages[:-1] if conv.messages and conv.messages[-1]["role"] == "user" else conv.messages
         base = base_conversation_id(conv.conversation_id)  # one chunk per chat: a donor is another chat
-        if sum(m["role"] == "assistant" for m in msgs) >= MIN_SWAP_TURNS and base not in bases and not roles_swapped(msgs):
+        if (
+            sum(m["role"] == "assistant" for m in msgs) >= MIN_SWAP_TURNS
+            and base not in bases
+            and not roles_swapped(msgs)
+        ):
             bases.add(base)
             out.append({"conversation_id": conv.conversation_id, "messages": [dict(m) for m in msgs]})
         if limit and len(out) >= limit:
@@ -104,8 +109,14 @@ def load_swap_conversations(source: str, seeds_file: str | Path, limit: int | No
     return out, Path(location)
 
 
-def swap_pairs(conversations: Sequence[dict], *, max_distance: int, seed: int,
-               length_tolerance: float = LENGTH_TOLERANCE, same_conversation: bool = False) -> tuple[list[SwappedPair], dict]:
+def swap_pairs(
+    conversations: Sequence[dict],
+    *,
+    max_distance: int,
+    seed: int,
+    length_tolerance: float = LENGTH_TOLERANCE,
+    same_conversation: bool = False,
+) -> tuple[list[SwappedPair], dict]:
     """(pairs, counts): one swapped copy per conversation and distance 1..min(assistant turns, max_distance)
     with a reply from another conversation; with `same_conversation`, also one with a reply from another
     turn of the same conversation (donor_kind "same").
@@ -114,7 +125,9 @@ def swap_pairs(conversations: Sequence[dict], *, max_distance: int, seed: int,
     """
     if len(conversations) < 2:
         raise ValueError("swapping needs at least two conversations (the replacement comes from another one)")
-    donors = [(c["conversation_id"], m["content"]) for c in conversations for m in c["messages"] if m["role"] == "assistant"]
+    donors = [
+        (c["conversation_id"], m["content"]) for c in conversations for m in c["messages"] if m["role"] == "assistant"
+    ]
     kinds = ("other", "same") if same_conversation else ("other",)
     out, skipped = [], {k: Counter() for k in kinds}
     for conv in conversations:
@@ -128,8 +141,13 @@ def swap_pairs(conversations: Sequence[dict], *, max_distance: int, seed: int,
             n = len(text)
             for kind in kinds:
                 candidates = donors if kind == "other" else own
-                pool = [d for d in candidates if (d[0] != cid) == (kind == "other") and d[1] != text
-                        and abs(len(d[1]) - n) <= length_tolerance * n]
+                pool = [
+                    d
+                    for d in candidates
+                    if (d[0] != cid) == (kind == "other")
+                    and d[1] != text
+                    and abs(len(d[1]) - n) <= length_tolerance * n
+                ]
                 if not pool:
                     skipped[kind][distance] += 1
                     continue
@@ -141,8 +159,10 @@ def swap_pairs(conversations: Sequence[dict], *, max_distance: int, seed: int,
                 out.append(SwappedPair(cid, distance, msgs, bad, donor_id, kind))
     counts = {"pairs": len(out), "skipped_no_donor_by_distance": _by_distance(skipped["other"])}
     if same_conversation:
-        counts.update(same_conversation_pairs=sum(p.donor_kind == "same" for p in out),
-                      same_conversation_skipped_by_distance=_by_distance(skipped["same"]))
+        counts.update(
+            same_conversation_pairs=sum(p.donor_kind == "same" for p in out),
+            same_conversation_skipped_by_distance=_by_distance(skipped["same"]),
+        )
     return out, counts
 
 
@@ -157,7 +177,7 @@ def swap_accuracy(scorer, conversations: Sequence[dict], *, max_distance: int, s
     intact_by_id = {c["conversation_id"]: c["messages"] for c in conversations}
     scores = scorer.score([intact_by_id[i] for i in intact_ids] + [p.swapped for p in pairs])
     intact_score = dict(zip(intact_ids, scores[: len(intact_ids)]))
-    ok = strict_wins([intact_score[p.conversation_id] for p in pairs], scores[len(intact_ids):])
+    ok = strict_wins([intact_score[p.conversation_id] for p in pairs], scores[len(intact_ids) :])
     by_distance: dict[int, list[bool]] = defaultdict(list)
     for p, hit in zip(pairs, ok):
         by_distance[p.distance].append(hit)

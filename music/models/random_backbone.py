@@ -32,15 +32,27 @@ def random_backbone_config(model_id: str, num_layers: int, **overrides):
     return AutoConfig.for_model(model_type, **raw)
 
 
-def write_random_backbone(model_id: str, out_dir: str | Path, tokenizer, num_layers: int, *, seed: int = 0,
-                          dtype: str = "float32", **overrides) -> str:
+def write_random_backbone(
+    model_id: str,
+    out_dir: str | Path,
+    tokenizer,
+    num_layers: int,
+    *,
+    seed: int = 0,
+    dtype: str = "float32",
+    **overrides,
+) -> str:
     """Save a random causal LM of `model_id`'s shape and the tokenizer; the vocabulary is the tokenizer's unless
     `vocab_size` is overridden (larger: the tokenizer uses the first ids)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-               eos_token_id=tokenizer.eos_token_id)
+    ids = dict(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     config = random_backbone_config(model_id, num_layers, **{**ids, **overrides})  # overrides may keep the vocab size
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))

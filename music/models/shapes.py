@@ -110,7 +110,12 @@ class BackboneShape:
 
     def reward_params(self, num_layers: int | None = None) -> int:
         """AutoModelForSequenceClassification(num_labels=1): no LM head, a one-output score head."""
-        return self.embedding_params() + self.layers(num_layers) * self.layer_params() + self.hidden_size + self.hidden_size
+        return (
+            self.embedding_params()
+            + self.layers(num_layers) * self.layer_params()
+            + self.hidden_size
+            + self.hidden_size
+        )
 
     def lora_params(self, r: int, lora_layers: int | None = None) -> int:
         """LoRA A and B on q/k/v/o/gate/up/down of `lora_layers` layers (None: all)."""

@@ -26,11 +26,16 @@ REASONS = (
     "over_length",  # a generated message longer than max_reply_chars
 )
 
-_MARKERS = re.compile(r"<\|im_start\|>|<\|im_end\|>|<\|?(?:user|assistant|system)\|?>|(?:^|\n)\s*\**\s*(?:user|assistant|human|ai|system)\s*\**\s*:",
-                      re.I)
+_MARKERS = re.compile(
+    r"<\|im_start\|>|<\|im_end\|>|<\|?(?:user|assistant|system)\|?>|(?:^|\n)\s*\**\s*(?:user|assistant|human|ai|system)\s*\**\s*:",
+    re.I,
+)
 _ASSISTANT_OPENERS = re.compile(
-    r"^\s*(?:sure[,!.]?\s+here|certainly[,!.]|of course[,!.]\s+here|here is|here's|here are|as an ai|i'm an ai|i am an ai"
-    r"|as a language model|i'm sorry, but i|i am sorry, but i|i can't assist|i cannot assist|great question)", re.I)
+    r"^\s*(?:sure[,!.]?\s+here|certainly[,!.]|of course[,!.]\s+here|here is|here's|here are"
+    r"|as an ai|i'm an ai|i am an ai"
+    r"|as a language model|i'm sorry, but i|i am sorry, but i|i can't assist|i cannot assist|great question)",
+    re.I,
+)
 
 
 def user_leaks(text: str) -> bool:
@@ -137,8 +142,13 @@ def generation_error(candidate: dict, cfg: ContrastConfig) -> str | None:
     """The request error of a candidate whose first failure is `generation_error` (for failure reports), else None."""
     if first_failure(candidate, cfg) != "generation_error":
         return None
-    return next((e["error"] for e in candidate["events"] if e["finish_reason"] == "error"),
-                candidate.get("notes", {}).get("instruct_error")) or "no text"
+    return (
+        next(
+            (e["error"] for e in candidate["events"] if e["finish_reason"] == "error"),
+            candidate.get("notes", {}).get("instruct_error"),
+        )
+        or "no text"
+    )
 
 
 def apply_filters(candidates: Sequence[dict], cfg: ContrastConfig) -> tuple[list[dict], dict]:
@@ -160,8 +170,14 @@ def report_frame(report: dict):
 
     splits = list(report["splits"])
     index = ["candidates", *report["reasons"], "kept"]
-    data = {s: [report["splits"][s]["candidates"], *(report["splits"][s]["removed"].get(r, 0) for r in report["reasons"]),
-                report["splits"][s]["kept"]] for s in splits}
+    data = {
+        s: [
+            report["splits"][s]["candidates"],
+            *(report["splits"][s]["removed"].get(r, 0) for r in report["reasons"]),
+            report["splits"][s]["kept"],
+        ]
+        for s in splits
+    }
     return pd.DataFrame(data, index=index)
 
 

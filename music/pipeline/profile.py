@@ -4,7 +4,8 @@
 
 prints the `--set-param` arguments that turn `--base` into the profile, for
 
-    dvc exp run --temp -n paper $(python -m music.pipeline.profile profiles/paper.yaml)    # what `make run PARAMS=...` runs
+    # what `make run PARAMS=...` runs:
+    dvc exp run --temp -n paper $(python -m music.pipeline.profile profiles/paper.yaml)
 
 The experiment runs in a temporary copy of the repository and is saved as a DVC experiment
 (`dvc exp show`; `dvc exp apply NAME` or `dvc exp branch NAME BRANCH` to take its results); the
@@ -73,7 +74,9 @@ def diff_overrides(base: dict, target: dict, prefix: str = "") -> list[str]:
 _MISSING = object()
 
 
-def profile_overrides(profile: str | Path, base: str | Path = "params.yaml", cache_dir: str | Path | None = None) -> list[str]:
+def profile_overrides(
+    profile: str | Path, base: str | Path = "params.yaml", cache_dir: str | Path | None = None
+) -> list[str]:
     target = dataclasses.asdict(load_params(profile))
     if cache_dir is not None and not Path(target["paths"]["cache"]).is_absolute():
         target["paths"]["cache"] = str(Path(cache_dir).resolve())

@@ -4,8 +4,9 @@
 reports/notebooks/ (papermill's copies, figures embedded as PNG) to docs/walkthrough/, cleaned so that the
 same executed notebook always gives the same bytes: papermill's and the kernel's metadata (start and end
 times, durations, paths) removed, cell ids numbered (papermill's injected cell gets a random one), widget
-states and widget outputs (random model ids; progress bars) dropped, the repository's absolute path
-written as `.`, keys sorted. docs/walkthrough/README.md lists the
+states and widget outputs dropped with their text fallbacks (progress bars: random model ids, and a bar frozen
+at whatever it showed when the kernel saved it, which differs between runs and machines), the repository's
+absolute path written as `.`, keys sorted. docs/walkthrough/README.md lists the
 lessons in order with what is missing. GitHub renders each .ipynb with its figures.
 """
 
@@ -66,9 +67,8 @@ def clean_notebook(nb: dict, root: str | Path | None = None) -> dict:
         for out in cell.get("outputs", []):
             data = out.get("data")
             if data is not None:
-                data.pop(_WIDGET, None)
-                if not data:
-                    continue  # a widget (a progress bar) and nothing else
+                if _WIDGET in data:
+                    continue  # a widget (a progress bar) and its text fallback: run-specific, not the lesson
                 out["metadata"] = {k: v for k, v in out.get("metadata", {}).items() if k != _WIDGET}
             outputs.append(_scrub(out, root) if root else out)
         cell["outputs"] = outputs
@@ -79,8 +79,12 @@ def dumps(nb: dict) -> str:
     return json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def publish(source: str | Path = EXECUTED_DIR, target: str | Path = WALKTHROUGH_DIR,
-            root: str | Path | None = None, variants: Sequence[str] | None = None) -> list[Path]:
+def publish(
+    source: str | Path = EXECUTED_DIR,
+    target: str | Path = WALKTHROUGH_DIR,
+    root: str | Path | None = None,
+    variants: Sequence[str] | None = None,
+) -> list[Path]:
     """Clean every executed copy found in `source` into `target` (atomically); write target/README.md. Returns
     the notebooks written."""
     root = Path(root) if root else repo_root()
@@ -95,10 +99,14 @@ def publish(source: str | Path = EXECUTED_DIR, target: str | Path = WALKTHROUGH_
         with atomic_path(target / name) as tmp:
             Path(tmp).write_text(dumps(nb), encoding="utf-8")
         written.append(target / name)
-    lines = ["# Walkthrough: the notebooks of the committed run, executed", "",
-             "Each lesson as the pipeline ran it (`make run`, default profile), with its outputs and figures; "
-             "made by `python -m music.pipeline.publish` from reports/notebooks/. Open them here, or run them yourself "
-             "in JupyterLab (`make lab`).", ""]
+    lines = [
+        "# Walkthrough: the notebooks of the committed run, executed",
+        "",
+        "Each lesson as the pipeline ran it (`make run`, default profile), with its outputs and figures; "
+        "made by `python -m music.pipeline.publish` from reports/notebooks/. Open them here, or run them yourself "
+        "in JupyterLab (`make lab`).",
+        "",
+    ]
     lines += [f"- [{p.stem}]({p.name})" for p in written]
     if missing:
         lines += ["", "Not executed in this run (so not here): " + ", ".join(missing)]
@@ -110,7 +118,9 @@ def publish(source: str | Path = EXECUTED_DIR, target: str | Path = WALKTHROUGH_
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m music.pipeline.publish", description=__doc__.splitlines()[0])
     ap.add_argument("--source", default=EXECUTED_DIR, help=f"executed notebooks (default: {EXECUTED_DIR})")
-    ap.add_argument("--target", default=WALKTHROUGH_DIR, help=f"where the walkthrough goes (default: {WALKTHROUGH_DIR})")
+    ap.add_argument(
+        "--target", default=WALKTHROUGH_DIR, help=f"where the walkthrough goes (default: {WALKTHROUGH_DIR})"
+    )
     args = ap.parse_args(argv)
     written = publish(args.source, args.target)
     print(f"walkthrough: {len(written)} executed notebooks in {args.target}/ (index: {args.target}/README.md)")

@@ -1,6 +1,6 @@
 """Prompt templates live here as text files; load them by name, with a digest for pair metadata.
 
-    p = load_prompt("user_simulator")   # -> Prompt(name="user_simulator.txt", text=..., sha256=...)
+p = load_prompt("user_simulator")   # -> Prompt(name="user_simulator.txt", text=..., sha256=...)
 """
 
 from __future__ import annotations

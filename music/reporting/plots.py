@@ -35,8 +35,14 @@ VARIANT_ORDER = ["baseline", "music", "control"]
 CHANCE = 0.5
 
 
-FIGURE_NAMES = ("accuracy_overview", "paired_differences", "accuracy_by_distance", "reward_trajectory", "best_of_n",
-                "training_curves")  # file stems
+FIGURE_NAMES = (
+    "accuracy_overview",
+    "paired_differences",
+    "accuracy_by_distance",
+    "reward_trajectory",
+    "best_of_n",
+    "training_curves",
+)  # file stems
 
 # Metadata that makes saved files byte-stable: no creation date (SVG "Date", PDF/PS "CreationDate"),
 # and a fixed PNG "Software" entry. Everything else matplotlib writes is a function of the figure.
@@ -68,8 +74,9 @@ def _figure(figsize) -> Figure:
     return NotebookFigure(figsize=figsize)
 
 
-def save_figure(fig: Figure, folder: str | Path, name: str, formats: Sequence[str] = ("png", "svg"),
-                dpi: int = 150) -> list[Path]:
+def save_figure(
+    fig: Figure, folder: str | Path, name: str, formats: Sequence[str] = ("png", "svg"), dpi: int = 150
+) -> list[Path]:
     """Write `fig` as folder/name.{fmt} for each format, atomically and byte-stable; returns the paths.
 
     The same figure saved twice gives identical bytes (tests/test_plots.py checks png, svg and pdf).
@@ -92,9 +99,16 @@ def _palette(variants) -> dict:
     return dict(zip(order, sns.color_palette(n_colors=max(1, len(order)))))
 
 
-SLICE_TITLES = {"early": "early turns (headline: swap >= 2, MUSIC)", "last": "last turn (headline: distance 1)",
-                "quality": "strong vs weak reply", "swap_same": "reply from another turn",
-                "swap": "swapped reply", "music": "held-out MUSIC pairs", "hh": "HH-RLHF", "ultrafeedback": "UltraFeedback"}
+SLICE_TITLES = {
+    "early": "early turns (headline: swap >= 2, MUSIC)",
+    "last": "last turn (headline: distance 1)",
+    "quality": "strong vs weak reply",
+    "swap_same": "reply from another turn",
+    "swap": "swapped reply",
+    "music": "held-out MUSIC pairs",
+    "hh": "HH-RLHF",
+    "ultrafeedback": "UltraFeedback",
+}
 
 
 def slice_title(name: str) -> str:
@@ -106,9 +120,25 @@ def slice_title(name: str) -> str:
 # ---------------------------------------------------------------- accuracy overview
 def plot_accuracy_overview(rows: pd.DataFrame, table: pd.DataFrame) -> Figure:
     """Each variant's accuracy per test (bars: mean over training seeds; dots: each seed), chance dashed."""
-    names = [n for n in ("early", "last", "quality@2", "quality@1", "swap@2", "swap@3", "swap@1", "swap_same@2",
-                          "swap_same@3", "swap_same@1", "music", "hh", "ultrafeedback")
-             if (table["slice"] == n).any()]
+    names = [
+        n
+        for n in (
+            "early",
+            "last",
+            "quality@2",
+            "quality@1",
+            "swap@2",
+            "swap@3",
+            "swap@1",
+            "swap_same@2",
+            "swap_same@3",
+            "swap_same@1",
+            "music",
+            "hh",
+            "ultrafeedback",
+        )
+        if (table["slice"] == n).any()
+    ]
     fig = _figure((max(7.0, 1.05 * len(names) + 2), 4.4))
     ax = fig.subplots()
     variants = order_variants(rows["variant"].unique())
@@ -131,7 +161,9 @@ def plot_accuracy_overview(rows: pd.DataFrame, table: pd.DataFrame) -> Figure:
     ax.set_ylabel("accuracy (chosen > rejected)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     seeds = rows.groupby("variant")["seed"].nunique().max()
-    ax.set_title(f"Accuracy per test (bars: mean over {seeds} training seeds, dots: each seed; ties wrong)", fontsize=10)
+    ax.set_title(
+        f"Accuracy per test (bars: mean over {seeds} training seeds, dots: each seed; ties wrong)", fontsize=10
+    )
     return fig
 
 
@@ -145,16 +177,37 @@ def _slice_mask(rows: pd.DataFrame, name: str) -> pd.Series:
 
 # ---------------------------------------------------------------- the paired differences
 # (value column, interval columns, label, marker, colour): MUSIC - baseline and MUSIC - control
-CONTRASTS = (("diff", "ci_low", "ci_high", "MUSIC - baseline", "o", "tab:blue"),
-             ("diff_control", "control_ci_low", "control_ci_high", "MUSIC - control (cut pairs)", "s", "tab:orange"))
+CONTRASTS = (
+    ("diff", "ci_low", "ci_high", "MUSIC - baseline", "o", "tab:blue"),
+    ("diff_control", "control_ci_low", "control_ci_high", "MUSIC - control (cut pairs)", "s", "tab:orange"),
+)
 
 
 def plot_paired_differences(table: pd.DataFrame, tolerance: float = 0.02) -> Figure:
     """MUSIC - baseline and MUSIC - control accuracy, paired on the same items, with 95% two-level bootstrap
     intervals (seeds x conversation clusters); a difference whose interval excludes 0 is drawn filled. The
     headline endpoints come first; the grey band on last-turn slices is the 2-point loss we tolerate."""
-    order = [n for n in ("early", "last", "swap@2", "swap@3", "swap_same@2", "swap_same@3", "music@2", "music@3",
-                         "music@4", "swap@1", "swap_same@1", "hh", "ultrafeedback", "quality@2", "quality@1") if (table["slice"] == n).any()]
+    order = [
+        n
+        for n in (
+            "early",
+            "last",
+            "swap@2",
+            "swap@3",
+            "swap_same@2",
+            "swap_same@3",
+            "music@2",
+            "music@3",
+            "music@4",
+            "swap@1",
+            "swap_same@1",
+            "hh",
+            "ultrafeedback",
+            "quality@2",
+            "quality@1",
+        )
+        if (table["slice"] == n).any()
+    ]
     t = table.set_index("slice").reindex(order).dropna(subset=["diff"])
     shown = [c for c in CONTRASTS if c[0] in t and t[c[0]].notna().any()]
     fig = _figure((8.0, max(3.0, 0.32 * len(t) * (1 + len(shown)) + 1.2)))
@@ -167,20 +220,39 @@ def plot_paired_differences(table: pd.DataFrame, tolerance: float = 0.02) -> Fig
                 continue
             yy = y + step / 2 - j * step
             excludes = r[lo] > 0 or r[hi] < 0
-            ax.errorbar(r[col], yy, xerr=[[r[col] - r[lo]], [r[hi] - r[col]]], fmt=marker, capsize=3, color=color,
-                        mfc=color if excludes else "white", label=label if y == ys[0] else None)
+            ax.errorbar(
+                r[col],
+                yy,
+                xerr=[[r[col] - r[lo]], [r[hi] - r[col]]],
+                fmt=marker,
+                capsize=3,
+                color=color,
+                mfc=color if excludes else "white",
+                label=label if y == ys[0] else None,
+            )
             n = r.get("n_items" if col == "diff" else "control_n_items")
-            ax.annotate(f"{100 * r[col]:+.1f} [{100 * r[lo]:+.1f}, {100 * r[hi]:+.1f}]  n={int(n) if pd.notna(n) else '?'}",
-                        (1.02, yy), xycoords=("axes fraction", "data"), va="center", fontsize=7, color=color)
+            ax.annotate(
+                f"{100 * r[col]:+.1f} [{100 * r[lo]:+.1f}, {100 * r[hi]:+.1f}]  n={int(n) if pd.notna(n) else '?'}",
+                (1.02, yy),
+                xycoords=("axes fraction", "data"),
+                va="center",
+                fontsize=7,
+                color=color,
+            )
         if name == "last" or name.endswith("@1") or name in ("hh", "ultrafeedback"):
             ax.axhspan(y - 0.45, y + 0.45, xmin=0, xmax=1, color="0.93", zorder=0)
     ax.axvline(0, color="black", linewidth=1)
     ax.axvline(-tolerance, color="grey", linestyle=":", linewidth=1, label=f"-{100 * tolerance:.0f} points")
-    ax.set_yticks(ys, [slice_title(n) + ("" if n in ("early", "last") else " (secondary)") for n in t.index], fontsize=8)
+    ax.set_yticks(
+        ys, [slice_title(n) + ("" if n in ("early", "last") else " (secondary)") for n in t.index], fontsize=8
+    )
     ax.set_xlabel("accuracy difference (paired on items; 95% two-level bootstrap CI: seeds x conversations)")
     ax.legend(fontsize=7, loc="lower right")
-    ax.set_title("Does MUSIC change what the RM gets right, beyond more contrastive pairs?\n(filled: the interval "
-                 "excludes 0; shaded rows: last-turn tests; the first two rows are the headline)", fontsize=10)
+    ax.set_title(
+        "Does MUSIC change what the RM gets right, beyond more contrastive pairs?\n(filled: the interval "
+        "excludes 0; shaded rows: last-turn tests; the first two rows are the headline)",
+        fontsize=10,
+    )
     return fig
 
 
@@ -192,8 +264,17 @@ def distance_table(rows: pd.DataFrame) -> pd.DataFrame:
     per_item = rows.groupby(["variant", "test", "distance", "item_id"])["correct"].mean().reset_index()
     for (v, t, d), g in per_item.groupby(["variant", "test", "distance"]):
         lo, hi = bootstrap_interval(g["correct"].tolist(), n_boot=2000, seed=0)
-        out.append({"variant": v, "test": t, "distance": int(d), "accuracy": float(g["correct"].mean()),
-                    "ci_low": lo, "ci_high": hi, "n": len(g)})
+        out.append(
+            {
+                "variant": v,
+                "test": t,
+                "distance": int(d),
+                "accuracy": float(g["correct"].mean()),
+                "ci_low": lo,
+                "ci_high": hi,
+                "n": len(g),
+            }
+        )
     return pd.DataFrame(out, columns=["variant", "test", "distance", "accuracy", "ci_low", "ci_high", "n"])
 
 
@@ -209,11 +290,20 @@ def plot_by_distance(rows: pd.DataFrame) -> Figure:
         for i, v in enumerate(order_variants(sub["variant"].unique())):
             s = sub[sub["variant"] == v].sort_values("distance")
             x = s["distance"] + (i - 0.5) * 0.08
-            err = [(s["accuracy"] - s["ci_low"]).clip(lower=0).to_numpy(), (s["ci_high"] - s["accuracy"]).clip(lower=0).to_numpy()]
+            err = [
+                (s["accuracy"] - s["ci_low"]).clip(lower=0).to_numpy(),
+                (s["ci_high"] - s["accuracy"]).clip(lower=0).to_numpy(),
+            ]
             ax.errorbar(x, s["accuracy"], yerr=err, marker="o", capsize=3, color=colors[v], label=v)
             for xi, yi, n in zip(x, s["accuracy"], s["n"]):
-                ax.annotate(f"n={n}", (xi, yi), textcoords="offset points", xytext=(4, 4 if i == 0 else -10), fontsize=7,
-                            color=colors[v])
+                ax.annotate(
+                    f"n={n}",
+                    (xi, yi),
+                    textcoords="offset points",
+                    xytext=(4, 4 if i == 0 else -10),
+                    fontsize=7,
+                    color=colors[v],
+                )
         ax.axhline(CHANCE, color="grey", linestyle="--", linewidth=1)
         ax.set_xticks(sorted(sub["distance"].unique()))
         ax.set_title(SLICE_TITLES.get(panel, panel), fontsize=10)
@@ -248,8 +338,10 @@ def plot_reward_trajectory(summary: pd.DataFrame) -> Figure:
     ax.set_xlabel("assistant turn relative to the divergence")
     ax.set_ylabel("reward(chosen) - reward(rejected)\n(in the RM's score SDs; 95% CI)")
     pairs = int(summary["pairs"].max())
-    ax.set_title(f"Reward trajectories on {pairs} held-out MUSIC pairs\n(each prefix scored; mean over training seeds)",
-                 fontsize=10)
+    ax.set_title(
+        f"Reward trajectories on {pairs} held-out MUSIC pairs\n(each prefix scored; mean over training seeds)",
+        fontsize=10,
+    )
     ax.legend(fontsize=8)
     return fig
 
@@ -259,7 +351,16 @@ def bon_table(bon: dict) -> pd.DataFrame:
     rows = []
     for n, r in sorted(bon.get("by_n", {}).items(), key=lambda kv: int(kv[0])):
         for o in ("win", "tie", "loss"):
-            rows.append(dict(N=int(n), outcome=o, rate=r[f"{o}_rate"], ci_low=r[f"{o}_ci_low"], ci_high=r[f"{o}_ci_high"], games=r["n_games"]))
+            rows.append(
+                dict(
+                    N=int(n),
+                    outcome=o,
+                    rate=r[f"{o}_rate"],
+                    ci_low=r[f"{o}_ci_low"],
+                    ci_high=r[f"{o}_ci_high"],
+                    games=r["n_games"],
+                )
+            )
     return pd.DataFrame(rows, columns=["N", "outcome", "rate", "ci_low", "ci_high", "games"])
 
 
@@ -271,21 +372,43 @@ def plot_best_of_n(bon: dict) -> Figure:
     fig = _figure((6.0, 4.2))
     ax = fig.subplots()
     rows = sorted(bon.get("by_n", {}).items(), key=lambda kv: int(kv[0]))
-    half = [(int(n), r["win_rate_ties_half"], r.get("win_rate_ties_half_ci_low"), r.get("win_rate_ties_half_ci_high"))
-            for n, r in rows if r.get("win_rate_ties_half") is not None]
+    half = [
+        (int(n), r["win_rate_ties_half"], r.get("win_rate_ties_half_ci_low"), r.get("win_rate_ties_half_ci_high"))
+        for n, r in rows
+        if r.get("win_rate_ties_half") is not None
+    ]
     if half:
         x = [n * 1.16 for n, *_ in half]
         y = [h for _, h, _, _ in half]
-        err = [[max(0.0, h - (lo if lo is not None else h)) for _, h, lo, _ in half],
-               [max(0.0, (hi if hi is not None else h) - h) for _, h, _, hi in half]]
-        ax.errorbar(x, y, yerr=err, marker="D", capsize=4, color="black", linestyle=":",
-                    label="win rate (W + T/2)/N, bootstrap over prompts")
+        err = [
+            [max(0.0, h - (lo if lo is not None else h)) for _, h, lo, _ in half],
+            [max(0.0, (hi if hi is not None else h) - h) for _, h, _, hi in half],
+        ]
+        ax.errorbar(
+            x,
+            y,
+            yerr=err,
+            marker="D",
+            capsize=4,
+            color="black",
+            linestyle=":",
+            label="win rate (W + T/2)/N, bootstrap over prompts",
+        )
         ax.axhline(0.5, color="black", linewidth=0.6, alpha=0.4)
     played = [r for _, r in rows if r.get("n_games")]
     if played and all(r.get("ties") == r.get("n_games") for r in played):
-        ax.text(0.5, 0.62, f"every game tied ({sum(r['n_games'] for r in played)} games):\n"
-                "the judge preferred neither RM's picks in both orders", ha="center", va="center", transform=ax.transAxes,
-                fontsize=9, color="0.25", bbox={"facecolor": "white", "edgecolor": "0.6"})
+        ax.text(
+            0.5,
+            0.62,
+            f"every game tied ({sum(r['n_games'] for r in played)} games):\n"
+            "the judge preferred neither RM's picks in both orders",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            fontsize=9,
+            color="0.25",
+            bbox={"facecolor": "white", "edgecolor": "0.6"},
+        )
     colors = {"win": "tab:green", "tie": "tab:gray", "loss": "tab:red"}
     offsets = {"win": -0.08, "tie": 0.0, "loss": 0.08}  # so overlapping intervals stay visible
     for o in ("win", "tie", "loss"):
@@ -293,8 +416,19 @@ def plot_best_of_n(bon: dict) -> Figure:
         if sub.empty:
             continue
         x = [n * (1 + offsets[o]) for n in sub["N"]]
-        err = [(sub["rate"] - sub["ci_low"]).clip(lower=0).to_numpy(), (sub["ci_high"] - sub["rate"]).clip(lower=0).to_numpy()]
-        ax.errorbar(x, sub["rate"], yerr=err, marker="o", capsize=4, color=colors[o], label={"win": "MUSIC wins", "tie": "ties", "loss": "MUSIC losses"}[o])
+        err = [
+            (sub["rate"] - sub["ci_low"]).clip(lower=0).to_numpy(),
+            (sub["ci_high"] - sub["rate"]).clip(lower=0).to_numpy(),
+        ]
+        ax.errorbar(
+            x,
+            sub["rate"],
+            yerr=err,
+            marker="o",
+            capsize=4,
+            color=colors[o],
+            label={"win": "MUSIC wins", "tie": "ties", "loss": "MUSIC losses"}[o],
+        )
     ax.set_xscale("log", base=2)
     ns = sorted(df["N"].unique())
     ax.set_xticks(ns, [str(n) for n in ns])
@@ -303,9 +437,12 @@ def plot_best_of_n(bon: dict) -> Figure:
     ax.set_ylabel("rate over prompts")
     games = int(df["games"].max()) if not df.empty else 0
     seeds = bon.get("rm_seeds")
-    ax.set_title(f"Best-of-N: MUSIC RM vs baseline RM, judged in both orders\n"
-                 f"({games} games per N{f' ({seeds} seed pairs)' if seeds else ''}; judge {bon.get('judge', '?')}; "
-                 "95% Wilson intervals)", fontsize=10)
+    ax.set_title(
+        f"Best-of-N: MUSIC RM vs baseline RM, judged in both orders\n"
+        f"({games} games per N{f' ({seeds} seed pairs)' if seeds else ''}; judge {bon.get('judge', '?')}; "
+        "95% Wilson intervals)",
+        fontsize=10,
+    )
     ax.legend(fontsize=8)
     return fig
 
@@ -318,8 +455,11 @@ def load_curves(models_dir: str | Path, variants: Sequence[str], seeds: Sequence
             path = Path(models_dir) / v / f"seed{s}" / "curve.csv"
             if path.exists():
                 frames.append(pd.read_csv(path).assign(variant=v, seed=s))
-    return (pd.concat(frames, ignore_index=True) if frames
-            else pd.DataFrame(columns=["step", "loss", "accuracy", "variant", "seed"]))
+    return (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["step", "loss", "accuracy", "variant", "seed"])
+    )
 
 
 def plot_training_curves(curves: pd.DataFrame) -> Figure:
@@ -333,8 +473,14 @@ def plot_training_curves(curves: pd.DataFrame) -> Figure:
     colors = _palette(curves["variant"].unique())
     for ax, col in zip(axes, ("loss", "accuracy")):
         for (v, s), g in curves.sort_values("step").groupby(["variant", "seed"]):
-            ax.plot(g["step"], g[col].rolling(5, min_periods=1).mean(), color=colors[v], alpha=0.8, linewidth=1.2,
-                    label=v if s == curves["seed"].min() else None)
+            ax.plot(
+                g["step"],
+                g[col].rolling(5, min_periods=1).mean(),
+                color=colors[v],
+                alpha=0.8,
+                linewidth=1.2,
+                label=v if s == curves["seed"].min() else None,
+            )
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(f"{col} (rolling mean of 5)")
         ax.legend(fontsize=8, title="variant")
@@ -346,7 +492,10 @@ def plot_training_curves(curves: pd.DataFrame) -> Figure:
 
 # ---------------------------------------------------------------- results table
 def _interval(t: pd.DataFrame, col: str, lo: str, hi: str) -> list[str]:
-    return [f"{100 * d:+.1f} [{100 * a:+.1f}, {100 * b:+.1f}]" if pd.notna(d) else "" for d, a, b in zip(t[col], t[lo], t[hi])]
+    return [
+        f"{100 * d:+.1f} [{100 * a:+.1f}, {100 * b:+.1f}]" if pd.notna(d) else ""
+        for d, a, b in zip(t[col], t[lo], t[hi])
+    ]
 
 
 def results_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -359,7 +508,10 @@ def results_table(table: pd.DataFrame) -> pd.DataFrame:
         out["endpoint"] = t["endpoint"].fillna("secondary").tolist()
     for v in VARIANT_ORDER:
         if f"{v}_accuracy" in t:
-            out[v] = [f"{100 * a:.1f} ± {100 * sd:.1f}" if pd.notna(a) else "" for a, sd in zip(t[f"{v}_accuracy"], t[f"{v}_sd"])]
+            out[v] = [
+                f"{100 * a:.1f} ± {100 * sd:.1f}" if pd.notna(a) else ""
+                for a, sd in zip(t[f"{v}_accuracy"], t[f"{v}_sd"])
+            ]
     if "diff" in t:
         out["MUSIC - baseline [95% CI]"] = _interval(t, "diff", "ci_low", "ci_high")
     if "diff_control" in t:
@@ -368,7 +520,9 @@ def results_table(table: pd.DataFrame) -> pd.DataFrame:
         out["items"] = [int(n) if pd.notna(n) else None for n in t["n_items"]]
     for v in VARIANT_ORDER:
         if f"{v}_blind_gap" in t:
-            out[f"{v}: RM - history-blind [95% CI]"] = _interval(t, f"{v}_blind_gap", f"{v}_blind_gap_ci_low", f"{v}_blind_gap_ci_high")
+            out[f"{v}: RM - history-blind [95% CI]"] = _interval(
+                t, f"{v}_blind_gap", f"{v}_blind_gap_ci_low", f"{v}_blind_gap_ci_high"
+            )
     if "length_accuracy" in t:
         out["length alone"] = [f"{100 * a:.1f}" if pd.notna(a) else "" for a in t["length_accuracy"]]
     return out.set_index("test")
@@ -376,9 +530,15 @@ def results_table(table: pd.DataFrame) -> pd.DataFrame:
 
 def paper_table() -> pd.DataFrame:
     """The paper's RewardBench rows (percent; Gemma-2-9B RMs, ~73k Skywork + ~31k MUSIC pairs)."""
-    return pd.DataFrame([{"model": f"paper: {'baseline' if v == 'baseline' else '+MUSIC'} (Gemma-2-9B)",
-                          **{SECTION_TITLES[k]: val for k, val in paper.items()}} for v, paper in PAPER_REWARDBENCH.items()]
-                        ).set_index("model")
+    return pd.DataFrame(
+        [
+            {
+                "model": f"paper: {'baseline' if v == 'baseline' else '+MUSIC'} (Gemma-2-9B)",
+                **{SECTION_TITLES[k]: val for k, val in paper.items()},
+            }
+            for v, paper in PAPER_REWARDBENCH.items()
+        ]
+    ).set_index("model")
 
 
 def rewardbench_table(metrics: dict[str, dict]) -> pd.DataFrame:
@@ -392,11 +552,14 @@ def rewardbench_table(metrics: dict[str, dict]) -> pd.DataFrame:
         row = {"model": f"this run: {v} (mean ± sd over {max(r.get('n', 0) for r in rb.values())} seeds)"}
         for k in SECTION_KEYS:
             r = rb.get(k) or {}
-            row[SECTION_TITLES[k]] = "" if r.get("mean") is None else f"{100 * r['mean']:.1f} ± {100 * (r.get('sd') or 0):.1f}"
+            row[SECTION_TITLES[k]] = (
+                "" if r.get("mean") is None else f"{100 * r['mean']:.1f} ± {100 * (r.get('sd') or 0):.1f}"
+            )
         rows.append(row)
     paper = paper_table().map(lambda x: f"{x:.1f}").reset_index()
-    return pd.concat([pd.DataFrame(rows, columns=["model", *(SECTION_TITLES[k] for k in SECTION_KEYS)]), paper],
-                     ignore_index=True).set_index("model")
+    return pd.concat(
+        [pd.DataFrame(rows, columns=["model", *(SECTION_TITLES[k] for k in SECTION_KEYS)]), paper], ignore_index=True
+    ).set_index("model")
 
 
 def load_best_of_n(metrics_dir: str | Path, evaluation_dir: str | Path | None = None) -> dict | None:

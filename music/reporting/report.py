@@ -23,18 +23,26 @@ from music.evaluate.stats import wilson_interval
 
 CHANCE = 0.5
 HEADLINE_WIDTH = 100  # `make run`'s last screen fits this many columns
-TARGET_HALF_WIDTH = 5.0  # points: the headline intervals' half-width the default run is sized for (issue 15)
+TARGET_HALF_WIDTH = 5.0  # points: the headline intervals' half-width the default run is sized for
 
-GROUP_TITLES = {"early": "early-turn tests", "last": "last-turn tests", "music": "held-out MUSIC pairs",
-                "quality": "strong vs weak reply", "swap": "swapped reply", "swap_same": "reply from another turn", "hh": "HH-RLHF",
-                "ultrafeedback": "UltraFeedback"}
+GROUP_TITLES = {
+    "early": "early-turn tests",
+    "last": "last-turn tests",
+    "music": "held-out MUSIC pairs",
+    "quality": "strong vs weak reply",
+    "swap": "swapped reply",
+    "swap_same": "reply from another turn",
+    "hh": "HH-RLHF",
+    "ultrafeedback": "UltraFeedback",
+}
 
 # The paper's direction of effect (arXiv 2512.24693), per result, in words (its numbers: music.evaluate.constants).
 _RB = {v: PAPER_REWARDBENCH[v]["average"] for v in ("baseline", "music")}
 PAPER_DIRECTION = {
     "early": "the paper: MUSIC pairs make the RM better at judging earlier turns of a conversation",
-    "last": (f"the paper: no loss on last-turn judgements (RewardBench average {_RB['baseline']:.1f} -> "
-             f"{_RB['music']:.1f})"),
+    "last": (
+        f"the paper: no loss on last-turn judgements (RewardBench average {_RB['baseline']:.1f} -> {_RB['music']:.1f})"
+    ),
     "music": "the paper: an RM trained with MUSIC pairs separates contrastive branches better",
     "best_of_n": "the paper: the MUSIC RM's Best-of-N picks win more often against the baseline's as N grows",
 }
@@ -66,8 +74,17 @@ def _pts(x: float) -> str:
     return f"{x:+.1f}"
 
 
-def difference_sentence(name: str, diff: Any, low: Any, high: Any, n_items: Any = None, *, percent: bool = False,
-                        paper: bool = True, against: str = "baseline") -> str:
+def difference_sentence(
+    name: str,
+    diff: Any,
+    low: Any,
+    high: Any,
+    n_items: Any = None,
+    *,
+    percent: bool = False,
+    paper: bool = True,
+    against: str = "baseline",
+) -> str:
     """One paired comparison (MUSIC - `against`, fractions unless percent=True) as a sentence with its interval."""
     scale = 1.0 if percent else 100.0
     d, lo, hi = (_num(v) for v in (diff, low, high))
@@ -84,7 +101,9 @@ def difference_sentence(name: str, diff: Any, low: Any, high: Any, n_items: Any 
     elif hi is not None and hi < 0:
         verdict = f"MUSIC is worse{than} by {_pts(d)} points{interval}"
     else:
-        verdict = f"no difference this run can see: MUSIC - {against} {_pts(d)} points{interval}, an interval that holds 0"
+        verdict = (
+            f"no difference this run can see: MUSIC - {against} {_pts(d)} points{interval}, an interval that holds 0"
+        )
     test = name.partition("@")[0]
     tail = f"; {PAPER_DIRECTION[test]}" if paper and test in PAPER_DIRECTION else ""
     return f"{_cap(title(name))}{items}: {verdict}{tail}."
@@ -107,8 +126,10 @@ def accuracy_sentence(name: str, accuracy: Any, n_items: Any, who: str = "the RM
         verdict = "above chance"
     else:
         verdict = "below chance"
-    return (f"{_cap(title(name))}: {who} {100 * a:.1f}% right over {_n(int(n), 'item')} "
-            f"[{100 * lo:.0f}%, {100 * hi:.0f}%]: {verdict}.")
+    return (
+        f"{_cap(title(name))}: {who} {100 * a:.1f}% right over {_n(int(n), 'item')} "
+        f"[{100 * lo:.0f}%, {100 * hi:.0f}%]: {verdict}."
+    )
 
 
 def best_of_n_sentence(bon: Mapping | None) -> str:
@@ -124,12 +145,19 @@ def best_of_n_sentence(bon: Mapping | None) -> str:
     ident = int(r.get("n_identical") or 0)
     # The paper's comparison: (W + T/2) / N with its bootstrap interval over prompts (music.stages.best_of_n);
     # a Best-of-N file from before that protocol has only the Wilson intervals of the win and loss rates.
-    rate, lo, hi = (_num(r.get(k)) for k in ("win_rate_ties_half", "win_rate_ties_half_ci_low", "win_rate_ties_half_ci_high"))
+    rate, lo, hi = (
+        _num(r.get(k)) for k in ("win_rate_ties_half", "win_rate_ties_half_ci_low", "win_rate_ties_half_ci_high")
+    )
     if games and ties == games:
         verdict = "no difference this run can see: every game tied"
     elif rate is not None and None not in (lo, hi):
-        verdict = ("the MUSIC RM's picks win more often" if lo > 0.5 else "the baseline RM's picks win more often"
-                   if hi < 0.5 else "no difference this run can see (the interval holds 50%)")
+        verdict = (
+            "the MUSIC RM's picks win more often"
+            if lo > 0.5
+            else "the baseline RM's picks win more often"
+            if hi < 0.5
+            else "no difference this run can see (the interval holds 50%)"
+        )
     else:
         wl, wh = _num(r.get("win_ci_low")), _num(r.get("win_ci_high"))
         ll, lh = _num(r.get("loss_ci_low")), _num(r.get("loss_ci_high"))
@@ -144,8 +172,10 @@ def best_of_n_sentence(bon: Mapping | None) -> str:
         rate = (wins + ties / 2) / games if games else 0.0
     same = f"; in {ident} both RMs picked the identical conversation" if ident else ""
     ci = f" [{100 * lo:.0f}%, {100 * hi:.0f}%]" if None not in (lo, hi) else ""
-    return (f"Best-of-N at N = {n}: the MUSIC RM won {wins}, tied {ties} and lost {losses} of {_n(games, 'game')}{same}; "
-            f"win rate (W + T/2)/N {100 * rate:.0f}%{ci}: {verdict}; {PAPER_DIRECTION['best_of_n']}.")
+    return (
+        f"Best-of-N at N = {n}: the MUSIC RM won {wins}, tied {ties} and lost {losses} of {_n(games, 'game')}{same}; "
+        f"win rate (W + T/2)/N {100 * rate:.0f}%{ci}: {verdict}; {PAPER_DIRECTION['best_of_n']}."
+    )
 
 
 ARM_NAMES = {"baseline": "baseline", "music": "MUSIC", "control": "control"}
@@ -167,7 +197,9 @@ def _change(what: str, d: float, lo: float | None, hi: float | None, where: str 
 
 def _reads_history(blind: Mapping) -> str:
     """Which RMs beat their own history-blind score (interval above 0) on the early-turn items."""
-    above = [ARM_NAMES.get(v, v) for v, g in blind.items() if _num(g.get("gap_ci_low")) is not None and g["gap_ci_low"] > 0]
+    above = [
+        ARM_NAMES.get(v, v) for v, g in blind.items() if _num(g.get("gap_ci_low")) is not None and g["gap_ci_low"] > 0
+    ]
     if not above:
         return "so no RM shows that it reads the history"
     if len(above) == len(blind):
@@ -184,21 +216,41 @@ def result_sentence(summary: Mapping) -> str:
     early, last = summary.get("early") or {}, summary.get("last") or {}
     if _num(early.get("diff")) is None:
         return "This run has no early-turn comparison (a variant or the early-turn items are missing)."
-    where = f"over {_n(int(early['n_items']), 'item')}" + (f" from {early['n_clusters']} chats" if early.get("n_clusters") else "")
-    text = (f"At this scale, MUSIC {_change('early-turn accuracy', early['diff'], _num(early.get('diff_ci_low')), _num(early.get('diff_ci_high')), where)} "
-            "against the baseline")
+    where = f"over {_n(int(early['n_items']), 'item')}" + (
+        f" from {early['n_clusters']} chats" if early.get("n_clusters") else ""
+    )
+    early_change = _change(
+        "early-turn accuracy", early["diff"], _num(early.get("diff_ci_low")), _num(early.get("diff_ci_high")), where
+    )
+    text = f"At this scale, MUSIC {early_change} against the baseline"
     if _num(early.get("diff_control")) is not None:
-        text += (f" and {_change('it', early['diff_control'], _num(early.get('diff_control_ci_low')), _num(early.get('diff_control_ci_high')))} "
-                 "against the control trained on the same pairs cut after the divergence")
+        control_change = _change(
+            "it", early["diff_control"], _num(early.get("diff_control_ci_low")), _num(early.get("diff_control_ci_high"))
+        )
+        text += f" and {control_change} against the control trained on the same pairs cut after the divergence"
     if _num(last.get("diff")) is not None:
-        text += (f", while it {_change('last-turn accuracy', last['diff'], _num(last.get('diff_ci_low')), _num(last.get('diff_ci_high')), 'over ' + _n(int(last['n_items']), 'item'))}")
-    blind = {v: g for v, g in (early.get("history_blind") or {}).items()
-             if None not in (_num(g.get("gap")), _num(g.get("gap_ci_low")), _num(g.get("gap_ci_high")))}
+        last_change = _change(
+            "last-turn accuracy",
+            last["diff"],
+            _num(last.get("diff_ci_low")),
+            _num(last.get("diff_ci_high")),
+            "over " + _n(int(last["n_items"]), "item"),
+        )
+        text += f", while it {last_change}"
+    blind = {
+        v: g
+        for v, g in (early.get("history_blind") or {}).items()
+        if None not in (_num(g.get("gap")), _num(g.get("gap_ci_low")), _num(g.get("gap_ci_high")))
+    }
     if blind:
-        gaps = ", ".join(f"{ARM_NAMES.get(v, v)} {_pts(g['gap'])} [{_pts(g['gap_ci_low'])}, {_pts(g['gap_ci_high'])}]"
-                         for v, g in blind.items())
-        text += (f"; on the early-turn items each RM's accuracy minus its own history-blind score (the last exchange "
-                 f"alone) is {gaps} points, {_reads_history(blind)}")
+        gaps = ", ".join(
+            f"{ARM_NAMES.get(v, v)} {_pts(g['gap'])} [{_pts(g['gap_ci_low'])}, {_pts(g['gap_ci_high'])}]"
+            for v, g in blind.items()
+        )
+        text += (
+            f"; on the early-turn items each RM's accuracy minus its own history-blind score (the last exchange "
+            f"alone) is {gaps} points, {_reads_history(blind)}"
+        )
     return text + "."
 
 
@@ -213,10 +265,17 @@ def variant_result_sentence(early: Mapping, variant: str) -> str:
     text = f"The {name} RM gets {100 * acc:.1f}% of the early-turn items right (mean over its training seeds)"
     g, lo, hi = (_num(early.get(f"{variant}_blind_gap{k}")) for k in ("", "_ci_low", "_ci_high"))
     if None not in (g, lo, hi):
-        verdict = ("it reads the history" if lo > 0 else "it does worse than on the last exchange alone" if hi < 0
-                   else f"no sign that it reads the history (a gap above {hi * 100:.1f} points is ruled out)")
-        text += (f"; its accuracy minus its own history-blind score (the last exchange alone) is {_pts(100 * g)} points "
-                 f"[{_pts(100 * lo)}, {_pts(100 * hi)}]: {verdict}")
+        verdict = (
+            "it reads the history"
+            if lo > 0
+            else "it does worse than on the last exchange alone"
+            if hi < 0
+            else f"no sign that it reads the history (a gap above {hi * 100:.1f} points is ruled out)"
+        )
+        text += (
+            f"; its accuracy minus its own history-blind score (the last exchange alone) is {_pts(100 * g)} points "
+            f"[{_pts(100 * lo)}, {_pts(100 * hi)}]: {verdict}"
+        )
     return text + ". MUSIC against the baseline and the control: notebook 07 (it needs every arm's scores)."
 
 
@@ -241,26 +300,49 @@ def comparison_findings(table, bon: Mapping | None = None) -> list[str]:
     {variant}_accuracy, diff, ci_low, ci_high, n_items): the groups, each variant on the public last-turn sets
     (chance level named), and Best-of-N."""
     rows = {r["slice"]: r for r in table.to_dict("records")} if hasattr(table, "to_dict") else dict(table)
-    out = [difference_sentence(name, r.get("diff"), r.get("ci_low"), r.get("ci_high"), r.get("n_items"))
-           for name, r in rows.items() if name in ("early", "last", "music")]
+    out = [
+        difference_sentence(name, r.get("diff"), r.get("ci_low"), r.get("ci_high"), r.get("n_items"))
+        for name, r in rows.items()
+        if name in ("early", "last", "music")
+    ]
     for name in ("early", "last"):  # the control arm: the same MUSIC pairs cut after the divergence turn
         r = rows.get(name) or {}
         if _num(r.get("diff_control")) is not None:
-            out.append(difference_sentence(name, r.get("diff_control"), r.get("control_ci_low"), r.get("control_ci_high"),
-                                           r.get("control_n_items"), paper=False, against="control (cut MUSIC pairs)"))
+            out.append(
+                difference_sentence(
+                    name,
+                    r.get("diff_control"),
+                    r.get("control_ci_low"),
+                    r.get("control_ci_high"),
+                    r.get("control_n_items"),
+                    paper=False,
+                    against="control (cut MUSIC pairs)",
+                )
+            )
     early = rows.get("early") or {}
-    gaps = [(v, *(_num(early.get(f"{v}_blind_gap{k}")) for k in ("", "_ci_low", "_ci_high")))
-            for v in ("baseline", "music", "control")]
+    gaps = [
+        (v, *(_num(early.get(f"{v}_blind_gap{k}")) for k in ("", "_ci_low", "_ci_high")))
+        for v in ("baseline", "music", "control")
+    ]
     gaps = [g for g in gaps if g[1] is not None]
     if gaps:  # an RM that reads the history beats its own score on the last exchange alone
-        out.append("Early-turn tests, each RM minus its own history-blind score (the last exchange alone): " + "; ".join(
-            f"{v} {_pts(100 * d)} points" + (f" [{_pts(100 * lo)}, {_pts(100 * hi)}]" if None not in (lo, hi) else "")
-            for v, d, lo, hi in gaps) + " (an interval above 0: the RM uses the history).")
+        out.append(
+            "Early-turn tests, each RM minus its own history-blind score (the last exchange alone): "
+            + "; ".join(
+                f"{v} {_pts(100 * d)} points"
+                + (f" [{_pts(100 * lo)}, {_pts(100 * hi)}]" if None not in (lo, hi) else "")
+                for v, d, lo, hi in gaps
+            )
+            + " (an interval above 0: the RM uses the history)."
+        )
     for name in ("hh", "ultrafeedback"):
         if name in rows:
             r = rows[name]
-            parts = [accuracy_sentence(name, r.get(f"{v}_accuracy"), r.get("n_items"), f"the {v} RM")
-                     for v in ("baseline", "music") if _num(r.get(f"{v}_accuracy")) is not None]
+            parts = [
+                accuracy_sentence(name, r.get(f"{v}_accuracy"), r.get("n_items"), f"the {v} RM")
+                for v in ("baseline", "music")
+                if _num(r.get(f"{v}_accuracy")) is not None
+            ]
             out += parts
     if bon is not None:
         out.append(best_of_n_sentence(bon))
@@ -277,8 +359,10 @@ def variant_findings(metrics: Mapping, variant: str) -> list[str]:
         if isinstance(r, Mapping):
             out.append(accuracy_sentence(name, r.get("mean"), r.get("n_items"), f"the {variant} RM"))
     if "early" in acc:
-        out.append(f"An RM that ignores the history sits at chance on the early-turn tests; "
-                   f"{PAPER_DIRECTION['early']} (notebook 07 compares the two variants).")
+        out.append(
+            f"An RM that ignores the history sits at chance on the early-turn tests; "
+            f"{PAPER_DIRECTION['early']} (notebook 07 compares the two variants)."
+        )
     return out
 
 
@@ -291,8 +375,7 @@ def say_all(sentences: list[str]) -> None:
 
 # ---------------------------------------------------------------- the headline at the end of `make run`
 # Row labels of the end-of-run table (19 characters at most); secondary slices are marked so.
-TABLE_LABELS = {"music": "MUSIC pairs (2nd)",
-                "quality": "strong/weak (2nd)"}
+TABLE_LABELS = {"music": "MUSIC pairs (2nd)", "quality": "strong/weak (2nd)"}
 
 
 def headline_table(summary: Mapping) -> str:
@@ -307,30 +390,45 @@ def headline_table(summary: Mapping) -> str:
         return f"{_pts(d)} [{_pts(lo)}, {_pts(hi)}]" if None not in (d, lo, hi) else (_pts(d) if d is not None else "—")
 
     head = f"{'test group':<20}{'baseline':>9}{'MUSIC':>8}"
-    head += f"{'control':>9}  {'MUSIC-base [95% CI]':<22}{'MUSIC-control [95% CI]':<23}" if control else \
-        f"  {'MUSIC - baseline [95% CI]':<29}"
+    head += (
+        f"{'control':>9}  {'MUSIC-base [95% CI]':<22}{'MUSIC-control [95% CI]':<23}"
+        if control
+        else f"  {'MUSIC - baseline [95% CI]':<29}"
+    )
     head += f"{'items':>6}"
     lines = [head, "-" * len(head)]
     for name, r in summary.items():
         if not (isinstance(r, Mapping) and "diff" in r):
             continue
-        row = f"{TABLE_LABELS.get(name, title(name))[:19]:<20}{cell(_num(r.get('baseline'))):>9}{cell(_num(r.get('music'))):>8}"
-        row += (f"{cell(_num(r.get('control'))):>9}  {contrast(r, 'diff'):<22}{contrast(r, 'diff_control'):<23}" if control
-                else f"  {contrast(r, 'diff'):<29}")
+        row = (
+            f"{TABLE_LABELS.get(name, title(name))[:19]:<20}"
+            f"{cell(_num(r.get('baseline'))):>9}{cell(_num(r.get('music'))):>8}"
+        )
+        row += (
+            f"{cell(_num(r.get('control'))):>9}  {contrast(r, 'diff'):<22}{contrast(r, 'diff_control'):<23}"
+            if control
+            else f"  {contrast(r, 'diff'):<29}"
+        )
         items = r.get("n_items")
         lines.append(row + f"{int(items) if _num(items) is not None else '—':>6}")
     blind = (summary.get("early") or {}).get("history_blind") if isinstance(summary.get("early"), Mapping) else None
     if isinstance(blind, Mapping) and blind:
-        lines.append("Early turns, RM minus its own history-blind score (last exchange only), points: "
-                     + "; ".join(f"{v} {contrast(g, 'gap')}" for v, g in blind.items() if isinstance(g, Mapping)))
+        lines.append(
+            "Early turns, RM minus its own history-blind score (last exchange only), points: "
+            + "; ".join(f"{v} {contrast(g, 'gap')}" for v, g in blind.items() if isinstance(g, Mapping))
+        )
     bon = summary.get("best_of_n_win_minus_loss")
     if isinstance(bon, Mapping) and bon:
-        lines.append("Best-of-N, MUSIC wins - losses (points): "
-                     + ", ".join(f"{k.replace('N', 'N=')}: {_pts(v)}" for k, v in bon.items() if _num(v) is not None))
+        lines.append(
+            "Best-of-N, MUSIC wins - losses (points): "
+            + ", ".join(f"{k.replace('N', 'N=')}: {_pts(v)}" for k, v in bon.items() if _num(v) is not None)
+        )
     widths = half_widths(summary)
     if widths:
-        lines.append(f"Half-widths of the headline intervals (points; the aim is <= {TARGET_HALF_WIDTH:g}): "
-                     + "; ".join(f"{k} {v:.1f}" for k, v in widths.items()))
+        lines.append(
+            f"Half-widths of the headline intervals (points; the aim is <= {TARGET_HALF_WIDTH:g}): "
+            + "; ".join(f"{k} {v:.1f}" for k, v in widths.items())
+        )
     lines.append(result_sentence(summary))
     return "\n".join(_wrap(line, HEADLINE_WIDTH) for line in lines)
 
@@ -342,7 +440,9 @@ def _wrap(line: str, width: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m music.reporting.report", description="The run's headline table (fits 100 columns).")
+    ap = argparse.ArgumentParser(
+        prog="python -m music.reporting.report", description="The run's headline table (fits 100 columns)."
+    )
     ap.add_argument("summary", nargs="?", default="outputs/metrics/summary.json")
     args = ap.parse_args(argv)
     path = Path(args.summary)

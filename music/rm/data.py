@@ -1,11 +1,12 @@
 """Reward-model data: pairs in, token ids out.
 
 - Rendering uses the backbone's own chat template in one step (apply_chat_template(tokenize=True)):
-  rendering to text and tokenizing again adds a second BOS on templates that write one (reward-bench#164).
-- Length: nothing is dropped silently (TRL's RewardTrainer drops over-long pairs: trl#2488). An
-  over-long conversation first loses its oldest whole turns (the system prompt and the last
-  user+assistant turn stay), then tokens from the left of what follows the system prompt. Each rule's
-  use is counted per pair. A conversation no truncation can fix stops with a DataError naming the pair.
+  rendering to text and tokenizing again adds a second BOS on templates that write one (https://github.com/allenai/reward-bench/issues/164).
+- Length: nothing is dropped silently (TRL's RewardTrainer drops over-long pairs:
+  https://github.com/huggingface/trl/issues/2488). An over-long conversation first loses its oldest whole turns
+  (the system prompt and the last user+assistant turn stay), then tokens from the left of what follows the system
+  prompt. Each rule's use is counted per pair. A conversation no truncation can fix stops with a DataError naming
+  the pair.
 - Batching groups pairs of similar length (less padding), in a deterministic order per (seed, epoch).
 """
 
@@ -29,6 +30,7 @@ MUSIC_KINDS = (MUSIC_KIND, MUSIC_CUT_KIND)  # capped together by train.music_rat
 
 
 # ---------------------------------------------------------------- pairs in
+
 
 def as_pairs(data: Any, source: str, *, allow_empty: bool = False) -> list[PreferencePair]:
     """A Dataset, a list of PreferencePair or a list of TRL-format dicts -> validated PreferencePairs."""
@@ -77,8 +79,12 @@ def music_cut_pair(pair: PreferencePair) -> PreferencePair:
     first = next((i for i, (a, b) in enumerate(zip(c, r)) if a != b), None)
     pid = pair.meta.get("pair_id")
     if first is None:
-        raise DataError("music pairs", pid if pid is not None else "-", "chosen",
-                        "chosen and rejected never differ (or one is a prefix of the other): no divergence to cut at")
+        raise DataError(
+            "music pairs",
+            pid if pid is not None else "-",
+            "chosen",
+            "chosen and rejected never differ (or one is a prefix of the other): no divergence to cut at",
+        )
     chosen, rejected = c[: _reply_end(c, first)], r[: _reply_end(r, first)]
     meta = {**pair.meta, "kind": MUSIC_CUT_KIND, "turns_after_divergence": 0, "cut_from": pid}
     return PreferencePair(chosen=chosen, rejected=rejected, meta=meta)
@@ -96,7 +102,9 @@ def mix_pairs(
     chosen: dict[str, list[PreferencePair]] = {}
     for kind in kinds:
         if kind not in pairs_by_kind:
-            raise DataError("train pairs", "-", kind, f"no pairs given for kind {kind!r} (have {sorted(pairs_by_kind)})")
+            raise DataError(
+                "train pairs", "-", kind, f"no pairs given for kind {kind!r} (have {sorted(pairs_by_kind)})"
+            )
         chosen[kind] = as_pairs(pairs_by_kind[kind], source=f"pairs[{kind}]")
     n_other = sum(len(v) for k, v in chosen.items() if k not in MUSIC_KINDS)
     for kind in (k for k in MUSIC_KINDS if k in chosen and n_other):  # music and music_cut: the same draw
@@ -107,11 +115,14 @@ def mix_pairs(
         chosen[kind] = [music[i] for i in sorted(order[:cap])]
     mixed = [p for kind in kinds for p in chosen[kind]]
     if not mixed:
-        raise DataError("train pairs", "-", None, f"no pairs left after mixing kinds {kinds} (music_ratio={music_ratio})")
+        raise DataError(
+            "train pairs", "-", None, f"no pairs left after mixing kinds {kinds} (music_ratio={music_ratio})"
+        )
     return mixed, {kind: len(chosen[kind]) for kind in kinds}
 
 
 # ---------------------------------------------------------------- rendering and truncation
+
 
 def render_ids(tokenizer, conv: list[dict]) -> list[int]:
     """Token ids of a whole conversation, rendered and tokenized in one step by the chat template.
@@ -129,7 +140,7 @@ def split_turns(conv: list[dict]) -> tuple[list[dict], list[list[dict]]]:
     """(system messages, turns); a turn is a user message and the assistant reply that follows it."""
     system = [m for m in conv[:1] if m["role"] == "system"]
     turns: list[list[dict]] = []
-    for msg in conv[len(system):]:
+    for msg in conv[len(system) :]:
         if msg["role"] == "user" or not turns:
             turns.append([msg])
         else:
@@ -162,7 +173,9 @@ class Fit:
     length_before: int = 0
 
 
-def fit_conversation(tokenizer, conv: list[dict], max_length: int, *, source: str, record: object, field_name: str) -> Fit:
+def fit_conversation(
+    tokenizer, conv: list[dict], max_length: int, *, source: str, record: object, field_name: str
+) -> Fit:
     """Render `conv` within max_length: drop oldest whole turns, then cut tokens from the left."""
     ids = render_ids(tokenizer, conv)
     before = len(ids)
@@ -178,7 +191,9 @@ def fit_conversation(tokenizer, conv: list[dict], max_length: int, *, source: st
     prefix = protected_prefix_len(tokenizer, system, ids)
     if prefix >= max_length:
         raise DataError(
-            source, record, field_name,
+            source,
+            record,
+            field_name,
             f"cannot fit in train.max_length={max_length}: the system prompt and turn header alone take "
             f"{prefix} tokens; raise max_length or shorten the system prompt",
         )
@@ -187,6 +202,7 @@ def fit_conversation(tokenizer, conv: list[dict], max_length: int, *, source: st
 
 
 # ---------------------------------------------------------------- encoded pairs and their statistics
+
 
 @dataclass
 class EncodedPair:
@@ -265,6 +281,7 @@ def encode_pairs(
 
 # ---------------------------------------------------------------- batching
 
+
 def length_grouped_batches(
     lengths: list[int], batch_size: int, seed: int, epoch: int, group: bool = True, mega_batches: int = 16
 ) -> list[list[int]]:
@@ -279,14 +296,21 @@ def length_grouped_batches(
     rng.shuffle(idx)
     if group:
         size = batch_size * mega_batches
-        idx = [j for s in range(0, len(idx), size) for j in sorted(idx[s:s + size], key=lambda j: -lengths[j])]
-    batches = [idx[s:s + batch_size] for s in range(0, len(idx), batch_size)]
+        idx = [j for s in range(0, len(idx), size) for j in sorted(idx[s : s + size], key=lambda j: -lengths[j])]
+    batches = [idx[s : s + batch_size] for s in range(0, len(idx), batch_size)]
     rng.shuffle(batches)
     return batches
 
 
 def pad_batch(seqs: list[list[int]], pad_id: int, padding_side: str = "right"):
-    """(input_ids, attention_mask) LongTensors, padded to the longest sequence."""
+    """(input_ids, attention_mask) LongTensors, padded to the longest sequence.
+
+    >>> ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0)
+    >>> ids.tolist(), mask.tolist()
+    ([[5, 6, 7], [8, 0, 0]], [[1, 1, 1], [1, 0, 0]])
+    >>> pad_batch([[5, 6, 7], [8]], pad_id=0, padding_side="left")[0].tolist()
+    [[5, 6, 7], [0, 0, 8]]
+    """
     import torch
 
     width = max(len(s) for s in seqs)
@@ -300,5 +324,13 @@ def pad_batch(seqs: list[list[int]], pad_id: int, padding_side: str = "right"):
 
 
 def collate_pairs(batch: list[EncodedPair], pad_id: int):
-    """One padded batch: the chosen sides in rows [0, B), the rejected sides in rows [B, 2B)."""
+    """One padded batch: the chosen sides in rows [0, B), the rejected sides in rows [B, 2B).
+
+    >>> batch = [EncodedPair([1, 2], [3], "d"), EncodedPair([4], [5, 6, 7], "music")]
+    >>> ids, mask = collate_pairs(batch, pad_id=0)
+    >>> ids.tolist()  # chosen of pair 0, chosen of pair 1, rejected of pair 0, rejected of pair 1
+    [[1, 2, 0], [4, 0, 0], [3, 0, 0], [5, 6, 7]]
+    >>> mask.sum(dim=1).tolist()
+    [2, 1, 1, 3]
+    """
     return pad_batch([p.chosen for p in batch] + [p.rejected for p in batch], pad_id)

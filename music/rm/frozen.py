@@ -177,8 +177,21 @@ def compute_identity(model) -> dict:
     dec = _decoder(model)
     conf = dec.config
     dev = next(model.parameters()).device
-    keys = ("model_type", "hidden_act", "rms_norm_eps", "layer_norm_eps", "rope_theta", "rope_scaling", "rope_parameters",
-            "max_position_embeddings", "sliding_window", "attention_bias", "mlp_bias", "head_dim", "_attn_implementation")
+    keys = (
+        "model_type",
+        "hidden_act",
+        "rms_norm_eps",
+        "layer_norm_eps",
+        "rope_theta",
+        "rope_scaling",
+        "rope_parameters",
+        "max_position_embeddings",
+        "sliding_window",
+        "attention_bias",
+        "mlp_bias",
+        "head_dim",
+        "_attn_implementation",
+    )
     return {
         "class": type(dec).__name__,
         "config": {k: getattr(conf, k, None) for k in keys},
@@ -237,7 +250,9 @@ class FrozenBottom:
         self.n_frozen = n_frozen
         self.store = STORE if store is None else store
         self.key = model_key(model, n_frozen)
-        self.compute_seconds = 0.0  # spent computing bottom states (what a store shared across processes could still save)
+        self.compute_seconds = (
+            0.0  # spent computing bottom states (what a store shared across processes could still save)
+        )
 
     def _compute(self, ids: list[int]):
         """The bottom layers' output for one conversation, unpadded (batch of one, all-ones mask)."""
@@ -306,9 +321,14 @@ class FrozenBottom:
             return reward_scores(self.model, input_ids, attention_mask)
 
     def stats(self) -> dict:
-        return {"frozen_layers": self.n_frozen, "store_hits": self.store.hits, "store_misses": self.store.misses,
-                "store_disk_hits": self.store.disk_hits,
-                "store_mb": round(self.store.bytes / 2**20, 1), "bottom_seconds": round(self.compute_seconds, 2)}
+        return {
+            "frozen_layers": self.n_frozen,
+            "store_hits": self.store.hits,
+            "store_misses": self.store.misses,
+            "store_disk_hits": self.store.disk_hits,
+            "store_mb": round(self.store.bytes / 2**20, 1),
+            "bottom_seconds": round(self.compute_seconds, 2),
+        }
 
 
 def frozen_bottom_for_training(cfg, model, info: dict) -> FrozenBottom | None:

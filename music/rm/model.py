@@ -3,14 +3,14 @@
 Two backends build it:
 - "transformers": AutoModelForSequenceClassification(num_labels=1) + PEFT LoRA with task_type SEQ_CLS
   and modules_to_save=["score"] (target_modules="all-linear" alone would leave the new head untrained:
-  trl#1379), or full fine-tuning when TrainConfig.lora is False. Runs anywhere.
+  https://github.com/huggingface/trl/issues/1379), or full fine-tuning when TrainConfig.lora is False. Runs anywhere.
 - "unsloth": Unsloth's FastLanguageModel with num_labels=1 (GPU only). Unsloth's CPU mode has no
   sequence-classification path: it returns a causal LM that would "train" on vocabulary logits, so we
-  refuse it on CPU, and on GPU we assert that a one-output score head exists (unsloth#1730).
+  refuse it on CPU, and on GPU we assert that a one-output score head exists (https://github.com/unslothai/unsloth/issues/1730).
 
 Pooling is the transformers one: the rightmost token that is not the pad token. That is only right
-when the pad token differs from the end-of-turn token (transformers#35352), so `ensure_distinct_pad`
-pins it, in the tokenizer and in the model config.
+when the pad token differs from the end-of-turn token (https://github.com/huggingface/transformers/issues/35352),
+so `ensure_distinct_pad` pins it, in the tokenizer and in the model config.
 
 Attention: `attention_implementation` is the one place that picks it, for training and for scoring
 (music.rm.score). A backbone whose config sets `attn_logit_softcapping` (Gemma-2) gets an
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import re
 import sys
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from typing import Any
 from music.config import TrainConfig
 from music.models import load_tokenizer, resolve_model_path
 from music.models.shapes import resolve_dtype, use_gradient_checkpointing
+
+log = logging.getLogger(__name__)
 
 # Tokens that end a turn in common chat templates; the pad token must be none of these.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>")
@@ -89,7 +92,7 @@ def _import_unsloth():
     import unsloth  # noqa: F401
 
     if late:
-        print(f"note: {', '.join(late)} were imported before unsloth; some Unsloth patches may not apply")
+        log.warning("%s were imported before unsloth; some Unsloth patches may not apply", ", ".join(late))
 
 
 def end_of_turn_ids(tokenizer) -> set[int]:
@@ -207,7 +210,8 @@ def init_score_head(model, how: str) -> None:
 
 
 def assert_reward_head(model) -> None:
-    """A reward model has one trainable score output; a causal LM (unsloth#1730) has none."""
+    """A reward model has one trainable score output; a causal LM
+    (https://github.com/unslothai/unsloth/issues/1730) has none."""
     head = score_head(model)
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # unwrap PEFT
     if head is None or "ForCausalLM" in type(inner).__name__:
@@ -215,7 +219,9 @@ def assert_reward_head(model) -> None:
     if head.out_features != 1:
         raise RuntimeError(f"the score head has {head.out_features} outputs, expected 1")
     if not any(p.requires_grad for p in head.parameters()):
-        raise RuntimeError("the score head is frozen: it would stay at its random init (trl#1379)")
+        raise RuntimeError(
+            "the score head is frozen: it would stay at its random init (https://github.com/huggingface/trl/issues/1379)"
+        )
 
 
 def config_dtype(config) -> str | None:
@@ -228,7 +234,9 @@ def training_dtype(cfg: TrainConfig, config, cuda: bool) -> str:
     """train.dtype resolved: float32 on CPU; on a GPU the backbone's 16-bit dtype, else bfloat16."""
     import torch
 
-    return resolve_dtype(cfg.dtype, config_dtype(config), cuda=cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported())
+    return resolve_dtype(
+        cfg.dtype, config_dtype(config), cuda=cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported()
+    )
 
 
 def float32_head(model) -> int:
@@ -284,7 +292,8 @@ def _load_transformers(cfg: TrainConfig, path: str, tok, device, seed: int):
     torch.manual_seed(seed)  # the new score head's init
     with _quiet_transformers():
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, config=config, dtype=getattr(torch, dtype), attn_implementation=attention_implementation(config))
+            path, config=config, dtype=getattr(torch, dtype), attn_implementation=attention_implementation(config)
+        )
     if len(tok) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tok))
     model.to(device)
@@ -322,7 +331,7 @@ def _load_unsloth(cfg: TrainConfig, path: str, tok, seed: int):
     if "ForSequenceClassification" not in type(model).__name__:
         raise RuntimeError(
             f"Unsloth returned {type(model).__name__} for num_labels=1, not a sequence-classification model "
-            "(unsloth#1730); use train.backend: transformers"
+            "(https://github.com/unslothai/unsloth/issues/1730); use train.backend: transformers"
         )
     _cut_layers(model, cfg.num_layers)
     model.config.pad_token_id = tok.pad_token_id
@@ -382,8 +391,10 @@ def load_reward_model(cfg: TrainConfig, device: str | None = None, seed: int = 0
         "dtype": str(next(p for n, p in model.named_parameters() if "score" not in n).dtype).replace("torch.", ""),
         "head_dtype": str(score_head(model).weight.dtype).replace("torch.", ""),
         "attn_implementation": "unsloth" if choice.name == "unsloth" else _base_config(model)._attn_implementation,
-        "gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False)
-                                       or getattr(getattr(model, "base_model", None), "is_gradient_checkpointing", False)),
+        "gradient_checkpointing": bool(
+            getattr(model, "is_gradient_checkpointing", False)
+            or getattr(getattr(model, "base_model", None), "is_gradient_checkpointing", False)
+        ),
     }
     return model, tok, info
 

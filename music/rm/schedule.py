@@ -1,5 +1,5 @@
 """Matched training arms: every variant trains for the same number of optimizer steps on the same number
-of pairs per step, so a difference between variants is not "more steps" (issue 15, item 1).
+of pairs per step, so a difference between variants is not "more steps".
 
 - Steps: `train.max_steps` when set; else one count for all variants, that of the variant with the most
   pairs at `train.epochs` (ceil(epochs * ceil(pairs / batch_size) / grad_accum)). A variant with fewer pairs
@@ -36,15 +36,23 @@ def matched_steps(pairs_per_variant: dict[str, int], cfg) -> dict:
         steps = steps_for(pairs_per_variant[ref], cfg.epochs, cfg.batch_size, cfg.grad_accum)
         rule = f"train.epochs ({cfg.epochs:g}) over the largest variant ({ref}, {pairs_per_variant[ref]} pairs)"
     passes = {v: (round(steps * per_step / n, 2) if n else None) for v, n in sorted(pairs_per_variant.items())}
-    return {"steps": steps, "pairs_per_step": per_step, "rule": rule, "reference_variant": ref,
-            "pairs_per_variant": dict(sorted(pairs_per_variant.items())), "epochs_over_data": passes}
+    return {
+        "steps": steps,
+        "pairs_per_step": per_step,
+        "rule": rule,
+        "reference_variant": ref,
+        "pairs_per_variant": dict(sorted(pairs_per_variant.items())),
+        "epochs_over_data": passes,
+    }
 
 
 def describe(m: dict) -> str:
     """One line for notebook 04 and the logs."""
     passes = ", ".join(f"{v} {p}" for v, p in m["epochs_over_data"].items())
-    return (f"matched arms: every variant trains {m['steps']} optimizer steps of {m['pairs_per_step']} pairs "
-            f"(steps from {m['rule']}); passes over each variant's data: {passes}")
+    return (
+        f"matched arms: every variant trains {m['steps']} optimizer steps of {m['pairs_per_step']} pairs "
+        f"(steps from {m['rule']}); passes over each variant's data: {passes}"
+    )
 
 
 def full_batches(batches: list[list[int]], lengths: list[int], batch_size: int, seed, epoch: int) -> list[list[int]]:

@@ -1,8 +1,8 @@
 """Score conversations with a saved reward model (or an in-memory one), with training's length rules.
 
-    scorer = RewardScorer("outputs/models/baseline")
-    scorer.score([[{"role": "user", ...}, {"role": "assistant", ...}], ...])  # -> list[float], input order
-    chosen, rejected = score_pairs(scorer, pairs)
+scorer = RewardScorer("outputs/models/baseline")
+scorer.score([[{"role": "user", ...}, {"role": "assistant", ...}], ...])  # -> list[float], input order
+chosen, rejected = score_pairs(scorer, pairs)
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ def _saved_tensors(folder: Path, prefix: str) -> dict:
 
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        files = sorted({f for k, f in json.loads(index.read_text(encoding="utf-8"))["weight_map"].items()
-                        if k.startswith(prefix)})
+        files = sorted(
+            {f for k, f in json.loads(index.read_text(encoding="utf-8"))["weight_map"].items() if k.startswith(prefix)}
+        )
     else:
         files = ["model.safetensors"] if (folder / "model.safetensors").exists() else []
     out = {}
@@ -89,8 +90,16 @@ def load_scoring_model(model_dir: str | Path, dtype: str, device: str = "cpu"):
 
 
 def score_conversations(
-    model, tokenizer, conversations: list[list[dict]], *, max_length: int, batch_size: int = 8,
-    source: str = "conversations", progress: bool = False, frozen: FrozenBottom | None = None, desc: str = "score",
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    *,
+    max_length: int,
+    batch_size: int = 8,
+    source: str = "conversations",
+    progress: bool = False,
+    frozen: FrozenBottom | None = None,
+    desc: str = "score",
 ) -> list[float]:
     """Scores in input order; batches are sorted by length (less padding), run under inference_mode.
 
@@ -110,7 +119,7 @@ def score_conversations(
     model.eval()
     with torch.inference_mode():
         for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
-            chunk = order[s:s + batch_size]
+            chunk = order[s : s + batch_size]
             x, mask = pad_batch([ids[i] for i in chunk], tokenizer.pad_token_id)
             with forward_threads():  # the cores other jobs leave idle (music.threads); scores do not depend on it
                 if frozen:
@@ -130,9 +139,16 @@ class RewardScorer:
     conversation and shared with every other scorer and training run of this process. reuse_frozen None:
     as the RM was trained (train_metrics.json's train.reuse_frozen_layers; true when absent)."""
 
-    def __init__(self, model_dir: str | Path, batch_size: int = 8, max_length: int | None = None,
-                 device: str | None = None, dtype: str = "auto", reuse_frozen: bool | None = None,
-                 progress_desc: str | None = None):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        batch_size: int = 8,
+        max_length: int | None = None,
+        device: str | None = None,
+        dtype: str = "auto",
+        reuse_frozen: bool | None = None,
+        progress_desc: str | None = None,
+    ):
         import torch
         from transformers import AutoTokenizer
 
@@ -143,8 +159,12 @@ class RewardScorer:
         cuda = self.device.startswith("cuda")
         # auto: float32 on CPU; on a GPU the saved model's 16-bit dtype, else bfloat16 (evaluate.dtype)
         saved = json.loads((self.model_dir / "config.json").read_text(encoding="utf-8"))
-        self.dtype = resolve_dtype(dtype, saved.get("dtype") or saved.get("torch_dtype"), cuda=cuda,
-                                   bf16_supported=cuda and torch.cuda.is_bf16_supported())
+        self.dtype = resolve_dtype(
+            dtype,
+            saved.get("dtype") or saved.get("torch_dtype"),
+            cuda=cuda,
+            bf16_supported=cuda and torch.cuda.is_bf16_supported(),
+        )
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.model = load_scoring_model(self.model_dir, self.dtype, self.device)
         if self.model.config.pad_token_id != self.tokenizer.pad_token_id:
@@ -168,10 +188,17 @@ class RewardScorer:
         return int(self._trained_config().get("max_length", DEFAULT_MAX_LENGTH))
 
     def score(self, conversations: list[list[dict]], progress: bool = False) -> list[float]:
-        return score_conversations(self.model, self.tokenizer, conversations, max_length=self.max_length,
-                                   batch_size=self.batch_size, source=str(self.model_dir),
-                                   progress=progress or self.progress_desc is not None, frozen=self.frozen,
-                                   desc=self.progress_desc or "score")
+        return score_conversations(
+            self.model,
+            self.tokenizer,
+            conversations,
+            max_length=self.max_length,
+            batch_size=self.batch_size,
+            source=str(self.model_dir),
+            progress=progress or self.progress_desc is not None,
+            frozen=self.frozen,
+            desc=self.progress_desc or "score",
+        )
 
 
 def score_pairs(scorer, pairs: Any, source: str = "pairs") -> tuple[list[float], list[float]]:
@@ -182,4 +209,4 @@ def score_pairs(scorer, pairs: Any, source: str = "pairs") -> tuple[list[float],
     """
     pairs = as_pairs(pairs, source, allow_empty=True)
     scores = list(scorer.score([p.chosen for p in pairs] + [p.rejected for p in pairs])) if pairs else []
-    return scores[: len(pairs)], scores[len(pairs):]
+    return scores[: len(pairs)], scores[len(pairs) :]

@@ -37,6 +37,14 @@ def bt_loss(chosen, rejected, margin: float = 0.0, center_coef: float = 0.0):
     """Bradley-Terry: -log sigmoid(r_c - r_r - margin) [+ center_coef * mean((r_c + r_r)^2)].
 
     Returns (loss, accuracy); accuracy is strict (a tie counts as wrong, as in RewardBench).
+
+    >>> import torch
+    >>> loss, acc = bt_loss(torch.tensor([2.0, 1.0]), torch.tensor([0.0, 1.0]))  # a win and a tie
+    >>> round(loss.item(), 4), acc.item()  # (-log sigmoid(2) - log sigmoid(0)) / 2
+    (0.41, 0.5)
+    >>> loss, acc = bt_loss(torch.tensor([1.0]), torch.tensor([1.0]), center_coef=0.5)  # + 0.5 * (1 + 1)^2
+    >>> round(loss.item(), 4), acc.item()
+    (2.6931, 0.0)
     """
     import torch.nn.functional as F
 
@@ -70,8 +78,9 @@ def lr_lambda(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
     return f
 
 
-def plan_batches(encoded: list[EncodedPair], cfg: TrainConfig, seed: int = 0,
-                 steps: int | None = None) -> tuple[list[list[int]], int]:
+def plan_batches(
+    encoded: list[EncodedPair], cfg: TrainConfig, seed: int = 0, steps: int | None = None
+) -> tuple[list[list[int]], int]:
     """The whole run's micro-batches (indices into `encoded`), each of exactly batch_size pairs, and the
     number of optimizer steps: `steps` when given (matched across variants: music.rm.schedule), else
     train.max_steps, else train.epochs over these pairs. The data cycles (epoch after epoch) until then."""
@@ -97,6 +106,7 @@ class TrainOutcome:
 
 
 # ---------------------------------------------------------------- resume state
+
 
 def _rng_state() -> dict:
     import numpy as np
@@ -156,6 +166,7 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, fp: str) -> dict 
 
 # ---------------------------------------------------------------- the loop
 
+
 def run_training(
     cfg: TrainConfig,
     pairs_by_kind: dict[str, Any],
@@ -205,14 +216,16 @@ def run_training(
     for step in range(state["step"], total_steps):
         t0 = time.perf_counter()
         losses, accs = [], []
-        for b in micro[step * cfg.grad_accum:(step + 1) * cfg.grad_accum]:
+        for b in micro[step * cfg.grad_accum : (step + 1) * cfg.grad_accum]:
             batch = [encoded[i] for i in b]
             ids, mask = collate_pairs(batch, tok.pad_token_id)
             if frozen:
-                scores = frozen.scores([p.chosen for p in batch] + [p.rejected for p in batch], ids.to(dev), mask.to(dev))
+                scores = frozen.scores(
+                    [p.chosen for p in batch] + [p.rejected for p in batch], ids.to(dev), mask.to(dev)
+                )
             else:
                 scores = reward_scores(model, ids.to(dev), mask.to(dev))
-            loss, acc = bt_loss(scores[: len(batch)], scores[len(batch):], cfg.margin, cfg.center_coef)
+            loss, acc = bt_loss(scores[: len(batch)], scores[len(batch) :], cfg.margin, cfg.center_coef)
             (loss / cfg.grad_accum).backward()
             losses.append(loss.item())
             accs.append(acc.item())
@@ -237,7 +250,7 @@ def run_training(
     model.eval()
 
     curve = state["curve"]
-    window = curve[-max(1, math.ceil(len(curve) / 10)):]
+    window = curve[-max(1, math.ceil(len(curve) / 10)) :]
     metrics = {
         "variant": variant,
         "seed": seed,
@@ -311,7 +324,9 @@ def train_reward_model(
     outcome = run_training(cfg, pairs_by_kind, variant, resume_dir, callback, device, progress, seed, matched)
     save_reward_model(outcome, out_dir)
     if resume_dir:
-        shutil.rmtree(Path(resume_dir) / f"{variant}-seed{seed}-{outcome.metrics['fingerprint'][:16]}", ignore_errors=True)
+        shutil.rmtree(
+            Path(resume_dir) / f"{variant}-seed{seed}-{outcome.metrics['fingerprint'][:16]}", ignore_errors=True
+        )
     return {**outcome.metrics, "timing": outcome.timing}
 
 

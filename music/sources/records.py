@@ -20,7 +20,7 @@ def iter_records(location: str | Path, split: str = "train", limit: int | None =
     """
     loc = str(location)
     if loc.startswith(HUB_PREFIX):
-        rows = load_hub_rows(loc[len(HUB_PREFIX):], split, limit)
+        rows = load_hub_rows(loc[len(HUB_PREFIX) :], split, limit)
         for i, row in enumerate(rows):
             yield f"row {i}", row
         return
@@ -103,23 +103,38 @@ class Skipped(list):
             entry["count"] += 1
             if len(entry["first_records"]) < self.FIRST:
                 entry["first_records"].append(str(err.record))
-        return {"source": self.source, "records_read": self.read, "skipped": len(self),
-                "by_reason": dict(sorted(by.items()))}
+        return {
+            "source": self.source,
+            "records_read": self.read,
+            "skipped": len(self),
+            "by_reason": dict(sorted(by.items())),
+        }
 
     def check(self) -> dict:
         """The summary; a DataError when more than max_share of the records read were malformed."""
         summary = self.summary()
         if self and len(self) > self.max_share * max(self.read, 1):
-            reasons = "; ".join(f"{r}: {v['count']} (first: {', '.join(v['first_records'])})"
-                                for r, v in summary["by_reason"].items())
-            raise DataError(self.source, self[0].record, self[0].field,
-                            f"{len(self)} of {self.read} records are malformed, more than {self.key}={self.max_share} "
-                            f"(by reason: {reasons}). First: {self[0]}. Check the file's format, or raise {self.key}.")
+            reasons = "; ".join(
+                f"{r}: {v['count']} (first: {', '.join(v['first_records'])})" for r, v in summary["by_reason"].items()
+            )
+            raise DataError(
+                self.source,
+                self[0].record,
+                self[0].field,
+                f"{len(self)} of {self.read} records are malformed, more than {self.key}={self.max_share} "
+                f"(by reason: {reasons}). First: {self[0]}. Check the file's format, or raise {self.key}.",
+            )
         return summary
 
 
-def convert_records(location: str | Path, convert: Callable[..., Any], *, split: str = "train",
-                    limit: int | None = None, skipped: list[DataError] | None = None) -> list:
+def convert_records(
+    location: str | Path,
+    convert: Callable[..., Any],
+    *,
+    split: str = "train",
+    limit: int | None = None,
+    skipped: list[DataError] | None = None,
+) -> list:
     """Apply `convert(rec, source=, record=)` to every record; bad ones raise, or go to `skipped`."""
     source = str(location)
     out = []

@@ -16,8 +16,13 @@ from music.schema import validate_conversation
 from music.sources.records import convert_records, require_fields
 
 ROLE_MAP = {
-    "human": "user", "user": "user",
-    "gpt": "assistant", "chatgpt": "assistant", "assistant": "assistant", "bard": "assistant", "bing": "assistant",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "chatgpt": "assistant",
+    "assistant": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
     "system": "system",
 }
 
@@ -60,8 +65,9 @@ def _conversation(rec, *, source: str, record: object) -> RealConversation:
     return RealConversation(str(rec.get("id", record)), "sharegpt", msgs)
 
 
-def load_sharegpt(location: str | Path, *, split: str = "train", limit: int | None = None,
-                  skipped: list[DataError] | None = None) -> list[RealConversation]:
+def load_sharegpt(
+    location: str | Path, *, split: str = "train", limit: int | None = None, skipped: list[DataError] | None = None
+) -> list[RealConversation]:
     """ShareGPT-format conversations from a local file or `hub:<id>`; strict unless `skipped` is a list."""
     return convert_records(location, _conversation, split=split, limit=limit, skipped=skipped)
 

@@ -37,10 +37,10 @@ from typing import Any, Callable, Sequence
 from music.chat import make_chat
 from music.chat.base import derive_seed
 from music.chat.rollout import SimPrompts, make_event, user_view
-from music.config import Params
+from music.config import ChatModelConfig, EvalConfig, Params
 from music.evaluate.judge import VERDICT_OPTIONS, combine_orders, judge_request, load_template, parse_verdict
 from music.evaluate.pairwise import require_model
-from music.evaluate.stats import wilson_interval
+from music.evaluate.stats import resample_indices, wilson_interval
 from music.failures import check_failed_share, failure_summary
 from music.files import write_json, write_jsonl
 from music.rm.score import RewardScorer
@@ -139,15 +139,30 @@ def score_keys(scorer, keys, ctx_of_key, cand_by_key) -> dict:
     return out
 
 
-def simulate_user_turns(user, contexts: dict, needs: list, *, prompts: SimPrompts, seed: int, turn: int,
-                        max_new_tokens: int | None, temperature: float | None, trim: bool) -> None:
+def simulate_user_turns(
+    user,
+    contexts: dict,
+    needs: list,
+    *,
+    prompts: SimPrompts,
+    seed: int,
+    turn: int,
+    max_new_tokens: int | None,
+    temperature: float | None,
+    trim: bool,
+) -> None:
     """Append a simulated user message to each context in `needs` (distinct contexts asked once)."""
     distinct: dict[tuple, list[dict]] = {}
     for k in needs:
         distinct.setdefault((k[0], repr(contexts[k])), contexts[k])
     keys = sorted(distinct)
-    replies = user.generate([user_view(distinct[key], prompts) for key in keys], seed=derive_seed(seed, "bon-user", turn),
-                            max_new_tokens=max_new_tokens, temperature=temperature, desc=f"best-of-N user turn {turn}")
+    replies = user.generate(
+        [user_view(distinct[key], prompts) for key in keys],
+        seed=derive_seed(seed, "bon-user", turn),
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        desc=f"best-of-N user turn {turn}",
+    )
     text = {}
     for key, rep in zip(keys, replies):
         event, failure = make_event(rep, branch="best_of_n", turn=turn, role="user", trim=trim, user_voice=True)
@@ -162,30 +177,25 @@ def run_best_of_n(
     scorers,
     policy,
     judge,
+    cfg: EvalConfig,
     *,
-    ns: Sequence[int],
-    seed: int,
-    policy_max_new_tokens: int,
-    policy_temperature: float,
-    judge_max_new_tokens: int,
-    judge_temperature: float,
-    judge_constrained: bool = False,
-    template: str | None = None,
-    turns: int | None = None,
     user=None,
-    user_max_new_tokens: int | None = None,
-    user_temperature: float | None = None,
+    user_cfg: ChatModelConfig | None = None,
     trim: bool = True,
+    template: str | None = None,
     sim_prompts: SimPrompts | None = None,
 ) -> list[Game]:
-    """Play one game per (prompt, N) over `turns` assistant turns; see the module docstring.
+    """Play one game per (prompt, N in cfg.bon_ns) over cfg.bon_turns assistant turns (default: the fewest any
+    prompt scripts); see the module docstring. Sampling and judging settings come from cfg.policy, cfg.judge,
+    cfg.judge_constrained and cfg.seed.
 
     `scorers[rm].score(conversations)` gives the scores; a OneAtATime keeps one RM loaded.
-    `user` (a chat backend) writes the user turns a prompt does not script.
+    `user` (a chat backend, sampled with `user_cfg`'s settings) writes the user turns a prompt does not script.
     """
-    ns = sorted(set(int(n) for n in ns))
+    ns = sorted(set(int(n) for n in cfg.bon_ns))
+    seed = cfg.seed
     template = template or load_template()
-    turns = turns or min(len(q["turns"]) for q in questions)
+    turns = cfg.bon_turns or min(len(q["turns"]) for q in questions)
     if user is None and any(len(q["turns"]) < turns for q in questions):
         raise ValueError(f"{turns} turns need a user simulator for the prompts with fewer scripted turns")
     sim_prompts = sim_prompts or (SimPrompts.load() if user is not None else None)
@@ -202,8 +212,17 @@ def run_best_of_n(
             else:
                 simulated.append((q, rm, n))
         if simulated:
-            simulate_user_turns(user, contexts, simulated, prompts=sim_prompts, seed=seed, turn=t + 1,
-                                max_new_tokens=user_max_new_tokens, temperature=user_temperature, trim=trim)
+            simulate_user_turns(
+                user,
+                contexts,
+                simulated,
+                prompts=sim_prompts,
+                seed=seed,
+                turn=t + 1,
+                max_new_tokens=user_cfg.max_new_tokens if user_cfg else None,
+                temperature=user_cfg.temperature if user_cfg else None,
+                trim=trim,
+            )
         # Distinct contexts, each sampled max(N that uses it) times.
         key_of = {k: (k[0], repr(c)) for k, c in contexts.items() if c is not None}
         need: dict[tuple, int] = {}
@@ -212,29 +231,56 @@ def run_best_of_n(
             need[key] = max(need.get(key, 0), k[2])
             ctx_of_key[key] = contexts[k]
         keys = sorted(need)
-        cands = sample_candidates(
-            policy, [ctx_of_key[k] for k in keys], [need[k] for k in keys], seed=seed + t,
-            max_new_tokens=policy_max_new_tokens, temperature=policy_temperature, desc=f"best-of-N turn {t + 1}",
-        ) if keys else []
+        cands = (
+            sample_candidates(
+                policy,
+                [ctx_of_key[k] for k in keys],
+                [need[k] for k in keys],
+                seed=seed + t,
+                max_new_tokens=cfg.policy.max_new_tokens,
+                temperature=cfg.policy.temperature,
+                desc=f"best-of-N turn {t + 1}",
+            )
+            if keys
+            else []
+        )
         cand_by_key = dict(zip(keys, cands))
         for rm in order:  # one RM at a time, every context of the turn in one scoring call
             mine = {k: key for k, key in key_of.items() if k[1] == rm}
             scores = score_keys(scorers[rm], sorted(set(mine.values())), ctx_of_key, cand_by_key) if mine else {}
             for k, key in mine.items():
                 i = pick(scores[key], k[2])
-                contexts[k] = None if i is None else contexts[k] + [{"role": "assistant", "content": cand_by_key[key][i]}]
+                contexts[k] = (
+                    None if i is None else contexts[k] + [{"role": "assistant", "content": cand_by_key[key][i]}]
+                )
         order.reverse()  # the RM scored last stays loaded for the next turn
     games = [
         Game(prompt_id(questions[q]), n, {rm: contexts[(q, rm, n)] for rm in RMS})
-        for q in range(len(questions)) for n in ns
+        for q in range(len(questions))
+        for n in ns
     ]
-    _judge_games(games, judge, template, max_new_tokens=judge_max_new_tokens, temperature=judge_temperature, seed=seed,
-                 constrained=judge_constrained)
+    _judge_games(
+        games,
+        judge,
+        template,
+        max_new_tokens=cfg.judge.max_new_tokens,
+        temperature=cfg.judge.temperature,
+        seed=seed,
+        constrained=cfg.judge_constrained,
+    )
     return games
 
 
-def _judge_games(games: list[Game], judge, template: str, *, max_new_tokens: int, temperature: float, seed: int,
-                 constrained: bool = False) -> None:
+def _judge_games(
+    games: list[Game],
+    judge,
+    template: str,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    constrained: bool = False,
+) -> None:
     requests, owners = [], []
     for g in games:
         base, mus = g.conversations["baseline"], g.conversations["music"]
@@ -247,10 +293,19 @@ def _judge_games(games: list[Game], judge, template: str, *, max_new_tokens: int
         owners.append(g)
     if requests:
         if constrained:  # the verdict is the likeliest of [[A]]/[[B]]/[[C]] (generation where unsupported)
-            replies = judge.choose(requests, list(VERDICT_OPTIONS), prefix="[[", suffix="]]", seed=seed,
-                                   max_new_tokens=max_new_tokens, desc="judge")
+            replies = judge.choose(
+                requests,
+                list(VERDICT_OPTIONS),
+                prefix="[[",
+                suffix="]]",
+                seed=seed,
+                max_new_tokens=max_new_tokens,
+                desc="judge",
+            )
         else:
-            replies = judge.generate(requests, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature, desc="judge")
+            replies = judge.generate(
+                requests, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature, desc="judge"
+            )
         for i, g in enumerate(owners):
             g.replies = [replies[2 * i].text, replies[2 * i + 1].text]
             g.verdicts = [parse_verdict(r) for r in g.replies]
@@ -259,9 +314,9 @@ def _judge_games(games: list[Game], judge, template: str, *, max_new_tokens: int
 
 def win_rates(outcomes: Sequence[str]) -> tuple[float | None, float | None]:
     """((W + T/2) / N, W / (W + L)) for MUSIC over played games; None where the denominator is 0."""
-    w, t, l = (sum(o == k for o in outcomes) for k in ("win", "tie", "loss"))
-    n = w + t + l
-    return ((w + t / 2) / n if n else None, w / (w + l) if w + l else None)
+    w, t, losses = (sum(o == k for o in outcomes) for k in ("win", "tie", "loss"))
+    n = w + t + losses
+    return ((w + t / 2) / n if n else None, w / (w + losses) if w + losses else None)
 
 
 def prompt_bootstrap(games: Sequence[Game], *, n_boot: int = N_BOOT, seed: int = 0) -> dict:
@@ -274,21 +329,33 @@ def prompt_bootstrap(games: Sequence[Game], *, n_boot: int = N_BOOT, seed: int =
         by_prompt.setdefault(str(g.question_id), []).append(g.outcome)
     prompts = sorted(by_prompt)
     if not prompts:
-        return {"win_rate_ties_half_ci_low": None, "win_rate_ties_half_ci_high": None, "win_rate_decided_ci_low": None,
-                "win_rate_decided_ci_high": None, "boot_draws_without_decided_games": 0}
-    counts = np.array([[sum(o == k for o in by_prompt[p]) for k in ("win", "tie", "loss")] for p in prompts], dtype=float)
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(prompts), size=(n_boot, len(prompts)))
-    w, t, l = (counts[:, j][picks].sum(axis=1) for j in range(3))
-    tied_half = (w + t / 2) / (w + t + l)
-    decided = w + l > 0
-    out = {"win_rate_ties_half_ci_low": float(np.quantile(tied_half, 0.025)), "win_rate_ties_half_ci_high": float(np.quantile(tied_half, 0.975)),
-           "win_rate_decided_ci_low": None, "win_rate_decided_ci_high": None,
-           "boot_draws_without_decided_games": int((~decided).sum())}
+        return {
+            "win_rate_ties_half_ci_low": None,
+            "win_rate_ties_half_ci_high": None,
+            "win_rate_decided_ci_low": None,
+            "win_rate_decided_ci_high": None,
+            "boot_draws_without_decided_games": 0,
+        }
+    counts = np.array(
+        [[sum(o == k for o in by_prompt[p]) for k in ("win", "tie", "loss")] for p in prompts], dtype=float
+    )
+    picks = resample_indices(np.random.default_rng(seed), len(prompts), n_boot)
+    w, t, losses = (counts[:, j][picks].sum(axis=1) for j in range(3))
+    tied_half = (w + t / 2) / (w + t + losses)
+    decided = w + losses > 0
+    out = {
+        "win_rate_ties_half_ci_low": float(np.quantile(tied_half, 0.025)),
+        "win_rate_ties_half_ci_high": float(np.quantile(tied_half, 0.975)),
+        "win_rate_decided_ci_low": None,
+        "win_rate_decided_ci_high": None,
+        "boot_draws_without_decided_games": int((~decided).sum()),
+    }
     if decided.any():
-        ratio = w[decided] / (w + l)[decided]
-        out["win_rate_decided_ci_low"], out["win_rate_decided_ci_high"] = (float(np.quantile(ratio, 0.025)),
-                                                                           float(np.quantile(ratio, 0.975)))
+        ratio = w[decided] / (w + losses)[decided]
+        out["win_rate_decided_ci_low"], out["win_rate_decided_ci_high"] = (
+            float(np.quantile(ratio, 0.025)),
+            float(np.quantile(ratio, 0.975)),
+        )
     return out
 
 
@@ -331,10 +398,18 @@ def summarize(games: Sequence[Game]) -> dict:
 def game_failures(games: Sequence[Game]) -> dict:
     """music.failures summary: a game fails when an RM's conversation could not be generated (every candidate
     of a turn, or a simulated user turn, failed). An unparsed judge verdict is a tie, counted in `by_n`."""
-    return failure_summary(len(games), [
-        ("no_conversation", f"question {g.question_id} N={g.n}: no conversation for "
-                            f"{', '.join(rm for rm, c in g.conversations.items() if c is None)}")
-        for g in games if g.outcome == "failed"])
+    return failure_summary(
+        len(games),
+        [
+            (
+                "no_conversation",
+                f"question {g.question_id} N={g.n}: no conversation for "
+                f"{', '.join(rm for rm, c in g.conversations.items() if c is None)}",
+            )
+            for g in games
+            if g.outcome == "failed"
+        ],
+    )
 
 
 def game_record(g: Game) -> dict:
@@ -354,29 +429,51 @@ def run(params: Params, *, variant: str | None = None) -> dict:
     check_variant("best_of_n", variant)
     cfg = params.evaluate
     # every training seed plays: seed s of the baseline RM against seed s of the MUSIC RM (checked before anything runs)
-    seed_dirs = {s: {rm: require_model(seed_dir(params.paths.models, rm, s), f"{rm} (seed {s})") for rm in RMS}
-                 for s in params.train.seeds}
+    seed_dirs = {
+        s: {rm: require_model(seed_dir(params.paths.models, rm, s), f"{rm} (seed {s})") for rm in RMS}
+        for s in params.train.seeds
+    }
     questions = choose_questions(load_prompts(cfg.bon_source), cfg.bon_prompts, cfg.seed)
     turns = cfg.bon_turns or min(len(q["turns"]) for q in questions)
     start = time.perf_counter()
     policy = make_chat(cfg.policy, params.paths.cache, role="evaluate.policy")
-    judge = policy if _same_model(cfg.policy, cfg.judge) else make_chat(cfg.judge, params.paths.cache, role="evaluate.judge")
+    judge = (
+        policy
+        if _same_model(cfg.policy, cfg.judge)
+        else make_chat(cfg.judge, params.paths.cache, role="evaluate.judge")
+    )
     user_cfg = params.simulate.user
     needs_user = any(len(q["turns"]) < turns for q in questions)
     user = None
     if needs_user:
-        user = policy if _same_model(cfg.policy, user_cfg) else judge if _same_model(cfg.judge, user_cfg) \
+        user = (
+            policy
+            if _same_model(cfg.policy, user_cfg)
+            else judge
+            if _same_model(cfg.judge, user_cfg)
             else make_chat(user_cfg, params.paths.cache, role="simulate.user")
+        )
     games, loads = [], 0
     for s, model_dirs in seed_dirs.items():  # the same prompts and sampling seed: turn-1 candidates are shared (cache)
-        scorers = OneAtATime({rm: (lambda d=d: RewardScorer(str(d), batch_size=cfg.batch_size, max_length=cfg.max_length,
-                                                             dtype=cfg.dtype)) for rm, d in model_dirs.items()})
+        scorers = OneAtATime(
+            {
+                rm: (
+                    lambda d=d: RewardScorer(
+                        str(d), batch_size=cfg.batch_size, max_length=cfg.max_length, dtype=cfg.dtype
+                    )
+                )
+                for rm, d in model_dirs.items()
+            }
+        )
         played = run_best_of_n(
-            questions, scorers, policy, judge, ns=cfg.bon_ns, seed=cfg.seed,
-            policy_max_new_tokens=cfg.policy.max_new_tokens, policy_temperature=cfg.policy.temperature,
-            judge_max_new_tokens=cfg.judge.max_new_tokens, judge_temperature=cfg.judge.temperature,
-            judge_constrained=cfg.judge_constrained, turns=turns, user=user,
-            user_max_new_tokens=user_cfg.max_new_tokens, user_temperature=user_cfg.temperature, trim=params.simulate.trim_truncated,
+            questions,
+            scorers,
+            policy,
+            judge,
+            cfg,
+            user=user,
+            user_cfg=user_cfg,
+            trim=params.simulate.trim_truncated,
         )
         scorers.release()
         loads += scorers.loads
@@ -384,9 +481,14 @@ def run(params: Params, *, variant: str | None = None) -> dict:
             g.rm_seed = s
         games += played
     failures = game_failures(games)  # fail before writing anything: a broken run must not look like a result
-    check_failed_share(failures, cfg.max_failed_share, what="best_of_n: games", key="evaluate.max_failed_share",
-                       advice="Check the served roles (evaluate.policy, simulate.user: base_urls, model, load; "
-                       "max_retries, timeout_s) and rerun; finished replies come from the response cache.")
+    check_failed_share(
+        failures,
+        cfg.max_failed_share,
+        what="best_of_n: games",
+        key="evaluate.max_failed_share",
+        advice="Check the served roles (evaluate.policy, simulate.user: base_urls, model, load; "
+        "max_retries, timeout_s) and rerun; finished replies come from the response cache.",
+    )
     numbers = {  # outputs/metrics/best_of_n.json: numbers only, committed to git
         "by_n": summarize(games),
         "n_prompts": len(questions),
@@ -415,7 +517,9 @@ def run(params: Params, *, variant: str | None = None) -> dict:
     seconds = round(time.perf_counter() - start, 1)
     write_json(Path(params.paths.metrics) / "best_of_n.json", numbers)
     write_json(Path(params.paths.evaluation) / "best_of_n_info.json", info)
-    write_jsonl(Path(params.paths.evaluation) / "best_of_n_games.jsonl", (game_record(g) for g in games))  # dvc.yaml outs
+    write_jsonl(
+        Path(params.paths.evaluation) / "best_of_n_games.jsonl", (game_record(g) for g in games)
+    )  # dvc.yaml outs
     write_json(Path(params.paths.reports) / "timings" / "best_of_n.json", {"seconds": seconds})
     result = {**numbers, **info, "seconds": seconds}
     return result

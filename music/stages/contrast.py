@@ -68,8 +68,10 @@ def pick_divergence(seed_id: str, turns: int, cfg: ContrastConfig) -> int:
     cfg.validate()
     if cfg.divergence == "real":
         if turns - 1 < cfg.min_turns_after_divergence:
-            raise ValueError(f"contrast.divergence=real diverges at simulated turn 1: {turns} simulated turns leave "
-                             f"fewer than contrast.min_turns_after_divergence={cfg.min_turns_after_divergence} after it")
+            raise ValueError(
+                f"contrast.divergence=real diverges at simulated turn 1: {turns} simulated turns leave "
+                f"fewer than contrast.min_turns_after_divergence={cfg.min_turns_after_divergence} after it"
+            )
         return 1
     if cfg.divergence == "fixed":
         if not 1 <= cfg.divergence_turn <= turns:
@@ -78,8 +80,10 @@ def pick_divergence(seed_id: str, turns: int, cfg: ContrastConfig) -> int:
     else:  # random
         hi = turns - cfg.min_turns_after_divergence
         if hi < 1:
-            raise ValueError(f"contrast.min_turns_after_divergence={cfg.min_turns_after_divergence} leaves no turn "
-                             f"to diverge at among {turns} simulated turns")
+            raise ValueError(
+                f"contrast.min_turns_after_divergence={cfg.min_turns_after_divergence} leaves no turn "
+                f"to diverge at among {turns} simulated turns"
+            )
         return random.Random(derive_seed(cfg.seed, "divergence", seed_id)).randint(1, hi)
 
 
@@ -93,9 +97,18 @@ def history_to_user_turn(messages: list[dict], turn: int) -> list[dict]:
     raise ValueError(f"conversation has only {seen} user turns, asked for turn {turn}")
 
 
-def contrast_conversations(convs: Sequence[dict], *, user: Chat, assistant: Chat, contrast: Chat | None,
-                           sim_cfg: SimulateConfig, cfg: ContrastConfig, split: str,
-                           prompts: SimPrompts | None = None, encoder: Encoder | None = None) -> list[dict]:
+def contrast_conversations(
+    convs: Sequence[dict],
+    *,
+    user: Chat,
+    assistant: Chat,
+    contrast: Chat | None,
+    sim_cfg: SimulateConfig,
+    cfg: ContrastConfig,
+    split: str,
+    prompts: SimPrompts | None = None,
+    encoder: Encoder | None = None,
+) -> list[dict]:
     """Filter candidates {"fields", "events", "failure", "notes"}, one per conversation, in input order.
 
     `encoder` scores relevance (music.pairs.relevance); default: the configured sentence encoder.
@@ -110,9 +123,16 @@ def contrast_conversations(convs: Sequence[dict], *, user: Chat, assistant: Chat
     work: list[dict] = []  # candidates still being built, with their histories
     for conv in convs:
         models = {"user": conv["models"]["user"], "assistant": conv["models"]["assistant"]}
-        fields = dict(chosen=conv["messages"], rejected=None, pair_id=f"music-{conv['seed_id']}", kind="music",
-                      seed_id=conv["seed_id"], conversation_id=conv["conversation_id"], models=models,
-                      prompts=list(conv["prompts"]))
+        fields = dict(
+            chosen=conv["messages"],
+            rejected=None,
+            pair_id=f"music-{conv['seed_id']}",
+            kind="music",
+            seed_id=conv["seed_id"],
+            conversation_id=conv["conversation_id"],
+            models=models,
+            prompts=list(conv["prompts"]),
+        )
         cand = {"fields": fields, "events": list(conv["events"]), "failure": conv["failure"], "notes": {}}
         cands.append(cand)
         if conv["failure"] is not None:
@@ -121,24 +141,38 @@ def contrast_conversations(convs: Sequence[dict], *, user: Chat, assistant: Chat
         d = pick_divergence(conv["seed_id"], conv["turns"], cfg)
         g = conv["context_turns"] + d
         history = history_to_user_turn(conv["messages"], g)
-        fields.update(divergence_turn=g, turns_after_divergence=user_turns(conv["messages"]) - g,
-                      original_request=history[-1]["content"])
+        fields.update(
+            divergence_turn=g,
+            turns_after_divergence=user_turns(conv["messages"]) - g,
+            original_request=history[-1]["content"],
+        )
         real_turns = conv.get("real_user_turns") or []
         cand["notes"]["original_request_real"] = g in real_turns  # a person's request (the seed's next_user)
         start = len(history_to_user_turn(conv["messages"], conv["context_turns"] + 1)) - 1  # first simulated message
         if conv["context_turns"] + 1 in real_turns:  # a real message is not generated: the echo check starts after it
             start += 1
-        work.append({"cand": cand, "pos": len(cands) - 1, "history": history, "turn": g, "start": start,
-                     "reply_at": len(history),  # index of the divergence reply, the same in both branches
-                     "target": user_turns(conv["messages"])})
+        work.append(
+            {
+                "cand": cand,
+                "pos": len(cands) - 1,
+                "history": history,
+                "turn": g,
+                "start": start,
+                "reply_at": len(history),  # index of the divergence reply, the same in both branches
+                "target": user_turns(conv["messages"]),
+            }
+        )
 
     answered: list[tuple[dict, Any]] = []  # (work item, answer event)
     resample: list[dict] = []
     if cfg.method in ("instruct", "auto") and work:
         if contrast is None:
             raise ValueError("contrast.method needs the contrast backend")
-        replies = contrast.generate([with_system(w["history"], instruct_prompt.text) for w in work],
-                                    seed=derive_seed(base, "instruct"), desc=f"contrast {split} instruct")
+        replies = contrast.generate(
+            [with_system(w["history"], instruct_prompt.text) for w in work],
+            seed=derive_seed(base, "instruct"),
+            desc=f"contrast {split} instruct",
+        )
         for w, rep in zip(work, replies):
             parsed = parse_contrast(rep.text) if rep.finish_reason != "error" else None
             w["cand"]["notes"]["instruct_raw"] = rep.text
@@ -146,8 +180,15 @@ def contrast_conversations(convs: Sequence[dict], *, user: Chat, assistant: Chat
             if rep.finish_reason == "error":
                 w["cand"]["notes"]["instruct_error"] = rep.error or "no text"
             if parsed is not None:
-                event, failure = make_event(rep, branch="rejected", turn=w["turn"], role="assistant", trim=trim,
-                                            text=parsed[1], method="instruct")
+                event, failure = make_event(
+                    rep,
+                    branch="rejected",
+                    turn=w["turn"],
+                    role="assistant",
+                    trim=trim,
+                    text=parsed[1],
+                    method="instruct",
+                )
                 w["cand"]["fields"].update(modified_request=parsed[0], contrast_method="instruct")
                 w["cand"]["fields"]["models"]["contrast"] = contrast.name
                 w["cand"]["fields"]["prompts"].append(instruct_prompt.meta())
@@ -160,16 +201,32 @@ def contrast_conversations(convs: Sequence[dict], *, user: Chat, assistant: Chat
         resample = list(work)
 
     if resample:  # the user model asks again from the same history; the assistant answers those requests
-        options = resampled_requests(resample, user, encoder, prompts=prompts, k=cfg.candidates,
-                                     keep=cfg.answered_candidates, trim=trim, seed=derive_seed(base, "resample", "user"),
-                                     split=split, band=cfg.request_similarity)
+        options = resampled_requests(
+            resample,
+            user,
+            encoder,
+            prompts=prompts,
+            k=cfg.candidates,
+            keep=cfg.answered_candidates,
+            trim=trim,
+            seed=derive_seed(base, "resample", "user"),
+            split=split,
+            band=cfg.request_similarity,
+        )
         flat = [(w, event) for w, events in options for event in events]
-        replies = assistant.generate([assistant_view([*w["history"][:-1], {"role": "user", "content": e.text}], prompts)
-                                      for w, e in flat],
-                                     seed=derive_seed(base, "resample", "assistant"),
-                                     desc=f"contrast {split} resample answers") if flat else []
-        answers = [make_event(rep, branch="rejected", turn=w["turn"], role="assistant", trim=trim, method="resample")
-                   for (w, _), rep in zip(flat, replies)]
+        replies = (
+            assistant.generate(
+                [assistant_view([*w["history"][:-1], {"role": "user", "content": e.text}], prompts) for w, e in flat],
+                seed=derive_seed(base, "resample", "assistant"),
+                desc=f"contrast {split} resample answers",
+            )
+            if flat
+            else []
+        )
+        answers = [
+            make_event(rep, branch="rejected", turn=w["turn"], role="assistant", trim=trim, method="resample")
+            for (w, _), rep in zip(flat, replies)
+        ]
         answered += pick_contrasts(flat, answers, encoder)
 
     answered.sort(key=lambda a: a[0]["pos"])  # input order, whatever the method
@@ -180,8 +237,16 @@ def contrast_conversations(convs: Sequence[dict], *, user: Chat, assistant: Chat
         rollouts.append(r)
         targets.append(w["target"])
         w["rollout"] = r
-    roll_out(rollouts, targets, user, assistant, prompts=prompts, seed=derive_seed(base, "rejected"),
-             tag=f"contrast {split} rejected", trim=trim)
+    roll_out(
+        rollouts,
+        targets,
+        user,
+        assistant,
+        prompts=prompts,
+        seed=derive_seed(base, "rejected"),
+        tag=f"contrast {split} rejected",
+        trim=trim,
+    )
     for (w, _), r in zip(answered, rollouts):
         cand = w["cand"]
         cand["events"].extend(e.to_record() for e in r.events)
@@ -193,9 +258,19 @@ def contrast_conversations(convs: Sequence[dict], *, user: Chat, assistant: Chat
     return cands
 
 
-def resampled_requests(work: Sequence[dict], user: Chat, encoder: Encoder, *, prompts: SimPrompts, k: int, keep: int,
-                       trim: bool, seed: int, split: str,
-                       band: Sequence[float] | None = None) -> list[tuple[dict, list[Any]]]:
+def resampled_requests(
+    work: Sequence[dict],
+    user: Chat,
+    encoder: Encoder,
+    *,
+    prompts: SimPrompts,
+    k: int,
+    keep: int,
+    trim: bool,
+    seed: int,
+    split: str,
+    band: Sequence[float] | None = None,
+) -> list[tuple[dict, list[Any]]]:
     """The user model writes each divergence request again `k` times (one batched call). Of the usable
     samples (not failed, cut, leaking or equal to the original), the `keep` most unlike the original but on
     the conversation's topic (music.pairs.relevance.pick_modified_request's score) go on to be answered.
@@ -210,11 +285,21 @@ def resampled_requests(work: Sequence[dict], user: Chat, encoder: Encoder, *, pr
     for j, w in enumerate(work):
         original, anchor = w["history"][-1]["content"], w["history"][-2]["content"]
         events, failures = [], []
-        for rep in replies[j * k:(j + 1) * k]:
-            event, failure = make_event(rep, branch="rejected", turn=w["turn"], role="modified_request", trim=trim,
-                                        user_voice=True, method="resample")
-            if failure is None and (normalized(event.text) == normalized(original) or user_leaks(event.text)
-                                    or (event.finish_reason == "length" and not event.trimmed)):
+        for rep in replies[j * k : (j + 1) * k]:
+            event, failure = make_event(
+                rep,
+                branch="rejected",
+                turn=w["turn"],
+                role="modified_request",
+                trim=trim,
+                user_voice=True,
+                method="resample",
+            )
+            if failure is None and (
+                normalized(event.text) == normalized(original)
+                or user_leaks(event.text)
+                or (event.finish_reason == "length" and not event.trimmed)
+            ):
                 failure = "modified_request"
             events.append(event)
             failures.append(failure)
@@ -244,13 +329,22 @@ def resampled_requests(work: Sequence[dict], user: Chat, encoder: Encoder, *, pr
     return out
 
 
-def pick_contrasts(flat: Sequence[tuple[dict, Any]], answers: Sequence[tuple[Any, str | None]],
-                   encoder: Encoder) -> list[tuple[dict, tuple[Any, str | None]]]:
+def pick_contrasts(
+    flat: Sequence[tuple[dict, Any]], answers: Sequence[tuple[Any, str | None]], encoder: Encoder
+) -> list[tuple[dict, tuple[Any, str | None]]]:
     """Per work item, of its answered requests keep the clearest contrast: the highest min(chosen margin,
     rejected margin) (music.pairs.relevance.contrast_margins: each reply closer to its own request). Returns
     (work item, (answer event, failure)) in the answered list's shape."""
-    scored = [(i, Contrast(w["history"][-1]["content"], req.text, w["cand"]["fields"]["chosen"][w["reply_at"]]["content"],
-                           ans.text)) for i, ((w, req), (ans, fail)) in enumerate(zip(flat, answers)) if fail is None]
+    scored = [
+        (
+            i,
+            Contrast(
+                w["history"][-1]["content"], req.text, w["cand"]["fields"]["chosen"][w["reply_at"]]["content"], ans.text
+            ),
+        )
+        for i, ((w, req), (ans, fail)) in enumerate(zip(flat, answers))
+        if fail is None
+    ]
     margins = dict(zip((i for i, _ in scored), contrast_margins(encoder, [c for _, c in scored])))
     best: dict[int, int] = {}  # id(work item) -> index into flat
     for i, (w, _) in enumerate(flat):
@@ -268,8 +362,14 @@ def pick_contrasts(flat: Sequence[tuple[dict, Any]], answers: Sequence[tuple[Any
             w["cand"]["notes"]["chosen_margin"], w["cand"]["notes"]["rejected_margin"] = margins[i]
         out.append((w, answers[i]))
     # how close each answered request is to the original (the measure of contrast.request_similarity)
-    sims = encoder.similarity([flat[i][1].text for i in sorted(best.values())],
-                              [flat[i][0]["history"][-1]["content"] for i in sorted(best.values())]) if best else []
+    sims = (
+        encoder.similarity(
+            [flat[i][1].text for i in sorted(best.values())],
+            [flat[i][0]["history"][-1]["content"] for i in sorted(best.values())],
+        )
+        if best
+        else []
+    )
     for i, sim in zip(sorted(best.values()), sims):
         flat[i][0]["cand"]["notes"]["request_similarity"] = round(sim, 6)
     return out
@@ -279,9 +379,15 @@ def add_relevance(work: Sequence[dict], encoder: Encoder) -> None:
     """Echo scores of both branches (and contrast margins where no earlier step computed them), into each
     candidate's notes (the filters read them) and its pair record (`relevance`)."""
     todo = [w for w in work if "rejected_margin" not in w["cand"]["notes"]]
-    items = [Contrast(w["cand"]["fields"]["original_request"], w["cand"]["fields"]["modified_request"],
-                      w["cand"]["fields"]["chosen"][w["reply_at"]]["content"],
-                      w["cand"]["fields"]["rejected"][w["reply_at"]]["content"]) for w in todo]
+    items = [
+        Contrast(
+            w["cand"]["fields"]["original_request"],
+            w["cand"]["fields"]["modified_request"],
+            w["cand"]["fields"]["chosen"][w["reply_at"]]["content"],
+            w["cand"]["fields"]["rejected"][w["reply_at"]]["content"],
+        )
+        for w in todo
+    ]
     for w, (cm, rm) in zip(todo, contrast_margins(encoder, items)):
         w["cand"]["notes"].update(chosen_margin=cm, rejected_margin=rm)
     convs = [c for w in work for c in (w["cand"]["fields"]["chosen"], w["cand"]["fields"]["rejected"])]
@@ -289,13 +395,36 @@ def add_relevance(work: Sequence[dict], encoder: Encoder) -> None:
     for j, w in enumerate(work):
         notes = w["cand"]["notes"]
         notes["echo"] = max(echoes[2 * j], echoes[2 * j + 1])
-        w["cand"]["fields"]["relevance"] = {k: notes.get(k) for k in ("chosen_margin", "rejected_margin", "echo",
-                                                                     "modified_candidates", "original_request_real",
-                                                                     "request_similarity")}
+        w["cand"]["fields"]["relevance"] = {
+            k: notes.get(k)
+            for k in (
+                "chosen_margin",
+                "rejected_margin",
+                "echo",
+                "modified_candidates",
+                "original_request_real",
+                "request_similarity",
+            )
+        }
+
+
+STORED_DECIMALS = 4  # relevance floats as written to disk: their last bits differ between CPUs, these digits rarely
+
+
+def stored_floats(value: Any) -> Any:
+    """`value` with every float rounded to STORED_DECIMALS (lists and mappings too): what the pair records keep.
+    The filters decide on the unrounded values before this."""
+    if isinstance(value, float):
+        return round(value, STORED_DECIMALS)
+    if isinstance(value, list):
+        return [stored_floats(v) for v in value]
+    if isinstance(value, dict):
+        return {k: stored_floats(v) for k, v in value.items()}
+    return value
 
 
 def candidates_to_records(kept: Sequence[dict]) -> list[dict]:
-    return [pair_record(**c["fields"]) for c in kept]
+    return [pair_record(**{**c["fields"], "relevance": stored_floats(c["fields"].get("relevance"))}) for c in kept]
 
 
 def method_counts(cands: Sequence[dict], kept: Sequence[dict]) -> dict:
@@ -314,10 +443,18 @@ def method_counts(cands: Sequence[dict], kept: Sequence[dict]) -> dict:
 
 # --- the stage -------------------------------------------------------------------------------------------------
 
-def run(params: Params, *, variant: str | None = None, splits: Sequence[str] = ("train", "eval"),
-        backends: tuple[Chat, Chat, Chat | None] | None = None, encoder: Encoder | None = None) -> dict:
+
+def run(
+    params: Params,
+    *,
+    variant: str | None = None,
+    splits: Sequence[str] = ("train", "eval"),
+    backends: tuple[Chat, Chat, Chat | None] | None = None,
+    encoder: Encoder | None = None,
+) -> dict:
     """Read outputs/conversations/{split} (and the train seeds for D); write outputs/pairs/{music_train, music_eval,
-    d_train} and filter_report.json. Held-out D pairs, quality twins and swap items: the heldout stage (music.stages.heldout).
+    d_train} and filter_report.json. Held-out D pairs, quality twins and swap items: the heldout stage
+    (music.stages.heldout).
 
     `backends` (user, assistant, contrast) and `encoder` replace the configured models (tests use fakes).
     """
@@ -325,32 +462,58 @@ def run(params: Params, *, variant: str | None = None, splits: Sequence[str] = (
     cfg = params.contrast
     if backends is None:
         user, assistant = make_backends(params)
-        contrast = make_chat(cfg.contrast, params.paths.cache, role="contrast.contrast") if cfg.method != "resample" else None
+        contrast = (
+            make_chat(cfg.contrast, params.paths.cache, role="contrast.contrast") if cfg.method != "resample" else None
+        )
     else:
         user, assistant, contrast = backends
     meter = TokenMeter(user=user, assistant=assistant, contrast=contrast)
     d_from_source = parse_d_source(cfg.d_source) is not None
     out_dir = Path(params.paths.pairs)
-    report: dict = {"reasons": list(REASONS), "splits": {}, "methods": {}, "multi_turn": {}, "failures": {},
-                    "d_source": cfg.d_source,
-                    "method": cfg.method, "divergence": cfg.divergence}
+    report: dict = {
+        "reasons": list(REASONS),
+        "splits": {},
+        "methods": {},
+        "multi_turn": {},
+        "failures": {},
+        "d_source": cfg.d_source,
+        "method": cfg.method,
+        "divergence": cfg.divergence,
+    }
+    written: dict[str, list[dict]] = {}  # the records of each pair set, for check_invariants
     for split in splits:
         convs = load_records(Path(params.paths.conversations) / split)
-        cands = contrast_conversations(convs, user=user, assistant=assistant, contrast=contrast, sim_cfg=params.simulate,
-                                       cfg=cfg, split=split, encoder=encoder)
+        cands = contrast_conversations(
+            convs,
+            user=user,
+            assistant=assistant,
+            contrast=contrast,
+            sim_cfg=params.simulate,
+            cfg=cfg,
+            split=split,
+            encoder=encoder,
+        )
         kept, stats = apply_filters(cands, cfg)
         methods = method_counts(cands, kept)
         report["failures"][f"music_{split}"] = failures = candidate_failures(cands, cfg)
-        check_failed_share(failures, cfg.max_failed_share, what=f"contrast ({split}): MUSIC candidates",
-                           key="contrast.max_failed_share", advice=contrast_advice(cfg, methods))
+        check_failed_share(
+            failures,
+            cfg.max_failed_share,
+            what=f"contrast ({split}): MUSIC candidates",
+            key="contrast.max_failed_share",
+            advice=contrast_advice(cfg, methods),
+        )
         if split == "train" and len(kept) < cfg.min_music_train_pairs:
             raise StageFailed(
                 f"contrast (train): {len(kept)} of {failures['units']} MUSIC candidates kept, fewer than "
                 f"contrast.min_music_train_pairs={cfg.min_music_train_pairs} (train@music trains on them). Removed by "
                 f"reason: {nonzero(stats['removed'])}; contrast methods: {methods}; request/parse failures: "
-                f"{describe(failures)}. {contrast_advice(cfg, methods)}", failures)
+                f"{describe(failures)}. {contrast_advice(cfg, methods)}",
+                failures,
+            )
         records = candidates_to_records(kept)
         save_records(records, out_dir / f"music_{split}", pair_features())
+        written[f"music_{split}"] = records
         report["splits"][f"music_{split}"] = stats
         report["methods"][f"music_{split}"] = methods
         report["multi_turn"][f"music_{split}"] = multi_turn_share(records)
@@ -360,23 +523,42 @@ def run(params: Params, *, variant: str | None = None, splits: Sequence[str] = (
             continue
         d_records: list[dict] = []
         if cfg.d_pairs and d_from_source:
-            held_out = set().union(*(read_conversation_ids(Path(params.paths.seeds) / SEED_FILES[name])
-                                     for name in ("eval", "eval_conversations")))
+            held_out = set().union(
+                *(
+                    read_conversation_ids(Path(params.paths.seeds) / SEED_FILES[name])
+                    for name in ("eval", "eval_conversations")
+                )
+            )
             report.setdefault("d_source_malformed", {})[f"d_{split}"] = malformed = {}
-            d_records = d_records_from_source(cfg, split, held_out, malformed)
-            report["splits"][f"d_{split}"] = {"candidates": len(d_records), "kept": len(d_records),
-                                             "removed": {r: 0 for r in REASONS}}
+            d_records = d_records_from_source(cfg, split, held_out, malformed, eval_split=params.heldout.d_eval_split)
+            report["splits"][f"d_{split}"] = {
+                "candidates": len(d_records),
+                "kept": len(d_records),
+                "removed": {r: 0 for r in REASONS},
+            }
         elif cfg.d_pairs:
             seeds = read_seeds(Path(params.paths.seeds) / f"{split}.jsonl")
-            d_cands = d_candidates(seeds, assistant, split=split, seed=derive_seed(cfg.seed, "d", split),
-                                   trim=params.simulate.trim_truncated)
+            d_cands = d_candidates(
+                seeds,
+                assistant,
+                split=split,
+                seed=derive_seed(cfg.seed, "d", split),
+                trim=params.simulate.trim_truncated,
+            )
             d_kept, d_stats = apply_filters(d_cands, cfg)
             report["failures"][f"d_{split}"] = d_failures = candidate_failures(d_cands, cfg)
-            check_failed_share(d_failures, cfg.max_failed_share, what=f"contrast ({split}): D candidates (seeds)",
-                               key="contrast.max_failed_share", advice=contrast_advice(cfg, {}))
+            check_failed_share(
+                d_failures,
+                cfg.max_failed_share,
+                what=f"contrast ({split}): D candidates (seeds)",
+                key="contrast.max_failed_share",
+                advice=contrast_advice(cfg, {}),
+            )
             d_records = candidates_to_records(d_kept)
             report["splits"][f"d_{split}"] = d_stats
         save_records(d_records, out_dir / f"d_{split}", pair_features())
+        written[f"d_{split}"] = d_records
+    check_invariants(report, written, cfg)
     write_json(out_dir / "filter_report.json", report)
     # Not in filter_report.json: the counts depend on what the response cache already held.
     report["tokens"] = meter.report()
@@ -399,27 +581,38 @@ def candidate_failures(cands: Sequence[dict], cfg: ContrastConfig) -> dict:
             failed.append(("generation_error", f"{label}: {error}"))
         elif cfg.method == "instruct" and c.get("notes", {}).get("instruct_parsed") is False:
             raw = c["notes"].get("instruct_raw") or ""
-            failed.append(("instruct_unparsed", f"{label}: the reply is not 'MODIFIED REQUEST: ...\\nANSWER: ...': "
-                                                f"{raw[:200]!r}"))
+            failed.append(
+                ("instruct_unparsed", f"{label}: the reply is not 'MODIFIED REQUEST: ...\\nANSWER: ...': {raw[:200]!r}")
+            )
     return failure_summary(units, failed)
 
 
 def contrast_advice(cfg: ContrastConfig, methods: dict) -> str:
     tips = []
     if methods.get("instruct_unparsed"):
-        tips.append(f"the contrast model's replies did not parse ({methods['instruct_unparsed']} of "
-                    f"{methods['instruct_tried']}): set contrast.method: auto (resample where unparsed) or resample, "
-                    "or use a stronger contrast model (contrast.contrast.model)")
+        tips.append(
+            f"the contrast model's replies did not parse ({methods['instruct_unparsed']} of "
+            f"{methods['instruct_tried']}): set contrast.method: auto (resample where unparsed) or resample, "
+            "or use a stronger contrast model (contrast.contrast.model)"
+        )
     if cfg.method != "instruct":
-        tips.append("many `modified_request` drops (no usable resampled request): raise contrast.candidates or use a "
-                    "stronger user model (simulate.user)")
-    tips.append("a failed request: check the server named in the first error (base_urls, model, load; max_retries, "
-                "timeout_s) and rerun (finished replies come from the response cache)")
+        tips.append(
+            "many `modified_request` drops (no usable resampled request): raise contrast.candidates or use a "
+            "stronger user model (simulate.user)"
+        )
+    tips.append(
+        "a failed request: check the server named in the first error (base_urls, model, load; max_retries, "
+        "timeout_s) and rerun (finished replies come from the response cache)"
+    )
     if cfg.method != "instruct" and cfg.request_similarity is not None:
-        tips.append("many `request_band` drops (no rewrite within contrast.request_similarity of the original): raise "
-                    "contrast.candidates, widen the window, or set it to null")
-    tips.append("no pair kept: loosen the filter that removed most (contrast.min_contrast_margin, "
-                "contrast.max_echo_similarity, max_reply_chars) or draw more seeds (seed.n_train)")
+        tips.append(
+            "many `request_band` drops (no rewrite within contrast.request_similarity of the original): raise "
+            "contrast.candidates, widen the window, or set it to null"
+        )
+    tips.append(
+        "no pair kept: loosen the filter that removed most (contrast.min_contrast_margin, "
+        "contrast.max_echo_similarity, max_reply_chars) or draw more seeds (seed.n_train)"
+    )
     return "What to change: " + "; ".join(tips) + "."
 
 
@@ -428,12 +621,14 @@ def band_counts(cands: Sequence[dict], kept: Sequence[dict], cfg: ContrastConfig
     request failures), and how many divergence requests were a person's (the seed's real next user message),
     among the candidates and the kept pairs."""
     notes = [c.get("notes", {}) for c in cands]
-    return {"request_similarity": cfg.request_similarity,
-            "rewrites_usable": sum(n.get("modified_candidates", 0) for n in notes),  # before the window
-            "rewrites_outside_band": sum(n.get("outside_band", 0) for n in notes),
-            "no_rewrite_in_band": sum(c.get("failure") == "request_band" for c in cands),
-            "real_requests": sum(bool(n.get("original_request_real")) for n in notes),
-            "kept_real_requests": sum(bool(c.get("notes", {}).get("original_request_real")) for c in kept)}
+    return {
+        "request_similarity": cfg.request_similarity,
+        "rewrites_usable": sum(n.get("modified_candidates", 0) for n in notes),  # before the window
+        "rewrites_outside_band": sum(n.get("outside_band", 0) for n in notes),
+        "no_rewrite_in_band": sum(c.get("failure") == "request_band" for c in cands),
+        "real_requests": sum(bool(n.get("original_request_real")) for n in notes),
+        "kept_real_requests": sum(bool(c.get("notes", {}).get("original_request_real")) for c in kept),
+    }
 
 
 def near_miss_rows(records: Sequence[dict], n: int = 5) -> list[dict]:
@@ -447,10 +642,18 @@ def near_miss_rows(records: Sequence[dict], n: int = 5) -> list[dict]:
         if not rel.get("original_request_real"):
             continue
         at = [i for i, m in enumerate(r["chosen"]) if m["role"] == "user"][r["divergence_turn"] - 1] + 1
-        rows.append({"pair_id": r["pair_id"], "original request (real)": r["original_request"],
-                     "modified request": r["modified_request"], "similarity": rel.get("request_similarity"),
-                     "chosen reply": r["chosen"][at]["content"], "rejected reply": r["rejected"][at]["content"],
-                     "chosen margin": rel.get("chosen_margin"), "rejected margin": rel.get("rejected_margin")})
+        rows.append(
+            {
+                "pair_id": r["pair_id"],
+                "original request (real)": r["original_request"],
+                "modified request": r["modified_request"],
+                "similarity": rel.get("request_similarity"),
+                "chosen reply": r["chosen"][at]["content"],
+                "rejected reply": r["rejected"][at]["content"],
+                "chosen margin": rel.get("chosen_margin"),
+                "rejected margin": rel.get("rejected_margin"),
+            }
+        )
     near = sorted(range(len(rows)), key=lambda i: (rows[i]["similarity"] is None, -(rows[i]["similarity"] or 0.0), i))
     return [rows[i] for i in near[:n]]
 
@@ -459,9 +662,37 @@ def nonzero(counts: dict) -> dict:
     return {k: v for k, v in counts.items() if v}
 
 
+MIN_MULTI_TURN_SHARE = 0.9  # kept pairs with a turn after the divergence differ in >= 2 assistant turns
+
+
+def check_invariants(report: dict, written: dict[str, list[dict]], cfg: ContrastConfig) -> None:
+    """What the stage promises, checked before its report is written: with `min_turns_after_divergence` >= 1
+    nearly every MUSIC pair differs in two or more assistant turns (a later reply may repeat by chance), and no
+    conversation feeds both training pairs and held-out MUSIC pairs."""
+    if cfg.min_turns_after_divergence >= 1:
+        low = {
+            k: v
+            for k, v in report["multi_turn"].items()
+            if v["share"] is not None and v["share"] < MIN_MULTI_TURN_SHARE
+        }
+        if low:
+            raise RuntimeError(
+                f"contrast: pairs that differ in two or more turns are below {MIN_MULTI_TURN_SHARE:.0%} "
+                f"(filter_report multi_turn): {low}"
+            )
+    held_out = {r["conversation_id"] for r in written.get("music_eval", [])}
+    trained = {r["conversation_id"] for name in ("d_train", "music_train") for r in written.get(name, [])}
+    both = sorted(held_out & trained)
+    if both:
+        raise RuntimeError(f"contrast: conversations feed both training and held-out MUSIC pairs: {both[:5]}")
+
+
 def multi_turn_share(records: Sequence[dict]) -> dict:
     """How many pairs differ in two or more assistant turns (a pair that differs only in its last reply is a
     last-turn pair, whatever made it)."""
     multi = sum(first_difference_distance(r["chosen"], r["rejected"]) >= 2 for r in records)
-    return {"pairs": len(records), "two_or_more_turns": multi, "share": round(multi / len(records), 4) if records else None}
-
+    return {
+        "pairs": len(records),
+        "two_or_more_turns": multi,
+        "share": round(multi / len(records), 4) if records else None,
+    }

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 from music.config import Params
 from music.evaluate.constants import SECTION_KEYS
 from music.evaluate.heldout_items import REPORT_FILE, SWAP_FILE, read_swap_items
-from music.evaluate.items import GROUPS, Item, item_rows, items_from_pairs, score_items, summarize_rows
+from music.evaluate.items import GROUPS, Item, item_rows, items_from_pairs, score_groups, summarize_rows
 from music.evaluate.pairwise import local_pairs, require_model
 from music.evaluate.rewardbench import load_rewardbench_pairs, rewardbench_items, rewardbench_result
 from music.evaluate.stats import spread
@@ -36,8 +36,23 @@ from music.stages import check_variant
 from music.stages.seed import SEED_FILES, check_disjoint, read_conversation_ids
 from music.store import read_pairs, seed_dir
 
-ITEM_FIELDS = ("variant", "seed", "test", "item_id", "source", "distance", "group", "chosen_score", "rejected_score", "correct",
-               "cluster", "blind_chosen_score", "blind_rejected_score", "blind_correct", "length_correct")
+ITEM_FIELDS = (
+    "variant",
+    "seed",
+    "test",
+    "item_id",
+    "source",
+    "distance",
+    "group",
+    "chosen_score",
+    "rejected_score",
+    "correct",
+    "cluster",
+    "blind_chosen_score",
+    "blind_rejected_score",
+    "blind_correct",
+    "length_correct",
+)
 TRAJECTORY_FIELDS = ("variant", "seed", "pair_id", "relative_turn", "chosen_score", "rejected_score", "gap", "score_sd")
 
 
@@ -57,7 +72,9 @@ def trajectory_points(pairs: Sequence[PreferencePair]) -> list[TrajectoryPoint]:
     for p in pairs:
         g = int(p.meta["divergence_turn"])
         for t in range(max(1, g - 1), user_turns(p.chosen) + 1):
-            out.append(TrajectoryPoint(str(p.meta["pair_id"]), t - g, _through_turn(p.chosen, t), _through_turn(p.rejected, t)))
+            out.append(
+                TrajectoryPoint(str(p.meta["pair_id"]), t - g, _through_turn(p.chosen, t), _through_turn(p.rejected, t))
+            )
     return out
 
 
@@ -83,8 +100,11 @@ def load_items(params) -> tuple[list[Item], list[PreferencePair], dict]:
     # held-out MUSIC pairs: the contrast stage (the method's own output)
     for src, test in ((Path(paths.heldout) / "quality_eval", "quality"), (Path(paths.pairs) / "music_eval", "music")):
         pairs = read_pairs(src)
-        check_disjoint(((p.meta.get("pair_id", i), p.meta.get("conversation_id")) for i, p in enumerate(pairs)),
-                       train_ids, source=str(src))
+        check_disjoint(
+            ((p.meta.get("pair_id", i), p.meta.get("conversation_id")) for i, p in enumerate(pairs)),
+            train_ids,
+            source=str(src),
+        )
         loaded[test] = pairs
         items += items_from_pairs(test, pairs)
         info["sources"][test] = str(src)
@@ -106,7 +126,9 @@ def load_items(params) -> tuple[list[Item], list[PreferencePair], dict]:
         info["sources"][name] = str(path)
         info[f"{name}_malformed_records_skipped"] = skipped
     identical = [it for it in items if it.distance < 1]  # chosen == rejected: nothing to judge, in no group
-    info["identical_pairs_dropped"] = {t: sum(it.test == t for it in identical) for t in sorted({it.test for it in identical})}
+    info["identical_pairs_dropped"] = {
+        t: sum(it.test == t for it in identical) for t in sorted({it.test for it in identical})
+    }
     return [it for it in items if it.distance >= 1], loaded["music"], info
 
 
@@ -120,49 +142,82 @@ def run(params: Params, *, variant: str | None = None, make_scorer: ScorerFactor
     """
     check_variant("evaluate", variant, params.train.variants)
     cfg, paths = params.evaluate, params.paths
-    model_dirs = {s: require_model(seed_dir(paths.models, variant, s), f"{variant} (seed {s})") for s in params.train.seeds}
+    model_dirs = {
+        s: require_model(seed_dir(paths.models, variant, s), f"{variant} (seed {s})") for s in params.train.seeds
+    }
     items, music_pairs, info = load_items(params)
     points = trajectory_points(music_pairs)
     point_items = [Item("trajectory", f"{p.pair_id}@{p.relative_turn}", 1, p.chosen, p.rejected) for p in points]
     rewardbench = load_rewardbench_pairs(cfg.rewardbench_path) if (cfg.rewardbench or cfg.rewardbench_path) else None
     if rewardbench is None:
-        info["skipped"]["rewardbench"] = "evaluate.rewardbench is false and no rewardbench_path (the hub is unreachable offline)"
+        info["skipped"]["rewardbench"] = (
+            "evaluate.rewardbench is false and no rewardbench_path (the hub is unreachable offline)"
+        )
     rb_items = rewardbench_items(rewardbench, source=cfg.rewardbench_path or "hub") if rewardbench is not None else []
     if rb_items:
         info["sources"]["rewardbench"] = cfg.rewardbench_path or "hub"
-    make_scorer = make_scorer or (lambda d: RewardScorer(str(d), batch_size=cfg.batch_size, max_length=cfg.max_length,
-                                                        dtype=cfg.dtype, progress_desc=f"score {variant} {Path(d).name}"))
+    make_scorer = make_scorer or (
+        lambda d: RewardScorer(
+            str(d),
+            batch_size=cfg.batch_size,
+            max_length=cfg.max_length,
+            dtype=cfg.dtype,
+            progress_desc=f"score {variant} {Path(d).name}",
+        )
+    )
     use_disk_store(paths.cache)  # frozen-layer states (music.rm.frozen) shared with the other stages
 
     blind_items = [it.blind() for it in items]  # the history-blind reference: last exchanges (short; deduplicated)
     rows, traj_rows, per_seed, rb = [], [], {}, {}
     for s, model_dir in model_dirs.items():
         scorer = make_scorer(model_dir)
-        scores = score_items(scorer, items + blind_items + rb_items + point_items)
-        n_i, n_rb = len(items), len(rb_items)
-        seed_rows = item_rows(items, scores[:n_i], scores[n_i: 2 * n_i], variant=variant, seed=s)
-        rb_scores = scores[2 * n_i: 2 * n_i + n_rb]
+        scored = score_groups(
+            scorer, {"items": items, "blind": blind_items, "rewardbench": rb_items, "trajectory": point_items}
+        )
+        seed_rows = item_rows(items, scored["items"], scored["blind"], variant=variant, seed=s)
+        rb_scores = scored["rewardbench"]
         rows += seed_rows + item_rows(rb_items, rb_scores, variant=variant, seed=s)  # RewardBench: in no group
         per_seed[s] = {**summarize_rows(seed_rows), "history_blind": blind_summary(seed_rows)}
-        traj = scores[2 * n_i + n_rb:]
-        sd = spread([x for pair in scores[:n_i] + traj for x in pair])["sd"] or 1.0
-        traj_rows += [{"variant": variant, "seed": s, "pair_id": p.pair_id, "relative_turn": p.relative_turn,
-                       "chosen_score": round(c, 6), "rejected_score": round(r, 6), "gap": round(c - r, 6),
-                       "score_sd": round(sd, 6)} for p, (c, r) in zip(points, traj)]
+        traj = scored["trajectory"]
+        sd = spread([x for pair in scored["items"] + traj for x in pair])["sd"] or 1.0
+        traj_rows += [
+            {
+                "variant": variant,
+                "seed": s,
+                "pair_id": p.pair_id,
+                "relative_turn": p.relative_turn,
+                "chosen_score": round(c, 6),
+                "rejected_score": round(r, 6),
+                "gap": round(c - r, 6),
+                "score_sd": round(sd, 6),
+            }
+            for p, (c, r) in zip(points, traj)
+        ]
         if rb_items:
-            rb[s] = rewardbench_result([it.source for it in rb_items], [c for c, _ in rb_scores], [r for _, r in rb_scores])
+            rb[s] = rewardbench_result(
+                [it.source for it in rb_items], [c for c, _ in rb_scores], [r for _, r in rb_scores]
+            )
         del scorer  # one RM in memory at a time (a 9B RM per seed)
     metrics = seed_summary(per_seed)
     if rb:  # per section (SECTION_KEYS): the weighted section score's mean/sd/min/max over seeds
-        metrics["rewardbench"] = {k: {**spread([r[k] for r in rb.values() if r.get(k) is not None]), "n_items": len(rb_items)}
-                                  for k in SECTION_KEYS}
+        metrics["rewardbench"] = {
+            k: {**spread([r[k] for r in rb.values() if r.get(k) is not None]), "n_items": len(rb_items)}
+            for k in SECTION_KEYS
+        }
     out = Path(paths.evaluation) / variant
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
         _write_csv(tmp / "items.csv", ITEM_FIELDS, rows)
         _write_csv(tmp / "trajectory.csv", TRAJECTORY_FIELDS, traj_rows)
-        write_json(tmp / "info.json", {**info, "variant": variant, "seeds": list(model_dirs),
-                                       "model_dirs": {str(s): str(d) for s, d in model_dirs.items()}})
+        write_json(
+            tmp / "info.json",
+            {
+                **info,
+                "variant": variant,
+                "seeds": list(model_dirs),
+                "model_dirs": {str(s): str(d) for s, d in model_dirs.items()},
+            },
+        )
     write_json(Path(paths.metrics) / f"{variant}.json", metrics)
     return metrics
 
@@ -189,7 +244,9 @@ def seed_summary(per_seed: dict[int, dict]) -> dict:
             blind[k].append(v)
     out = {
         "accuracy": {k: {**spread(v), "n_items": n[k]} for k, v in sorted(acc.items())},
-        "per_seed": {str(s): {k: v["accuracy"] for k, v in summary["groups"].items()} for s, summary in per_seed.items()},
+        "per_seed": {
+            str(s): {k: v["accuracy"] for k, v in summary["groups"].items()} for s, summary in per_seed.items()
+        },
     }
     if blind:  # the same RM on the last exchange only (ties count 1/2): mean/sd over seeds, per group and test
         out["history_blind"] = {k: spread(v) for k, v in sorted(blind.items())}
@@ -212,13 +269,17 @@ def _write_csv(path: Path, fields: Sequence[str], rows: Sequence[dict]) -> None:
         w.writerows(rows)
 
 
-def hardest_items(params, variant: str, k: int = 3, tests: Sequence[str] = ("quality", "swap")) -> list[tuple[Item, float]]:
+def hardest_items(
+    params, variant: str, k: int = 3, tests: Sequence[str] = ("quality", "swap")
+) -> list[tuple[Item, float]]:
     """The `k` items of `tests` this variant gets most wrong: the lowest chosen - rejected score, averaged
     over seeds (read from its items.csv; the conversations rebuilt with load_items)."""
     import pandas as pd
 
     rows = pd.read_csv(Path(params.paths.evaluation) / variant / "items.csv", dtype={"item_id": str})
     rows = rows[rows["test"].isin(tests)]
-    margin = (rows["chosen_score"] - rows["rejected_score"]).groupby([rows["test"], rows["item_id"]]).mean().sort_values()
+    margin = (
+        (rows["chosen_score"] - rows["rejected_score"]).groupby([rows["test"], rows["item_id"]]).mean().sort_values()
+    )
     items = {(it.test, it.item_id): it for it in load_items(params)[0]}
     return [(items[key], float(m)) for key, m in margin.head(k).items() if key in items]

@@ -32,15 +32,21 @@ from music.reporting.plots import (
 from music.stages import check_variant
 
 
-def build(params: Params, variants: Sequence[str] | None = None) -> tuple[dict[str, Figure], pd.DataFrame, pd.DataFrame]:
+def build(
+    params: Params, variants: Sequence[str] | None = None
+) -> tuple[dict[str, Figure], pd.DataFrame, pd.DataFrame]:
     """(figures {file stem: Figure} in FIGURE_NAMES order, the comparison table, the trajectory summary)."""
     variants = order_variants(variants or params.train.variants)
     rows = load_item_rows(params.paths.evaluation, variants)
     table = compare(rows)
     traj = trajectory_summary(load_trajectories(params.paths.evaluation, variants))
     bon = load_best_of_n(params.paths.metrics, params.paths.evaluation)
-    figs = {"accuracy_overview": plot_accuracy_overview(rows, table), "paired_differences": plot_paired_differences(table),
-            "accuracy_by_distance": plot_by_distance(rows), "reward_trajectory": plot_reward_trajectory(traj)}
+    figs = {
+        "accuracy_overview": plot_accuracy_overview(rows, table),
+        "paired_differences": plot_paired_differences(table),
+        "accuracy_by_distance": plot_by_distance(rows),
+        "reward_trajectory": plot_reward_trajectory(traj),
+    }
     if bon:
         figs["best_of_n"] = plot_best_of_n(bon)
     figs["training_curves"] = plot_training_curves(load_curves(params.paths.models, variants, params.train.seeds))
@@ -55,8 +61,11 @@ def plot_data(params: Params, variants: Sequence[str], traj: pd.DataFrame) -> di
 
     def wide(df: pd.DataFrame, x: str, value: str) -> pd.DataFrame:
         table = df.pivot_table(index=x, columns="variant", values=value) if not df.empty else pd.DataFrame()
-        return table.reindex(columns=variants).rename_axis(None, axis=1).reset_index() if not table.empty \
+        return (
+            table.reindex(columns=variants).rename_axis(None, axis=1).reset_index()
+            if not table.empty
             else pd.DataFrame(columns=[x, *variants])
+        )
 
     curves = load_curves(params.paths.models, variants, params.train.seeds)
     for col in ("loss", "accuracy"):
@@ -79,8 +88,10 @@ def run(params: Params, *, variant: str | None = None, variants: Sequence[str] |
     for name, fig in figs.items():
         paths += save_figure(fig, params.paths.figures, name, formats=tuple(params.plots.formats), dpi=params.plots.dpi)
     write_json(Path(params.paths.metrics) / SUMMARY_FILE, headline(table, load_best_of_n(params.paths.metrics)))
-    frames = {"comparison": (Path(params.paths.metrics), table),
-              **{name: (Path(params.paths.plots), df) for name, df in plot_data(params, variants, traj).items()}}
+    frames = {
+        "comparison": (Path(params.paths.metrics), table),
+        **{name: (Path(params.paths.plots), df) for name, df in plot_data(params, variants, traj).items()},
+    }
     for name, (folder, df) in frames.items():
         with atomic_path(folder / f"{name}.csv") as tmp:
             df.to_csv(tmp, index=False, float_format="%.6f", lineterminator="\n")

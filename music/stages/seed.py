@@ -34,7 +34,9 @@ _CHUNK_ID = re.compile(r"^(?P<base>.+)_(?P<chunk>\d+)$")
 _ASSISTANT_OPENING = re.compile(
     r"^\s*(?:sure[,!.]|certainly[,!.]|of course[,!.]|absolutely[,!.]|i'd be happy to|i would be happy to"
     r"|i'm sorry,? but|i am sorry,? but|i apologi[sz]e|as an ai|as a language model|(?:hello|hi)[,!] how can i"
-    r"|you're welcome|great question)", re.I)
+    r"|you're welcome|great question)",
+    re.I,
+)
 ROLE_SWAPPED = "roles swapped (the first user message opens like an assistant reply)"
 SAME_CONVERSATION = "another chunk of the same conversation was already drawn"
 NO_PREFIX = "no feasible prefix within the length limits"
@@ -51,6 +53,7 @@ def roles_swapped(messages: list[dict]) -> bool:
     """The stated rule for dropping a record: its first user message opens like an assistant reply."""
     first_user = next((m["content"] for m in messages if m["role"] == "user"), "")
     return bool(_ASSISTANT_OPENING.match(first_user))
+
 
 SEED_FILES = {"train": "train.jsonl", "eval": "eval.jsonl", "eval_conversations": "eval_conversations.jsonl"}
 
@@ -92,7 +95,7 @@ def feasible_prefix_lengths(conv: RealConversation, cfg: SeedConfig) -> list[int
     last = len(spans) - 1 if cfg.require_next_turn else len(spans)
     for k in range(1, min(cfg.max_context_turns, last) + 1):
         context = msgs[: spans[k - 1][1]]
-        nxt = msgs[spans[k][0]: spans[k][1]] if k < len(spans) else []
+        nxt = msgs[spans[k][0] : spans[k][1]] if k < len(spans) else []
         if context[-1]["role"] != "assistant" or (cfg.require_next_turn and len(nxt) != 2):
             continue
         if any(len(m["content"]) > cfg.max_message_chars for m in context + nxt):
@@ -107,14 +110,22 @@ def make_seed(conv: RealConversation, k: int, split: str, max_message_chars: int
     msgs = conv.messages
     _, spans = turn_spans(msgs)
     context = msgs[: spans[k - 1][1]]
-    nxt = msgs[spans[k][0]: spans[k][1]] if k < len(spans) else []
+    nxt = msgs[spans[k][0] : spans[k][1]] if k < len(spans) else []
     next_user = nxt[0]["content"] if nxt else None
     next_assistant = nxt[1]["content"] if len(nxt) > 1 else None
-    after = [dict(m) for m in msgs[spans[k + 1][0]: spans[k + 1][1]]] if k + 1 < len(spans) else []
+    after = [dict(m) for m in msgs[spans[k + 1][0] : spans[k + 1][1]]] if k + 1 < len(spans) else []
     if len(after) != 2 or any(max_message_chars and len(m["content"]) > max_message_chars for m in after):
         after = []
-    return Seed(f"{conv.conversation_id}:{k}", conv.conversation_id, conv.source, split,
-                [dict(m) for m in context], next_user, next_assistant, after)
+    return Seed(
+        f"{conv.conversation_id}:{k}",
+        conv.conversation_id,
+        conv.source,
+        split,
+        [dict(m) for m in context],
+        next_user,
+        next_assistant,
+        after,
+    )
 
 
 def eval_conversation_prefix(conv: RealConversation, cfg: SeedConfig) -> RealConversation | None:
@@ -132,8 +143,11 @@ def eval_conversation_prefix(conv: RealConversation, cfg: SeedConfig) -> RealCon
     for a, b in spans:
         turn = msgs[a:b]
         total += sum(len(m["content"]) for m in turn)
-        if (turn[-1]["role"] != "assistant" or total > limit
-                or any(len(m["content"]) > cfg.max_message_chars for m in turn)):
+        if (
+            turn[-1]["role"] != "assistant"
+            or total > limit
+            or any(len(m["content"]) > cfg.max_message_chars for m in turn)
+        ):
             break
         replies += 1
         end = b
@@ -162,7 +176,9 @@ def draw_seeds(conversations: list[RealConversation], cfg: SeedConfig) -> SeedSe
     ids = collections.Counter(c.conversation_id for c in conversations)
     dup = sorted(i for i, n in ids.items() if n > 1)
     if dup:
-        raise DataError(cfg.path, f"conversation_id {dup[0]!r}", "id", f"appears {ids[dup[0]]} times; ids must be unique")
+        raise DataError(
+            cfg.path, f"conversation_id {dup[0]!r}", "id", f"appears {ids[dup[0]]} times; ids must be unique"
+        )
     pool = sorted(conversations, key=lambda c: c.conversation_id)
     rng = random.Random(cfg.seed)
     rng.shuffle(pool)
@@ -216,13 +232,23 @@ def draw_seeds(conversations: list[RealConversation], cfg: SeedConfig) -> SeedSe
         else:
             skipped[NOT_NEEDED] += 1
     if len(train) < cfg.n_train or len(evals) < cfg.n_eval:
-        raise DataError(cfg.path, "-", None,
-                        f"only {len(train)} train / {len(evals)} eval seeds fit the limits "
-                        f"(asked {cfg.n_train} / {cfg.n_eval}); loosen max_message_chars or max_context_chars")
-    check_disjoint(((f"eval seed {s.seed_id}", s.conversation_id) for s in evals),
-                   {s.conversation_id for s in train}, source=f"{cfg.path} (drawn seeds)")
-    check_disjoint(((f"eval conversation {c.conversation_id}", c.conversation_id) for c in eval_convs),
-                   {s.conversation_id for s in train}, source=f"{cfg.path} (drawn seeds)")
+        raise DataError(
+            cfg.path,
+            "-",
+            None,
+            f"only {len(train)} train / {len(evals)} eval seeds fit the limits "
+            f"(asked {cfg.n_train} / {cfg.n_eval}); loosen max_message_chars or max_context_chars",
+        )
+    check_disjoint(
+        ((f"eval seed {s.seed_id}", s.conversation_id) for s in evals),
+        {s.conversation_id for s in train},
+        source=f"{cfg.path} (drawn seeds)",
+    )
+    check_disjoint(
+        ((f"eval conversation {c.conversation_id}", c.conversation_id) for c in eval_convs),
+        {s.conversation_id for s in train},
+        source=f"{cfg.path} (drawn seeds)",
+    )
     stats = {
         "conversations_in_source": len(conversations),
         "conversations_examined": examined,
@@ -232,7 +258,9 @@ def draw_seeds(conversations: list[RealConversation], cfg: SeedConfig) -> SeedSe
         "eval_conversations_missing": max(0, cfg.n_eval_conversations - len(eval_convs)),
         "eval_conversations_cut": cut,  # cut after their last turn within the limits (eval_conversation_prefix)
         "skipped": dict(skipped),
-        "context_turns": dict(sorted(collections.Counter(len(turn_spans(s.context)[1]) for s in train + evals).items())),
+        "context_turns": dict(
+            sorted(collections.Counter(len(turn_spans(s.context)[1]) for s in train + evals).items())
+        ),
     }
     return SeedSet(train, evals, eval_convs, stats)
 
@@ -249,8 +277,9 @@ def check_disjoint(eval_ids: Iterable[tuple[object, object]], train_ids: Iterabl
         if cid is None:
             raise DataError(source, record, "conversation_id", "missing: cannot check that it is held out")
         if base_conversation_id(str(cid)) in train_bases:
-            raise DataError(source, record, "conversation_id",
-                            f"{cid!r} is (a chunk of) a training conversation (train/eval leak)")
+            raise DataError(
+                source, record, "conversation_id", f"{cid!r} is (a chunk of) a training conversation (train/eval leak)"
+            )
         n += 1
     return n
 
@@ -302,11 +331,21 @@ def run(params: Params, *, variant: str | None = None) -> SeedSet:
 def read_seeds(path: str | Path) -> list[Seed]:
     out = []
     for lineno, rec in read_jsonl(path):
-        for key in ("seed_id", "conversation_id", "source", "split", "context", "next_user", "next_assistant", "following"):
+        for key in (
+            "seed_id",
+            "conversation_id",
+            "source",
+            "split",
+            "context",
+            "next_user",
+            "next_assistant",
+            "following",
+        ):
             if key not in rec:
                 raise DataError(path, f"line {lineno}", key, "missing field")
-        rec["context"] = validate_conversation(rec["context"], source=str(path), record=f"line {lineno}",
-                                               field_name="context", must_end_with="assistant")
+        rec["context"] = validate_conversation(
+            rec["context"], source=str(path), record=f"line {lineno}", field_name="context", must_end_with="assistant"
+        )
         if rec["following"] and [m.get("role") for m in rec["following"]] != ["user", "assistant"]:
             raise DataError(path, f"line {lineno}", "following", "must be [] or one user and one assistant message")
         out.append(Seed(**rec))
@@ -316,8 +355,17 @@ def read_seeds(path: str | Path) -> list[Seed]:
 def read_seed_set(out_dir: str | Path) -> SeedSet:
     """What write_seed_set wrote: the seeds, the whole eval conversations and the stats."""
     out_dir = Path(out_dir)
-    convs = [RealConversation(rec["conversation_id"], rec["source"], rec["messages"])
-             for _, rec in read_jsonl(out_dir / SEED_FILES["eval_conversations"])] \
-        if (out_dir / SEED_FILES["eval_conversations"]).stat().st_size else []
-    return SeedSet(read_seeds(out_dir / SEED_FILES["train"]), read_seeds(out_dir / SEED_FILES["eval"]), convs,
-                   json.loads((out_dir / "stats.json").read_text(encoding="utf-8")))
+    convs = (
+        [
+            RealConversation(rec["conversation_id"], rec["source"], rec["messages"])
+            for _, rec in read_jsonl(out_dir / SEED_FILES["eval_conversations"])
+        ]
+        if (out_dir / SEED_FILES["eval_conversations"]).stat().st_size
+        else []
+    )
+    return SeedSet(
+        read_seeds(out_dir / SEED_FILES["train"]),
+        read_seeds(out_dir / SEED_FILES["eval"]),
+        convs,
+        json.loads((out_dir / "stats.json").read_text(encoding="utf-8")),
+    )

@@ -14,6 +14,7 @@ keep the seed file's order, so a rerun after a crash asks the cached backend exa
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,9 +28,18 @@ from music.stages import check_variant
 from music.stages.seed import read_seeds
 from music.store import conversation_features, save_records
 
+log = logging.getLogger(__name__)
 
-def simulate_seeds(seeds: Sequence[Any], user: Chat, assistant: Chat, cfg: SimulateConfig, *, split: str,
-                   prompts: SimPrompts | None = None) -> list[dict]:
+
+def simulate_seeds(
+    seeds: Sequence[Any],
+    user: Chat,
+    assistant: Chat,
+    cfg: SimulateConfig,
+    *,
+    split: str,
+    prompts: SimPrompts | None = None,
+) -> list[dict]:
     """Conversation records: each seed's context continued by `cfg.turns` simulated turns (batched).
 
     With `cfg.real_next_user`, turn 1's user message is the seed's real `next_user`, verbatim (an event with
@@ -42,17 +52,34 @@ def simulate_seeds(seeds: Sequence[Any], user: Chat, assistant: Chat, cfg: Simul
     for s, r in zip(seeds, rollouts):
         if cfg.real_next_user and (s.next_user or "").strip():
             r.add(real_user_event(s.next_user, branch="chosen", turn=r.turns + 1), None)
-    roll_out(rollouts, targets, user, assistant, prompts=prompts, seed=derive_seed(cfg.seed, "simulate", split),
-             tag=f"simulate {split}", trim=cfg.trim_truncated)
+    roll_out(
+        rollouts,
+        targets,
+        user,
+        assistant,
+        prompts=prompts,
+        seed=derive_seed(cfg.seed, "simulate", split),
+        tag=f"simulate {split}",
+        trim=cfg.trim_truncated,
+    )
     out = []
     for s, r in zip(seeds, rollouts):
-        out.append({
-            "seed_id": s.seed_id, "conversation_id": s.conversation_id, "source": s.source, "split": s.split,
-            "context_turns": user_turns(s.context), "turns": cfg.turns, "messages": r.messages,
-            "real_user_turns": [e.turn for e in r.events if e.real],
-            "events": [e.to_record() for e in r.events], "failure": r.failure,
-            "models": {"user": user.name, "assistant": assistant.name}, "prompts": prompts.meta(),
-        })
+        out.append(
+            {
+                "seed_id": s.seed_id,
+                "conversation_id": s.conversation_id,
+                "source": s.source,
+                "split": s.split,
+                "context_turns": user_turns(s.context),
+                "turns": cfg.turns,
+                "messages": r.messages,
+                "real_user_turns": [e.turn for e in r.events if e.real],
+                "events": [e.to_record() for e in r.events],
+                "failure": r.failure,
+                "models": {"user": user.name, "assistant": assistant.name},
+                "prompts": prompts.meta(),
+            }
+        )
     return out
 
 
@@ -61,8 +88,13 @@ def simulate_seeds(seeds: Sequence[Any], user: Chat, assistant: Chat, cfg: Simul
 SPLITS = ("train", "eval")
 
 
-def run(params: Params, *, variant: str | None = None, splits: Sequence[str] = SPLITS,
-        backends: tuple[Chat, Chat] | None = None) -> dict:
+def run(
+    params: Params,
+    *,
+    variant: str | None = None,
+    splits: Sequence[str] = SPLITS,
+    backends: tuple[Chat, Chat] | None = None,
+) -> dict:
     """Read outputs/seeds/{split}.jsonl, write outputs/conversations/{split}; returns a summary.
 
     The eval split simulates only its first `simulate.max_eval_conversations` seeds (the held-out MUSIC
@@ -78,15 +110,25 @@ def run(params: Params, *, variant: str | None = None, splits: Sequence[str] = S
         meter = TokenMeter(user=user, assistant=assistant)
         records = simulate_seeds(seeds, user, assistant, params.simulate, split=split)
         failures = conversation_failures(records)
-        check_failed_share(failures, params.simulate.max_failed_share, what=f"simulate ({split}): conversations",
-                           key="simulate.max_failed_share", advice=SIMULATE_ADVICE)
+        check_failed_share(
+            failures,
+            params.simulate.max_failed_share,
+            what=f"simulate ({split}): conversations",
+            key="simulate.max_failed_share",
+            advice=SIMULATE_ADVICE,
+        )
         save_records(records, Path(params.paths.conversations) / split, conversation_features())
-        summary[split] = {"conversations": len(records), "failed": sum(r["failure"] is not None for r in records),
-                          "real_next_user": real_next_user_counts(records, params.simulate),
-                          "request_failures": failures,
-                          "tokens": meter.report()}  # prompt tokens asked/encoded per generated token; {} if uncounted
+        summary[split] = {
+            "conversations": len(records),
+            "failed": sum(r["failure"] is not None for r in records),
+            "real_next_user": real_next_user_counts(records, params.simulate),
+            "request_failures": failures,
+            "tokens": meter.report(),
+        }  # prompt tokens asked/encoded per generated token; {} if uncounted
         if failures["failed"]:
-            print(f"simulate ({split}) request failures, below simulate.max_failed_share: {describe(failures)}")
+            log.warning(
+                "simulate (%s) request failures, below simulate.max_failed_share: %s", split, describe(failures)
+            )
     # The counts, where the notebook and a user look (an output of the stage: they do not depend on the cache)
     report_path = Path(params.paths.conversations) / FAILURE_REPORT
     report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
@@ -95,9 +137,11 @@ def run(params: Params, *, variant: str | None = None, splits: Sequence[str] = S
 
 
 FAILURE_REPORT = "failure_report.json"
-SIMULATE_ADVICE = ("The first error of each reason says why; check the server (simulate.user / simulate.assistant: "
-                   "base_urls, model, load), raise max_retries or timeout_s for a busy server, then rerun "
-                   "(finished replies come from the response cache).")
+SIMULATE_ADVICE = (
+    "The first error of each reason says why; check the server (simulate.user / simulate.assistant: "
+    "base_urls, model, load), raise max_retries or timeout_s for a busy server, then rerun "
+    "(finished replies come from the response cache)."
+)
 
 
 def real_next_user_counts(records: Sequence[dict], cfg: SimulateConfig) -> dict | None:

@@ -7,6 +7,7 @@ matches the arms (music.rm.schedule) and writes each seed's model to {paths.mode
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from music.config import Params
@@ -18,23 +19,36 @@ from music.rm.train import free_accelerator_memory, matched_arms, train_reward_m
 from music.stages import check_variant
 from music.store import seed_dir
 
+log = logging.getLogger(__name__)
+
 
 def run(params: Params, *, variant: str | None = None, progress: bool = True) -> list[dict]:
     """The train@{variant} stage: one model per seed in train.seeds; wall-clock times go to
     {paths.reports}/timings/train_{variant}.json (untracked). Returns each seed's metrics."""
     cfg = params.train
     check_variant("train", variant, cfg.variants)
-    every_kind = load_variant_pairs(params.paths.pairs, sorted({k for ks in cfg.variants.values() for k in ks}), split="train")
+    every_kind = load_variant_pairs(
+        params.paths.pairs, sorted({k for ks in cfg.variants.values() for k in ks}), split="train"
+    )
     pairs_by_kind = {k: every_kind[k] for k in cfg.variants[variant]}  # one read serves the variant and the matching
     matched = matched_arms(cfg, every_kind)
-    print(describe(matched), flush=True)
+    log.info(describe(matched))
     if cfg.reuse_frozen_layers:
         use_disk_store(params.paths.cache)  # frozen-layer states shared with the other train@ and evaluate@ stages
     runs = []
     for s in cfg.seeds:
-        runs.append(train_reward_model(cfg, pairs_by_kind, seed_dir(params.paths.models, variant, s),
-                                       resume_dir=Path(params.paths.cache) / "rm_resume", variant=variant,
-                                       progress=progress, seed=s, matched=matched))
+        runs.append(
+            train_reward_model(
+                cfg,
+                pairs_by_kind,
+                seed_dir(params.paths.models, variant, s),
+                resume_dir=Path(params.paths.cache) / "rm_resume",
+                variant=variant,
+                progress=progress,
+                seed=s,
+                matched=matched,
+            )
+        )
         free_accelerator_memory()  # one model on the GPU at a time
     write_json(Path(params.paths.reports) / "timings" / f"train_{variant}.json", [r["timing"] for r in runs])
     return runs
