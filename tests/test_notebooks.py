@@ -165,8 +165,9 @@ def _as_default_path(path: Path, tiny) -> str | None:
     rel = path.relative_to(REPO)
     if rel.parts[0] in (".venv", ".git", "music.egg-info") or "__pycache__" in rel.parts:
         return None
-    if str(rel) == "dvc.yaml":
-        # read only to name the stage's outputs in the notebook's text (music.pipeline.freshness), never to compute
+    if str(rel) in ("dvc.yaml", "params.yaml"):
+        # read only to name the stage's outputs in the notebook's text (music.pipeline.freshness, with dvc.yaml's
+        # ${paths.…} resolved from params.yaml as DVC does), never to compute: the stage's params are injected
         return None
     if str(rel) == yaml.safe_load((REPO / "profiles" / "tiny.yaml").read_text())["seed"]["path"]:
         return Params().seed.path  # the tiny profile's stand-in for the default seed source

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -257,6 +258,9 @@ def test_make_all_writes_figures_summary_and_table_byte_stable(tmp_path):
     assert list(dist.columns) == ["distance", "baseline", "music", "control"] and list(dist["distance"]) == [1, 2, 3]
     traj = pd.read_csv(tmp_path / "pl" / "reward_trajectory.csv")
     assert list(traj.columns) == ["relative_turn", "baseline", "music", "control"] and traj.loc[0, "music"] == 0.0
+    # plot data in git keeps 4 decimals (what differs between CPUs sits in the 6th); the comparison keeps 6
+    assert not re.search(r"\.\d{5}", (tmp_path / "pl" / "training_loss.csv").read_text())
+    assert re.search(r"\.\d{6}", (tmp_path / "m" / "comparison.csv").read_text())
     first = {p.name: p.read_bytes() for p in paths}
     assert {p.name: p.read_bytes() for p in plots_stage.run(P)} == first  # a rerun rewrites the same bytes
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from music.models.shapes import resolve_dtype
-from music.rm.data import as_pairs, fit_conversation, pad_batch
+from music.rm.data import Fit, as_pairs, fit_conversation, pad_batch
 from music.rm.frozen import FrozenBottom, saved_frozen_layers
 from music.rm.model import attention_implementation, float32_head, reward_scores, score_head
 from music.schema import validate_conversation
@@ -186,6 +186,13 @@ class RewardScorer:
 
     def _trained_max_length(self) -> int:
         return int(self._trained_config().get("max_length", DEFAULT_MAX_LENGTH))
+
+    def fit(self, conversation: list[dict]) -> Fit:
+        """The conversation as this scorer sees it: rendered and fitted to max_length (music.rm.data.Fit)."""
+        conv = validate_conversation(conversation, source=str(self.model_dir), record=0)
+        return fit_conversation(
+            self.tokenizer, conv, self.max_length, source=str(self.model_dir), record=0, field_name="messages"
+        )
 
     def score(self, conversations: list[list[dict]], progress: bool = False) -> list[float]:
         return score_conversations(

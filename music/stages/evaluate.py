@@ -135,6 +135,29 @@ def load_items(params) -> tuple[list[Item], list[PreferencePair], dict]:
 ScorerFactory = Callable[[Path], object]
 
 
+def drop_truncated_identical(items: Sequence[Item], fit: Callable | None) -> tuple[list[Item], dict | None]:
+    """The items left to judge once each conversation is fitted to the scorer's length (music.rm.data.
+    fit_conversation: oldest turns dropped first), and what the fitting did, per test and distance: items, those
+    that lost turns or tokens (`truncated`), and those whose two sides became token-identical (`identical`: a
+    swap whose swapped reply sat in a dropped turn). An identical item has nothing to judge: it is dropped from
+    every group rather than scored as wrong. `fit` None (a scorer that does not say how it fits): nothing is
+    dropped and the counts are None."""
+    if fit is None:
+        return list(items), None
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    kept = []
+    for it in items:
+        chosen, rejected = fit(it.chosen), fit(it.rejected)
+        row = counts.setdefault(it.test, {}).setdefault(str(it.distance), {"items": 0, "truncated": 0, "identical": 0})
+        row["items"] += 1
+        row["truncated"] += any(f.turns_dropped or f.tokens_cut for f in (chosen, rejected))
+        if chosen.ids == rejected.ids:
+            row["identical"] += 1
+        else:
+            kept.append(it)
+    return kept, {t: dict(sorted(d.items(), key=lambda kv: int(kv[0]))) for t, d in sorted(counts.items())}
+
+
 def run(params: Params, *, variant: str | None = None, make_scorer: ScorerFactory | None = None) -> dict:
     """Score every test with each seed's RM of `variant`; write the metrics, items, trajectory and info files.
 
@@ -167,10 +190,14 @@ def run(params: Params, *, variant: str | None = None, make_scorer: ScorerFactor
     )
     use_disk_store(paths.cache)  # frozen-layer states (music.rm.frozen) shared with the other stages
 
-    blind_items = [it.blind() for it in items]  # the history-blind reference: last exchanges (short; deduplicated)
     rows, traj_rows, per_seed, rb = [], [], {}, {}
+    truncation: dict | None = None
     for s, model_dir in model_dirs.items():
         scorer = make_scorer(model_dir)
+        if s == next(iter(model_dirs)):  # every seed's RM fits conversations alike (the variant's max_length)
+            items, truncation = drop_truncated_identical(items, getattr(scorer, "fit", None))
+            info["truncation"] = truncation
+            blind_items = [it.blind() for it in items]  # the history-blind reference: last exchanges (deduplicated)
         scored = score_groups(
             scorer, {"items": items, "blind": blind_items, "rewardbench": rb_items, "trajectory": point_items}
         )

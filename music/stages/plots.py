@@ -31,6 +31,11 @@ from music.reporting.plots import (
 )
 from music.stages import check_variant
 
+COMPARISON_FORMAT = "%.6f"  # metrics/comparison.csv: accuracies over items, the same on any CPU
+# plots/*.csv in git: training losses and reward gaps move in the 6th decimal between CPUs (float rounding);
+# 4 decimals are what the figures can show, and rarely differ
+PLOT_DATA_FORMAT = "%.4f"
+
 
 def build(
     params: Params, variants: Sequence[str] | None = None
@@ -89,10 +94,13 @@ def run(params: Params, *, variant: str | None = None, variants: Sequence[str] |
         paths += save_figure(fig, params.paths.figures, name, formats=tuple(params.plots.formats), dpi=params.plots.dpi)
     write_json(Path(params.paths.metrics) / SUMMARY_FILE, headline(table, load_best_of_n(params.paths.metrics)))
     frames = {
-        "comparison": (Path(params.paths.metrics), table),
-        **{name: (Path(params.paths.plots), df) for name, df in plot_data(params, variants, traj).items()},
+        "comparison": (Path(params.paths.metrics), table, COMPARISON_FORMAT),
+        **{
+            name: (Path(params.paths.plots), df, PLOT_DATA_FORMAT)
+            for name, df in plot_data(params, variants, traj).items()
+        },
     }
-    for name, (folder, df) in frames.items():
+    for name, (folder, df, float_format) in frames.items():
         with atomic_path(folder / f"{name}.csv") as tmp:
-            df.to_csv(tmp, index=False, float_format="%.6f", lineterminator="\n")
+            df.to_csv(tmp, index=False, float_format=float_format, lineterminator="\n")
     return paths
