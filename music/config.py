@@ -15,7 +15,11 @@ the chosen defaults are in docs/decisions.md.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import math
+import os
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +28,7 @@ from typing import Any
 import yaml
 
 from music.errors import DataError
+from music.sources.records import MAX_MALFORMED_SHARE
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 EMBEDDED_ENCODER = "embedded:all-minilm-l6-v2"  # the sentence encoder of music.models.encoder
@@ -55,6 +60,42 @@ class _Checked:
     def _require(self, ok: bool, key: str, problem: str) -> None:
         if not ok:
             self._fail(key, problem)
+
+    def _at_least(self, low: float, *keys: str, or_none: bool = False) -> None:
+        """Each of `keys` a number >= `low` (or null when `or_none`)."""
+        for key in keys:
+            value = getattr(self, key)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            self._require(
+                (or_none and value is None) or (number and value >= low),
+                key,
+                f"must be >= {low}{' or null' if or_none else ''}, got {value!r}",
+            )
+
+    def _text(self, *keys: str) -> None:
+        """Each of `keys` a non-empty string."""
+        for key in keys:
+            value = getattr(self, key)
+            self._require(
+                isinstance(value, str) and bool(value.strip()), key, f"must be a non-empty string, got {value!r}"
+            )
+
+
+# Top-level folders no output path may be or lie inside: git's, the environment's, DVC's and the package's own.
+PROTECTED_DIRS = (".git", ".venv", ".dvc", "music", "notebooks", "tests", "benchmarks", "docs", "evalsets", "profiles")
+
+
+def _base_dirs() -> list[Path]:
+    """The working directory (relative paths are read from it) and the repository around it (the nearest folder
+    up from it with a dvc.yaml or pyproject.toml), when that is another."""
+    here = Path(os.path.normpath(os.path.abspath(os.getcwd())))
+    marked = [d for d in (here, *here.parents) if (d / "dvc.yaml").exists() or (d / "pyproject.toml").exists()]
+    return [here] if not marked or marked[0] == here else [here, marked[0]]
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    """True when `a` and `b` are the same folder or one lies inside the other."""
+    return a == b or a in b.parents or b in a.parents
 
 
 @dataclass
@@ -91,6 +132,63 @@ class Paths(_Checked):
     reports: str = field(
         default="reports", metadata={"help": "Executed notebooks, stage logs and wall-clock timings (not tracked)."}
     )
+
+    def validate(self) -> None:
+        """Stages replace their output folders whole (music.files.atomic_path), so an output path must not name
+        anything else: not the repository (or working directory) or a folder above it, not .git, .venv or the
+        package's own folders (PROTECTED_DIRS), not the raw inputs (`data`: neither equal, inside nor around
+        them), and no output inside another. A relative path may not climb out of the repository (`..`); an
+        absolute one (a scratch folder) may lie elsewhere, but not be `/`, the home folder or above it."""
+        bases = _base_dirs()
+        where: dict[str, Path] = {}
+        for f in dataclasses.fields(self):
+            key, value = f.name, getattr(self, f.name)
+            self._require(
+                isinstance(value, str) and bool(value.strip()), key, f"must be a non-empty path, got {value!r}"
+            )
+            where[key] = Path(os.path.normpath(os.path.join(bases[0], value)))
+            if key == "data":  # an input: read, never replaced
+                continue
+            self._require(
+                Path(value).is_absolute() or not os.path.normpath(value).startswith(".."),
+                key,
+                f"must stay inside the repository, got {value!r} (it climbs out with '..')",
+            )
+            home = Path(os.path.normpath(Path.home()))
+            for base in (*bases, home):
+                self._require(
+                    where[key] != base and where[key] not in base.parents,
+                    key,
+                    f"must not be {base} or a folder above it (the stage would replace it whole), got {value!r}",
+                )
+            # a relative path as written (stages run from the repository root), an absolute one where it lies
+            if Path(value).is_absolute():
+                tops = [where[key].relative_to(b).parts[0] for b in bases if b in where[key].parents]
+            else:
+                tops = [Path(os.path.normpath(value)).parts[0]]
+            for top in tops:
+                self._require(
+                    top not in PROTECTED_DIRS, key, f"must not be or lie inside {top}/ (protected), got {value!r}"
+                )
+        data, outputs = where.pop("data"), list(where.items())
+        for i, (key, place) in enumerate(outputs):
+            self._require(
+                not _overlap(place, data),
+                key,
+                f"must not equal, hold or lie inside paths.data ({self.data!r}), the raw inputs; "
+                f"got {getattr(self, key)!r}",
+            )
+            for other, elsewhere in outputs[i + 1 :]:
+                if not _overlap(place, elsewhere):
+                    continue
+                inner, outer = (key, other) if elsewhere in place.parents or place == elsewhere else (other, key)
+                changed = {k: getattr(self, k) != Paths.__dataclass_fields__[k].default for k in (inner, outer)}
+                named, beside = (outer, inner) if changed[outer] and not changed[inner] else (inner, outer)
+                self._fail(
+                    named,
+                    f"must not equal, hold or lie inside paths.{beside} ({getattr(self, beside)!r}): each stage "
+                    f"replaces its own folder whole; got {getattr(self, named)!r}",
+                )
 
 
 @dataclass
@@ -151,22 +249,66 @@ class ChatModelConfig(_Checked):
         default_factory=lambda: ["http://localhost:8000/v1"],
         metadata={"help": "Server endpoints (OpenAI-compatible); several are used round-robin."},
     )
-    api_key_env: str = field(
+    api_key_env: str | None = field(
         default="OPENAI_API_KEY",
-        metadata={"help": "Name of the environment variable that holds the server's API key (never the key itself)."},
+        metadata={
+            "help": "Name of the environment variable that holds the server's API key (never the key itself; a "
+            "value that looks like a key is an error that does not repeat it). Unset with the default name and a "
+            "server on this machine: no key is sent. '' or null: never send a key."
+        },
+    )
+    allow_key_over_http: bool = field(
+        default=False,
+        metadata={
+            "help": "Send the API key over plain http:// to a host other than this machine (localhost, 127.x.x.x, "
+            "::1); false: such a base URL with a key set is an error before any request (use https://, or "
+            "api_key_env: '' for a server without a key)."
+        },
     )
     max_concurrency: int = field(default=8, metadata={"help": "Requests in flight to the server."})
     timeout_s: float = field(default=60.0, metadata={"help": "Timeout of one server request, in seconds."})
     max_retries: int = field(
-        default=5, metadata={"help": "Retries of a server request on 429, 5xx, timeouts and dropped connections."}
+        default=5,
+        metadata={
+            "help": "Retries of a server request on 429, 5xx, timeouts and dropped connections (a 429 that says "
+            "insufficient_quota stops the stage at once)."
+        },
     )
     backoff_s: float = field(
         default=1.0,
         metadata={"help": "First retry delay in seconds; it doubles each retry (a Retry-After header wins)."},
     )
+    breaker_failures: int = field(
+        default=20,
+        metadata={
+            "help": "Consecutive connection errors or timeouts, across all requests of this role, that stop the "
+            "stage with an error naming the server (a dead, unreachable or hung server); 0 = off."
+        },
+    )
+    breaker_window: int = field(
+        default=100,
+        metadata={
+            "help": "The last this-many request attempts of this role (429s aside) are watched: when more than "
+            "breaker_failed_share of them failed (5xx, timeouts, dropped connections), the stage stops; 0 = off."
+        },
+    )
+    breaker_failed_share: float = field(
+        default=0.8,
+        metadata={"help": "The share of failed attempts, in (0, 1], over breaker_window that stops the stage."},
+    )
+    stage_time_limit_s: float | None = field(
+        default=None,
+        metadata={
+            "help": "Longest wall time in seconds from this role's first request in a stage until the stage stops "
+            "with an error (finished replies stay in the response cache); null = no limit."
+        },
+    )
     revision: str | None = field(
         default=None,
-        metadata={"help": "The served model's revision or version, part of the response-cache key; null: none."},
+        metadata={
+            "help": "The served model's revision or version, part of the response-cache key (with what the "
+            "server's /models lists for the model); null: none."
+        },
     )
     system_role: str = field(
         default="auto",
@@ -196,6 +338,60 @@ class ChatModelConfig(_Checked):
         self._require(bool(self.base_urls), "base_urls", "needs at least one URL")
         self._require(self.max_concurrency >= 1, "max_concurrency", f"must be >= 1, got {self.max_concurrency}")
         self._require(self.max_retries >= 0, "max_retries", f"must be >= 0, got {self.max_retries}")
+        self._require(self.backoff_s >= 0, "backoff_s", f"must be >= 0, got {self.backoff_s}")
+        self._require(self.timeout_s > 0, "timeout_s", f"must be > 0, got {self.timeout_s}")
+        self._require(
+            all(isinstance(u, str) and u.strip() for u in self.base_urls), "base_urls", "entries must be non-empty URLs"
+        )
+        self._check_api_key_env()
+        self._require(
+            isinstance(self.allow_key_over_http, bool),
+            "allow_key_over_http",
+            f"must be true or false, got {self.allow_key_over_http!r}",
+        )
+        self._require(self.breaker_failures >= 0, "breaker_failures", f"must be >= 0, got {self.breaker_failures}")
+        self._require(self.breaker_window >= 0, "breaker_window", f"must be >= 0, got {self.breaker_window}")
+        self._require(
+            0 < self.breaker_failed_share <= 1,
+            "breaker_failed_share",
+            f"must be in (0, 1], got {self.breaker_failed_share}",
+        )
+        self._require(
+            self.stage_time_limit_s is None or self.stage_time_limit_s > 0,
+            "stage_time_limit_s",
+            f"must be > 0 or null, got {self.stage_time_limit_s}",
+        )
+
+    @staticmethod
+    def api_key_env_problem(name: str) -> str | None:
+        """What is wrong with `name` as api_key_env (None: a plausible variable name), without repeating it."""
+        shown = f"the value given ({len(name)} characters) is not repeated here"
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            return (
+                "must be the NAME of an environment variable (letters, digits and underscores, not starting with a "
+                f"digit) that holds the key, never the key itself; {shown}. Put the key in a variable (export "
+                "OPENAI_API_KEY=...) and give its name, or '' for a server without a key"
+            )
+        if (
+            name.startswith(("sk_", "hf_", "ghp_", "gho_", "github_pat_", "gsk_", "AIza", "xai_", "pk_", "rk_"))
+            or max(len(part) for part in name.split("_")) >= 20
+        ):
+            return (
+                f"looks like an API key, not the name of an environment variable; {shown}. Put the key in a "
+                "variable (export OPENAI_API_KEY=...) and give its name, or '' for a server without a key"
+            )
+        return None
+
+    def _check_api_key_env(self) -> None:
+        """api_key_env is a variable name; the problem never repeats the value (it may be a pasted key)."""
+        name = self.api_key_env
+        if name is None or name == "":
+            return
+        if not isinstance(name, str):
+            self._fail("api_key_env", f"must be an environment-variable name or '', got a {type(name).__name__}")
+        problem = self.api_key_env_problem(name)
+        if problem:
+            self._fail("api_key_env", problem)
 
 
 def _share(cfg: _Checked, key: str) -> None:
@@ -239,6 +435,14 @@ class SeedConfig(_Checked):
             "tests; more of them give the early-turn headline more power."
         },
     )
+    n_dev_conversations: int = field(
+        default=60,
+        metadata={
+            "help": "Whole conversations of the training side (no training seed's, no held-out one's) kept as a "
+            "development split: the choices params.yaml records are made on it, never on the held-out items "
+            "(music.studies.choices)."
+        },
+    )
     max_context_turns: int = field(
         default=2, metadata={"help": "A seed is a prefix of 1 to this many whole user/assistant turns."}
     )
@@ -256,7 +460,7 @@ class SeedConfig(_Checked):
     )
     seed: int = field(default=0, metadata={"help": "Random seed of the shuffle that draws the seeds."})
     max_malformed_share: float = field(
-        default=0.01,
+        default=MAX_MALFORMED_SHARE,
         metadata={
             "help": "Malformed source records are skipped and counted (stats.json); the stage fails when more than "
             "this share of them is malformed."
@@ -266,9 +470,12 @@ class SeedConfig(_Checked):
     def validate(self) -> None:
         _share(self, "max_malformed_share")
         self._require(self.source in SEED_SOURCES, "source", f"must be one of {SEED_SOURCES}, got {self.source!r}")
-        for key in ("n_train", "n_eval", "n_eval_conversations"):
+        for key in ("n_train", "n_eval", "n_eval_conversations", "n_dev_conversations"):
             self._require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
         self._require(self.max_context_turns >= 1, "max_context_turns", f"must be >= 1, got {self.max_context_turns}")
+        self._at_least(1, "max_message_chars", "max_context_chars")
+        self._at_least(0, "seed")
+        self._text("path", "split")
 
 
 @dataclass
@@ -333,6 +540,8 @@ class HeldoutConfig(_Checked):
         )
         for key in ("swap_conversations", "swap_max_distance", "quality_max_chars"):
             self._require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        self._at_least(0, "seed")
+        self._text("d_eval_split")
 
 
 @dataclass
@@ -388,6 +597,7 @@ class SimulateConfig(_Checked):
             "max_eval_conversations",
             f"must be >= 0 or null, got {self.max_eval_conversations}",
         )
+        self._at_least(0, "seed")
 
 
 @dataclass
@@ -494,7 +704,7 @@ class ContrastConfig(_Checked):
         metadata={"help": "The stage fails when fewer MUSIC training pairs are kept (train@music needs them)."},
     )
     max_malformed_share: float = field(
-        default=0.01,
+        default=MAX_MALFORMED_SHARE,
         metadata={
             "help": "Malformed records of a labelled D source are skipped and counted (filter_report.json); the "
             "stage fails when more than this share of them is malformed."
@@ -542,6 +752,15 @@ class ContrastConfig(_Checked):
             "d_source",
             f"must be 'seeds' or 'KIND:LOCATION', got {self.d_source!r}",
         )
+        # one meaning for every format and the hub: null reads all, a number that many (0 would read none)
+        self._at_least(1, "d_limit", or_none=True)
+        self._at_least(1, "max_reply_chars")
+        self._at_least(0, "seed")
+        echo = self.max_echo_similarity
+        self._require(
+            echo is None or -1 <= echo <= 1, "max_echo_similarity", f"must be a cosine in [-1, 1] or null, got {echo!r}"
+        )
+        self._text("encoder")
 
 
 @dataclass
@@ -683,10 +902,15 @@ class TrainConfig(_Checked):
         self._require(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         self._require(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         self._require(
-            bool(self.seeds) and len(set(self.seeds)) == len(self.seeds),
+            bool(self.seeds) and len(set(self.seeds)) == len(self.seeds) and all(s >= 0 for s in self.seeds),
             "seeds",
-            f"must be a non-empty list of distinct seeds, got {self.seeds}",
+            f"must be a non-empty list of distinct seeds >= 0, got {self.seeds}",
         )
+        self._at_least(1, "lora_r", "lora_alpha")
+        self._at_least(1, "lora_last_layers", or_none=True)
+        self._require(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+        self._at_least(0, "weight_decay", "max_grad_norm", "center_coef", "save_every")
+        self._text("backbone")
 
 
 @dataclass
@@ -720,7 +944,7 @@ class EvalConfig(_Checked):
         default=None, metadata={"help": "Tokens per conversation when scoring; null: the RM's trained max_length."}
     )
     batch_size: int = field(default=8, metadata={"help": "Conversations scored together."})
-    bon_ns: list[int] = field(default_factory=lambda: [2, 4], metadata={"help": "Best-of-N sizes N."})
+    bon_ns: list[int] = field(default_factory=lambda: [2, 4, 8], metadata={"help": "Best-of-N sizes N."})
     bon_prompts: int = field(default=6, metadata={"help": "Best-of-N prompts."})
     bon_source: str = field(
         default="mtbench",
@@ -737,13 +961,34 @@ class EvalConfig(_Checked):
             "user turns the source lacks."
         },
     )
-    policy: ChatModelConfig = _chat("Samples the Best-of-N candidates.", max_new_tokens=48)
+    policy: ChatModelConfig = _chat(
+        "Samples the Best-of-N candidates (pure sampling by default, so the N candidates differ).",
+        max_new_tokens=48,
+        temperature=1.0,
+        top_p=1.0,
+    )
     judge: ChatModelConfig = _chat("Compares the two RMs' Best-of-N conversations.", max_new_tokens=8, temperature=0.0)
     judge_constrained: bool = field(
         default=True,
         metadata={
             "help": "In-process judges pick the likeliest of [[A]]/[[B]]/[[C]] (a small model rarely writes a "
-            "parseable verdict); servers always generate and are parsed. false: generate and parse everywhere."
+            "parseable verdict); servers always generate and are parsed. false: generate and parse everywhere. "
+            "Only for label verdicts (bon_judge_graded: false)."
+        },
+    )
+    bon_judge_graded: bool = field(
+        default=True,
+        metadata={
+            "help": "Graded verdicts: the judge's log-probabilities of [[A]] and [[B]] in both orders, summed so a "
+            "constant position preference cancels (in-process: the logits; served: the OpenAI logprobs field). "
+            "false: label verdicts, a side wins only when both orders agree."
+        },
+    )
+    bon_judge_check_pairs: int = field(
+        default=16,
+        metadata={
+            "help": "Held-out quality twins (known answer) the judge is measured on before its verdicts are read, "
+            "both orders each; 0: not measured."
         },
     )
     seed: int = field(default=0, metadata={"help": "Best-of-N prompt choice and sampling derive from it."})
@@ -775,6 +1020,19 @@ class EvalConfig(_Checked):
         )
         for key in ("local_set_limit", "batch_size", "bon_prompts"):
             self._require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        self._at_least(0, "bon_judge_check_pairs")
+        self._at_least(1, "max_length", or_none=True)
+        self._at_least(0, "seed")
+        self._require(
+            self.rewardbench_path is None or bool(self.rewardbench_path.strip()),
+            "rewardbench_path",
+            f"must be a path or null, got {self.rewardbench_path!r}",
+        )
+        self._require(
+            all(name and path for name, path in self.local_sets.items()),
+            "local_sets",
+            f"must map names to paths, got {self.local_sets!r}",
+        )
 
 
 @dataclass
@@ -786,6 +1044,33 @@ class PlotConfig(_Checked):
         metadata={"help": "Image formats written, one file per format per figure (e.g. png, svg, pdf)."},
     )
     dpi: int = field(default=150, metadata={"help": "Raster resolution in dots per inch."})
+
+    def validate(self) -> None:
+        self._require(
+            bool(self.formats) and all(isinstance(f, str) and f.strip() for f in self.formats),
+            "formats",
+            f"must be a non-empty list of formats, got {self.formats!r}",
+        )
+        self._at_least(1, "dpi")
+
+
+@dataclass
+class StudyConfig(_Checked):
+    """Studies beside the pipeline (studies/dvc.yaml: `dvc repro studies/dvc.yaml`; not part of `make run`)."""
+
+    choices: list[str] = field(
+        default_factory=lambda: ["lora_last_layers=2", "head_init=normal"],
+        metadata={
+            "help": "music.studies.choices: train keys, each changed alone from params.yaml (KEY=VALUE), rechecked "
+            "on the development split (seed.n_dev_conversations) against the default."
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "Swap donors of the development items and the bootstrap."})
+
+    def validate(self) -> None:
+        for text in self.choices:
+            self._require("=" in str(text), "choices", f"entries are KEY=VALUE, got {text!r}")
+        self._require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
 
 
 @dataclass
@@ -816,10 +1101,75 @@ class Params:
     plots: PlotConfig = field(
         default_factory=PlotConfig, metadata={"help": "Stage plots: figures and the results table."}
     )
+    study: StudyConfig = field(
+        default_factory=StudyConfig,
+        metadata={"help": "Studies beside the pipeline (studies/dvc.yaml): the choices rechecked on the dev split."},
+    )
+
+
+def _type_name(hint: Any) -> str:
+    """A type hint as params.yaml readers know it: int, float, list[str], int | None, a mapping (ChatModelConfig)."""
+    if dataclasses.is_dataclass(hint):
+        return f"a mapping ({hint.__name__})"
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return {"NoneType": "null"}.get(hint.__name__, hint.__name__)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(hint))
+    return str(hint).replace("typing.", "")
+
+
+def _misfit(value: Any, hint: Any) -> str | None:
+    """None when `value` has type `hint`; else what was expected. Strict, as YAML gives values: an int is not a
+    bool or a float like 2.5, a float is any finite number, a list is never a bare string, null only where the
+    type says `| None`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    expected = f"expected {_type_name(hint)}"
+    if hint is Any:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        return None if any(_misfit(value, a) is None for a in args) else expected
+    if hint is type(None):
+        return None if value is None else expected
+    if hint is bool:
+        return None if isinstance(value, bool) else expected
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else expected
+    if hint is float:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if number and math.isfinite(value) else f"{expected} (a finite number)"
+    if hint is str:
+        return None if isinstance(value, str) else expected
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return f"{expected} (a list)"
+        for i, item in enumerate(value):
+            problem = _misfit(item, args[0] if args else Any)
+            if problem:
+                return f"{expected}: item {i} ({item!r}): {problem}"
+        return None
+    if origin is dict:
+        if not isinstance(value, dict):
+            return f"{expected} (a mapping)"
+        for k, item in value.items():
+            problem = _misfit(k, args[0]) or _misfit(item, args[1])
+            if problem:
+                return f"{expected}: at {k!r}: {problem}"
+        return None
+    if isinstance(hint, type):
+        return None if isinstance(value, hint) else expected
+    return None
+
+
+def _dataclass_of(hint: Any) -> type | None:
+    """The config dataclass a field holds (`X` or `X | None`), else None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    return next((a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)), None)
 
 
 def from_dict(cls: type, data: Any, where: str = "params"):
-    """Build dataclass `cls` from a dict, recursively; unknown keys and bad values raise DataError."""
+    """Build dataclass `cls` from a dict, recursively; unknown keys, values of the wrong type (from the field's
+    type hint; see _misfit) and bad values (each class's `validate`) raise DataError naming file.section and key."""
     if data is None:
         data = {}
     if dataclasses.is_dataclass(data):
@@ -828,14 +1178,18 @@ def from_dict(cls: type, data: Any, where: str = "params"):
         raise DataError(where, "-", None, f"expected a mapping for {cls.__name__}, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted((k for k in data if k not in names), key=str)
     if unknown:
-        raise DataError(where, "-", unknown[0], f"unknown key for {cls.__name__} (known: {sorted(names)})")
+        raise DataError(where, "-", str(unknown[0]), f"unknown key for {cls.__name__} (known: {sorted(names)})")
     kwargs = {}
     for key, value in data.items():
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            value = from_dict(hint, value, f"{where}.{key}")
+        nested = _dataclass_of(hint)
+        if nested is not None and isinstance(value, dict):
+            value = from_dict(nested, value, f"{where}.{key}")
+        problem = _misfit(value, hint)
+        if problem:
+            raise DataError(where, "-", key, f"{problem}, got {value!r}")
         kwargs[key] = value
     try:
         return cls(**kwargs)
@@ -853,10 +1207,45 @@ ParamsLoader.add_implicit_resolver(
 )
 
 
+def _refuse_non_json(value: Any, source: str, key: str) -> None:
+    """A DataError naming `source` and the dotted `key` for any value JSON could not hold: bytes (!!binary),
+    dates and timestamps, sets, pairs (!!omap), non-finite floats, non-string mapping keys. Such values would
+    reach the notebooks' parameters cell (papermill writes them as Python source) unchecked."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise DataError(source, "-", key or None, f"expected a finite number, got {value!r}")
+        return
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _refuse_non_json(item, source, f"{key}[{i}]")
+        return
+    if isinstance(value, dict):
+        for k, item in value.items():
+            if not isinstance(k, str):
+                raise DataError(source, "-", f"{key}.{k!r}" if key else repr(k), "keys must be strings")
+            _refuse_non_json(item, source, f"{key}.{k}" if key else k)
+        return
+    kind = {bytes: "binary data (!!binary)", datetime.date: "a date or timestamp", datetime.datetime: "a timestamp"}
+    what = next((v for t, v in kind.items() if isinstance(value, t)), type(value).__name__)
+    raise DataError(
+        source,
+        "-",
+        key or None,
+        f"only plain values are allowed (strings, numbers, true/false, null, lists, mappings), got {what}: "
+        f"{value!r} (quote it to give a string)",
+    )
+
+
 def read_params_file(path: str | Path) -> dict:
-    """The raw params mapping of a YAML file (see ParamsLoader)."""
+    """The raw params mapping of a YAML file (see ParamsLoader); only JSON-like values (see _refuse_non_json)."""
     with open(path, encoding="utf-8") as fh:
-        return yaml.load(fh, Loader=ParamsLoader) or {}  # noqa: S506 (a SafeLoader subclass)
+        raw = yaml.load(fh, Loader=ParamsLoader) or {}  # noqa: S506 (a SafeLoader subclass)
+    if not isinstance(raw, dict):
+        raise DataError(path, "-", None, f"expected a mapping of sections, got {type(raw).__name__}")
+    _refuse_non_json(raw, str(path), "")
+    return raw
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

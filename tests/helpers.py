@@ -227,7 +227,13 @@ def stage_code(repo: Path, stage: str) -> set[str]:
 
     cells = json.loads((repo / "notebooks" / NOTEBOOKS[stage]).read_text(encoding="utf-8"))["cells"]
     source = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
-    todo, seen = list(music_imports(repo, source) | {"music.pipeline.notebooks"}), set()
+    return module_code(repo, music_imports(repo, source) | {"music.pipeline.notebooks"})
+
+
+def module_code(repo: Path, modules: set[str]) -> set[str]:
+    """Repository files that importing `modules` runs: their music imports, transitively, with their packages'
+    __init__ files, plus the folder of any module that reads files beside itself (prompt texts)."""
+    todo, seen = list(modules), set()
     while todo:
         module = todo.pop()
         if module in seen:

@@ -16,7 +16,7 @@ from music.evaluate.pairwise import local_pairs, require_model
 from music.schema import PreferencePair, first_difference_distance
 from music.stages.evaluate import run as evaluate_variant
 from music.stages.evaluate import trajectory_points
-from music.stages.seed import check_disjoint
+from music.stages.seed import TrainIndex, check_disjoint
 
 
 class LastReplyScorer:
@@ -88,11 +88,12 @@ def test_trajectory_cuts_each_branch_after_every_turn_from_the_one_before_diverg
 
 
 def test_disjointness_raises_on_a_leak():
-    assert check_disjoint([(0, "a"), (1, "b")], {"c"}, source="pairs") == 2
+    train = TrainIndex(frozenset({"b"}), frozenset())
+    assert check_disjoint([(0, "a", None), (1, "c", None)], train, source="pairs") == 2
     with pytest.raises(DataError, match="'b'.*training conversation"):
-        check_disjoint([(0, "a"), (1, "b")], {"b"}, source="pairs/quality_eval")
+        check_disjoint([(0, "a", None), (1, "b", None)], train, source="pairs/quality_eval")
     with pytest.raises(DataError, match="conversation_id"):
-        check_disjoint([(0, None)], set(), source="pairs/quality_eval")
+        check_disjoint([(0, None, None)], train, source="pairs/quality_eval")
 
 
 def test_missing_checkpoint_names_the_path(tmp_path):

@@ -136,7 +136,8 @@ def test_swap_source_sharegpt_keeps_multi_turn_chats_one_chunk_each(tmp_path):
         chat("b_0", 3),
         chat("b_1", 2),
         chat("c_0", 2, opening="Sure, I can help with that."),
-        chat("d_0", 2),
+        chat("d_0", 2, opening="How do I sort a dict?"),
+        chat("e_0", 2, opening="  how do I SORT a dict? "),  # d_0's request again (case, spaces): one chat per request
     ]
     path = tmp_path / "sharegpt.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
@@ -144,7 +145,7 @@ def test_swap_source_sharegpt_keeps_multi_turn_chats_one_chunk_each(tmp_path):
     assert read == path and [c["conversation_id"] for c in convs] == [
         "b_0",
         "d_0",
-    ]  # one turn, second chunk, roles swapped: out
+    ]  # one turn, second chunk, roles swapped, the same first request: out
     assert load_swap_conversations(f"sharegpt:{path}", "", limit=1)[0][0]["conversation_id"] == "b_0"
     with pytest.raises(FileNotFoundError, match="swap_source"):
         load_swap_conversations(f"file:{tmp_path / 'absent.jsonl'}", "", limit=1)

@@ -6,14 +6,17 @@ import pytest
 from helpers import REPO
 
 from music.config import Params, Paths, SeedConfig
+from music.content_keys import request_key
 from music.errors import DataError
 from music.sources import RealConversation, load_sharegpt
 from music.stages.seed import (
     ROLE_SWAPPED,
     SAME_CONVERSATION,
+    TrainIndex,
     base_conversation_id,
     check_disjoint,
     draw_seeds,
+    make_seed,
     read_conversation_ids,
     read_seeds,
     roles_swapped,
@@ -79,6 +82,7 @@ def test_stage_writes_all_files_and_they_read_back(tmp_path):
     out = tmp_path / "seeds"
     seeds = run_seed(Params(seed=CFG, paths=Paths(seeds=str(out))))
     assert sorted(p.name for p in out.iterdir()) == [
+        "dev_conversations.jsonl",
         "eval.jsonl",
         "eval_conversations.jsonl",
         "stats.json",
@@ -115,9 +119,9 @@ def test_bad_input_writes_nothing_and_keeps_the_old_output(tmp_path, bad_line, f
 # --- one conversation, several chunks; role-swapped records ------------------------------------------------
 
 
-def _chat(cid: str, first_user: str = "How do I boil an egg?") -> RealConversation:
+def _chat(cid: str, first_user: str | None = None) -> RealConversation:
     msgs = [
-        {"role": "user", "content": first_user},
+        {"role": "user", "content": first_user or f"How do I boil egg {cid}?"},  # one opening per id
         {"role": "assistant", "content": "Boil it for nine minutes."},
         {"role": "user", "content": "And a soft yolk?"},
         {"role": "assistant", "content": "Six minutes."},
@@ -147,10 +151,47 @@ def test_chunks_of_one_conversation_never_feed_both_splits():
     assert seeds.stats["skipped"].get(SAME_CONVERSATION, 0) > 0  # later chunks of a drawn conversation: counted
 
 
+def _index(*convs: RealConversation) -> TrainIndex:
+    return TrainIndex.of(make_seed(c, 1, "train") for c in convs)
+
+
 def test_a_chunk_of_a_training_conversation_is_a_leak():
-    assert check_disjoint([(0, "hIULog1_2")], {"other_0"}, source="eval") == 1
+    assert check_disjoint([(0, "hIULog1_2", None)], _index(_chat("other_0")), source="eval") == 1
     with pytest.raises(DataError, match="hIULog1_2.*training conversation"):
-        check_disjoint([(0, "hIULog1_2")], {"hIULog1_0"}, source="eval")
+        check_disjoint([(0, "hIULog1_2", None)], _index(_chat("hIULog1_0")), source="eval")
+
+
+def test_a_copy_of_a_training_conversation_under_another_id_is_a_leak():
+    # The bundled ShareGPT file holds ZcVSkdr_40 and Pyhv7Ue_40, byte-identical chats under two ids.
+    train, copy = _chat("Pyhv7Ue_40"), _chat("ZcVSkdr_40", "how do I boil egg   PYHV7UE_40?")  # case and spaces
+    with pytest.raises(DataError, match="ZcVSkdr_40.*same exchange as a training conversation") as exc:
+        check_disjoint([("swap 1", copy.conversation_id, copy.messages)], _index(train), source="swap")
+    assert exc.value.record == "swap 1" and exc.value.field == "messages"
+    other = _chat("ZcVSkdr_40")
+    assert check_disjoint([("swap 1", other.conversation_id, other.messages)], _index(train), source="swap") == 1
+
+
+def test_copies_under_other_ids_are_one_conversation_in_the_draw():
+    # 12 chats, each also present under a second id (as ShareGPT's copies are), and 3 with a shared first request.
+    convs = [_chat(f"c{i}_0") for i in range(12)] + [_chat(f"d{i}_0", f"How do I boil egg c{i}_0?") for i in range(12)]
+    convs += [_chat(f"hi{i}_0", "hi") for i in range(3)]
+    for i, c in enumerate(convs[-3:]):  # same first request, different replies: three openings
+        c.messages[1]["content"] = f"Hello {i}!"
+    cfg = SeedConfig(path="copies", n_train=6, n_eval=3, n_eval_conversations=4, max_context_turns=1)
+    seeds = draw_seeds(convs, cfg)
+    groups = {
+        c.conversation_id: "c" + c.conversation_id[1:] if c.conversation_id[0] in "cd" else c.conversation_id
+        for c in convs
+    }
+    train = [groups[s.conversation_id] for s in seeds.train]
+    held_out = [groups[s.conversation_id] for s in seeds.eval] + [
+        groups[c.conversation_id] for c in seeds.eval_conversations
+    ]
+    assert len(set(train)) == len(train) and not set(train) & set(held_out)
+    assert len({groups[s.conversation_id] for s in seeds.eval}) == len(seeds.eval)
+    assert len({request_key(c.messages) for c in seeds.eval_conversations}) == len(seeds.eval_conversations)
+    assert seeds.stats["content_duplicates"] == 24
+    assert seeds.stats["skipped"].get(SAME_CONVERSATION, 0) > 0
 
 
 def test_role_swapped_records_are_dropped_and_counted():
@@ -173,6 +214,45 @@ def test_materialised_sharegpt_rule_counts():
     assert [c.conversation_id for c in convs if roles_swapped(c.messages)] == ["DhelrJT_0"]
     bases = collections.Counter(base_conversation_id(c.conversation_id) for c in convs)
     assert sorted(b for b, n in bases.items() if n > 1) == ["0AYfPYw", "N5JPJtp", "XCATsL4", "hIULog1", "zlIFBzJ"]
+
+
+def test_the_default_draw_has_no_content_duplicate_across_or_inside_the_splits():
+    """The reviewer's reproduction: ZcVSkdr_40 (a copy of training seed Pyhv7Ue_40's chat) was a held-out swap
+    conversation, and 8O1UHdu_0/RuLt4Z6_0 two held-out clusters of one chat. Now no opening exchange is on both
+    sides, none twice in a split, and no two whole held-out conversations share a first request."""
+    from music.config import load_params
+    from music.content_keys import opening_key
+
+    path = REPO / "data" / "sharegpt" / "conversations.jsonl"
+    if not path.exists():
+        pytest.skip(f"{path} is absent (make data materialises it)")
+    cfg = load_params(REPO / "params.yaml").seed
+    seeds = draw_seeds(load_sharegpt(path), SeedConfig(**{**cfg.__dict__, "path": str(path)}))
+    train = [opening_key(s.context) for s in seeds.train]
+    evals = [opening_key(s.context) for s in seeds.eval]
+    convs = [opening_key(c.messages) for c in seeds.eval_conversations]
+    assert len(set(train)) == len(train) and len(set(evals)) == len(evals) and len(set(convs)) == len(convs)
+    assert not set(train) & (set(evals) | set(convs))
+    assert len({request_key(c.messages) for c in seeds.eval_conversations}) == len(convs)
+    assert seeds.stats["content_duplicates"] >= 4  # the copies the reviewer named, at least
+
+
+def test_the_development_split_takes_only_what_neither_side_took(tmp_path):
+    from music.stages.seed import read_seed_set, write_seed_set
+
+    convs = [_chat(f"c{i}_0") for i in range(30)] + [_chat(f"d{i}_0", f"How do I boil egg c{i}_0?") for i in range(5)]
+    cfg = SeedConfig(path="p", n_train=6, n_eval=3, n_eval_conversations=4, n_dev_conversations=50, max_context_turns=1)
+    seeds = draw_seeds(convs, cfg)
+    group = {c.conversation_id: "c" + c.conversation_id[1:] for c in convs}  # d<i> is a copy of c<i>
+    dev = [group[c.conversation_id] for c in seeds.dev_conversations]
+    others = {group[s.conversation_id] for s in seeds.train + seeds.eval}
+    others |= {group[c.conversation_id] for c in seeds.eval_conversations}
+    assert dev and len(set(dev)) == len(dev) and not set(dev) & others
+    assert len(dev) == 30 - len(others) and seeds.stats["dev_conversations"] == len(dev)
+    assert seeds.stats["dev_conversations_missing"] == 50 - len(dev)
+    assert draw_seeds(convs, SeedConfig(**{**cfg.__dict__, "n_dev_conversations": 0})).train == seeds.train
+    write_seed_set(seeds, tmp_path / "seeds")
+    assert read_seed_set(tmp_path / "seeds").dev_conversations == seeds.dev_conversations
 
 
 def test_read_conversation_ids_names_the_missing_file(tmp_path):
@@ -238,7 +318,8 @@ def test_long_chats_give_their_first_turns_that_fit_as_eval_conversations():
     assert eval_conversation_prefix(RealConversation("d", "sharegpt", turns((10, 20), (10, 80))), cfg) is None
     assert eval_conversation_prefix(RealConversation("e", "sharegpt", turns((10, 20))), cfg) is None  # one reply
     assert long_third.messages[4]["content"] == "x" * 10  # the source record is not modified
-    # draw_seeds takes them and counts the cut ones
+    # draw_seeds takes them and counts the cut ones (a first request of its own: one whole conversation per request)
+    fits.messages[0]["content"] = "y" * 10
     seeds = draw_seeds(
         [long_third, fits],
         SeedConfig(path="p", n_train=0, n_eval=0, n_eval_conversations=2, max_message_chars=50, max_context_chars=100),

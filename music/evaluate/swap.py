@@ -78,9 +78,9 @@ MIN_SWAP_TURNS = 2  # a "sharegpt:PATH" source keeps conversations with this man
 def load_swap_conversations(source: str, seeds_file: str | Path, limit: int | None = None) -> tuple[list[dict], Path]:
     """(conversations, the file read) for heldout.swap_source: "seeds" = `seeds_file` (the seed stage's whole
     eval conversations, already multi-turn), "file:PATH" = the same jsonl schema, "sharegpt:PATH" = a ShareGPT
-    file, first `limit` conversations (file order) with >= MIN_SWAP_TURNS assistant turns, one chunk per chat,
-    role-swapped records dropped (music.stages.seed's rule), cut to end on an assistant turn. Ids keep their
-    source's form, so the training-seed disjointness check still applies."""
+    file, first `limit` conversations (file order) with >= MIN_SWAP_TURNS assistant turns, one chunk per chat and
+    one chat per first request, role-swapped records dropped (music.stages.seed's rule), cut to end on an assistant
+    turn. Ids keep their source's form, so the training-seed disjointness check still applies."""
     kind, _, location = source.partition(":")
     if kind == "seeds":
         return load_eval_conversations(seeds_file, limit=limit), Path(seeds_file)
@@ -90,19 +90,23 @@ def load_swap_conversations(source: str, seeds_file: str | Path, limit: int | No
         return load_eval_conversations(location, limit=limit), Path(location)
     if kind != "sharegpt":
         raise ValueError(f"heldout.swap_source must be 'seeds', 'sharegpt:PATH' or 'file:PATH', got {source!r}")
+    from music.content_keys import request_key
     from music.sources import load_sharegpt
     from music.stages.seed import base_conversation_id, roles_swapped
 
-    out, bases = [], set()
+    out, bases, requests = [], set(), set()
     for conv in load_sharegpt(location, skipped=[]):
         msgs = conv.messages[:-1] if conv.messages and conv.messages[-1]["role"] == "user" else conv.messages
         base = base_conversation_id(conv.conversation_id)  # one chunk per chat: a donor is another chat
+        request = request_key(msgs)  # and one chat per first request: a copy under another id is no other chat
         if (
             sum(m["role"] == "assistant" for m in msgs) >= MIN_SWAP_TURNS
             and base not in bases
+            and request not in requests
             and not roles_swapped(msgs)
         ):
             bases.add(base)
+            requests.add(request)
             out.append({"conversation_id": conv.conversation_id, "messages": [dict(m) for m in msgs]})
         if limit and len(out) >= limit:
             break

@@ -33,7 +33,7 @@ from music.rm.frozen import use_disk_store
 from music.rm.score import RewardScorer
 from music.schema import PreferencePair, user_turns
 from music.stages import check_variant
-from music.stages.seed import SEED_FILES, check_disjoint, read_conversation_ids
+from music.stages.seed import SEED_FILES, check_disjoint, read_train_index
 from music.store import read_pairs, seed_dir
 
 ITEM_FIELDS = (
@@ -92,7 +92,7 @@ def load_items(params) -> tuple[list[Item], list[PreferencePair], dict]:
     """(items of every test, held-out MUSIC pairs, info): every held-out input checked against the training
     seeds' conversations before anything is scored."""
     cfg, paths = params.evaluate, params.paths
-    train_ids = read_conversation_ids(Path(paths.seeds) / SEED_FILES["train"])
+    train = read_train_index(Path(paths.seeds) / SEED_FILES["train"])
     info: dict = {"sources": {}, "skipped": {}}
     items: list[Item] = []
     loaded = {}
@@ -101,8 +101,8 @@ def load_items(params) -> tuple[list[Item], list[PreferencePair], dict]:
     for src, test in ((Path(paths.heldout) / "quality_eval", "quality"), (Path(paths.pairs) / "music_eval", "music")):
         pairs = read_pairs(src)
         check_disjoint(
-            ((p.meta.get("pair_id", i), p.meta.get("conversation_id")) for i, p in enumerate(pairs)),
-            train_ids,
+            ((p.meta.get("pair_id", i), p.meta.get("conversation_id"), p.chosen) for i, p in enumerate(pairs)),
+            train,
             source=str(src),
         )
         loaded[test] = pairs
@@ -110,7 +110,7 @@ def load_items(params) -> tuple[list[Item], list[PreferencePair], dict]:
         info["sources"][test] = str(src)
     swap_file = Path(paths.heldout) / SWAP_FILE
     swapped = read_swap_items(swap_file)  # every swap of a conversation (both donor kinds): one cluster
-    check_disjoint(((it.item_id, it.cluster) for it in swapped), train_ids, source=str(swap_file))
+    check_disjoint(((it.item_id, it.cluster, it.chosen) for it in swapped), train, source=str(swap_file))
     items += swapped
     report_file = Path(paths.heldout) / REPORT_FILE
     heldout_report = json.loads(report_file.read_text(encoding="utf-8")) if report_file.exists() else {}

@@ -32,7 +32,7 @@ from music.pairs.quality_twins import mtbench_twins, sharegpt_twins
 from music.schema import pair_record
 from music.sources import load_mtbench_questions, load_mtbench_references
 from music.stages import check_variant
-from music.stages.seed import SEED_FILES, check_disjoint, read_conversation_ids, read_seeds
+from music.stages.seed import SEED_FILES, check_disjoint, read_conversation_ids, read_seeds, read_train_index
 from music.store import pair_features, save_records
 
 # contrast.* keys that shape D eval and the quality twins (also read by the contrast stage for d_train and the
@@ -144,8 +144,10 @@ def swap_eval_records(params: Params) -> tuple[list[dict], dict]:
     conversations, path = load_swap_conversations(
         e.swap_source, seeds_dir / SEED_FILES["eval_conversations"], limit=e.swap_conversations
     )
-    train_ids = read_conversation_ids(seeds_dir / SEED_FILES["train"])
-    check_disjoint(((c["conversation_id"], c["conversation_id"]) for c in conversations), train_ids, source=str(path))
+    train = read_train_index(seeds_dir / SEED_FILES["train"])
+    check_disjoint(
+        ((c["conversation_id"], c["conversation_id"], c["messages"]) for c in conversations), train, source=str(path)
+    )
     pairs, counts = swap_pairs(
         conversations, max_distance=e.swap_max_distance, seed=e.seed, same_conversation=e.swap_same_conversation
     )

@@ -5,8 +5,11 @@ where the user speaks next: the paper's "random segment". The real next turn is 
 (`next_user`, `next_assistant`) for the last-turn pairs D. Train and eval seeds come from disjoint sets
 of conversations; the eval side also keeps whole conversations for the multi-turn evaluations.
 
-Disjointness is by *base* conversation: ShareGPT cuts a long chat into chunks `<id>_0`, `<id>_1`, ...,
-so two chunk ids can be one conversation (`base_conversation_id`). Records whose roles are swapped
+Disjointness is by *group* of conversations: ShareGPT cuts a long chat into chunks `<id>_0`, `<id>_1`, ...,
+so two chunk ids can be one conversation (`base_conversation_id`), and the same chat can sit in the file under
+two ids (music.content_keys: conversations that open with the same exchange are one group). A group gives at most
+one conversation to each split and never one to both; the whole held-out conversations differ in their first
+request too (swap donors). Records whose roles are swapped
 (the "user" writes like the assistant: ShareGPT has a few) are dropped and counted.
 """
 
@@ -18,9 +21,10 @@ import random
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from music.config import Params, SeedConfig
+from music.content_keys import opening_key, request_key
 from music.errors import DataError
 from music.files import atomic_path, read_jsonl, write_json, write_jsonl
 from music.schema import validate_conversation
@@ -38,7 +42,7 @@ _ASSISTANT_OPENING = re.compile(
     re.I,
 )
 ROLE_SWAPPED = "roles swapped (the first user message opens like an assistant reply)"
-SAME_CONVERSATION = "another chunk of the same conversation was already drawn"
+SAME_CONVERSATION = "another chunk of the same conversation, or a conversation with the same opening, was already drawn"
 NO_PREFIX = "no feasible prefix within the length limits"
 NOT_NEEDED = "not needed (looked at while searching for whole eval conversations)"
 
@@ -55,7 +59,12 @@ def roles_swapped(messages: list[dict]) -> bool:
     return bool(_ASSISTANT_OPENING.match(first_user))
 
 
-SEED_FILES = {"train": "train.jsonl", "eval": "eval.jsonl", "eval_conversations": "eval_conversations.jsonl"}
+SEED_FILES = {
+    "train": "train.jsonl",
+    "eval": "eval.jsonl",
+    "eval_conversations": "eval_conversations.jsonl",
+    "dev_conversations": "dev_conversations.jsonl",  # the development split (music.studies.choices)
+}
 
 
 @dataclass
@@ -162,6 +171,7 @@ class SeedSet:
     eval: list[Seed]
     eval_conversations: list[RealConversation]
     stats: dict
+    dev_conversations: list[RealConversation] = field(default_factory=list)
 
 
 def draw_seeds(conversations: list[RealConversation], cfg: SeedConfig) -> SeedSet:
@@ -183,7 +193,9 @@ def draw_seeds(conversations: list[RealConversation], cfg: SeedConfig) -> SeedSe
     rng = random.Random(cfg.seed)
     rng.shuffle(pool)
     swapped = [roles_swapped(c.messages) for c in pool]
-    bases = [base_conversation_id(c.conversation_id) for c in pool]
+    bases = conversation_groups(pool)
+    eval_requests: set[str] = set()  # whole held-out conversations: one per first request (swap donors)
+    same_request = 0
     feasible = [feasible_prefix_lengths(c, cfg) for c in pool]
     used: dict[int, str] = {}  # pool index -> split
 
@@ -200,7 +212,10 @@ def draw_seeds(conversations: list[RealConversation], cfg: SeedConfig) -> SeedSe
             evals.append(make_seed(conv, rng.choice(feasible[i]), "eval", cfg.max_message_chars))
             used[i] = "eval"
         whole = eval_conversation_prefix(conv, cfg) if len(eval_convs) < cfg.n_eval_conversations else None
+        if whole is not None and request_key(whole.messages) in eval_requests:
+            whole, same_request = None, same_request + 1
         if whole is not None:
+            eval_requests.add(request_key(whole.messages))
             eval_convs.append(whole)
             cut += whole is not conv
             used[i] = "eval"
@@ -218,6 +233,21 @@ def draw_seeds(conversations: list[RealConversation], cfg: SeedConfig) -> SeedSe
         train.append(make_seed(conv, rng.choice(feasible[i]), "train", cfg.max_message_chars))
         used[i] = "train"
         train_bases.add(bases[i])
+
+    dev, dev_requests = [], set()  # pass 3: the development split, from what neither side took
+    for i, conv in enumerate(pool):
+        if len(dev) >= cfg.n_dev_conversations:
+            break
+        examined = max(examined, i + 1)
+        if swapped[i] or i in used or bases[i] in eval_bases or bases[i] in train_bases:
+            continue
+        whole = eval_conversation_prefix(conv, cfg)
+        if whole is None or request_key(whole.messages) in dev_requests:
+            continue
+        dev.append(whole)
+        dev_requests.add(request_key(whole.messages))
+        used[i] = "dev"
+        train_bases.add(bases[i])  # one conversation per group, and the skip counts below name it
 
     skipped = collections.Counter()  # conversations examined that no split took, by reason
     for i in range(examined):
@@ -239,16 +269,30 @@ def draw_seeds(conversations: list[RealConversation], cfg: SeedConfig) -> SeedSe
             f"only {len(train)} train / {len(evals)} eval seeds fit the limits "
             f"(asked {cfg.n_train} / {cfg.n_eval}); loosen max_message_chars or max_context_chars",
         )
+    train_index = TrainIndex.of(train)
     check_disjoint(
-        ((f"eval seed {s.seed_id}", s.conversation_id) for s in evals),
-        {s.conversation_id for s in train},
+        ((f"eval seed {s.seed_id}", s.conversation_id, s.context) for s in evals),
+        train_index,
         source=f"{cfg.path} (drawn seeds)",
     )
     check_disjoint(
-        ((f"eval conversation {c.conversation_id}", c.conversation_id) for c in eval_convs),
-        {s.conversation_id for s in train},
+        ((f"eval conversation {c.conversation_id}", c.conversation_id, c.messages) for c in eval_convs),
+        train_index,
         source=f"{cfg.path} (drawn seeds)",
     )
+    held_out = [(s.conversation_id, s.context) for s in evals] + [(c.conversation_id, c.messages) for c in eval_convs]
+    for against in (
+        train_index,
+        TrainIndex(
+            frozenset(base_conversation_id(cid) for cid, _ in held_out),
+            frozenset(opening_key(m) for _, m in held_out),
+        ),
+    ):
+        check_disjoint(
+            ((f"dev conversation {c.conversation_id}", c.conversation_id, c.messages) for c in dev),
+            against,
+            source=f"{cfg.path} (drawn seeds)",
+        )
     stats = {
         "conversations_in_source": len(conversations),
         "conversations_examined": examined,
@@ -257,31 +301,109 @@ def draw_seeds(conversations: list[RealConversation], cfg: SeedConfig) -> SeedSe
         "eval_conversations": len(eval_convs),
         "eval_conversations_missing": max(0, cfg.n_eval_conversations - len(eval_convs)),
         "eval_conversations_cut": cut,  # cut after their last turn within the limits (eval_conversation_prefix)
+        "dev_conversations": len(dev),
+        "dev_conversations_missing": max(0, cfg.n_dev_conversations - len(dev)),
         "skipped": dict(skipped),
+        # conversations of the source that share their opening exchange with one of another id (music.content_keys)
+        "content_duplicates": content_duplicates(pool),
+        # whole conversations not taken because another one already held out opens with the same request
+        "eval_conversations_same_request": same_request,
         "context_turns": dict(
             sorted(collections.Counter(len(turn_spans(s.context)[1]) for s in train + evals).items())
         ),
     }
-    return SeedSet(train, evals, eval_convs, stats)
+    return SeedSet(train, evals, eval_convs, stats, dev)
 
 
-def check_disjoint(eval_ids: Iterable[tuple[object, object]], train_ids: Iterable[str], *, source: str) -> int:
-    """Raise DataError if an evaluation record's conversation is also a training conversation.
+def conversation_groups(conversations: Sequence[RealConversation]) -> list[str]:
+    """A group label per conversation: chunks of one chat (`base_conversation_id`) and conversations that open
+    with the same exchange (`opening_key`) share one, transitively."""
+    parent: dict[str, str] = {}
 
-    Compared by base conversation (ShareGPT chunks of one chat are one conversation).
-    eval_ids: (record, conversation_id) pairs; returns how many were checked.
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    nodes = [
+        (f"id:{base_conversation_id(c.conversation_id)}", f"opening:{opening_key(c.messages)}") for c in conversations
+    ]
+    for a, b in nodes:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)  # the smaller label wins: the same groups in any input order
+    return [find(a) for a, _ in nodes]
+
+
+def content_duplicates(conversations: Sequence[RealConversation]) -> int:
+    """How many conversations open with the same exchange as one of another chat (not counting chunks of one)."""
+    by_opening: dict[str, set[str]] = collections.defaultdict(set)
+    for c in conversations:
+        by_opening[opening_key(c.messages)].add(base_conversation_id(c.conversation_id))
+    return sum(1 for c in conversations if len(by_opening[opening_key(c.messages)]) > 1)
+
+
+@dataclass(frozen=True)
+class TrainIndex:
+    """What a held-out record must not share with the training seeds: a base conversation id, or an opening
+    exchange (music.content_keys; a seed's context starts with its conversation's opening)."""
+
+    bases: frozenset[str]
+    openings: frozenset[str]
+
+    @classmethod
+    def of(cls, seeds: Iterable[Seed]) -> "TrainIndex":
+        seeds = list(seeds)
+        return cls(
+            frozenset(base_conversation_id(s.conversation_id) for s in seeds),
+            frozenset(opening_key(s.context) for s in seeds),
+        )
+
+
+def check_disjoint(
+    eval_records: Iterable[tuple[object, object, Sequence[dict] | None]], train: TrainIndex, *, source: str
+) -> int:
+    """Raise DataError if an evaluation record's conversation is also a training conversation: the same base
+    conversation (ShareGPT chunks of one chat are one conversation), or the same opening exchange (a copy of a
+    training chat under another id; music.content_keys).
+
+    eval_records: (record, conversation_id, messages) triples, messages from the conversation's start (None: the
+    id alone is checked); returns how many were checked.
     """
-    train_bases = {base_conversation_id(t) for t in train_ids}
     n = 0
-    for record, cid in eval_ids:
+    for record, cid, messages in eval_records:
         if cid is None:
             raise DataError(source, record, "conversation_id", "missing: cannot check that it is held out")
-        if base_conversation_id(str(cid)) in train_bases:
+        if base_conversation_id(str(cid)) in train.bases:
             raise DataError(
                 source, record, "conversation_id", f"{cid!r} is (a chunk of) a training conversation (train/eval leak)"
             )
+        if messages is not None and opening_key(messages) in train.openings:
+            raise DataError(
+                source,
+                record,
+                "messages",
+                f"{cid!r} opens with the same exchange as a training conversation (a copy under another id: "
+                "train/eval leak)",
+            )
         n += 1
     return n
+
+
+def read_train_index(path: str | Path) -> TrainIndex:
+    """The TrainIndex of a training seed file (train.jsonl): every record's conversation_id, and the opening of
+    its `context` where the record has one (a file of ids alone is checked by id)."""
+    ids = read_conversation_ids(path)
+    openings = set()
+    if Path(path).stat().st_size:
+        for lineno, rec in read_jsonl(path):
+            context = rec.get("context")
+            if context is not None:
+                validate_conversation(context, source=str(path), record=f"line {lineno}", field_name="context")
+                openings.add(opening_key(context))
+    return TrainIndex(frozenset(base_conversation_id(i) for i in ids), frozenset(openings))
 
 
 def read_conversation_ids(path: str | Path) -> set[str]:
@@ -307,6 +429,7 @@ def write_seed_set(seeds: SeedSet, out_dir: str | Path) -> None:
         write_jsonl(tmp / SEED_FILES["train"], (s.to_record() for s in seeds.train))
         write_jsonl(tmp / SEED_FILES["eval"], (s.to_record() for s in seeds.eval))
         write_jsonl(tmp / SEED_FILES["eval_conversations"], (c.to_record() for c in seeds.eval_conversations))
+        write_jsonl(tmp / SEED_FILES["dev_conversations"], (c.to_record() for c in seeds.dev_conversations))
         write_json(tmp / "stats.json", seeds.stats)
 
 
@@ -352,20 +475,29 @@ def read_seeds(path: str | Path) -> list[Seed]:
     return out
 
 
+def read_conversations(path: str | Path) -> list[RealConversation]:
+    """Whole conversations as write_seed_set wrote them (eval_conversations.jsonl, dev_conversations.jsonl); an
+    absent or empty file (a split the profile asked none of) gives none."""
+    path = Path(path)
+    if not path.exists() or not path.stat().st_size:
+        return []
+    out = []
+    for lineno, rec in read_jsonl(path):
+        for key in ("conversation_id", "source", "messages"):
+            if not isinstance(rec, dict) or key not in rec:
+                raise DataError(path, f"line {lineno}", key, "missing field")
+        messages = validate_conversation(rec["messages"], source=str(path), record=f"line {lineno}")
+        out.append(RealConversation(rec["conversation_id"], rec["source"], messages))
+    return out
+
+
 def read_seed_set(out_dir: str | Path) -> SeedSet:
-    """What write_seed_set wrote: the seeds, the whole eval conversations and the stats."""
+    """What write_seed_set wrote: the seeds, the whole eval and dev conversations and the stats."""
     out_dir = Path(out_dir)
-    convs = (
-        [
-            RealConversation(rec["conversation_id"], rec["source"], rec["messages"])
-            for _, rec in read_jsonl(out_dir / SEED_FILES["eval_conversations"])
-        ]
-        if (out_dir / SEED_FILES["eval_conversations"]).stat().st_size
-        else []
-    )
     return SeedSet(
         read_seeds(out_dir / SEED_FILES["train"]),
         read_seeds(out_dir / SEED_FILES["eval"]),
-        convs,
+        read_conversations(out_dir / SEED_FILES["eval_conversations"]),
         json.loads((out_dir / "stats.json").read_text(encoding="utf-8")),
+        read_conversations(out_dir / SEED_FILES["dev_conversations"]),
     )
