@@ -50,12 +50,16 @@ def synthetic_pairs(n: int, seed: int = 0) -> list[PreferencePair]:
 
 def hh_pairs(n: int) -> list[PreferencePair]:
     from music.sources.hh import load_hh
+    from music.sources.records import Skipped
 
     folder = ROOT.parent / "shared" / "data" / "hh-rlhf"
     if not folder.exists():
         raise SystemExit(f"--data hh needs {folder} (absent); use --data synthetic")
     path = next(folder.glob("*.jsonl.gz"))
-    pairs = [p for p in load_hh(path, limit=400) if len(p.chosen) >= 4]
+    skipped = Skipped(path)  # HH holds a few malformed records (line 87: an empty turn): skipped, up to the limit
+    pairs = load_hh(path, limit=400, skipped=skipped)
+    skipped.check()
+    pairs = [p for p in pairs if len(p.chosen) >= 4]
     return pairs[:n]
 
 

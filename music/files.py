@@ -48,15 +48,41 @@ def dumps_canonical(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
+def _refuse_unsafe_target(target: str | Path) -> Path:
+    """`target` as a Path, or a DataError when replacing it could destroy more than itself: an empty name,
+    `.` or `..`, the filesystem root, the working directory or any folder that holds it."""
+    raw = str(target)
+    path = Path(target)
+    where = f"atomic_path({raw!r})"
+    if not raw.strip() or path.name in ("", ".", ".."):
+        raise DataError(where, "-", None, "refusing an empty, '.' or '..' target: it names a folder that holds others")
+    here = {Path(os.path.abspath(os.getcwd())), Path(os.path.realpath(os.getcwd()))}
+    forms = {Path(os.path.abspath(path))}
+    if not path.is_symlink():  # a symlink is replaced, never followed
+        forms.add(Path(os.path.realpath(path)))
+    for form in forms:
+        if form.parent == form or any(form == h or form in h.parents for h in here):
+            raise DataError(
+                where,
+                "-",
+                None,
+                f"refusing to replace {form}: the filesystem root, the working directory or a folder above it",
+            )
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; move it into place only if the block succeeds.
 
-    Works for files and directories: on error the temporary is removed and `target` is untouched.
+    Works for files and directories: on error the temporary is removed and `target` is untouched. Refuses (a
+    DataError) a target whose replacement would remove more than itself: an empty name, `.`, `..`, `/`, the
+    working directory or a folder above it. Only the temporary folder it made is ever removed on the way out.
     """
-    target = Path(target)
+    target = _refuse_unsafe_target(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent)) / target.name
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = tmp_dir / target.name
     try:
         yield tmp
         if target.exists() or target.is_symlink():
@@ -66,7 +92,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
                 target.unlink()
         os.replace(tmp, target)
     finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def write_jsonl(path: str | Path, records: Iterable[Any]) -> int:

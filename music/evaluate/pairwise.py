@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Callable
 
 from music import sources
+from music.errors import DataError
 from music.schema import PreferencePair
+from music.sources.records import MAX_MALFORMED_KEY, MAX_MALFORMED_SHARE, Skipped
 
 
 def require_model(model_dir: str | Path, name: str) -> Path:
@@ -31,14 +33,27 @@ def _local_loader(name: str) -> Callable[..., list[PreferencePair]]:
     raise ValueError(f"local set {name!r}: no loader (name must start with one of {sorted(loaders)})")
 
 
-def local_pairs(name: str, path: str | Path, *, limit: int | None) -> tuple[list[PreferencePair] | None, str | int]:
+def local_pairs(
+    name: str, path: str | Path, *, limit: int | None, max_malformed_share: float = MAX_MALFORMED_SHARE
+) -> tuple[list[PreferencePair] | None, str | int]:
     """(pairs, malformed records skipped) of a local labelled set; (None, reason) when its file is absent.
 
     Local files have no split: the loaders take the first `limit` records (deterministic). Real sets hold
-    a few malformed records (HH: empty turns): they are skipped and counted, not fatal.
+    a few malformed records (HH: empty turns): they are skipped and counted, up to `max_malformed_share` of
+    the records read (the seed stage's limit, music.sources.records.Skipped); more, or a set that yields no
+    pair (a file of another format: UltraFeedback rows named hh*), is a DataError naming the file.
     """
     if not Path(path).exists():
         return None, f"{path} does not exist"
-    skipped: list = []
-    pairs = _local_loader(name)(path, limit=limit, skipped=skipped)
+    loader = _local_loader(name)
+    skipped = Skipped(path, max_malformed_share, MAX_MALFORMED_KEY)
+    try:
+        pairs = loader(path, limit=limit, skipped=skipped)
+        skipped.check()
+        if not pairs:
+            raise DataError(path, "-", None, "no pairs")
+    except DataError as exc:
+        raise DataError(
+            exc.source, exc.record, exc.field, f"local set {name!r} (read as {loader.__name__}): {exc.problem}"
+        ) from None
     return pairs, len(skipped)

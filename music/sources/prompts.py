@@ -22,7 +22,7 @@ from pathlib import Path
 from music.errors import DataError
 from music.sources.hh import parse_hh_transcript
 from music.sources.mtbench import load_mtbench_questions
-from music.sources.records import HUB_PREFIX, iter_records
+from music.sources.records import HUB_PREFIX, check_limit, iter_records
 
 SOURCE_KINDS = ("mtbench", "hh", "ultrainteract", "file")
 DEFAULT_SPLITS = {"hh": "test", "ultrainteract": "train", "file": "train", "mtbench": "train"}
@@ -64,7 +64,18 @@ def _first_user(messages: list[dict]) -> str | None:
 
 
 def load_prompts(spec: str, *, limit: int | None = None) -> list[dict]:
-    """Distinct prompts of a source, in the source's order (dedup by text); see the module docstring."""
+    """Distinct prompts of a source, in the source's order (dedup by text); see the module docstring.
+
+    `limit`: the first N prompts (N >= 1), or None for all. A source that yields no prompt is a DataError naming
+    it (a file of another format: HH records without transcripts read as "hh")."""
+    check_limit(limit)
+    prompts = _load_prompts(spec, limit)
+    if not prompts:
+        raise DataError(spec, "-", None, "the prompt source yields no prompts (is it the format its kind expects?)")
+    return prompts
+
+
+def _load_prompts(spec: str, limit: int | None) -> list[dict]:
     kind, location = parse_source(spec)
     split = DEFAULT_SPLITS[kind]
     out: list[dict] = []
@@ -79,7 +90,7 @@ def load_prompts(spec: str, *, limit: int | None = None) -> list[dict]:
     if kind == "mtbench":
         for q in load_mtbench_questions(location):
             add(q["question_id"], q["turns"])
-        return out[:limit] if limit else out
+        return out[:limit]
     if kind == "hh":
         for label, rec in iter_records(location, split=split):
             text = rec.get("chosen") if isinstance(rec, dict) else None

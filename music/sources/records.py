@@ -12,12 +12,25 @@ from music.files import open_text, read_jsonl
 
 HUB_PREFIX = "hub:"
 
+# The one default limit on malformed records in a lenient load (Skipped): the seed and contrast stages' defaults
+# (seed.max_malformed_share, contrast.max_malformed_share), the local evaluation sets and the benchmarks use it.
+MAX_MALFORMED_SHARE = 0.01
+MAX_MALFORMED_KEY = "music.sources.records.MAX_MALFORMED_SHARE"  # what an error tells you to raise
+
+
+def check_limit(limit: int | None) -> None:
+    """`limit`: None reads every record, N >= 1 the first N, the same for every format and the hub."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be an int >= 1, or None for all records; got {limit!r}")
+
 
 def iter_records(location: str | Path, split: str = "train", limit: int | None = None) -> Iterator[tuple[str, Any]]:
     """Yield (record label, record) from a local file or `hub:<dataset id>`.
 
-    Labels are what error messages call the record: "line N" for JSONL, "row N" otherwise.
+    Labels are what error messages call the record: "line N" for JSONL, "row N" otherwise. `limit`: the first
+    N records (N >= 1), or None for all, whatever the format.
     """
+    check_limit(limit)
     loc = str(location)
     if loc.startswith(HUB_PREFIX):
         rows = load_hub_rows(loc[len(HUB_PREFIX) :], split, limit)
@@ -45,7 +58,7 @@ def iter_records(location: str | Path, split: str = "train", limit: int | None =
             raise DataError(path, "-", None, "expected a JSON array of records")
         if not data:
             raise DataError(path, "-", None, "file is empty (no records)")
-        for i, obj in enumerate(data[:limit] if limit else data):
+        for i, obj in enumerate(data[:limit]):
             yield f"row {i}", obj
     elif name.endswith(".parquet"):
         import pyarrow.parquet as pq
@@ -53,7 +66,7 @@ def iter_records(location: str | Path, split: str = "train", limit: int | None =
         rows = pq.read_table(path).to_pylist()
         if not rows:
             raise DataError(path, "-", None, "file is empty (no records)")
-        for i, obj in enumerate(rows[:limit] if limit else rows):
+        for i, obj in enumerate(rows[:limit]):
             yield f"row {i}", obj
     else:
         raise DataError(path, "-", None, "unknown file type (expected .jsonl, .jsonl.gz, .json or .parquet)")
@@ -81,12 +94,13 @@ class Skipped(list):
     """Malformed records a lenient load skipped (DataErrors), counted per reason with the first few labels.
 
     Pass one as a loader's `skipped`. `check()` (after the load) raises a DataError when more than
-    `max_share` of the records read were malformed; `summary()` is what a stage report records.
+    `max_share` of the records read were malformed, or when none could be used; `summary()` is what a stage
+    report records.
     """
 
     FIRST = 3  # record labels kept per reason
 
-    def __init__(self, source: str, max_share: float, key: str):
+    def __init__(self, source: str, max_share: float = MAX_MALFORMED_SHARE, key: str = MAX_MALFORMED_KEY):
         super().__init__()
         self.source, self.max_share, self.key = str(source), max_share, key
         self.read = 0  # records read (kept + skipped), set by convert_records
@@ -111,18 +125,22 @@ class Skipped(list):
         }
 
     def check(self) -> dict:
-        """The summary; a DataError when more than max_share of the records read were malformed."""
+        """The summary; a DataError when more than max_share of the records read were malformed, or when every
+        record read was: a set that yields nothing is an error, whatever the share."""
         summary = self.summary()
-        if self and len(self) > self.max_share * max(self.read, 1):
+        if self and (len(self) > self.max_share * max(self.read, 1) or len(self) >= self.read):
             reasons = "; ".join(
                 f"{r}: {v['count']} (first: {', '.join(v['first_records'])})" for r, v in summary["by_reason"].items()
             )
+            some = len(self) < self.read
             raise DataError(
                 self.source,
                 self[0].record,
                 self[0].field,
-                f"{len(self)} of {self.read} records are malformed, more than {self.key}={self.max_share} "
-                f"(by reason: {reasons}). First: {self[0]}. Check the file's format, or raise {self.key}.",
+                f"{len(self)} of {self.read} records are malformed, "
+                + (f"more than {self.key}={self.max_share}" if some else "none could be used")
+                + f" (by reason: {reasons}). First: {self[0]}. Check the file's format"
+                + (f", or raise {self.key}." if some else " (is it the format its loader expects?)."),
             )
         return summary
 
