@@ -154,3 +154,17 @@ def test_default_choose_generates_greedily():
 
     out = Echo(ChatModelConfig(temperature=0.9)).choose([[{"role": "user", "content": "q"}]], ["A", "B"], prefix="[[")
     assert out[0].text == "[[B]] t=0.0"
+
+
+def test_sampling_seeds_leave_the_backend_identity_out(tmp_path, monkeypatch):
+    """A model folder whose digest differs on another machine (or a new CACHE_VERSION) misses the cache but draws
+    the same samples: the unit seeds come from the sampling settings and messages alone."""
+    import music.chat.base as base
+
+    a = FakeChat(CFG, ResponseCache(tmp_path / "a.sqlite"))
+    first = [r.text for r in a.generate(convs(5), seed=7)]
+    b = FakeChat(CFG, ResponseCache(tmp_path / "a.sqlite"))
+    b.identity = lambda: {"kind": "fake", "model": "m", "digest": "another machine's conversion"}
+    monkeypatch.setattr(base, "CACHE_VERSION", base.CACHE_VERSION + 1)
+    assert [r.text for r in b.generate(convs(5), seed=7)] == first and b.units_started == 2  # regenerated, same
+    assert [r.text for r in b.generate(convs(5), seed=8)] != first  # the seed still matters

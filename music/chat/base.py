@@ -2,10 +2,12 @@
 
 A call to `generate` is planned as *units* (a batch for the in-process model, one request for an
 HTTP server). Units are formed deterministically from the whole input list, each unit gets a seed
-derived from (seed, digest of its requests), and each item is cached under a key that includes its
-unit's digest. So the reply for an item depends only on (inputs of this call, seed, config), never on
-what the cache already held: a killed-and-rerun call gives identical results, and a unit whose items
-are all cached is never generated again.
+derived from (seed, digest of its requests' content: sampling settings and messages, not the backend's
+identity), and each item is cached under a key that includes its unit's digest and the backend's identity. So
+the reply for an item depends only on (inputs of this call, seed, config, the model), never on what the cache
+already held: a killed-and-rerun call gives identical results, and a unit whose items are all cached is never
+generated again. The sampling seed leaves the identity out, so a new cache version, or a model folder whose
+digest differs on another machine, misses the cache without drawing other samples.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from music.files import dumps_canonical
 from music.schema import validate_conversation
 
 # Bump when a change in generation code changes what a cached key would produce.
-CACHE_VERSION = 1
+# 2: in-process identities name the model by content (hub commit or folder digest), revision and tokenizer.
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -50,8 +53,9 @@ class Request:
     index: int
     messages: list[dict]
     dup: int
-    key: str  # digest of the item alone (backend identity, sampling, messages, dup)
+    key: str  # digest of the item alone (backend identity, sampling, messages, dup): the cache's
     payload: Any = None  # backend-specific preparation (e.g. token ids)
+    content: str = ""  # digest of sampling, messages and dup alone: what the unit's sampling seed derives from
 
 
 @dataclass
@@ -187,7 +191,7 @@ class ChatBackend(ABC):
         for group in self.plan(requests):
             members = [requests[i] for i in group]
             digest = sha256_json([r.key for r in members])
-            unit = Unit(members, digest, derive_seed(params.seed, digest))
+            unit = Unit(members, digest, derive_seed(params.seed, sha256_json([r.content for r in members])))
             unit.cache_keys = [sha256_json({"item": r.key, "unit": digest}) for r in members]
             units.append(unit)
 
@@ -254,5 +258,6 @@ class ChatBackend(ABC):
             text = dumps_canonical(msgs)
             dup = seen[text]
             seen[text] += 1
-            out.append(Request(i, msgs, dup, sha256_json({**ident, "messages": msgs, "dup": dup})))
+            content = sha256_json({"sampling": asdict(params), "messages": msgs, "dup": dup})
+            out.append(Request(i, msgs, dup, sha256_json({**ident, "messages": msgs, "dup": dup}), content=content))
         return out

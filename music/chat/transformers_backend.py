@@ -13,41 +13,86 @@ left-padded: the last prompt token of every row is the one new input, positions 
 attention mask (generate's cumsum), padded cache columns are zeros under a zero mask. Afterwards every
 row's prompt + generated tokens are stored. Batches, unit seeds and response-cache keys are those of
 the non-reusing path; replies agree with it up to float rounding (tests/test_kv_reuse.py).
+
+Generation uses the configured sampling only: the model's generation_config.json (which transformers would
+otherwise fill into every field left unset: a repetition_penalty of 1.05, a top_k, a min_p...) is reduced to its
+special token ids at load (plain_generation_defaults). The response-cache identity names the model by content
+(music.models.embedded.model_source: a hub commit, or a digest of a local folder's configs and weights), with its
+revision, chat template, vocabulary and stop/pad ids, so a model changed in place never reuses old replies.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from typing import Iterator
 
 from music.chat.base import ChatBackend, ChatReply, Request, SamplingParams, TokenCounts, Unit, template_accepts_system
 from music.chat.kv_cache import PrefixKVStore, _common
 from music.config import ChatModelConfig
+from music.files import dumps_canonical
 from music.models import load_causal_lm, load_tokenizer
+from music.models.embedded import model_source
 from music.schema import validate_conversation
 from music.threads import forward_threads
 
 # End-of-turn markers of common chat templates; those present in a vocabulary also stop generation.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 
-_REGISTRY: dict[tuple[str, str], tuple[object, object]] = {}
+_REGISTRY: dict[tuple, tuple[object, object]] = {}
+_SOURCES: dict[tuple, dict] = {}  # registry key -> model_source of what was loaded (identified when loading)
 _REGISTRY_LOCK = threading.Lock()
-_KV_STORES: dict[tuple[str, str], PrefixKVStore] = {}
+_KV_STORES: dict[tuple, PrefixKVStore] = {}
+
+# What of a model's generation_config.json generation keeps: its special tokens. Every other field it sets would be
+# filled by transformers into each field our GenerationConfig leaves unset (None), overriding "off".
+KEPT_GENERATION_DEFAULTS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 
 
-def shared_model(model: str, dtype: str = "float32"):
-    """(model, tokenizer), loaded once per process per (model, dtype): chat roles share weights."""
-    key = (model, dtype)
+def plain_generation_defaults(lm) -> dict:
+    """Make `lm.generation_config` hold only its special token ids; returns the fields dropped (those set to other
+    than transformers' own defaults), e.g. {"repetition_penalty": 1.05, "top_k": 20}."""
+    from transformers import GenerationConfig
+
+    old = lm.generation_config
+    neutral = {**GenerationConfig().to_dict(), **getattr(GenerationConfig, "_get_default_generation_params", dict)()}
+    dropped = {
+        k: v
+        for k, v in old.to_dict().items()
+        if k not in KEPT_GENERATION_DEFAULTS
+        and not k.startswith("_")
+        and k not in ("transformers_version", "output_attentions", "output_hidden_states", "use_cache")
+        and v is not None
+        and v != neutral.get(k)
+    }
+    kept = {k: getattr(old, k, None) for k in KEPT_GENERATION_DEFAULTS if getattr(old, k, None) is not None}
+    lm.generation_config = GenerationConfig(**kept)
+    return dropped
+
+
+def shared_model(model: str, dtype: str = "float32", revision: str | None = None):
+    """(model, tokenizer), loaded once per process per (model, dtype, revision): chat roles share weights."""
+    key = (model, dtype, revision)
     with _REGISTRY_LOCK:
         if key not in _REGISTRY:
             import torch
 
-            lm = load_causal_lm(model, dtype=dtype)
+            lm = load_causal_lm(model, dtype=dtype, revision=revision)
+            tok = load_tokenizer(model, padding_side="left", revision=revision)
+            _SOURCES[key] = model_source(model, revision, lm)  # right after loading: what these weights are
             if torch.cuda.is_available():
                 lm = lm.to("cuda")
             use_gqa_attention(lm)
-            _REGISTRY[key] = (lm, load_tokenizer(model, padding_side="left"))
+            plain_generation_defaults(lm)
+            _REGISTRY[key] = (lm, tok)
         return _REGISTRY[key]
+
+
+def shared_model_source(model: str, dtype: str = "float32", revision: str | None = None) -> dict:
+    """model_source of the model shared_model loaded for these arguments (loading it if needed)."""
+    shared_model(model, dtype, revision)
+    with _REGISTRY_LOCK:
+        return _SOURCES[(model, dtype, revision)]
 
 
 # --- grouped-query attention without copying the keys and values ------------------------------
@@ -102,9 +147,9 @@ def use_gqa_attention(lm, on: bool = True) -> bool:
     return on
 
 
-def shared_kv_store(model: str, dtype: str, budget_mb: int) -> PrefixKVStore:
+def shared_kv_store(model: str, dtype: str, budget_mb: int, revision: str | None = None) -> PrefixKVStore:
     """The prefix store of a loaded model, shared by its backends; its budget is the largest asked for."""
-    key = (model, dtype)
+    key = (model, dtype, revision)
     budget = int(budget_mb) * 2**20
     with _REGISTRY_LOCK:
         store = _KV_STORES.get(key)
@@ -118,6 +163,7 @@ def shared_kv_store(model: str, dtype: str, budget_mb: int) -> PrefixKVStore:
 def clear_registry() -> None:
     with _REGISTRY_LOCK:
         _REGISTRY.clear()
+        _SOURCES.clear()
         _KV_STORES.clear()
 
 
@@ -286,7 +332,8 @@ class TransformersChat(ChatBackend):
         super().__init__(cfg, cache)
         cfg.validate()
         self.name = f"transformers:{cfg.model}"
-        self.lm, self.tok = shared_model(cfg.model, cfg.dtype)
+        self.lm, self.tok = shared_model(cfg.model, cfg.dtype, cfg.revision)
+        self.source = shared_model_source(cfg.model, cfg.dtype, cfg.revision)
         if getattr(self.tok, "chat_template", None) is None:
             raise ValueError(f"{cfg.model}: the tokenizer has no chat template")
         if self.tok.pad_token_id is None:
@@ -301,10 +348,30 @@ class TransformersChat(ChatBackend):
         if cfg.reuse_kv:
             self.reuse_off_reason = reuse_unsupported(self.lm)
             if self.reuse_off_reason is None:
-                self.kv = shared_kv_store(cfg.model, cfg.dtype, cfg.kv_cache_mb)
+                self.kv = shared_kv_store(cfg.model, cfg.dtype, cfg.kv_cache_mb, cfg.revision)
+        self._identity: dict | None = None
 
     def identity(self) -> dict:
-        return {"kind": self.kind, "model": self.cfg.model, "dtype": self.cfg.dtype}
+        """The model by content (model_source: no path, no time), its revision and dtype, and what of the tokenizer
+        shapes a prompt or ends a reply: chat template, vocabulary, special tokens, stop and pad ids."""
+        if self._identity is None:
+            tok = self.tok
+            vocab = sorted(tok.get_vocab().items(), key=lambda kv: (kv[1], kv[0]))
+            tokenizer = {
+                "chat_template": tok.chat_template,
+                "vocab": hashlib.sha256(dumps_canonical(vocab).encode("utf-8")).hexdigest(),
+                "special": {k: getattr(tok, k, None) for k in ("bos_token", "eos_token", "pad_token", "unk_token")},
+                "stop_ids": self.stop_ids,
+                "pad_id": self.pad_id,
+            }
+            self._identity = {
+                "kind": self.kind,
+                "model": self.source,
+                "revision": self.cfg.revision,
+                "dtype": self.cfg.dtype,
+                "tokenizer": hashlib.sha256(dumps_canonical(tokenizer).encode("utf-8")).hexdigest(),
+            }
+        return self._identity
 
     def render(self, messages: list[dict]) -> list[int]:
         """Token ids of the prompt: template applied and tokenised in one step."""
@@ -328,6 +395,8 @@ class TransformersChat(ChatBackend):
         return [order[i : i + bs] for i in range(0, len(order), bs)]
 
     def _generation_config(self, params: SamplingParams, **extra):
+        """The sampling asked for and nothing else: every field generate() would fill from the model's own
+        generation_config.json is either set here or was dropped at load (plain_generation_defaults)."""
         from transformers import GenerationConfig
 
         sample = params.temperature > 0
@@ -337,12 +406,11 @@ class TransformersChat(ChatBackend):
             eos_token_id=self.stop_ids,
             pad_token_id=self.pad_id,
             use_cache=True,
+            repetition_penalty=params.repetition_penalty,  # 1.0: off, whatever the model's file says
             **extra,
         )
         if sample:  # plain temperature + nucleus sampling, as an OpenAI-compatible server does
             kw.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
-        if params.repetition_penalty != 1.0:
-            kw.update(repetition_penalty=params.repetition_penalty)
         return GenerationConfig(**kw)
 
     def run(self, units: list[Unit], params: SamplingParams) -> Iterator[tuple[Unit, list[ChatReply]]]:

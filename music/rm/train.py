@@ -4,9 +4,15 @@ unmerged beside its base: music.rm.model.save_model_folder).
 
 Resume: every `save_every` optimizer steps the trainable weights (LoRA + score head, or all weights),
 the optimizer, the scheduler, the RNG states and the step go to
-`{resume_dir}/{variant}-{hash of config + data}/checkpoint.pt`, a folder outside the stage's output
+`{resume_dir}/{variant}-seed{seed}-{hash of config + data}/checkpoint.pt`, a folder outside the stage's output
 (DVC deletes a stage's outputs when it starts). A rerun with the same config and data continues from
-there and ends with the same weights as an uninterrupted run; the folder is removed after success.
+there and ends with the same weights as an uninterrupted run. Beside the checkpoint, checkpoint.json holds
+its fingerprint and the trainer's code and library versions (`trainer_digest`); the checkpoint is unpickled
+(torch.load with weights_only=True: tensors and plain types only) only when those match.
+
+After success the folder is removed, or with `keep_finished` (the train stage) it keeps a copy of the saved
+model (finished/ + finished.json) until the caller drops it (`drop_resume_folders`): a rerun after a kill
+restores the seeds that had finished, byte for byte, and trains only the others.
 """
 
 from __future__ import annotations
@@ -14,8 +20,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import math
+import os
 import random
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,6 +39,10 @@ from music.rm.model import load_reward_model, reward_scores, save_model_folder
 from music.rm.schedule import full_batches, matched_steps, steps_for
 
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_META = "checkpoint.json"  # fingerprint + trainer digest, read before the checkpoint is unpickled
+FINISHED = "finished"  # a finished seed's saved model folder, kept with keep_finished
+FINISHED_META = "finished.json"  # fingerprint + trainer digest + the run's timing; written after FINISHED
+log = logging.getLogger(__name__)
 StepCallback = Callable[[int, dict], None]  # (optimizer step done, its curve row); may raise to stop
 
 
@@ -65,6 +78,57 @@ def fingerprint(cfg: TrainConfig, variant: str, pairs: list, seed: int, steps: i
     for p in pairs:
         h.update(json.dumps(p.to_record(), sort_keys=True, default=str, ensure_ascii=False).encode())
     return h.hexdigest()
+
+
+def training_fingerprint(
+    cfg: TrainConfig, pairs_by_kind: dict[str, Any], variant: str, seed: int, matched: dict | None = None
+) -> str:
+    """The fingerprint run_training computes for these arguments (the pairs mixed as it mixes them)."""
+    pairs, _ = mix_pairs(pairs_by_kind, cfg.variants[variant], cfg.music_ratio, seed)
+    return fingerprint(cfg, variant, pairs, seed, None if matched is None else matched["steps"])
+
+
+def trainer_digest() -> dict:
+    """What besides config and data decides a trained model: the trainer's code (music/rm/*.py, music/models/*.py)
+    and the torch, transformers and peft versions. A checkpoint or finished seed from other code is not reused."""
+    from importlib import metadata
+
+    import music
+
+    # Read only to tell whether a checkpoint may be reused; the trained model never depends on these bytes.
+    root = Path(list(music.__path__)[0])
+    h = hashlib.sha256()
+    for f in sorted([*(root / "rm").glob("*.py"), *(root / "models").glob("*.py")]):
+        h.update(f"{f.parent.name}/{f.name}\n".encode() + f.read_bytes())
+    versions = {}
+    for package in ("torch", "transformers", "peft"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"code": h.hexdigest(), **versions}
+
+
+def resume_folder(resume_dir: str | Path, variant: str, seed: int, fp: str) -> Path:
+    """Where one run's checkpoint (and, with keep_finished, its finished model) lives."""
+    return Path(resume_dir) / f"{variant}-seed{seed}-{fp[:16]}"
+
+
+def _read_meta(path: Path) -> dict | None:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _meta_matches(meta: dict | None, fp: str) -> bool:
+    return meta is not None and meta.get("fingerprint") == fp and meta.get("trainer") == trainer_digest()
+
+
+def _write_meta(path: Path, meta: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def lr_lambda(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
@@ -109,10 +173,16 @@ class TrainOutcome:
 
 
 def _rng_state() -> dict:
+    """Every RNG state as tensors and plain types (what torch.load(weights_only=True) reads back)."""
     import numpy as np
     import torch
 
-    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    st = {
+        "python": random.getstate(),  # (version, tuple of ints, None)
+        "numpy": [str(name), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st
@@ -122,8 +192,10 @@ def _set_rng_state(st: dict) -> None:
     import numpy as np
     import torch
 
-    random.setstate(st["python"])
-    np.random.set_state(st["numpy"])
+    version, internal, gauss = st["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = st["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(st["torch"])
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
@@ -142,16 +214,24 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict) -> N
     }
     with atomic_path(folder / CHECKPOINT) as tmp:
         torch.save(blob, tmp)
+    _write_meta(folder / CHECKPOINT_META, {"fingerprint": state["fingerprint"], "trainer": trainer_digest()})
 
 
 def load_checkpoint(folder: Path, model, optimizer, scheduler, fp: str) -> dict | None:
-    """Restore a checkpoint written for this exact config and data; None when there is none."""
+    """Restore a checkpoint written for this exact config and data by this trainer; None when there is none.
+
+    checkpoint.json is read first: a checkpoint without one, or of another fingerprint or trainer, is never
+    unpickled; a matching one is read with weights_only=True (tensors and plain types only)."""
     import torch
 
     path = folder / CHECKPOINT
-    if not path.exists():
+    if not path.exists() or not _meta_matches(_read_meta(folder / CHECKPOINT_META), fp):
         return None
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - an unreadable checkpoint costs a restart, never a wrong model
+        log.warning("ignoring the unreadable checkpoint %s (%s); training from the start", path, e)
+        return None
     if blob.get("fingerprint") != fp:
         return None
     params = dict(model.named_parameters())
@@ -204,7 +284,7 @@ def run_training(
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, cfg.warmup_ratio))
 
-    folder = Path(resume_dir) / f"{variant}-seed{seed}-{fp[:16]}" if resume_dir else None
+    folder = resume_folder(resume_dir, variant, seed, fp) if resume_dir else None
     state = {"step": 0, "curve": [], "real_tokens": 0, "padded_tokens": 0, "seconds": 0.0, "resumed_from": None}
     blob = load_checkpoint(folder, model, optimizer, scheduler, fp) if folder else None
     if blob:
@@ -315,19 +395,87 @@ def train_reward_model(
     progress: bool = True,
     seed: int = 0,
     matched: dict | None = None,
+    keep_finished: bool = False,
 ) -> dict:
     """Train a variant with one seed, save the model to out_dir, drop its resume checkpoint.
 
     Returns the metrics saved in train_metrics.json plus, under "timing", the wall-clock numbers that
     are kept out of the (DVC-tracked) model folder so a rerun writes identical bytes.
+
+    With `resume_dir`, a finished copy of this very run (same fingerprint and trainer, kept by an earlier call
+    with `keep_finished`) is restored into out_dir instead of training (timing["restored"] is True). With
+    `keep_finished`, the saved model is kept in the run's resume folder (hard links where the file system allows,
+    else a copy) for such a rerun, until drop_resume_folders removes it.
     """
+    if resume_dir:
+        restored = restore_finished(cfg, pairs_by_kind, out_dir, resume_dir, variant, seed, matched)
+        if restored is not None:
+            return restored
     outcome = run_training(cfg, pairs_by_kind, variant, resume_dir, callback, device, progress, seed, matched)
     save_reward_model(outcome, out_dir)
     if resume_dir:
-        shutil.rmtree(
-            Path(resume_dir) / f"{variant}-seed{seed}-{outcome.metrics['fingerprint'][:16]}", ignore_errors=True
-        )
+        folder = resume_folder(resume_dir, variant, seed, outcome.metrics["fingerprint"])
+        if keep_finished:
+            _keep_finished(folder, out_dir, outcome.metrics["fingerprint"], outcome.timing)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
     return {**outcome.metrics, "timing": outcome.timing}
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
+def _keep_finished(folder: Path, out_dir: str | Path, fp: str, timing: dict) -> None:
+    """Keep a finished seed's saved model beside its (now useless, removed) checkpoint; finished.json last."""
+    (folder / FINISHED_META).unlink(missing_ok=True)
+    with atomic_path(folder / FINISHED) as tmp:
+        shutil.copytree(out_dir, tmp, copy_function=_link_or_copy)
+    _write_meta(folder / FINISHED_META, {"fingerprint": fp, "trainer": trainer_digest(), "timing": timing})
+    (folder / CHECKPOINT_META).unlink(missing_ok=True)
+    (folder / CHECKPOINT).unlink(missing_ok=True)
+
+
+def restore_finished(
+    cfg: TrainConfig,
+    pairs_by_kind: dict[str, Any],
+    out_dir: str | Path,
+    resume_dir: str | Path,
+    variant: str = "baseline",
+    seed: int = 0,
+    matched: dict | None = None,
+) -> dict | None:
+    """Copy a kept finished run of these arguments into out_dir and return what train_reward_model returned for
+    it (metrics from its train_metrics.json, its timing with "restored": True); None when there is none."""
+    if variant not in cfg.variants:
+        return None  # run_training says what is wrong
+    fp = training_fingerprint(cfg, pairs_by_kind, variant, seed, matched)
+    folder = resume_folder(resume_dir, variant, seed, fp)
+    meta = _read_meta(folder / FINISHED_META)
+    if not _meta_matches(meta, fp) or not (folder / FINISHED / "train_metrics.json").is_file():
+        return None
+    with atomic_path(out_dir) as tmp:
+        shutil.copytree(folder / FINISHED, tmp)
+    metrics = json.loads((Path(out_dir) / "train_metrics.json").read_text(encoding="utf-8"))
+    log.info("restored %s seed %s from %s (finished before an interruption)", variant, seed, folder)
+    return {**metrics, "timing": {**meta.get("timing", {}), "restored": True}}
+
+
+def drop_resume_folders(resume_dir: str | Path, variant: str) -> int:
+    """Remove every resume folder of a variant (checkpoints and kept finished seeds, of any fingerprint): the
+    train stage calls it once all its seeds are saved. Returns how many were removed."""
+    pattern = re.compile(rf"{re.escape(variant)}-seed\d+-[0-9a-f]{{16}}")
+    root = Path(resume_dir)
+    gone = 0
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if folder.is_dir() and pattern.fullmatch(folder.name):
+            shutil.rmtree(folder, ignore_errors=True)
+            gone += 1
+    return gone
 
 
 def free_accelerator_memory() -> None:

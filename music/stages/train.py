@@ -2,6 +2,10 @@
 
 The trainer itself is music.rm.train (a library: pairs in, a model out); this module reads the stage's pairs,
 matches the arms (music.rm.schedule) and writes each seed's model to {paths.models}/{variant}/seed{s}.
+
+A kill does not cost the seeds that had finished: each is kept under {paths.cache}/rm_resume (keyed by its
+training fingerprint) until every seed of the variant is saved, and a rerun restores them instead of training
+them again (byte for byte); an unfinished seed resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from music.files import write_json
 from music.rm.data import load_variant_pairs
 from music.rm.frozen import use_disk_store
 from music.rm.schedule import describe
-from music.rm.train import free_accelerator_memory, matched_arms, train_reward_model
+from music.rm.train import drop_resume_folders, free_accelerator_memory, matched_arms, train_reward_model
 from music.stages import check_variant
 from music.store import seed_dir
 
@@ -36,20 +40,26 @@ def run(params: Params, *, variant: str | None = None, progress: bool = True) ->
     if cfg.reuse_frozen_layers:
         use_disk_store(params.paths.cache)  # frozen-layer states shared with the other train@ and evaluate@ stages
     runs = []
+    resume_dir = Path(params.paths.cache) / "rm_resume"
     for s in cfg.seeds:
         runs.append(
             train_reward_model(
                 cfg,
                 pairs_by_kind,
                 seed_dir(params.paths.models, variant, s),
-                resume_dir=Path(params.paths.cache) / "rm_resume",
+                resume_dir=resume_dir,
                 variant=variant,
                 progress=progress,
                 seed=s,
                 matched=matched,
+                keep_finished=True,  # until every seed is saved: a rerun after a kill restores it
             )
         )
         free_accelerator_memory()  # one model on the GPU at a time
+    restored = [r["seed"] for r in runs if r["timing"].get("restored")]
+    if restored:
+        log.info("seeds %s of %s restored from %s (finished before an interruption)", restored, variant, resume_dir)
+    drop_resume_folders(resume_dir, variant)  # every seed is saved: finished copies and stale checkpoints go
     write_json(Path(params.paths.reports) / "timings" / f"train_{variant}.json", [r["timing"] for r in runs])
     return runs
 
