@@ -234,9 +234,15 @@ def test_best_of_n_counts_games_without_a_conversation():
 
     conv = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
     games = [Game(i, 2, {"baseline": conv, "music": conv}, outcome="tie") for i in range(8)]
-    games += [Game(8, 2, {"baseline": conv, "music": None}), Game(9, 4, {"baseline": None, "music": None})]
+    games += [
+        Game(8, 2, {"baseline": conv, "music": None}, failure="no_conversation", error="no conversation for music"),
+        Game(9, 4, {"baseline": None, "music": None}, failure="no_conversation", rm_seed=1),
+    ]
     f = game_failures(games)
     assert (f["units"], f["failed"]) == (10, 2)
-    assert f["by_reason"]["no_conversation"] == {"count": 2, "first_error": "question 8 N=2: no conversation for music"}
+    assert f["by_reason"]["no_conversation"] == {
+        "count": 2,
+        "first_error": "question 8 N=2 seed None: no conversation for music",
+    }
     with pytest.raises(StageFailed, match=r"best_of_n: games: 2 of 10 failed"):
         check_failed_share(f, 0.1, what="best_of_n: games", key="evaluate.max_failed_share", advice="")

@@ -341,13 +341,28 @@ def headline(table: pd.DataFrame, best_of_n: dict | None = None) -> dict:
             for n, v in sorted(best_of_n.get("by_n", {}).items(), key=lambda kv: int(kv[0]))
             if v.get("win_rate_ties_half") is not None
         }
-        if half:  # (W + T/2) / N, percent, with its bootstrap interval over prompts
+        if half:  # (W + T/2) / N, percent, with its bootstrap interval over prompts (and seeds), next to the games
+            # in which both RMs picked the identical conversation and whether every game tied
             out["best_of_n_win_rate"] = {
                 f"N{n}": {
                     "rate": round(100 * v["win_rate_ties_half"], 1),
                     "ci_low": round(100 * v["win_rate_ties_half_ci_low"], 1),
                     "ci_high": round(100 * v["win_rate_ties_half_ci_high"], 1),
+                    **{
+                        k: int(v[key])
+                        for k, key in (("games", "n_games"), ("identical", "n_identical"), ("all_ties", "all_ties"))
+                        if v.get(key) is not None
+                    },
                 }
                 for n, v in half.items()
+            }
+        check = best_of_n.get("judge_check")
+        if isinstance(check, dict) and check.get("accuracy") is not None:  # the judge on known pairs, percent
+            out["best_of_n_judge"] = {
+                "accuracy": round(100 * check["accuracy"], 1),
+                "ci_low": round(100 * check["ci_low"], 1),
+                "ci_high": round(100 * check["ci_high"], 1),
+                "n_pairs": int(check["n_pairs"]),
+                "at_chance": int(check["at_chance"]),
             }
     return out

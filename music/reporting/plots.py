@@ -365,11 +365,12 @@ def bon_table(bon: dict) -> pd.DataFrame:
 
 
 def plot_best_of_n(bon: dict) -> Figure:
-    """MUSIC RM's win / loss (and tie) rate against the baseline RM vs N, with 95% Wilson intervals, and the win
-    rate (W + T/2) / N with its bootstrap interval over prompts (where best_of_n.json has it); when every game
-    tied, the figure says so in words."""
-    df = bon_table(bon).dropna(subset=["rate"])
-    fig = _figure((6.0, 4.2))
+    """The MUSIC RM's win rate (W + T/2) / N against the baseline RM by N, with its 95% bootstrap interval over
+    prompts and seeds; beside it the share of games in which both RMs picked the identical conversation (bars) and
+    the judge's accuracy on pairs with a known answer (a band; where best_of_n.json has it). A judge at chance and a
+    run in which every game tied are said in words. A best_of_n.json from before the win rate had only win / tie /
+    loss rates with Wilson intervals: those are drawn instead."""
+    fig = _figure((6.4, 4.8))
     ax = fig.subplots()
     rows = sorted(bon.get("by_n", {}).items(), key=lambda kv: int(kv[0]))
     half = [
@@ -377,8 +378,32 @@ def plot_best_of_n(bon: dict) -> Figure:
         for n, r in rows
         if r.get("win_rate_ties_half") is not None
     ]
+    notes = []
+    check = bon.get("judge_check") if isinstance(bon.get("judge_check"), dict) else None
+    if check and check.get("accuracy") is not None:
+        lo, hi = check.get("ci_low"), check.get("ci_high")
+        ax.axhspan(
+            lo if lo is not None else check["accuracy"],
+            hi if hi is not None else check["accuracy"],
+            color="tab:blue",
+            alpha=0.12,
+            label=f"judge on {check.get('n_pairs', '?')} known pairs: {100 * check['accuracy']:.0f}% right (95% CI)",
+        )
+        if check.get("at_chance"):
+            notes.append("the judge is at chance on known pairs:\nthe win rate is uninformative")
+    ns = [int(n) for n, _ in rows]
     if half:
-        x = [n * 1.16 for n, *_ in half]
+        same = [(int(n), r["n_identical"] / r["n_games"]) for n, r in rows if r.get("n_games")]
+        if same:
+            ax.bar(
+                [n for n, _ in same],
+                [v for _, v in same],
+                width=[0.35 * n for n, _ in same],
+                color="0.85",
+                edgecolor="0.6",
+                label="both RMs picked the same conversation",
+            )
+        x = [n for n, *_ in half]
         y = [h for _, h, _, _ in half]
         err = [
             [max(0.0, h - (lo if lo is not None else h)) for _, h, lo, _ in half],
@@ -392,58 +417,63 @@ def plot_best_of_n(bon: dict) -> Figure:
             capsize=4,
             color="black",
             linestyle=":",
-            label="win rate (W + T/2)/N, bootstrap over prompts",
+            label="MUSIC win rate (W + T/2)/N, 95% CI over prompts x seeds",
         )
-        ax.axhline(0.5, color="black", linewidth=0.6, alpha=0.4)
+    else:  # an older best_of_n.json: win / tie / loss rates with Wilson intervals
+        df = bon_table(bon).dropna(subset=["rate"])
+        colors = {"win": "tab:green", "tie": "tab:gray", "loss": "tab:red"}
+        offsets = {"win": -0.08, "tie": 0.0, "loss": 0.08}  # so overlapping intervals stay visible
+        for o in ("win", "tie", "loss"):
+            sub = df[df["outcome"] == o]
+            if sub.empty:
+                continue
+            ax.errorbar(
+                [n * (1 + offsets[o]) for n in sub["N"]],
+                sub["rate"],
+                yerr=[
+                    (sub["rate"] - sub["ci_low"]).clip(lower=0).to_numpy(),
+                    (sub["ci_high"] - sub["rate"]).clip(lower=0).to_numpy(),
+                ],
+                marker="o",
+                capsize=4,
+                color=colors[o],
+                label={"win": "MUSIC wins", "tie": "ties", "loss": "MUSIC losses"}[o] + " (95% Wilson)",
+            )
+        ns = sorted(df["N"].unique())
+    ax.axhline(0.5, color="black", linewidth=0.6, alpha=0.4)
     played = [r for _, r in rows if r.get("n_games")]
     if played and all(r.get("ties") == r.get("n_games") for r in played):
+        notes.append(
+            f"every game tied ({sum(r['n_games'] for r in played)} games):\nthe judge preferred neither RM's picks"
+        )
+    if notes:
         ax.text(
             0.5,
-            0.62,
-            f"every game tied ({sum(r['n_games'] for r in played)} games):\n"
-            "the judge preferred neither RM's picks in both orders",
+            0.4,
+            "\n".join(notes),
             ha="center",
             va="center",
             transform=ax.transAxes,
-            fontsize=9,
+            fontsize=8,
             color="0.25",
-            bbox={"facecolor": "white", "edgecolor": "0.6"},
-        )
-    colors = {"win": "tab:green", "tie": "tab:gray", "loss": "tab:red"}
-    offsets = {"win": -0.08, "tie": 0.0, "loss": 0.08}  # so overlapping intervals stay visible
-    for o in ("win", "tie", "loss"):
-        sub = df[df["outcome"] == o]
-        if sub.empty:
-            continue
-        x = [n * (1 + offsets[o]) for n in sub["N"]]
-        err = [
-            (sub["rate"] - sub["ci_low"]).clip(lower=0).to_numpy(),
-            (sub["ci_high"] - sub["rate"]).clip(lower=0).to_numpy(),
-        ]
-        ax.errorbar(
-            x,
-            sub["rate"],
-            yerr=err,
-            marker="o",
-            capsize=4,
-            color=colors[o],
-            label={"win": "MUSIC wins", "tie": "ties", "loss": "MUSIC losses"}[o],
+            bbox={"facecolor": "white", "edgecolor": "0.6", "alpha": 0.9},
         )
     ax.set_xscale("log", base=2)
-    ns = sorted(df["N"].unique())
-    ax.set_xticks(ns, [str(n) for n in ns])
-    ax.set_ylim(-0.02, 1.02)
+    if ns:
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.set_xlim(min(ns) / 1.6, max(ns) * 1.6)
+    ax.set_ylim(-0.02, 1.42)  # headroom above 1 for the legend
+    ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
     ax.set_xlabel("N (candidates per turn)")
-    ax.set_ylabel("rate over prompts")
-    games = int(df["games"].max()) if not df.empty else 0
+    ax.set_ylabel("share")
+    games = max((int(r.get("n_games") or 0) for _, r in rows), default=0)
     seeds = bon.get("rm_seeds")
     ax.set_title(
         f"Best-of-N: MUSIC RM vs baseline RM, judged in both orders\n"
-        f"({games} games per N{f' ({seeds} seed pairs)' if seeds else ''}; judge {bon.get('judge', '?')}; "
-        "95% Wilson intervals)",
+        f"({games} games per N{f' ({seeds} seed pairs)' if seeds else ''}; judge {bon.get('judge', '?')})",
         fontsize=10,
     )
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper center")  # in the headroom above 1
     return fig
 
 

@@ -132,8 +132,27 @@ def accuracy_sentence(name: str, accuracy: Any, n_items: Any, who: str = "the RM
     )
 
 
+def judge_phrase(check: Mapping | None) -> tuple[str, bool | None]:
+    """The Best-of-N judge's measured accuracy on pairs with a known answer, in words, and whether it is at chance
+    (None: not measured). `check` is best_of_n.json's judge_check (fractions) or summary.json's
+    best_of_n_judge (percent)."""
+    if not isinstance(check, Mapping) or _num(check.get("accuracy")) is None:
+        return "the judge was not measured on pairs with a known answer", None
+    scale = 1.0 if check.get("percent") else 100.0
+    a, lo, hi = (_num(check.get(k)) for k in ("accuracy", "ci_low", "ci_high"))
+    n = int(_num(check.get("n_pairs")) or 0)
+    ci = f" [{scale * lo:.0f}%, {scale * hi:.0f}%]" if None not in (lo, hi) else ""
+    at_chance = bool(check.get("at_chance")) if check.get("at_chance") is not None else lo is None or lo <= 0.5 <= hi
+    return (
+        f"the judge picks the known better reply in {scale * a:.0f}%{ci} of {_n(n, 'known pair')}"
+        + (": at chance" if at_chance else (": above chance" if (lo or 0) > 0.5 else ": below chance")),
+        at_chance,
+    )
+
+
 def best_of_n_sentence(bon: Mapping | None) -> str:
-    """The Best-of-N games at the largest N, in words."""
+    """The Best-of-N games at the largest N, in words, read against the judge's measured accuracy: with a judge at
+    chance the comparison is uninformative, whatever the win rate."""
     by_n = (bon or {}).get("by_n") or {}
     rows = {int(n): r for n, r in by_n.items() if isinstance(r, Mapping) and str(n).isdigit()}
     if not rows:
@@ -143,12 +162,23 @@ def best_of_n_sentence(bon: Mapping | None) -> str:
     games = int(r.get("n_games") or 0)
     wins, ties, losses = (int(r.get(k) or 0) for k in ("wins", "ties", "losses"))
     ident = int(r.get("n_identical") or 0)
-    # The paper's comparison: (W + T/2) / N with its bootstrap interval over prompts (music.stages.best_of_n);
-    # a Best-of-N file from before that protocol has only the Wilson intervals of the win and loss rates.
+    check = (bon or {}).get("judge_check")
+    if check is None and _num(r.get("judge_accuracy")) is not None:
+        check = {
+            k: r.get(f"judge_accuracy{s}")
+            for k, s in (("accuracy", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high"))
+        }
+        check["at_chance"] = r.get("judge_at_chance")
+    judge, at_chance = judge_phrase(check)
+    # The paper's comparison: (W + T/2) / N with its bootstrap interval over prompts and seeds
+    # (music.stages.best_of_n); a Best-of-N file from before that has only the Wilson intervals of the win and loss
+    # rates.
     rate, lo, hi = (
         _num(r.get(k)) for k in ("win_rate_ties_half", "win_rate_ties_half_ci_low", "win_rate_ties_half_ci_high")
     )
-    if games and ties == games:
+    if at_chance:
+        verdict = "uninformative, because the judge is at chance on pairs with a known answer"
+    elif games and ties == games:
         verdict = "no difference this run can see: every game tied"
     elif rate is not None and None not in (lo, hi):
         verdict = (
@@ -171,10 +201,14 @@ def best_of_n_sentence(bon: Mapping | None) -> str:
     if rate is None:
         rate = (wins + ties / 2) / games if games else 0.0
     same = f"; in {ident} both RMs picked the identical conversation" if ident else ""
+    short = int(r.get("n_short_games") or 0)
+    same += f"; {short} played with fewer than N candidates" if short else ""
+    failed = int(r.get("n_failed") or 0)
+    same += f"; {failed} failed" if failed else ""
     ci = f" [{100 * lo:.0f}%, {100 * hi:.0f}%]" if None not in (lo, hi) else ""
     return (
         f"Best-of-N at N = {n}: the MUSIC RM won {wins}, tied {ties} and lost {losses} of {_n(games, 'game')}{same}; "
-        f"win rate (W + T/2)/N {100 * rate:.0f}%{ci}: {verdict}; {PAPER_DIRECTION['best_of_n']}."
+        f"win rate (W + T/2)/N {100 * rate:.0f}%{ci}: {verdict}; {judge}; {PAPER_DIRECTION['best_of_n']}."
     )
 
 
@@ -417,12 +451,7 @@ def headline_table(summary: Mapping) -> str:
             "Early turns, RM minus its own history-blind score (last exchange only), points: "
             + "; ".join(f"{v} {contrast(g, 'gap')}" for v, g in blind.items() if isinstance(g, Mapping))
         )
-    bon = summary.get("best_of_n_win_minus_loss")
-    if isinstance(bon, Mapping) and bon:
-        lines.append(
-            "Best-of-N, MUSIC wins - losses (points): "
-            + ", ".join(f"{k.replace('N', 'N=')}: {_pts(v)}" for k, v in bon.items() if _num(v) is not None)
-        )
+    lines += best_of_n_lines(summary)
     widths = half_widths(summary)
     if widths:
         lines.append(
@@ -431,6 +460,42 @@ def headline_table(summary: Mapping) -> str:
         )
     lines.append(result_sentence(summary))
     return "\n".join(_wrap(line, HEADLINE_WIDTH) for line in lines)
+
+
+def best_of_n_lines(summary: Mapping) -> list[str]:
+    """The headline's Best-of-N lines: per N the win rate (W + T/2)/N with its interval over prompts and seeds and
+    how often both RMs picked the identical conversation, then the judge's accuracy on known pairs; a summary from
+    before those keys gets MUSIC wins - losses."""
+    rates = summary.get("best_of_n_win_rate")
+    if isinstance(rates, Mapping) and rates:
+        cells = []
+        for k, v in rates.items():
+            if not isinstance(v, Mapping) or _num(v.get("rate")) is None:
+                continue
+            cell = f"{k.replace('N', 'N=')} {v['rate']:.0f}%"
+            if None not in (_num(v.get("ci_low")), _num(v.get("ci_high"))):
+                cell += f" [{v['ci_low']:.0f}, {v['ci_high']:.0f}]"
+            if _num(v.get("identical")) is not None and _num(v.get("games")) is not None:
+                cell += f" same pick {int(v['identical'])}/{int(v['games'])}"
+            cells.append(cell)
+        out = ["Best-of-N, MUSIC win rate (W + T/2)/N [95% CI, prompts x seeds]: " + "; ".join(cells)]
+        judge, at_chance = judge_phrase(
+            {**summary["best_of_n_judge"], "percent": True}
+            if isinstance(summary.get("best_of_n_judge"), Mapping)
+            else None
+        )
+        out.append(
+            f"Best-of-N judge: {judge.removeprefix('the judge ')}"
+            + (" (so Best-of-N is uninformative)" if at_chance else "")
+        )
+        return out
+    bon = summary.get("best_of_n_win_minus_loss")
+    if isinstance(bon, Mapping) and bon:
+        return [
+            "Best-of-N, MUSIC wins - losses (points): "
+            + ", ".join(f"{k.replace('N', 'N=')}: {_pts(v)}" for k, v in bon.items() if _num(v) is not None)
+        ]
+    return []
 
 
 def _wrap(line: str, width: int) -> str:
