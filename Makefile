@@ -47,6 +47,8 @@ ifeq ($(PARAMS),params.yaml)
 	@$(PY) -m music.pipeline.publish
 	@echo "Headline (accuracy in percent; details in outputs/metrics/, figures in outputs/figures/):"
 	@$(PY) -m music.reporting.report outputs/metrics/summary.json
+	@echo "Planned (make plan, before the run) vs measured, per stage:"
+	@$(PY) -m music.pipeline.plan --compare --params "$(PARAMS)" | tail -n +2
 else
 	@name=$(basename $(notdir $(PARAMS)))-$$(date +%Y%m%d-%H%M%S); \
 	args=$$($(PY) -m music.pipeline.profile "$(PARAMS)" --cache-dir .cache/music) || exit 1; \

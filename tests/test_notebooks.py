@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -81,7 +82,24 @@ STAGES = [
 def pipeline(tiny) -> dict[str, Path]:
     """The whole pipeline run once on the tiny profile: DVC stage name ("seed", "train@music", ...) -> its
     executed notebook. A stage that fails stops the run: every test that asks for the fixture reports it."""
-    return {f"{stage}@{variant}" if variant else stage: run(tiny, stage, variant) for stage, variant in STAGES}
+    done, wall = {}, tiny.setdefault("wall_s", {})
+    for stage, variant in STAGES:
+        started = time.monotonic()
+        done[f"{stage}@{variant}" if variant else stage] = run(tiny, stage, variant)
+        wall[stage] = wall.get(stage, 0.0) + time.monotonic() - started
+    return done
+
+
+def test_planned_stage_times_within_a_generous_bound_of_measured(tiny, pipeline):
+    """The planner's reference cost model against this run's stage times: a broken model fails, not a timing."""
+    from music.config import load_params
+    from music.pipeline.plan import make_plan
+    from music.pipeline.timings import compare
+
+    plan = make_plan(load_params(tiny["params_file"]))
+    rows = compare(plan, {s: {"wall_s": w, "parts": {s: w}} for s, w in tiny["wall_s"].items()})
+    assert len(rows) == len(tiny["wall_s"]) + 1, rows
+    assert all(0.1 <= r["ratio"] <= 10 for r in rows), rows
 
 
 def test_seed(tiny, pipeline):

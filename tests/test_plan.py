@@ -239,7 +239,7 @@ def test_reused_bottom_layers_are_counted_once_not_per_model():
     L, k, models = P.train.num_layers, P.train.lora_last_layers, ev_on["models"]
     assert ev_on["frozen_share"] == round((L - k) / L, 3) and ev_off["frozen_share"] == 0.0
     expected = (models * k / L + (L - k) / L) / models  # top layers per model, the bottom once
-    assert ev_on["hours"] / ev_off["hours"] == pytest.approx(expected, rel=1e-6)
+    assert ev_on["compute_s"] / ev_off["compute_s"] == pytest.approx(expected, rel=1e-6)
     assert on["hours"]["train"] < off["hours"]["train"]
 
 
@@ -262,3 +262,119 @@ def test_a_real_first_user_message_costs_no_user_generation_and_real_divergence_
     assert after["stages"]["contrast"]["divergence_turns"] == [1] and not after["errors"]
     c = data["contrast"]  # resample at turn 1, then the rejected branch's K - 1 turns
     assert requests(after, "contrast", "simulate.user") == n * c["candidates"] + n * (K - 1)
+
+
+# ---------------------------------------------------------------- time: planned vs measured
+
+FRESH_RUN = json.loads((REPO / "tests" / "fixtures" / "plan_fresh_run.json").read_text())
+
+
+def _with(data: dict, overrides: dict) -> dict:
+    """`data` with the fixture's overrides (keys the config no longer has are skipped)."""
+    data = copy.deepcopy(data)
+    for section, values in overrides.items():
+        known = getattr(getattr(Params(), section), "__dataclass_fields__", {})
+        data.setdefault(section, {}).update({k: v for k, v in values.items() if k in known})
+    return data
+
+
+def _measured(stages: dict) -> dict:
+    return {k: {"wall_s": v, "parts": {k: v}, "units": {}} for k, v in stages.items()}
+
+
+def test_default_profile_plans_the_fresh_clone_run_within_a_third():
+    """The reference speeds and the cost model against a fresh clone's make run (2 cores, stage times in the
+    fixture): every stage within [0.67, 1.5] of what it measured."""
+    from music.pipeline.timings import compare
+
+    data = _with(raw(REPO / "params.yaml"), FRESH_RUN["params"])
+    rows = compare(plan_of(data), _measured(FRESH_RUN["measured_s"]))
+    assert {r["stage"] for r in rows} >= {"heldout", "simulate", "contrast", "train", "evaluate", "best_of_n"}
+    outside = [(r["stage"], round(r["ratio"], 2)) for r in rows if not 0.67 <= r["ratio"] <= 1.5]
+    assert not outside, rows
+
+
+def test_tiny_profile_plans_its_recorded_timings_within_a_generous_bound():
+    from music.pipeline.timings import compare
+
+    rows = compare(plan_of(raw(REPO / "profiles" / "tiny.yaml")), _measured(FRESH_RUN["tiny_measured_s"]))
+    assert len(rows) == len(FRESH_RUN["tiny_measured_s"]) + 1  # every stage, and the total
+    assert all(0.25 <= r["ratio"] <= 4 for r in rows), rows
+
+
+def test_every_stage_has_an_estimate():
+    plan = make_plan(load_params(REPO / "params.yaml"))
+    assert list(plan["hours"]) == ["seed", "heldout", "simulate", "contrast", "train", "evaluate", "best_of_n", "plots"]
+    assert all(h is not None and h > 0 for h in plan["hours"].values())
+
+
+def test_the_cost_model_counts_batches_and_the_games_played():
+    P = load_params(REPO / "params.yaml")
+    plan = make_plan(P)
+    sim = {g["role"]: g for g in plan["stages"]["simulate"]["generation"]}
+    # real first request: the assistant answers turns 1..K, the user writes turns 2..K, in batches per split
+    n_train, n_eval = P.seed.n_train, min(P.simulate.max_eval_conversations, P.seed.n_eval)
+    batches = sum(-(-n // P.simulate.assistant.batch_size) for n in (n_train, n_eval))
+    assert sim["simulate.assistant"]["decode_steps"] == P.simulate.turns * batches * 48
+    assert sim["simulate.user"]["decode_steps"] == (P.simulate.turns - 1) * batches * 32
+    # prefix reuse: far fewer tokens encoded than the prompts hold
+    assert sim["simulate.assistant"]["encoded_tokens_typical"] < 0.5 * sim["simulate.assistant"]["prompt_tokens"]
+    played = plan["stages"]["best_of_n"]["played"]
+    games = len(P.train.seeds) * P.evaluate.bon_prompts * len(P.evaluate.bon_ns)
+    assert 0 < played["judged_games"] < games
+
+
+def test_compare_reads_recorded_timings_and_sums_variants(tmp_path, capsys):
+    from music.pipeline import timings
+
+    data = raw(REPO / "profiles" / "tiny.yaml")
+    data["paths"] = {**data["paths"], "reports": str(tmp_path / "reports"), "seeds": str(tmp_path / "seeds")}
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(data))
+    (tmp_path / "seeds").mkdir()
+    (tmp_path / "seeds" / "stats.json").write_text(json.dumps({"train_seeds": 4, "eval_seeds": 2}))
+    out = tmp_path / "plan.json"
+    assert main(["--params", str(params_file), "--out", str(out), "--reference"]) == 0
+    assert timings.record("seed", None, 3.0, params_file).name == "seed.json"
+    for variant, wall in (("baseline", 20.0), ("music", 30.0)):
+        timings.record("train", variant, wall, params_file)
+    recorded = timings.measured(tmp_path / "reports")
+    assert recorded["train"]["wall_s"] == 50.0 and set(recorded["train"]["parts"]) == {"train@baseline", "train@music"}
+    assert recorded["seed"]["units"] == {"train_seeds": 4, "eval_seeds": 2}
+    capsys.readouterr()
+    assert main(["--params", str(params_file), "--out", str(out), "--compare"]) == 0
+    printed = capsys.readouterr().out
+    plan = json.loads(out.read_text())
+    train_ratio = plan["hours"]["train"] * 3600 / 50.0
+    assert f"{train_ratio:.2f}x" in printed and "seed" in printed and "total" in printed
+    assert "simulate" not in printed  # not measured: no row
+
+
+def test_a_calibration_replaces_the_reference_speeds_and_assume_still_wins(tmp_path, monkeypatch):
+    from music.pipeline import calibrate
+    from music.pipeline.plan import apply_calibration
+
+    ident = calibrate.machine_identity()
+    fake = {
+        "identity": ident,
+        "key": calibrate.identity_key(ident),
+        "prefill_tok_s": 900.0,
+        "decode_step_s": {"1": 0.025, "8": 0.0625},
+        "layer_forward_tok_s": 48000.0,
+        "layer_train_tok_s": 22000.0,
+    }
+    path = calibrate.cache_file(tmp_path, ident)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(fake))
+    assert calibrate.load_cached(tmp_path)["key"] == fake["key"]
+    P = load_params(REPO / "params.yaml")
+    ref = make_plan(P, Assumptions())
+    A = parse_assumptions(["cpu_layer_train_tok_s=11000"])
+    info = apply_calibration(A, calibrate.load_cached(tmp_path), {"cpu_layer_train_tok_s"})
+    assert info["key"] == fake["key"] and A.cpu_layer_train_tok_s == 11000 and A.cpu_prefill_tok_s == 900
+    fast = make_plan(P, A)
+    for stage in ("simulate", "contrast"):  # twice as fast, less the fixed per-stage overhead
+        assert 0.45 < fast["hours"][stage] / ref["hours"][stage] < 0.6
+    # another machine (or library version) has another key: its file is not read
+    monkeypatch.setattr(calibrate, "_cpu_model", lambda: "another cpu")
+    assert calibrate.load_cached(tmp_path) is None

@@ -498,11 +498,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output-dir", default=EXECUTED_DIR, help="executed notebook and its .log go here")
     args = ap.parse_args(argv)
     progress = StageProgress(stage_label(args.stage, args.variant))
+    started = time.monotonic()
     try:
         run_notebook(args.stage, args.params, args.variant, args.output_dir, progress=progress)
     except StageError as exc:
         print(exc, file=sys.stderr)
         return 1
+    # the wall time and the units processed, for `python -m music.pipeline.plan --compare` (never fails the stage)
+    from music.pipeline.timings import record
+
+    record(args.stage, args.variant, time.monotonic() - started, args.params)
     return 0
 
 

@@ -58,14 +58,30 @@ class Assumptions:
     # vLLM with ~32 concurrent requests. Measure yours (vllm bench serve) and pass them here.
     server_prefill_tok_s: float = 15_000.0
     server_decode_tok_s: float = 2_000.0
-    # In-process generation on the CPU, measured here for the embedded SmolLM2-135M (fp32, batch 8,
-    # 2 cores), scaled by parameter count for other in-process models.
-    cpu_prefill_tok_s: float = 190.0
-    cpu_decode_tok_s: float = 43.0
+    # In-process work on the CPU: the speeds of the embedded SmolLM2-135M (fp32, 2 cores) that a fresh clone's
+    # `make run` measured per stage (stage wall times / the units below), replaced by this machine's calibration
+    # (music.pipeline.calibrate, cached per machine and library versions) where one exists; other in-process
+    # models scale by parameter count.
+    cpu_prefill_tok_s: float = 450.0  # new prompt tokens encoded per second (after prefix reuse), batched
+    cpu_decode_step_s: float = 0.125  # one generation step of a batch of 8 rows (a batch runs to its longest row)
+    cpu_decode_step1_s: float = 0.05  # one generation step of a batch of 1 row (steps of other sizes: linear)
+    cpu_layer_forward_tok_s: float = 24000.0  # RM scoring: tokens per second through one decoder layer
+    cpu_layer_train_tok_s: float = 11000.0  # RM training: tokens per second, forward + backward of one LoRA layer
     cpu_reference_params: float = 134.5e6
-    # Training and scoring compute: effective FLOP/s (model FLOPs / wall time).
+    stage_overhead_s: float = 12.0  # per stage notebook: kernel start, imports, model load, figures
+    rm_load_s: float = 2.0  # per reward model loaded (train seed, evaluate seed, Best-of-N load)
+    # Typical sizes for time (token counts in the table stay upper bounds), measured on the default ShareGPT run:
+    # eval seed contexts average 372 of 800 chars, real next user messages 58 of 500, replies ~90% of
+    # max_new_tokens, whole held-out conversations ~55% of the RM's 512 tokens.
+    typical_context_fill: float = 0.46
+    typical_next_user_fill: float = 0.12
+    typical_reply_fill: float = 0.9
+    typical_conversation_fill: float = 0.55
+    # Best-of-N games as played (default run: 10 distinct turn-2 contexts of at most 24, 14 of 48 games judged)
+    bon_distinct_context_share: float = 0.42  # share of the at most min(max N, RMs x Ns) later-turn contexts per prompt
+    bon_judged_share: float = 0.3  # games whose two RMs picked different conversations (only those are judged)
+    # Training and scoring compute on a GPU: effective FLOP/s (model FLOPs / wall time).
     gpu_tflops: float = 400.0  # bf16 on one H100 at ~40% of its 989 dense TFLOP/s
-    cpu_gflops: float = 100.0  # measured here: RM steps of SmolLM2 layers on 2 cores
     gpu_memory_gb: float = 80.0  # one GPU's memory, the budget training and scoring must fit
     gpu_overhead_gb: float = 2.0  # CUDA context, allocator fragmentation
     device: str = "auto"  # where the RMs train and score: gpu | cpu | auto (gpu for backbones >= 1B parameters)
@@ -102,11 +118,29 @@ class Load:
     generated_tokens: float = 0.0
     hours: float | None = None
     rate: str = ""
+    # what an in-process model does for them (typical sizes, for time): new prompt tokens encoded after prefix
+    # reuse, and generation steps by batch rows (a batch steps until its longest row ends: max_new_tokens)
+    encoded_tokens: float = 0.0
+    steps_by_rows: dict = dataclasses.field(default_factory=dict)
+    decode_steps: bool = True  # False: one forward per request, no sampling (a constrained judge's verdicts)
 
     def add(self, n: float, prompt: float, generated: float) -> None:
         self.requests += n
         self.prompt_tokens += n * prompt
         self.generated_tokens += n * generated
+
+    def call(self, n: float, encoded: float, max_new: int | None = None) -> None:
+        """One generate call of n requests (batched by cfg.batch_size), `encoded` new prompt tokens each."""
+        n = max(0, round(n))
+        if not n:
+            return
+        self.encoded_tokens += n * encoded
+        steps = self.cfg.max_new_tokens if max_new is None else max_new
+        bs = max(1, self.cfg.batch_size)
+        full, rest = divmod(n, bs)
+        for rows, count in ((bs, full), (rest, 1 if rest else 0)):
+            if count and steps:
+                self.steps_by_rows[rows] = self.steps_by_rows.get(rows, 0) + count * steps
 
     def as_dict(self) -> dict:
         return {
@@ -117,6 +151,8 @@ class Load:
             "generated_tokens": round(self.generated_tokens),
             "hours": None if self.hours is None else round(self.hours, 3),
             "rate": self.rate,
+            "encoded_tokens_typical": round(self.encoded_tokens),
+            "decode_steps": sum(self.steps_by_rows.values()),
         }
 
 
@@ -142,6 +178,12 @@ class Tokens:
         s = params.seed
         self.context = self.n(s.max_context_chars * assumptions.context_fill) + 2 * s.max_context_turns * self.m
         self.next_user = self.n(min(s.max_message_chars, s.max_context_chars) * assumptions.context_fill) + self.m
+        # typical sizes (time estimates): what the default run's seeds and replies measured
+        self.context_t = (
+            self.n(s.max_context_chars * assumptions.typical_context_fill) + 2 * s.max_context_turns * self.m
+        )
+        self.next_user_t = self.n(min(s.max_message_chars, s.max_context_chars) * assumptions.typical_next_user_fill)
+        self.next_user_t += self.m
 
     def n(self, chars: float) -> float:
         return chars / self.assumptions.chars_per_token
@@ -151,6 +193,10 @@ class Tokens:
 
     def reply(self, cfg: ChatModelConfig) -> float:
         return cfg.max_new_tokens * self.assumptions.reply_fill
+
+    def reply_t(self, cfg: ChatModelConfig) -> float:
+        """A reply's typical length (time estimates)."""
+        return cfg.max_new_tokens * self.assumptions.typical_reply_fill + self.m
 
 
 def divergence_turns(params: Params, findings: Findings) -> list[int]:
@@ -222,6 +268,12 @@ def simulated_conversations(params: Params) -> int:
     return params.seed.n_train + (params.seed.n_eval if cap is None else min(cap, params.seed.n_eval))
 
 
+def simulate_splits(params: Params) -> list[int]:
+    """Conversations the simulate stage continues per split (one generate call per split and turn)."""
+    cap = params.simulate.max_eval_conversations
+    return [params.seed.n_train, params.seed.n_eval if cap is None else min(cap, params.seed.n_eval)]
+
+
 def plan_simulate(params: Params, tokens: Tokens, findings: Findings) -> tuple[dict, list[Load]]:
     sim = params.simulate
     if sim.turns < 1:
@@ -236,6 +288,18 @@ def plan_simulate(params: Params, tokens: Tokens, findings: Findings) -> tuple[d
             continue
         user.add(n, tokens.sys["user_simulator"] + tokens.sys["user_opener"] + 2 * tokens.m + history, U)
         asst.add(n, tokens.sys["assistant_system"] + tokens.m + history + U + tokens.m, A)
+    # what the backend encodes (prefix reuse: each role's next prompt extends its last prompt + reply)
+    Ut, At, m = tokens.reply_t(sim.user), tokens.reply_t(sim.assistant), tokens.m
+    first = tokens.context_t + (tokens.next_user_t if sim.real_next_user else 0.0)
+    for k in simulate_splits(params):
+        user_seen = asst_seen = False
+        for s in range(1, sim.turns + 1):
+            history = first + (s - 1) * (Ut + At)
+            if not (s == 1 and sim.real_next_user):
+                user.call(k, Ut + At if user_seen else 2 * m + history)  # system prompts: a prefix shared by all
+                user_seen = True
+            asst.call(k, Ut + m if asst_seen else m + history + Ut * (s > 1) + m)
+            asst_seen = True
     convo = tokens.context + sim.turns * (U + A + 2 * tokens.m)
     return {"conversations": n, "turns": sim.turns, "conversation_tokens": round(convo)}, [user, asst]
 
@@ -274,19 +338,33 @@ def plan_contrast(params: Params, tokens: Tokens, findings: Findings) -> tuple[d
     except ValueError as exc:
         findings.error("contrast.d_source", str(exc))
         labelled = True
-    if c.d_pairs and not labelled:  # D from the seeds: the assistant model's reply to the real next turn
+    if c.d_pairs and not labelled:  # D from the seeds (train; held-out D: the heldout stage)
         asst.add(
-            params.seed.n_train + params.seed.n_eval,
+            params.seed.n_train,
             tokens.sys["assistant_system"] + tokens.m + tokens.context + tokens.next_user,
             A,
         )
-    refs = mtbench_reference_count() if params.heldout.quality_mtbench else 0
-    if refs:  # held-out quality twins: the assistant answers MT-Bench's referenced questions, two turns
-        q = tokens.n(A_MTBENCH_CHARS) + tokens.m
-        asst.add(refs, tokens.sys["assistant_system"] + tokens.m + q, A)
-        asst.add(
-            refs, tokens.sys["assistant_system"] + tokens.m + q + tokens.n(A_MTBENCH_CHARS * 2) + q + 2 * tokens.m, A
-        )
+    # what the backend encodes, per split (one process: the prefix store is fresh, then shared by the calls)
+    Ut, At, m = tokens.reply_t(sim.user), tokens.reply_t(sim.assistant), tokens.m
+    d_avg = sum(turns) / len(turns)
+    before = tokens.context_t + (d_avg - 1) * (Ut + At) + (tokens.next_user_t if sim.real_next_user else 0.0)
+    user_view = 2 * m + before  # the system prompts are a prefix every request shares: encoded once
+    asst_view = m + before
+    after = max(0.0, sim.turns - d_avg)  # simulated turns after the divergence, on the rejected branch
+    for k, split in zip(simulate_splits(params), ("train", "eval")):
+        if c.method in ("instruct", "auto"):
+            contrast.call(k, m + asst_view + Ut)
+            user_new = Ut + At + user_view  # the user model first sees this history on the rejected branch
+        else:
+            kc, ka = c.candidates, min(c.answered_candidates, c.candidates)
+            user.call(k * kc, user_view / kc)  # the candidates of one conversation share their prompt
+            asst.call(k * ka, asst_view / ka + Ut)
+            user_new = At
+        for i in range(math.ceil(after)):
+            user.call(k, user_new if i == 0 else Ut + At)
+            asst.call(k, Ut + m)
+        if split == "train" and c.d_pairs and not labelled:  # D: the real next request after the stored context
+            asst.call(k, tokens.next_user_t + m)
     loads = [x for x in (user, asst, contrast) if x.requests]
     notes = []
     if c.method == "auto":
@@ -297,6 +375,55 @@ def plan_contrast(params: Params, tokens: Tokens, findings: Findings) -> tuple[d
         "d_from": "labelled source" if labelled else "seeds",
         "notes": notes,
     }, loads
+
+
+def mtbench_usable(max_chars: int) -> tuple[list[tuple[float, float, float]], int]:
+    """(chars of question 1, reference 1 + question 2, ...) for the MT-Bench questions the heldout stage answers
+    (music.pairs.quality_twins.mtbench_twins: two turns, references, within heldout.quality_max_chars), and how
+    many have references; offline from the materialised file, else MTBENCH_REFERENCED typical ones."""
+    try:
+        from music.sources import load_mtbench_questions
+
+        refs = load_mtbench_references()
+        qs = load_mtbench_questions()
+    except (FileNotFoundError, DataError, ImportError):
+        q = float(A_MTBENCH_CHARS)
+        return [(q, 2 * q)] * MTBENCH_REFERENCED, MTBENCH_REFERENCED
+    usable = []
+    for q in qs:
+        r = refs.get(q["question_id"])
+        if not r or len(r) < 2 or len(q["turns"]) < 2:
+            continue
+        if sum(map(len, q["turns"][:2])) + sum(map(len, r[:2])) <= max_chars:
+            usable.append((float(len(q["turns"][0])), float(len(r[0]) + len(q["turns"][1]))))
+    return usable, len(refs)
+
+
+def plan_heldout(params: Params, tokens: Tokens, findings: Findings) -> tuple[dict, list[Load]]:
+    """Held-out D on the eval seeds (the assistant answers each real next request) and MT-Bench quality twins (the
+    assistant answers two turns of each usable referenced question); the swap items need no model."""
+    sim, c, h, s = params.simulate, params.contrast, params.heldout, params.seed
+    asst = Load("simulate.assistant", sim.assistant)
+    A, m = tokens.reply(sim.assistant), tokens.m
+    try:
+        labelled = parse_d_source(c.d_source) is not None
+    except ValueError:
+        labelled = True
+    out: dict[str, Any] = {"d_eval_from": "labelled source" if labelled else "seeds"}
+    if c.d_pairs and not labelled:
+        asst.add(s.n_eval, tokens.sys["assistant_system"] + m + tokens.context + tokens.next_user, A)
+        asst.call(s.n_eval, m + tokens.context_t + tokens.next_user_t + m)
+    if h.quality_mtbench:
+        usable, refs = mtbench_usable(h.quality_max_chars)
+        out["mtbench_questions"] = {"with_references": refs, "answered": len(usable)}
+        if usable:
+            q1 = sum(tokens.n(a) for a, _ in usable) / len(usable) + m
+            rest = sum(tokens.n(b) for _, b in usable) / len(usable) + 2 * m
+            asst.add(len(usable), tokens.sys["assistant_system"] + m + q1, A)
+            asst.add(len(usable), tokens.sys["assistant_system"] + m + q1 + rest, A)
+            asst.call(len(usable), m + q1)
+            asst.call(len(usable), rest)  # turn 2: the system message and question 1 are stored
+    return out, [asst] if asst.requests else []
 
 
 A_MTBENCH_CHARS = 400  # a typical MT-Bench question (and about half a reference answer)
@@ -451,7 +578,90 @@ def _relative(path: str) -> str:
 LORA_MIN_LEARNING_RATE = 1e-5  # below it the planner warns: a full-fine-tuning rate used with LoRA
 
 
-def plan_train(params: Params, shape: BackboneShape | None, assumptions: Assumptions, findings: Findings) -> dict:
+def cpu_scale(shape: BackboneShape, assumptions: Assumptions) -> float:
+    """How much slower than the calibrated reference model (SmolLM2-135M) a layer of this backbone runs."""
+    ref = backbone_shape("embedded:smollm2-135m-instruct") if known_backbone("embedded:smollm2-135m-instruct") else None
+    per_layer_ref = ref.layer_params() if ref is not None else assumptions.cpu_reference_params / 30
+    return shape.layer_params() / per_layer_ref
+
+
+def scoring_seconds(
+    params: Params, shape: BackboneShape, assumptions: Assumptions, device: str, top_tokens: float, new_tokens: float
+) -> float:
+    """CPU seconds to score: `top_tokens` through the layers each model runs (those above the reused bottom, or all),
+    `new_tokens` (conversations no stage scored before) once through the reused bottom layers."""
+    L = shape.layers(params.train.num_layers)
+    share = frozen_share(params, shape, device)
+    frozen = round(L * share)
+    per = cpu_scale(shape, assumptions) / assumptions.cpu_layer_forward_tok_s
+    return (top_tokens * (L - frozen) + new_tokens * frozen) * per
+
+
+def train_seconds(
+    params: Params, shape: BackboneShape, assumptions: Assumptions, device: str, tokens: float, new_tokens: float
+) -> float:
+    """CPU seconds to train on `tokens` (every step's sequences) and to compute the reused bottom of `new_tokens`
+    once: LoRA layers forward + backward, the frozen layers between them and the bottom forward only."""
+    t = params.train
+    L = shape.layers(t.num_layers)
+    span = min(t.lora_last_layers or L, L) if t.lora else L
+    share = frozen_share(params, shape, device)
+    frozen = round(L * share)
+    scale = cpu_scale(shape, assumptions)
+    per_step_token = (
+        span / assumptions.cpu_layer_train_tok_s + (L - span - frozen) / assumptions.cpu_layer_forward_tok_s
+    )
+    if not t.lora:
+        per_step_token = L / assumptions.cpu_layer_train_tok_s * 1.5  # weight gradients as well
+    return (tokens * per_step_token + new_tokens * frozen / assumptions.cpu_layer_forward_tok_s) * scale
+
+
+def typical_conversations(params: Params, tokens: Tokens) -> dict[str, float]:
+    """Typical token lengths of what the RMs train on and score (capped at the RM's max length in use)."""
+    sim = params.simulate
+    Ut, At = tokens.reply_t(sim.user), tokens.reply_t(sim.assistant)
+    last = tokens.context_t + tokens.next_user_t + At
+    music = last + (sim.turns - 1) * (Ut + At)
+    return {
+        "d": last,
+        "music": music,
+        "music_cut": last,
+        "quality_twins": last + 0.5 * (Ut + At),
+        "music_eval": music,
+        "trajectory": last + 0.5 * (sim.turns - 1) * (Ut + At),
+        "swap": params.train.max_length * tokens.assumptions.typical_conversation_fill,
+        "rewardbench": params.train.max_length * tokens.assumptions.typical_conversation_fill,
+    }
+
+
+def local_set_tokens(path: str, limit: int, tokens: Tokens) -> float | None:
+    """Mean tokens of a committed last-turn set's chosen side (its first `limit` rows), or None."""
+    try:
+        rows = read_jsonl(path)
+        total, n = 0.0, 0
+        for _, r in rows:
+            side = r.get("chosen")
+            text = (
+                str(r.get("prompt") or "") + "".join(str(m.get("content", "")) for m in side)
+                if isinstance(side, list)
+                else str(r.get("prompt") or "") + str(side)
+            )
+            total += tokens.chars(text) + 2 * tokens.m
+            n += 1
+            if n >= limit:
+                break
+        return total / n if n else None
+    except (OSError, ValueError, DataError, AttributeError):
+        return None
+
+
+def plan_train(
+    params: Params,
+    shape: BackboneShape | None,
+    assumptions: Assumptions,
+    findings: Findings,
+    tokens: Tokens | None = None,
+) -> dict:
     t = params.train
     for key in ("batch_size", "grad_accum", "max_length"):
         if getattr(t, key) < 1:
@@ -507,10 +717,25 @@ def plan_train(params: Params, shape: BackboneShape | None, assumptions: Assumpt
             f"full fine-tuning in {dtype} with learning_rate {t.learning_rate:g}: most updates are "
             "below 16-bit resolution (no float32 master weights in this trainer); prefer LoRA or dtype float32",
         )
-    rate = (assumptions.gpu_tflops * 1e12) if device == "gpu" else (assumptions.cpu_gflops * 1e9)
+    rate = assumptions.gpu_tflops * 1e12
     flops = train_flops_per_token(params, shape, mem["gradient_checkpointing"], device)
+    typical = typical_conversations(params, tokens) if tokens is not None else {}
+
+    def cpu_hours(variant_kinds, steps: int | None, pairs_by_kind: dict, new_kinds: set) -> float | None:
+        """Steps of typical (length-grouped, ~15% padded) sequences, the bottom of new conversations once, RM loads."""
+        if steps is None:
+            return None
+        lengths = [min(t.max_length, typical.get(k, t.max_length)) for k in variant_kinds]
+        seq = sum(lengths) / len(lengths) * 1.15
+        seqs = steps * t.batch_size * t.grad_accum * 2 * len(t.seeds)
+        new = sum(2 * pairs_by_kind.get(k, 0) * min(t.max_length, typical.get(k, t.max_length)) for k in new_kinds)
+        s = train_seconds(params, shape, assumptions, device, seqs * seq, new)
+        return (s + len(t.seeds) * assumptions.rm_load_s) / 3600
+
     d_train, d_note = d_pair_count(params, "train")
     music = params.seed.n_train  # one MUSIC pair per train seed at most (filters remove some)
+    seen_kinds: set = set()  # pair kinds whose bottom states an earlier variant computed (train@* run in this order)
+    new_by_variant: dict = {}
     for variant, kinds in t.variants.items():
         n_d = (d_train or 0) if "d" in kinds else 0
         n_m = 0
@@ -532,6 +757,11 @@ def plan_train(params: Params, shape: BackboneShape | None, assumptions: Assumpt
             steps = max(1, math.ceil(t.epochs * math.ceil(pairs / t.batch_size) / t.grad_accum)) if pairs else 0
         tokens = None if steps is None else steps * per_step * 2 * t.max_length * len(t.seeds)  # one model per seed
         hours = None if tokens is None else tokens * flops / rate / 3600
+        by_kind = {"d": n_d, "music": n_m, "music_cut": n_m}
+        new_kinds = {k for k in kinds if k not in seen_kinds}
+        seen_kinds.update(kinds)
+        if device == "cpu" and tokens is not None:
+            hours = cpu_hours(kinds, steps, by_kind, new_kinds)
         passes = None if steps is None or not pairs else steps * per_step / pairs
         out["variants"][variant] = {
             "kinds": kinds,
@@ -546,6 +776,7 @@ def plan_train(params: Params, shape: BackboneShape | None, assumptions: Assumpt
             "tokens": tokens,
             "hours": hours,
         }
+        new_by_variant[variant] = (kinds, by_kind, new_kinds)
     known = {v: d["pairs"] for v, d in out["variants"].items() if d["steps"] is not None}
     if known and len(known) == len(out["variants"]) and not t.max_steps:  # matched arms (music.rm.schedule)
         from music.rm.schedule import matched_steps
@@ -556,9 +787,15 @@ def plan_train(params: Params, shape: BackboneShape | None, assumptions: Assumpt
             d["epochs_over_data"] = m["epochs_over_data"][v]
             d["tokens"] = m["steps"] * d["pairs_per_step"] * 2 * t.max_length * len(t.seeds)
             d["hours"] = d["tokens"] * flops / rate / 3600
+            if device == "cpu":
+                kinds, by_kind, new_kinds = new_by_variant[v]
+                d["hours"] = cpu_hours(kinds, m["steps"], by_kind, new_kinds)
     out["flops_per_token"] = flops
     out["rate"] = (
-        f"{assumptions.gpu_tflops:g} TFLOP/s (GPU)" if device == "gpu" else f"{assumptions.cpu_gflops:g} GFLOP/s (CPU)"
+        f"{assumptions.gpu_tflops:g} TFLOP/s (GPU, assumed)"
+        if device == "gpu"
+        else f"{assumptions.cpu_layer_train_tok_s:,.0f} / {assumptions.cpu_layer_forward_tok_s:,.0f} tokens/s per "
+        "LoRA / frozen layer (CPU)"
     )
     return out
 
@@ -590,7 +827,13 @@ def scoring_memory(
     }
 
 
-def plan_evaluate(params: Params, shape: BackboneShape | None, assumptions: Assumptions, findings: Findings) -> dict:
+def plan_evaluate(
+    params: Params,
+    shape: BackboneShape | None,
+    assumptions: Assumptions,
+    findings: Findings,
+    T: Tokens | None = None,
+) -> dict:
     e, s = params.evaluate, params.seed
     length = e.max_length or params.train.max_length
     if shape is not None and shape.max_position_embeddings and length > shape.max_position_embeddings:
@@ -638,16 +881,27 @@ def plan_evaluate(params: Params, shape: BackboneShape | None, assumptions: Assu
         return out
     device = train_device(shape, assumptions)
     dtype = resolve_dtype(e.dtype, shape.torch_dtype, cuda=device == "gpu")
-    rate = (assumptions.gpu_tflops * 1e12) if device == "gpu" else (assumptions.cpu_gflops * 1e9)
+    rate = assumptions.gpu_tflops * 1e12
     tokens = n * length * models
     # every model runs the layers above the reused bottom; the bottom runs once per conversation (frozen_share)
     share = frozen_share(params, shape, device)
     passes = models * (1 - share) + share
+    hours = n * length * passes * shape.forward_flops_per_token(length, params.train.num_layers) / rate / 3600
+    if device == "cpu" and T is not None:
+        typical = typical_conversations(params, T)
+        local = [local_set_tokens(v, e.local_set_limit, T) for v in present.values()]
+        if local and all(x is not None for x in local):
+            typical["local_sets"] = sum(local) / len(local)
+        per_model = sum(v * min(length, typical.get(k, length)) for k, v in scored.items())
+        out["typical_tokens_per_model"] = round(per_model)
+        compute = scoring_seconds(params, shape, assumptions, device, per_model * models, per_model)
+        out["compute_s"] = compute
+        hours = (compute + models * assumptions.rm_load_s) / 3600
     out.update(
         device=device,
         tokens=tokens,
         frozen_share=round(share, 3),
-        hours=n * length * passes * shape.forward_flops_per_token(length, params.train.num_layers) / rate / 3600,
+        hours=hours,
         memory=scoring_memory(shape, params.train.num_layers, dtype, e.batch_size, length, assumptions),
     )
     if device == "gpu" and out["memory"]["total_gb"] > assumptions.gpu_memory_gb:
@@ -825,12 +1079,51 @@ def plan_best_of_n(
     convo = Q + turns * (R + tokens.m) + (turns - 1) * (U + tokens.m)
     judge.add(2 * K * Pn * G, tokens.sys["judge_pairwise"] + 2 * convo + tokens.m, tokens.reply(e.judge))
     out["rm_scorings"] = round(scored)
+    # the games as played (time): max(N) samples per distinct context, N=2 a prefix of N=4; later-turn contexts
+    # hold an RM's pick, so at most min(max N, RMs x Ns) per prompt, and RMs that agree share them; the judge
+    # sees only games whose RMs picked differently, both orders, one forward each when constrained or graded
+    Rt, Ut, m = tokens.reply_t(e.policy), tokens.reply_t(params.simulate.user), tokens.m
+    Qt = Q
+    contexts = Pn * min(M, 2 * K * G) * assumptions.bon_distinct_context_share
+    policy.call(Pn * M, Qt / M)
+    scored_t = 2 * K * Pn * M  # every RM scores turn 1's candidates
+    distinct_t = Pn * M
+    for t in range(2, turns + 1):
+        if t > scripted:
+            user.call(contexts, Rt + m if t > 2 else Qt + Rt)
+        policy.call(contexts * M, (Rt + Ut + 2 * m) / M)
+        scored_t += 2 * K * Pn * G * M * assumptions.bon_distinct_context_share
+        distinct_t += contexts * M
+    convo_t = Qt + turns * Rt + (turns - 1) * Ut
+    graded = getattr(e, "bon_judge_graded", False)
+    judge.decode_steps = not (e.judge_constrained or graded)
+    judged = K * Pn * G * assumptions.bon_judged_share
+    judge.call(2 * judged, 2 * convo_t + m)
+    check = getattr(e, "bon_judge_check_pairs", 0) or 0
+    if check:  # the judge measured on held-out quality twins first, judged the same way
+        judge.call(2 * check, 2 * (tokens.context_t + tokens.next_user_t + tokens.reply_t(params.simulate.assistant)))
+    out["played"] = {
+        "distinct_later_contexts": round(contexts),
+        "judged_games": round(judged),
+        "rm_scorings": round(scored_t),
+        "rm_loads": K * (2 * turns - (turns - 1)),
+        "judge_check_pairs": check,
+    }
     if shape is not None:
         device = train_device(shape, assumptions)
         dtype = resolve_dtype(e.dtype, shape.torch_dtype, cuda=device == "gpu")
         length = min(e.max_length or params.train.max_length, math.ceil(convo))
-        rate = (assumptions.gpu_tflops * 1e12) if device == "gpu" else (assumptions.cpu_gflops * 1e9)
-        out["rm_hours"] = scored * length * shape.forward_flops_per_token(length, params.train.num_layers) / rate / 3600
+        if device == "gpu":
+            rate = assumptions.gpu_tflops * 1e12
+            out["rm_hours"] = (
+                scored * length * shape.forward_flops_per_token(length, params.train.num_layers) / rate / 3600
+            )
+        else:
+            L = min(e.max_length or params.train.max_length, convo_t)
+            out["rm_hours"] = (
+                scoring_seconds(params, shape, assumptions, device, scored_t * L, distinct_t * L)
+                + out["played"]["rm_loads"] * assumptions.rm_load_s
+            ) / 3600
         out["memory"] = scoring_memory(
             shape,
             params.train.num_layers,
@@ -850,22 +1143,33 @@ def role_shape(cfg: ChatModelConfig) -> BackboneShape | None:
     return backbone_shape(cfg.model) if cfg.backend == "transformers" and known_backbone(cfg.model) else None
 
 
+def decode_step_s(rows: int, assumptions: Assumptions) -> float:
+    """Seconds of one generation step of a batch of `rows` (the reference model), linear between 1 and 8 rows."""
+    a, b = assumptions.cpu_decode_step1_s, assumptions.cpu_decode_step_s
+    return max(a * 0.5, a + (b - a) * (rows - 1) / 7)
+
+
 def time_loads(loads: list[Load], assumptions: Assumptions) -> None:
     for ld in loads:
         cfg = ld.cfg
         if cfg.backend == "openai":
             k = max(1, len(cfg.base_urls))
             pre, dec = assumptions.server_prefill_tok_s * k, assumptions.server_decode_tok_s * k
-            ld.rate = f"server x{k}: {pre:,.0f} prefill / {dec:,.0f} decode tok/s"
-        else:
-            shape = role_shape(cfg)
-            if shape is None:
-                ld.rate = "unknown (in-process model without a known config.json)"
-                continue
-            scale = assumptions.cpu_reference_params / shape.causal_lm_params()
-            pre, dec = assumptions.cpu_prefill_tok_s * scale, assumptions.cpu_decode_tok_s * scale
-            ld.rate = f"in-process CPU: {pre:,.0f} prefill / {dec:,.1f} decode tok/s"
-        ld.hours = (ld.prompt_tokens / pre + ld.generated_tokens / dec) / 3600
+            ld.rate = f"server x{k}: {pre:,.0f} prefill / {dec:,.0f} decode tok/s (assumed)"
+            ld.hours = (ld.prompt_tokens / pre + ld.generated_tokens / dec) / 3600
+            continue
+        shape = role_shape(cfg)
+        if shape is None:
+            ld.rate = "unknown (in-process model without a known config.json)"
+            continue
+        scale = shape.causal_lm_params() / assumptions.cpu_reference_params
+        pre = assumptions.cpu_prefill_tok_s / scale
+        decode = sum(decode_step_s(r, assumptions) * n for r, n in ld.steps_by_rows.items()) * scale
+        if not ld.decode_steps:
+            decode = 0.0
+        step8 = decode_step_s(8, assumptions) * scale
+        ld.rate = f"in-process CPU: {pre:,.0f} prefill tok/s, {step8:.3f} s per step of 8 rows"
+        ld.hours = (ld.encoded_tokens / pre + decode) / 3600
 
 
 def check_roles(params: Params, tokens: Tokens, findings: Findings) -> None:
@@ -912,6 +1216,10 @@ def check_roles(params: Params, tokens: Tokens, findings: Findings) -> None:
 # ---------------------------------------------------------------- the whole plan
 
 
+SEED_S = 4.0  # the seed stage (reads and draws; no model): measured 3 to 6 s
+PLOTS_S = 5.0  # the plots stage beyond its notebook's overhead (figures from the metrics): measured 15 to 18 s in all
+
+
 def make_plan(params: Params, assumptions: Assumptions | None = None, params_file: str = "params.yaml") -> dict:
     assumptions = assumptions or Assumptions()
     F = Findings()
@@ -919,10 +1227,11 @@ def make_plan(params: Params, assumptions: Assumptions | None = None, params_fil
     shape = reward_shape(params, F)
     stages: dict[str, Any] = {"seed": plan_seed(params, F)}
     loads: dict[str, list[Load]] = {}
+    stages["heldout"], loads["heldout"] = plan_heldout(params, T, F)
     stages["simulate"], loads["simulate"] = plan_simulate(params, T, F)
     stages["contrast"], loads["contrast"] = plan_contrast(params, T, F)
-    stages["train"] = plan_train(params, shape, assumptions, F)
-    stages["evaluate"] = plan_evaluate(params, shape, assumptions, F)
+    stages["train"] = plan_train(params, shape, assumptions, F, T)
+    stages["evaluate"] = plan_evaluate(params, shape, assumptions, F, T)
     stages["best_of_n"], loads["best_of_n"] = plan_best_of_n(params, T, shape, assumptions, F)
     check_roles(params, T, F)
     mt = stages["simulate"]["conversation_tokens"]
@@ -932,7 +1241,7 @@ def make_plan(params: Params, assumptions: Assumptions | None = None, params_fil
             f"simulated conversations may reach ~{mt} tokens > train.max_length="
             f"{params.train.max_length}: the oldest turns are dropped (counted in train_metrics.json)",
         )
-    hours: dict[str, float | None] = {}
+    hours: dict[str, float | None] = {"seed": SEED_S / 3600}
     for stage, ls in loads.items():
         time_loads(ls, assumptions)
         stages[stage]["generation"] = [ld.as_dict() for ld in ls]
@@ -944,6 +1253,14 @@ def make_plan(params: Params, assumptions: Assumptions | None = None, params_fil
     hours["evaluate"] = stages["evaluate"].get("hours")
     if hours["best_of_n"] is not None and "rm_hours" in stages["best_of_n"]:
         hours["best_of_n"] += stages["best_of_n"]["rm_hours"]
+    hours["plots"] = PLOTS_S / 3600
+    # each stage notebook starts a kernel, imports, loads its models and draws its figures (per variant)
+    notebooks = {"train": len(params.train.variants), "evaluate": len(params.train.variants)}
+    for stage in ("heldout", "simulate", "contrast", "train", "evaluate", "best_of_n", "plots"):
+        if hours.get(stage) is not None:
+            hours[stage] += notebooks.get(stage, 1) * assumptions.stage_overhead_s / 3600
+    order = ("seed", "heldout", "simulate", "contrast", "train", "evaluate", "best_of_n", "plots")
+    hours = {k: hours[k] for k in order if k in hours}
     total = None if any(h is None for h in hours.values()) else sum(hours.values())
     return {
         "params_file": str(params_file),
@@ -985,7 +1302,7 @@ def render(plan: dict) -> str:
     st = plan["stages"]
     lines = [f"Plan for {plan['params_file']}: " + ("OK" if plan["ok"] else f"{len(plan['errors'])} error(s)"), ""]
     rows = []
-    for stage in ("simulate", "contrast", "best_of_n"):
+    for stage in ("heldout", "simulate", "contrast", "best_of_n"):
         for g in st[stage].get("generation", []):
             rows.append(
                 [
@@ -1085,11 +1402,21 @@ def render(plan: dict) -> str:
         + f"; total {_h(plan['total_hours'])} ({_n(plan['requests'])} generation requests)",
     ]
     a = plan["assumptions"]
+    cal = plan.get("calibration") or {}
     lines += [
-        f"Assumptions (--assume NAME=VALUE): server {a['server_prefill_tok_s']:,.0f}/{a['server_decode_tok_s']:,.0f} "
-        f"prefill/decode tok/s per replica; GPU {a['gpu_tflops']:g} TFLOP/s, {a['gpu_memory_gb']:g} GB; "
-        f"CPU {a['cpu_gflops']:g} GFLOP/s; {a['chars_per_token']:g} chars/token; reply_fill {a['reply_fill']:g}, "
-        f"context_fill {a['context_fill']:g}"
+        "Time model (--assume NAME=VALUE overrides any): in-process CPU work at "
+        f"{a['cpu_prefill_tok_s']:,.0f} prefill tok/s, {a['cpu_decode_step_s']:.3f} s per decode step of 8 rows "
+        f"({a['cpu_decode_step1_s']:.3f} s of 1), RM layers {a['cpu_layer_forward_tok_s']:,.0f} tok/s forward / "
+        f"{a['cpu_layer_train_tok_s']:,.0f} tok/s LoRA training, {a['stage_overhead_s']:g} s per stage notebook: "
+        + (cal.get("source") or "reference speeds of a fresh clone's make run on 2 cores (not this machine)"),
+        f"  typical sizes (time only): seed context {a['typical_context_fill']:g}, next request "
+        f"{a['typical_next_user_fill']:g}, replies {a['typical_reply_fill']:g}, whole conversations "
+        f"{a['typical_conversation_fill']:g} of their limits; Best-of-N later contexts "
+        f"{a['bon_distinct_context_share']:g}, games judged {a['bon_judged_share']:g}",
+        f"Assumed, not measured here: server {a['server_prefill_tok_s']:,.0f}/{a['server_decode_tok_s']:,.0f} "
+        f"prefill/decode tok/s per replica; GPU {a['gpu_tflops']:g} TFLOP/s, {a['gpu_memory_gb']:g} GB "
+        f"(README: Running at paper scale); {a['chars_per_token']:g} chars/token; token counts: reply_fill "
+        f"{a['reply_fill']:g}, context_fill {a['context_fill']:g}",
     ]
     for w in plan["warnings"]:
         lines.append(f"warning [{w['key']}]: {w['message']}")
@@ -1110,11 +1437,61 @@ def parse_assumptions(items: list[str]) -> Assumptions:
     return A
 
 
+CALIBRATED_FIELDS = {  # Assumptions field <- calibration key (music.pipeline.calibrate)
+    "cpu_prefill_tok_s": "prefill_tok_s",
+    "cpu_layer_forward_tok_s": "layer_forward_tok_s",
+    "cpu_layer_train_tok_s": "layer_train_tok_s",
+}
+
+
+def apply_calibration(assumptions: Assumptions, calibration: dict, keep: set[str]) -> dict:
+    """Measured speeds of this machine into `assumptions` (fields named in `keep`, set by --assume, stay)."""
+    for name, key in CALIBRATED_FIELDS.items():
+        if name not in keep and calibration.get(key):
+            setattr(assumptions, name, float(calibration[key]))
+    steps = calibration.get("decode_step_s") or {}
+    if "cpu_decode_step_s" not in keep and steps.get("8"):
+        assumptions.cpu_decode_step_s = float(steps["8"])
+    if "cpu_decode_step1_s" not in keep and steps.get("1"):
+        assumptions.cpu_decode_step1_s = float(steps["1"])
+    return {
+        "source": f"measured on this machine (calibration {calibration.get('key')}, {calibration.get('measured_at')})",
+        "key": calibration.get("key"),
+        "identity": calibration.get("identity"),
+    }
+
+
+def compare_main(params_file: str, plan_path: Path) -> int:
+    from music.pipeline.timings import compare, measured, render_comparison
+
+    if not plan_path.exists():
+        print(f"no plan at {plan_path}: `make plan` (or python -m music.pipeline.plan) writes it before a run")
+        return 1
+    plan = json.loads(plan_path.read_text(encoding="utf-8"))
+    params = load_params(params_file)
+    reports = getattr(params.paths, "reports", None) or "reports"
+    rows = compare(plan, measured(reports))
+    print(f"Planned ({plan_path}) vs measured ({Path(reports) / 'timings'}), per stage:")
+    print(render_comparison(rows))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m music.pipeline.plan", description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml", help="params file or profile (default: params.yaml)")
     ap.add_argument("--out", default="outputs/plan.json", help="where to write the plan as JSON")
     ap.add_argument("--assume", action="append", default=[], metavar="NAME=VALUE", help="override an assumption")
+    ap.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="measure this machine first when no calibration is cached (a short probe; music.pipeline.calibrate)",
+    )
+    ap.add_argument("--reference", action="store_true", help="ignore a cached calibration: the reference speeds")
+    ap.add_argument(
+        "--compare",
+        action="store_true",
+        help="print the plan in --out against the stage timings the last run recorded ({paths.reports}/timings)",
+    )
     args = ap.parse_args(argv)
     try:
         params = load_params(args.params)
@@ -1125,7 +1502,20 @@ def main(argv: list[str] | None = None) -> int:
             else f"ERROR: {exc}"
         )
         return 1
-    plan = make_plan(params, parse_assumptions(args.assume), args.params)
+    if args.compare:
+        return compare_main(args.params, Path(args.out))
+    assumptions = parse_assumptions(args.assume)
+    calibration = None
+    if not args.reference:
+        from music.pipeline import calibrate
+
+        cache = params.paths.cache
+        data = calibrate.calibrate(cache) if args.calibrate else calibrate.load_cached(cache)
+        if data is not None:
+            calibration = apply_calibration(assumptions, data, {a.partition("=")[0] for a in args.assume})
+    plan = make_plan(params, assumptions, args.params)
+    if calibration is not None:
+        plan["calibration"] = calibration
     print(render(plan))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
