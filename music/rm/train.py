@@ -89,16 +89,19 @@ def training_fingerprint(
 
 
 def trainer_digest() -> dict:
-    """What besides config and data decides a trained model: the trainer's code (music/rm/*.py, music/models/*.py)
-    and the torch, transformers and peft versions. A checkpoint or finished seed from other code is not reused."""
+    """What besides config and data decides a trained model: the trainer's code (music/rm's training modules,
+    music/models/*.py) and the torch, transformers and peft versions. A checkpoint or finished seed from other
+    code is not reused."""
     from importlib import metadata
 
     import music
 
-    # Read only to tell whether a checkpoint may be reused; the trained model never depends on these bytes.
+    # Read only to tell whether a checkpoint may be reused; the trained model never depends on these bytes. The
+    # modules training imports (music/rm/score.py, scoring only, is left out: it is not a dep of the train stage).
     root = Path(list(music.__path__)[0])
     h = hashlib.sha256()
-    for f in sorted([*(root / "rm").glob("*.py"), *(root / "models").glob("*.py")]):
+    trainer = [root / "rm" / f"{name}.py" for name in ("__init__", "data", "frozen", "model", "schedule", "train")]
+    for f in sorted([*trainer, *(root / "models").glob("*.py")]):
         h.update(f"{f.parent.name}/{f.name}\n".encode() + f.read_bytes())
     versions = {}
     for package in ("torch", "transformers", "peft"):

@@ -19,6 +19,9 @@ if _LOG:
             return
         if isinstance(path, bytes):
             path = path.decode(errors="replace")
-        os.write(_fd, (os.path.abspath(os.fspath(path)) + "\n").encode())
+        path = os.path.abspath(os.fspath(path))
+        if not os.path.isfile(path):  # a folder (shutil.rmtree opens each, relative to its parent's descriptor)
+            return
+        os.write(_fd, (path + "\n").encode())
 
     sys.addaudithook(_hook)
