@@ -435,6 +435,17 @@ class OpenAIChat(ChatBackend):
             return None
         return limit - (time.monotonic() - self._started)
 
+    def _rejected(self, exc: _SetupStatus) -> ServerRejected:
+        """The setup error a refused request means, with the server's message redacted (no key in it)."""
+        return ServerRejected(
+            role=self.role,
+            base_url=_safe_url(exc.url),
+            model=self.cfg.model,
+            status=exc.status,
+            server_message=self._redact(exc.detail),
+            hint=exc.hint,
+        )
+
     def _check_time(self) -> None:
         left = self._time_left()
         if left is not None and left <= 0:
@@ -539,14 +550,7 @@ class OpenAIChat(ChatBackend):
             try:
                 reply = self._post(data)
             except _SetupStatus as exc:
-                raise ServerRejected(
-                    role=self.role,
-                    base_url=_safe_url(exc.url),
-                    model=self.cfg.model,
-                    status=exc.status,
-                    server_message=self._redact(exc.detail),
-                    hint=exc.hint,
-                ) from None
+                raise self._rejected(exc) from None
             except FatalError as exc:
                 self._note("ok")  # the server answered: it is up
                 return ChatReply(None, "error", self._redact(str(exc)))
@@ -695,14 +699,7 @@ class OpenAIChat(ChatBackend):
                     choice = json.loads(raw)["choices"][0]
                     return self.verdict_logprobs(choice, options, prefix)
                 except _SetupStatus as exc:
-                    raise ServerRejected(
-                        role=self.role,
-                        base_url=_safe_url(exc.url),
-                        model=self.cfg.model,
-                        status=exc.status,
-                        server_message=self._redact(exc.detail),
-                        hint=exc.hint,
-                    ) from None
+                    raise self._rejected(exc) from None
                 except FatalError:
                     return None
                 except (RetryableError, ValueError, KeyError, IndexError, TypeError):

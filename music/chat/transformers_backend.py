@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from music.chat.base import ChatBackend, ChatReply, Request, SamplingParams, TokenCounts, Unit, template_accepts_system
 from music.chat.kv_cache import PrefixKVStore, _common
@@ -642,6 +642,26 @@ class TransformersChat(ChatBackend):
             mask[row, width - len(p) :] = 1
         return ids, mask
 
+    def option_prompts(
+        self, conversations: list[list[dict]], options: Sequence[str], prefix: str = ""
+    ) -> tuple[list[int], list[list[int]]]:
+        """(each option's first token after `prefix`, each conversation rendered for a reply that starts with
+        `prefix`): what constrained choice and label log-probabilities score."""
+        prefix_ids = self.tok.encode(prefix, add_special_tokens=False) if prefix else []
+        first = [self.tok.encode(prefix + o, add_special_tokens=False)[len(prefix_ids)] for o in options]
+        if len(set(first)) != len(first):
+            raise ValueError(f"options {list(options)} do not differ in their first token after {prefix!r}")
+        prompts = [
+            self.render(
+                self.prepare_messages(
+                    validate_conversation(c, source=f"{self.name} request", record=i, field_name=f"conversations[{i}]")
+                )
+            )
+            + prefix_ids
+            for i, c in enumerate(conversations)
+        ]
+        return first, prompts
+
     def choose(
         self,
         conversations: list[list[dict]],
@@ -663,24 +683,7 @@ class TransformersChat(ChatBackend):
         import torch
         from tqdm.auto import tqdm
 
-        first = [
-            self.tok.encode(prefix + o, add_special_tokens=False)[
-                len(self.tok.encode(prefix, add_special_tokens=False))
-            ]
-            for o in options
-        ]
-        if len(set(first)) != len(first):
-            raise ValueError(f"options {options} do not differ in their first token after {prefix!r}")
-        prefix_ids = self.tok.encode(prefix, add_special_tokens=False) if prefix else []
-        prompts = [
-            self.render(
-                self.prepare_messages(
-                    validate_conversation(c, source=f"{self.name} request", record=i, field_name=f"conversations[{i}]")
-                )
-            )
-            + prefix_ids
-            for i, c in enumerate(conversations)
-        ]
+        first, prompts = self.option_prompts(conversations, options, prefix)
         order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
         replies: list[ChatReply | None] = [None] * len(prompts)
         bs = self.cfg.batch_size

@@ -94,7 +94,7 @@ def label_logprobs(
         return judge.option_logprobs(
             list(requests), list(options), prefix=prefix, max_new_tokens=max_new_tokens, desc=desc
         )
-    if hasattr(judge, "next_token_logits"):
+    if hasattr(judge, "option_prompts") and hasattr(judge, "next_token_logits"):
         return _in_process_logprobs(judge, requests, options, prefix, desc)
     raise TypeError(
         f"{type(judge).__name__} gives no label log-probabilities (neither option_logprobs nor next_token_logits): "
@@ -106,23 +106,9 @@ def _in_process_logprobs(judge, requests, options, prefix, desc) -> list[dict[st
     import torch
     from tqdm.auto import tqdm
 
-    from music.schema import validate_conversation
     from music.threads import forward_threads
 
-    tok = judge.tok
-    prefix_ids = tok.encode(prefix, add_special_tokens=False) if prefix else []
-    first = [tok.encode(prefix + o, add_special_tokens=False)[len(prefix_ids)] for o in options]
-    if len(set(first)) != len(first):
-        raise ValueError(f"options {list(options)} do not differ in their first token after {prefix!r}")
-    prompts = [
-        judge.render(
-            judge.prepare_messages(
-                validate_conversation(c, source=f"{judge.name} request", record=i, field_name=f"requests[{i}]")
-            )
-        )
-        + prefix_ids
-        for i, c in enumerate(requests)
-    ]
+    first, prompts = judge.option_prompts(list(requests), list(options), prefix)
     order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
     out: list[dict[str, float] | None] = [None] * len(prompts)
     bs = max(1, int(judge.cfg.batch_size))
