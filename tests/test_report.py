@@ -37,7 +37,10 @@ def test_best_of_n_sentence_reads_the_largest_n_and_identical_picks():
     bon = json.loads((REPO / "outputs" / "metrics" / "best_of_n.json").read_text())
     s = report.best_of_n_sentence(bon)
     n = max(int(k) for k in bon["by_n"])
-    assert f"N = {n}" in s and "no difference this run can see" in s
+    row = bon["by_n"][str(n)]
+    assert f"N = {n}" in s and f"in {round(row['identical_share'] * row['n_games'])} both RMs picked" in s
+    # the committed run's judge is at chance on the known pairs: the sentence must not read a win rate from it
+    assert bon["judge_check"]["at_chance"] and "uninformative, because the judge is at chance" in s
     won = {
         "by_n": {
             "2": {
