@@ -309,9 +309,10 @@ def _run_all_in_browser(browser, lab_server, notebook: str, shots: Path) -> dict
         page.close()
 
 
+# `browser` first: pytest sets fixtures up in argument order, so a missing browser skips before JupyterLab starts.
 @pytest.mark.parametrize("notebook,needs", CASES)
 def test_notebook_runs_clean_in_jupyterlab(
-    notebook, needs, lab_project, lab_server, browser, monkeypatch, tmp_path_factory
+    notebook, needs, browser, lab_project, lab_server, monkeypatch, tmp_path_factory
 ):
     _run_upstream(lab_project, needs, monkeypatch)
     shots = tmp_path_factory.getbasetemp() / "browser_screenshots"
@@ -350,7 +351,7 @@ def _write_notebook(path: Path, *sources: str) -> None:
     nbformat.write(nb, path)
 
 
-def test_the_check_sees_warnings_errors_and_renders_progress_bars(lab_project, lab_server, browser, tmp_path_factory):
+def test_the_check_sees_warnings_errors_and_renders_progress_bars(browser, lab_project, lab_server, tmp_path_factory):
     """The detector itself: a warning box and a traceback are reported, Run All stops at the error,
     and a tqdm.auto bar renders as a widget (ipywidgets), with no IProgress warning."""
     _write_notebook(
