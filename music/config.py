@@ -34,7 +34,7 @@ EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 EMBEDDED_ENCODER = "embedded:all-minilm-l6-v2"  # the sentence encoder of music.models.encoder
 CHAT_BACKENDS = ("transformers", "openai")
 SEED_SOURCES = ("sharegpt", "skywork", "hh", "ultrafeedback", "rewardbench")
-CONTRAST_METHODS = ("instruct", "resample", "auto")
+CONTRAST_METHODS = ("instruct", "resample", "auto", "retrieve")
 DIVERGENCE_RULES = ("fixed", "random", "real")
 RM_BACKENDS = ("auto", "unsloth", "transformers")
 HEAD_INITS = ("zero", "normal")  # train.head_init: the new score head starts at zero or at transformers' random init
@@ -615,7 +615,8 @@ class ContrastConfig(_Checked):
             "help": 'How the rejected reply is made: "instruct" = one call with the contrastive prompt (MODIFIED '
             'REQUEST / ANSWER format); "resample" = the user model rewrites the request from the same history and '
             'the assistant answers it normally (works with tiny models); "auto" = instruct, and resample where the '
-            "reply cannot be parsed."
+            'reply cannot be parsed; "retrieve" = the nearest opening request of another training-side conversation '
+            "inside request_similarity (a person's near miss; music.pairs.retrieve), answered normally."
         },
     )
     divergence: str = field(
@@ -654,9 +655,9 @@ class ContrastConfig(_Checked):
     request_similarity: list[float] | None = field(
         default=None,
         metadata={
-            "help": '"resample": [lo, hi] window of cosine similarity (encoder) between a rewritten request and the '
-            "original; only rewrites inside it are answered (the rest are counted as outside_band, not failures). "
-            "null: no window."
+            "help": '"resample" and "retrieve": [lo, hi] window of cosine similarity (encoder) between a modified '
+            "request and the original; only requests inside it are answered (the rest are counted as outside_band, "
+            'not failures). null: no window ("retrieve" needs one).'
         },
     )
     min_contrast_margin: float | None = field(
@@ -746,6 +747,11 @@ class ContrastConfig(_Checked):
             ),
             "request_similarity",
             f"must be null or [lo, hi] with -1 <= lo < hi <= 1, got {band!r}",
+        )
+        self._require(
+            self.method != "retrieve" or band is not None,
+            "request_similarity",
+            "must be [lo, hi] with method retrieve (the window the nearest request is taken from), got null",
         )
         self._require(
             self.d_source == "seeds" or ":" in self.d_source,
@@ -1065,11 +1071,41 @@ class StudyConfig(_Checked):
             "on the development split (seed.n_dev_conversations) against the default."
         },
     )
-    seed: int = field(default=0, metadata={"help": "Swap donors of the development items and the bootstrap."})
+    contrast_methods: list[str] = field(
+        default_factory=lambda: ["resample", "retrieve"],
+        metadata={
+            "help": "music.studies.contrast_methods: contrast methods compared on the same simulated conversations "
+            "(pairs kept, near-miss share, time)."
+        },
+    )
+    near_miss_window: list[float] = field(
+        default_factory=lambda: [0.25, 0.8],
+        metadata={
+            "help": "A modified request is a near miss when its cosine similarity to the original lies in [lo, hi] "
+            "(read from hand-written near misses: docs/decisions.md); retrieve's window where contrast sets none."
+        },
+    )
+    sample_pairs: int = field(
+        default=10, metadata={"help": "Kept pairs per method drawn at random (study.seed) for reading."}
+    )
+    seed: int = field(
+        default=0, metadata={"help": "Swap donors of the development items, the bootstrap and the pairs drawn."}
+    )
 
     def validate(self) -> None:
         for text in self.choices:
             self._require("=" in str(text), "choices", f"entries are KEY=VALUE, got {text!r}")
+        for method in self.contrast_methods:
+            self._require(
+                method in CONTRAST_METHODS, "contrast_methods", f"entries are one of {CONTRAST_METHODS}, got {method!r}"
+            )
+        lo_hi = self.near_miss_window
+        self._require(
+            len(lo_hi) == 2 and -1 <= lo_hi[0] < lo_hi[1] <= 1,
+            "near_miss_window",
+            f"must be [lo, hi] with -1 <= lo < hi <= 1, got {lo_hi!r}",
+        )
+        self._at_least(1, "sample_pairs")
         self._require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
 
 

@@ -348,3 +348,45 @@ class LoopbackJSONServer:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+def write_sharegpt(path: Path, records: list[tuple[str, list[dict]]]) -> None:
+    """A ShareGPT-format source file: (id, messages) per record."""
+    role = {"user": "human", "assistant": "gpt", "system": "system"}
+    lines = [
+        json.dumps({"id": cid, "conversations": [{"from": role[m["role"]], "value": m["content"]} for m in msgs]})
+        for cid, msgs in records
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def retrieval_project(root: Path) -> Params:
+    """write_seed_files (3 train, 2 eval seeds; turn 1 the real next request "Real next user {i}?", divergence
+    real, no margin filter) plus a ShareGPT seed source whose openings are the pool of method retrieve: two near
+    misses (pool_0, pool_1), a held-out conversation and a copy of a held-out seed's opening under another id
+    (never in the pool), and a request far from every original (far_0)."""
+    P = write_seed_files(root, n_train=3, n_eval=2)
+    P.simulate.turns, P.simulate.real_next_user = 2, True
+    P.contrast.divergence, P.contrast.min_contrast_margin, P.contrast.min_music_train_pairs = "real", None, 0
+    P.contrast.d_pairs = P.heldout.quality_mtbench = False
+    P.seed.source, P.seed.path = "sharegpt", str(root / "source.jsonl")
+
+    def chat(*requests):
+        return [
+            m
+            for i, r in enumerate(requests)
+            for m in ({"role": "user", "content": r}, {"role": "assistant", "content": f"reply {i}"})
+        ]
+
+    eval_seed = make_seeds(2, "eval")[0]
+    write_sharegpt(
+        root / "source.jsonl",
+        [
+            ("pool_0", chat("Real next user story about dogs?")),
+            ("pool_1", chat("Next user question on cats?")),
+            ("eval-conv0", chat("Real next user 0 again?")),  # a held-out conversation
+            ("copy_0", eval_seed.context),  # a held-out seed's opening under another id
+            ("far_0", chat("Translate this into French")),
+        ],
+    )
+    return P

@@ -320,6 +320,8 @@ def plan_contrast(params: Params, tokens: Tokens, findings: Findings) -> tuple[d
             contrast.add(
                 w, tokens.sys["contrast_instruct"] + tokens.m + before + U + tokens.m, tokens.reply(c.contrast)
             )
+        elif c.method == "retrieve":  # the nearest real requests are answered (no generated request)
+            asst.add(w * c.answered_candidates, tokens.sys["assistant_system"] + tokens.m + before + U + tokens.m, A)
         else:  # resample: the user asks again `candidates` times, the assistant answers the best few
             user.add(
                 w * c.candidates, tokens.sys["user_simulator"] + tokens.sys["user_opener"] + 2 * tokens.m + before, U
@@ -355,6 +357,10 @@ def plan_contrast(params: Params, tokens: Tokens, findings: Findings) -> tuple[d
         if c.method in ("instruct", "auto"):
             contrast.call(k, m + asst_view + Ut)
             user_new = Ut + At + user_view  # the user model first sees this history on the rejected branch
+        elif c.method == "retrieve":
+            ka = c.answered_candidates
+            asst.call(k * ka, asst_view / ka + Ut)
+            user_new = Ut + At + user_view
         else:
             kc, ka = c.candidates, min(c.answered_candidates, c.candidates)
             user.call(k * kc, user_view / kc)  # the candidates of one conversation share their prompt

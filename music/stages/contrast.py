@@ -12,6 +12,9 @@ The modified request comes from one of two methods (ContrastConfig.method):
   sample: same topic, different request), and the assistant model answers it normally. Tiny models
   cannot follow the instruct format; this still gives "a good answer to a related request".
 - "auto": instruct, falling back to resample where the reply does not parse.
+- "retrieve": the modified request is a real person's request, the opening of another conversation of the
+  training side nearest to the original inside contrast.request_similarity (music.pairs.retrieve), and the
+  assistant model answers it normally.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from music.chat import make_chat
 from music.chat.base import TokenMeter, derive_seed
 from music.chat.rollout import (
     Chat,
+    Event,
     Rollout,
     SimPrompts,
     assistant_view,
@@ -41,10 +45,17 @@ from music.models.encoder import shared_encoder
 from music.pairs.filters import REASONS, apply_filters, generation_error, normalized, user_leaks
 from music.pairs.last_turn import d_candidates, d_records_from_source, parse_d_source
 from music.pairs.relevance import Contrast, Encoder, contrast_margins, echo_scores, in_band, pick_modified_request
+from music.pairs.retrieve import SOURCE_PREFIX, PoolRequest, held_out_conversations, nearest_in_band, request_pool
 from music.prompts import load_prompt
 from music.schema import first_difference_distance, pair_record, user_turns
 from music.stages import check_variant
-from music.stages.seed import SEED_FILES, read_conversation_ids, read_seeds
+from music.stages.seed import (
+    SEED_FILES,
+    load_seed_source,
+    read_conversation_ids,
+    read_conversations,
+    read_seeds,
+)
 from music.store import load_records, pair_features, save_records
 
 _PARSE = re.compile(
@@ -108,10 +119,12 @@ def contrast_conversations(
     split: str,
     prompts: SimPrompts | None = None,
     encoder: Encoder | None = None,
+    pool: Sequence[PoolRequest] | None = None,
 ) -> list[dict]:
     """Filter candidates {"fields", "events", "failure", "notes"}, one per conversation, in input order.
 
-    `encoder` scores relevance (music.pairs.relevance); default: the configured sentence encoder.
+    `encoder` scores relevance (music.pairs.relevance); default: the configured sentence encoder. `pool`: the
+    requests method "retrieve" draws from (music.pairs.retrieve.request_pool; retrieval_pool reads it).
     """
     cfg.validate()
     encoder = encoder or shared_encoder(cfg.encoder)
@@ -200,7 +213,8 @@ def contrast_conversations(
     elif cfg.method == "resample":
         resample = list(work)
 
-    if resample:  # the user model asks again from the same history; the assistant answers those requests
+    options: list[tuple[dict, list[Any]]] = []
+    if resample:  # the user model asks again from the same history
         options = resampled_requests(
             resample,
             user,
@@ -213,18 +227,20 @@ def contrast_conversations(
             split=split,
             band=cfg.request_similarity,
         )
+    elif cfg.method == "retrieve" and work:
+        if pool is None:
+            raise ValueError("contrast.method retrieve needs the request pool (music.pairs.retrieve)")
+        options = retrieved_requests(work, pool, encoder, keep=cfg.answered_candidates, band=cfg.request_similarity)
+    if options:  # the assistant answers the modified requests as it answers any request
+        method = cfg.method if cfg.method == "retrieve" else "resample"
         flat = [(w, event) for w, events in options for event in events]
-        replies = (
-            assistant.generate(
-                [assistant_view([*w["history"][:-1], {"role": "user", "content": e.text}], prompts) for w, e in flat],
-                seed=derive_seed(base, "resample", "assistant"),
-                desc=f"contrast {split} resample answers",
-            )
-            if flat
-            else []
+        replies = assistant.generate(
+            [assistant_view([*w["history"][:-1], {"role": "user", "content": e.text}], prompts) for w, e in flat],
+            seed=derive_seed(base, method, "assistant"),
+            desc=f"contrast {split} {method} answers",
         )
         answers = [
-            make_event(rep, branch="rejected", turn=w["turn"], role="assistant", trim=trim, method="resample")
+            make_event(rep, branch="rejected", turn=w["turn"], role="assistant", trim=trim, method=method)
             for (w, _), rep in zip(flat, replies)
         ]
         answered += pick_contrasts(flat, answers, encoder)
@@ -329,6 +345,38 @@ def resampled_requests(
     return out
 
 
+def retrieved_requests(
+    work: Sequence[dict], pool: Sequence[PoolRequest], encoder: Encoder, *, keep: int, band: Sequence[float]
+) -> list[tuple[dict, list[Any]]]:
+    """Method "retrieve": per work item, the `keep` pool requests nearest to the divergence request inside `band`
+    (music.pairs.retrieve.nearest_in_band), as request events (a person's words: nothing generated). An item with
+    none in the window is dropped as `request_band` (a filter reason, as with resample's window). Returns (work
+    item, request events, nearest first)."""
+    found = nearest_in_band(
+        encoder,
+        [w["history"][-1]["content"] for w in work],
+        [w["cand"]["fields"]["conversation_id"] for w in work],
+        pool,
+        band,
+        keep,
+    )
+    out = []
+    for w, near in zip(work, found):
+        notes, fields = w["cand"]["notes"], w["cand"]["fields"]
+        fields["contrast_method"] = "retrieve"
+        notes["modified_candidates"] = len(near)
+        notes["retrieved"] = {req.text: req.conversation_id for req, _ in near}
+        if not near:
+            w["cand"]["failure"] = "request_band"
+            continue
+        events = [
+            Event("rejected", w["turn"], "modified_request", "stop", req.text, req.text, method="retrieve", real=True)
+            for req, _ in near
+        ]
+        out.append((w, events))
+    return out
+
+
 def pick_contrasts(
     flat: Sequence[tuple[dict, Any]], answers: Sequence[tuple[Any, str | None]], encoder: Encoder
 ) -> list[tuple[dict, tuple[Any, str | None]]]:
@@ -357,6 +405,8 @@ def pick_contrasts(
         w, req = flat[i]
         w["cand"]["events"].append(req.to_record())
         w["cand"]["fields"]["modified_request"] = req.text
+        if req.text in w["cand"]["notes"].get("retrieved", {}):  # method retrieve: where the request comes from
+            w["cand"]["fields"]["models"]["contrast"] = SOURCE_PREFIX + w["cand"]["notes"]["retrieved"][req.text]
         w["cand"]["notes"]["answered_candidates"] = sum(x is w for x, _ in flat)
         if i in margins:
             w["cand"]["notes"]["chosen_margin"], w["cand"]["notes"]["rejected_margin"] = margins[i]
@@ -430,6 +480,8 @@ def candidates_to_records(kept: Sequence[dict]) -> list[dict]:
 def method_counts(cands: Sequence[dict], kept: Sequence[dict]) -> dict:
     """How rejected replies were made (kept pairs), and how often the instruct reply failed to parse."""
     out = {"instruct_tried": 0, "instruct_unparsed": 0, "kept_instruct": 0, "kept_resample": 0}
+    if any(c["fields"].get("contrast_method") == "retrieve" for c in cands):
+        out["kept_retrieve"] = 0
     for c in cands:
         if "instruct_parsed" in c["notes"]:
             out["instruct_tried"] += 1
@@ -463,10 +515,13 @@ def run(
     if backends is None:
         user, assistant = make_backends(params)
         contrast = (
-            make_chat(cfg.contrast, params.paths.cache, role="contrast.contrast") if cfg.method != "resample" else None
+            make_chat(cfg.contrast, params.paths.cache, role="contrast.contrast")
+            if cfg.method in ("instruct", "auto")
+            else None
         )
     else:
         user, assistant, contrast = backends
+    pool = retrieval_pool(params) if cfg.method == "retrieve" else None
     meter = TokenMeter(user=user, assistant=assistant, contrast=contrast)
     d_from_source = parse_d_source(cfg.d_source) is not None
     out_dir = Path(params.paths.pairs)
@@ -480,6 +535,8 @@ def run(
         "method": cfg.method,
         "divergence": cfg.divergence,
     }
+    if pool is not None:
+        report["retrieval_pool"] = len(pool)
     written: dict[str, list[dict]] = {}  # the records of each pair set, for check_invariants
     for split in splits:
         convs = load_records(Path(params.paths.conversations) / split)
@@ -492,6 +549,7 @@ def run(
             cfg=cfg,
             split=split,
             encoder=encoder,
+            pool=pool,
         )
         kept, stats = apply_filters(cands, cfg)
         methods = method_counts(cands, kept)
@@ -563,6 +621,16 @@ def run(
     # Not in filter_report.json: the counts depend on what the response cache already held.
     report["tokens"] = meter.report()
     return report
+
+
+def retrieval_pool(params: Params) -> list[PoolRequest]:
+    """Method "retrieve": the opening requests of the seed source's training side (music.pairs.retrieve), no
+    longer than seed.max_message_chars (what a seed's real next request may be)."""
+    conversations, _ = load_seed_source(params.seed)
+    seeds = Path(params.paths.seeds)
+    whole = [read_conversations(seeds / SEED_FILES[name]) for name in ("eval_conversations", "dev_conversations")]
+    held_out = held_out_conversations(read_seeds(seeds / SEED_FILES["eval"]), [c for cs in whole for c in cs])
+    return request_pool(conversations, held_out, max_chars=params.seed.max_message_chars)
 
 
 def candidate_failures(cands: Sequence[dict], cfg: ContrastConfig) -> dict:
