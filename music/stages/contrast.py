@@ -663,7 +663,12 @@ def contrast_advice(cfg: ContrastConfig, methods: dict) -> str:
             f"{methods['instruct_tried']}): set contrast.method: auto (resample where unparsed) or resample, "
             "or use a stronger contrast model (contrast.contrast.model)"
         )
-    if cfg.method != "instruct":
+    if cfg.method == "retrieve":
+        tips.append(
+            "many `request_band` drops (no opening request of the training side within contrast.request_similarity "
+            "of the original): widen the window or use a larger seed source (seed.path)"
+        )
+    elif cfg.method != "instruct":
         tips.append(
             "many `modified_request` drops (no usable resampled request): raise contrast.candidates or use a "
             "stronger user model (simulate.user)"
@@ -672,7 +677,7 @@ def contrast_advice(cfg: ContrastConfig, methods: dict) -> str:
         "a failed request: check the server named in the first error (base_urls, model, load; max_retries, "
         "timeout_s) and rerun (finished replies come from the response cache)"
     )
-    if cfg.method != "instruct" and cfg.request_similarity is not None:
+    if cfg.method in ("resample", "auto") and cfg.request_similarity is not None:
         tips.append(
             "many `request_band` drops (no rewrite within contrast.request_similarity of the original): raise "
             "contrast.candidates, widen the window, or set it to null"
