@@ -74,7 +74,7 @@ def test_the_study_is_declared_beside_the_pipeline_with_its_params():
     stage = yaml.safe_load((REPO / "studies" / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["choices"]
     assert not [f for f in module_code(REPO, {"music.studies.choices"}) if not covered(f, stage["deps"])]
     assert stage["cmd"] == "python -m music.studies.choices" and stage["wdir"] == ".."
-    assert {"train", "study", "heldout.swap_max_distance"} <= set(stage["params"])
+    assert {"train", "study.choices", "study.seed", "heldout.swap_max_distance"} <= set(stage["params"])
     assert "outputs/seeds" in stage["deps"] and "music/studies/choices.py" in stage["deps"]
     # every key the study may change is a train key, so `dvc repro studies/dvc.yaml` sees a change to it
     names = {f.name for f in dataclasses.fields(TrainConfig)}
