@@ -539,19 +539,9 @@ def run(
         report["retrieval_pool"] = len(pool)
     written: dict[str, list[dict]] = {}  # the records of each pair set, for check_invariants
     for split in splits:
-        convs = load_records(Path(params.paths.conversations) / split)
-        cands = contrast_conversations(
-            convs,
-            user=user,
-            assistant=assistant,
-            contrast=contrast,
-            sim_cfg=params.simulate,
-            cfg=cfg,
-            split=split,
-            encoder=encoder,
-            pool=pool,
+        cands, kept, stats = split_candidates(
+            params, cfg, split, user=user, assistant=assistant, contrast=contrast, encoder=encoder, pool=pool
         )
-        kept, stats = apply_filters(cands, cfg)
         methods = method_counts(cands, kept)
         report["failures"][f"music_{split}"] = failures = candidate_failures(cands, cfg)
         check_failed_share(
@@ -621,6 +611,33 @@ def run(
     # Not in filter_report.json: the counts depend on what the response cache already held.
     report["tokens"] = meter.report()
     return report
+
+
+def split_candidates(
+    params: Params,
+    cfg: ContrastConfig,
+    split: str,
+    *,
+    user: Chat,
+    assistant: Chat,
+    contrast: Chat | None,
+    encoder: Encoder | None,
+    pool: Sequence[PoolRequest] | None,
+) -> tuple[list[dict], list[dict], dict]:
+    """(candidates, kept, filter stats) of one split's simulated conversations (outputs/conversations/{split})."""
+    cands = contrast_conversations(
+        load_records(Path(params.paths.conversations) / split),
+        user=user,
+        assistant=assistant,
+        contrast=contrast,
+        sim_cfg=params.simulate,
+        cfg=cfg,
+        split=split,
+        encoder=encoder,
+        pool=pool,
+    )
+    kept, stats = apply_filters(cands, cfg)
+    return cands, kept, stats
 
 
 def retrieval_pool(params: Params) -> list[PoolRequest]:

@@ -37,10 +37,8 @@ from music.chat.base import TokenMeter
 from music.config import Params, load_params
 from music.files import atomic_path, write_json
 from music.models.encoder import shared_encoder
-from music.pairs.filters import apply_filters
 from music.pairs.relevance import Encoder
-from music.stages.contrast import candidates_to_records, contrast_conversations, retrieval_pool
-from music.store import load_records
+from music.stages.contrast import candidates_to_records, retrieval_pool, split_candidates
 
 log = logging.getLogger(__name__)
 
@@ -96,21 +94,11 @@ def run_method(
     window = params.study.near_miss_window
     rows, kept_all = [], []
     for split in splits:
-        convs = load_records(Path(params.paths.conversations) / split)
         meter = TokenMeter(user=user, assistant=assistant)
         start = time.perf_counter()
-        cands = contrast_conversations(
-            convs,
-            user=user,
-            assistant=assistant,
-            contrast=None,
-            sim_cfg=params.simulate,
-            cfg=cfg,
-            split=split,
-            encoder=encoder,
-            pool=pool,
+        cands, kept, stats = split_candidates(
+            params, cfg, split, user=user, assistant=assistant, contrast=None, encoder=encoder, pool=pool
         )
-        kept, stats = apply_filters(cands, cfg)
         wall = time.perf_counter() - start
         records = candidates_to_records(kept)
         kept_all += records
@@ -124,10 +112,10 @@ def run_method(
             {
                 "method": method,
                 "split": split,
-                "seeds": len(convs),
+                "seeds": len(cands),
                 "candidates": stats["candidates"],
                 "kept": len(records),
-                "kept_per_seed": round(len(records) / len(convs), 4) if convs else None,
+                "kept_per_seed": round(len(records) / len(cands), 4) if cands else None,
                 "near_miss_share": near_miss_share(records, window),
                 "near_misses": sum(window[0] <= s <= window[1] for s in sims),
                 "median_similarity": round(statistics.median(sims), 4) if sims else None,
@@ -143,7 +131,7 @@ def run_method(
             method,
             split,
             len(records),
-            len(convs),
+            len(cands),
             rows[-1]["near_miss_share"],
         )
     return rows, kept_all
