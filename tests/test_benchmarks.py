@@ -30,6 +30,7 @@ def test_every_benchmark_has_a_smoke_test():
     # bench_rm_frozen_reuse.py's smoke run is tests/test_bench_frozen_reuse.py
     assert BENCHMARKS == [
         "bench_core_contention.py",
+        "bench_last_token.py",
         "bench_rm_frozen_reuse.py",
         "bench_rm_trainer.py",
         "bench_scoring.py",
@@ -77,6 +78,11 @@ def test_bench_core_contention_smoke(tiny_backbone):
 
 def test_bench_rm_trainer_smoke(tiny_backbone):
     _rm_trainer(["--model", tiny_backbone])
+
+
+def test_bench_last_token_smoke(tiny_backbone):
+    out = load_bench("bench_last_token.py").main(["--smoke", "--backbone", tiny_backbone])
+    assert out["max_diff"] <= 1e-5 and out["rate"]["last_token"] > 0 and out["rate"]["full"] > 0
 
 
 def test_bench_scoring_smoke(tiny_backbone):

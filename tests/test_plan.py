@@ -238,7 +238,13 @@ def test_reused_bottom_layers_are_counted_once_not_per_model():
     ev_on, ev_off = on["stages"]["evaluate"], off["stages"]["evaluate"]
     L, k, models = P.train.num_layers, P.train.lora_last_layers, ev_on["models"]
     assert ev_on["frozen_share"] == round((L - k) / L, 3) and ev_off["frozen_share"] == 0.0
-    expected = (models * k / L + (L - k) / L) / models  # top layers per model, the bottom once
+    from music.models.shapes import backbone_shape
+    from music.pipeline.plan import top_layer_work
+
+    top = top_layer_work(backbone_shape(P.train.backbone), L, L - k)
+    assert k == 1 and 0 < top < 0.1  # one Llama layer above the bottom: scored at the last token (k/v per token)
+    assert top_layer_work(backbone_shape(P.train.backbone), L, L - 2) == 2.0  # two layers: both in full
+    expected = (models * top / L + (L - k) / L) / models  # the top layer's work per model, the bottom once
     assert ev_on["compute_s"] / ev_off["compute_s"] == pytest.approx(expected, rel=1e-6)
     assert on["hours"]["train"] < off["hours"]["train"]
 
@@ -260,8 +266,11 @@ def test_a_real_first_user_message_costs_no_user_generation_and_real_divergence_
     assert requests(after, "simulate", "simulate.user") == n * (K - 1)  # turn 1 is the seed's real message
     assert requests(after, "simulate", "simulate.assistant") == n * K
     assert after["stages"]["contrast"]["divergence_turns"] == [1] and not after["errors"]
-    c = data["contrast"]  # resample at turn 1, then the rejected branch's K - 1 turns
-    assert requests(after, "contrast", "simulate.user") == n * c["candidates"] + n * (K - 1)
+    c = data["contrast"]
+    assert c["method"] == "retrieve"  # the modified request is a person's: the user model writes the later turns only
+    assert requests(after, "contrast", "simulate.user") == n * (K - 1)
+    data["contrast"].update(method="resample", request_similarity=None)  # rewrites at turn 1, then the K - 1 turns
+    assert requests(plan_of(data), "contrast", "simulate.user") == n * c["candidates"] + n * (K - 1)
 
 
 # ---------------------------------------------------------------- time: planned vs measured

@@ -600,7 +600,19 @@ def scoring_seconds(
     share = frozen_share(params, shape, device)
     frozen = round(L * share)
     per = cpu_scale(shape, assumptions) / assumptions.cpu_layer_forward_tok_s
-    return (top_tokens * (L - frozen) + new_tokens * frozen) * per
+    return (top_tokens * top_layer_work(shape, L, frozen) + new_tokens * frozen) * per
+
+
+def top_layer_work(shape: BackboneShape, layers: int, frozen: int) -> float:
+    """Layers' worth of work per token that each model runs above the reused bottom when scoring: the top layer
+    at the last token only where music.rm.last_token applies (one layer above a reused bottom, a supported
+    architecture), so per token it costs its key/value projections' share of the layer."""
+    from music.rm.last_token import SUPPORTED
+
+    top = layers - frozen
+    if frozen >= 1 and top == 1 and shape.model_type in SUPPORTED:
+        return 2 * shape.hidden_size * shape.kv_dim / shape.layer_params()
+    return float(top)
 
 
 def train_seconds(

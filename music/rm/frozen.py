@@ -13,7 +13,9 @@ exactly 0 to real tokens). With batches of one (or no padding) the rewards are b
 without reuse; with padded batches, a run without reuse computes the bottom layers on a padded [B, T]
 batch instead, which changes float32 results in the last bits (as padding already does in that run:
 tests/test_rm_frozen.py measures both). Cached or recomputed, a state is bitwise the same (it never
-depends on the batch), so outputs do not depend on the store being warm.
+depends on the batch), so outputs do not depend on the store being warm. Scoring (not training) goes one step
+further where one layer sits above the frozen ones: that layer runs at the last token only
+(FrozenBottom.last_token_scores, music.rm.last_token), within 1e-5 of the full forward, not bitwise.
 
 Where it applies: train.lora true and 0 < lora_last_layers < kept layers (the bottom
 num_layers - lora_last_layers layers are frozen). Full fine-tuning or LoRA on every layer: nothing is
@@ -319,6 +321,18 @@ class FrozenBottom:
         hidden = self.batch_states(seqs, input_ids.shape[1]).to(dev)
         with self._top_only(hidden):
             return reward_scores(self.model, input_ids, attention_mask)
+
+    def last_token_scores(self, seqs: list[list[int]], input_ids, attention_mask):
+        """`scores` for inference, cheaper where one decoder layer sits above the frozen ones: the reward reads
+        that layer's output at the last real token only, so the layer runs its keys and values for every token
+        and everything else (query, attention, MLP, norm, head) for that token alone (music.rm.last_token).
+        Other architectures and splits: `scores`. Not for training (its gradients take the full path)."""
+        from music.rm.last_token import last_token_rewards, supports_last_token
+
+        if not supports_last_token(self.model, self.n_frozen):
+            return self.scores(seqs, input_ids, attention_mask)
+        hidden = self.batch_states(seqs, input_ids.shape[1]).to(input_ids.device)
+        return last_token_rewards(self.model, hidden, input_ids, attention_mask)
 
     def stats(self) -> dict:
         return {

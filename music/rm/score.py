@@ -123,7 +123,7 @@ def score_conversations(
             x, mask = pad_batch([ids[i] for i in chunk], tokenizer.pad_token_id)
             with forward_threads():  # the cores other jobs leave idle (music.threads); scores do not depend on it
                 if frozen:
-                    scores = frozen.scores([ids[i] for i in chunk], x.to(dev), mask.to(dev))
+                    scores = frozen.last_token_scores([ids[i] for i in chunk], x.to(dev), mask.to(dev))
                 else:
                     scores = reward_scores(model, x.to(dev), mask.to(dev))
             for i, v in zip(chunk, scores.tolist()):
