@@ -225,7 +225,7 @@ class ChatModelConfig(_Checked):
             "repetition_penalty (which covers the prompt); servers get it as `repetition_penalty` (vLLM, SGLang)."
         },
     )
-    batch_size: int = field(default=8, metadata={"help": "Conversations generated together (in-process)."})
+    batch_size: int = field(default=16, metadata={"help": "Conversations generated together (in-process)."})
     dtype: str = field(
         default="float32", metadata={"help": "Weights of an in-process model: float32 | bfloat16 | float16."}
     )
@@ -564,7 +564,7 @@ class SimulateConfig(_Checked):
         },
     )
     max_eval_conversations: int | None = field(
-        default=72,
+        default=48,
         metadata={
             "help": "Eval seeds simulated for the held-out MUSIC pairs (null: all); the others serve only the "
             "held-out last-turn and quality pairs, which need no simulation."
@@ -610,7 +610,7 @@ class ContrastConfig(_Checked):
 
     contrast: ChatModelConfig = _chat("Writes the rejected reply (method instruct or auto).", max_new_tokens=96)
     method: str = field(
-        default="resample",
+        default="retrieve",
         metadata={
             "help": 'How the rejected reply is made: "instruct" = one call with the contrastive prompt (MODIFIED '
             'REQUEST / ANSWER format); "resample" = the user model rewrites the request from the same history and '
@@ -644,8 +644,8 @@ class ContrastConfig(_Checked):
     answered_candidates: int = field(
         default=2,
         metadata={
-            "help": "At most this many rewrites, the most unlike the original (on topic), are answered; the clearest "
-            "contrast is kept."
+            "help": "At most this many modified requests are answered (resample: the rewrites most unlike the "
+            "original, on topic; retrieve: the nearest inside request_similarity); the clearest contrast is kept."
         },
     )
     encoder: str = field(
@@ -653,7 +653,7 @@ class ContrastConfig(_Checked):
         metadata={"help": "Sentence encoder for the relevance checks (music.pairs.relevance)."},
     )
     request_similarity: list[float] | None = field(
-        default=None,
+        default_factory=lambda: [0.25, 0.8],
         metadata={
             "help": '"resample" and "retrieve": [lo, hi] window of cosine similarity (encoder) between a modified '
             "request and the original; only requests inside it are answered (the rest are counted as outside_band, "
@@ -951,7 +951,7 @@ class EvalConfig(_Checked):
     )
     batch_size: int = field(default=8, metadata={"help": "Conversations scored together."})
     bon_ns: list[int] = field(default_factory=lambda: [2, 4, 8], metadata={"help": "Best-of-N sizes N."})
-    bon_prompts: int = field(default=6, metadata={"help": "Best-of-N prompts."})
+    bon_prompts: int = field(default=4, metadata={"help": "Best-of-N prompts."})
     bon_source: str = field(
         default="mtbench",
         metadata={

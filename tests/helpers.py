@@ -109,9 +109,11 @@ def make_seeds(n: int = 3, split: str = "train") -> list[Seed]:
 
 def write_seed_files(root: Path, n_train: int = 3, n_eval: int = 2) -> Params:
     P = Params()
-    # the stage tests' fakes pin the generated turn 1, a random divergence and no similarity window (the older
-    # defaults); the real next user message, divergence `real` and the window have tests of their own
+    # the stage tests' fakes pin the generated turn 1, a random divergence, method resample and no similarity window
+    # (the older defaults); the real next user message, divergence `real`, retrieve and the window have tests of
+    # their own
     P.simulate.real_next_user, P.contrast.divergence, P.contrast.request_similarity = False, "random", None
+    P.contrast.method = "resample"
     P.paths.seeds = str(root / "seeds")
     P.paths.conversations = str(root / "conversations")
     P.paths.pairs = str(root / "pairs")

@@ -347,7 +347,7 @@ def test_real_divergence_misreads_the_persons_request_and_says_so():
     assert counts["real_requests"] == 3 and counts["kept_real_requests"] == 3 and counts["rewrites_outside_band"] == 0
 
 
-def test_near_miss_rows_show_the_real_request_and_both_replies_at_the_divergence():
+def test_near_miss_rows_draw_real_request_pairs_at_random_and_show_both_replies_at_the_divergence():
     from music.stages.contrast import near_miss_rows
 
     ctx = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
@@ -376,13 +376,20 @@ def test_near_miss_rows_show_the_real_request_and_both_replies_at_the_divergence
             },
         }
 
-    pairs = [pair(0, False), pair(1, True), pair(2, True), pair(3, True)]
+    pairs = [pair(0, False)] + [pair(i, True) for i in range(1, 13)]
     pairs[0]["relevance"]["request_similarity"] = 0.9  # not a real request: never shown
-    pairs[3]["relevance"]["request_similarity"] = 0.7  # the nearest miss comes first
-    rows = near_miss_rows(pairs, n=2)
-    assert [r["pair_id"] for r in rows] == ["p3", "p1"]
-    assert rows[1]["original request (real)"] == "real 1" and rows[1]["modified request"] == "near 1"
-    assert rows[1]["chosen reply"] == "A1" and rows[1]["rejected reply"] == "B1"
+    for i in range(1, 13):
+        pairs[i]["relevance"]["request_similarity"] = round(0.3 + 0.04 * i, 2)
+    rows = near_miss_rows(pairs, n=4, seed=0)
+    ids = [r["pair_id"] for r in rows]
+    assert len(ids) == 4 and "p0" not in ids
+    assert ids == sorted(ids, key=lambda p: int(p[1:]))  # file order, not nearest first
+    assert ids != ["p12", "p11", "p10", "p9"] and rows == near_miss_rows(pairs, n=4, seed=0)  # random, seeded
+    assert near_miss_rows(pairs, n=4, seed=1) != rows
+    assert len(near_miss_rows(pairs, n=50)) == 12  # every real-request pair when there are fewer
+    row = next(r for r in near_miss_rows(pairs, n=12) if r["pair_id"] == "p1")
+    assert row["original request (real)"] == "real 1" and row["modified request"] == "near 1"
+    assert row["chosen reply"] == "A1" and row["rejected reply"] == "B1"
 
 
 def test_the_stage_with_real_requests_and_a_window_reports_both(tmp_path):

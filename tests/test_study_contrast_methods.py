@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+import pytest
 from helpers import FakeChat, WordOverlapEncoder, retrieval_project
 
+from music.config import load_params
 from music.stages.simulate import run as run_simulate
 from music.studies.contrast_methods import method_config, near_miss_share
 from music.studies.contrast_methods import run as run_study
@@ -20,10 +23,12 @@ def test_near_miss_share_counts_the_window_inclusive():
 
 def test_both_methods_run_on_the_same_seeds_and_write_what_a_reader_compares(tmp_path):
     P = retrieval_project(tmp_path)
-    P.contrast.request_similarity = None  # retrieve then takes the study's window
     P.study.near_miss_window, P.study.sample_pairs = [0.3, 0.9], 2
-    assert method_config(P, "retrieve").request_similarity == [0.3, 0.9]
-    assert method_config(P, "resample").request_similarity is None
+    for default in ("resample", "retrieve"):  # each method with its own window, whatever the default is
+        P.contrast.method = default
+        P.contrast.request_similarity = [0.25, 0.8] if default == "retrieve" else None
+        assert method_config(P, "retrieve").request_similarity == [0.3, 0.9]
+        assert method_config(P, "resample").request_similarity is None
     run_simulate(P, backends=(FakeChat("fake:user"), FakeChat("fake:assistant")))
     out = tmp_path / "study"
     result = run_study(
@@ -54,4 +59,35 @@ def test_the_study_is_declared_beside_the_pipeline_with_its_inputs():
     assert not [f for f in module_code(REPO, {"music.studies.contrast_methods"}) if not covered(f, stage["deps"])]
     assert stage["cmd"] == "python -m music.studies.contrast_methods" and stage["wdir"] == ".."
     assert {"data", "outputs/seeds", "outputs/conversations"} <= set(stage["deps"])  # the pool, the seeds, the chats
-    assert {"seed", "simulate", "contrast", "study.contrast_methods", "study.near_miss_window"} <= set(stage["params"])
+    assert {"seed", "simulate", "contrast.encoder", "contrast.min_contrast_margin", "study.contrast_methods"} <= set(
+        stage["params"]
+    ) and "study.near_miss_window" in stage["params"]
+    # what the study compares does not follow the default method or its window (method_config)
+    assert not {"contrast", "contrast.method", "contrast.request_similarity"} & set(stage["params"])
+    from music.config import ContrastConfig
+
+    listed = {p.split(".", 1)[1] for p in stage["params"] if p.startswith("contrast.")}
+    # every other contrast key the candidates depend on is listed (D pairs are not made by the study)
+    unlisted = {f.name for f in dataclasses.fields(ContrastConfig)} - listed
+    assert unlisted == {
+        "method",
+        "request_similarity",
+        "d_pairs",
+        "d_source",
+        "d_limit",
+        "min_music_train_pairs",
+        "max_malformed_share",
+    }, unlisted
+
+
+def test_the_methods_table_reads_the_committed_results(tmp_path):
+    from helpers import REPO
+
+    from music.reporting.study_tables import contrast_methods_table
+
+    P = load_params(REPO / "params.yaml")
+    table = contrast_methods_table(REPO / "studies" / "contrast_methods")
+    assert set(table.index.get_level_values("method")) == set(P.study.contrast_methods)
+    assert {"near-miss share", "kept", "seeds"} <= set(table.columns)
+    with pytest.raises(FileNotFoundError, match="dvc repro studies/dvc.yaml"):
+        contrast_methods_table(tmp_path)

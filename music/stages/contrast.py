@@ -721,11 +721,11 @@ def band_counts(cands: Sequence[dict], kept: Sequence[dict], cfg: ContrastConfig
     }
 
 
-def near_miss_rows(records: Sequence[dict], n: int = 5) -> list[dict]:
-    """`n` kept MUSIC pairs whose divergence request is a person's (the seed's real next user message), the
-    nearest misses first (highest similarity of the modified request to the original; file order breaks ties):
-    per pair the two requests, their similarity, and the two replies at the divergence (the chosen one answers
-    the person, the rejected one the rewrite), for notebook 03."""
+def near_miss_rows(records: Sequence[dict], n: int = 10, seed: int = 0) -> list[dict]:
+    """`n` kept MUSIC pairs whose divergence request is a person's (the seed's real next user message), drawn at
+    random with `seed` (not nearest first: a reader sees what the method typically keeps), in file order: per
+    pair the two requests, their similarity, and the two replies at the divergence (the chosen one answers the
+    person, the rejected one the modified request), for notebook 03."""
     rows = []
     for r in records:
         rel = r.get("relevance") or {}
@@ -744,8 +744,8 @@ def near_miss_rows(records: Sequence[dict], n: int = 5) -> list[dict]:
                 "rejected margin": rel.get("rejected_margin"),
             }
         )
-    near = sorted(range(len(rows)), key=lambda i: (rows[i]["similarity"] is None, -(rows[i]["similarity"] or 0.0), i))
-    return [rows[i] for i in near[:n]]
+    picked = sorted(random.Random(seed).sample(range(len(rows)), min(n, len(rows))))
+    return [rows[i] for i in picked]
 
 
 def nonzero(counts: dict) -> dict:

@@ -10,7 +10,7 @@ for every method), and the contrast stage's filters keep what they keep. Per met
 - the median similarity, the drops by reason, the wall time and the tokens the models processed (0 when every
   reply came from this study's response cache: a rerun costs nothing, its wall time says so).
 
-"retrieve" takes the window as its contrast.request_similarity when params.yaml sets none. Nothing is trained or
+"retrieve" takes the window as its contrast.request_similarity, the others none. Nothing is trained or
 scored, and no held-out item decides anything: the criterion is the pairs themselves. `study.sample_pairs` kept
 pairs per method, drawn at random with `study.seed` (not nearest first), are written for reading side by side.
 Written to {out}/results.json, results.csv and sample_pairs.json (in git; `dvc repro studies/dvc.yaml`). Replies
@@ -38,19 +38,21 @@ from music.config import Params, load_params
 from music.files import atomic_path, write_json
 from music.models.encoder import shared_encoder
 from music.pairs.relevance import Encoder
+from music.reporting.study_tables import CONTRAST_METHODS_DIR
 from music.stages.contrast import candidates_to_records, retrieval_pool, split_candidates
 
 log = logging.getLogger(__name__)
 
-OUT = Path("studies") / "contrast_methods"
+OUT = CONTRAST_METHODS_DIR
 SPLITS = ("train", "eval")
 
 
 def method_config(params: Params, method: str):
-    """params.contrast with `method`; "retrieve" gets study.near_miss_window where no window is set."""
-    band = params.contrast.request_similarity
-    if method == "retrieve" and band is None:
-        band = list(params.study.near_miss_window)
+    """params.contrast with `method`, each method with its own window whatever params.yaml's default method is:
+    "retrieve" takes its request from study.near_miss_window; the others have none (the 135M user model's
+    rewrites rarely fall inside one: docs/decisions.md). So neither contrast.method nor
+    contrast.request_similarity changes what the study compares (studies/dvc.yaml does not depend on them)."""
+    band = list(params.study.near_miss_window) if method == "retrieve" else None
     cfg = dataclasses.replace(params.contrast, method=method, request_similarity=band)
     cfg.validate()
     return cfg
