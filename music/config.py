@@ -225,7 +225,7 @@ class ChatModelConfig(_Checked):
             "repetition_penalty (which covers the prompt); servers get it as `repetition_penalty` (vLLM, SGLang)."
         },
     )
-    batch_size: int = field(default=16, metadata={"help": "Conversations generated together (in-process)."})
+    batch_size: int = field(default=32, metadata={"help": "Conversations generated together (in-process)."})
     dtype: str = field(
         default="float32", metadata={"help": "Weights of an in-process model: float32 | bfloat16 | float16."}
     )
@@ -973,7 +973,9 @@ class EvalConfig(_Checked):
         temperature=1.0,
         top_p=1.0,
     )
-    judge: ChatModelConfig = _chat("Compares the two RMs' Best-of-N conversations.", max_new_tokens=8, temperature=0.0)
+    judge: ChatModelConfig = _chat(
+        "Compares the two RMs' Best-of-N conversations.", max_new_tokens=8, temperature=0.0, batch_size=8
+    )
     judge_constrained: bool = field(
         default=True,
         metadata={
