@@ -87,6 +87,14 @@ def test_unsupported_layers_take_the_full_path_bitwise(tiny_backbone, monkeypatc
     assert not last_token.supports_last_token(model, 0)  # nothing frozen: no reuse, no shortcut
 
 
+def test_a_16_bit_rm_keeps_the_full_path(tiny_backbone):
+    """The tolerance is measured in float32; in bfloat16 the two paths differ by ~1e-3, so it is not used there."""
+    cfg = tiny_cfg(tiny_backbone, lora_last_layers=1, dtype="bfloat16")
+    model, _, _ = load_reward_model(cfg, device="cpu", seed=0)
+    assert not last_token.supports_last_token(model, 1)
+    assert last_token.supports_last_token(_lora_model(tiny_backbone)[0], 1)
+
+
 def test_scoring_uses_it_and_keeps_the_full_forwards_verdicts(tiny_backbone):
     model, tok = _lora_model(tiny_backbone)
     plain = score_conversations(model, tok, CONVS, max_length=256, batch_size=4)

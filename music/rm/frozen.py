@@ -14,7 +14,7 @@ without reuse; with padded batches, a run without reuse computes the bottom laye
 batch instead, which changes float32 results in the last bits (as padding already does in that run:
 tests/test_rm_frozen.py measures both). Cached or recomputed, a state is bitwise the same (it never
 depends on the batch), so outputs do not depend on the store being warm. Scoring (not training) goes one step
-further where one layer sits above the frozen ones: that layer runs at the last token only
+further where one layer sits above the frozen ones (float32): that layer runs at the last token only
 (FrozenBottom.last_token_scores, music.rm.last_token), within 1e-5 of the full forward, not bitwise.
 
 Where it applies: train.lora true and 0 < lora_last_layers < kept layers (the bottom

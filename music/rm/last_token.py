@@ -29,7 +29,11 @@ def _decoder(model):
 
 
 def supports_last_token(model, n_frozen: int) -> bool:
-    """True when exactly one decoder layer sits above `n_frozen` reused ones and it is of a supported kind."""
+    """True when exactly one decoder layer sits above `n_frozen` reused ones, it is of a supported kind, and the
+    model runs in float32 (the tolerance is measured there; in 16 bits the two paths round differently by about
+    1e-3, so a 16-bit RM keeps the full path and scores as it did when trained)."""
+    import torch
+
     inner, dec = _decoder(model)
     conf = dec.config
     layer = dec.layers[-1]
@@ -37,6 +41,7 @@ def supports_last_token(model, n_frozen: int) -> bool:
         n_frozen >= 1
         and n_frozen == len(dec.layers) - 1
         and type(layer).__name__ in SUPPORTED_LAYERS
+        and layer.input_layernorm.weight.dtype == torch.float32
         and hasattr(dec, "rotary_emb")
         and hasattr(inner, "score")
         and not getattr(conf, "attn_logit_softcapping", None)
