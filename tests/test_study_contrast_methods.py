@@ -6,10 +6,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-import pytest
 from helpers import FakeChat, WordOverlapEncoder, retrieval_project
 
-from music.config import load_params
 from music.stages.simulate import run as run_simulate
 from music.studies.contrast_methods import method_config, near_miss_share
 from music.studies.contrast_methods import run as run_study
@@ -78,16 +76,3 @@ def test_the_study_is_declared_beside_the_pipeline_with_its_inputs():
         "min_music_train_pairs",
         "max_malformed_share",
     }, unlisted
-
-
-def test_the_methods_table_reads_the_committed_results(tmp_path):
-    from helpers import REPO
-
-    from music.reporting.study_tables import contrast_methods_table
-
-    P = load_params(REPO / "params.yaml")
-    table = contrast_methods_table(REPO / "studies" / "contrast_methods")
-    assert set(table.index.get_level_values("method")) == set(P.study.contrast_methods)
-    assert {"near-miss share", "kept", "seeds"} <= set(table.columns)
-    with pytest.raises(FileNotFoundError, match="dvc repro studies/dvc.yaml"):
-        contrast_methods_table(tmp_path)

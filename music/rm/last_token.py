@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import sys
 
+from music.rm.frozen import _decoder, _inner
+
 # model_type -> decoder layer class whose attention is plain rotary GQA (the code below); the planner reads it too
 SUPPORTED = {"llama": "LlamaDecoderLayer"}
 SUPPORTED_LAYERS = tuple(SUPPORTED.values())
-
-
-def _decoder(model):
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner, getattr(inner, inner.base_model_prefix)
 
 
 def supports_last_token(model, n_frozen: int) -> bool:
@@ -34,7 +31,7 @@ def supports_last_token(model, n_frozen: int) -> bool:
     1e-3, so a 16-bit RM keeps the full path and scores as it did when trained)."""
     import torch
 
-    inner, dec = _decoder(model)
+    inner, dec = _inner(model), _decoder(model)
     conf = dec.config
     layer = dec.layers[-1]
     return (
@@ -64,7 +61,7 @@ def last_token_rewards(model, hidden, input_ids, attention_mask):
     """float32 reward per row from the reused states `hidden` [B, T, width] (right padded, pad rows zero)."""
     import torch
 
-    inner, dec = _decoder(model)
+    inner, dec = _inner(model), _decoder(model)
     layer = dec.layers[-1]
     attn = layer.self_attn
     rope = sys.modules[type(layer).__module__].apply_rotary_pos_emb

@@ -38,12 +38,11 @@ from music.config import Params, load_params
 from music.files import atomic_path, write_json
 from music.models.encoder import shared_encoder
 from music.pairs.relevance import Encoder
-from music.reporting.study_tables import CONTRAST_METHODS_DIR
 from music.stages.contrast import candidates_to_records, retrieval_pool, split_candidates
 
 log = logging.getLogger(__name__)
 
-OUT = CONTRAST_METHODS_DIR
+OUT = Path("studies") / "contrast_methods"
 SPLITS = ("train", "eval")
 
 
